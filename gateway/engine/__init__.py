@@ -1,0 +1,1 @@
+"""Where objects live: the local engine (segments + SQLite index)."""

@@ -1,0 +1,325 @@
+"""Group commit: many writes, one fdatasync and one index COMMIT.
+
+One committer thread per process owns that process's active segment.  It takes
+every transaction waiting in its queue (requests pile up there while the
+previous batch is syncing: that is the whole trick) and, for the batch:
+
+1. BEGIN IMMEDIATE: the database's single write lock, shared by all processes,
+   so sequence numbers and guard checks follow one global order;
+2. checks each transaction's guards (bucket exists, If-None-Match, ...) against
+   the index plus the batch's own earlier writes; a failing transaction fails
+   alone;
+3. appends the records to the segment and fdatasyncs it (and the blob
+   directories a new blob was linked into);
+4. applies the index changes and COMMITs (WAL, synchronous=FULL);
+5. only then completes the callers' futures: durable before acknowledged.
+
+If a sync fails nothing in the batch is acknowledged and the segment is
+abandoned for a new one: after a failed fsync the page cache cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import records
+from .index import connect, key_bytes
+from .model import BlobRef, EngineError, EngineUnavailable, ObjectMeta
+from .segments import DataDir, SegmentWriter, fsync_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Write:
+    """One record to log: a PUT of (ns, key), or a delete when meta is None."""
+
+    ns: str
+    key: str
+    meta: ObjectMeta | None
+    body: bytes = b""
+    blobs: tuple[BlobRef, ...] = ()
+    release_prev_blobs: bool = True  # unlink the blob files of what this replaces
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition checked inside the write lock, before anything is written.
+
+    kind: "exists" | "absent" | "etag" | "seq" | "empty"  ("empty": no live key
+    in ns starting with `key`).
+    """
+
+    kind: str
+    ns: str
+    key: str
+    error: type[EngineError]
+    value: object = None
+
+
+@dataclass(slots=True)
+class Txn:
+    writes: list[Write]
+    guards: list[Guard] = field(default_factory=list)
+    future: Future = field(default_factory=Future)  # type: ignore[type-arg]
+
+    def size(self) -> int:
+        return sum(len(w.body) + 512 for w in self.writes)
+
+
+@dataclass(slots=True)
+class _Current:
+    seq: int
+    segment: int
+    length: int
+    etag: str
+    blobs: str | None
+
+
+_MISSING = object()
+
+
+class GroupCommitter:
+    MAX_BATCH_BYTES = 16 << 20
+    SEGMENT_LIMIT = 64 << 20
+
+    def __init__(self, data: DataDir, *, on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.data = data
+        self.conn = connect(data.index_path)
+        self._queue: queue.SimpleQueue[Txn | None] = queue.SimpleQueue()
+        self._segment: SegmentWriter | None = None
+        self._thread: threading.Thread | None = None
+        self._on_batch = on_batch
+        self.failed: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._segment = self._new_segment()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._segment is not None:
+            self._seal(self._segment)
+            self._segment = None
+        self.conn.close()
+
+    def submit(self, txn: Txn) -> Future:  # type: ignore[type-arg]
+        if self.failed is not None:
+            txn.future.set_exception(EngineUnavailable("storage failed; restart the gateway"))
+            return txn.future
+        self._queue.put(txn)
+        return txn.future
+
+    # ------------------------------------------------------------ segments
+
+    def _new_segment(self) -> SegmentWriter:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            seg_id = c.execute("INSERT INTO segments(size) VALUES (0)").lastrowid
+            assert seg_id is not None
+            writer = SegmentWriter(self.data, seg_id)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return writer
+
+    def _seal(self, seg: SegmentWriter) -> None:
+        c = self.conn
+        if seg.size == 0:
+            c.execute("DELETE FROM segments WHERE id=?", (seg.id,))
+            seg.path.unlink(missing_ok=True)
+        else:
+            c.execute("UPDATE segments SET sealed=1 WHERE id=?", (seg.id,))
+        seg.close()
+
+    # ------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            size = first.size()
+            stop = False
+            while size < self.MAX_BATCH_BYTES:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+                size += nxt.size()
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # keep the thread alive; fail the batch
+                log.exception("group commit failed")
+                for t in batch:
+                    if not t.future.done():
+                        t.future.set_exception(EngineUnavailable(str(exc)))
+            if stop:
+                return
+
+    def _current(self, ns: str, key: str, overlay: dict) -> _Current | None:  # type: ignore[type-arg]
+        cur = overlay.get((ns, key), _MISSING)
+        if cur is not _MISSING:
+            return cur  # type: ignore[return-value]
+        row = self.conn.execute(
+            "SELECT seq, segment, length, etag, blobs FROM objects WHERE ns=? AND key=?",
+            (ns, key_bytes(key)),
+        ).fetchone()
+        return _Current(*row) if row else None
+
+    def _check(self, g: Guard, overlay: dict) -> None:  # type: ignore[type-arg]
+        if g.kind == "empty":
+            lo = key_bytes(g.key)
+            busy = self.conn.execute(
+                "SELECT 1 FROM objects WHERE ns=? AND key>=? AND key<? LIMIT 1", (g.ns, lo, lo + b"\xff")
+            ).fetchone() or any(
+                ns == g.ns and k.startswith(g.key) and v is not None for (ns, k), v in overlay.items()
+            )
+            if busy:
+                raise g.error()
+            return
+        cur = self._current(g.ns, g.key, overlay)
+        ok = {
+            "exists": cur is not None,
+            "absent": cur is None,
+            "etag": cur is not None and cur.etag.strip('"') == str(g.value).strip('"'),
+            "seq": cur is not None and cur.seq == g.value,
+        }[g.kind]
+        if not ok:
+            raise g.error()
+
+    def _commit(self, batch: list[Txn]) -> None:
+        assert self._segment is not None
+        c = self.conn
+        t0 = time.perf_counter()
+        if self._segment.size and self._segment.size + sum(t.size() for t in batch) > self.SEGMENT_LIMIT:
+            self._seal(self._segment)
+            self._segment = self._new_segment()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            seq = c.execute("SELECT v FROM state WHERE k='seq'").fetchone()[0]
+            overlay: dict[tuple[str, str], _Current | None] = {}
+            planned: list[tuple[Txn, list[tuple[Write, int, bytes, _Current | None]]]] = []
+            for txn in batch:
+                try:
+                    for g in txn.guards:
+                        self._check(g, overlay)
+                except EngineError as exc:
+                    txn.future.set_exception(exc)
+                    continue
+                plan = []
+                for w in txn.writes:
+                    cur = self._current(w.ns, w.key, overlay)
+                    if w.meta is None and cur is None:
+                        plan.append((w, 0, b"", None))  # deleting nothing: no record
+                        continue
+                    seq += 1
+                    kind = records.PUT if w.meta is not None else records.TOMBSTONE
+                    rec = records.encode(kind, seq, w.ns, w.key, w.meta, cur.seq if cur else None,
+                                         w.blobs, w.body)
+                    plan.append((w, seq, rec, cur))
+                    overlay[(w.ns, w.key)] = (
+                        _Current(seq, -1, len(rec), w.meta.etag,
+                                 json.dumps([b.to_json() for b in w.blobs]) if w.blobs else None)
+                        if w.meta is not None else None
+                    )
+                planned.append((txn, plan))
+            if not planned:
+                c.execute("ROLLBACK")
+                return
+            payload = b"".join(rec for _, plan in planned for _, _, rec, _ in plan)
+            seg = self._segment
+            base = seg.append(payload)
+            try:
+                seg.sync()
+                blob_dirs = {self.data.blob_path(b.blob_id).parent
+                             for _, plan in planned for w, _, _, _ in plan for b in w.blobs}
+                for d in blob_dirs:
+                    fsync_dir(d)
+            except OSError as exc:
+                # fsyncgate: after a failed fsync the page cache may hold bytes the
+                # disk never got; acknowledging anything more would be a lie.
+                self.failed = exc
+                raise
+            released = self._apply(planned, seg.id, base)
+            c.execute("UPDATE segments SET size=? WHERE id=?", (base + len(payload), seg.id))
+            c.execute("UPDATE state SET v=? WHERE k='seq'", (seq,))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        seg.commit_size(base + len(payload))
+        for blob_id in released:
+            try:
+                self.data.blob_path(blob_id).unlink()
+            except FileNotFoundError:
+                pass
+        for txn, plan in planned:
+            if not txn.future.done():
+                txn.future.set_result([s if s else None for _, s, _, _ in plan])
+        if self._on_batch:
+            self._on_batch(len(batch), time.perf_counter() - t0)
+
+    def _apply(self, planned: list, seg_id: int, base: int) -> list[str]:  # type: ignore[type-arg]
+        """Index changes of a synced batch; returns blob ids no longer referenced."""
+        c = self.conn
+        released: list[str] = []
+        offset = base
+        located: dict[int, tuple[int, int]] = {}  # seq -> (segment, offset) for in-batch records
+        live_delta = dead_delta = 0
+        for _, plan in planned:
+            for w, seq, rec, cur in plan:
+                if not seq:
+                    continue
+                located[seq] = (seg_id, offset)
+                if cur is not None:
+                    cur_seg = seg_id if cur.segment == -1 else cur.segment
+                    c.execute("INSERT INTO dead(seq, segment, length) VALUES (?,?,?)",
+                              (cur.seq, cur_seg, cur.length))
+                    if cur_seg == seg_id:
+                        live_delta -= cur.length
+                        dead_delta += cur.length
+                    else:
+                        c.execute("UPDATE segments SET live=live-?, dead=dead+? WHERE id=?",
+                                  (cur.length, cur.length, cur_seg))
+                    if cur.blobs and w.release_prev_blobs:
+                        released.extend(b[0] for b in json.loads(cur.blobs))
+                if w.meta is not None:
+                    m = w.meta
+                    c.execute(
+                        "INSERT OR REPLACE INTO objects(ns, key, seq, segment, offset, length, size, etag,"
+                        " mtime, meta, blobs) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (w.ns, key_bytes(w.key), seq, seg_id, offset, len(rec), m.size, m.etag, m.mtime,
+                         json.dumps(m.to_json(), separators=(",", ":")),
+                         json.dumps([b.to_json() for b in w.blobs]) if w.blobs else None),
+                    )
+                    live_delta += len(rec)
+                else:
+                    c.execute("DELETE FROM objects WHERE ns=? AND key=?", (w.ns, key_bytes(w.key)))
+                    c.execute("INSERT INTO dead(seq, segment, length) VALUES (?,?,?)", (seq, seg_id, len(rec)))
+                    dead_delta += len(rec)
+                offset += len(rec)
+        c.execute("UPDATE segments SET live=live+?, dead=dead+? WHERE id=?", (live_delta, dead_delta, seg_id))
+        return released

@@ -1,0 +1,165 @@
+"""The object index: SQLite in WAL mode, shared by every process on a data dir.
+
+Rules of this file's state:
+- `objects` holds exactly one row per live (namespace, key): the newest PUT.
+  Keys are stored as UTF-8 BLOBs, so ORDER BY key is S3's byte order and
+  "every key starting with P" is the range [P, P + b'\\xff') (0xFF never occurs
+  in UTF-8).
+- `dead` holds every record still on disk that is not live (superseded PUTs,
+  tombstones), with the seq of the record it superseded (`prev`).
+- `segments.size` is the committed length of each segment file: bytes past it
+  are a torn or uncommitted tail and are cut off by recovery.
+- `state.seq` is the last sequence number handed out; it only grows.
+- Writers run in `BEGIN IMMEDIATE` transactions (the one write lock of the
+  database), so sequence numbers follow commit order across processes.
+- WAL with synchronous=FULL: a COMMIT is on stable storage when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from .model import BlobRef, ListEntry, ListPage, Location, ObjectInfo, ObjectMeta
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects(
+    ns TEXT NOT NULL, key BLOB NOT NULL, seq INTEGER NOT NULL,
+    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    size INTEGER NOT NULL, etag TEXT NOT NULL, mtime REAL NOT NULL,
+    meta TEXT NOT NULL, blobs TEXT,
+    PRIMARY KEY(ns, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_with_blobs ON objects(blobs) WHERE blobs IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead(
+    seq INTEGER PRIMARY KEY, segment INTEGER NOT NULL, length INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_by_segment ON dead(segment);
+CREATE TABLE IF NOT EXISTS segments(
+    id INTEGER PRIMARY KEY, size INTEGER NOT NULL DEFAULT 0,
+    live INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
+    sealed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS state(k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+INSERT OR IGNORE INTO state(k, v) VALUES ('seq', 0);
+"""
+
+ROW_COLUMNS = "seq, segment, offset, length, meta, blobs"
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+    conn.execute("PRAGMA mmap_size=268435456")
+    if not readonly:
+        conn.executescript(SCHEMA)
+    return conn
+
+
+def key_bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")
+
+
+def row_to_info(ns: str, key: str, row: tuple) -> ObjectInfo:  # type: ignore[type-arg]
+    seq, segment, offset, length, meta, blobs = row
+    return ObjectInfo(
+        ns, key, seq, ObjectMeta.from_json(json.loads(meta)), Location(segment, offset, length),
+        tuple(BlobRef.from_json(b) for b in json.loads(blobs)) if blobs else (),
+    )
+
+
+class IndexReader:
+    """Read-only queries on one connection (one per thread that reads)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def get(self, ns: str, key: str) -> ObjectInfo | None:
+        row = self.conn.execute(
+            f"SELECT {ROW_COLUMNS} FROM objects WHERE ns=? AND key=?", (ns, key_bytes(key))
+        ).fetchone()
+        return row_to_info(ns, key, row) if row else None
+
+    def exists(self, ns: str, key: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM objects WHERE ns=? AND key=?", (ns, key_bytes(key))
+        ).fetchone() is not None
+
+    def any_with_prefix(self, ns: str, prefix: str) -> bool:
+        lo = key_bytes(prefix)
+        return self.conn.execute(
+            "SELECT 1 FROM objects WHERE ns=? AND key>=? AND key<? LIMIT 1", (ns, lo, lo + b"\xff")
+        ).fetchone() is not None
+
+    def scan(self, ns: str, prefix: str, after: str | None, limit: int) -> list[ObjectInfo]:
+        """Full rows in key order, for the few internal listings (buckets, parts)."""
+        lo = key_bytes(prefix)
+        start = max(lo, key_bytes(after) + b"\x00") if after is not None else lo
+        rows = self.conn.execute(
+            f"SELECT key, {ROW_COLUMNS} FROM objects WHERE ns=? AND key>=? AND key<? "
+            "ORDER BY key LIMIT ?", (ns, start, lo + b"\xff", limit),
+        ).fetchall()
+        return [row_to_info(ns, r[0].decode("utf-8", "surrogatepass"), r[1:]) for r in rows]
+
+    def list_page(self, ns: str, prefix: str, delimiter: str, marker: str | None,
+                  max_keys: int) -> ListPage:
+        """One page of an S3 listing.
+
+        With a delimiter, each common prefix costs one index seek: after rolling
+        up "a/" the scan jumps straight to the first key >= "a/" + 0xFF instead
+        of reading every key below it, so listing stays fast with millions of keys.
+        """
+        pfx = key_bytes(prefix)
+        hi = pfx + b"\xff"
+        lo = pfx
+        delim = key_bytes(delimiter) if delimiter else b""
+        if marker is not None:
+            mk = key_bytes(marker)
+            lo = max(lo, mk + b"\x00")
+            if delim and mk.startswith(pfx):
+                i = mk.find(delim, len(pfx))
+                if i >= 0:  # the marker is inside a prefix already rolled up
+                    lo = max(lo, mk[: i + len(delim)] + b"\xff")
+        entries: list[ListEntry] = []
+        prefixes: list[str] = []
+        if max_keys <= 0:
+            return ListPage(entries, prefixes, False, None)
+        last: str | None = None
+        batch = max_keys + 1 if not delim else min(max_keys + 1, 1000)
+        while True:
+            rows = self.conn.execute(
+                "SELECT key, size, etag, mtime FROM objects WHERE ns=? AND key>=? AND key<? "
+                "ORDER BY key LIMIT ?", (ns, lo, hi, batch),
+            ).fetchall()
+            if not rows:
+                return ListPage(entries, prefixes, False, None)
+            jumped = False
+            for kb, size, etag, mtime in rows:
+                if len(entries) + len(prefixes) >= max_keys:
+                    return ListPage(entries, prefixes, True, last)
+                if delim:
+                    i = kb.find(delim, len(pfx))
+                    if i >= 0:
+                        cp = kb[: i + len(delim)]
+                        last = cp.decode("utf-8", "surrogatepass")
+                        prefixes.append(last)
+                        lo = cp + b"\xff"
+                        jumped = True
+                        break
+                last = kb.decode("utf-8", "surrogatepass")
+                entries.append(ListEntry(last, size, etag, mtime))
+            if not jumped:
+                if len(rows) < batch:
+                    return ListPage(entries, prefixes, False, None)
+                lo = rows[-1][0] + b"\x00"
+
+    def stats(self) -> dict[str, int]:
+        objects, size = self.conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE substr(ns, 1, 1) != char(0)"
+        ).fetchone()
+        segs, seg_bytes, live, dead = self.conn.execute(
+            "SELECT count(*), coalesce(sum(size),0), coalesce(sum(live),0), coalesce(sum(dead),0) FROM segments"
+        ).fetchone()
+        return {"objects": objects, "bytes": size, "segments": segs, "segment_bytes": seg_bytes,
+                "live_bytes": live, "dead_bytes": dead}

@@ -1,0 +1,149 @@
+"""Values and errors that cross the engine boundary.
+
+Everything the engine stores is an *object* in a namespace: user buckets hold
+mail objects; reserved namespaces (names that can never be valid bucket names)
+hold buckets, access keys and multipart uploads.  One write path, one index,
+one compaction and one rebuild serve them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Reserved namespaces: a NUL byte can never appear in a bucket name.
+SYS = "\x00sys"  # keys: "bucket/<name>", "key/<access key id>"
+MPU = "\x00mpu"  # keys: "u/<upload id>", "p/<upload id>/<part number:05d>"
+
+BLOCK_SIZE = 1 << 20  # body checksum granularity for out-of-line blobs
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """An out-of-line body piece: a blob file with one CRC32 per BLOCK_SIZE."""
+
+    blob_id: str
+    size: int
+    crcs: tuple[int, ...]
+
+    def to_json(self) -> list[object]:
+        return [self.blob_id, self.size, list(self.crcs)]
+
+    @classmethod
+    def from_json(cls, v: list) -> BlobRef:  # type: ignore[type-arg]
+        return cls(v[0], v[1], tuple(v[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What S3 reports about an object; stored with the record and the index."""
+
+    size: int
+    etag: str  # quoted, as sent in the ETag header
+    mtime: float
+    content_type: str = "binary/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)  # cache-control, content-encoding...
+    user: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* (name without prefix)
+    checksums: dict[str, str] = field(default_factory=dict)  # crc32 -> base64 ...
+    parts: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        d: dict[str, object] = {"s": self.size, "e": self.etag, "t": self.mtime, "c": self.content_type}
+        if self.headers:
+            d["h"] = self.headers
+        if self.user:
+            d["u"] = self.user
+        if self.checksums:
+            d["x"] = self.checksums
+        if self.parts:
+            d["p"] = self.parts
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> ObjectMeta:  # type: ignore[type-arg]
+        return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
+                   d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a record lives: segment file, byte offset, record length."""
+
+    segment: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    seq: int
+    meta: ObjectMeta
+    location: Location
+    blobs: tuple[BlobRef, ...] = ()  # empty: the body is inline in the record
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    key: str
+    size: int
+    etag: str
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    entries: list[ListEntry]
+    prefixes: list[str]
+    truncated: bool
+    next_marker: str | None  # last key or common prefix returned, when truncated
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """Conditional write: If-None-Match: * and/or If-Match: etag."""
+
+    if_none_match_any: bool = False
+    if_match: str | None = None
+
+
+# ------------------------------------------------------------------ errors
+
+class EngineError(Exception):
+    """Base of the engine's typed errors; the HTTP edge maps each one once."""
+
+
+class NoSuchBucket(EngineError):
+    pass
+
+
+class NoSuchKey(EngineError):
+    pass
+
+
+class BucketNotEmpty(EngineError):
+    pass
+
+
+class BucketAlreadyExists(EngineError):
+    pass
+
+
+class PreconditionFailed(EngineError):
+    pass
+
+
+class NoSuchUpload(EngineError):
+    pass
+
+
+class InvalidPart(EngineError):
+    pass
+
+
+class CorruptRecord(EngineError):
+    """A stored record failed its checksum: never serve its bytes."""
+
+
+class EngineUnavailable(EngineError):
+    """Transient: the engine cannot take the request now (retry later)."""

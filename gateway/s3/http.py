@@ -1,0 +1,123 @@
+"""HTTP semantics S3 relies on: byte ranges, conditional requests, dates.
+
+RFC 9110 §13 (conditionals) and §14 (ranges), with S3's documented choices:
+- If-Match true and If-Unmodified-Since false: 200 (If-Match wins).
+- If-None-Match false and If-Modified-Since true: 304 (If-None-Match wins).
+- A range S3 cannot satisfy is 416 InvalidRange; several ranges in one header
+  are not supported by S3, which then serves the whole object.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .errors import S3Error
+
+
+def http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def parse_any_date(value: str) -> datetime | None:
+    """Date header (RFC 1123) or x-amz-date (ISO 8601 basic)."""
+    try:
+        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        ts = parse_http_date(value)
+        return datetime.fromtimestamp(ts, timezone.utc) if ts is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """None means 'serve the whole object' (no header, or one S3 ignores)."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if not first:  # suffix range: the last N bytes
+        if not last.isdigit():
+            return None
+        n = int(last)
+        if n == 0:
+            raise S3Error("InvalidRange", extra={"ActualObjectSize": str(size), "RangeRequested": header})
+        if size == 0:
+            raise S3Error("InvalidRange", extra={"ActualObjectSize": str(size), "RangeRequested": header})
+        return ByteRange(max(0, size - n), size - 1)
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # syntactically invalid: RFC 9110 says ignore the header
+    if start >= size:
+        raise S3Error("InvalidRange", extra={"ActualObjectSize": str(size), "RangeRequested": header})
+    return ByteRange(start, min(end, size - 1))
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    bare = etag.strip('"')
+    for candidate in header.split(","):
+        c = candidate.strip()
+        if c == "*" or c.removeprefix("W/").strip('"') == bare:
+            return True
+    return False
+
+
+def evaluate_preconditions(
+    headers: dict[str, str], etag: str, mtime: float, *, prefix: str = ""
+) -> int | None:
+    """Return 412 or 304 when a precondition stops the request, else None.
+
+    `prefix` is "x-amz-copy-source-" for CopyObject's source conditions, where
+    the 304 cases become 412 as AWS documents.
+    """
+    get = headers.get
+    if_match = get(prefix + "if-match")
+    if_none = get(prefix + "if-none-match")
+    if_unmod = parse_http_date(get(prefix + "if-unmodified-since"))
+    if_mod = parse_http_date(get(prefix + "if-modified-since"))
+    whole_seconds = float(int(mtime))  # HTTP dates have one-second resolution
+    if if_match is not None:
+        if not _etag_matches(if_match, etag):
+            return 412
+    elif if_unmod is not None and whole_seconds > if_unmod:
+        return 412
+    if if_none is not None:
+        if _etag_matches(if_none, etag):
+            return 412 if prefix else 304
+    elif if_mod is not None and whole_seconds <= if_mod:
+        return 412 if prefix else 304
+    return None

@@ -1,0 +1,332 @@
+"""AWS Signature Version 4 for S3: canonicalization, verification and signing.
+
+Pure functions over strings and bytes; the gateway verifies with them and the
+clients in this project (cache/, bench/) sign with them, so there is one copy.
+
+References: AWS General Reference "Create a canonical request for Signature
+Version 4", and the S3 specifics in "Authenticating Requests (AWS Signature
+Version 4)":
+- S3 does not normalize the path ("/a//b/../c" is signed as sent) and encodes
+  each path byte except unreserved characters and "/".
+- The query string is sorted by encoded name, then encoded value.
+- Header values are trimmed and inner runs of spaces collapse to one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from urllib.parse import quote, unquote, unquote_plus
+
+from .errors import S3Error
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+STREAMING_PREFIX = "STREAMING-"
+MAX_PRESIGN_EXPIRES = 7 * 24 * 3600  # AWS: presigned URLs live at most 7 days
+MAX_SKEW_SECONDS = 15 * 60  # AWS: RequestTimeTooSkewed beyond 15 minutes
+
+_UNRESERVED = "-_.~"
+_SPACES = re.compile(r" +")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def uri_encode(value: str, *, keep_slash: bool) -> str:
+    """AWS UriEncode: every byte but A-Za-z0-9-_.~ is %XX (uppercase hex)."""
+    return quote(value, safe=_UNRESERVED + ("/" if keep_slash else ""))
+
+
+def canonical_uri(raw_path: str) -> str:
+    """The canonical URI of an S3 request from the path as it came on the wire.
+
+    The wire form may encode more or fewer characters than AWS does, so decode
+    once and re-encode by AWS's rules ('+' in a path is a literal plus).
+    """
+    return uri_encode(unquote(raw_path), keep_slash=True)
+
+
+def parse_query(raw_query: str) -> list[tuple[str, str]]:
+    """Decode a query string into (name, value) pairs, keeping blanks and order.
+
+    '+' decodes to a space, as in AWS's own servers and Go's ParseQuery.
+    """
+    pairs: list[tuple[str, str]] = []
+    if not raw_query:
+        return pairs
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((unquote_plus(name), unquote_plus(value)))
+    return pairs
+
+
+def canonical_query(pairs: list[tuple[str, str]], *, skip: str | None = None) -> str:
+    encoded = sorted(
+        (uri_encode(k, keep_slash=False), uri_encode(v, keep_slash=False))
+        for k, v in pairs
+        if k != skip
+    )
+    return "&".join(f"{k}={v}" for k, v in encoded)
+
+
+def canonical_header_value(values: list[str]) -> str:
+    return ",".join(_SPACES.sub(" ", v.strip()) for v in values)
+
+
+def canonical_request(
+    method: str,
+    raw_path: str,
+    query: list[tuple[str, str]],
+    headers: dict[str, list[str]],
+    signed_headers: list[str],
+    payload_hash: str,
+    *,
+    skip_query: str | None = None,
+) -> str:
+    """`headers` maps lower-case names to every value sent under that name."""
+    lines = [method, canonical_uri(raw_path), canonical_query(query, skip=skip_query)]
+    for name in signed_headers:
+        lines.append(f"{name}:{canonical_header_value(headers.get(name, []))}")
+    lines.append("")
+    lines.append(";".join(signed_headers))
+    lines.append(payload_hash)
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1024)
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, region.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, service.encode(), hashlib.sha256).digest()
+    return hmac.new(k, b"aws4_request", hashlib.sha256).digest()
+
+
+def string_to_sign(amz_date: str, scope: str, creq: str) -> str:
+    return "\n".join(
+        [ALGORITHM, amz_date, scope, hashlib.sha256(creq.encode()).hexdigest()]
+    )
+
+
+def signature(key: bytes, sts: str) -> str:
+    return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    access_key: str
+    date: str  # YYYYMMDD
+    region: str
+    service: str
+
+    @property
+    def scope(self) -> str:
+        return f"{self.date}/{self.region}/{self.service}/aws4_request"
+
+    @classmethod
+    def parse(cls, text: str, *, error_code: str) -> Credential:
+        parts = text.split("/")
+        if len(parts) != 5 or parts[4] != "aws4_request" or not parts[0]:
+            raise S3Error(error_code, f"Malformed credential: {text!r}")
+        if parts[3] != "s3":
+            raise S3Error(error_code, f"Wrong service in credential: {parts[3]!r}; expecting 's3'")
+        if not re.fullmatch(r"\d{8}", parts[1]):
+            raise S3Error(error_code, f"Invalid date in credential: {parts[1]!r}")
+        return cls(parts[0], parts[1], parts[2], parts[3])
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What a SigV4 request claims: who signed, when, over which headers."""
+
+    credential: Credential
+    amz_date: str  # YYYYMMDDTHHMMSSZ
+    signed_headers: list[str]
+    signature: str
+    payload_hash: str
+    presigned: bool
+    expires: int = 0  # seconds, presigned only
+
+
+def parse_amz_date(value: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise S3Error("AccessDenied", f"Invalid date format: {value!r}") from None
+
+
+def parse_authorization_header(value: str, amz_date: str, payload_hash: str) -> SignedRequest:
+    """Parse `AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`."""
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        raise S3Error("AuthorizationHeaderMalformed", f"Unsupported algorithm {algorithm!r}")
+    fields: dict[str, str] = {}
+    for item in rest.split(","):
+        name, eq, val = item.strip().partition("=")
+        if eq:
+            fields[name] = val.strip()
+    try:
+        cred = Credential.parse(fields["Credential"], error_code="AuthorizationHeaderMalformed")
+        signed = fields["SignedHeaders"].split(";")
+        sig = fields["Signature"]
+    except KeyError as missing:
+        raise S3Error(
+            "AuthorizationHeaderMalformed", f"The authorization header is missing {missing.args[0]}"
+        ) from None
+    if not amz_date:
+        raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
+    if cred.date != amz_date[:8]:
+        raise S3Error(
+            "AuthorizationHeaderMalformed",
+            f"Invalid credential date {cred.date!r}: it must match x-amz-date {amz_date[:8]!r}",
+        )
+    if not payload_hash:
+        raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
+    if payload_hash != UNSIGNED_PAYLOAD and not payload_hash.startswith(STREAMING_PREFIX):
+        if not _HEX64.match(payload_hash):
+            raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-... or a SHA-256 hex digest")
+    return SignedRequest(cred, amz_date, signed, sig, payload_hash, presigned=False)
+
+
+def parse_presigned_query(query: dict[str, str]) -> SignedRequest:
+    """The X-Amz-* query parameters of a presigned URL."""
+    err = "AuthorizationQueryParametersError"
+    if query.get("X-Amz-Algorithm") != ALGORITHM:
+        raise S3Error(err, "X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"")
+    try:
+        cred = Credential.parse(query["X-Amz-Credential"], error_code=err)
+        amz_date = query["X-Amz-Date"]
+        expires_text = query["X-Amz-Expires"]
+        signed = query["X-Amz-SignedHeaders"].split(";")
+        sig = query["X-Amz-Signature"]
+    except KeyError as missing:
+        raise S3Error(
+            err,
+            "Query-string authentication version 4 requires the X-Amz-Algorithm, "
+            "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, "
+            f"and X-Amz-Expires parameters (missing {missing.args[0]}).",
+        ) from None
+    if not expires_text.isdigit():
+        raise S3Error(err, "X-Amz-Expires should be a number")
+    expires = int(expires_text)
+    if expires > MAX_PRESIGN_EXPIRES:
+        raise S3Error(err, "X-Amz-Expires must be less than a week (in seconds) that is 604800")
+    if cred.date != amz_date[:8]:
+        raise S3Error(err, "Invalid credential date: it must match X-Amz-Date")
+    payload_hash = query.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
+    return SignedRequest(cred, amz_date, signed, sig, payload_hash, presigned=True, expires=expires)
+
+
+def check_time(req: SignedRequest, now: datetime) -> None:
+    when = parse_amz_date(req.amz_date)
+    delta = (now - when).total_seconds()
+    if req.presigned:
+        if delta < -MAX_SKEW_SECONDS:
+            raise S3Error("AccessDenied", "Request is not valid yet")
+        if delta > req.expires:
+            raise S3Error("AccessDenied", "Request has expired",
+                          extra={"X-Amz-Expires": str(req.expires),
+                                 "Expires": (when.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                                 "ServerTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    elif abs(delta) > MAX_SKEW_SECONDS:
+        raise S3Error("RequestTimeTooSkewed", extra={
+            "RequestTime": req.amz_date,
+            "ServerTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "MaxAllowedSkewMilliseconds": str(MAX_SKEW_SECONDS * 1000),
+        })
+
+
+def expected_signature(
+    req: SignedRequest,
+    secret: str,
+    method: str,
+    raw_path: str,
+    query: list[tuple[str, str]],
+    headers: dict[str, list[str]],
+) -> str:
+    creq = canonical_request(
+        method, raw_path, query, headers, req.signed_headers, req.payload_hash,
+        skip_query="X-Amz-Signature" if req.presigned else None,
+    )
+    key = signing_key(secret, req.credential.date, req.credential.region, req.credential.service)
+    return signature(key, string_to_sign(req.amz_date, req.credential.scope, creq))
+
+
+def verify_signature(req: SignedRequest, expected: str) -> None:
+    # Constant-time: the comparison must not leak how many leading chars match.
+    if not hmac.compare_digest(expected.encode(), req.signature.encode()):
+        raise S3Error("SignatureDoesNotMatch")
+
+
+# ----------------------------------------------------------------- signing side
+
+def amz_now(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def sign_headers(
+    method: str,
+    url_path: str,
+    query: list[tuple[str, str]],
+    headers: dict[str, str],
+    access_key: str,
+    secret: str,
+    *,
+    region: str = "us-east-1",
+    payload_hash: str = UNSIGNED_PAYLOAD,
+    amz_date: str | None = None,
+) -> dict[str, str]:
+    """Headers to add to a request (x-amz-date, x-amz-content-sha256, Authorization).
+
+    `url_path` is the path as it will be sent (already percent-encoded);
+    `headers` must include Host.  Every given header is signed.
+    """
+    amz_date = amz_date or amz_now()
+    all_headers = {k.lower(): v for k, v in headers.items()}
+    all_headers["x-amz-date"] = amz_date
+    all_headers["x-amz-content-sha256"] = payload_hash
+    signed = sorted(all_headers)
+    cred = Credential(access_key, amz_date[:8], region, "s3")
+    creq = canonical_request(
+        method, url_path, query, {k: [v] for k, v in all_headers.items()}, signed, payload_hash
+    )
+    sig = signature(signing_key(secret, cred.date, region, "s3"), string_to_sign(amz_date, cred.scope, creq))
+    return {
+        "x-amz-date": amz_date,
+        "x-amz-content-sha256": payload_hash,
+        "Authorization": f"{ALGORITHM} Credential={access_key}/{cred.scope}, "
+        f"SignedHeaders={';'.join(signed)}, Signature={sig}",
+    }
+
+
+def presign_query(
+    method: str,
+    url_path: str,
+    host: str,
+    access_key: str,
+    secret: str,
+    *,
+    expires: int = 3600,
+    region: str = "us-east-1",
+    query: list[tuple[str, str]] | None = None,
+    amz_date: str | None = None,
+) -> str:
+    """The query string of a presigned URL for `url_path` on `host`."""
+    amz_date = amz_date or amz_now()
+    cred = Credential(access_key, amz_date[:8], region, "s3")
+    params = list(query or []) + [
+        ("X-Amz-Algorithm", ALGORITHM),
+        ("X-Amz-Credential", f"{access_key}/{cred.scope}"),
+        ("X-Amz-Date", amz_date),
+        ("X-Amz-Expires", str(expires)),
+        ("X-Amz-SignedHeaders", "host"),
+    ]
+    creq = canonical_request(method, url_path, params, {"host": [host]}, ["host"], UNSIGNED_PAYLOAD)
+    sig = signature(signing_key(secret, cred.date, region, "s3"), string_to_sign(amz_date, cred.scope, creq))
+    params.append(("X-Amz-Signature", sig))
+    return canonical_query(params)

@@ -1,0 +1,145 @@
+"""S3 XML documents: responses built from typed values, requests parsed strictly.
+
+Responses are assembled from escaped strings rather than an element tree:
+they are flat, and listing thousands of keys is a hot path.  Request bodies
+(DeleteObjects, CompleteMultipartUpload, CreateBucketConfiguration) are parsed
+with the stdlib parser after a size check; anything that is not the documented
+shape is MalformedXML.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+from xml.sax.saxutils import escape as _escape
+
+from .errors import S3Error
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
+MAX_XML_BODY = 2 * 1024 * 1024  # 1000 keys of 1 KiB each plus markup
+
+
+def esc(value: str) -> str:
+    return _escape(value, {'"': "&quot;"})
+
+
+def iso8601(ts: float) -> str:
+    """S3's listing timestamp: 2009-10-12T17:50:30.000Z."""
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def elem(name: str, value: str | int | bool | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = esc(str(value))
+    return f"<{name}>{text}</{name}>"
+
+
+def document(root: str, body: str) -> bytes:
+    return f'{HEADER}<{root} xmlns="{NS}">{body}</{root}>'.encode()
+
+
+def error_document(code: str, message: str, resource: str, request_id: str,
+                   extra: dict[str, str] | None = None) -> bytes:
+    parts = [elem("Code", code), elem("Message", message)]
+    for k, v in (extra or {}).items():
+        parts.append(elem(k, v))
+    parts.append(elem("Resource", resource))
+    parts.append(elem("RequestId", request_id))
+    return f"{HEADER}<Error>{''.join(parts)}</Error>".encode()
+
+
+def owner(owner_id: str, display: str) -> str:
+    return f"<Owner>{elem('ID', owner_id)}{elem('DisplayName', display)}</Owner>"
+
+
+# ------------------------------------------------------------------ requests
+
+def _strip(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_xml(body: bytes) -> ET.Element:
+    if len(body) > MAX_XML_BODY:
+        raise S3Error("MalformedXML", "The XML body is larger than this operation accepts")
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        # S3 documents never carry a DTD; refusing them rules out entity expansion.
+        raise S3Error("MalformedXML", "DTDs are not allowed")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise S3Error("MalformedXML", f"The XML you provided was not well-formed: {exc}") from None
+    for node in root.iter():
+        node.tag = _strip(node.tag)
+    return root
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    keys: list[str]
+    quiet: bool
+
+
+def parse_delete(body: bytes) -> DeleteRequest:
+    root = parse_xml(body)
+    if root.tag != "Delete":
+        raise S3Error("MalformedXML")
+    keys: list[str] = []
+    quiet = False
+    for child in root:
+        if child.tag == "Quiet":
+            quiet = (child.text or "").strip().lower() == "true"
+        elif child.tag == "Object":
+            key = child.findtext("Key")
+            if key is None:
+                raise S3Error("MalformedXML", "Each Object needs a Key")
+            keys.append(key)
+    if not keys:
+        raise S3Error("MalformedXML", "The Delete element needs at least one Object")
+    if len(keys) > 1000:
+        raise S3Error("MalformedXML", "DeleteObjects accepts at most 1000 keys")
+    return DeleteRequest(keys, quiet)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedPart:
+    number: int
+    etag: str
+
+
+def parse_complete_multipart(body: bytes) -> list[CompletedPart]:
+    root = parse_xml(body)
+    if root.tag != "CompleteMultipartUpload":
+        raise S3Error("MalformedXML")
+    parts: list[CompletedPart] = []
+    for child in root:
+        if child.tag != "Part":
+            continue
+        number = child.findtext("PartNumber")
+        etag = child.findtext("ETag")
+        if number is None or etag is None or not number.strip().isdigit():
+            raise S3Error("MalformedXML", "Each Part needs a PartNumber and an ETag")
+        parts.append(CompletedPart(int(number), etag.strip().strip('"')))
+    if not parts:
+        raise S3Error("MalformedXML", "You must specify at least one part")
+    return parts
+
+
+def parse_location_constraint(body: bytes) -> str | None:
+    if not body.strip():
+        return None
+    root = parse_xml(body)
+    if root.tag != "CreateBucketConfiguration":
+        raise S3Error("MalformedXML")
+    return root.findtext("LocationConstraint")
+
+
+def join(parts: Iterable[str]) -> str:
+    return "".join(parts)

@@ -156,7 +156,7 @@ class IndexReader:
 
     def stats(self) -> dict[str, int]:
         objects, size = self.conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE substr(ns, 1, 1) != char(0)"
+            "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE ns NOT LIKE '~%'"
         ).fetchone()
         segs, seg_bytes, live, dead = self.conn.execute(
             "SELECT count(*), coalesce(sum(size),0), coalesce(sum(live),0), coalesce(sum(dead),0) FROM segments"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Reserved namespaces: a NUL byte can never appear in a bucket name.
-SYS = "\x00sys"  # keys: "bucket/<name>", "key/<access key id>"
-MPU = "\x00mpu"  # keys: "u/<upload id>", "p/<upload id>/<part number:05d>"
+# Reserved namespaces: "~" can never appear in a bucket name.
+SYS = "~sys"  # keys: "bucket/<name>", "key/<access key id>"
+MPU = "~mpu"  # keys: "u/<bucket>/<upload id>", "p/<upload id>/<part number:05d>"
 
 BLOCK_SIZE = 1 << 20  # body checksum granularity for out-of-line blobs
 

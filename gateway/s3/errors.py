@@ -44,6 +44,8 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "SlowDown": (503, "Please reduce your request rate."),
     "ServiceUnavailable": (503, "Service is unable to handle request."),
     "XAmzContentSHA256Mismatch": (400, "The provided 'x-amz-content-sha256' header does not match what was computed."),
+    "InvalidLocationConstraint": (400, "The specified location constraint is not valid."),
+    "NoSuchVersion": (404, "The specified version does not exist."),
     "InvalidObjectState": (403, "The operation is not valid for the current state of the object."),
     "UnexpectedContent": (400, "This request does not support content"),
     "RequestTimeout": (400, "Your socket connection to the server was not read from or written to within the timeout period."),

@@ -1,0 +1,183 @@
+"""The S3 gateway's aiohttp application: one route, one dispatcher, one error table.
+
+Per request: work out bucket and key (path or virtual-host style), authenticate
+(before any body byte is read, and before `100 Continue` is sent), pick the
+operation, run its handler, and map any typed error to S3's XML error once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import MultiDict
+
+from .auth import Authenticator, Principal
+from .config import GatewayConfig
+from .engine import model as m
+from .engine.local import EntityTooSmall, InvalidPartOrder, LocalEngine
+from .s3 import xml
+from .s3.errors import S3Error
+from .s3.ops import operation
+from .s3.sigv4 import parse_query
+
+log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+# Engine errors -> S3 error codes (the one mapping at this edge).
+ENGINE_ERRORS: dict[type[m.EngineError], str] = {
+    m.NoSuchBucket: "NoSuchBucket",
+    m.NoSuchKey: "NoSuchKey",
+    m.BucketNotEmpty: "BucketNotEmpty",
+    m.BucketAlreadyExists: "BucketAlreadyOwnedByYou",
+    m.PreconditionFailed: "PreconditionFailed",
+    m.NoSuchUpload: "NoSuchUpload",
+    InvalidPartOrder: "InvalidPartOrder",
+    EntityTooSmall: "EntityTooSmall",
+    m.InvalidPart: "InvalidPart",
+    m.CorruptRecord: "InternalError",
+    m.EngineUnavailable: "ServiceUnavailable",
+}
+
+_BUCKET_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+def valid_bucket_name(name: str) -> bool:
+    """AWS bucket naming rules (general purpose buckets)."""
+    return (3 <= len(name) <= 63 and set(name) <= _BUCKET_CHARS and name[0].isalnum()
+            and name[-1].isalnum() and ".." not in name and not name.startswith("xn--")
+            and not all(p.isdigit() for p in name.split(".")))
+
+
+@dataclass(slots=True)
+class S3Request:
+    request: web.BaseRequest
+    bucket: str | None
+    key: str | None
+    query: MultiDict[str]
+    principal: Principal
+    request_id: str
+    op: str
+
+    @property
+    def headers(self):  # type: ignore[no-untyped-def]
+        return self.request.headers
+
+
+Handler = Callable[["Gateway", S3Request], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """Everything a handler needs, built once by the composition root."""
+
+    def __init__(self, config: GatewayConfig, engine: LocalEngine) -> None:
+        self.config = config
+        self.engine = engine
+        self.auth = Authenticator(engine)
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-io")
+        self.handlers: dict[str, Handler] = {}
+        self.counters: dict[str, int] = {}
+
+    async def run_blocking(self, fn, *args):  # type: ignore[no-untyped-def]
+        """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def locate(self, request: web.BaseRequest, raw_path: str) -> tuple[str | None, str | None]:
+        host = request.headers.get("host", "").rsplit(":", 1)[0].lower() if "]" not in request.headers.get("host", "") else ""
+        path = unquote(raw_path)
+        for domain in self.config.base_domains:
+            if host.endswith("." + domain):
+                bucket = host[: -len(domain) - 1]
+                return bucket, (path[1:] or None)
+        rest = path[1:]
+        if not rest:
+            return None, None
+        bucket, slash, key = rest.partition("/")
+        return bucket, (key if slash and key else None)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rid = os.urandom(8).hex().upper()
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        bucket = key = None
+        try:
+            bucket, key = self.locate(request, raw_path)
+            query = MultiDict(parse_query(raw_query))
+            principal = self.auth.authenticate(request.method, raw_path, raw_query, query, request.headers)
+            op = operation(request.method, bucket, key, query)
+            if bucket is not None and op != "CreateBucket" and not valid_bucket_name(bucket):
+                raise S3Error("NoSuchBucket" if len(bucket) < 64 else "InvalidBucketName")
+            if key is not None and len(key.encode()) > 1024:
+                raise S3Error("KeyTooLongError")
+            handler = self.handlers[op]
+            if request.headers.get("expect", "").lower() == "100-continue" and request.version >= (1, 1):
+                # Only now, authenticated and routed, may the client send its body.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
+            resp = await handler(self, S3Request(request, bucket, key, query, principal, rid, op))
+            self.counters[op] = self.counters.get(op, 0) + 1
+        except S3Error as exc:
+            resp = self.error_response(request, exc, bucket, key, rid)
+        except m.EngineError as exc:
+            code = next((c for t, c in ENGINE_ERRORS.items() if isinstance(exc, t)), "InternalError")
+            resp = self.error_response(request, S3Error(code), bucket, key, rid)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("request %s failed", rid)
+            resp = self.error_response(request, S3Error("InternalError"), bucket, key, rid)
+        resp.headers["x-amz-request-id"] = rid
+        resp.headers["x-amz-id-2"] = rid
+        resp.headers["Server"] = "mailstore"
+        trace = request.headers.get("x-dovecot-session-id")
+        if trace is not None:
+            access_log.info("%s %s %s user=%s session=%s reason=%s", rid, request.method, raw_path,
+                            request.headers.get("x-dovecot-username", "-"), trace,
+                            request.headers.get("x-dovecot-reason", "-"))
+        return resp
+
+    def error_response(self, request: web.BaseRequest, exc: S3Error, bucket: str | None,
+                       key: str | None, rid: str) -> web.Response:
+        self.counters[f"error:{exc.code}"] = self.counters.get(f"error:{exc.code}", 0) + 1
+        resource = "/" + "/".join(p for p in (bucket, key) if p)
+        headers = {"Content-Type": "application/xml", **exc.headers}
+        if exc.code == "SlowDown" or exc.status == 503:
+            headers.setdefault("Retry-After", "1")
+        if request.method == "HEAD":
+            resp = web.Response(status=exc.status, headers=headers)
+        else:
+            resp = web.Response(status=exc.status, headers=headers,
+                                body=xml.error_document(exc.code, exc.message, resource, rid, exc.extra))
+        if request.content_length or request.headers.get("transfer-encoding"):
+            if not request.content.at_eof():
+                resp.force_close()  # the body was not read: don't reuse the connection
+        return resp
+
+
+async def _authenticate_first(request: web.Request) -> None:
+    """Replace aiohttp's default, which answers 100 Continue before any check."""
+    return None
+
+
+def build_app(config: GatewayConfig, engine: LocalEngine) -> web.Application:
+    from .handlers import HANDLERS
+
+    gw = Gateway(config, engine)
+    gw.handlers.update(HANDLERS)
+    app = web.Application(client_max_size=1 << 20)
+    app[GATEWAY] = gw
+    app.router.add_route("*", "/{tail:.*}", gw.handle, expect_handler=_authenticate_first)
+
+    async def close_pool(app: web.Application) -> None:
+        app[GATEWAY].pool.shutdown(wait=True)
+
+    app.on_cleanup.append(close_pool)
+    return app
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,242 @@
+"""`mailstore`: the operator's command line.
+
+    mailstore up [--data-dir DIR] [--listen HOST:PORT]
+    mailstore gateway --data-dir DIR --listen HOST:PORT [--base-domain D]... [--region R]
+    mailstore key create|list|delete --data-dir DIR ...
+    mailstore bucket create|list|delete --data-dir DIR ...
+    mailstore fsck --data-dir DIR [--rebuild-index]
+    mailstore compact --data-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from .config import GatewayConfig, parse_listen
+from .engine.local import EngineLocked, LocalEngine
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+def _progress(enabled: bool):  # type: ignore[no-untyped-def]
+    tty = sys.stderr.isatty()
+
+    def show(text: str) -> None:
+        if not enabled:
+            return
+        if tty:
+            sys.stderr.write(f"\r\x1b[K{text}")
+            sys.stderr.flush()
+        else:
+            print(text, file=sys.stderr)
+
+    return show
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from .server import run
+
+    host, port = parse_listen(args.listen)
+    domains = tuple(args.base_domain) if args.base_domain else ("s3.localhost",)
+    run(GatewayConfig(Path(args.data_dir), host, port, args.region, domains,
+                      compaction=not args.no_compaction))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Embedded defaults: one gateway on a local engine on 127.0.0.1, a test key and bucket."""
+    from .server import install_uvloop, serve
+
+    root = Path(args.data_dir)
+    creds_file = root / "endpoints.json"
+    engine = LocalEngine(root)
+    try:
+        creds = json.loads(creds_file.read_text()) if creds_file.exists() else None
+        if creds is None or engine.get_key(creds["s3"]["access_key"]) is None:
+            key = engine.create_key_sync("test", admin=True)
+            if not engine.bucket_exists("mail"):
+                engine.run_sync(engine.create_bucket_txn("mail", key.access_key))
+            creds = {"s3": {"access_key": key.access_key, "secret_key": key.secret, "bucket": "mail"}}
+    finally:
+        engine.close()
+    host, port = parse_listen(args.listen)
+    config = GatewayConfig(root, host, port)
+
+    async def main() -> None:
+        ready: dict = {}  # type: ignore[type-arg]
+        task = asyncio.create_task(serve(config, ready=ready))
+        while not ready and not task.done():
+            await asyncio.sleep(0.05)
+        if ready:
+            creds["s3"]["endpoint"] = ready["endpoint"]
+            creds["gateways"] = [ready["endpoint"]]
+            creds_file.write_text(json.dumps(creds, indent=2) + "\n")
+            s3 = creds["s3"]
+            print(f"\nmailstore is up (data in {root.resolve()})\n"
+                  f"  S3 endpoint : {s3['endpoint']}   (path style; region us-east-1)\n"
+                  f"  access key  : {s3['access_key']}\n"
+                  f"  secret key  : {s3['secret_key']}\n"
+                  f"  bucket      : {s3['bucket']}\n"
+                  f"  try         : AWS_ACCESS_KEY_ID={s3['access_key']} AWS_SECRET_ACCESS_KEY={s3['secret_key']} "
+                  f"aws --endpoint-url {s3['endpoint']} s3 ls s3://{s3['bucket']}\n"
+                  f"  (also written to {creds_file}; Ctrl-C stops)\n", flush=True)
+        await task
+
+    install_uvloop()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    engine = LocalEngine(Path(args.data_dir), writer=args.action != "list")
+    try:
+        if args.action == "create":
+            key = engine.create_key_sync(args.name, admin=True)
+            print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
+        elif args.action == "list":
+            for k in engine.list_keys():
+                print(json.dumps({"AccessKeyId": k.access_key, "Name": k.name, "Admin": k.admin}))
+        elif args.action == "delete":
+            if not engine.delete_key_sync(args.access_key):
+                print(f"mailstore: no such key: {args.access_key}", file=sys.stderr)
+                return 1
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_bucket(args: argparse.Namespace) -> int:
+    from .app import valid_bucket_name
+    from .engine.model import EngineError
+
+    engine = LocalEngine(Path(args.data_dir), writer=args.action != "list")
+    try:
+        if args.action == "list":
+            for b in engine.list_buckets():
+                print(b.name)
+            return 0
+        if not valid_bucket_name(args.name):
+            print(f"mailstore: invalid bucket name: {args.name}", file=sys.stderr)
+            return 2
+        try:
+            if args.action == "create":
+                engine.run_sync(engine.create_bucket_txn(args.name, "admin"))
+            else:
+                asyncio.run(engine.delete_bucket(args.name))
+        except EngineError as exc:
+            print(f"mailstore: {args.action} {args.name}: {type(exc).__name__}", file=sys.stderr)
+            return 1
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from . import fsck
+
+    root = Path(args.data_dir)
+    # Exclusive: no gateway may write while we read everything (or swap the index).
+    engine = LocalEngine(root, exclusive=True, writer=False)
+    try:
+        show = _progress(not args.quiet)
+        if args.rebuild_index:
+            rep = fsck.rebuild(root, show)
+            verb = "rebuilt"
+        else:
+            rep = fsck.verify(root, show)
+            verb = "checked"
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+    finally:
+        engine.close()
+    print(json.dumps({"result": "ok" if rep.ok else "problems", "action": verb, "records": rep.records,
+                      "live": rep.live, "dead": rep.dead, "blobs": rep.blobs, "problems": rep.problems[:100],
+                      "problem_count": len(rep.problems)}, indent=2))
+    return 0 if rep.ok or args.rebuild_index else 1
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .compact import Compactor
+
+    engine = LocalEngine(Path(args.data_dir), writer=False)
+    try:
+        stats = Compactor(engine, dead_ratio=args.dead_ratio).run_once()
+    finally:
+        engine.close()
+    print(json.dumps(stats))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailstore", description="Mail object storage appliance")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the appliance on embedded defaults")
+    up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    up.add_argument("--listen", default="127.0.0.1:8000")
+    up.set_defaults(fn=cmd_up)
+
+    gw = sub.add_parser("gateway", help="run one S3 gateway on a local engine")
+    gw.add_argument("--data-dir", required=True)
+    gw.add_argument("--listen", default="127.0.0.1:8000")
+    gw.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
+    gw.add_argument("--region", default="us-east-1")
+    gw.add_argument("--no-compaction", action="store_true")
+    gw.set_defaults(fn=cmd_gateway)
+
+    key = sub.add_parser("key", help="manage access keys")
+    ksub = key.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create")
+    kc.add_argument("--data-dir", required=True)
+    kc.add_argument("--name", required=True)
+    kl = ksub.add_parser("list")
+    kl.add_argument("--data-dir", required=True)
+    kd = ksub.add_parser("delete")
+    kd.add_argument("--data-dir", required=True)
+    kd.add_argument("access_key")
+    key.set_defaults(fn=cmd_key)
+
+    bucket = sub.add_parser("bucket", help="manage buckets")
+    bsub = bucket.add_subparsers(dest="action", required=True)
+    for action in ("create", "delete"):
+        b = bsub.add_parser(action)
+        b.add_argument("--data-dir", required=True)
+        b.add_argument("name")
+    bl = bsub.add_parser("list")
+    bl.add_argument("--data-dir", required=True)
+    bucket.set_defaults(fn=cmd_bucket)
+
+    fs = sub.add_parser("fsck", help="verify every checksum and the index (gateways stopped)")
+    fs.add_argument("--data-dir", required=True)
+    fs.add_argument("--rebuild-index", action="store_true", help="rebuild the index from the data files")
+    fs.add_argument("--quiet", action="store_true")
+    fs.set_defaults(fn=cmd_fsck)
+
+    cp = sub.add_parser("compact", help="run one compaction pass now")
+    cp.add_argument("--data-dir", required=True)
+    cp.add_argument("--dead-ratio", type=float, default=0.5)
+    cp.set_defaults(fn=cmd_compact)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except EngineLocked as exc:
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""The local engine: the embedded default storage of a gateway (or several).
+
+Reads are cheap synchronous calls (an indexed SQLite lookup and a positional
+read of a record that is usually in the page cache).  The gateway makes them
+on its event loop for small objects: a WAL reader never waits on a writer, and
+a thread hop costs more than the read.  Large bodies are streamed from worker
+threads.  Writes go to the group committer and are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from hashlib import md5
+from pathlib import Path
+from typing import Iterator
+
+from . import records
+from .commit import GroupCommitter, Guard, Txn, Write
+from .index import IndexReader, connect
+from .model import (MPU, SYS, BlobRef, BucketAlreadyExists, BucketNotEmpty, Conditions,
+                    CorruptRecord, InvalidPart, ListPage, NoSuchBucket, NoSuchKey, NoSuchUpload,
+                    ObjectInfo, ObjectMeta, PreconditionFailed)
+from .segments import DataDir, SegmentGone, SegmentReader, read_blob_blocks, try_lock
+
+log = logging.getLogger(__name__)
+
+INLINE_MAX = 1 << 20  # bodies up to this size live inside the segment record
+MIN_PART_SIZE = 5 << 20  # AWS: every part but the last is at least 5 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    name: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    access_key: str
+    secret: str
+    name: str
+    admin: bool
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    upload_id: str
+    bucket: str
+    key: str
+    meta: ObjectMeta  # what the completed object will carry
+    initiated: float
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    size: int
+    etag: str
+    mtime: float
+    blob: BlobRef
+    seq: int
+
+
+class EngineLocked(Exception):
+    """An offline operation found gateways running on the data directory."""
+
+
+class LocalEngine:
+    def __init__(self, root: Path, *, exclusive: bool = False, writer: bool = True) -> None:
+        self.data = DataDir(root)
+        self.data.create()
+        self._lock_fd = os.open(root / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise EngineLocked(
+                f"{root} is in use by another process (stop the gateways first)" if exclusive
+                else f"{root} is locked by an offline operation (fsck --rebuild-index?)") from None
+        self._local = threading.local()
+        boot = connect(self.data.index_path)
+        self._recover(boot)
+        boot.close()
+        self.metrics = {"batches": 0, "batch_txns": 0, "commit_seconds": 0.0, "checksum_errors": 0}
+        self.committer: GroupCommitter | None = None
+        if writer:
+            self.committer = GroupCommitter(self.data, on_batch=self._count_batch)
+            self.committer.start()
+
+    def _count_batch(self, n: int, seconds: float) -> None:
+        self.metrics["batches"] += 1
+        self.metrics["batch_txns"] += n
+        self.metrics["commit_seconds"] += seconds
+
+    def close(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
+            self.committer = None
+        os.close(self._lock_fd)
+
+    # ------------------------------------------------------------ recovery
+
+    def _recover(self, conn) -> None:  # type: ignore[no-untyped-def]
+        """Seal segments whose writer died: cut the uncommitted tail, no manual step.
+
+        A crash can leave (a) bytes past a segment's committed size (a batch
+        written but never committed), (b) an empty segment row, (c) a segment
+        file without a row (created by a transaction that rolled back).
+        """
+        rows = conn.execute("SELECT id, size FROM segments WHERE sealed=0").fetchall()
+        for seg_id, size in rows:
+            path = self.data.segment_path(seg_id)
+            fd = try_lock(path)
+            if fd is None:
+                if not path.exists():
+                    if size:
+                        log.error("segment %d is missing with %d committed bytes", seg_id, size)
+                        continue
+                    conn.execute("DELETE FROM segments WHERE id=? AND sealed=0", (seg_id,))
+                continue  # a live writer holds it
+            try:
+                if os.fstat(fd).st_size > size:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                if size == 0:
+                    conn.execute("DELETE FROM segments WHERE id=?", (seg_id,))
+                    path.unlink(missing_ok=True)
+                else:
+                    conn.execute("UPDATE segments SET sealed=1 WHERE id=?", (seg_id,))
+            finally:
+                os.close(fd)
+        known = {r[0] for r in conn.execute("SELECT id FROM segments")}
+        for seg_id in self.data.segment_ids():
+            if seg_id in known:
+                continue
+            path = self.data.segment_path(seg_id)
+            fd = try_lock(path)
+            if fd is None:
+                continue
+            try:
+                # Re-check under the lock: its creator may have committed meanwhile.
+                if conn.execute("SELECT 1 FROM segments WHERE id=?", (seg_id,)).fetchone() is None:
+                    path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+    # ------------------------------------------------------------ per-thread readers
+
+    def _readers(self) -> tuple[IndexReader, SegmentReader]:
+        r = getattr(self._local, "r", None)
+        if r is None:
+            r = (IndexReader(connect(self.data.index_path, readonly=True)), SegmentReader(self.data))
+            self._local.r = r
+        return r
+
+    @property
+    def index(self) -> IndexReader:
+        return self._readers()[0]
+
+    # ------------------------------------------------------------ writes
+
+    async def _run(self, txn: Txn) -> list[int | None]:
+        assert self.committer is not None, "engine opened read-only"
+        return await asyncio.wrap_future(self.committer.submit(txn))
+
+    def run_sync(self, txn: Txn) -> list[int | None]:
+        assert self.committer is not None, "engine opened read-only"
+        fut: Future = self.committer.submit(txn)  # type: ignore[type-arg]
+        return fut.result()
+
+    # ------------------------------------------------------------ buckets
+
+    def bucket_exists(self, name: str) -> bool:
+        return self.index.exists(SYS, f"bucket/{name}")
+
+    def _require_bucket(self, name: str) -> None:
+        if not self.bucket_exists(name):
+            raise NoSuchBucket(name)
+
+    def get_bucket(self, name: str) -> Bucket:
+        info = self.index.get(SYS, f"bucket/{name}")
+        if info is None:
+            raise NoSuchBucket(name)
+        return Bucket(name, info.meta.mtime)
+
+    def list_buckets(self) -> list[Bucket]:
+        return [Bucket(i.key.removeprefix("bucket/"), i.meta.mtime)
+                for i in self.index.scan(SYS, "bucket/", None, 1_000_000)]
+
+    def create_bucket_txn(self, name: str, owner: str) -> Txn:
+        meta = ObjectMeta(0, '""', time.time(), user={"owner": owner})
+        return Txn([Write(SYS, f"bucket/{name}", meta)],
+                   [Guard("absent", SYS, f"bucket/{name}", BucketAlreadyExists)])
+
+    async def create_bucket(self, name: str, owner: str) -> None:
+        await self._run(self.create_bucket_txn(name, owner))
+
+    async def delete_bucket(self, name: str) -> None:
+        await self._run(Txn(
+            [Write(SYS, f"bucket/{name}", None)],
+            [Guard("exists", SYS, f"bucket/{name}", NoSuchBucket),
+             Guard("empty", name, "", BucketNotEmpty),
+             Guard("empty", MPU, f"u/{name}/", BucketNotEmpty)],
+        ))
+
+    # ------------------------------------------------------------ access keys
+
+    def get_key(self, access_key: str) -> AccessKey | None:
+        info = self.index.get(SYS, f"key/{access_key}")
+        if info is None:
+            return None
+        u = info.meta.user
+        return AccessKey(access_key, u["secret"], u.get("name", ""), u.get("admin") == "1", info.meta.mtime)
+
+    def list_keys(self) -> list[AccessKey]:
+        out = []
+        for i in self.index.scan(SYS, "key/", None, 1_000_000):
+            u = i.meta.user
+            out.append(AccessKey(i.key.removeprefix("key/"), u["secret"], u.get("name", ""),
+                                 u.get("admin") == "1", i.meta.mtime))
+        return out
+
+    def create_key_sync(self, name: str, *, admin: bool = True) -> AccessKey:
+        akid = "MS" + secrets.token_hex(9).upper()
+        secret = secrets.token_urlsafe(30)
+        now = time.time()
+        meta = ObjectMeta(0, '""', now, user={"secret": secret, "name": name, "admin": "1" if admin else "0"})
+        self.run_sync(Txn([Write(SYS, f"key/{akid}", meta)],
+                          [Guard("absent", SYS, f"key/{akid}", PreconditionFailed)]))
+        return AccessKey(akid, secret, name, admin, now)
+
+    def delete_key_sync(self, access_key: str) -> bool:
+        return self.run_sync(Txn([Write(SYS, f"key/{access_key}", None)]))[0] is not None
+
+    # ------------------------------------------------------------ objects: reads
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        info = self.index.get(bucket, key)
+        if info is None:
+            self._require_bucket(bucket)
+            raise NoSuchKey(key)
+        return info
+
+    def read_inline(self, info: ObjectInfo) -> bytes:
+        """The verified inline body of `info` (re-looked-up if compaction moved it)."""
+        for _ in range(5):
+            loc = info.location
+            try:
+                buf = self._readers()[1].read(loc.segment, loc.offset, loc.length)
+            except SegmentGone:
+                fresh = self.index.get(info.bucket, info.key)
+                if fresh is None or fresh.seq != info.seq:
+                    raise NoSuchKey(info.key) from None
+                info = fresh
+                continue
+            try:
+                p = records.decode_prefix(buf)
+                if p.seq != info.seq or p.total != loc.length:
+                    raise CorruptRecord(f"index points at the wrong record for {info.key!r}")
+                records.check_header(buf, p)
+                return records.check_body(buf[records.PREFIX_SIZE + p.hlen:], p)
+            except CorruptRecord:
+                self.metrics["checksum_errors"] += 1
+                log.error("checksum error reading %s/%s at %s", info.bucket, info.key, loc)
+                raise
+        raise NoSuchKey(info.key)
+
+    def iter_body(self, info: ObjectInfo, start: int, end: int) -> Iterator[bytes]:
+        """Verified bytes [start, end) of a blob-backed body (blocking: use a thread)."""
+        pos = 0
+        try:
+            for ref in info.blobs:
+                lo, hi = max(start - pos, 0), min(end - pos, ref.size)
+                if lo < hi:
+                    yield from read_blob_blocks(self.data, ref, lo, hi)
+                pos += ref.size
+        except CorruptRecord:
+            self.metrics["checksum_errors"] += 1
+            log.error("checksum error reading blob of %s/%s", info.bucket, info.key)
+            raise
+
+    def list_objects(self, bucket: str, prefix: str, delimiter: str, marker: str | None,
+                     max_keys: int) -> ListPage:
+        self._require_bucket(bucket)
+        return self.index.list_page(bucket, prefix, delimiter, marker, max_keys)
+
+    # ------------------------------------------------------------ objects: writes
+
+    def put_txn(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
+                blobs: tuple[BlobRef, ...], cond: Conditions | None = None) -> Txn:
+        guards = [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]
+        if cond is not None:
+            if cond.if_none_match_any:
+                guards.append(Guard("absent", bucket, key, PreconditionFailed))
+            if cond.if_match is not None:
+                guards.append(Guard("etag", bucket, key, PreconditionFailed, cond.if_match))
+        return Txn([Write(bucket, key, meta, body, blobs)], guards)
+
+    async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
+                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> int:
+        seq = (await self._run(self.put_txn(bucket, key, meta, body, blobs, cond)))[0]
+        assert seq is not None
+        return seq
+
+    async def delete(self, bucket: str, key: str) -> bool:
+        """True when something was deleted (S3 answers 204 either way)."""
+        res = await self._run(Txn([Write(bucket, key, None)],
+                                  [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
+        return res[0] is not None
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
+        res = await self._run(Txn([Write(bucket, k, None) for k in keys],
+                                  [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
+        return [r is not None for r in res]
+
+    # ------------------------------------------------------------ multipart
+
+    def get_upload(self, bucket: str, upload_id: str) -> Upload:
+        info = self.index.get(MPU, f"u/{bucket}/{upload_id}")
+        if info is None:
+            raise NoSuchUpload(upload_id)
+        u = dict(info.meta.user)
+        key = u.pop("\x00key")
+        meta = ObjectMeta(0, "", info.meta.mtime, info.meta.content_type, info.meta.headers, u,
+                          info.meta.checksums)
+        return Upload(upload_id, bucket, key, meta, info.meta.mtime, info.seq)
+
+    def list_uploads(self, bucket: str) -> list[Upload]:
+        self._require_bucket(bucket)
+        out = [self.get_upload(bucket, i.key.rsplit("/", 1)[1])
+               for i in self.index.scan(MPU, f"u/{bucket}/", None, 100_000)]
+        return sorted(out, key=lambda u: (u.key, u.initiated))
+
+    async def create_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
+        upload_id = secrets.token_urlsafe(24)
+        stored = ObjectMeta(0, '""', time.time(), meta.content_type, meta.headers,
+                            {**meta.user, "\x00key": key}, meta.checksums)
+        await self._run(Txn([Write(MPU, f"u/{bucket}/{upload_id}", stored)],
+                            [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
+        return upload_id
+
+    def list_parts(self, upload_id: str) -> list[Part]:
+        return [Part(int(i.key.rsplit("/", 1)[1]), i.meta.size, i.meta.etag, i.meta.mtime, i.blobs[0], i.seq)
+                for i in self.index.scan(MPU, f"p/{upload_id}/", None, 100_000)]
+
+    async def put_part(self, bucket: str, upload_id: str, number: int, blob: BlobRef, etag: str) -> None:
+        meta = ObjectMeta(blob.size, etag, time.time())
+        await self._run(Txn([Write(MPU, f"p/{upload_id}/{number:05d}", meta, blobs=(blob,))],
+                            [Guard("exists", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload)]))
+
+    async def abort_upload(self, bucket: str, upload_id: str) -> None:
+        upload = self.get_upload(bucket, upload_id)
+        writes = [Write(MPU, f"p/{upload_id}/{p.number:05d}", None) for p in self.list_parts(upload_id)]
+        writes.append(Write(MPU, f"u/{bucket}/{upload_id}", None))
+        await self._run(Txn(writes, [Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]))
+
+    async def complete_upload(self, bucket: str, upload_id: str,
+                              chosen: list[tuple[int, str]]) -> ObjectMeta:
+        """Stitch parts into one object without copying: it references their blobs."""
+        upload = self.get_upload(bucket, upload_id)
+        parts = {p.number: p for p in self.list_parts(upload_id)}
+        numbers = [n for n, _ in chosen]
+        if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+            raise InvalidPartOrder()
+        used: list[Part] = []
+        for n, etag in chosen:
+            p = parts.get(n)
+            if p is None or p.etag.strip('"') != etag.strip('"'):
+                raise InvalidPart(n)
+            used.append(p)
+        for p in used[:-1]:
+            if p.size < MIN_PART_SIZE:
+                raise EntityTooSmall(p.number)
+        digest = md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in used)).hexdigest()
+        meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
+                          upload.meta.content_type, upload.meta.headers, upload.meta.user,
+                          {}, len(used))
+        used_numbers = {p.number for p in used}
+        writes = [Write(bucket, upload.key, meta, blobs=tuple(p.blob for p in used))]
+        guards = [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket),
+                  Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]
+        for p in parts.values():
+            writes.append(Write(MPU, f"p/{upload_id}/{p.number:05d}", None,
+                                release_prev_blobs=p.number not in used_numbers))
+            guards.append(Guard("seq", MPU, f"p/{upload_id}/{p.number:05d}", InvalidPart, p.seq))
+        writes.append(Write(MPU, f"u/{bucket}/{upload_id}", None))
+        await self._run(Txn(writes, guards))
+        return meta
+
+
+class InvalidPartOrder(InvalidPart):
+    pass
+
+
+class EntityTooSmall(InvalidPart):
+    pass
+
+

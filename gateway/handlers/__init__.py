@@ -1,0 +1,30 @@
+"""S3 operation handlers, one async function each, registered by operation name."""
+
+from __future__ import annotations
+
+from . import buckets, multipart, objects
+
+HANDLERS = {
+    "ListBuckets": buckets.list_buckets,
+    "CreateBucket": buckets.create_bucket,
+    "DeleteBucket": buckets.delete_bucket,
+    "HeadBucket": buckets.head_bucket,
+    "GetBucketLocation": buckets.get_bucket_location,
+    "GetBucketVersioning": buckets.get_bucket_versioning,
+    "GetBucketAcl": buckets.get_bucket_acl,
+    "ListObjects": buckets.list_objects,
+    "ListObjectsV2": buckets.list_objects_v2,
+    "ListObjectVersions": buckets.list_object_versions,
+    "GetObject": objects.get_object,
+    "HeadObject": objects.head_object,
+    "PutObject": objects.put_object,
+    "DeleteObject": objects.delete_object,
+    "DeleteObjects": objects.delete_objects,
+    "GetObjectAcl": objects.get_object_acl,
+    "CreateMultipartUpload": multipart.create_upload,
+    "UploadPart": multipart.upload_part,
+    "CompleteMultipartUpload": multipart.complete_upload,
+    "AbortMultipartUpload": multipart.abort_upload,
+    "ListParts": multipart.list_parts,
+    "ListMultipartUploads": multipart.list_uploads,
+}

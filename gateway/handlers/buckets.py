@@ -1,0 +1,212 @@
+"""Service and bucket operations, and the three listings (V1, V2, versions)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import quote_plus
+
+from aiohttp import web
+
+from ..app import Gateway, S3Request, valid_bucket_name
+from ..body import Expectations, receive
+from ..engine.model import BucketAlreadyExists, ListPage
+from ..s3 import xml
+from ..s3.errors import S3Error
+from .objects import acl_response
+
+MAX_KEYS = 1000
+
+
+def _xml(root: str, body: str) -> web.Response:
+    return web.Response(body=xml.document(root, body), content_type="application/xml")
+
+
+def _owner(r: S3Request) -> str:
+    k = r.principal.key
+    return xml.owner(k.access_key, k.name or k.access_key)
+
+
+async def list_buckets(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    buckets = "".join(
+        f"<Bucket>{xml.elem('Name', b.name)}{xml.elem('CreationDate', xml.iso8601(b.created))}</Bucket>"
+        for b in gw.engine.list_buckets()
+    )
+    return _xml("ListAllMyBucketsResult", f"{_owner(r)}<Buckets>{buckets}</Buckets>")
+
+
+async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    if not valid_bucket_name(r.bucket):
+        raise S3Error("InvalidBucketName", extra={"BucketName": r.bucket})
+    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    location = xml.parse_location_constraint(got.data)
+    if location and location != gw.config.region:
+        raise S3Error("InvalidLocationConstraint",
+                      f"The specified location-constraint is not valid: this is {gw.config.region}")
+    try:
+        await gw.engine.create_bucket(r.bucket, r.principal.key.access_key)
+    except BucketAlreadyExists:
+        raise S3Error("BucketAlreadyOwnedByYou", extra={"BucketName": r.bucket}) from None
+    return web.Response(headers={"Location": f"/{r.bucket}"})
+
+
+async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    await gw.engine.delete_bucket(r.bucket)
+    return web.Response(status=204)
+
+
+async def head_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    gw.engine.get_bucket(r.bucket)
+    return web.Response(headers={"x-amz-bucket-region": gw.config.region})
+
+
+async def get_bucket_location(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    gw.engine.get_bucket(r.bucket)
+    # AWS answers an empty constraint for us-east-1.
+    region = "" if gw.config.region == "us-east-1" else gw.config.region
+    return web.Response(body=(f'{xml.HEADER}<LocationConstraint xmlns="{xml.NS}">{xml.esc(region)}'
+                              "</LocationConstraint>").encode(), content_type="application/xml")
+
+
+async def get_bucket_versioning(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    gw.engine.get_bucket(r.bucket)
+    return _xml("VersioningConfiguration", "")
+
+
+async def get_bucket_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    gw.engine.get_bucket(r.bucket)
+    return acl_response(r)
+
+
+# ------------------------------------------------------------------ listings
+
+def _max_keys(r: S3Request, name: str = "max-keys") -> int:
+    v = r.query.get(name)
+    if v is None:
+        return MAX_KEYS
+    try:
+        n = int(v)
+    except ValueError:
+        raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
+                      extra={"ArgumentName": name, "ArgumentValue": v}) from None
+    if n < 0:
+        raise S3Error("InvalidArgument", f"{name} must be non-negative",
+                      extra={"ArgumentName": name, "ArgumentValue": v})
+    return min(n, MAX_KEYS)
+
+
+def _encoder(r: S3Request):  # type: ignore[no-untyped-def]
+    enc = r.query.get("encoding-type")
+    if enc is None:
+        return lambda s: s
+    if enc != "url":
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                      extra={"ArgumentName": "encoding-type", "ArgumentValue": enc})
+    return lambda s: quote_plus(s, safe="/")
+
+
+async def _page(gw: Gateway, r: S3Request, marker: str | None, max_keys: int) -> ListPage:
+    assert r.bucket
+    prefix = r.query.get("prefix", "")
+    delimiter = r.query.get("delimiter", "")
+    return await gw.run_blocking(gw.engine.list_objects, r.bucket, prefix, delimiter, marker, max_keys) \
+        if max_keys > 100 else gw.engine.list_objects(r.bucket, prefix, delimiter, marker, max_keys)
+
+
+def _contents(page: ListPage, enc, owner: str) -> str:  # type: ignore[no-untyped-def]
+    return "".join(
+        f"<Contents>{xml.elem('Key', enc(e.key))}{xml.elem('LastModified', xml.iso8601(e.mtime))}"
+        f"{xml.elem('ETag', e.etag)}{xml.elem('Size', e.size)}{owner}"
+        "<StorageClass>STANDARD</StorageClass></Contents>"
+        for e in page.entries
+    )
+
+
+def _prefixes(page: ListPage, enc) -> str:  # type: ignore[no-untyped-def]
+    return "".join(f"<CommonPrefixes>{xml.elem('Prefix', enc(p))}</CommonPrefixes>" for p in page.prefixes)
+
+
+def _common(r: S3Request, enc, max_keys: int) -> str:  # type: ignore[no-untyped-def]
+    parts = [xml.elem("Name", r.bucket), xml.elem("Prefix", enc(r.query.get("prefix", "")))]
+    if "delimiter" in r.query:
+        parts.append(xml.elem("Delimiter", enc(r.query["delimiter"])))
+    parts.append(xml.elem("MaxKeys", max_keys))
+    if "encoding-type" in r.query:
+        parts.append(xml.elem("EncodingType", "url"))
+    return "".join(parts)
+
+
+async def list_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    enc = _encoder(r)
+    max_keys = _max_keys(r)
+    marker = r.query.get("marker") or None
+    page = await _page(gw, r, marker, max_keys)
+    body = [_common(r, enc, max_keys), xml.elem("Marker", enc(marker or "")),
+            xml.elem("IsTruncated", page.truncated)]
+    if page.truncated and page.next_marker is not None:
+        body.append(xml.elem("NextMarker", enc(page.next_marker)))
+    body.append(_contents(page, enc, _owner(r)))
+    body.append(_prefixes(page, enc))
+    return _xml("ListBucketResult", "".join(body))
+
+
+def _token(marker: str) -> str:
+    return base64.urlsafe_b64encode(marker.encode()).decode()
+
+
+def _untoken(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                      extra={"ArgumentName": "continuation-token"}) from None
+
+
+async def list_objects_v2(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    enc = _encoder(r)
+    max_keys = _max_keys(r)
+    token = r.query.get("continuation-token")
+    start_after = r.query.get("start-after") or None
+    marker = _untoken(token) if token is not None else start_after
+    page = await _page(gw, r, marker, max_keys)
+    owner = _owner(r) if r.query.get("fetch-owner") == "true" else ""
+    body = [_common(r, enc, max_keys), xml.elem("KeyCount", len(page.entries) + len(page.prefixes)),
+            xml.elem("IsTruncated", page.truncated)]
+    if token is not None:
+        body.append(xml.elem("ContinuationToken", token))
+    if page.truncated and page.next_marker is not None:
+        body.append(xml.elem("NextContinuationToken", _token(page.next_marker)))
+    if start_after is not None:
+        body.append(xml.elem("StartAfter", enc(start_after)))
+    body.append(_contents(page, enc, owner))
+    body.append(_prefixes(page, enc))
+    return _xml("ListBucketResult", "".join(body))
+
+
+async def list_object_versions(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """Versioning is never enabled: every object is its own only version, "null"."""
+    enc = _encoder(r)
+    max_keys = _max_keys(r)
+    marker = r.query.get("key-marker") or None
+    page = await _page(gw, r, marker, max_keys)
+    owner = _owner(r)
+    body = [_common(r, enc, max_keys), xml.elem("KeyMarker", enc(marker or "")),
+            xml.elem("VersionIdMarker", r.query.get("version-id-marker", "")),
+            xml.elem("IsTruncated", page.truncated)]
+    if page.truncated and page.next_marker is not None:
+        body.append(xml.elem("NextKeyMarker", enc(page.next_marker)))
+        body.append(xml.elem("NextVersionIdMarker", "null"))
+    for e in page.entries:
+        body.append(f"<Version>{xml.elem('Key', enc(e.key))}<VersionId>null</VersionId>"
+                    f"<IsLatest>true</IsLatest>{xml.elem('LastModified', xml.iso8601(e.mtime))}"
+                    f"{xml.elem('ETag', e.etag)}{xml.elem('Size', e.size)}{owner}"
+                    "<StorageClass>STANDARD</StorageClass></Version>")
+    body.append(_prefixes(page, enc))
+    return _xml("ListVersionsResult", "".join(body))

@@ -1,0 +1,158 @@
+"""Multipart upload: Create, UploadPart, UploadPartCopy, Complete, Abort, ListParts, ListMultipartUploads.
+
+Parts are written as blob files; Complete stitches the object out of the part
+blobs without copying a byte (ETag: MD5 of the part MD5s, "-N").
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..app import Gateway, S3Request
+from ..body import Expectations, discard_blob, receive
+from ..engine.model import BlobRef
+from ..s3 import xml
+from ..s3.errors import S3Error
+from ..s3.http import evaluate_preconditions, parse_range
+from .objects import copy_body, meta_from_request, parse_copy_source
+
+MAX_PART_NUMBER = 10000
+
+
+def _xml(root: str, body: str) -> web.Response:
+    return web.Response(body=xml.document(root, body), content_type="application/xml")
+
+
+def _upload(gw: Gateway, r: S3Request):  # type: ignore[no-untyped-def]
+    assert r.bucket and r.key
+    gw.engine.get_bucket(r.bucket)
+    upload = gw.engine.get_upload(r.bucket, r.query["uploadId"])
+    if upload.key != r.key:
+        raise S3Error("NoSuchUpload")
+    return upload
+
+
+async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    meta = meta_from_request(r, 0, "", {})
+    upload_id = await gw.engine.create_upload(r.bucket, r.key, meta)
+    return _xml("InitiateMultipartUploadResult",
+                xml.elem("Bucket", r.bucket) + xml.elem("Key", r.key) + xml.elem("UploadId", upload_id))
+
+
+def _part_number(r: S3Request) -> int:
+    v = r.query.get("partNumber", "")
+    if not v.isdigit() or not 1 <= int(v) <= MAX_PART_NUMBER:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                      extra={"ArgumentName": "partNumber", "ArgumentValue": v})
+    return int(v)
+
+
+async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    number = _part_number(r)
+    _upload(gw, r)
+    if "x-amz-copy-source" in r.headers:
+        return await upload_part_copy(gw, r, number)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, force_blob=True)
+    assert got.blob is not None
+    etag = f'"{got.md5_hex}"'
+    await _store_part(gw, r, number, got.blob, etag)
+    headers = {"ETag": etag}
+    for name, v in got.checksums.items():
+        headers[f"x-amz-checksum-{name}"] = v
+    return web.Response(headers=headers)
+
+
+async def _store_part(gw: Gateway, r: S3Request, number: int, blob: BlobRef, etag: str) -> None:
+    assert r.bucket
+    try:
+        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blob, etag)
+    except BaseException:
+        discard_blob(gw.engine.data, blob)
+        raise
+
+
+async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.StreamResponse:
+    sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
+    src = gw.engine.head(sb, sk)
+    if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
+        raise S3Error("PreconditionFailed")
+    start, end = 0, src.meta.size
+    spec = r.headers.get("x-amz-copy-source-range")
+    if spec is not None:
+        rng = parse_range(spec, src.meta.size)
+        if rng is None:
+            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
+        start, end = rng.start, rng.end + 1
+    _, blobs, md5_hex = await copy_body(gw, src, start, end, force_blob=True)
+    etag = f'"{md5_hex}"'
+    await _store_part(gw, r, number, blobs[0], etag)
+    return _xml("CopyPartResult", xml.elem("LastModified", xml.iso8601(src.meta.mtime)) + xml.elem("ETag", etag))
+
+
+async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    _upload(gw, r)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    parts = xml.parse_complete_multipart(got.data)
+    meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts])
+    host = r.headers.get("host", "")
+    return _xml("CompleteMultipartUploadResult",
+                xml.elem("Location", f"http://{host}/{r.bucket}/{r.key}") + xml.elem("Bucket", r.bucket)
+                + xml.elem("Key", r.key) + xml.elem("ETag", meta.etag))
+
+
+async def abort_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    _upload(gw, r)
+    await gw.engine.abort_upload(r.bucket, r.query["uploadId"])
+    return web.Response(status=204)
+
+
+async def list_parts(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    upload = _upload(gw, r)
+    max_parts = int(r.query.get("max-parts", "1000")) if r.query.get("max-parts", "1000").isdigit() else 1000
+    marker_text = r.query.get("part-number-marker", "0")
+    marker = int(marker_text) if marker_text.isdigit() else 0
+    parts = [p for p in gw.engine.list_parts(upload.upload_id) if p.number > marker]
+    shown = parts[:max_parts]
+    truncated = len(parts) > max_parts
+    k = r.principal.key
+    body = [xml.elem("Bucket", r.bucket), xml.elem("Key", r.key), xml.elem("UploadId", upload.upload_id),
+            f"<Initiator>{xml.elem('ID', k.access_key)}{xml.elem('DisplayName', k.name)}</Initiator>",
+            xml.owner(k.access_key, k.name), "<StorageClass>STANDARD</StorageClass>",
+            xml.elem("PartNumberMarker", marker), xml.elem("MaxParts", max_parts),
+            xml.elem("IsTruncated", truncated)]
+    if truncated and shown:
+        body.append(xml.elem("NextPartNumberMarker", shown[-1].number))
+    for p in shown:
+        body.append(f"<Part>{xml.elem('PartNumber', p.number)}{xml.elem('LastModified', xml.iso8601(p.mtime))}"
+                    f"{xml.elem('ETag', p.etag)}{xml.elem('Size', p.size)}</Part>")
+    return _xml("ListPartsResult", "".join(body))
+
+
+async def list_uploads(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    prefix = r.query.get("prefix", "")
+    uploads = [u for u in gw.engine.list_uploads(r.bucket) if u.key.startswith(prefix)]
+    key_marker = r.query.get("key-marker", "")
+    id_marker = r.query.get("upload-id-marker", "")
+    if key_marker:
+        uploads = [u for u in uploads if (u.key, u.upload_id) > (key_marker, id_marker) or u.key > key_marker]
+    max_uploads = min(int(r.query.get("max-uploads", "1000") or 1000), 1000)
+    shown = uploads[:max_uploads]
+    truncated = len(uploads) > max_uploads
+    k = r.principal.key
+    body = [xml.elem("Bucket", r.bucket), xml.elem("KeyMarker", key_marker),
+            xml.elem("UploadIdMarker", id_marker), xml.elem("Prefix", prefix),
+            xml.elem("MaxUploads", max_uploads), xml.elem("IsTruncated", truncated)]
+    if truncated and shown:
+        body.append(xml.elem("NextKeyMarker", shown[-1].key) + xml.elem("NextUploadIdMarker", shown[-1].upload_id))
+    for u in shown:
+        body.append(f"<Upload>{xml.elem('Key', u.key)}{xml.elem('UploadId', u.upload_id)}"
+                    f"<Initiator>{xml.elem('ID', k.access_key)}{xml.elem('DisplayName', k.name)}</Initiator>"
+                    f"{xml.owner(k.access_key, k.name)}<StorageClass>STANDARD</StorageClass>"
+                    f"{xml.elem('Initiated', xml.iso8601(u.initiated))}</Upload>")
+    return _xml("ListMultipartUploadsResult", "".join(body))

@@ -1,0 +1,284 @@
+"""Object operations: Get, Head, Put, Copy, Delete, DeleteObjects."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..app import Gateway, S3Request
+from ..body import Expectations, discard_blob, receive
+from ..engine.local import INLINE_MAX
+from ..engine.model import Conditions, ObjectInfo, ObjectMeta
+from ..engine.segments import BlobWriter
+from ..s3 import xml
+from ..s3.errors import S3Error
+from ..s3.http import ByteRange, evaluate_preconditions, http_date, parse_range
+
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+MAX_USER_METADATA = 2048  # AWS: user-defined metadata is limited to 2 KB
+STREAM_BLOCK = 1 << 20
+
+
+def meta_from_request(r: S3Request, size: int, etag: str, checksums: dict[str, str]) -> ObjectMeta:
+    h = r.headers
+    user: dict[str, str] = {}
+    total = 0
+    for name, value in h.items():
+        lname = name.lower()
+        if lname.startswith("x-amz-meta-"):
+            short = lname[11:]
+            user[short] = value if short not in user else f"{user[short]},{value}"
+            total += len(short) + len(value)
+    if total > MAX_USER_METADATA:
+        raise S3Error("MetadataTooLarge", extra={"MaxSizeAllowed": str(MAX_USER_METADATA)})
+    stored = {k: h[k] for k in STORED_HEADERS if k in h}
+    ctype = h.get("content-type") or "binary/octet-stream"
+    return ObjectMeta(size, etag, time.time(), ctype, stored, user, checksums)
+
+
+def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False) -> dict[str, str]:
+    out = {
+        "ETag": meta.etag,
+        "Last-Modified": http_date(meta.mtime),
+        "Content-Type": meta.content_type,
+        "Accept-Ranges": "bytes",
+    }
+    for k, v in meta.headers.items():
+        out[k.title()] = v
+    for k, v in meta.user.items():
+        out[f"x-amz-meta-{k}"] = v
+    if meta.parts:
+        out["x-amz-mp-parts-count"] = str(meta.parts)
+    if checksum_mode:
+        for name, v in meta.checksums.items():
+            out[f"x-amz-checksum-{name}"] = v
+    return out
+
+
+def _check_conditions(r: S3Request, info: ObjectInfo) -> None:
+    status = evaluate_preconditions(r.headers, info.meta.etag, info.meta.mtime)
+    if status == 412:
+        raise S3Error("PreconditionFailed", extra={"Condition": "If-Match"})
+    if status == 304:
+        raise S3Error("NotModified", status=304, headers={
+            "ETag": info.meta.etag, "Last-Modified": http_date(info.meta.mtime)})
+
+
+async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    info = gw.engine.head(r.bucket, r.key)
+    try:
+        _check_conditions(r, info)
+    except S3Error as exc:
+        if exc.status == 304:
+            return web.Response(status=304, headers=exc.headers)
+        raise
+    headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED")
+    rng = parse_range(r.headers.get("range"), info.meta.size)
+    if rng is not None:
+        headers["Content-Range"] = rng.content_range(info.meta.size)
+        headers["Content-Length"] = str(rng.length)
+        return web.Response(status=206, headers=headers)
+    headers["Content-Length"] = str(info.meta.size)
+    return web.Response(headers=headers)
+
+
+async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    if "partNumber" in r.query:
+        raise S3Error("NotImplemented", "GetObject by partNumber is not supported yet")
+    info = gw.engine.head(r.bucket, r.key)
+    try:
+        _check_conditions(r, info)
+    except S3Error as exc:
+        if exc.status == 304:
+            return web.Response(status=304, headers=exc.headers)
+        raise
+    size = info.meta.size
+    rng = parse_range(r.headers.get("range"), size)
+    headers = object_headers(info.meta, checksum_mode=(
+        rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"))
+    for param, header in RESPONSE_OVERRIDES.items():
+        if param in r.query:
+            headers[header] = r.query[param]
+    status = 200
+    span = ByteRange(0, size - 1) if size else None
+    if rng is not None:
+        status = 206
+        span = rng
+        headers["Content-Range"] = rng.content_range(size)
+    if not info.blobs:
+        body = gw.engine.read_inline(info) if size <= 131072 else await gw.run_blocking(gw.engine.read_inline, info)
+        if span is not None and status == 206:
+            body = body[span.start:span.end + 1]
+        return web.Response(status=status, body=body, headers=headers)
+    # Blob-backed: stream verified blocks; a checksum failure mid-stream aborts
+    # the connection, so the client sees a truncated body, never wrong bytes.
+    assert span is not None
+    headers["Content-Length"] = str(span.length)
+    resp = web.StreamResponse(status=status, headers=headers)
+    it = gw.engine.iter_body(info, span.start, span.end + 1)
+    first = await gw.run_blocking(next, it, None)  # fail before the status line if block 0 is bad
+    await resp.prepare(r.request)
+    piece = first
+    while piece is not None:
+        await resp.write(piece)
+        piece = await gw.run_blocking(next, it, None)
+    await resp.write_eof()
+    return resp
+
+
+def _conditions(r: S3Request) -> Conditions | None:
+    inm = r.headers.get("if-none-match")
+    im = r.headers.get("if-match")
+    if inm is None and im is None:
+        return None
+    if inm is not None and inm.strip() != "*":
+        raise S3Error("NotImplemented", "If-None-Match on PUT accepts only '*'")
+    return Conditions(if_none_match_any=inm is not None, if_match=im.strip().strip('"') if im else None)
+
+
+async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    if "x-amz-copy-source" in r.headers:
+        return await copy_object(gw, r)
+    cond = _conditions(r)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    meta_from_request(r, 0, "", {})  # validate metadata before reading the body
+    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking)
+    meta = meta_from_request(r, got.size, f'"{got.md5_hex}"', got.checksums)
+    try:
+        await gw.engine.put(r.bucket, r.key, meta, got.data, (got.blob,) if got.blob else (), cond)
+    except BaseException:
+        discard_blob(gw.engine.data, got.blob)
+        raise
+    headers = {"ETag": meta.etag}
+    for name, v in got.checksums.items():
+        headers[f"x-amz-checksum-{name}"] = v
+    return web.Response(headers=headers)
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    path, _, version = value.partition("?versionId=")
+    if version not in ("", "null"):
+        raise S3Error("NoSuchVersion", "Versioning is not enabled: the only version is null")
+    src = unquote(path)
+    src = src.lstrip("/")
+    bucket, slash, key = src.partition("/")
+    if not slash or not key or not bucket:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
+    return bucket, key
+
+
+async def copy_body(gw: Gateway, src: ObjectInfo, start: int, end: int,
+                    force_blob: bool = False) -> tuple[bytes, tuple, str]:  # type: ignore[type-arg]
+    """The bytes [start, end) of src as a new body (inline or a new blob) and their MD5."""
+    length = end - start
+    if not src.blobs and not force_blob:
+        data = gw.engine.read_inline(src)[start:end]
+        return data, (), hashlib.md5(data).hexdigest()
+
+    def copy() -> tuple[bytes, tuple, str]:  # type: ignore[type-arg]
+        if length <= INLINE_MAX and not force_blob:
+            data = b"".join(gw.engine.iter_body(src, start, end))
+            return data, (), hashlib.md5(data).hexdigest()
+        w = BlobWriter(gw.engine.data)
+        h = hashlib.md5()
+        try:
+            pieces = (gw.engine.read_inline(src)[start:end],) if not src.blobs else gw.engine.iter_body(src, start, end)
+            for piece in pieces:
+                h.update(piece)
+                w.write(piece)
+            return b"", (w.finish(),), h.hexdigest()
+        except BaseException:
+            w.discard()
+            raise
+
+    return await gw.run_blocking(copy)
+
+
+async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
+    src = gw.engine.head(sb, sk)
+    if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
+        raise S3Error("PreconditionFailed")
+    directive = r.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.")
+    if (sb, sk) == (r.bucket, r.key) and directive == "COPY":
+        raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
+                      "object to itself without changing the object's metadata, storage class, website "
+                      "redirect location or encryption attributes.")
+    data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size)
+    etag = f'"{md5_hex}"'
+    if directive == "REPLACE":
+        meta = meta_from_request(r, src.meta.size, etag, {})
+    else:
+        s = src.meta
+        meta = ObjectMeta(s.size, etag, time.time(), s.content_type, s.headers, s.user, s.checksums)
+    try:
+        await gw.engine.put(r.bucket, r.key, meta, data, blobs, _conditions(r))
+    except BaseException:
+        for b in blobs:
+            discard_blob(gw.engine.data, b)
+        raise
+    body = xml.document("CopyObjectResult", xml.elem("LastModified", xml.iso8601(meta.mtime))
+                        + xml.elem("ETag", meta.etag))
+    return web.Response(body=body, content_type="application/xml")
+
+
+async def delete_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    await gw.engine.delete(r.bucket, r.key)
+    return web.Response(status=204)
+
+
+async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    if exp.content_md5 is None and not exp.checksums:
+        raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5")
+    if exp.length is not None and exp.length > xml.MAX_XML_BODY:
+        raise S3Error("MalformedXML", "The XML body is larger than this operation accepts")
+    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    req = xml.parse_delete(got.data)
+    if not gw.engine.bucket_exists(r.bucket):
+        raise S3Error("NoSuchBucket")
+    good = [k for k in req.keys if len(k.encode()) <= 1024]
+    await gw.engine.delete_many(r.bucket, good)
+    parts = []
+    for k in req.keys:
+        if len(k.encode()) > 1024:
+            parts.append(f"<Error>{xml.elem('Key', k)}<Code>KeyTooLongError</Code>"
+                         "<Message>Your key is too long</Message></Error>")
+        elif not req.quiet:
+            parts.append(f"<Deleted>{xml.elem('Key', k)}</Deleted>")
+    return web.Response(body=xml.document("DeleteResult", "".join(parts)), content_type="application/xml")
+
+
+async def get_object_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket and r.key
+    gw.engine.head(r.bucket, r.key)
+    return acl_response(r)
+
+
+def acl_response(r: S3Request) -> web.Response:
+    owner_id = r.principal.key.access_key
+    body = (xml.owner(owner_id, r.principal.key.name or owner_id)
+            + "<AccessControlList><Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\""
+            f" xsi:type=\"CanonicalUser\">{xml.elem('ID', owner_id)}</Grantee>"
+            "<Permission>FULL_CONTROL</Permission></Grant></AccessControlList>")
+    return web.Response(body=xml.document("AccessControlPolicy", body), content_type="application/xml")
+

@@ -1,0 +1,77 @@
+"""Which S3 operation a request is: method x (service | bucket | object) x subresource.
+
+Pure; the table follows the AWS S3 API reference's request syntax for each
+operation.  Unknown subresources are NotImplemented rather than silently
+served as the plain operation (a client asking for ?tagging must not get the
+object body).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import S3Error
+
+# Subresources we answer at the bucket level with fixed documents.
+_BUCKET_GET = {
+    "location": "GetBucketLocation",
+    "uploads": "ListMultipartUploads",
+    "versions": "ListObjectVersions",
+    "versioning": "GetBucketVersioning",
+    "acl": "GetBucketAcl",
+}
+_UNSUPPORTED = {
+    "policy", "cors", "lifecycle", "tagging", "encryption", "website", "logging", "notification",
+    "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
+    "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
+    "ownershipControls", "publicAccessBlock", "policyStatus", "attributes",
+}
+
+
+def operation(method: str, bucket: str | None, key: str | None, query: Mapping[str, str]) -> str:
+    for name in query:
+        if name in _UNSUPPORTED:
+            raise S3Error("NotImplemented", f"The ?{name} subresource is not implemented")
+    if bucket is None:
+        if method in ("GET", "HEAD"):
+            return "ListBuckets"
+        raise S3Error("MethodNotAllowed")
+    if key is None:
+        if method == "GET":
+            for sub, op in _BUCKET_GET.items():
+                if sub in query:
+                    return op
+            return "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"
+        if method == "HEAD":
+            return "HeadBucket"
+        if method == "PUT":
+            if "versioning" in query or "acl" in query:
+                raise S3Error("NotImplemented", "Changing versioning or ACLs is not supported")
+            return "CreateBucket"
+        if method == "DELETE":
+            return "DeleteBucket"
+        if method == "POST" and "delete" in query:
+            return "DeleteObjects"
+        raise S3Error("MethodNotAllowed")
+    if method == "GET":
+        if "uploadId" in query:
+            return "ListParts"
+        if "acl" in query:
+            return "GetObjectAcl"
+        return "GetObject"
+    if method == "HEAD":
+        return "HeadObject"
+    if method == "PUT":
+        if "partNumber" in query and "uploadId" in query:
+            return "UploadPart"
+        if "acl" in query:
+            raise S3Error("NotImplemented", "Changing ACLs is not supported")
+        return "PutObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    if method == "POST":
+        if "uploads" in query:
+            return "CreateMultipartUpload"
+        if "uploadId" in query:
+            return "CompleteMultipartUpload"
+    raise S3Error("MethodNotAllowed")

@@ -1,0 +1,64 @@
+"""Run one gateway process: the composition root for `mailstore gateway`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import build_app
+from .compact import Compactor
+from .config import GatewayConfig
+from .engine.local import LocalEngine
+
+log = logging.getLogger("gateway")
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  # type: ignore[type-arg]
+    engine = LocalEngine(config.data_dir)
+    compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
+    app = build_app(config, engine)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1] if sockets else config.port
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    info = {"event": "listening", "endpoint": f"http://{host}:{port}", "port": port,
+            "data_dir": str(config.data_dir)}
+    if ready is not None:
+        ready.update(info)
+    print(json.dumps(info), flush=True)
+    if compactor is not None:
+        compactor.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if compactor is not None:
+            compactor.stop()
+        await runner.cleanup()
+        engine.close()
+
+
+def run(config: GatewayConfig) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_uvloop()
+    asyncio.run(serve(config))

@@ -1,0 +1,116 @@
+"""Fixtures: real gateway processes on 127.0.0.1 port 0, real boto3 clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def mailstore(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, check=check,
+                          timeout=300)
+
+
+@dataclass
+class Key:
+    access_key: str
+    secret: str
+
+
+def create_key(data_dir: Path, name: str = "test") -> Key:
+    out = json.loads(mailstore("key", "create", "--data-dir", str(data_dir), "--name", name).stdout)
+    return Key(out["AccessKeyId"], out["SecretAccessKey"])
+
+
+class GatewayProcess:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.log = open(data_dir.parent / f"gateway-{os.getpid()}-{time.monotonic_ns()}.log", "w+")
+        self.proc = subprocess.Popen(
+            [str(BIN / "mailstore"), "gateway", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", *extra],
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"gateway did not start: {self.log.read()}")
+        info = json.loads(line)
+        self.endpoint: str = info["endpoint"]
+        self.port: int = info["port"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+def client(endpoint: str, key: Key, **config: object):  # type: ignore[no-untyped-def]
+    config.setdefault("s3", {"addressing_style": "path"})
+    cfg = Config(retries={"max_attempts": 1, "mode": "standard"},
+                 connect_timeout=5, read_timeout=60, **config)  # type: ignore[arg-type]
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key.access_key,
+                        aws_secret_access_key=key.secret, region_name="us-east-1", config=cfg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy_env() -> None:
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        os.environ.pop(var, None)
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gw") / "data"
+
+
+@pytest.fixture(scope="module")
+def key(data_dir: Path) -> Key:
+    return create_key(data_dir)
+
+
+@pytest.fixture(scope="module")
+def gateway(data_dir: Path, key: Key):  # type: ignore[no-untyped-def]
+    gw = GatewayProcess(data_dir)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(gateway: GatewayProcess, key: Key):  # type: ignore[no-untyped-def]
+    return client(gateway.endpoint, key)
+
+
+_bucket_counter = [0]
+
+
+@pytest.fixture
+def bucket(s3) -> str:  # type: ignore[no-untyped-def]
+    _bucket_counter[0] += 1
+    name = f"b{os.getpid()}-{_bucket_counter[0]}"
+    s3.create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,67 @@
+"""Two gateway processes on one data directory: read-after-write and
+list-after-write across them, both ways, for puts and deletes."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import botocore.exceptions
+import pytest
+
+from conftest import GatewayProcess, client, create_key
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):  # type: ignore[no-untyped-def]
+    data = tmp_path_factory.mktemp("pair") / "data"
+    key = create_key(data)
+    a, b = GatewayProcess(data), GatewayProcess(data)
+    yield client(a.endpoint, key), client(b.endpoint, key)
+    a.stop()
+    b.stop()
+
+
+def test_bucket_and_key_visible_to_both(pair):
+    a, b = pair
+    a.create_bucket(Bucket="shared")
+    b.head_bucket(Bucket="shared")
+    assert "shared" in [x["Name"] for x in b.list_buckets()["Buckets"]]
+
+
+@pytest.mark.parametrize("direction", ["a->b", "b->a"])
+def test_read_and_list_after_write(pair, direction):
+    w, r = pair if direction == "a->b" else pair[::-1]
+    for i in range(200):
+        key = f"{direction}/msg{i:04d}"
+        body = os.urandom(64 + i * 37)
+        w.put_object(Bucket="shared", Key=key, Body=body, Metadata={"n": str(i)})
+        got = r.get_object(Bucket="shared", Key=key)  # at once, no retry, no sleep
+        assert got["Body"].read() == body and got["Metadata"] == {"n": str(i)}
+        assert r.head_object(Bucket="shared", Key=key)["ContentLength"] == len(body)
+        listed = r.list_objects(Bucket="shared", Prefix=key)["Contents"]
+        assert [o["Key"] for o in listed] == [key]
+    for i in range(0, 200, 3):
+        key = f"{direction}/msg{i:04d}"
+        w.delete_object(Bucket="shared", Key=key)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            r.get_object(Bucket="shared", Key=key)
+        assert e.value.response["Error"]["Code"] == "NoSuchKey"
+        assert not r.list_objects_v2(Bucket="shared", Prefix=key).get("Contents")
+
+
+def test_concurrent_writers_on_both(pair):
+    a, b = pair
+
+    def put(args):  # type: ignore[no-untyped-def]
+        i, cl = args
+        cl.put_object(Bucket="shared", Key=f"mix/{i:05d}", Body=str(i).encode())
+
+    jobs = [(i, a if i % 2 else b) for i in range(600)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, jobs))
+    for cl in pair:
+        keys = [o["Key"] for p in cl.get_paginator("list_objects_v2").paginate(Bucket="shared", Prefix="mix/")
+                for o in p.get("Contents", [])]
+        assert keys == [f"mix/{i:05d}" for i in range(600)]
+    assert b.get_object(Bucket="shared", Key="mix/00301")["Body"].read() == b"301"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,9 +44,12 @@ class Report:
 
 
 def _scan(path: Path, limit: int | None):  # type: ignore[no-untyped-def]
-    """Yield (offset, raw, record) for each valid record; stop at the first bad one.
+    """Yield (offset, raw, record, body_error) for each record with a sound header.
 
-    Returns (via StopIteration value) the offset where valid data ends.
+    A record whose prefix and header verify but whose body does not is yielded
+    with the error (its length is trustworthy, so the scan goes on past it).
+    A bad prefix or header ends the scan: the StopIteration value is
+    (offset where trustworthy data ends, error or None).
     """
     with open(path, "rb") as f:
         data = f.read() if limit is None else f.read(limit)
@@ -55,12 +60,24 @@ def _scan(path: Path, limit: int | None):  # type: ignore[no-untyped-def]
             raw = data[pos:pos + p.total]
             if len(raw) != p.total:
                 raise CorruptRecord("truncated record")
-            rec = records.decode(raw)
+            records.check_header(raw, p)
         except CorruptRecord as exc:
             return pos, str(exc)
-        yield pos, raw, rec
+        try:
+            rec, err = records.decode(raw), None
+        except CorruptRecord as exc:
+            rec, err = records.decode(_without_body(raw, p)), str(exc)
+        yield pos, raw, rec, err
         pos += p.total
     return pos, None
+
+
+def _without_body(raw: bytes, p: records.Prefix) -> bytes:
+    """The record with its body dropped (to read a header whose body is corrupt)."""
+    header = raw[records.PREFIX_SIZE:records.PREFIX_SIZE + p.hlen]
+    head = struct.pack("<4sB3xQIQ", records.MAGIC, p.kind, p.seq, p.hlen, 0)
+    hcrc = zlib.crc32(header, zlib.crc32(head))
+    return head + struct.pack("<II", hcrc, 0) + header
 
 
 def verify(root: Path, progress: Progress = lambda s: None) -> Report:
@@ -82,12 +99,15 @@ def verify(root: Path, progress: Progress = lambda s: None) -> Report:
             gen = _scan(path, size)
             while True:
                 try:
-                    offset, raw, rec = next(gen)
+                    offset, raw, rec, body_err = next(gen)
                 except StopIteration as stop:
                     end, err = stop.value
                     if err is not None:
                         rep.problems.append(f"segment {seg_id} offset {end}: {err}")
                     break
+                if body_err is not None:
+                    rep.problems.append(f"segment {seg_id} offset {offset} "
+                                        f"({rec.namespace}/{rec.key}): {body_err}")
                 rep.records += 1
                 rep.bytes += len(raw)
                 seen.add(rec.seq)
@@ -139,13 +159,17 @@ def rebuild(root: Path, progress: Progress = lambda s: None) -> Report:
         gen = _scan(data.segment_path(seg_id), None)
         while True:
             try:
-                offset, raw, rec = next(gen)
+                offset, raw, rec, body_err = next(gen)
             except StopIteration as stop:
                 end, err = stop.value
                 if err is not None:
                     rep.problems.append(f"segment {seg_id}: data ends at {end} ({err}); tail cut")
                 seg_sizes[seg_id] = end
                 break
+            if body_err is not None:
+                # Indexed all the same: a read fails loudly rather than an older
+                # version silently reappearing.
+                rep.problems.append(f"segment {seg_id} offset {offset}: {body_err}")
             rep.records += 1
             max_seq = max(max_seq, rec.seq)
             k = (rec.namespace, rec.key)

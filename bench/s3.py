@@ -133,12 +133,9 @@ async def handle(request):
         return web.Response(body=b"<ListBucketResult></ListBucketResult>", content_type="application/xml")
     return web.Response(body=BODY)
 BODY = b"x" * int(sys.argv[2])
-async def noexpect(request):
-    return None
 async def main():
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=noexpect)
-    runner = web.AppRunner(app, access_log=None)
+    # The same aiohttp stack as the gateway: low-level server, uvloop.
+    runner = web.ServerRunner(web.Server(handle), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]), backlog=1024).start()
     print("ready", flush=True)

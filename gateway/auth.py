@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from multidict import CIMultiDictProxy
@@ -48,8 +47,9 @@ class Authenticator:
             raise S3Error("InvalidAccessKeyId", extra={"AWSAccessKeyId": access_key})
         return hit[1]
 
-    def authenticate(self, method: str, raw_path: str, raw_query: str,
+    def authenticate(self, method: str, raw_path: str, pairs: list[tuple[str, str]],
                      query: Mapping[str, str], headers: CIMultiDictProxy[str]) -> Principal:
+        """`pairs` is the decoded query in wire order, `query` the same as a mapping."""
         authz = headers.get("authorization")
         if authz is not None:
             if authz.startswith(sigv4.ALGORITHM):
@@ -67,12 +67,11 @@ class Authenticator:
         else:
             raise S3Error("AccessDenied", "Anonymous access is not allowed")
         key = self.lookup(signed.credential.access_key)
-        sigv4.check_time(signed, datetime.fromtimestamp(self.clock(), timezone.utc))
+        sigv4.check_time(signed, self.clock())
         for required in ("host",):
             if required not in signed.signed_headers:
                 raise S3Error("AccessDenied", f"The {required} header must be signed")
         hdrs = {name: headers.getall(name, []) for name in signed.signed_headers}
-        pairs = sigv4.parse_query(raw_query)
         expected = sigv4.expected_signature(signed, key.secret, method, raw_path, pairs, hdrs)
         sigv4.verify_signature(signed, expected)
         return Principal(key, signed.payload_hash, signed.presigned)

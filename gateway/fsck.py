@@ -194,7 +194,7 @@ def rebuild(root: Path, progress: Progress = lambda s: None) -> Report:
             "INSERT INTO objects(ns, key, seq, segment, offset, length, size, etag, mtime, meta, blobs)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (ns, key_bytes(key), seq, seg_id, offset, length, m.size, m.etag, m.mtime,
-             json.dumps(m.to_json(), separators=(",", ":")),
+             records.meta_json(m),
              json.dumps([b.to_json() for b in rec.blobs]) if rec.blobs else None))
         live_by_seg[seg_id] = live_by_seg.get(seg_id, 0) + length
         rep.live += 1

@@ -10,7 +10,7 @@ import sys
 
 from aiohttp import web
 
-from .app import build_app
+from .app import build_server
 from .compact import Compactor
 from .config import GatewayConfig
 from .engine.local import LocalEngine
@@ -29,8 +29,8 @@ def install_uvloop() -> None:
 async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  # type: ignore[type-arg]
     engine = LocalEngine(config.data_dir)
     compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
-    app = build_app(config, engine)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
+    server, gateway = build_server(config, engine)
+    runner = web.ServerRunner(server, access_log=None, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()
@@ -54,6 +54,7 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  #
         if compactor is not None:
             compactor.stop()
         await runner.cleanup()
+        gateway.pool.shutdown(wait=True)
         engine.close()
 
 

@@ -48,6 +48,7 @@ class Write:
     body: bytes = b""
     blobs: tuple[BlobRef, ...] = ()
     release_prev_blobs: bool = True  # unlink the blob files of what this replaces
+    meta_text: str | None = None  # meta serialized once, for the record and the index
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +237,8 @@ class GroupCommitter:
                         continue
                     seq += 1
                     kind = records.PUT if w.meta is not None else records.TOMBSTONE
-                    rec = records.encode(kind, seq, w.ns, w.key, w.meta, cur.seq if cur else None,
+                    w.meta_text = records.meta_json(w.meta) if w.meta is not None else None
+                    rec = records.encode(kind, seq, w.ns, w.key, w.meta_text, cur.seq if cur else None,
                                          w.blobs, w.body)
                     plan.append((w, seq, rec, cur))
                     overlay[(w.ns, w.key)] = (
@@ -312,7 +314,7 @@ class GroupCommitter:
                         "INSERT OR REPLACE INTO objects(ns, key, seq, segment, offset, length, size, etag,"
                         " mtime, meta, blobs) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (w.ns, key_bytes(w.key), seq, seg_id, offset, len(rec), m.size, m.etag, m.mtime,
-                         json.dumps(m.to_json(), separators=(",", ":")),
+                         w.meta_text,
                          json.dumps([b.to_json() for b in w.blobs]) if w.blobs else None),
                     )
                     live_delta += len(rec)

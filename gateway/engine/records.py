@@ -50,14 +50,20 @@ class Record:
     body: bytes
 
 
-def encode(kind: int, seq: int, namespace: str, key: str, meta: ObjectMeta | None,
+def meta_json(meta: ObjectMeta) -> str:
+    return json.dumps(meta.to_json(), separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(kind: int, seq: int, namespace: str, key: str, meta: str | None,
            prev: int | None, blobs: tuple[BlobRef, ...], body: bytes) -> bytes:
+    """`meta` is the ObjectMeta already serialized (meta_json): the index stores the same text."""
     h: dict[str, object] = {"b": namespace, "k": key, "p": prev}
-    if meta is not None:
-        h["m"] = meta.to_json()
     if blobs:
         h["bl"] = [b.to_json() for b in blobs]
-    header = json.dumps(h, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(h, separators=(",", ":"), ensure_ascii=False)
+    if meta is not None:
+        text = f'{text[:-1]},"m":{meta}}}'
+    header = text.encode()
     bcrc = zlib.crc32(body) if body else 0
     head = struct.pack("<4sB3xQIQ", MAGIC, kind, seq, len(header), len(body))
     hcrc = zlib.crc32(header, zlib.crc32(head))

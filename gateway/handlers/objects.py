@@ -162,9 +162,9 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         return await copy_object(gw, r)
     cond = _conditions(r)
     exp = Expectations.from_request(r.request, r.principal.payload_hash)
-    meta_from_request(r, 0, "", {})  # validate metadata before reading the body
+    m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
     got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking)
-    meta = meta_from_request(r, got.size, f'"{got.md5_hex}"', got.checksums)
+    meta = ObjectMeta(got.size, f'"{got.md5_hex}"', m.mtime, m.content_type, m.headers, m.user, got.checksums)
     try:
         await gw.engine.put(r.bucket, r.key, meta, got.data, (got.blob,) if got.blob else (), cond)
     except BaseException:

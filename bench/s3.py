@@ -135,7 +135,7 @@ async def handle(request):
 BODY = b"x" * int(sys.argv[2])
 async def main():
     # The same aiohttp stack as the gateway: low-level server, uvloop.
-    runner = web.ServerRunner(web.Server(handle), access_log=None)
+    runner = web.ServerRunner(web.Server(handle, access_log=None))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]), backlog=1024).start()
     print("ready", flush=True)

@@ -172,4 +172,4 @@ def build_server(config: GatewayConfig, engine: LocalEngine) -> tuple[web.Server
 
     gw = Gateway(config, engine)
     gw.handlers.update(HANDLERS)
-    return web.Server(gw.handle), gw
+    return web.Server(gw.handle, access_log=None), gw

@@ -30,7 +30,7 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  #
     engine = LocalEngine(config.data_dir)
     compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
     server, gateway = build_server(config, engine)
-    runner = web.ServerRunner(server, access_log=None, handle_signals=False, shutdown_timeout=10.0)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()

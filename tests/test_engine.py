@@ -109,11 +109,13 @@ def test_corruption_through_http_and_fsck_exit_status(tmp_path):
     data = tmp_path / "data"
     key = create_key(data)
     gw = GatewayProcess(data)
-    s3 = client(gw.endpoint, key)
-    s3.create_bucket(Bucket="corrupt")
-    s3.put_object(Bucket="corrupt", Key="small", Body=b"S" * 5000)
-    s3.put_object(Bucket="corrupt", Key="big", Body=b"L" * (3 << 20))
-    gw.stop()
+    try:
+        s3 = client(gw.endpoint, key)
+        s3.create_bucket(Bucket="corrupt")
+        s3.put_object(Bucket="corrupt", Key="small", Body=b"S" * 5000)
+        s3.put_object(Bucket="corrupt", Key="big", Body=b"L" * (3 << 20))
+    finally:
+        gw.stop()
     e = LocalEngine(data, writer=False)
     small, big = e.head("corrupt", "small"), e.head("corrupt", "big")
     e.close()
@@ -127,7 +129,13 @@ def test_corruption_through_http_and_fsck_exit_status(tmp_path):
     res = mailstore("fsck", "--data-dir", str(data), "--quiet", check=False)
     assert res.returncode == 1 and json.loads(res.stdout)["problem_count"] == 2
     gw = GatewayProcess(data)
-    s3 = client(gw.endpoint, key)
+    try:
+        _read_corrupt_objects(client(gw.endpoint, key))
+    finally:
+        gw.stop()
+
+
+def _read_corrupt_objects(s3) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         s3.get_object(Bucket="corrupt", Key="small")
     assert exc.value.response["Error"]["Code"] == "InternalError"
@@ -139,7 +147,6 @@ def test_corruption_through_http_and_fsck_exit_status(tmp_path):
         raise AssertionError("served corrupt or truncated bytes as a success")
     s3.put_object(Bucket="corrupt", Key="fine", Body=b"ok")  # the server goes on
     assert s3.get_object(Bucket="corrupt", Key="fine")["Body"].read() == b"ok"
-    gw.stop()
 
 
 def test_recovery_cuts_uncommitted_tail(tmp_path):

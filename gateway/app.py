@@ -50,9 +50,17 @@ _BUCKET_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
 
 def valid_bucket_name(name: str) -> bool:
     """AWS bucket naming rules (general purpose buckets)."""
-    return (3 <= len(name) <= 63 and set(name) <= _BUCKET_CHARS and name[0].isalnum()
+    if name in _VALID_SEEN:
+        return True
+    ok = (3 <= len(name) <= 63 and set(name) <= _BUCKET_CHARS and name[0].isalnum()
             and name[-1].isalnum() and ".." not in name and not name.startswith("xn--")
             and not all(p.isdigit() for p in name.split(".")))
+    if ok and len(_VALID_SEEN) < 10_000:
+        _VALID_SEEN.add(name)
+    return ok
+
+
+_VALID_SEEN: set[str] = set()
 
 
 @dataclass(slots=True)

@@ -12,12 +12,19 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from .errors import S3Error
 
 
+@lru_cache(maxsize=4096)
+def _http_date_second(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
+
+
 def http_date(ts: float) -> str:
-    return email.utils.formatdate(ts, usegmt=True)
+    """RFC 9110 IMF-fixdate; cached per second (Last-Modified on every response)."""
+    return _http_date_second(int(ts))
 
 
 def parse_http_date(value: str | None) -> float | None:
@@ -96,6 +103,9 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
+_CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+
+
 def evaluate_preconditions(
     headers: dict[str, str], etag: str, mtime: float, *, prefix: str = ""
 ) -> int | None:
@@ -105,6 +115,8 @@ def evaluate_preconditions(
     the 304 cases become 412 as AWS documents.
     """
     get = headers.get
+    if prefix == "" and not any(h in headers for h in _CONDITIONAL):
+        return None
     if_match = get(prefix + "if-match")
     if_none = get(prefix + "if-none-match")
     if_unmod = parse_http_date(get(prefix + "if-unmodified-since"))

@@ -41,12 +41,18 @@ def uri_encode(value: str, *, keep_slash: bool) -> str:
     return quote(value, safe=_UNRESERVED + ("/" if keep_slash else ""))
 
 
+_CANONICAL_AS_IS = re.compile(r"[A-Za-z0-9\-._~/]*")
+
+
 def canonical_uri(raw_path: str) -> str:
     """The canonical URI of an S3 request from the path as it came on the wire.
 
     The wire form may encode more or fewer characters than AWS does, so decode
-    once and re-encode by AWS's rules ('+' in a path is a literal plus).
+    once and re-encode by AWS's rules ('+' in a path is a literal plus).  A
+    path of unreserved characters only is already canonical.
     """
+    if _CANONICAL_AS_IS.fullmatch(raw_path):
+        return raw_path
     return uri_encode(unquote(raw_path), keep_slash=True)
 
 
@@ -75,8 +81,15 @@ def canonical_query(pairs: list[tuple[str, str]], *, skip: str | None = None) ->
     return "&".join(f"{k}={v}" for k, v in encoded)
 
 
+def _trim(value: str) -> str:
+    value = value.strip()
+    return _SPACES.sub(" ", value) if "  " in value else value
+
+
 def canonical_header_value(values: list[str]) -> str:
-    return ",".join(_SPACES.sub(" ", v.strip()) for v in values)
+    if len(values) == 1:
+        return _trim(values[0])
+    return ",".join(_trim(v) for v in values)
 
 
 def canonical_request(

@@ -84,20 +84,17 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def start_gateway(work: Path) -> Server:
-    data = work / "gateway"
+def start_gateway(work: Path, workers: int = 1) -> tuple[Server, tuple[str, str]]:
+    name = "gateway" if workers == 1 else f"gateway x{workers}"
+    data = work / name.replace(" ", "")
     key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data),
                                      "--name", "bench"], capture_output=True, text=True, check=True).stdout)
-    global GW_KEY
-    GW_KEY = (key["AccessKeyId"], key["SecretAccessKey"])
-    proc = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=open(work / "gateway.log", "w"), text=True)
+    proc = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0",
+                             "--workers", str(workers)],
+                            stdout=subprocess.PIPE, stderr=open(work / f"{data.name}.log", "w"), text=True)
     assert proc.stdout is not None
     info = json.loads(proc.stdout.readline())
-    return Server("gateway", info["endpoint"], proc, data)
-
-
-GW_KEY = (AK, SK)
+    return Server(name, info["endpoint"], proc, data), (key["AccessKeyId"], key["SecretAccessKey"])
 
 
 def start_seaweed(work: Path) -> Server:
@@ -295,6 +292,8 @@ def main() -> int:
     ap.add_argument("--ops", type=int, default=4000, help="requests per phase (bounded by time too)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--sizes", default="4096,65536")
+    ap.add_argument("--workers", default="1,2",
+                    help="gateway process counts to measure (comma-separated; 2 uses both cores)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     try:
@@ -308,16 +307,17 @@ def main() -> int:
     servers: list[Server] = []
     try:
         print(f"disk: raw fdatasync {fdatasync_rate(work):.0f}/s (4 KiB appends) in {work}")
-        gw = start_gateway(work)
+        gateways = [start_gateway(work, int(n)) for n in args.workers.split(",")]
         sw = start_seaweed(work)
-        servers += [gw, sw]
-        asyncio.run(ensure_bucket(gw.endpoint, GW_KEY, 10))
+        servers += [g for g, _ in gateways] + [sw]
+        for g, k in gateways:
+            asyncio.run(ensure_bucket(g.endpoint, k, 10))
         asyncio.run(ensure_bucket(sw.endpoint, (AK, SK), 60))
         for size in sizes:
             ceiling = start_ceiling(work, size)
             servers.append(ceiling)
             label = f"{size // 1024}KiB"
-            for srv, key in ((gw, GW_KEY), (sw, (AK, SK)), (ceiling, (AK, SK))):
+            for srv, key in (*gateways, (sw, (AK, SK)), (ceiling, (AK, SK))):
                 for op in ("PUT", "GET", "HEAD", "LIST"):
                     reqs = phase_requests(op, srv.endpoint, size, args.ops, key, label)
                     res = asyncio.run(drive(srv.endpoint, reqs, args.concurrency, op == "HEAD"))
@@ -330,15 +330,15 @@ def main() -> int:
         for s in servers:
             s.stop()
     print()
-    print(f"{'phase':<12}{'server':<11}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'errors':>8}"
+    print(f"{'phase':<12}{'server':<12}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'errors':>8}"
           f"{'vs seaweed':>12}{'of ceiling':>12}")
     for phase, by in results.items():
         sw_rate = by.get("seaweedfs", {}).get("ops_s", 0)
         ceil_rate = by.get("ceiling", {}).get("ops_s", 0)
         for name, r in by.items():
-            vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name == "gateway" else ""
+            vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name.startswith("gateway") else ""
             of = f"{100 * r['ops_s'] / ceil_rate:.0f}%" if ceil_rate and name != "ceiling" else ""
-            print(f"{phase:<12}{name:<11}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            print(f"{phase:<12}{name:<12}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                   f"{r['rss_mb']:>9.0f}{r['errors']:>8}{vs:>12}{of:>12}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

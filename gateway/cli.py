@@ -42,8 +42,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     host, port = parse_listen(args.listen)
     domains = tuple(args.base_domain) if args.base_domain else ("s3.localhost",)
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
     run(GatewayConfig(Path(args.data_dir), host, port, args.region, domains,
-                      compaction=not args.no_compaction))
+                      compaction=not args.no_compaction), workers=args.workers)
     return 0
 
 
@@ -189,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     gw.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
     gw.add_argument("--region", default="us-east-1")
     gw.add_argument("--no-compaction", action="store_true")
+    gw.add_argument("--workers", type=int, default=1,
+                    help="gateway processes sharing the listening socket (one per core)")
     gw.set_defaults(fn=cmd_gateway)
 
     key = sub.add_parser("key", help="manage access keys")

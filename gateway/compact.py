@@ -32,7 +32,7 @@ from .engine import records
 from .engine.index import connect, key_bytes
 from .engine.local import LocalEngine
 from .engine.model import CorruptRecord
-from .engine.segments import SegmentWriter
+from .engine.segments import SegmentWriter, WriteLock
 
 log = logging.getLogger("gateway.compact")
 
@@ -78,6 +78,7 @@ class Compactor:
             except BlockingIOError:
                 return {}
             conn = connect(self.data.index_path)
+            self._lock = WriteLock(self.data.root)
             try:
                 candidates = conn.execute(
                     "SELECT id, size, dead FROM segments WHERE sealed=1 AND size>0 AND dead>=size*?",
@@ -90,6 +91,7 @@ class Compactor:
                 self._sweep_orphan_blobs(conn)
             finally:
                 conn.close()
+                self._lock.close()
             self.stats["runs"] += 1
             return dict(self.stats)
         finally:
@@ -128,13 +130,14 @@ class Compactor:
             if verdict != "drop":
                 moves.append((rec, raw, verdict))
             pos += p.total
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            new_id = conn.execute("INSERT INTO segments(size, sealed) VALUES (0, 1)").lastrowid
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new_id = conn.execute("INSERT INTO segments(size, sealed) VALUES (0, 1)").lastrowid
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         writer = SegmentWriter(self.data, new_id)
         try:
             offsets = []
@@ -146,40 +149,47 @@ class Compactor:
                 off += len(raw)
             if payload:
                 writer.sync()
-            live = dead = 0
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for (rec, raw, verdict), offset in zip(moves, offsets):
-                    moved = 0
-                    if verdict == "live":
-                        moved = conn.execute(
-                            "UPDATE objects SET segment=?, offset=? WHERE ns=? AND key=? AND seq=?",
-                            (new_id, offset, rec.namespace, key_bytes(rec.key), rec.seq)).rowcount
-                    if moved:
-                        live += len(raw)
-                    else:  # dead (or died since we looked): its dead row moves with it
-                        conn.execute("UPDATE dead SET segment=? WHERE seq=?", (new_id, rec.seq))
-                        dead += len(raw)
-                kept = {rec.seq for rec, _, _ in moves}
-                gone = [s for (s,) in conn.execute("SELECT seq FROM dead WHERE segment=?", (seg_id,))
-                        if s not in kept]
-                conn.executemany("DELETE FROM dead WHERE seq=?", [(s,) for s in gone])
-                conn.execute("UPDATE segments SET size=?, live=?, dead=? WHERE id=?",
-                             (len(payload), live, dead, new_id))
-                conn.execute("DELETE FROM segments WHERE id=?", (seg_id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            with self._lock:
+                self._swap(conn, seg_id, new_id, moves, offsets, len(payload))
         finally:
             writer.close()
         if not payload:
-            conn.execute("DELETE FROM segments WHERE id=? AND size=0", (new_id,))
+            with self._lock:
+                conn.execute("DELETE FROM segments WHERE id=? AND size=0", (new_id,))
             writer.path.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         self.stats["segments_compacted"] += 1
         self.stats["bytes_reclaimed"] += size - len(payload)
         log.info("compacted segment %d: %d -> %d bytes", seg_id, size, len(payload))
+
+    def _swap(self, conn, seg_id: int, new_id: int, moves, offsets: list[int],  # type: ignore[no-untyped-def]
+              new_size: int) -> tuple[int, int]:
+        """One index transaction: rows follow their records to the new segment."""
+        live = dead = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for (rec, raw, verdict), offset in zip(moves, offsets):
+                moved = 0
+                if verdict == "live":
+                    moved = conn.execute(
+                        "UPDATE objects SET segment=?, offset=? WHERE ns=? AND key=? AND seq=?",
+                        (new_id, offset, rec.namespace, key_bytes(rec.key), rec.seq)).rowcount
+                if moved:
+                    live += len(raw)
+                else:  # dead (or died since we looked): its dead row moves with it
+                    conn.execute("UPDATE dead SET segment=? WHERE seq=?", (new_id, rec.seq))
+                    dead += len(raw)
+            kept = {rec.seq for rec, _, _ in moves}
+            gone = [s for (s,) in conn.execute("SELECT seq FROM dead WHERE segment=?", (seg_id,))
+                    if s not in kept]
+            conn.executemany("DELETE FROM dead WHERE seq=?", [(s,) for s in gone])
+            conn.execute("UPDATE segments SET size=?, live=?, dead=? WHERE id=?", (new_size, live, dead, new_id))
+            conn.execute("DELETE FROM segments WHERE id=?", (seg_id,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return live, dead
 
     def _sweep_orphan_blobs(self, conn) -> None:  # type: ignore[no-untyped-def]
         import json

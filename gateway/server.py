@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -26,13 +27,19 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  # type: ignore[type-arg]
+async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ignore[type-arg]
+                sock: socket.socket | None = None, announce: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM; on `sock` when given (a worker), else bind config's address."""
     engine = LocalEngine(config.data_dir)
     compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
     server, gateway = build_server(config, engine)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()
     sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1] if sockets else config.port
@@ -41,7 +48,8 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  #
             "data_dir": str(config.data_dir)}
     if ready is not None:
         ready.update(info)
-    print(json.dumps(info), flush=True)
+    if announce:
+        print(json.dumps(info), flush=True)
     if compactor is not None:
         compactor.start()
     stop = asyncio.Event()
@@ -58,7 +66,12 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None) -> None:  #
         engine.close()
 
 
-def run(config: GatewayConfig) -> None:
+def run(config: GatewayConfig, workers: int = 1) -> None:
+    if workers > 1:
+        from .workers import run_workers
+
+        run_workers(config, workers)
+        return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_uvloop()

@@ -33,7 +33,7 @@ from typing import Callable
 from . import records
 from .index import connect, key_bytes
 from .model import BlobRef, EngineError, EngineUnavailable, ObjectMeta
-from .segments import DataDir, SegmentWriter, fsync_dir
+from .segments import DataDir, SegmentWriter, WriteLock, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Txn:
     writes: list[Write]
     guards: list[Guard] = field(default_factory=list)
     future: Future = field(default_factory=Future)  # type: ignore[type-arg]
+    result: list[int | None] | None = None
 
     def size(self) -> int:
         return sum(len(w.body) + 512 for w in self.writes)
@@ -95,6 +96,7 @@ class GroupCommitter:
     def __init__(self, data: DataDir, *, on_batch: Callable[[int, float], None] | None = None) -> None:
         self.data = data
         self.conn = connect(data.index_path)
+        self.lock = WriteLock(data.root)
         self._queue: queue.SimpleQueue[Txn | None] = queue.SimpleQueue()
         self._segment: SegmentWriter | None = None
         self._thread: threading.Thread | None = None
@@ -117,6 +119,7 @@ class GroupCommitter:
             self._seal(self._segment)
             self._segment = None
         self.conn.close()
+        self.lock.close()
 
     def submit(self, txn: Txn) -> Future:  # type: ignore[type-arg]
         if self.failed is not None:
@@ -129,24 +132,26 @@ class GroupCommitter:
 
     def _new_segment(self) -> SegmentWriter:
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            seg_id = c.execute("INSERT INTO segments(size) VALUES (0)").lastrowid
-            assert seg_id is not None
-            writer = SegmentWriter(self.data, seg_id)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        with self.lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                seg_id = c.execute("INSERT INTO segments(size) VALUES (0)").lastrowid
+                assert seg_id is not None
+                writer = SegmentWriter(self.data, seg_id)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
         return writer
 
     def _seal(self, seg: SegmentWriter) -> None:
         c = self.conn
-        if seg.size == 0:
-            c.execute("DELETE FROM segments WHERE id=?", (seg.id,))
-            seg.path.unlink(missing_ok=True)
-        else:
-            c.execute("UPDATE segments SET sealed=1 WHERE id=?", (seg.id,))
+        with self.lock:
+            if seg.size == 0:
+                c.execute("DELETE FROM segments WHERE id=?", (seg.id,))
+                seg.path.unlink(missing_ok=True)
+            else:
+                c.execute("UPDATE segments SET sealed=1 WHERE id=?", (seg.id,))
         seg.close()
 
     # ------------------------------------------------------------ the loop
@@ -212,11 +217,33 @@ class GroupCommitter:
 
     def _commit(self, batch: list[Txn]) -> None:
         assert self._segment is not None
-        c = self.conn
         t0 = time.perf_counter()
         if self._segment.size and self._segment.size + sum(t.size() for t in batch) > self.SEGMENT_LIMIT:
             self._seal(self._segment)
             self._segment = self._new_segment()
+        with self.lock:
+            planned = self._commit_locked(batch)
+        if planned is None:
+            return
+        seg, end, released = planned
+        seg.commit_size(end)
+        for blob_id in released:
+            try:
+                self.data.blob_path(blob_id).unlink()
+            except FileNotFoundError:
+                pass
+        self._finish(batch)
+        if self._on_batch:
+            self._on_batch(len(batch), time.perf_counter() - t0)
+
+    def _finish(self, batch: list[Txn]) -> None:
+        for txn in batch:
+            if not txn.future.done():
+                txn.future.set_result(txn.result)
+
+    def _commit_locked(self, batch: list[Txn]):  # type: ignore[no-untyped-def]
+        """Under the write lock: guards, append, sync, index, COMMIT.  Returns what to finish."""
+        c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             seq = c.execute("SELECT v FROM state WHERE k='seq'").fetchone()[0]
@@ -249,7 +276,7 @@ class GroupCommitter:
                 planned.append((txn, plan))
             if not planned:
                 c.execute("ROLLBACK")
-                return
+                return None
             payload = b"".join(rec for _, plan in planned for _, _, rec, _ in plan)
             seg = self._segment
             base = seg.append(payload)
@@ -272,17 +299,9 @@ class GroupCommitter:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
-        seg.commit_size(base + len(payload))
-        for blob_id in released:
-            try:
-                self.data.blob_path(blob_id).unlink()
-            except FileNotFoundError:
-                pass
         for txn, plan in planned:
-            if not txn.future.done():
-                txn.future.set_result([s if s else None for _, s, _, _ in plan])
-        if self._on_batch:
-            self._on_batch(len(batch), time.perf_counter() - t0)
+            txn.result = [s if s else None for _, s, _, _ in plan]
+        return seg, base + len(payload), released
 
     def _apply(self, planned: list, seg_id: int, base: int) -> list[str]:  # type: ignore[type-arg]
         """Index changes of a synced batch; returns blob ids no longer referenced."""

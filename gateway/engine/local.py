@@ -29,7 +29,7 @@ from .index import IndexReader, connect
 from .model import (MPU, SYS, BlobRef, BucketAlreadyExists, BucketNotEmpty, Conditions,
                     CorruptRecord, InvalidPart, ListPage, NoSuchBucket, NoSuchKey, NoSuchUpload,
                     ObjectInfo, ObjectMeta, PreconditionFailed)
-from .segments import DataDir, SegmentGone, SegmentReader, read_blob_blocks, try_lock
+from .segments import DataDir, SegmentGone, SegmentReader, WriteLock, read_blob_blocks, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,13 @@ class LocalEngine:
                 else f"{root} is locked by an offline operation (fsck --rebuild-index?)") from None
         self._local = threading.local()
         boot = connect(self.data.index_path)
-        self._recover(boot)
-        boot.close()
+        lock = WriteLock(root)
+        try:
+            with lock:
+                self._recover(boot)
+        finally:
+            lock.close()
+            boot.close()
         self.metrics = {"batches": 0, "batch_txns": 0, "commit_seconds": 0.0, "checksum_errors": 0}
         self.committer: GroupCommitter | None = None
         if writer:

@@ -30,6 +30,31 @@ from pathlib import Path
 from .model import BLOCK_SIZE, BlobRef, CorruptRecord
 
 
+class WriteLock:
+    """The data directory's index write lock, as a blocking flock.
+
+    SQLite's own busy handler retries a locked BEGIN IMMEDIATE by sleeping
+    1, 2, 5, 10... ms, so two group committers in two processes would oversleep
+    each other's sub-millisecond commits (p99 of hundreds of ms, measured).  A
+    flock waiter is woken by the kernel the moment the holder lets go.  Every
+    index writer takes this before BEGIN IMMEDIATE.  One instance per thread:
+    flock excludes open files, not threads sharing one.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.fd = os.open(root / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> WriteLock:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class SegmentGone(Exception):
     """The segment was compacted away between the index lookup and the read."""
 

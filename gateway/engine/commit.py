@@ -20,13 +20,13 @@ abandoned for a new one: after a failed fsync the page cache cannot be trusted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -68,13 +68,50 @@ class Guard:
 
 @dataclass(slots=True)
 class Txn:
+    """Writes that commit together or not at all, and how to tell the caller.
+
+    An async caller sets `loop` and `waiter`; a blocking caller sets `event`.
+    The committer fills `result` (the seq of each write, None for a delete of
+    nothing) or `error`, then wakes callers once per batch per event loop.
+    """
+
     writes: list[Write]
     guards: list[Guard] = field(default_factory=list)
-    future: Future = field(default_factory=Future)  # type: ignore[type-arg]
     result: list[int | None] | None = None
+    error: BaseException | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future | None = None  # type: ignore[type-arg]
+    event: threading.Event | None = None
 
     def size(self) -> int:
         return sum(len(w.body) + 512 for w in self.writes)
+
+
+def _deliver(txns: list[Txn]) -> None:
+    """On the caller's event loop: complete the waiters of a finished batch."""
+    for t in txns:
+        w = t.waiter
+        if w is None or w.done():
+            continue
+        if t.error is not None:
+            w.set_exception(t.error)
+        else:
+            w.set_result(t.result)
+
+
+def finish(batch: list[Txn]) -> None:
+    """Wake every caller of `batch`: one call_soon_threadsafe per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Txn]] = {}
+    for t in batch:
+        if t.loop is not None:
+            by_loop.setdefault(t.loop, []).append(t)
+        if t.event is not None:
+            t.event.set()
+    for loop, txns in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, txns)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
 @dataclass(slots=True)
@@ -121,12 +158,12 @@ class GroupCommitter:
         self.conn.close()
         self.lock.close()
 
-    def submit(self, txn: Txn) -> Future:  # type: ignore[type-arg]
+    def submit(self, txn: Txn) -> None:
         if self.failed is not None:
-            txn.future.set_exception(EngineUnavailable("storage failed; restart the gateway"))
-            return txn.future
+            txn.error = EngineUnavailable("storage failed; restart the gateway")
+            finish([txn])
+            return
         self._queue.put(txn)
-        return txn.future
 
     # ------------------------------------------------------------ segments
 
@@ -179,8 +216,9 @@ class GroupCommitter:
             except BaseException as exc:  # keep the thread alive; fail the batch
                 log.exception("group commit failed")
                 for t in batch:
-                    if not t.future.done():
-                        t.future.set_exception(EngineUnavailable(str(exc)))
+                    if t.result is None and t.error is None:
+                        t.error = EngineUnavailable(str(exc))
+            finish(batch)
             if stop:
                 return
 
@@ -232,14 +270,8 @@ class GroupCommitter:
                 self.data.blob_path(blob_id).unlink()
             except FileNotFoundError:
                 pass
-        self._finish(batch)
         if self._on_batch:
             self._on_batch(len(batch), time.perf_counter() - t0)
-
-    def _finish(self, batch: list[Txn]) -> None:
-        for txn in batch:
-            if not txn.future.done():
-                txn.future.set_result(txn.result)
 
     def _commit_locked(self, batch: list[Txn]):  # type: ignore[no-untyped-def]
         """Under the write lock: guards, append, sync, index, COMMIT.  Returns what to finish."""
@@ -254,7 +286,7 @@ class GroupCommitter:
                     for g in txn.guards:
                         self._check(g, overlay)
                 except EngineError as exc:
-                    txn.future.set_exception(exc)
+                    txn.error = exc
                     continue
                 plan = []
                 for w in txn.writes:

@@ -17,7 +17,6 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
@@ -179,12 +178,20 @@ class LocalEngine:
 
     async def _run(self, txn: Txn) -> list[int | None]:
         assert self.committer is not None, "engine opened read-only"
-        return await asyncio.wrap_future(self.committer.submit(txn))
+        txn.loop = asyncio.get_running_loop()
+        txn.waiter = txn.loop.create_future()
+        self.committer.submit(txn)
+        return await txn.waiter  # type: ignore[no-any-return]
 
     def run_sync(self, txn: Txn) -> list[int | None]:
         assert self.committer is not None, "engine opened read-only"
-        fut: Future = self.committer.submit(txn)  # type: ignore[type-arg]
-        return fut.result()
+        txn.event = threading.Event()
+        self.committer.submit(txn)
+        txn.event.wait()
+        if txn.error is not None:
+            raise txn.error
+        assert txn.result is not None
+        return txn.result
 
     # ------------------------------------------------------------ buckets
 

@@ -73,6 +73,8 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
 
 
 def canonical_query(pairs: list[tuple[str, str]], *, skip: str | None = None) -> str:
+    if not pairs:
+        return ""
     encoded = sorted(
         (uri_encode(k, keep_slash=False), uri_encode(v, keep_slash=False))
         for k, v in pairs

@@ -1,13 +1,14 @@
 """S3 benchmark: our gateway vs SeaweedFS vs a do-nothing aiohttp server, one run.
 
-    ./dev bench                       # or: python -m bench.s3 --ops 4000 --concurrency 32
+    ./dev bench                       # or: python -m bench.s3 --ops 3000 --rounds 3 --concurrency 32
 
 All three are started here on 127.0.0.1 and driven by the same client: a
 keep-alive HTTP/1.1 loader on uvloop whose SigV4 requests are all signed before
 the clock starts (the client should cost as little CPU as possible, and the
 same for every server).  Phases per object size: PUT, GET, HEAD, LIST
 (ListObjectsV2, max-keys 100).  Each phase is bounded by an op count and a time
-limit.  Prints ops/s, p50/p99 latency, server RSS, ratios to SeaweedFS and the
+limit; the servers take turns, for several rounds, and the median round is
+reported (every round's rate is in --json).  Prints ops/s, p50/p99 latency, server RSS, ratios to SeaweedFS and the
 fraction of the do-nothing ceiling, and the disk's raw fdatasync rate.
 
 The machine is shared and noisy: read the ratios, not the absolute numbers.
@@ -289,7 +290,8 @@ def fdatasync_rate(directory: Path, seconds: float = 2.0) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ops", type=int, default=4000, help="requests per phase (bounded by time too)")
+    ap.add_argument("--ops", type=int, default=3000, help="requests per phase (bounded by time too)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per phase; the median is reported")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--sizes", default="4096,65536")
     ap.add_argument("--workers", default="1,2",
@@ -317,13 +319,24 @@ def main() -> int:
             ceiling = start_ceiling(work, size)
             servers.append(ceiling)
             label = f"{size // 1024}KiB"
-            for srv, key in (*gateways, (sw, (AK, SK)), (ceiling, (AK, SK))):
-                for op in ("PUT", "GET", "HEAD", "LIST"):
-                    reqs = phase_requests(op, srv.endpoint, size, args.ops, key, label)
-                    res = asyncio.run(drive(srv.endpoint, reqs, args.concurrency, op == "HEAD"))
-                    results.setdefault(f"{label} {op}", {})[srv.name] = {
-                        "ops_s": res.rate, "p50_ms": res.pct(0.5), "p99_ms": res.pct(0.99),
-                        "errors": res.errors, "rss_mb": srv.rss_mb()}
+            targets = (*gateways, (sw, (AK, SK)), (ceiling, (AK, SK)))
+            # Servers take turns within each round, and each figure is the median
+            # of the rounds: on a shared machine, load drifts from second to second.
+            for op in ("PUT", "GET", "HEAD", "LIST"):
+                runs: dict[str, list[dict[str, float]]] = {}
+                for rnd in range(args.rounds):
+                    for srv, key in targets:
+                        tag = f"{label}/r{rnd}" if op == "PUT" else f"{label}/r0"
+                        reqs = phase_requests(op, srv.endpoint, size, args.ops, key, tag)
+                        res = asyncio.run(drive(srv.endpoint, reqs, args.concurrency, op == "HEAD"))
+                        runs.setdefault(srv.name, []).append({
+                            "ops_s": res.rate, "p50_ms": res.pct(0.5), "p99_ms": res.pct(0.99),
+                            "errors": res.errors, "rss_mb": srv.rss_mb()})
+                for name, rs in runs.items():
+                    med = sorted(rs, key=lambda r: r["ops_s"])[len(rs) // 2]
+                    med = dict(med, errors=sum(r["errors"] for r in rs), rss_mb=max(r["rss_mb"] for r in rs),
+                               rounds=[round(r["ops_s"]) for r in rs])
+                    results.setdefault(f"{label} {op}", {})[name] = med
             ceiling.stop()
             servers.remove(ceiling)
     finally:

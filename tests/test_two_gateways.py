@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import botocore.exceptions
 import pytest
 
-from conftest import GatewayProcess, client, create_key
+from conftest import GatewayProcess, client, create_key, mailstore
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,36 @@ def test_concurrent_writers_on_both(pair):
                 for o in p.get("Contents", [])]
         assert keys == [f"mix/{i:05d}" for i in range(600)]
     assert b.get_object(Bucket="shared", Key="mix/00301")["Body"].read() == b"301"
+
+
+def test_workers_share_one_socket_and_die_with_parent(tmp_path):
+    """`--workers 2`: one endpoint, consistent across workers; kill -9 of the parent ends all."""
+    import socket
+    import time
+
+    data = tmp_path / "data"
+    key = create_key(data)
+    gw = GatewayProcess(data, "--workers", "2")
+    try:
+        s3 = client(gw.endpoint, key)
+        s3.create_bucket(Bucket="workers")
+        with ThreadPoolExecutor(8) as pool:  # many connections land on both workers
+            list(pool.map(lambda i: s3.put_object(Bucket="workers", Key=f"w/{i:03d}", Body=str(i).encode()),
+                          range(200)))
+        for i in range(0, 200, 7):  # any worker reads what any worker wrote
+            fresh = client(gw.endpoint, key)
+            assert fresh.get_object(Bucket="workers", Key=f"w/{i:03d}")["Body"].read() == str(i).encode()
+        assert s3.list_objects_v2(Bucket="workers", Prefix="w/")["KeyCount"] == 200
+    finally:
+        gw.kill9()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+        except OSError:
+            break  # nobody listens any more: the workers died with their parent
+        time.sleep(0.2)
+    else:
+        pytest.fail("workers still accept connections after the parent was killed")
+    res = mailstore("fsck", "--data-dir", str(data), "--quiet", check=False)
+    assert res.returncode == 0, res.stdout

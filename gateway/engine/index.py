@@ -126,7 +126,11 @@ class IndexReader:
         if max_keys <= 0:
             return ListPage(entries, prefixes, False, None)
         last: str | None = None
-        batch = max_keys + 1 if not delim else min(max_keys + 1, 1000)
+        # Without a delimiter, one query fetches the page.  With one, a fetched
+        # batch is wasted from the first key that rolls up (the scan jumps), so
+        # start small after each jump and grow while rows are plain entries.
+        cap = max_keys + 1 if not delim else min(max_keys + 1, 1000)
+        batch = cap if not delim else 2
         while True:
             rows = self.conn.execute(
                 "SELECT key, size, etag, mtime FROM objects WHERE ns=? AND key>=? AND key<? "
@@ -149,10 +153,13 @@ class IndexReader:
                         break
                 last = kb.decode("utf-8", "surrogatepass")
                 entries.append(ListEntry(last, size, etag, mtime))
-            if not jumped:
-                if len(rows) < batch:
-                    return ListPage(entries, prefixes, False, None)
-                lo = rows[-1][0] + b"\x00"
+            if jumped:
+                batch = 2
+                continue
+            if len(rows) < batch:
+                return ListPage(entries, prefixes, False, None)
+            lo = rows[-1][0] + b"\x00"
+            batch = min(batch * 4, cap)
 
     def stats(self) -> dict[str, int]:
         objects, size = self.conn.execute(

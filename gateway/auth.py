@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 
 from .engine.local import AccessKey, LocalEngine
 from .s3 import sigv4
+from .s3.chunked import ChunkSigner
 from .s3.errors import S3Error
 
 KEY_CACHE_SECONDS = 2.0  # a deleted key stops working everywhere within this
@@ -27,6 +28,8 @@ class Principal:
     key: AccessKey
     payload_hash: str  # what the signature says about the body
     presigned: bool
+    # For STREAMING-AWS4-HMAC-SHA256-PAYLOAD: what chains the chunk signatures.
+    chunk_seed: ChunkSigner | None = None
 
 
 class Authenticator:
@@ -74,7 +77,12 @@ class Authenticator:
         hdrs = {name: headers.getall(name, []) for name in signed.signed_headers}
         expected = sigv4.expected_signature(signed, key.secret, method, raw_path, pairs, hdrs)
         sigv4.verify_signature(signed, expected)
-        return Principal(key, signed.payload_hash, signed.presigned)
+        seed = None
+        if signed.payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD"):
+            c = signed.credential
+            seed = ChunkSigner(sigv4.signing_key(key.secret, c.date, c.region, c.service),
+                               signed.amz_date, c.scope, expected)
+        return Principal(key, signed.payload_hash, signed.presigned, seed)
 
 
 def _date_to_amz(value: str | None) -> str:

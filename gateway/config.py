@@ -16,13 +16,29 @@ class GatewayConfig:
     base_domains: tuple[str, ...] = field(default=("s3.localhost",))
     compaction: bool = True
     compaction_interval: float = 30.0
+    tls_cert: Path | None = None  # serve HTTPS with this certificate chain (PEM)...
+    tls_key: Path | None = None  # ...and this private key (PEM)
 
     def __post_init__(self) -> None:
         if not (0 <= self.port < 65536):
             raise ValueError(f"port out of range: {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
         for d in self.base_domains:
             if not d or d.startswith(".") or "/" in d:
                 raise ValueError(f"invalid base domain: {d!r}")
+
+
+def ssl_context(config: GatewayConfig):  # type: ignore[no-untyped-def]
+    """A server TLS context (TLS 1.2+), or None for plain HTTP."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    return ctx
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .app import build_server
 from .compact import Compactor
-from .config import GatewayConfig
+from .config import GatewayConfig, ssl_context
 from .engine.local import LocalEngine
 
 log = logging.getLogger("gateway")
@@ -36,15 +36,17 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     site: web.BaseSite
+    tls = ssl_context(config)
     if sock is not None:
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=tls)
     else:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True, ssl_context=tls)
     await site.start()
     sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1] if sockets else config.port
     host = f"[{config.host}]" if ":" in config.host else config.host
-    info = {"event": "listening", "endpoint": f"http://{host}:{port}", "port": port,
+    scheme = "https" if tls is not None else "http"
+    info = {"event": "listening", "endpoint": f"{scheme}://{host}:{port}", "port": port,
             "data_dir": str(config.data_dir)}
     if ready is not None:
         ready.update(info)

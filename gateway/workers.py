@@ -96,7 +96,8 @@ def run_workers(config: GatewayConfig, workers: int) -> None:
     signal.signal(signal.SIGINT, stop)
     for _ in range(workers):
         spawn()
-    print(json.dumps({"event": "listening", "endpoint": f"http://{host}:{port}", "port": port,
+    scheme = "https" if config.tls_cert else "http"
+    print(json.dumps({"event": "listening", "endpoint": f"{scheme}://{host}:{port}", "port": port,
                       "data_dir": str(config.data_dir), "workers": workers}), flush=True)
     last_respawn = 0.0
     while children:

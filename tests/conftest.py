@@ -68,12 +68,41 @@ class GatewayProcess:
         self.log.close()
 
 
-def client(endpoint: str, key: Key, **config: object):  # type: ignore[no-untyped-def]
+def client(endpoint: str, key: Key, verify: str | bool | None = None, **config: object):  # type: ignore[no-untyped-def]
     config.setdefault("s3", {"addressing_style": "path"})
     cfg = Config(retries={"max_attempts": 1, "mode": "standard"},
                  connect_timeout=5, read_timeout=60, **config)  # type: ignore[arg-type]
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key.access_key,
-                        aws_secret_access_key=key.secret, region_name="us-east-1", config=cfg)
+                        aws_secret_access_key=key.secret, region_name="us-east-1", config=cfg, verify=verify)
+
+
+def make_tls_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost (tests only)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstore test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.DNSName("s3.localhost"), x509.DNSName("*.s3.localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 @pytest.fixture(scope="session", autouse=True)

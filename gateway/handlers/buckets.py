@@ -39,7 +39,7 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     if not valid_bucket_name(r.bucket):
         raise S3Error("InvalidBucketName", extra={"BucketName": r.bucket})
-    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
     location = xml.parse_location_constraint(got.data)
     if location and location != gw.config.region:

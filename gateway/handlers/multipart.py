@@ -53,7 +53,7 @@ async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
     _upload(gw, r)
     if "x-amz-copy-source" in r.headers:
         return await upload_part_copy(gw, r, number)
-    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, force_blob=True)
     assert got.blob is not None
     etag = f'"{got.md5_hex}"'
@@ -94,7 +94,7 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.Stream
 async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     _upload(gw, r)
-    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
     parts = xml.parse_complete_multipart(got.data)
     meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts])

@@ -43,6 +43,12 @@ def meta_from_request(r: S3Request, size: int, etag: str, checksums: dict[str, s
     if total > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", extra={"MaxSizeAllowed": str(MAX_USER_METADATA)})
     stored = {k: h[k] for k in STORED_HEADERS if k in h}
+    if "content-encoding" in stored:  # aws-chunked is transport framing, not the object's encoding
+        kept = [e for e in stored["content-encoding"].split(",") if e.strip().lower() != "aws-chunked"]
+        if kept:
+            stored["content-encoding"] = ",".join(e.strip() for e in kept)
+        else:
+            del stored["content-encoding"]
     ctype = h.get("content-type") or "binary/octet-stream"
     return ObjectMeta(size, etag, time.time(), ctype, stored, user, checksums)
 
@@ -161,7 +167,7 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if "x-amz-copy-source" in r.headers:
         return await copy_object(gw, r)
     cond = _conditions(r)
-    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
     got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking)
     meta = ObjectMeta(got.size, f'"{got.md5_hex}"', m.mtime, m.content_type, m.headers, m.user, got.checksums)
@@ -254,7 +260,7 @@ async def delete_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    exp = Expectations.from_request(r.request, r.principal.payload_hash)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     if exp.content_md5 is None and not exp.checksums:
         raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5")
     if exp.length is not None and exp.length > xml.MAX_XML_BODY:

@@ -96,28 +96,31 @@ class Gateway:
         """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def locate(self, request: web.BaseRequest, raw_path: str) -> tuple[str | None, str | None]:
-        host = request.headers.get("host", "").rsplit(":", 1)[0].lower() if "]" not in request.headers.get("host", "") else ""
+    def locate(self, request: web.BaseRequest, raw_path: str) -> tuple[str | None, str | None, bool]:
+        """(bucket, key, bucket-came-from-the-Host-header)."""
+        host_header = request.headers.get("host", "")
+        host = host_header.rsplit(":", 1)[0].lower() if "]" not in host_header else ""
         path = unquote(raw_path)
         for domain in self.config.base_domains:
             if host.endswith("." + domain):
                 bucket = host[: -len(domain) - 1]
-                return bucket, (path[1:] or None)
+                return bucket, (path[1:] or None), True
         rest = path[1:]
         if not rest:
-            return None, None
+            return None, None, False
         bucket, slash, key = rest.partition("/")
-        return bucket, (key if slash and key else None)
+        return bucket, (key if slash and key else None), False
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = os.urandom(8).hex().upper()
         raw_path, _, raw_query = request.raw_path.partition("?")
         bucket = key = None
         try:
-            bucket, key = self.locate(request, raw_path)
+            bucket, key, vhost = self.locate(request, raw_path)
             pairs = parse_query(raw_query)
             query = MultiDict(pairs)
-            principal = self.auth.authenticate(request.method, raw_path, pairs, query, request.headers)
+            principal = self.auth.authenticate(request.method, raw_path, pairs, query, request.headers,
+                                               bucket if vhost else None)
             op = operation(request.method, bucket, key, query)
             if bucket is not None and op != "CreateBucket" and not valid_bucket_name(bucket):
                 raise S3Error("NoSuchBucket" if len(bucket) < 64 else "InvalidBucketName")

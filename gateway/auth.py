@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 from multidict import CIMultiDictProxy
 
 from .engine.local import AccessKey, LocalEngine
-from .s3 import sigv4
+from .s3 import sigv2, sigv4
+from .s3.http import parse_any_date
 from .s3.chunked import ChunkSigner
 from .s3.errors import S3Error
 
@@ -51,8 +52,10 @@ class Authenticator:
         return hit[1]
 
     def authenticate(self, method: str, raw_path: str, pairs: list[tuple[str, str]],
-                     query: Mapping[str, str], headers: CIMultiDictProxy[str]) -> Principal:
-        """`pairs` is the decoded query in wire order, `query` the same as a mapping."""
+                     query: Mapping[str, str], headers: CIMultiDictProxy[str],
+                     vhost_bucket: str | None = None) -> Principal:
+        """`pairs` is the decoded query in wire order, `query` the same as a mapping;
+        `vhost_bucket` the bucket when it came from the Host header (SigV2 signs it)."""
         authz = headers.get("authorization")
         if authz is not None:
             if authz.startswith(sigv4.ALGORITHM):
@@ -60,13 +63,13 @@ class Authenticator:
                 signed = sigv4.parse_authorization_header(
                     authz, amz_date, headers.get("x-amz-content-sha256", ""))
             elif authz.startswith("AWS "):
-                raise S3Error("NotImplemented", "Signature Version 2 is not supported yet")
+                return self._v2_header(authz, method, raw_path, pairs, headers, vhost_bucket)
             else:
                 raise S3Error("AccessDenied", "Unsupported Authorization type")
         elif "X-Amz-Signature" in query or "X-Amz-Algorithm" in query:
             signed = sigv4.parse_presigned_query(dict(query))
         elif "Signature" in query and "AWSAccessKeyId" in query:
-            raise S3Error("NotImplemented", "Signature Version 2 presigned URLs are not supported yet")
+            return self._v2_query(query, method, raw_path, pairs, headers, vhost_bucket)
         else:
             raise S3Error("AccessDenied", "Anonymous access is not allowed")
         key = self.lookup(signed.credential.access_key)
@@ -85,9 +88,48 @@ class Authenticator:
         return Principal(key, signed.payload_hash, signed.presigned, seed)
 
 
-def _date_to_amz(value: str | None) -> str:
-    from .s3.http import parse_any_date
+    # ------------------------------------------------------------ Signature V2
 
+    def _v2_header(self, authz: str, method: str, raw_path: str, pairs: list[tuple[str, str]],
+                   headers: CIMultiDictProxy[str], vhost_bucket: str | None) -> Principal:
+        akid, claimed = sigv2.parse_header(authz)
+        key = self.lookup(akid)
+        when_text = headers.get("x-amz-date") or headers.get("date")
+        when = parse_any_date(when_text) if when_text else None
+        if when is None:
+            raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
+        if abs(self.clock() - when.timestamp()) > sigv4.MAX_SKEW_SECONDS:
+            raise S3Error("RequestTimeTooSkewed", extra={"RequestTime": when_text or ""})
+        hdrs = _v2_headers(headers)
+        date = "" if "x-amz-date" in hdrs else (headers.get("date") or "")
+        sigv2.verify(key.secret, [sigv2.string_to_sign(method, hdrs, date, r)
+                                  for r in sigv2.resource_forms(raw_path, vhost_bucket, pairs)], claimed)
+        return Principal(key, sigv4.UNSIGNED_PAYLOAD, presigned=False)
+
+    def _v2_query(self, query: Mapping[str, str], method: str, raw_path: str, pairs: list[tuple[str, str]],
+                  headers: CIMultiDictProxy[str], vhost_bucket: str | None) -> Principal:
+        key = self.lookup(query["AWSAccessKeyId"])
+        expires = query.get("Expires", "")
+        if not expires.isdigit():
+            raise S3Error("AccessDenied", "Query-string authentication requires the Expires parameter")
+        if self.clock() > int(expires):
+            raise S3Error("AccessDenied", "Request has expired", extra={"Expires": expires})
+        hdrs = _v2_headers(headers)
+        sigv2.verify(key.secret, [sigv2.string_to_sign(method, hdrs, expires, r)
+                                  for r in sigv2.resource_forms(raw_path, vhost_bucket, pairs)], query["Signature"])
+        return Principal(key, sigv4.UNSIGNED_PAYLOAD, presigned=True)
+
+
+def _v2_headers(headers: CIMultiDictProxy[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname.startswith("x-amz-") or lname in ("content-md5", "content-type"):
+            out.setdefault(lname, []).append(value)
+    return out
+
+
+def _date_to_amz(value: str | None) -> str:
     if not value:
         return ""
     dt = parse_any_date(value)

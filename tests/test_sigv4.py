@@ -97,3 +97,28 @@ def test_skew_and_bad_credentials():
                                      "X-Amz-Date": "20130524T000000Z", "X-Amz-Expires": "604801",
                                      "X-Amz-SignedHeaders": "host", "X-Amz-Signature": "00"})
     assert e.value.code == "AuthorizationQueryParametersError"
+
+
+def test_sigv2_aws_documented_examples():
+    """AWS S3 Developer Guide, "Signing and Authenticating REST Requests" examples."""
+    from gateway.s3 import sigv2
+
+    get = sigv2.string_to_sign("GET", {}, "Tue, 27 Mar 2007 19:36:42 +0000",
+                               sigv2.canonical_resource("/photos/puppy.jpg", "johnsmith", []))
+    assert sigv2.sign(SECRET, get) == "bWq2s1WEIj+Ydj0vQ697zp+IXMU="
+    put = sigv2.string_to_sign("PUT", {"content-type": ["image/jpeg"]}, "Tue, 27 Mar 2007 21:15:45 +0000",
+                               sigv2.canonical_resource("/johnsmith/photos/puppy.jpg", None, []))
+    assert sigv2.sign(SECRET, put) == "MyyxeRY7whkBe+bq8fHCL/2kKUg="
+    presigned = sigv2.string_to_sign("GET", {}, "1175139620",
+                                     sigv2.canonical_resource("/photos/puppy.jpg", "johnsmith", []))
+    assert sigv2.sign(SECRET, presigned) == "NpgCjnDzrM+WFzoENXmpNDUsSn8="
+
+
+def test_sigv2_canonical_parts():
+    from gateway.s3 import sigv2
+
+    assert sigv2.canonical_amz_headers({"x-amz-meta-b": ["2"], "x-amz-date": ["d"], "x-amz-meta-a": ["1", " x  y "]}) \
+        == "x-amz-date:d\nx-amz-meta-a:1,x y\nx-amz-meta-b:2\n"
+    assert sigv2.canonical_resource("/b/k", None, [("uploadId", "u1"), ("partNumber", "3"), ("foo", "bar")]) \
+        == "/b/k?partNumber=3&uploadId=u1"
+    assert sigv2.canonical_resource("/b", None, [("delete", "")]) == "/b?delete"

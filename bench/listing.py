@@ -30,6 +30,7 @@ from pathlib import Path
 from gateway.engine.commit import Txn, Write
 from gateway.engine.local import LocalEngine
 from gateway.engine.model import ObjectMeta
+from gateway.keys import KeyStore
 
 from .s3 import BIN, build, read_response
 
@@ -51,7 +52,7 @@ def user_keys(u: int, per_box: int) -> list[str]:
 def fill(root: Path, per_box: int) -> tuple[str, str]:
     engine = LocalEngine(root)
     try:
-        key = engine.create_key_sync("bench")
+        key = KeyStore(engine).create_sync("bench")
         engine.run_sync(engine.create_bucket_txn("mail", key.access_key))
         meta = ObjectMeta(64, '"00000000000000000000000000000000"', time.time())
         t0 = time.perf_counter()

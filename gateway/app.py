@@ -18,13 +18,16 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import MultiDict
 
+from . import admin
+from .access import Access
 from .auth import Authenticator, Principal
+from .keys import KeyStore
 from .config import GatewayConfig
 from .engine import model as m
 from .engine.local import EntityTooSmall, InvalidPartOrder, LocalEngine
 from .s3 import xml
 from .s3.errors import S3Error
-from .s3.ops import operation
+from .s3.ops import operation, parse_copy_source
 from .s3.sigv4 import parse_query
 
 log = logging.getLogger("gateway")
@@ -87,7 +90,9 @@ class Gateway:
     def __init__(self, config: GatewayConfig, engine: LocalEngine) -> None:
         self.config = config
         self.engine = engine
-        self.auth = Authenticator(engine)
+        self.keys = KeyStore(engine)
+        self.auth = Authenticator(self.keys)
+        self.access = Access()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-io")
         self.handlers: dict[str, Handler] = {}
         self.counters: dict[str, int] = {}
@@ -121,11 +126,22 @@ class Gateway:
             query = MultiDict(pairs)
             principal = self.auth.authenticate(request.method, raw_path, pairs, query, request.headers,
                                                bucket if vhost else None)
+            if not vhost and (raw_path == admin.PREFIX or raw_path.startswith(admin.PREFIX + "/")):
+                try:
+                    resp = await admin.handle(self, request, raw_path, principal)
+                except admin.AdminError as exc:
+                    resp = admin.error_response(exc)
+                resp.headers["x-amz-request-id"] = rid
+                return resp
             op = operation(request.method, bucket, key, query)
             if bucket is not None and op != "CreateBucket" and not valid_bucket_name(bucket):
                 raise S3Error("NoSuchBucket" if len(bucket) < 64 else "InvalidBucketName")
             if key is not None and len(key.encode()) > 1024:
                 raise S3Error("KeyTooLongError")
+            copy_source = None
+            if "x-amz-copy-source" in request.headers and op in ("PutObject", "UploadPart"):
+                copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
+            self.access.authorize(principal.key, op, bucket, key, query, copy_source)
             handler = self.handlers[op]
             if request.headers.get("expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 # Only now, authenticated and routed, may the client send its body.

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 from multidict import CIMultiDictProxy
 
-from .engine.local import AccessKey, LocalEngine
+from .keys import AccessKey, KeyStore
 from .s3 import sigv2, sigv4
 from .s3.http import parse_any_date
 from .s3.chunked import ChunkSigner
@@ -34,10 +34,14 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, engine: LocalEngine, clock: Callable[[], float] = time.time) -> None:
-        self.engine = engine
+    def __init__(self, keys: KeyStore, clock: Callable[[], float] = time.time) -> None:
+        self.keys = keys
         self.clock = clock
         self._cache: dict[str, tuple[float, AccessKey | None]] = {}
+
+    def forget(self, access_key: str) -> None:
+        """Drop a cached key at once (this process changed it)."""
+        self._cache.pop(access_key, None)
 
     def lookup(self, access_key: str) -> AccessKey:
         now = self.clock()
@@ -45,7 +49,7 @@ class Authenticator:
         if hit is None or now - hit[0] > KEY_CACHE_SECONDS:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            hit = (now, self.engine.get_key(access_key))
+            hit = (now, self.keys.get(access_key))
             self._cache[access_key] = hit
         if hit[1] is None:
             raise S3Error("InvalidAccessKeyId", extra={"AWSAccessKeyId": access_key})

@@ -59,9 +59,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     creds_file = root / "endpoints.json"
     engine = LocalEngine(root)
     try:
+        from .keys import KeyStore
+
+        keys = KeyStore(engine)
         creds = json.loads(creds_file.read_text()) if creds_file.exists() else None
-        if creds is None or engine.get_key(creds["s3"]["access_key"]) is None:
-            key = engine.create_key_sync("test", admin=True)
+        if creds is None or keys.get(creds["s3"]["access_key"]) is None:
+            key = keys.create_sync("test", admin=True)
             if not engine.bucket_exists("mail"):
                 engine.run_sync(engine.create_bucket_txn("mail", key.access_key))
             creds = {"s3": {"access_key": key.access_key, "secret_key": key.secret, "bucket": "mail"}}
@@ -98,21 +101,118 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def,type-arg]
+    """A signed request to a gateway's admin API (credentials: --access-key/--secret-key or env)."""
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from .s3 import sigv4
+
+    akid = args.access_key or os.environ.get("MAILSTORE_ACCESS_KEY")
+    secret = args.secret_key or os.environ.get("MAILSTORE_SECRET_KEY")
+    if not akid or not secret:
+        raise ValueError("--endpoint needs an administrator key: --access-key/--secret-key or "
+                         "MAILSTORE_ACCESS_KEY/MAILSTORE_SECRET_KEY")
+    url = urllib.parse.urlsplit(args.endpoint)
+    path_only, _, query = path.partition("?")
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = {"Host": url.netloc, "Content-Type": "application/json"}
+    headers.update(sigv4.sign_headers(method, path_only, sigv4.parse_query(query), headers, akid, secret))
+    req = urllib.request.Request(args.endpoint.rstrip("/") + path, data=data or None, method=method,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+            return json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read())
+            message = f"{err.get('error')}: {err.get('message')}"
+        except ValueError:
+            message = str(exc)
+        raise ValueError(f"{method} {path}: {message}") from None
+
+
+def _policy_args(args: argparse.Namespace) -> dict[str, object]:
+    """--policy FILE / --preset SPEC / --admin as an admin-API body."""
+    from .policy import Policy
+
+    if getattr(args, "policy", None):
+        text = Path(args.policy).read_text()
+        Policy.parse(text)  # a clear error here rather than from the server
+        return {"policy": json.loads(text)}
+    if getattr(args, "preset", None):
+        return {"preset": args.preset}
+    return {"admin": True}
+
+
 def cmd_key(args: argparse.Namespace) -> int:
+    from .keys import KeyStore
+    from .policy import Policy, preset
+
+    if args.endpoint:
+        if args.action == "create":
+            out = _admin_call(args, "POST", "/_admin/keys", {"name": args.name, **_policy_args(args)})
+            print(json.dumps({"AccessKeyId": out["AccessKeyId"], "SecretAccessKey": out["SecretAccessKey"]}))
+        elif args.action == "list":
+            for k in _admin_call(args, "GET", "/_admin/keys"):
+                print(json.dumps(k))
+        elif args.action == "delete":
+            _admin_call(args, "DELETE", f"/_admin/keys/{args.access_key}")
+        elif args.action == "set-policy":
+            print(json.dumps(_admin_call(args, "PUT", f"/_admin/keys/{args.access_key}/policy",
+                                         _policy_args(args))))
+        return 0
+    if not args.data_dir:
+        raise ValueError("give --data-dir DIR (local) or --endpoint URL (admin API)")
     engine = LocalEngine(Path(args.data_dir), writer=args.action != "list")
     try:
+        keys = KeyStore(engine)
+        body = _policy_args(args) if args.action in ("create", "set-policy") else {}
+        policy = (preset(str(body["preset"])) if "preset" in body else
+                  Policy.parse(json.dumps(body["policy"])) if "policy" in body else None)
         if args.action == "create":
-            key = engine.create_key_sync(args.name, admin=True)
+            key = keys.create_sync(args.name, admin=policy is None, policy=policy)
             print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
         elif args.action == "list":
-            for k in engine.list_keys():
-                print(json.dumps({"AccessKeyId": k.access_key, "Name": k.name, "Admin": k.admin}))
+            for k in keys.list():
+                print(json.dumps(k.describe()))
         elif args.action == "delete":
-            if not engine.delete_key_sync(args.access_key):
+            if engine.run_sync(keys.delete_txn(args.access_key))[0] is None:
                 print(f"mailstore: no such key: {args.access_key}", file=sys.stderr)
                 return 1
+        elif args.action == "set-policy":
+            current = keys.get(args.access_key)
+            if current is None:
+                print(f"mailstore: no such key: {args.access_key}", file=sys.stderr)
+                return 1
+            engine.run_sync(keys.set_policy_txn(current, policy, policy is None))
+            fresh = keys.get(args.access_key)
+            assert fresh is not None
+            print(json.dumps(fresh.describe()))
     finally:
         engine.close()
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        out = _admin_call(args, "GET", "/_admin/usage" + (f"?bucket={args.bucket}" if args.bucket else ""))
+    else:
+        from .admin import _usage
+
+        engine = LocalEngine(Path(args.data_dir), writer=False)
+        try:
+            class _GW:  # the admin module's view of a gateway: just the engine
+                pass
+            gw = _GW()
+            gw.engine = engine  # type: ignore[attr-defined]
+            out = {"buckets": _usage(gw, args.bucket)}  # type: ignore[arg-type]
+        finally:
+            engine.close()
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -199,17 +299,42 @@ def parser() -> argparse.ArgumentParser:
                     help="gateway processes sharing the listening socket (one per core)")
     gw.set_defaults(fn=cmd_gateway)
 
-    key = sub.add_parser("key", help="manage access keys")
+    from .policy import PRESETS_HELP
+
+    def where(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="work on this data directory directly")
+        p.add_argument("--endpoint", help="or on a running gateway, through its admin API")
+        p.add_argument("--access-key", help="administrator key for --endpoint (or MAILSTORE_ACCESS_KEY)")
+        p.add_argument("--secret-key", help="its secret (or MAILSTORE_SECRET_KEY)")
+
+    def limits(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--policy", help="IAM-style JSON policy file limiting the key")
+        g.add_argument("--preset", help="a typical policy:\n" + PRESETS_HELP)
+        g.add_argument("--admin", action="store_true", help="an administrator key (the default)")
+
+    key = sub.add_parser("key", help="manage access keys", formatter_class=argparse.RawTextHelpFormatter)
     ksub = key.add_subparsers(dest="action", required=True)
-    kc = ksub.add_parser("create")
-    kc.add_argument("--data-dir", required=True)
+    kc = ksub.add_parser("create", formatter_class=argparse.RawTextHelpFormatter,
+                         help="new key; prints its secret once")
+    where(kc)
     kc.add_argument("--name", required=True)
+    limits(kc)
     kl = ksub.add_parser("list")
-    kl.add_argument("--data-dir", required=True)
+    where(kl)
     kd = ksub.add_parser("delete")
-    kd.add_argument("--data-dir", required=True)
+    where(kd)
     kd.add_argument("access_key")
+    ks = ksub.add_parser("set-policy", formatter_class=argparse.RawTextHelpFormatter)
+    where(ks)
+    ks.add_argument("access_key")
+    limits(ks)
     key.set_defaults(fn=cmd_key)
+
+    usage = sub.add_parser("usage", help="objects and bytes per bucket and first-level prefix")
+    where(usage)
+    usage.add_argument("--bucket")
+    usage.set_defaults(fn=cmd_usage)
 
     bucket = sub.add_parser("bucket", help="manage buckets")
     bsub = bucket.add_subparsers(dest="action", required=True)
@@ -241,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except EngineLocked as exc:
         print(f"mailstore: {exc}", file=sys.stderr)
         return 3
-    except ValueError as exc:
+    except ValueError as exc:  # PolicyError too
         print(f"mailstore: {exc}", file=sys.stderr)
         return 2
 

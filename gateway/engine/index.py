@@ -161,6 +161,16 @@ class IndexReader:
             lo = rows[-1][0] + b"\x00"
             batch = min(batch * 4, cap)
 
+    def usage_by_prefix(self, ns: str) -> dict[str, tuple[int, int]]:
+        """Object count and bytes per first-level prefix ("a/"); "" holds top-level keys.
+
+        One pass over the namespace's rows: an admin query, not a hot path.
+        """
+        rows = self.conn.execute(
+            "SELECT CASE WHEN instr(key, X'2F') > 0 THEN substr(key, 1, instr(key, X'2F')) ELSE X'' END AS p,"
+            " count(*), coalesce(sum(size), 0) FROM objects WHERE ns=? GROUP BY p", (ns,)).fetchall()
+        return {bytes(p).decode("utf-8", "surrogatepass"): (n, b) for p, n, b in rows}
+
     def stats(self) -> dict[str, int]:
         objects, size = self.conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM objects WHERE ns NOT LIKE '~%'"

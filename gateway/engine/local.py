@@ -43,15 +43,6 @@ class Bucket:
 
 
 @dataclass(frozen=True, slots=True)
-class AccessKey:
-    access_key: str
-    secret: str
-    name: str
-    admin: bool
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
 class Upload:
     upload_id: str
     bucket: str
@@ -227,35 +218,6 @@ class LocalEngine:
              Guard("empty", name, "", BucketNotEmpty),
              Guard("empty", MPU, f"u/{name}/", BucketNotEmpty)],
         ))
-
-    # ------------------------------------------------------------ access keys
-
-    def get_key(self, access_key: str) -> AccessKey | None:
-        info = self.index.get(SYS, f"key/{access_key}")
-        if info is None:
-            return None
-        u = info.meta.user
-        return AccessKey(access_key, u["secret"], u.get("name", ""), u.get("admin") == "1", info.meta.mtime)
-
-    def list_keys(self) -> list[AccessKey]:
-        out = []
-        for i in self.index.scan(SYS, "key/", None, 1_000_000):
-            u = i.meta.user
-            out.append(AccessKey(i.key.removeprefix("key/"), u["secret"], u.get("name", ""),
-                                 u.get("admin") == "1", i.meta.mtime))
-        return out
-
-    def create_key_sync(self, name: str, *, admin: bool = True) -> AccessKey:
-        akid = "MS" + secrets.token_hex(9).upper()
-        secret = secrets.token_urlsafe(30)
-        now = time.time()
-        meta = ObjectMeta(0, '""', now, user={"secret": secret, "name": name, "admin": "1" if admin else "0"})
-        self.run_sync(Txn([Write(SYS, f"key/{akid}", meta)],
-                          [Guard("absent", SYS, f"key/{akid}", PreconditionFailed)]))
-        return AccessKey(akid, secret, name, admin, now)
-
-    def delete_key_sync(self, access_key: str) -> bool:
-        return self.run_sync(Txn([Write(SYS, f"key/{access_key}", None)]))[0] is not None
 
     # ------------------------------------------------------------ objects: reads
 

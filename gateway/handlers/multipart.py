@@ -14,7 +14,8 @@ from ..engine.model import BlobRef
 from ..s3 import xml
 from ..s3.errors import S3Error
 from ..s3.http import evaluate_preconditions, parse_range
-from .objects import copy_body, meta_from_request, parse_copy_source
+from ..s3.ops import parse_copy_source
+from .objects import copy_body, meta_from_request
 
 MAX_PART_NUMBER = 10000
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -13,9 +12,11 @@ from ..body import Expectations, discard_blob, receive
 from ..engine.local import INLINE_MAX
 from ..engine.model import Conditions, CorruptRecord, ObjectInfo, ObjectMeta
 from ..engine.segments import BlobWriter
+from ..policy import arn
 from ..s3 import xml
 from ..s3.errors import S3Error
 from ..s3.http import ByteRange, evaluate_preconditions, http_date, parse_range
+from ..s3.ops import parse_copy_source
 
 STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 RESPONSE_OVERRIDES = {
@@ -182,18 +183,6 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     return web.Response(headers=headers)
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
-    path, _, version = value.partition("?versionId=")
-    if version not in ("", "null"):
-        raise S3Error("NoSuchVersion", "Versioning is not enabled: the only version is null")
-    src = unquote(path)
-    src = src.lstrip("/")
-    bucket, slash, key = src.partition("/")
-    if not slash or not key or not bucket:
-        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
-    return bucket, key
-
-
 async def copy_body(gw: Gateway, src: ObjectInfo, start: int, end: int,
                     force_blob: bool = False) -> tuple[bytes, tuple, str]:  # type: ignore[type-arg]
     """The bytes [start, end) of src as a new body (inline or a new blob) and their MD5."""
@@ -269,13 +258,18 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
     req = xml.parse_delete(got.data)
     if not gw.engine.bucket_exists(r.bucket):
         raise S3Error("NoSuchBucket")
-    good = [k for k in req.keys if len(k.encode()) <= 1024]
-    await gw.engine.delete_many(r.bucket, good)
-    parts = []
+    errors: dict[str, tuple[str, str]] = {}
     for k in req.keys:
         if len(k.encode()) > 1024:
-            parts.append(f"<Error>{xml.elem('Key', k)}<Code>KeyTooLongError</Code>"
-                         "<Message>Your key is too long</Message></Error>")
+            errors[k] = ("KeyTooLongError", "Your key is too long")
+        elif not gw.access.allows(r.principal.key, "s3:DeleteObject", arn(r.bucket, k)):
+            errors[k] = ("AccessDenied", "Access Denied")
+    await gw.engine.delete_many(r.bucket, [k for k in req.keys if k not in errors])
+    parts = []
+    for k in req.keys:
+        if k in errors:
+            code, message = errors[k]
+            parts.append(f"<Error>{xml.elem('Key', k)}{xml.elem('Code', code)}{xml.elem('Message', message)}</Error>")
         elif not req.quiet:
             parts.append(f"<Deleted>{xml.elem('Key', k)}</Deleted>")
     return web.Response(body=xml.document("DeleteResult", "".join(parts)), content_type="application/xml")

@@ -9,6 +9,7 @@ object body).
 from __future__ import annotations
 
 from typing import Mapping
+from urllib.parse import unquote
 
 from .errors import S3Error
 
@@ -75,3 +76,15 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
         if "uploadId" in query:
             return "CompleteMultipartUpload"
     raise S3Error("MethodNotAllowed")
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """x-amz-copy-source: "[/]bucket/key[?versionId=...]", URL-encoded."""
+    path, _, version = value.partition("?versionId=")
+    if version not in ("", "null"):
+        raise S3Error("NoSuchVersion", "Versioning is not enabled: the only version is null")
+    src = unquote(path).lstrip("/")
+    bucket, slash, key = src.partition("/")
+    if not slash or not key or not bucket:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
+    return bucket, key

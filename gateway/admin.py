@@ -1,0 +1,162 @@
+"""The admin API: keys, policies, buckets and usage, as JSON over HTTP.
+
+Served by every gateway under /_admin/ ("_" can never start a bucket name),
+signed like any S3 request (SigV4 or V2) and open to administrator keys only.
+The CLI (`mailstore ... --endpoint URL`) and the dashboard use it.
+
+    GET    /_admin/keys                      every key, without secrets
+    POST   /_admin/keys                      {"name", "admin"?, "policy"? | "preset"?} -> the secret, once
+    DELETE /_admin/keys/<id>
+    PUT    /_admin/keys/<id>/policy          {"policy"? | "preset"? | "admin": true}
+    GET    /_admin/buckets                   buckets with object count and bytes
+    POST   /_admin/buckets                   {"name"}
+    DELETE /_admin/buckets/<name>
+    GET    /_admin/usage[?bucket=NAME]       per bucket and per first-level prefix
+    GET    /_admin/status                    engine state
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .engine.model import BucketAlreadyExists, BucketNotEmpty, NoSuchBucket
+from .policy import Policy, PolicyError, preset
+
+if TYPE_CHECKING:
+    from .app import Gateway
+    from .auth import Principal
+
+MAX_BODY = 64 * 1024
+PREFIX = "/_admin"
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data, indent=2) + "\n", content_type="application/json")
+
+
+async def _body(request: web.BaseRequest) -> dict[str, Any]:
+    if (request.content_length or 0) > MAX_BODY:
+        raise AdminError(413, "TooLarge", "admin requests are at most 64 KiB")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise AdminError(413, "TooLarge", "admin requests are at most 64 KiB")
+    try:
+        doc = json.loads(raw or b"{}")
+    except json.JSONDecodeError as exc:
+        raise AdminError(400, "MalformedJSON", str(exc)) from None
+    if not isinstance(doc, dict):
+        raise AdminError(400, "MalformedJSON", "expected a JSON object")
+    return doc
+
+
+def _policy_from(doc: dict[str, Any]) -> Policy | None:
+    try:
+        if "preset" in doc:
+            return preset(str(doc["preset"]))
+        if "policy" in doc:
+            p = doc["policy"]
+            return Policy.parse(p if isinstance(p, str) else json.dumps(p))
+    except PolicyError as exc:
+        raise AdminError(400, "MalformedPolicy", str(exc)) from None
+    return None
+
+
+async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Principal) -> web.Response:
+    if not principal.key.admin:
+        gw.access.denials += 1
+        raise AdminError(403, "AccessDenied", "the admin API is for administrator keys")
+    parts = [p for p in path[len(PREFIX):].split("/") if p]
+    method = request.method
+    keys = gw.keys
+    if parts == ["keys"] and method == "GET":
+        return _json([k.describe() for k in keys.list()])
+    if parts == ["keys"] and method == "POST":
+        doc = await _body(request)
+        name = str(doc.get("name", "")).strip()
+        if not name:
+            raise AdminError(400, "InvalidArgument", "a key needs a name")
+        policy = _policy_from(doc)
+        admin = bool(doc.get("admin", policy is None))
+        if not admin and policy is None:
+            raise AdminError(400, "InvalidArgument", "a key that is not an administrator needs a policy or preset")
+        key, txn = keys.create_txn(name, admin=admin, policy=policy)
+        await gw.engine._run(txn)
+        return _json({**key.describe(), "SecretAccessKey": key.secret}, 201)
+    if len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
+        res = await gw.engine._run(keys.delete_txn(parts[1]))
+        if res[0] is None:
+            raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
+        return web.Response(status=204)
+    if len(parts) == 3 and parts[0] == "keys" and parts[2] == "policy" and method == "PUT":
+        key = keys.get(parts[1])
+        if key is None:
+            raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
+        doc = await _body(request)
+        policy = _policy_from(doc)
+        admin = bool(doc.get("admin", False))
+        if not admin and policy is None:
+            raise AdminError(400, "InvalidArgument", "give a policy, a preset, or admin: true")
+        await gw.engine._run(keys.set_policy_txn(key, None if admin else policy, admin))
+        gw.auth.forget(key.access_key)
+        fresh = keys.get(key.access_key)
+        assert fresh is not None
+        return _json(fresh.describe())
+    if parts == ["buckets"] and method == "GET":
+        usage = await gw.run_blocking(_usage, gw, None)
+        return _json([{"Name": b.name, "Created": int(b.created), **_totals(usage.get(b.name))}
+                      for b in gw.engine.list_buckets()])
+    if parts == ["buckets"] and method == "POST":
+        name = str((await _body(request)).get("name", ""))
+        from .app import valid_bucket_name
+        if not valid_bucket_name(name):
+            raise AdminError(400, "InvalidBucketName", f"not a valid bucket name: {name!r}")
+        try:
+            await gw.engine.create_bucket(name, principal.key.access_key)
+        except BucketAlreadyExists:
+            raise AdminError(409, "BucketAlreadyExists", f"bucket {name} exists") from None
+        return _json({"Name": name}, 201)
+    if len(parts) == 2 and parts[0] == "buckets" and method == "DELETE":
+        try:
+            await gw.engine.delete_bucket(parts[1])
+        except NoSuchBucket:
+            raise AdminError(404, "NoSuchBucket", f"no bucket {parts[1]}") from None
+        except BucketNotEmpty:
+            raise AdminError(409, "BucketNotEmpty", f"bucket {parts[1]} is not empty") from None
+        return web.Response(status=204)
+    if parts == ["usage"] and method == "GET":
+        bucket = request.query.get("bucket")
+        if bucket is not None and not gw.engine.bucket_exists(bucket):
+            raise AdminError(404, "NoSuchBucket", f"no bucket {bucket}")
+        return _json({"buckets": await gw.run_blocking(_usage, gw, bucket)})
+    if parts == ["status"] and method == "GET":
+        return _json({"engine": gw.engine.index.stats(), "metrics": gw.engine.metrics,
+                      "access_denials": gw.access.denials, "operations": gw.counters})
+    raise AdminError(404, "NotFound", f"no admin endpoint {method} {path}")
+
+
+def _totals(u: dict[str, Any] | None) -> dict[str, int]:
+    return {"Objects": u["objects"], "Bytes": u["bytes"]} if u else {"Objects": 0, "Bytes": 0}
+
+
+def _usage(gw: Gateway, bucket: str | None) -> dict[str, Any]:
+    names = [bucket] if bucket else [b.name for b in gw.engine.list_buckets()]
+    out: dict[str, Any] = {}
+    for name in names:
+        prefixes = gw.engine.index.usage_by_prefix(name)
+        out[name] = {"objects": sum(n for n, _ in prefixes.values()),
+                     "bytes": sum(b for _, b in prefixes.values()),
+                     "prefixes": {p: {"objects": n, "bytes": b} for p, (n, b) in sorted(prefixes.items())}}
+    return out
+
+
+def error_response(exc: AdminError) -> web.Response:
+    return _json({"error": exc.code, "message": exc.message}, exc.status)

@@ -1,0 +1,242 @@
+"""Access policies in the AWS IAM JSON grammar operators already know.
+
+    {"Version": "2012-10-17",
+     "Statement": [{"Effect": "Allow",
+                    "Action": ["s3:GetObject", "s3:ListBucket"],
+                    "Resource": ["arn:aws:s3:::mail", "arn:aws:s3:::mail/tenant1/*"],
+                    "Condition": {"StringLike": {"s3:prefix": ["tenant1/*"]}}}]}
+
+Evaluation follows IAM: an explicit Deny wins, then an explicit Allow, and
+with neither the answer is deny (deny by default).  Action names match
+case-insensitively, resources case-sensitively; `*` and `?` are wildcards.
+A condition on a key the request does not have does not match.
+
+`required` maps each S3 operation to the (action, resource) pairs it needs,
+after AWS's "Actions, resources, and condition keys for Amazon S3".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping
+
+ARN_PREFIX = "arn:aws:s3:::"
+CONDITION_OPERATORS = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike",
+                       "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"}
+CONDITION_KEYS = {"s3:prefix", "s3:delimiter", "s3:max-keys", "aws:username"}
+
+
+class PolicyError(ValueError):
+    """The policy document is not valid; the message says where."""
+
+
+@lru_cache(maxsize=4096)
+def _pattern(glob: str, ignore_case: bool) -> re.Pattern[str]:
+    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
+    return re.compile(rx, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+
+
+def _as_list(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise PolicyError(f"{where} must be a string or a non-empty list of strings")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    operator: str
+    key: str
+    values: tuple[str, ...]
+
+    def matches(self, context: Mapping[str, str]) -> bool:
+        if self.key not in context:
+            return False
+        actual = context[self.key]
+        op = self.operator
+        if op.startswith("StringEquals") or op.startswith("StringNotEquals"):
+            fold = op.endswith("IgnoreCase")
+            hit = any((v.lower() == actual.lower()) if fold else v == actual for v in self.values)
+        else:
+            hit = any(_pattern(v, False).fullmatch(actual) for v in self.values)
+        return not hit if "Not" in op else hit
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    effect: str
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+    conditions: tuple[Condition, ...] = ()
+
+    def applies(self, action: str, resource: str, context: Mapping[str, str]) -> bool:
+        return (any(_pattern(a, True).fullmatch(action) for a in self.actions)
+                and any(_pattern(r, False).fullmatch(resource) for r in self.resources)
+                and all(c.matches(context) for c in self.conditions))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    statements: tuple[Statement, ...]
+    text: str  # the document as given, to show back
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise PolicyError("a policy is a JSON object")
+        unknown = set(doc) - {"Version", "Id", "Statement"}
+        if unknown:
+            raise PolicyError(f"unknown policy elements: {sorted(unknown)}")
+        if doc.get("Version", "2012-10-17") != "2012-10-17":
+            raise PolicyError('Version must be "2012-10-17"')
+        raw = doc.get("Statement")
+        if isinstance(raw, dict):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise PolicyError("Statement must be an object or a non-empty list")
+        out = []
+        for i, st in enumerate(raw):
+            where = f"Statement[{i}]"
+            if not isinstance(st, dict):
+                raise PolicyError(f"{where} must be an object")
+            unknown = set(st) - {"Sid", "Effect", "Action", "Resource", "Condition"}
+            if unknown:
+                raise PolicyError(f"{where}: unsupported elements {sorted(unknown)}")
+            effect = st.get("Effect")
+            if effect not in ("Allow", "Deny"):
+                raise PolicyError(f'{where}.Effect must be "Allow" or "Deny"')
+            actions = _as_list(st.get("Action"), f"{where}.Action")
+            for a in actions:
+                if a != "*" and not a.lower().startswith("s3:"):
+                    raise PolicyError(f"{where}.Action {a!r}: only s3:* actions exist here")
+            resources = _as_list(st.get("Resource"), f"{where}.Resource")
+            for r in resources:
+                if r != "*" and not r.startswith(ARN_PREFIX):
+                    raise PolicyError(f"{where}.Resource {r!r} must be \"*\" or start with {ARN_PREFIX}")
+            conditions = []
+            for op, pairs in (st.get("Condition") or {}).items():
+                if op not in CONDITION_OPERATORS:
+                    raise PolicyError(f"{where}.Condition: unsupported operator {op}")
+                if not isinstance(pairs, dict):
+                    raise PolicyError(f"{where}.Condition.{op} must map condition keys to values")
+                for k, v in pairs.items():
+                    if k not in CONDITION_KEYS:
+                        raise PolicyError(f"{where}.Condition.{op}: unsupported key {k}")
+                    conditions.append(Condition(op, k, _as_list(v, f"{where}.Condition.{op}.{k}")))
+            out.append(Statement(effect, actions, resources, tuple(conditions)))
+        return cls(tuple(out), text)
+
+    def allows(self, action: str, resource: str, context: Mapping[str, str] | None = None) -> bool:
+        ctx = context or {}
+        allowed = False
+        for st in self.statements:
+            if st.applies(action, resource, ctx):
+                if st.effect == "Deny":
+                    return False  # an explicit deny always wins
+                allowed = True
+        return allowed
+
+
+# ------------------------------------------------------------------ what each operation needs
+
+def arn(bucket: str | None, key: str | None = None) -> str:
+    if bucket is None:
+        return "*"
+    return ARN_PREFIX + bucket + ("/" + key if key is not None else "")
+
+
+_BUCKET_ACTIONS = {
+    "HeadBucket": "s3:ListBucket",
+    "ListObjects": "s3:ListBucket",
+    "ListObjectsV2": "s3:ListBucket",
+    "ListObjectVersions": "s3:ListBucketVersions",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+    "GetBucketLocation": "s3:GetBucketLocation",
+    "GetBucketVersioning": "s3:GetBucketVersioning",
+    "GetBucketAcl": "s3:GetBucketAcl",
+    "CreateBucket": "s3:CreateBucket",
+    "DeleteBucket": "s3:DeleteBucket",
+}
+_OBJECT_ACTIONS = {
+    "GetObject": "s3:GetObject",
+    "HeadObject": "s3:GetObject",
+    "GetObjectAcl": "s3:GetObjectAcl",
+    "PutObject": "s3:PutObject",
+    "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "ListParts": "s3:ListMultipartUploadParts",
+    "DeleteObject": "s3:DeleteObject",
+}
+
+
+def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, str],
+             copy_source: tuple[str, str] | None) -> list[tuple[str, str, dict[str, str]]]:
+    """(action, resource ARN, condition context) triples the operation needs.
+
+    DeleteObjects is checked per key by its handler (a denied key is an error
+    entry in the result, as AWS answers), so it needs nothing up front.
+    """
+    if op == "ListBuckets":
+        return [("s3:ListAllMyBuckets", "*", {})]
+    if op == "DeleteObjects":
+        return []
+    if op in _BUCKET_ACTIONS:
+        ctx = {}
+        if op.startswith("List"):
+            ctx = {"s3:prefix": query.get("prefix", ""), "s3:max-keys": query.get("max-keys", "1000")}
+            if "delimiter" in query:
+                ctx["s3:delimiter"] = query["delimiter"]
+        return [(_BUCKET_ACTIONS[op], arn(bucket), ctx)]
+    needs = [(_OBJECT_ACTIONS[op], arn(bucket, key), {})]
+    if copy_source is not None and op in ("PutObject", "UploadPart"):
+        needs.append(("s3:GetObject", arn(*copy_source), {}))
+    return needs
+
+
+PRESETS_HELP = """\
+bucket:NAME             read, write, delete and list everything in one bucket (Dovecot, the mail shim)
+read-only:NAME          read and list one bucket, or every bucket with NAME '*' (backups)
+prefix:BUCKET/PREFIX    read, write, delete and list under one prefix of a bucket (one tenant)"""
+
+_RW = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+       "s3:ListMultipartUploadParts"]
+_LIST = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
+
+
+def preset(spec: str) -> Policy:
+    """The policy of a typical setup, by name (see PRESETS_HELP)."""
+    kind, _, arg = spec.partition(":")
+    if not arg:
+        raise PolicyError(f"preset {spec!r}: expected KIND:ARGUMENT")
+    if kind == "bucket":
+        doc = {"Statement": [{"Effect": "Allow", "Action": _RW, "Resource": [arn(arg, "*")]},
+                             {"Effect": "Allow", "Action": _LIST, "Resource": [arn(arg)]}]}
+    elif kind == "read-only":
+        b = "*" if arg == "*" else arg
+        doc = {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [arn(b, "*")]},
+                             {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation",
+                                                            "s3:ListAllMyBuckets"],
+                              "Resource": [arn(b), "*"] if b == "*" else [arn(b)]}]}
+    elif kind == "prefix":
+        bucket, slash, prefix = arg.partition("/")
+        if not slash or not prefix:
+            raise PolicyError("preset prefix:BUCKET/PREFIX needs a prefix")
+        prefix = prefix if prefix.endswith("/") else prefix + "/"
+        doc = {"Statement": [
+            {"Effect": "Allow", "Action": _RW, "Resource": [arn(bucket, prefix + "*")]},
+            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+             "Resource": [arn(bucket)], "Condition": {"StringLike": {"s3:prefix": [prefix + "*"]}}},
+            {"Effect": "Allow", "Action": ["s3:GetBucketLocation"], "Resource": [arn(bucket)]}]}
+    else:
+        raise PolicyError(f"unknown preset {kind!r}; presets:\n{PRESETS_HELP}")
+    return Policy.parse(json.dumps({"Version": "2012-10-17", **doc}, indent=2))

@@ -110,8 +110,8 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | N
 
     from .s3 import sigv4
 
-    akid = args.access_key or os.environ.get("MAILSTORE_ACCESS_KEY")
-    secret = args.secret_key or os.environ.get("MAILSTORE_SECRET_KEY")
+    akid = args.admin_access_key or os.environ.get("MAILSTORE_ACCESS_KEY")
+    secret = args.admin_secret_key or os.environ.get("MAILSTORE_SECRET_KEY")
     if not akid or not secret:
         raise ValueError("--endpoint needs an administrator key: --access-key/--secret-key or "
                          "MAILSTORE_ACCESS_KEY/MAILSTORE_SECRET_KEY")
@@ -160,9 +160,9 @@ def cmd_key(args: argparse.Namespace) -> int:
             for k in _admin_call(args, "GET", "/_admin/keys"):
                 print(json.dumps(k))
         elif args.action == "delete":
-            _admin_call(args, "DELETE", f"/_admin/keys/{args.access_key}")
+            _admin_call(args, "DELETE", f"/_admin/keys/{args.key_id}")
         elif args.action == "set-policy":
-            print(json.dumps(_admin_call(args, "PUT", f"/_admin/keys/{args.access_key}/policy",
+            print(json.dumps(_admin_call(args, "PUT", f"/_admin/keys/{args.key_id}/policy",
                                          _policy_args(args))))
         return 0
     if not args.data_dir:
@@ -180,16 +180,16 @@ def cmd_key(args: argparse.Namespace) -> int:
             for k in keys.list():
                 print(json.dumps(k.describe()))
         elif args.action == "delete":
-            if engine.run_sync(keys.delete_txn(args.access_key))[0] is None:
-                print(f"mailstore: no such key: {args.access_key}", file=sys.stderr)
+            if engine.run_sync(keys.delete_txn(args.key_id))[0] is None:
+                print(f"mailstore: no such key: {args.key_id}", file=sys.stderr)
                 return 1
         elif args.action == "set-policy":
-            current = keys.get(args.access_key)
+            current = keys.get(args.key_id)
             if current is None:
-                print(f"mailstore: no such key: {args.access_key}", file=sys.stderr)
+                print(f"mailstore: no such key: {args.key_id}", file=sys.stderr)
                 return 1
             engine.run_sync(keys.set_policy_txn(current, policy, policy is None))
-            fresh = keys.get(args.access_key)
+            fresh = keys.get(args.key_id)
             assert fresh is not None
             print(json.dumps(fresh.describe()))
     finally:
@@ -304,8 +304,9 @@ def parser() -> argparse.ArgumentParser:
     def where(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="work on this data directory directly")
         p.add_argument("--endpoint", help="or on a running gateway, through its admin API")
-        p.add_argument("--access-key", help="administrator key for --endpoint (or MAILSTORE_ACCESS_KEY)")
-        p.add_argument("--secret-key", help="its secret (or MAILSTORE_SECRET_KEY)")
+        p.add_argument("--access-key", dest="admin_access_key",
+                       help="administrator key for --endpoint (or MAILSTORE_ACCESS_KEY)")
+        p.add_argument("--secret-key", dest="admin_secret_key", help="its secret (or MAILSTORE_SECRET_KEY)")
 
     def limits(p: argparse.ArgumentParser) -> None:
         g = p.add_mutually_exclusive_group()
@@ -324,10 +325,10 @@ def parser() -> argparse.ArgumentParser:
     where(kl)
     kd = ksub.add_parser("delete")
     where(kd)
-    kd.add_argument("access_key")
+    kd.add_argument("key_id", metavar="ACCESS_KEY_ID")
     ks = ksub.add_parser("set-policy", formatter_class=argparse.RawTextHelpFormatter)
     where(ks)
-    ks.add_argument("access_key")
+    ks.add_argument("key_id", metavar="ACCESS_KEY_ID")
     limits(ks)
     key.set_defaults(fn=cmd_key)
 

@@ -1,0 +1,221 @@
+"""Access control through boto3, with both gateways of a pair: a policy matrix.
+
+Keys: an administrator; "dovecot" (preset bucket:mail); "backup" (read-only:*);
+"tenant" (prefix:mail/t1/); "custom" (an explicit Deny beating an Allow).
+Each (key, action, resource) is tried through one gateway or the other, and
+must be allowed or AccessDenied exactly as the policy says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+import urllib3
+
+from conftest import BIN, GatewayProcess, Key, client, create_key, mailstore
+
+CUSTOM_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::mail", "arn:aws:s3:::mail/*"]},
+        {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": "arn:aws:s3:::mail/t1/*"},
+    ],
+}
+
+
+def key_from(out: str) -> Key:
+    d = json.loads(out)
+    return Key(d["AccessKeyId"], d["SecretAccessKey"])
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("acl")
+    data = base / "data"
+    admin = create_key(data, "admin")
+    policy_file = base / "custom.json"
+    policy_file.write_text(json.dumps(CUSTOM_POLICY))
+    keys = {"admin": admin}
+    for name, args in (("dovecot", ["--preset", "bucket:mail"]), ("backup", ["--preset", "read-only:*"]),
+                       ("tenant", ["--preset", "prefix:mail/t1/"]), ("custom", ["--policy", str(policy_file)])):
+        keys[name] = key_from(mailstore("key", "create", "--data-dir", str(data), "--name", name, *args).stdout)
+    a, b = GatewayProcess(data), GatewayProcess(data)
+    s3 = client(a.endpoint, admin)
+    for bucket in ("mail", "other"):
+        s3.create_bucket(Bucket=bucket)
+    for k in ("t1/a", "t2/a", "top"):
+        s3.put_object(Bucket="mail", Key=k, Body=b"seed")
+    s3.put_object(Bucket="other", Key="x", Body=b"seed")
+    yield {"a": a, "b": b, "keys": keys, "data": data}
+    a.stop()
+    b.stop()
+
+
+def attempt(fn) -> str:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+        return "ok"
+    except botocore.exceptions.ClientError as exc:
+        return exc.response["Error"]["Code"]
+
+
+# (key, operation, bucket, key or prefix, expected)
+MATRIX = [
+    # GetObject
+    ("dovecot", "get", "mail", "t1/a", "ok"), ("dovecot", "get", "other", "x", "AccessDenied"),
+    ("backup", "get", "mail", "t2/a", "ok"), ("backup", "get", "other", "x", "ok"),
+    ("tenant", "get", "mail", "t1/a", "ok"), ("tenant", "get", "mail", "t2/a", "AccessDenied"),
+    ("tenant", "get", "mail", "top", "AccessDenied"),
+    # HeadObject (s3:GetObject)
+    ("tenant", "head", "mail", "t1/a", "ok"), ("tenant", "head", "mail", "t2/a", "AccessDenied"),
+    # PutObject
+    ("dovecot", "put", "mail", "new/1", "ok"), ("dovecot", "put", "other", "new/1", "AccessDenied"),
+    ("backup", "put", "mail", "new/2", "AccessDenied"),
+    ("tenant", "put", "mail", "t1/new", "ok"), ("tenant", "put", "mail", "t2/new", "AccessDenied"),
+    ("custom", "put", "mail", "t1/c", "ok"),
+    # DeleteObject
+    ("dovecot", "delete", "mail", "new/1", "ok"), ("backup", "delete", "mail", "t2/a", "AccessDenied"),
+    ("tenant", "delete", "mail", "t1/new", "ok"), ("tenant", "delete", "mail", "t2/a", "AccessDenied"),
+    ("custom", "delete", "mail", "t1/c", "AccessDenied"),  # explicit Deny wins over s3:*
+    # ListBucket, with s3:prefix conditions
+    ("dovecot", "list", "mail", "", "ok"), ("dovecot", "list", "other", "", "AccessDenied"),
+    ("backup", "list", "other", "", "ok"),
+    ("tenant", "list", "mail", "t1/", "ok"), ("tenant", "list", "mail", "t2/", "AccessDenied"),
+    ("tenant", "list", "mail", "", "AccessDenied"),
+    # CopyObject: read on the source, write on the destination
+    ("tenant", "copy", "mail", "t1/a>t1/copy", "ok"), ("tenant", "copy", "mail", "t2/a>t1/copy2", "AccessDenied"),
+    ("tenant", "copy", "mail", "t1/a>t2/copy", "AccessDenied"),
+    ("backup", "copy", "mail", "t1/a>t1/copy3", "AccessDenied"),
+    # Multipart
+    ("tenant", "multipart", "mail", "t1/mp", "ok"), ("tenant", "multipart", "mail", "t2/mp", "AccessDenied"),
+    ("backup", "multipart", "mail", "t1/mp2", "AccessDenied"),
+    # Bucket and service level
+    ("dovecot", "create-bucket", "newbucket", "", "AccessDenied"),
+    ("admin", "create-bucket", "newbucket", "", "ok"),
+    ("dovecot", "list-buckets", "", "", "AccessDenied"), ("backup", "list-buckets", "", "", "ok"),
+    ("dovecot", "head-bucket", "mail", "", "ok"), ("tenant", "head-bucket", "mail", "", "AccessDenied"),
+]
+
+
+def run_case(s3, op: str, bucket: str, arg: str):  # type: ignore[no-untyped-def]
+    if op == "get":
+        return lambda: s3.get_object(Bucket=bucket, Key=arg)["Body"].read()
+    if op == "head":
+        def ho() -> None:
+            try:
+                s3.head_object(Bucket=bucket, Key=arg)
+            except botocore.exceptions.ClientError as exc:  # HEAD has no body: map 403 back
+                if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403:
+                    exc.response["Error"]["Code"] = "AccessDenied"
+                raise
+        return ho
+    if op == "put":
+        return lambda: s3.put_object(Bucket=bucket, Key=arg, Body=b"x")
+    if op == "delete":
+        return lambda: s3.delete_object(Bucket=bucket, Key=arg)
+    if op == "list":
+        return lambda: s3.list_objects_v2(Bucket=bucket, Prefix=arg) if arg else s3.list_objects_v2(Bucket=bucket)
+    if op == "copy":
+        src, dst = arg.split(">")
+        return lambda: s3.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src})
+    if op == "multipart":
+        def mp() -> None:
+            uid = s3.create_multipart_upload(Bucket=bucket, Key=arg)["UploadId"]
+            e = s3.upload_part(Bucket=bucket, Key=arg, UploadId=uid, PartNumber=1, Body=b"p")["ETag"]
+            s3.complete_multipart_upload(Bucket=bucket, Key=arg, UploadId=uid,
+                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
+        return mp
+    if op == "create-bucket":
+        return lambda: s3.create_bucket(Bucket=bucket)
+    if op == "list-buckets":
+        return lambda: s3.list_buckets()
+    if op == "head-bucket":
+        def hb() -> None:
+            try:
+                s3.head_bucket(Bucket=bucket)
+            except botocore.exceptions.ClientError as exc:  # HEAD has no body: map 403 back
+                if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403:
+                    exc.response["Error"]["Code"] = "AccessDenied"
+                raise
+        return hb
+    raise AssertionError(op)
+
+
+@pytest.mark.parametrize("i", range(len(MATRIX)), ids=[f"{m[0]}-{m[1]}-{m[3] or m[2]}" for m in MATRIX])
+def test_policy_matrix(pair, i):
+    who, op, bucket, arg, expected = MATRIX[i]
+    gw = pair["a"] if i % 2 == 0 else pair["b"]  # alternate gateways of the pair
+    s3 = client(gw.endpoint, pair["keys"][who])
+    assert attempt(run_case(s3, op, bucket, arg)) == expected
+
+
+def test_delete_objects_is_checked_per_key(pair):
+    admin = client(pair["a"].endpoint, pair["keys"]["admin"])
+    for k in ("t1/d1", "t2/d2"):
+        admin.put_object(Bucket="mail", Key=k, Body=b"x")
+    tenant = client(pair["b"].endpoint, pair["keys"]["tenant"])
+    res = tenant.delete_objects(Bucket="mail", Delete={"Objects": [{"Key": "t1/d1"}, {"Key": "t2/d2"}]})
+    assert [d["Key"] for d in res["Deleted"]] == ["t1/d1"]
+    assert [(e["Key"], e["Code"]) for e in res["Errors"]] == [("t2/d2", "AccessDenied")]
+    assert admin.get_object(Bucket="mail", Key="t2/d2")["Body"].read() == b"x"
+
+
+def test_presigned_urls_carry_the_signers_limits(pair):
+    tenant = client(pair["a"].endpoint, pair["keys"]["tenant"], signature_version="s3v4")
+    ok = tenant.generate_presigned_url("get_object", Params={"Bucket": "mail", "Key": "t1/a"})
+    denied = tenant.generate_presigned_url("get_object", Params={"Bucket": "mail", "Key": "t2/a"})
+    http = urllib3.PoolManager()
+    assert http.request("GET", ok, retries=False).status == 200
+    r = http.request("GET", denied, retries=False)
+    assert r.status == 403 and b"<Code>AccessDenied</Code>" in r.data
+
+
+def test_secrets_are_encrypted_at_rest(pair):
+    raw = b"".join(p.read_bytes() for p in (pair["data"] / "segments").glob("*.seg"))
+    raw += (pair["data"] / "index.db").read_bytes()
+    for k in pair["keys"].values():
+        assert k.secret.encode() not in raw
+    assert (pair["data"] / "master.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_admin_api_and_cli_over_http(pair):
+    env = {**os.environ, "MAILSTORE_ACCESS_KEY": pair["keys"]["admin"].access_key,
+           "MAILSTORE_SECRET_KEY": pair["keys"]["admin"].secret}
+    ep = ["--endpoint", pair["b"].endpoint]
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, env=env,
+                              check=check, timeout=60)
+
+    listed = [json.loads(line) for line in cli("key", "list", *ep).stdout.splitlines()]
+    assert {k["Name"] for k in listed} >= {"admin", "dovecot", "backup", "tenant", "custom"}
+    assert all("SecretAccessKey" not in k for k in listed)
+    new = key_from(cli("key", "create", *ep, "--name", "t2", "--preset", "prefix:mail/t2/").stdout)
+    s3 = client(pair["a"].endpoint, new)  # made through B, used through A at once
+    s3.put_object(Bucket="mail", Key="t2/by-new", Body=b"x")
+    assert attempt(lambda: s3.put_object(Bucket="mail", Key="t1/by-new", Body=b"x")) == "AccessDenied"
+    cli("key", "set-policy", *ep, new.access_key, "--preset", "read-only:mail")
+    import time
+    time.sleep(2.5)  # other gateways re-read a key within KEY_CACHE_SECONDS
+    assert attempt(lambda: s3.put_object(Bucket="mail", Key="t2/again", Body=b"x")) == "AccessDenied"
+    assert attempt(lambda: s3.get_object(Bucket="mail", Key="t2/by-new")) == "ok"
+    usage = json.loads(cli("usage", *ep, "--bucket", "mail").stdout)["buckets"]["mail"]
+    assert usage["objects"] >= 3 and usage["prefixes"]["t2/"]["objects"] >= 1
+    assert usage["bytes"] == sum(p["bytes"] for p in usage["prefixes"].values())
+    cli("key", "delete", *ep, new.access_key)
+    time.sleep(2.5)
+    assert attempt(lambda: s3.get_object(Bucket="mail", Key="t2/by-new")) == "InvalidAccessKeyId"
+    # a non-admin key gets 403 from the admin API
+    env_tenant = {**env, "MAILSTORE_ACCESS_KEY": pair["keys"]["tenant"].access_key,
+                  "MAILSTORE_SECRET_KEY": pair["keys"]["tenant"].secret}
+    res = subprocess.run([str(BIN / "mailstore"), "key", "list", *ep], capture_output=True, text=True,
+                         env=env_tenant, timeout=60)
+    assert res.returncode == 2 and "AccessDenied" in res.stderr
+    bad = subprocess.run([str(BIN / "mailstore"), "key", "create", *ep, "--name", "x", "--policy",
+                          str(Path(__file__))], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "not JSON" in bad.stderr

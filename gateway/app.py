@@ -96,6 +96,7 @@ class Gateway:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-io")
         self.handlers: dict[str, Handler] = {}
         self.counters: dict[str, int] = {}
+        self.inflight = 0
 
     async def run_blocking(self, fn, *args):  # type: ignore[no-untyped-def]
         """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
@@ -117,6 +118,18 @@ class Gateway:
         return bucket, (key if slash and key else None), False
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.inflight >= self.config.max_inflight:
+            rid = os.urandom(8).hex().upper()
+            resp = self.error_response(request, S3Error("SlowDown"), None, None, rid)
+            resp.headers["x-amz-request-id"] = rid
+            return resp
+        self.inflight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.inflight -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = os.urandom(8).hex().upper()
         raw_path, _, raw_query = request.raw_path.partition("?")
         bucket = key = None

@@ -45,7 +45,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
     run(GatewayConfig(Path(args.data_dir), host, port, args.region, domains,
-                      compaction=not args.no_compaction,
+                      compaction=not args.no_compaction, max_inflight=args.max_inflight,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None), workers=args.workers)
     return 0
@@ -293,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
     gw.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
     gw.add_argument("--region", default="us-east-1")
     gw.add_argument("--no-compaction", action="store_true")
+    gw.add_argument("--max-inflight", type=int, default=1024,
+                    help="requests in flight per process before answering 503 SlowDown")
     gw.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
     gw.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
     gw.add_argument("--workers", type=int, default=1,

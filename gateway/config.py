@@ -16,6 +16,9 @@ class GatewayConfig:
     base_domains: tuple[str, ...] = field(default=("s3.localhost",))
     compaction: bool = True
     compaction_interval: float = 30.0
+    # Overload: past this many requests in flight a gateway answers 503 SlowDown
+    # with Retry-After (Dovecot and the SDKs back off and retry) instead of queueing.
+    max_inflight: int = 1024
     tls_cert: Path | None = None  # serve HTTPS with this certificate chain (PEM)...
     tls_key: Path | None = None  # ...and this private key (PEM)
 

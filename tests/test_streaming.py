@@ -25,6 +25,7 @@ def tls_gateway(tmp_path_factory):  # type: ignore[no-untyped-def]
     key = create_key(data)
     gw = GatewayProcess(data, "--tls-cert", str(cert), "--tls-key", str(key_file))
     assert gw.endpoint.startswith("https://")
+    client(gw.endpoint, key, verify=str(cert)).create_bucket(Bucket="tls")
     yield gw, key, str(cert)
     gw.stop()
 
@@ -40,7 +41,6 @@ def capture(s3) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
 def test_boto3_https_default_streams_aws_chunked_with_trailer(tls_gateway):
     gw, key, cert = tls_gateway
     s3 = client(gw.endpoint, key, verify=cert)
-    s3.create_bucket(Bucket="tls")
     sent = capture(s3)
     body = os.urandom(300_000)
     s3.put_object(Bucket="tls", Key="streamed", Body=io.BytesIO(body))
@@ -162,3 +162,17 @@ def test_plain_chunked_put_without_content_length(gateway, key, s3, bucket):
     reply = _raw_put(gateway.endpoint, head, path, data, chunked_te=True)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     assert s3.get_object(Bucket=bucket, Key="te-chunked")["Body"].read() == data
+
+
+def test_boto3_https_when_required(tls_gateway):
+    """With checksums only when required, boto3 over HTTPS sends a plain signed body."""
+    gw, key, cert = tls_gateway
+    s3 = client(gw.endpoint, key, verify=cert, request_checksum_calculation="when_required",
+                response_checksum_validation="when_required")
+    sent = capture(s3)
+    body = os.urandom(123_456)
+    s3.put_object(Bucket="tls", Key="when-required", Body=body)
+    assert not any(h.get("x-amz-decoded-content-length") for h in sent)
+    assert s3.get_object(Bucket="tls", Key="when-required")["Body"].read() == body
+    res = s3.delete_objects(Bucket="tls", Delete={"Objects": [{"Key": "when-required"}]})
+    assert [d["Key"] for d in res["Deleted"]] == ["when-required"]

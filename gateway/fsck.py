@@ -43,16 +43,25 @@ class Report:
         return not self.problems
 
 
-def _scan(path: Path, limit: int | None):  # type: ignore[no-untyped-def]
-    """Yield (offset, raw, record, body_error) for each record with a sound header.
+@dataclass
+class Scan:
+    """The records of one segment with a sound header, and where sound data ends.
 
-    A record whose prefix and header verify but whose body does not is yielded
-    with the error (its length is trustworthy, so the scan goes on past it).
-    A bad prefix or header ends the scan: the StopIteration value is
-    (offset where trustworthy data ends, error or None).
+    A record whose prefix and header verify but whose body does not is listed
+    with its error (its length is trustworthy, so the scan goes on past it).
+    A bad prefix or header ends the scan: `end` is where trustworthy data
+    ends and `error` says why.
     """
+
+    records: list[tuple[int, bytes, records.Record, str | None]]
+    end: int
+    error: str | None
+
+
+def _scan(path: Path, limit: int | None) -> Scan:
     with open(path, "rb") as f:
         data = f.read() if limit is None else f.read(limit)
+    found: list[tuple[int, bytes, records.Record, str | None]] = []
     pos = 0
     while pos < len(data):
         try:
@@ -62,14 +71,14 @@ def _scan(path: Path, limit: int | None):  # type: ignore[no-untyped-def]
                 raise CorruptRecord("truncated record")
             records.check_header(raw, p)
         except CorruptRecord as exc:
-            return pos, str(exc)
+            return Scan(found, pos, str(exc))
         try:
             rec, err = records.decode(raw), None
         except CorruptRecord as exc:
             rec, err = records.decode(_without_body(raw, p)), str(exc)
-        yield pos, raw, rec, err
+        found.append((pos, raw, rec, err))
         pos += p.total
-    return pos, None
+    return Scan(found, pos, None)
 
 
 def _without_body(raw: bytes, p: records.Prefix) -> bytes:
@@ -96,15 +105,10 @@ def verify(root: Path, progress: Progress = lambda s: None) -> Report:
             actual = path.stat().st_size
             if actual < size:
                 rep.problems.append(f"segment {seg_id}: file has {actual} bytes, index says {size} committed")
-            gen = _scan(path, size)
-            while True:
-                try:
-                    offset, raw, rec, body_err = next(gen)
-                except StopIteration as stop:
-                    end, err = stop.value
-                    if err is not None:
-                        rep.problems.append(f"segment {seg_id} offset {end}: {err}")
-                    break
+            scan = _scan(path, size)
+            if scan.error is not None:
+                rep.problems.append(f"segment {seg_id} offset {scan.end}: {scan.error}")
+            for offset, raw, rec, body_err in scan.records:
                 if body_err is not None:
                     rep.problems.append(f"segment {seg_id} offset {offset} "
                                         f"({rec.namespace}/{rec.key}): {body_err}")
@@ -156,16 +160,11 @@ def rebuild(root: Path, progress: Progress = lambda s: None) -> Report:
     ids = data.segment_ids()
     for n, seg_id in enumerate(ids, 1):
         progress(f"segment {n}/{len(ids)}")
-        gen = _scan(data.segment_path(seg_id), None)
-        while True:
-            try:
-                offset, raw, rec, body_err = next(gen)
-            except StopIteration as stop:
-                end, err = stop.value
-                if err is not None:
-                    rep.problems.append(f"segment {seg_id}: data ends at {end} ({err}); tail cut")
-                seg_sizes[seg_id] = end
-                break
+        scan = _scan(data.segment_path(seg_id), None)
+        if scan.error is not None:
+            rep.problems.append(f"segment {seg_id}: data ends at {scan.end} ({scan.error}); tail cut")
+        seg_sizes[seg_id] = scan.end
+        for offset, raw, rec, body_err in scan.records:
             if body_err is not None:
                 # Indexed all the same: a read fails loudly rather than an older
                 # version silently reappearing.

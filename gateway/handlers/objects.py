@@ -73,24 +73,22 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False) -> dict[str
     return out
 
 
-def _check_conditions(r: S3Request, info: ObjectInfo) -> None:
+def _preconditions(r: S3Request, info: ObjectInfo) -> web.Response | None:
+    """412 as an error; 304 as the response to send; None to go on."""
     status = evaluate_preconditions(r.headers, info.meta.etag, info.meta.mtime)
     if status == 412:
         raise S3Error("PreconditionFailed", extra={"Condition": "If-Match"})
     if status == 304:
-        raise S3Error("NotModified", status=304, headers={
-            "ETag": info.meta.etag, "Last-Modified": http_date(info.meta.mtime)})
+        return web.Response(status=304, headers={"ETag": info.meta.etag,
+                                                 "Last-Modified": http_date(info.meta.mtime)})
+    return None
 
 
 async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     info = gw.engine.head(r.bucket, r.key)
-    try:
-        _check_conditions(r, info)
-    except S3Error as exc:
-        if exc.status == 304:
-            return web.Response(status=304, headers=exc.headers)
-        raise
+    if (not_modified := _preconditions(r, info)) is not None:
+        return not_modified
     headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED")
     rng = parse_range(r.headers.get("range"), info.meta.size)
     if rng is not None:
@@ -106,12 +104,8 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if "partNumber" in r.query:
         raise S3Error("NotImplemented", "GetObject by partNumber is not supported yet")
     info = gw.engine.head(r.bucket, r.key)
-    try:
-        _check_conditions(r, info)
-    except S3Error as exc:
-        if exc.status == 304:
-            return web.Response(status=304, headers=exc.headers)
-        raise
+    if (not_modified := _preconditions(r, info)) is not None:
+        return not_modified
     size = info.meta.size
     rng = parse_range(r.headers.get("range"), size)
     headers = object_headers(info.meta, checksum_mode=(

@@ -1,4 +1,4 @@
-"""`mailstore`: the operator's command line.
+"""The gateway's part of the `mailstore` command line.
 
     mailstore up [--data-dir DIR] [--listen HOST:PORT]
     mailstore gateway --data-dir DIR --listen HOST:PORT [--base-domain D]... [--region R]
@@ -278,9 +278,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mailstore", description="Mail object storage appliance")
-    sub = p.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
 
     up = sub.add_parser("up", help="run the appliance on embedded defaults")
     up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
@@ -359,11 +358,9 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--data-dir", required=True)
     cp.add_argument("--dead-ratio", type=float, default=0.5)
     cp.set_defaults(fn=cmd_compact)
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
     try:
         return args.fn(args)
     except EngineLocked as exc:
@@ -374,5 +371,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The composition root of the `mailstore` command: every part registers its subcommands here."""

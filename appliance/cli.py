@@ -1,0 +1,31 @@
+"""`mailstore`: one command for the whole appliance.
+
+The gateway, the cache tier and the mail shim each register their own
+subcommands; this module only assembles them (it is the one place that may
+import every part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cache import cli as cache_cli
+from gateway import cli as gateway_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailstore", description="Mail object storage appliance")
+    sub = p.add_subparsers(dest="command", required=True)
+    gateway_cli.register(sub)
+    cache_cli.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return gateway_cli.run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

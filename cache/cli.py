@@ -1,0 +1,122 @@
+"""`mailstore fs`: storage operations on a Dovecot-style fs URL, like `doveadm fs`.
+
+    mailstore fs put URL KEY FILE|- [--meta NAME=VALUE]... [--content-type T]
+    mailstore fs get URL KEY [FILE]
+    mailstore fs stat URL KEY
+    mailstore fs ls URL [PREFIX] [--delimiter /]
+    mailstore fs rm URL KEY [KEY...]
+    mailstore fs cp URL SRC DST [--meta NAME=VALUE]...   (with --meta: metadata replaced)
+
+Exit status: 0 done, 1 the storage said no (not found, denied, ...), 2 bad
+arguments or URL, 75 storage unavailable (try again later; EX_TEMPFAIL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from . import FsError, FsUrlError, NotFound, Unavailable, open_fs
+
+
+def _meta(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for p in pairs:
+        name, eq, value = p.partition("=")
+        if not eq or not name:
+            raise FsUrlError(f"--meta wants NAME=VALUE, got {p!r}")
+        out[name.lower()] = value
+    return out
+
+
+async def _run(args: argparse.Namespace) -> int:
+    fs = open_fs(args.url)
+    try:
+        if args.op == "put":
+            data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+            etag = await fs.put(args.key, data, _meta(args.meta), args.content_type)
+            print(json.dumps({"key": args.key, "etag": etag, "size": len(data)}))
+        elif args.op == "get":
+            body, _ = await fs.get(args.key)
+            if args.file:
+                with open(args.file, "wb") as f:
+                    f.write(body)
+            else:
+                sys.stdout.buffer.write(body)
+        elif args.op == "stat":
+            st = await fs.stat(args.key)
+            print(json.dumps({"key": st.key, "size": st.size, "etag": st.etag, "mtime": st.mtime,
+                              "content_type": st.content_type, "metadata": st.metadata}, indent=2))
+        elif args.op == "ls":
+            async for e in fs.list(args.prefix or "", args.delimiter):
+                print(e.key if e.is_prefix else f"{e.key}\t{e.size}")
+        elif args.op == "rm":
+            if len(args.keys) == 1:
+                await fs.delete(args.keys[0])
+            else:
+                failed = await fs.delete_many(args.keys)
+                for key, code in failed:
+                    print(f"mailstore fs: rm {key}: {code}", file=sys.stderr)
+                if failed:
+                    return 1
+        elif args.op == "cp":
+            await fs.copy(args.src, args.dst, _meta(args.meta))
+        return 0
+    finally:
+        await fs.close()
+
+
+def cmd_fs(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except FsUrlError as exc:
+        print(f"mailstore fs: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:
+        print(f"mailstore fs: storage unavailable: {exc}", file=sys.stderr)
+        return 75
+    except NotFound as exc:
+        print(f"mailstore fs: not found: {exc}", file=sys.stderr)
+        return 1
+    except FsError as exc:
+        print(f"mailstore fs: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"mailstore fs: {exc}", file=sys.stderr)
+        return 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    fs = sub.add_parser("fs", help="operate on a Dovecot-style fs URL (s3:..., fscache:...)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ops = fs.add_subparsers(dest="op", required=True)
+    p = ops.add_parser("put")
+    p.add_argument("url")
+    p.add_argument("key")
+    p.add_argument("file", help="a file, or - for standard input")
+    p.add_argument("--meta", action="append", help="NAME=VALUE (x-amz-meta-NAME), repeatable")
+    p.add_argument("--content-type", default="application/octet-stream")
+    g = ops.add_parser("get")
+    g.add_argument("url")
+    g.add_argument("key")
+    g.add_argument("file", nargs="?")
+    s = ops.add_parser("stat")
+    s.add_argument("url")
+    s.add_argument("key")
+    ls = ops.add_parser("ls")
+    ls.add_argument("url")
+    ls.add_argument("prefix", nargs="?")
+    ls.add_argument("--delimiter")
+    rm = ops.add_parser("rm")
+    rm.add_argument("url")
+    rm.add_argument("keys", nargs="+")
+    cp = ops.add_parser("cp")
+    cp.add_argument("url")
+    cp.add_argument("src")
+    cp.add_argument("dst")
+    cp.add_argument("--meta", action="append")
+    fs.set_defaults(fn=cmd_fs)

@@ -1,0 +1,172 @@
+"""fscache: a size-bounded LRU disk cache in front of an S3 client (Dovecot's fscache).
+
+Rules:
+- Mail objects are immutable, so an entry never goes stale; only deletes
+  invalidate (before and after the delete reaches S3).
+- Writes go through to S3 first and populate the cache only once S3 has
+  acknowledged them; reads are served from the cache when present.
+- Entries are bytes, never pickles: b"MSC1" | crc32 | meta length | meta JSON |
+  body.  The CRC is checked on every hit; a corrupt entry is dropped and the
+  object fetched again, never served.
+- diskcache keeps the cache safe for several processes sharing one directory;
+  its calls block, so they run in this tier's own small thread pool.
+- Concurrent misses on one key in one process make one S3 request.
+- The cache is bounded by bytes: diskcache evicts least-recently-used entries
+  past the size; we run its cull ourselves after each insert, so evictions are
+  counted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import AsyncIterator, Mapping
+
+import diskcache
+
+from .s3client import ListEntry, ObjectStat, S3Client
+
+MAGIC = b"MSC1"
+HEADER = struct.Struct(">4sII")  # magic, crc32 of the rest, meta length
+
+
+@dataclass
+class CacheCounters:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    corrupt: int = 0
+    inserts: int = 0
+    invalidations: int = 0
+
+
+def encode_entry(stat: ObjectStat, body: bytes) -> bytes:
+    meta = json.dumps({"s": stat.size, "e": stat.etag, "t": stat.mtime, "c": stat.content_type,
+                       "m": stat.metadata}, separators=(",", ":")).encode()
+    crc = zlib.crc32(body, zlib.crc32(meta))
+    return HEADER.pack(MAGIC, crc, len(meta)) + meta + body
+
+
+def decode_entry(key: str, raw: bytes) -> tuple[bytes, ObjectStat] | None:
+    """The body and stat of a cache entry, or None when it fails its checks."""
+    if len(raw) < HEADER.size:
+        return None
+    magic, crc, mlen = HEADER.unpack_from(raw)
+    meta, body = raw[HEADER.size:HEADER.size + mlen], raw[HEADER.size + mlen:]
+    if magic != MAGIC or len(meta) != mlen or zlib.crc32(body, zlib.crc32(meta)) != crc:
+        return None
+    m = json.loads(meta)
+    return body, ObjectStat(key, m["s"], m["e"], m["t"], m["c"], m["m"])
+
+
+class FsCache:
+    def __init__(self, parent: S3Client, path: str, size: int) -> None:
+        self.parent = parent
+        # cull_limit=0: no culling inside set(); we cull after each insert and count.
+        self.cache = diskcache.Cache(path, size_limit=size, eviction_policy="least-recently-used",
+                                     cull_limit=0, statistics=False)
+        self.counters = CacheCounters()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fscache")
+        self._inflight: dict[str, asyncio.Future[tuple[bytes, ObjectStat]]] = {}
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.cache.close()
+        await self.parent.close()
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _store(self, key: str, entry: bytes) -> int:
+        self.cache.set(key, entry)
+        return self.cache.cull()
+
+    async def _insert(self, key: str, stat: ObjectStat, body: bytes) -> None:
+        evicted = await self._run(self._store, key, encode_entry(stat, body))
+        self.counters.inserts += 1
+        self.counters.evictions += evicted
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, key: str) -> tuple[bytes, ObjectStat]:
+        raw = await self._run(self.cache.get, key)
+        if raw is not None:
+            hit = decode_entry(key, raw)
+            if hit is not None:
+                self.counters.hits += 1
+                return hit
+            self.counters.corrupt += 1
+            await self._run(self.cache.delete, key)  # never serve it; fetch again
+        self.counters.misses += 1
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        fut: asyncio.Future[tuple[bytes, ObjectStat]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            body, stat = await self.parent.get(key)
+            await self._insert(key, stat, body)
+            fut.set_result((body, stat))
+            return body, stat
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved when nobody else waited
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def stat(self, key: str) -> ObjectStat:
+        raw = await self._run(self.cache.get, key)
+        if raw is not None and (hit := decode_entry(key, raw)) is not None:
+            self.counters.hits += 1
+            return hit[1]
+        return await self.parent.stat(key)
+
+    def list(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[ListEntry]:
+        return self.parent.list(prefix, delimiter)  # listings change; never cached
+
+    # ------------------------------------------------------------------ writes
+
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  content_type: str = "application/octet-stream") -> str:
+        etag = await self.parent.put(key, data, metadata, content_type)
+        import time
+        await self._insert(key, ObjectStat(key, len(data), etag, time.time(), content_type,
+                                           {k.lower(): v for k, v in (metadata or {}).items()}), data)
+        return etag
+
+    async def delete(self, key: str) -> None:
+        await self._run(self.cache.delete, key)
+        await self.parent.delete(key)
+        await self._run(self.cache.delete, key)
+        self.counters.invalidations += 1
+
+    async def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+        await self._run(self._drop, keys)
+        failed = await self.parent.delete_many(keys)
+        await self._run(self._drop, keys)
+        self.counters.invalidations += len(keys)
+        return failed
+
+    def _drop(self, keys: list[str]) -> None:
+        for k in keys:
+            self.cache.delete(k)
+
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
+        await self.parent.copy(src, dst, metadata)
+
+    # ------------------------------------------------------------------ state
+
+    def _sizes(self) -> tuple[int, int]:
+        return len(self.cache), self.cache.volume()
+
+    async def stats(self) -> dict[str, int]:
+        entries, volume = await self._run(self._sizes)
+        c = self.counters
+        return {"hits": c.hits, "misses": c.misses, "evictions": c.evictions, "corrupt": c.corrupt,
+                "inserts": c.inserts, "invalidations": c.invalidations, "entries": entries, "bytes": volume,
+                "size_limit": int(self.cache.size_limit)}

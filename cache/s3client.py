@@ -1,0 +1,284 @@
+"""An async S3 client shaped like Dovecot's fs-s3 driver.
+
+Signs with the gateway's own protocol code (gateway.s3: SigV2 without a region,
+SigV4 with one), keeps connections alive, and retries what is transient:
+5xx, 408 and connection failures, with Dovecot's backoff (50 ms, 500 ms, 5 s,
+10 s, ...) inside one absolute deadline, honouring Retry-After.  4xx answers
+are final and never retried.  Errors surface as typed exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Mapping
+from urllib.parse import quote, unquote_plus
+
+import aiohttp
+from yarl import URL
+
+from gateway.s3 import sigv2, sigv4
+
+from .url import S3Url
+
+BACKOFF = (0.05, 0.5, 5.0, 10.0)  # Dovecot fs-s3's retry delays
+META = "x-amz-meta-"
+
+
+class FsError(Exception):
+    """A storage operation failed; `code` is the S3 error code when there is one."""
+
+    def __init__(self, message: str, *, code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+class NotFound(FsError):
+    pass
+
+
+class AccessDenied(FsError):
+    pass
+
+
+class PreconditionFailed(FsError):
+    pass
+
+
+class Unavailable(FsError):
+    """The storage did not answer usefully within the deadline (retry later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStat:
+    key: str
+    size: int
+    etag: str
+    mtime: float
+    content_type: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* without the prefix
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    key: str  # a key, or a common prefix when is_prefix
+    is_prefix: bool = False
+    size: int = 0
+    etag: str = ""
+
+
+def _error_from(status: int, body: bytes, what: str) -> FsError:
+    code = message = ""
+    try:
+        root = ET.fromstring(body) if body else None
+        if root is not None:
+            code = root.findtext("Code") or ""
+            message = root.findtext("Message") or ""
+    except ET.ParseError:
+        pass
+    text = f"{what}: {status} {code or ''} {message}".strip()
+    if status == 404:
+        return NotFound(text, code=code or "NoSuchKey", status=status)
+    if status == 403:
+        return AccessDenied(text, code=code or "AccessDenied", status=status)
+    if status == 412:
+        return PreconditionFailed(text, code=code, status=status)
+    return FsError(text, code=code, status=status)
+
+
+def _stat(key: str, headers: Mapping[str, str]) -> ObjectStat:
+    lm = headers.get("Last-Modified")
+    mtime = email.utils.parsedate_to_datetime(lm).timestamp() if lm else 0.0
+    meta = {k[len(META):].lower(): v for k, v in headers.items() if k.lower().startswith(META)}
+    return ObjectStat(key, int(headers.get("Content-Length", "0")), headers.get("ETag", ""), mtime,
+                      headers.get("Content-Type", ""), meta)
+
+
+class S3Client:
+    def __init__(self, url: S3Url, *, session: aiohttp.ClientSession | None = None) -> None:
+        self.url = url
+        self._own_session = session is None
+        self._session = session
+        self.requests = 0
+        self.retries = 0
+
+    async def __aenter__(self) -> S3Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl: object = None
+            if self.url.ca_file:
+                import ssl as ssl_mod
+                ssl = ssl_mod.create_default_context(cafile=self.url.ca_file)
+            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30, ssl=ssl)  # type: ignore[arg-type]
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    # ------------------------------------------------------------------ requests
+
+    def _target(self, key: str | None) -> tuple[str, str, str | None]:
+        """(wire path, Host header, bucket-in-host for SigV2)."""
+        u = self.url
+        hostport = f"{u.host}:{u.port}"
+        obj = "" if key is None else quote(u.prefix + key, safe="/~")
+        if u.path_style:
+            return f"/{u.bucket}" + (f"/{obj}" if key is not None else ""), hostport, None
+        return f"/{obj}", f"{u.bucket}.{hostport}", u.bucket
+
+    def _sign(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
+              body: bytes, vhost: str | None) -> None:
+        u = self.url
+        if u.region:
+            headers.update(sigv4.sign_headers(
+                method, path, query, {k: v for k, v in headers.items()
+                                      if k.lower() in ("host", "content-md5", "content-type")
+                                      or k.lower().startswith("x-amz-")},
+                u.access_key, u.secret, region=u.region, payload_hash=hashlib.sha256(body).hexdigest()))
+        else:
+            headers["Date"] = email.utils.formatdate(usegmt=True)
+            lower = {k.lower(): [v] for k, v in headers.items()}
+            sts = sigv2.string_to_sign(method, lower, headers["Date"], sigv2.canonical_resource(path, vhost, query))
+            headers["Authorization"] = f"AWS {u.access_key}:{sigv2.sign(u.secret, sts)}"
+
+    async def request(self, method: str, key: str | None, *, query: list[tuple[str, str]] | None = None,
+                      body: bytes = b"", headers: dict[str, str] | None = None,
+                      ok: tuple[int, ...] = (200,)) -> tuple[int, Mapping[str, str], bytes]:
+        """One S3 call with retries; returns (status, headers, body) for an `ok` status."""
+        q = query or []
+        path, host, vhost = self._target(key)
+        qs = sigv4.canonical_query(q)
+        # encoded=True: send the path exactly as signed (yarl would re-quote "%40" as "@").
+        url = URL(self.url.endpoint + path + (f"?{qs}" if qs else ""), encoded=True)
+        deadline = time.monotonic() + self.url.absolute_timeout
+        what = f"{method} {key if key is not None else self.url.bucket}"
+        attempt = 0
+        while True:
+            h = {"Host": host, **(headers or {})}
+            if body:
+                h.setdefault("Content-MD5", base64.b64encode(hashlib.md5(body).digest()).decode())
+            self._sign(method, path, q, h, body, vhost)
+            retry_after: float | None = None
+            failure: str
+            try:
+                self.requests += 1
+                timeout = aiohttp.ClientTimeout(total=min(self.url.timeout, max(0.1, deadline - time.monotonic())))
+                # skip_auto_headers: aiohttp would add a Content-Type we did not sign.
+                async with self.session().request(method, url, data=body or None, headers=h,
+                                                  timeout=timeout, allow_redirects=False,
+                                                  skip_auto_headers=("Content-Type",)) as resp:
+                    data = await resp.read()
+                    if resp.status in ok:
+                        return resp.status, resp.headers, data
+                    if resp.status < 500 and resp.status != 408:
+                        raise _error_from(resp.status, data, what)
+                    failure = f"{resp.status} {_error_from(resp.status, data, what)}"
+                    ra = resp.headers.get("Retry-After", "")
+                    retry_after = float(ra) if ra.replace(".", "", 1).isdigit() else None
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            if attempt >= self.url.max_retries:
+                raise Unavailable(f"{what}: gave up after {attempt + 1} attempts: {failure}", status=503)
+            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            if time.monotonic() + delay >= deadline:
+                raise Unavailable(f"{what}: no answer within {self.url.absolute_timeout:g}s: {failure}", status=503)
+            attempt += 1
+            self.retries += 1
+            await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ operations
+
+    async def get(self, key: str) -> tuple[bytes, ObjectStat]:
+        _, headers, body = await self.request("GET", key)
+        return body, _stat(key, headers)
+
+    async def stat(self, key: str) -> ObjectStat:
+        _, headers, _ = await self.request("HEAD", key)
+        return _stat(key, headers)
+
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  content_type: str = "application/octet-stream") -> str:
+        h = {"Content-Type": content_type, **{META + k: v for k, v in (metadata or {}).items()}}
+        _, headers, _ = await self.request("PUT", key, body=data, headers=h)
+        return headers.get("ETag", "")
+
+    async def delete(self, key: str) -> None:
+        await self.request("DELETE", key, ok=(200, 204, 404))
+
+    async def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+        """Bulk delete in batches; returns the (key, error code) pairs that failed."""
+        failed: list[tuple[str, str]] = []
+        step = self.url.delete_max_keys
+        for i in range(0, len(keys), step):
+            batch = keys[i:i + step]
+            doc = ("<Delete><Quiet>true</Quiet>" + "".join(
+                f"<Object><Key>{_xml_escape(self.url.prefix + k)}</Key></Object>" for k in batch) + "</Delete>").encode()
+            _, _, body = await self.request("POST", None, query=[("delete", "")], body=doc,
+                                            headers={"Content-Type": "application/xml"})
+            root = ET.fromstring(body)
+            for err in root.iter():
+                if err.tag.endswith("Error"):
+                    k = next((c.text or "" for c in err if c.tag.endswith("Key")), "")
+                    c = next((c.text or "" for c in err if c.tag.endswith("Code")), "")
+                    failed.append((k[len(self.url.prefix):], c))
+        return failed
+
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
+        """Server-side copy; with `metadata`, replace it (x-amz-metadata-directive: REPLACE)."""
+        h = {"x-amz-copy-source": quote(f"/{self.url.bucket}/{self.url.prefix}{src}", safe="/~")}
+        if metadata is not None:
+            h["x-amz-metadata-directive"] = "REPLACE"
+            h.update({META + k: v for k, v in metadata.items()})
+        _, _, body = await self.request("PUT", dst, headers=h)
+        if b"<Error>" in body:  # S3 may report a failed copy inside a 200
+            raise _error_from(500, body, f"COPY {src} -> {dst}")
+
+    async def list(self, prefix: str = "", delimiter: str | None = None,
+                   page_size: int = 1000) -> AsyncIterator[ListEntry]:
+        """Every key (and common prefix) under `prefix`, ListObjects V1 with marker paging."""
+        marker = ""
+        full_prefix = self.url.prefix + prefix
+        cut = len(self.url.prefix)
+        while True:
+            q = [("prefix", full_prefix), ("max-keys", str(page_size)), ("encoding-type", "url")]
+            if delimiter:
+                q.append(("delimiter", delimiter))
+            if marker:
+                q.append(("marker", marker))
+            _, _, body = await self.request("GET", None, query=q)
+            root = ET.fromstring(body)
+            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            last = ""
+            for c in root.findall(f"{ns}Contents"):
+                k = unquote_plus(c.findtext(f"{ns}Key") or "")
+                last = k
+                yield ListEntry(k[cut:], False, int(c.findtext(f"{ns}Size") or 0), c.findtext(f"{ns}ETag") or "")
+            for p in root.findall(f"{ns}CommonPrefixes"):
+                k = unquote_plus(p.findtext(f"{ns}Prefix") or "")
+                last = max(last, k)
+                yield ListEntry(k[cut:], True)
+            if root.findtext(f"{ns}IsTruncated") != "true":
+                return
+            nxt = root.findtext(f"{ns}NextMarker")
+            marker = unquote_plus(nxt) if nxt else last
+            if not marker:
+                return
+
+
+def _xml_escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

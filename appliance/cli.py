@@ -12,6 +12,7 @@ import sys
 
 from cache import cli as cache_cli
 from gateway import cli as gateway_cli
+from mailstore import cli as mailstore_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     gateway_cli.register(sub)
     cache_cli.register(sub)
+    mailstore_cli.register(sub)
     return p
 
 

@@ -1,0 +1,165 @@
+"""The mail shim's part of the `mailstore` command line.
+
+    mailstore user add|list|delete|passwd|set-quota|alias --db PATH ...
+    mailstore lmtp --db PATH --fs URL [--listen HOST:PORT] [--max-size 50M] [--domain D]
+    mailstore reindex --db PATH --fs URL USER
+    mailstore gc --db PATH --fs URL [--grace 1h] [--user U]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cache import open_fs
+from cache.url import parse_duration, parse_size
+
+from .db import MetaError, MetaStore
+from .users import AddressPolicy, hash_password
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return str(args.password)
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return getpass.getpass("password: ")
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    meta = MetaStore(Path(args.db))
+    try:
+        if args.action == "add":
+            quota = parse_size(args.quota) if args.quota else 0
+            u = meta.add_user(args.name.lower(), hash_password(_password(args)), quota)
+            print(json.dumps({"user": u.name, "quota_bytes": u.quota_bytes}))
+        elif args.action == "list":
+            for u in meta.list_users():
+                print(json.dumps({"user": u.name, "quota_bytes": u.quota_bytes, "used_bytes": u.used_bytes}))
+        elif args.action == "delete":
+            keys = meta.delete_user(args.name.lower())
+            if keys and args.fs:
+                async def purge() -> None:
+                    fs = open_fs(args.fs)
+                    try:
+                        await fs.delete_many(keys)
+                    finally:
+                        await fs.close()
+                asyncio.run(purge())
+            print(json.dumps({"user": args.name, "objects": len(keys), "objects_deleted": bool(args.fs)}))
+        elif args.action == "passwd":
+            meta.set_password(args.name.lower(), hash_password(_password(args)))
+        elif args.action == "set-quota":
+            meta.set_quota(args.name.lower(), parse_size(args.quota) if args.quota != "0" else 0)
+        elif args.action == "alias":
+            meta.add_alias(args.address.lower(), args.name.lower())
+    except MetaError as exc:
+        print(f"mailstore user: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_lmtp(args: argparse.Namespace) -> int:
+    from .delivery import Deliverer
+    from .lmtp import start_lmtp
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port = args.listen.rpartition(":")
+    max_size = parse_size(args.max_size)
+
+    async def main() -> None:
+        meta = MetaStore(Path(args.db))
+        fs = open_fs(args.fs)
+        deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size)
+        server = await start_lmtp(deliverer, host, int(port), max_size=max_size)
+        real = server.sockets[0].getsockname()[1]
+        print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+        await fs.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from .rebuild import reindex
+
+    async def main() -> dict[str, int]:
+        fs = open_fs(args.fs)
+        try:
+            return await reindex(MetaStore(Path(args.db)), fs, args.user.lower())
+        finally:
+            await fs.close()
+    print(json.dumps(asyncio.run(main())))
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .rebuild import gc
+
+    async def main() -> dict[str, int]:
+        fs = open_fs(args.fs)
+        try:
+            return await gc(MetaStore(Path(args.db)), fs, parse_duration(args.grace, "--grace"),
+                            [args.user.lower()] if args.user else None)
+        finally:
+            await fs.close()
+    print(json.dumps(asyncio.run(main())))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    user = sub.add_parser("user", help="manage mail users")
+    us = user.add_subparsers(dest="action", required=True)
+    for action in ("add", "list", "delete", "passwd", "set-quota", "alias"):
+        p = us.add_parser(action)
+        p.add_argument("--db", required=True, help="the metadata database (SQLite file)")
+        if action != "list":
+            p.add_argument("name")
+        if action in ("add", "passwd"):
+            p.add_argument("--password")
+            p.add_argument("--password-stdin", action="store_true")
+        if action == "add":
+            p.add_argument("--quota", help="like 1G; none by default")
+        if action == "set-quota":
+            p.add_argument("quota", help="like 1G, or 0 for none")
+        if action == "alias":
+            p.add_argument("address", help="an extra address that delivers to NAME")
+        if action == "delete":
+            p.add_argument("--fs", help="also delete the user's objects through this fs URL")
+    user.set_defaults(fn=cmd_user)
+
+    lmtp = sub.add_parser("lmtp", help="run the LMTP ingest server")
+    lmtp.add_argument("--db", required=True)
+    lmtp.add_argument("--fs", required=True, help="fs URL of the storage (s3:... or fscache:...)")
+    lmtp.add_argument("--listen", default="127.0.0.1:24")
+    lmtp.add_argument("--max-size", default="50M")
+    lmtp.add_argument("--domain", default="localhost", help="domain of bare local parts")
+    lmtp.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
+    lmtp.set_defaults(fn=cmd_lmtp)
+
+    rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
+    rx.add_argument("--db", required=True)
+    rx.add_argument("--fs", required=True)
+    rx.add_argument("user")
+    rx.set_defaults(fn=cmd_reindex)
+
+    g = sub.add_parser("gc", help="delete orphan objects (no metadata) older than a grace period")
+    g.add_argument("--db", required=True)
+    g.add_argument("--fs", required=True)
+    g.add_argument("--grace", default="1h")
+    g.add_argument("--user")
+    g.set_defaults(fn=cmd_gc)

@@ -1,0 +1,319 @@
+"""The mailbox metadata store: users, mailboxes, messages (SQLite; PostgreSQL-ready SQL).
+
+Rules of this file's state:
+- SQLite in WAL mode with synchronous=FULL: a committed delivery is on disk.
+- Writers take the database's write lock up front (BEGIN IMMEDIATE).
+- UIDs: a delivery *reserves* the mailbox's next UID (uidnext++ and a row in
+  `pending`) before its object is stored, so the UID can travel inside the
+  immutable object (reindex restores it), then *commits* the message row and
+  drops the reservation.  UIDs are therefore strictly increasing in reservation
+  order across processes.  A reader shows only messages below the lowest live
+  reservation (`visible_uid_limit`), so no client ever sees UID n+1 before n;
+  a reservation left by a crashed process expires.
+- users.used_bytes is kept in the same transactions that add or remove messages.
+- The schema version is PRAGMA user_version; MIGRATIONS upgrade it in order.
+The SQL sticks to what PostgreSQL also runs (no SQLite-only syntax in queries)
+so a second backend can take the same statements.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+RESERVATION_SECONDS = 300.0
+
+MIGRATIONS = [
+    """
+    CREATE TABLE users(
+        name TEXT PRIMARY KEY, password TEXT NOT NULL, quota_bytes INTEGER NOT NULL DEFAULT 0,
+        used_bytes INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+    CREATE TABLE aliases(address TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users(name));
+    CREATE TABLE mailboxes(
+        id INTEGER PRIMARY KEY, user_name TEXT NOT NULL, name TEXT NOT NULL, guid TEXT NOT NULL UNIQUE,
+        uidvalidity INTEGER NOT NULL, uidnext INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1, special_use TEXT, subscribed INTEGER NOT NULL DEFAULT 1,
+        UNIQUE(user_name, name));
+    CREATE TABLE messages(
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id), uid INTEGER NOT NULL,
+        guid TEXT NOT NULL, object_key TEXT NOT NULL, size INTEGER NOT NULL,
+        internal_date REAL NOT NULL, saved REAL NOT NULL, flags TEXT NOT NULL DEFAULT '',
+        modseq INTEGER NOT NULL, envelope TEXT, bodystructure TEXT,
+        PRIMARY KEY(mailbox_id, uid));
+    CREATE INDEX messages_by_key ON messages(object_key);
+    CREATE TABLE pending(mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL, expires REAL NOT NULL,
+        PRIMARY KEY(mailbox_id, uid));
+    """,
+]
+
+SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
+               "Archive": "\\Archive"}
+
+
+class MetaError(Exception):
+    pass
+
+
+class NoSuchUser(MetaError):
+    pass
+
+
+class UserExists(MetaError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    quota_bytes: int  # 0: no quota
+    used_bytes: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    user: str
+    name: str
+    guid: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    mailbox_id: int
+    uid: int
+    guid: str
+    object_key: str
+    size: int
+    internal_date: float
+    saved: float
+    flags: tuple[str, ...]
+    modseq: int
+
+
+class MetaStore:
+    """One per process; a connection per thread (call it from worker threads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA busy_timeout=30000")
+            c.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = c
+        return c
+
+    def _migrate(self) -> None:
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version={i}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _write(self):  # type: ignore[no-untyped-def]
+        return _Txn(self.conn())
+
+    # ------------------------------------------------------------------ users
+
+    def add_user(self, name: str, password_hash: str, quota_bytes: int = 0) -> User:
+        now = time.time()
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
+                raise UserExists(name)
+            c.execute("INSERT INTO users(name, password, quota_bytes, created) VALUES (?,?,?,?)",
+                      (name, password_hash, quota_bytes, now))
+            for box in ("INBOX", *SPECIAL_USE):
+                self._create_mailbox(c, name, box)
+        return User(name, quota_bytes, 0, now)
+
+    def get_user(self, name: str) -> User | None:
+        row = self.conn().execute("SELECT name, quota_bytes, used_bytes, created FROM users WHERE name=?",
+                                  (name,)).fetchone()
+        return User(*row) if row else None
+
+    def password_hash(self, name: str) -> str | None:
+        row = self.conn().execute("SELECT password FROM users WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def list_users(self) -> list[User]:
+        return [User(*r) for r in self.conn().execute(
+            "SELECT name, quota_bytes, used_bytes, created FROM users ORDER BY name")]
+
+    def delete_user(self, name: str) -> list[str]:
+        """Remove a user's metadata; returns the object keys to delete (after this commit)."""
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
+                raise NoSuchUser(name)
+            keys = [r[0] for r in c.execute(
+                "SELECT object_key FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)",
+                (name,))]
+            c.execute("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
+            c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
+            c.execute("DELETE FROM mailboxes WHERE user_name=?", (name,))
+            c.execute("DELETE FROM aliases WHERE user_name=?", (name,))
+            c.execute("DELETE FROM users WHERE name=?", (name,))
+        return keys
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        with self._write() as c:
+            if c.execute("UPDATE users SET password=? WHERE name=?", (password_hash, name)).rowcount == 0:
+                raise NoSuchUser(name)
+
+    def set_quota(self, name: str, quota_bytes: int) -> None:
+        with self._write() as c:
+            if c.execute("UPDATE users SET quota_bytes=? WHERE name=?", (quota_bytes, name)).rowcount == 0:
+                raise NoSuchUser(name)
+
+    def add_alias(self, address: str, user: str) -> None:
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone():
+                raise NoSuchUser(user)
+            c.execute("INSERT OR REPLACE INTO aliases(address, user_name) VALUES (?,?)", (address, user))
+
+    def resolve_alias(self, address: str) -> str | None:
+        row = self.conn().execute("SELECT user_name FROM aliases WHERE address=?", (address,)).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ mailboxes
+
+    def _create_mailbox(self, c: sqlite3.Connection, user: str, name: str, guid: str | None = None,
+                        uidvalidity: int | None = None) -> int:
+        cur = c.execute(
+            "INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use) VALUES (?,?,?,?,?)",
+            (user, name, guid or uuid.uuid4().hex, uidvalidity or int(time.time()), SPECIAL_USE.get(name)))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def mailbox(self, user: str, name: str) -> Mailbox | None:
+        row = self.conn().execute(
+            "SELECT id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use FROM mailboxes "
+            "WHERE user_name=? AND name=?", (user, name)).fetchone()
+        return Mailbox(*row) if row else None
+
+    def mailboxes(self, user: str) -> list[Mailbox]:
+        return [Mailbox(*r) for r in self.conn().execute(
+            "SELECT id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use FROM mailboxes "
+            "WHERE user_name=? ORDER BY name", (user,))]
+
+    # ------------------------------------------------------------------ deliveries
+
+    def reserve_uid(self, user: str, mailbox: str) -> tuple[Mailbox, int]:
+        """The next UID of a mailbox, reserved until commit_message or release_uid."""
+        with self._write() as c:
+            row = c.execute("SELECT id, uidnext FROM mailboxes WHERE user_name=? AND name=?",
+                            (user, mailbox)).fetchone()
+            if row is None:
+                raise MetaError(f"no mailbox {mailbox!r} for {user}")
+            box_id, uid = row
+            c.execute("UPDATE mailboxes SET uidnext=? WHERE id=?", (uid + 1, box_id))
+            c.execute("INSERT INTO pending(mailbox_id, uid, expires) VALUES (?,?,?)",
+                      (box_id, uid, time.time() + RESERVATION_SECONDS))
+        box = self.mailbox(user, mailbox)
+        assert box is not None
+        return box, uid
+
+    def release_uid(self, mailbox_id: int, uid: int) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+
+    def commit_message(self, user: str, mailbox_id: int, uid: int, guid: str, object_key: str, size: int,
+                       internal_date: float, saved: float, envelope: object, bodystructure: object,
+                       flags: tuple[str, ...] = ()) -> None:
+        with self._write() as c:
+            modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
+            c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"
+                      " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      (mailbox_id, uid, guid, object_key, size, internal_date, saved, " ".join(flags), modseq,
+                       json.dumps(envelope), json.dumps(bodystructure)))
+            c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
+            c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (size, user))
+            c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+
+    def visible_uid_limit(self, mailbox_id: int) -> int | None:
+        """Messages with uid below this are complete and in order (None: no limit)."""
+        row = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=? AND expires>?",
+                                  (mailbox_id, time.time())).fetchone()
+        return row[0]
+
+    def messages(self, mailbox_id: int) -> list[Message]:
+        limit = self.visible_uid_limit(mailbox_id)
+        rows = self.conn().execute(
+            "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
+            "WHERE mailbox_id=? AND uid < ? ORDER BY uid", (mailbox_id, limit if limit is not None else 1 << 62))
+        return [Message(*r[:7], tuple(r[7].split()) if r[7] else (), r[8]) for r in rows]
+
+    def known_keys(self, object_keys: list[str]) -> set[str]:
+        c = self.conn()
+        out: set[str] = set()
+        for i in range(0, len(object_keys), 500):
+            chunk = object_keys[i:i + 500]
+            out.update(r[0] for r in c.execute(
+                f"SELECT object_key FROM messages WHERE object_key IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    # ------------------------------------------------------------------ reindex
+
+    def restore(self, user: str, boxes: list[tuple[str, str, int]],
+                messages: list[tuple[str, int, str, str, int, float, float, object, object]]) -> None:
+        """Replace a user's mailboxes and messages with ones rebuilt from the bucket.
+
+        boxes: (name, guid, uidvalidity); messages: (mailbox guid, uid, guid, key, size,
+        internal date, saved, envelope, bodystructure).
+        """
+        with self._write() as c:
+            c.execute("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
+            c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
+            c.execute("DELETE FROM mailboxes WHERE user_name=?", (user,))
+            ids: dict[str, int] = {}
+            for name, guid, uidvalidity in boxes:
+                ids[guid] = self._create_mailbox(c, user, name, guid, uidvalidity)
+            for name in ("INBOX", *SPECIAL_USE):
+                if name not in {b[0] for b in boxes}:
+                    self._create_mailbox(c, user, name)
+            used = 0
+            for box_guid, uid, guid, key, size, idate, saved, env, bs in messages:
+                c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved,"
+                          " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,1,?,?)",
+                          (ids[box_guid], uid, guid, key, size, idate, saved, json.dumps(env), json.dumps(bs)))
+                used += size
+            for guid, box_id in ids.items():
+                c.execute("UPDATE mailboxes SET uidnext=(SELECT coalesce(max(uid), 0) + 1 FROM messages "
+                          "WHERE mailbox_id=?), highestmodseq=2 WHERE id=?", (box_id, box_id))
+            c.execute("UPDATE users SET used_bytes=? WHERE name=?", (used, user))
+
+
+class _Txn:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.c = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.c.execute("BEGIN IMMEDIATE")
+        return self.c
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,85 @@
+"""The LMTP server (RFC 2033) on aiosmtpd, with one reply per recipient after DATA.
+
+aiosmtpd speaks LMTP's LHLO and answers DATA with one reply per message; LMTP
+wants one per accepted recipient, in RCPT order.  This module wraps it:
+
+- the DATA hook returns one reply line per recipient (pushed as consecutive
+  lines);
+- aiosmtpd's own per-message failures during DATA (too much data, line too
+  long) are turned into one reply per recipient in `push`, so an MTA never
+  waits for replies that will not come;
+- LHLO also advertises ENHANCEDSTATUSCODES and PIPELINING (RFC 2034, 2920).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+
+from .delivery import Deliverer, DeliveryError
+
+log = logging.getLogger("mailstore.lmtp")
+
+
+class Handler:
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.deliverer = deliverer
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        head, last = responses[:-1], responses[-1]
+        extra = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
+        return head + extra + [last]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.users = {}
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        try:
+            user = await self.deliverer.recipient(address)
+        except DeliveryError as exc:
+            return f"{exc.reply[:9]} <{address}>: {exc.reply[10:]}"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        if not hasattr(envelope, "users"):
+            envelope.users = {}
+        envelope.users[address] = user
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        data = envelope.original_content or envelope.content
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        recipients = [(a, envelope.users[a]) for a in envelope.rcpt_tos]
+        replies = await self.deliverer.deliver(envelope.mail_from or "", recipients, data)
+        return "\r\n".join(replies)
+
+
+class LMTPSession(LMTP):
+    async def push(self, status: Any) -> None:
+        text = status.decode() if isinstance(status, bytes) else status
+        env = self.envelope
+        if (env is not None and env.rcpt_tos and
+                (text.startswith("552 Error: Too much mail data") or text.startswith("500 Line too long"))):
+            code = "552 5.3.4 Message too big for system" if text.startswith("552") else \
+                "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+            text = "\r\n".join(code for _ in env.rcpt_tos)
+        await super().push(text)
+
+
+async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: int) -> asyncio.Server:
+    handler = Handler(deliverer)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LMTPSession:
+        # SIZE is advertised as the limit; aiosmtpd stops reading past it (bounded memory).
+        return LMTPSession(handler, data_size_limit=max_size, enable_SMTPUTF8=True, decode_data=False,
+                           hostname="mailstore", ident="mailstore LMTP")
+
+    return await loop.create_server(factory, host, port, backlog=256)

@@ -1,0 +1,89 @@
+"""A delivered message: the bytes stored, and what IMAP will need without the body.
+
+The stored object is the message as received, with `Return-Path:` and
+`Delivered-To:` prepended (RFC 5321 §4.4; Delivered-To as Postfix and
+Dovecot add it).  ENVELOPE and BODYSTRUCTURE (RFC 3501 §7.4.2) are parsed once,
+at delivery, with the stdlib email parser, and kept in the metadata store as
+JSON (None for NIL), so FETCH ENVELOPE/BODYSTRUCTURE never reads the object.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import getaddresses
+from typing import Any
+
+
+def stored_bytes(data: bytes, mail_from: str, recipient: str) -> bytes:
+    """The object body: trace headers first, then the message exactly as received."""
+    head = f"Return-Path: <{mail_from}>\r\nDelivered-To: {recipient}\r\n".encode()
+    return head + data
+
+
+def _addresses(msg: Message, name: str) -> list[list[Any]] | None:
+    values = msg.get_all(name)
+    if not values:
+        return None
+    out = []
+    for display, addr in getaddresses([str(v) for v in values]):
+        mailbox, _, host = addr.partition("@")
+        out.append([_decode(display) or None, None, mailbox or None, host or None])
+    return out or None
+
+
+def _decode(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError):
+        return value
+
+
+def envelope(msg: Message) -> list[Any]:
+    frm = _addresses(msg, "From")
+    return [
+        msg.get("Date"), msg.get("Subject"), frm,
+        _addresses(msg, "Sender") or frm, _addresses(msg, "Reply-To") or frm,
+        _addresses(msg, "To"), _addresses(msg, "Cc"), _addresses(msg, "Bcc"),
+        msg.get("In-Reply-To"), msg.get("Message-ID"),
+    ]
+
+
+def _params(part: Message) -> list[str] | None:
+    params = part.get_params()
+    if not params or len(params) < 2:
+        return None
+    flat: list[str] = []
+    for k, v in params[1:]:
+        flat += [k.upper(), v if isinstance(v, str) else str(v)]
+    return flat
+
+
+def bodystructure(part: Message) -> list[Any]:
+    if part.is_multipart():
+        children = [bodystructure(p) for p in part.get_payload()]  # type: ignore[union-attr]
+        return [*children, part.get_content_subtype().upper(), _params(part), None, None, None]
+    payload = part.get_payload(decode=False)
+    raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    maintype, subtype = part.get_content_maintype().upper(), part.get_content_subtype().upper()
+    params = _params(part)
+    if maintype == "TEXT" and params is None:
+        params = ["CHARSET", "US-ASCII"]
+    fields = [maintype, subtype, params, part.get("Content-ID"), part.get("Content-Description"),
+              (part.get("Content-Transfer-Encoding") or "7BIT").upper(), len(raw)]
+    if maintype == "TEXT":
+        fields.append(raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1))
+    elif maintype == "MESSAGE" and subtype == "RFC822" and isinstance(part.get_payload(), list):
+        inner = part.get_payload()[0]  # type: ignore[index]
+        fields += [envelope(inner), bodystructure(inner), raw.count(b"\n")]
+    return fields
+
+
+def parse(data: bytes) -> tuple[list[Any], list[Any]]:
+    """ENVELOPE and BODYSTRUCTURE of a message, as JSON-able lists."""
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    return envelope(msg), bodystructure(msg)

@@ -1,0 +1,77 @@
+"""Rebuilding metadata from the bucket (reindex) and removing orphans (gc).
+
+reindex: the bucket is the truth.  Every message object carries its mailbox
+name and GUID, UIDVALIDITY and UID (layout.MessageMeta), so listing a user's
+prefix and reading each object restores the same mailboxes, UIDs and message
+set, with ENVELOPE/BODYSTRUCTURE recomputed from the bytes.  Flags live only
+in the database and start empty after a rebuild.
+
+gc: an object no message row refers to, older than the grace period, is an
+orphan (its delivery failed after the PUT, and the MTA retried); it is deleted.
+Younger ones may belong to a delivery still in flight and are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from . import layout, message
+from .db import MetaStore
+from .users import hash_password
+
+
+async def reindex(meta: MetaStore, fs, user: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    created = False
+    if await asyncio.to_thread(meta.get_user, user) is None:
+        await asyncio.to_thread(meta.add_user, user, hash_password(secrets.token_urlsafe(24)))
+        created = True
+    keys = [e.key async for e in fs.list(layout.mailboxes_prefix(user)) if not e.is_prefix]
+    boxes: dict[str, tuple[str, str, int]] = {}
+    rows = []
+    skipped = 0
+    sem = asyncio.Semaphore(16)
+
+    async def one(key: str) -> None:
+        nonlocal skipped
+        async with sem:
+            body, st = await fs.get(key)
+        try:
+            m = layout.MessageMeta.from_headers(st.metadata)
+        except (KeyError, ValueError):
+            skipped += 1  # not a message object (an index bundle, a foreign object)
+            return
+        if m.user != user:
+            skipped += 1
+            return
+        env, bs = await asyncio.to_thread(message.parse, body)
+        boxes[m.mailbox_guid] = (m.mailbox, m.mailbox_guid, m.uidvalidity)
+        rows.append((m.mailbox_guid, m.uid, m.guid, key, m.size, float(m.received), float(m.saved), env, bs))
+
+    await asyncio.gather(*(one(k) for k in keys))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    await asyncio.to_thread(meta.restore, user, list(boxes.values()), rows)
+    return {"mailboxes": len(boxes), "messages": len(rows), "skipped": skipped, "user_created": int(created)}
+
+
+async def gc(meta: MetaStore, fs, grace_seconds: float, users: list[str] | None = None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    names = users or [u.name for u in await asyncio.to_thread(meta.list_users)]
+    removed = kept_young = 0
+    now = time.time()
+    for user in names:
+        keys = [e.key async for e in fs.list(layout.mailboxes_prefix(user)) if not e.is_prefix]
+        known = await asyncio.to_thread(meta.known_keys, keys)
+        orphans = []
+        for key in keys:
+            if key in known:
+                continue
+            st = await fs.stat(key)
+            if now - st.mtime >= grace_seconds:
+                orphans.append(key)
+            else:
+                kept_young += 1
+        if orphans:
+            await fs.delete_many(orphans)
+            removed += len(orphans)
+    return {"removed": removed, "young_orphans_kept": kept_young}

@@ -3,8 +3,8 @@
 Rules:
 - Mail objects are immutable, so an entry never goes stale; only deletes
   invalidate (before and after the delete reaches S3).
-- Writes go through to S3 first and populate the cache only once S3 has
-  acknowledged them; reads are served from the cache when present.
+- Writes go through to S3 first and are acknowledged then; the cache is
+  filled behind the caller.  Reads are served from the cache when present.
 - Entries are bytes, never pickles: b"MSC1" | crc32 | meta length | meta JSON |
   body.  The CRC is checked on every hit; a corrupt entry is dropped and the
   object fetched again, never served.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 import zlib
 import queue
@@ -39,6 +40,7 @@ import diskcache
 
 from .s3client import ListEntry, ObjectStat, S3Client
 
+log = logging.getLogger("cache.fscache")
 MAGIC = b"MSC1"
 HEADER = struct.Struct(">4sII")  # magic, crc32 of the rest, meta length
 
@@ -161,9 +163,16 @@ class FsCache:
                                      cull_limit=0, statistics=False, disk_min_file_size=1 << 20)
         self.counters = CacheCounters()
         self._worker = CacheWorker(self.cache)
+        # Cull after every 1/64 of the size inserted: the cache overshoots its
+        # bound by at most that much, and a cull per insert would cost more than the insert.
+        self._cull_every = max(size // 64, 1)
+        self._since_cull = self._cull_every  # measure on the first insert
         self._inflight: dict[str, asyncio.Future[tuple[bytes, ObjectStat]]] = {}
+        self._fills: dict[str, asyncio.Future] = {}  # type: ignore[type-arg]  # key -> fill in progress
 
     async def close(self) -> None:
+        if self._fills:
+            await asyncio.gather(*self._fills.values(), return_exceptions=True)
         self._worker.close()
         self.cache.close()
         await self.parent.close()
@@ -172,7 +181,13 @@ class FsCache:
         return await self._worker.submit(fn, *args)
 
     def _store(self, key: str, entry: bytes) -> int:
+        """Insert; cull only when what was added since the last cull may have
+        pushed the cache past its bound (a cull measures the whole cache)."""
         self.cache.set(key, entry, tag=_minute())
+        self._since_cull += len(entry)
+        if self._since_cull < self._cull_every:
+            return 0
+        self._since_cull = 0
         return self.cache.cull()
 
     def _lookup(self, key: str) -> tuple[bytes | None, int | None]:
@@ -191,6 +206,9 @@ class FsCache:
     # ------------------------------------------------------------------ reads
 
     async def get(self, key: str) -> tuple[bytes, ObjectStat]:
+        filling = self._fills.get(key)
+        if filling is not None:  # read-your-writes: the fill of a fresh put comes first
+            await asyncio.wait([filling])
         raw, tag = await self._worker.submit(self._lookup, key)
         if raw is not None:
             hit = decode_entry(key, raw)
@@ -233,10 +251,21 @@ class FsCache:
 
     async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
                   content_type: str = "application/octet-stream") -> str:
+        """Write through: acknowledged once S3 has it; the cache is filled behind the caller
+        (a failed fill only means a later miss)."""
         etag = await self.parent.put(key, data, metadata, content_type)
-        await self._insert(key, ObjectStat(key, len(data), etag, time.time(), content_type,
-                                           {k.lower(): v for k, v in (metadata or {}).items()}), data)
+        stat = ObjectStat(key, len(data), etag, time.time(), content_type,
+                          {k.lower(): v for k, v in (metadata or {}).items()})
+        fill = asyncio.ensure_future(self._insert(key, stat, data))
+        self._fills[key] = fill
+        fill.add_done_callback(lambda fut: self._fill_done(key, fut))
         return etag
+
+    def _fill_done(self, key: str, fut: asyncio.Future) -> None:  # type: ignore[type-arg]
+        if self._fills.get(key) is fut:
+            del self._fills[key]
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("cache fill of %s failed: %s", key, fut.exception())
 
     async def delete(self, key: str) -> None:
         await self._run(self.cache.delete, key)

@@ -26,6 +26,7 @@ from gateway.s3 import sigv2, sigv4
 
 from .url import S3Url
 
+_SIGNED = frozenset({"host", "content-md5", "content-type"})
 BACKOFF = (0.05, 0.5, 5.0, 10.0)  # Dovecot fs-s3's retry delays
 META = "x-amz-meta-"
 
@@ -143,10 +144,9 @@ class S3Client:
               body: bytes, vhost: str | None) -> None:
         u = self.url
         if u.region:
+            signed = {k: v for k, v in headers.items() if k.lower() in _SIGNED or k[:6].lower() == "x-amz-"}
             headers.update(sigv4.sign_headers(
-                method, path, query, {k: v for k, v in headers.items()
-                                      if k.lower() in ("host", "content-md5", "content-type")
-                                      or k.lower().startswith("x-amz-")},
+                method, path, query, signed,
                 u.access_key, u.secret, region=u.region, payload_hash=hashlib.sha256(body).hexdigest()))
         else:
             headers["Date"] = email.utils.formatdate(usegmt=True)

@@ -71,6 +71,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     host, _, port = args.listen.rpartition(":")
     max_size = parse_size(args.max_size)
 
@@ -90,6 +91,11 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         await server.wait_closed()
         await fs.close()
 
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
     asyncio.run(main())
     return 0
 

@@ -18,7 +18,9 @@ so a second backend can take the same statements.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import queue
 import sqlite3
 import threading
 import time
@@ -156,6 +158,13 @@ class MetaStore:
                                   (name,)).fetchone()
         return User(*row) if row else None
 
+    def get_users(self, names: list[str]) -> dict[str, User]:
+        unique = list(dict.fromkeys(names))
+        rows = self.conn().execute(
+            f"SELECT name, quota_bytes, used_bytes, created FROM users WHERE name IN ({','.join('?' * len(unique))})",
+            unique).fetchall()
+        return {r[0]: User(*r) for r in rows}
+
     def password_hash(self, name: str) -> str | None:
         row = self.conn().execute("SELECT password FROM users WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
@@ -237,6 +246,26 @@ class MetaStore:
         assert box is not None
         return box, uid
 
+    def reserve_uids(self, targets: list[tuple[str, str]]) -> list[tuple[Mailbox, int]]:
+        """reserve_uid for several (user, mailbox) at once: one transaction per message."""
+        with self._write() as c:
+            return self.reserve_uids_tx(c, targets)
+
+    @staticmethod
+    def reserve_uids_tx(c: sqlite3.Connection, targets: list[tuple[str, str]]) -> list[tuple[Mailbox, int]]:
+        out = []
+        for user, mailbox in targets:
+            row = c.execute("SELECT id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use "
+                            "FROM mailboxes WHERE user_name=? AND name=?", (user, mailbox)).fetchone()
+            if row is None:
+                raise MetaError(f"no mailbox {mailbox!r} for {user}")
+            box = Mailbox(*row)
+            c.execute("UPDATE mailboxes SET uidnext=? WHERE id=?", (box.uidnext + 1, box.id))
+            c.execute("INSERT INTO pending(mailbox_id, uid, expires) VALUES (?,?,?)",
+                      (box.id, box.uidnext, time.time() + RESERVATION_SECONDS))
+            out.append((box, box.uidnext))
+        return out
+
     def release_uid(self, mailbox_id: int, uid: int) -> None:
         with self._write() as c:
             c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
@@ -244,15 +273,37 @@ class MetaStore:
     def commit_message(self, user: str, mailbox_id: int, uid: int, guid: str, object_key: str, size: int,
                        internal_date: float, saved: float, envelope: object, bodystructure: object,
                        flags: tuple[str, ...] = ()) -> None:
+        self.commit_messages([(user, mailbox_id, uid, guid, object_key, size, internal_date, saved, envelope,
+                               bodystructure, flags)], [])
+
+    def commit_messages(self, rows: list[tuple], released: list[tuple[int, int]]) -> None:  # type: ignore[type-arg]
+        """Commit several delivered messages and drop failed reservations, in one transaction."""
         with self._write() as c:
-            modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
-            c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"
-                      " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                      (mailbox_id, uid, guid, object_key, size, internal_date, saved, " ".join(flags), modseq,
-                       json.dumps(envelope), json.dumps(bodystructure)))
-            c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
-            c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (size, user))
+            self.commit_messages_tx(c, rows, released)
+
+    @classmethod
+    def commit_messages_tx(cls, c: sqlite3.Connection, rows: list[tuple],  # type: ignore[type-arg]
+                           released: list[tuple[int, int]]) -> None:
+        for row in rows:
+            cls._commit_one(c, *row)
+        for mailbox_id, uid in released:
             c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+
+    @staticmethod
+    def _commit_one(c: sqlite3.Connection, user: str, mailbox_id: int, uid: int, guid: str,
+                object_key: str, size: int, internal_date: float, saved: float, envelope: object,
+                bodystructure: object, flags: tuple[str, ...] = ()) -> None:
+        modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
+        # envelope/bodystructure: JSON text already, or values to encode
+        env = envelope if isinstance(envelope, str) else json.dumps(envelope)
+        bs = bodystructure if isinstance(bodystructure, str) else json.dumps(bodystructure)
+        c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"
+                  " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  (mailbox_id, uid, guid, object_key, size, internal_date, saved, " ".join(flags), modseq,
+                   env, bs))
+        c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
+        c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (size, user))
+        c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
 
     def visible_uid_limit(self, mailbox_id: int) -> int | None:
         """Messages with uid below this are complete and in order (None: no limit)."""
@@ -305,6 +356,85 @@ class MetaStore:
                 c.execute("UPDATE mailboxes SET uidnext=(SELECT coalesce(max(uid), 0) + 1 FROM messages "
                           "WHERE mailbox_id=?), highestmodseq=2 WHERE id=?", (box_id, box_id))
             c.execute("UPDATE users SET used_bytes=? WHERE name=?", (used, user))
+
+
+class MetaWriter:
+    """Group commit for the metadata store: one thread, one transaction per batch.
+
+    Concurrent deliveries would otherwise each BEGIN IMMEDIATE on their own
+    connection, and SQLite's busy handler makes the losers sleep (1, 2, 5 ms...)
+    before retrying.  Here every queued operation runs in one transaction, each
+    inside its own SAVEPOINT (a failing one is rolled back alone), with one
+    fsync for the batch; callers are woken once per batch per event loop.
+    """
+
+    def __init__(self, meta: MetaStore) -> None:
+        self.meta = meta
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
+        self._thread = threading.Thread(target=self._loop, name="meta-writer", daemon=True)
+        self._thread.start()
+
+    def run(self, fn, *args) -> asyncio.Future:  # type: ignore[no-untyped-def,type-arg]
+        """fn(connection, *args) inside the next batch's transaction."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put((loop, fut, fn, args))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        c = self.meta.conn()
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 512:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            results: list[tuple[bool, object]] = []
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                for _, _, fn, args in batch:
+                    c.execute("SAVEPOINT op")
+                    try:
+                        results.append((True, fn(c, *args)))
+                        c.execute("RELEASE op")
+                    except Exception as exc:
+                        c.execute("ROLLBACK TO op")
+                        c.execute("RELEASE op")
+                        results.append((False, exc))
+                c.execute("COMMIT")
+            except Exception as exc:  # the transaction itself failed: nothing in it happened
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                results = [(False, exc)] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}  # type: ignore[type-arg]
+            for (loop, fut, _, _), res in zip(batch, results):
+                by_loop.setdefault(loop, []).append((fut, res))
+            for loop, done in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_deliver, done)
+                except RuntimeError:
+                    pass
+
+
+def _deliver(done: list) -> None:  # type: ignore[type-arg]
+    for fut, (ok, value) in done:
+        if not fut.done():
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
 
 class _Txn:

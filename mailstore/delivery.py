@@ -18,6 +18,7 @@ recipient got 451, and `mailstore gc` removes the object after a grace period.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -26,10 +27,16 @@ from dataclasses import dataclass, field
 from cache import FsError
 
 from . import layout, message
-from .db import MetaStore
+from .db import MetaStore, MetaWriter
 from .users import AddressPolicy, resolve
 
 log = logging.getLogger("mailstore.delivery")
+
+
+def _parsed_json(data: bytes) -> tuple[str, str]:
+    """ENVELOPE and BODYSTRUCTURE as JSON text, once per message (not per recipient)."""
+    env, body = message.parse(data)
+    return json.dumps(env), json.dumps(body)
 
 
 class DeliveryError(Exception):
@@ -62,18 +69,22 @@ class DeliveryStats:
 class Deliverer:
     def __init__(self, meta: MetaStore, fs, policy: AddressPolicy, max_size: int) -> None:  # type: ignore[no-untyped-def]
         self.meta = meta
+        self.writer = MetaWriter(meta)
         self.fs = fs
         self.policy = policy
         self.max_size = max_size
         self.stats = DeliveryStats()
 
+    def _lookup(self, address: str):  # type: ignore[no-untyped-def]
+        user = resolve(self.meta, self.policy, address)
+        return user, (self.meta.get_user(user) if user is not None else None)
+
     async def recipient(self, address: str) -> str:
         """The user of an RCPT TO address (raises UnknownUser or OverQuota)."""
-        user = await asyncio.to_thread(resolve, self.meta, self.policy, address)
+        user, u = await asyncio.to_thread(self._lookup, address)
         if user is None:
             self._count(UnknownUser())
             raise UnknownUser()
-        u = await asyncio.to_thread(self.meta.get_user, user)
         if u is not None and u.quota_bytes and u.used_bytes >= u.quota_bytes:
             self._count(OverQuota())
             raise OverQuota()
@@ -87,50 +98,75 @@ class Deliverer:
             self.stats.perm_failed[name] = self.stats.perm_failed.get(name, 0) + 1
 
     async def deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:
-        """One LMTP reply per (address, user), in RCPT order."""
+        """One LMTP reply per (address, user), in RCPT order.
+
+        Per message, not per recipient: one transaction reserves every
+        recipient's UID, the objects are stored in parallel, one transaction
+        commits every row that was stored (and releases the rest).
+        """
         if len(data) > self.max_size:
+            for _ in recipients:
+                self._count(TooBig())
             return [TooBig.reply] * len(recipients)
-        env, body = await asyncio.to_thread(message.parse, data)
-        results = await asyncio.gather(*(self._one(mail_from, addr, user, data, env, body)
-                                         for addr, user in recipients))
-        return list(results)
+        env, body = await asyncio.to_thread(_parsed_json, data)
+        replies: list[str | None] = [None] * len(recipients)
+        wanted: list[int] = []
+        users = await asyncio.to_thread(self.meta.get_users, [u for _, u in recipients])
+        for i, (_, user) in enumerate(recipients):
+            u = users.get(user)
+            size = len(message.stored_bytes(data, mail_from, recipients[i][0]))
+            if u is None:
+                replies[i] = self._fail(UnknownUser())
+            elif u.quota_bytes and u.used_bytes + size > u.quota_bytes:
+                replies[i] = self._fail(OverQuota())
+            else:
+                wanted.append(i)
+        if wanted:
+            try:
+                reserved = await self.writer.run(MetaStore.reserve_uids_tx,
+                                                 [(recipients[i][1], "INBOX") for i in wanted])
+            except Exception:
+                log.exception("reserving UIDs failed")
+                for i in wanted:
+                    replies[i] = self._fail(StorageUnavailable())
+                return [r or DeliveryError.reply for r in replies]
+            now = time.time()
+            stored = await asyncio.gather(*(self._put(mail_from, recipients[i][0], recipients[i][1], data, box, uid, now)
+                                            for i, (box, uid) in zip(wanted, reserved)))
+            rows = [row for row in stored if row is not None]
+            released = [(box.id, uid) for row, (box, uid) in zip(stored, reserved) if row is None]
+            try:
+                await self.writer.run(MetaStore.commit_messages_tx,
+                                      [(*row[:8], env, body) for row in rows], released)
+                committed = True
+            except Exception:  # the stored objects are orphans now; gc removes them
+                log.exception("metadata commit failed; %d objects orphaned", len(rows))
+                committed = False
+            for i, row in zip(wanted, stored):
+                if row is None:
+                    replies[i] = self._fail(StorageUnavailable())
+                elif not committed:
+                    replies[i] = self._fail(StorageUnavailable())
+                else:
+                    self.stats.accepted += 1
+                    replies[i] = f"250 2.0.0 <{recipients[i][0]}> {row[3]} Saved"
+        return [r or DeliveryError.reply for r in replies]
 
-    async def _one(self, mail_from: str, address: str, user: str, data: bytes, env, body) -> str:  # type: ignore[no-untyped-def]
-        try:
-            guid = await self._store(mail_from, address, user, data, env, body)
-        except DeliveryError as exc:
-            self._count(exc)
-            return exc.reply
-        except Exception:
-            log.exception("delivery to %s failed", address)
-            self._count(DeliveryError())
-            return DeliveryError.reply
-        self.stats.accepted += 1
-        return f"250 2.0.0 <{address}> {guid} Saved"
+    def _fail(self, exc: DeliveryError) -> str:
+        self._count(exc)
+        return exc.reply
 
-    async def _store(self, mail_from: str, address: str, user: str, data: bytes, env, body) -> str:  # type: ignore[no-untyped-def]
+    async def _put(self, mail_from: str, address: str, user: str, data: bytes, box, uid: int,  # type: ignore[no-untyped-def]
+                   now: float) -> tuple | None:  # type: ignore[type-arg]
+        """Store one recipient's object; the row to commit, or None when storage failed."""
         stored = message.stored_bytes(data, mail_from, address)
-        u = await asyncio.to_thread(self.meta.get_user, user)
-        if u is None:
-            raise UnknownUser()
-        if u.quota_bytes and u.used_bytes + len(stored) > u.quota_bytes:
-            raise OverQuota()
-        box, uid = await asyncio.to_thread(self.meta.reserve_uid, user, "INBOX")
         guid = uuid.uuid4().hex
-        now = time.time()
         meta = layout.MessageMeta(user, guid, len(stored), int(now), int(now), box.name, box.guid,
                                   box.uidvalidity, uid)
         key = layout.message_key(user, box.guid, guid)
         try:
             await self.fs.put(key, stored, meta.to_headers(), "message/rfc822")
         except FsError as exc:
-            await asyncio.to_thread(self.meta.release_uid, box.id, uid)
             log.warning("storing %s for %s failed: %s", key, user, exc)
-            raise StorageUnavailable() from exc
-        try:
-            await asyncio.to_thread(self.meta.commit_message, user, box.id, uid, guid, key, len(stored),
-                                    now, now, env, body)
-        except Exception as exc:  # the object is an orphan now; gc removes it
-            log.error("metadata commit for %s failed (object %s orphaned): %s", user, key, exc)
-            raise StorageUnavailable() from exc
-        return guid
+            return None
+        return (user, box.id, uid, guid, key, len(stored), now, now)

@@ -1,0 +1,213 @@
+"""LMTP benchmark: our shim vs Dovecot CE's LMTP into Maildir, in one run.
+
+    python -m bench.lmtp [--messages 150] [--connections 8] [--recipients 10]
+
+Both servers run on 127.0.0.1: ours is `mailstore lmtp` storing through an
+fscache: stack into a gateway (every object and every metadata commit
+fsynced); Dovecot CE (Debian's dovecot-lmtpd, a private instance) delivers
+into Maildir.  The same raw LMTP client sends 8 KB messages, each to N
+recipients, over C connections (bounded by a message count and 60 s), and
+checks that every reply is 250.  Prints messages/s, deliveries/s, p50/p99
+per message, and the servers' CPU seconds per 1,000 deliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from .s3 import BIN, _children
+
+MESSAGE = (b"From: sender@example.org\r\nTo: list@example.com\r\nSubject: benchmark\r\n"
+           b"Message-ID: <%d@bench>\r\n\r\n" + (b"x" * 78 + b"\r\n") * 100)  # about 8 KB
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        for p in [pid, *_children(pid)]:
+            try:
+                f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            except (FileNotFoundError, IndexError):
+                pass
+    return total
+
+
+async def load(port: int, users: list[str], messages: int, connections: int) -> tuple[float, list[float], int]:
+    counter = iter(range(messages))
+    lat: list[float] = []
+    bad = 0
+    deadline = time.monotonic() + 60
+
+    async def conn() -> None:
+        nonlocal bad
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()
+        writer.write(b"LHLO bench\r\n")
+        while (await reader.readline())[3:4] != b" ":
+            pass
+        for n in counter:
+            if time.monotonic() > deadline:
+                break
+            t = time.perf_counter()
+            cmds = b"MAIL FROM:<sender@example.org>\r\n" + b"".join(
+                b"RCPT TO:<%s>\r\n" % u.encode() for u in users) + b"DATA\r\n"
+            writer.write(cmds)  # pipelined (RFC 2920)
+            for _ in range(len(users) + 2):
+                line = await reader.readline()
+                bad += line[:1] not in (b"2", b"3")
+            writer.write(MESSAGE % n + b".\r\n")
+            for _ in users:
+                bad += not (await reader.readline()).startswith(b"250")
+            lat.append(time.perf_counter() - t)
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(conn() for _ in range(connections)))
+    return time.perf_counter() - t0, lat, bad
+
+
+def start_ours(work: Path, users: list[str]) -> tuple[int, list[subprocess.Popen]]:  # type: ignore[type-arg]
+    data = work / "gw"
+    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name", "b"],
+                                    capture_output=True, text=True, check=True).stdout)
+    subprocess.run([str(BIN / "mailstore"), "bucket", "create", "--data-dir", str(data), "mail"], check=True)
+    gw = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert gw.stdout is not None
+    hostport = json.loads(gw.stdout.readline())["endpoint"].split("//", 1)[1]
+    db = work / "meta.db"
+    for u in users:
+        subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password", "pw"],
+                       check=True, capture_output=True)
+    fs = ("" if os.environ.get("BENCH_NO_CACHE") else f"fscache:256M:{work / 'cache'}:") + f"s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
+    lmtp = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(db), "--fs", fs, "--listen", "127.0.0.1:0",
+                             "--domain", "example.com"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert lmtp.stdout is not None
+    port = json.loads(lmtp.stdout.readline())["port"]
+    return port, [gw, lmtp]
+
+
+def start_dovecot(work: Path, users: list[str]) -> tuple[int, Path]:
+    if shutil.which("dovecot") is None:
+        raise SystemExit("dovecot not found: apt-get install dovecot-core dovecot-lmtpd")
+    d = work / "dovecot"
+    (d / "mail").mkdir(parents=True)
+    mail = pwd.getpwnam("mail")
+    os.chown(d / "mail", mail.pw_uid, mail.pw_gid)
+    os.chmod(work, 0o755)
+    os.chmod(d, 0o755)
+    (d / "passwd").write_text("".join(f"{u}:{{PLAIN}}pw:{mail.pw_uid}:{mail.pw_gid}::{d}/mail/{u}::\n" for u in users))
+    port = free_port()
+    conf = d / "dovecot.conf"
+    conf.write_text(f"""
+base_dir = {d}/run
+log_path = {d}/dovecot.log
+listen = 127.0.0.1
+protocols = lmtp
+ssl = no
+disable_plaintext_auth = no
+mail_location = maildir:{d}/mail/%u/Maildir
+first_valid_uid = {mail.pw_uid}
+passdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+""")
+    subprocess.run(["dovecot", "-c", str(conf)], check=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return port, conf
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"dovecot did not start: {(d / 'dovecot.log').read_text()[-2000:]}")
+
+
+def dovecot_pids(conf: Path) -> list[int]:
+    pid_file = conf.parent / "run" / "master.pid"
+    return [int(pid_file.read_text())] if pid_file.exists() else []
+
+
+def pct(v: list[float], p: float) -> float:
+    s = sorted(v)
+    return s[min(len(s) - 1, int(len(s) * p))] * 1000 if s else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=150)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--recipients", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    users = [f"user{i}@example.com" for i in range(args.recipients)]
+    work = Path(tempfile.mkdtemp(prefix="mailstore-lmtpbench-"))
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    conf = None
+    rows = []
+    try:
+        ours, procs = start_ours(work, users)
+        theirs, conf = start_dovecot(work, users)
+        targets = [("mailstore", ours, lambda: [p.pid for p in procs]), ("dovecot", theirs, lambda: dovecot_pids(conf))]
+        results: dict[str, list[tuple[float, float, float, float, int]]] = {}
+        for _ in range(args.rounds):  # the servers take turns: the machine is shared and noisy
+            for name, port, pids in targets:
+                c0 = cpu_seconds(pids())
+                secs, lat, bad = asyncio.run(load(port, users, args.messages, args.connections))
+                cpu = cpu_seconds(pids()) - c0
+                n = len(lat)
+                results.setdefault(name, []).append((n / secs, pct(lat, 0.5), pct(lat, 0.99), cpu / max(n * len(users), 1) * 1000, bad))
+        for name, rs in results.items():
+            med = sorted(rs)[len(rs) // 2]
+            rows.append((name, *med, [round(r[0]) for r in rs]))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        if conf is not None:
+            subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'server':<11}{'msgs/s':>8}{'deliveries/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k deliv':>16}{'errors':>8}  rounds")
+    base = next(r[1] for r in rows if r[0] == "dovecot")
+    for name, rate, p50, p99, cpu, bad, rounds in rows:
+        print(f"{name:<11}{rate:>8.0f}{rate * args.recipients:>14.0f}{p50:>8.1f}{p99:>8.1f}{cpu:>16.2f}{bad:>8}  {rounds}")
+    mine = next(r[1] for r in rows if r[0] == "mailstore")
+    print(f"\nmailstore / dovecot: {mine / base:.2f}x messages/s "
+          f"({args.connections} connections, {args.recipients} recipients, 8 KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

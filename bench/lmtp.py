@@ -2,9 +2,9 @@
 
     python -m bench.lmtp [--messages 150] [--connections 8] [--recipients 10]
 
-Both servers run on 127.0.0.1: ours is `mailstore lmtp` storing through an
-fscache: stack into a gateway (every object and every metadata commit
-fsynced); Dovecot CE (Debian's dovecot-lmtpd, a private instance) delivers
+Both servers run on 127.0.0.1: ours is `mailstore lmtp --workers 3` storing
+through an fscache: stack into a gateway (every object and every metadata
+commit fsynced); Dovecot CE (which forks an lmtp process per connection) (Debian's dovecot-lmtpd, a private instance) delivers
 into Maildir.  The same raw LMTP client sends 8 KB messages, each to N
 recipients, over C connections (bounded by a message count and 60 s), and
 checks that every reply is 250.  Prints messages/s, deliveries/s, p50/p99
@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from .s3 import BIN, _children
 
+LMTP_WORKERS = 3
 MESSAGE = (b"From: sender@example.org\r\nTo: list@example.com\r\nSubject: benchmark\r\n"
            b"Message-ID: <%d@bench>\r\n\r\n" + (b"x" * 78 + b"\r\n") * 100)  # about 8 KB
 
@@ -100,8 +101,9 @@ def start_ours(work: Path, users: list[str]) -> tuple[int, list[subprocess.Popen
     for u in users:
         subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password", "pw"],
                        check=True, capture_output=True)
-    fs = ("" if os.environ.get("BENCH_NO_CACHE") else f"fscache:256M:{work / 'cache'}:") + f"s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
+    fs = f"fscache:256M:{work / 'cache'}:s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
     lmtp = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(db), "--fs", fs, "--listen", "127.0.0.1:0",
+                             "--workers", str(LMTP_WORKERS),
                              "--domain", "example.com"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert lmtp.stdout is not None
     port = json.loads(lmtp.stdout.readline())["port"]
@@ -171,7 +173,10 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--recipients", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lmtp-workers", type=int, default=3, help="mailstore lmtp --workers (Dovecot forks per connection)")
     args = ap.parse_args()
+    global LMTP_WORKERS
+    LMTP_WORKERS = args.lmtp_workers
     users = [f"user{i}@example.com" for i in range(args.recipients)]
     work = Path(tempfile.mkdtemp(prefix="mailstore-lmtpbench-"))
     procs: list[subprocess.Popen] = []  # type: ignore[type-arg]

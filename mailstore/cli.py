@@ -75,13 +75,14 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     max_size = parse_size(args.max_size)
 
-    async def main() -> None:
+    async def main(sock=None) -> None:  # type: ignore[no-untyped-def]
         meta = MetaStore(Path(args.db))
         fs = open_fs(args.fs)
         deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size)
-        server = await start_lmtp(deliverer, host, int(port), max_size=max_size)
+        server = await start_lmtp(deliverer, host, int(port), max_size=max_size, sock=sock)
         real = server.sockets[0].getsockname()[1]
-        print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
+        if sock is None:
+            print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,12 +92,23 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         await server.wait_closed()
         await fs.close()
 
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(main())
+    def serve(sock=None) -> None:  # type: ignore[no-untyped-def]
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(main(sock))
+
+    if args.workers > 1:
+        from appliance import prefork
+
+        MetaStore(Path(args.db))  # migrate once, before forking
+        sock = prefork.bind(host, int(port))
+        real = sock.getsockname()[1]
+        prefork.run(sock, args.workers, serve, {"event": "listening", "lmtp": f"{host}:{real}", "port": real})
+    else:
+        serve()
     return 0
 
 
@@ -155,6 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lmtp.add_argument("--max-size", default="50M")
     lmtp.add_argument("--domain", default="localhost", help="domain of bare local parts")
     lmtp.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
+    lmtp.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
     lmtp.set_defaults(fn=cmd_lmtp)
 
     rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")

@@ -19,7 +19,9 @@ so a second backend can take the same statements.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -138,7 +140,10 @@ class MetaStore:
             raise
 
     def _write(self):  # type: ignore[no-untyped-def]
-        return _Txn(self.conn())
+        lock = getattr(self._local, "lock", None)
+        if lock is None:
+            lock = self._local.lock = WriteLock(self.path)
+        return _Txn(self.conn(), lock)
 
     # ------------------------------------------------------------------ users
 
@@ -387,6 +392,7 @@ class MetaWriter:
 
     def _loop(self) -> None:
         c = self.meta.conn()
+        lock = WriteLock(self.meta.path)
         while True:
             first = self._queue.get()
             if first is None:
@@ -403,6 +409,7 @@ class MetaWriter:
                 batch.append(nxt)
             results: list[tuple[bool, object]] = []
             try:
+                lock.acquire()  # other processes' writers: woken at once, never sleeping
                 c.execute("BEGIN IMMEDIATE")
                 for _, _, fn, args in batch:
                     c.execute("SAVEPOINT op")
@@ -418,6 +425,8 @@ class MetaWriter:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
                 results = [(False, exc)] * len(batch)
+            finally:
+                lock.release()
             by_loop: dict[asyncio.AbstractEventLoop, list] = {}  # type: ignore[type-arg]
             for (loop, fut, _, _), res in zip(batch, results):
                 by_loop.setdefault(loop, []).append((fut, res))
@@ -437,13 +446,36 @@ def _deliver(done: list) -> None:  # type: ignore[type-arg]
                 fut.set_exception(value)
 
 
+class WriteLock:
+    """A blocking flock next to the database, taken around every write transaction.
+
+    SQLite's busy handler retries a locked BEGIN IMMEDIATE by sleeping (1, 2,
+    5, 10 ms...), so writers in several processes would oversleep each other's
+    short transactions; a flock waiter is woken the moment the holder lets go.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.fd = os.open(str(db) + ".write-lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
 class _Txn:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: WriteLock) -> None:
         self.c = conn
+        self.lock = lock
 
     def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
         self.c.execute("BEGIN IMMEDIATE")
         return self.c
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
-        self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.lock.release()

@@ -73,7 +73,8 @@ class LMTPSession(LMTP):
         await super().push(text)
 
 
-async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: int) -> asyncio.Server:
+async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: int,
+                     sock=None) -> asyncio.Server:  # type: ignore[no-untyped-def]
     handler = Handler(deliverer)
     loop = asyncio.get_running_loop()
 
@@ -82,4 +83,6 @@ async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: in
         return LMTPSession(handler, data_size_limit=max_size, enable_SMTPUTF8=True, decode_data=False,
                            hostname="mailstore", ident="mailstore LMTP")
 
+    if sock is not None:  # a prefork worker: the socket is already bound
+        return await loop.create_server(factory, sock=sock, backlog=256)
     return await loop.create_server(factory, host, port, backlog=256)

@@ -9,7 +9,7 @@ Rules:
   body.  The CRC is checked on every hit; a corrupt entry is dropped and the
   object fetched again, never served.
 - diskcache keeps the cache safe for several processes sharing one directory;
-  its calls block, so they run on this tier's own thread (CacheWorker), which
+  its calls block, so they run on this tier's own thread (a BatchThread), which
   takes every queued operation at once and runs the batch in one diskcache
   transaction: a cache hit under LRU is a write (its access time), and a
   thread hop costs more than the read, so both are paid once per batch.
@@ -30,14 +30,13 @@ import json
 import logging
 import struct
 import zlib
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
 
 import diskcache
 
+from . import batching
 from .s3client import ListEntry, ObjectStat, S3Client
 
 log = logging.getLogger("cache.fscache")
@@ -78,79 +77,24 @@ def _minute() -> int:
     return int(time.time() // 60)
 
 
-class CacheWorker:
-    """One thread that runs diskcache calls in batches, one transaction each."""
-
-    def __init__(self, cache: diskcache.Cache) -> None:
-        self.cache = cache
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
-        self._thread = threading.Thread(target=self._loop, name="fscache", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn, *args, alone: bool = False) -> asyncio.Future:  # type: ignore[no-untyped-def,type-arg]
-        """Run fn(*args) on the cache thread.  `alone`: outside the batch transaction
-        (diskcache's cull measures the file, which shrinks only at commit)."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.put((loop, fut, fn, args, alone))
-        return fut
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < 256:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            together = [b for b in batch if not b[4]]
-            results: dict[int, tuple[bool, object]] = {}
-            try:
-                with self.cache.transact():
-                    for item in together:
-                        results[id(item)] = _call(item[2], item[3])
-            except Exception as exc:  # the transaction itself failed
-                for item in together:
-                    results[id(item)] = (False, exc)
-            for item in batch:
-                if item[4]:
-                    results[id(item)] = _call(item[2], item[3])
-            by_loop: dict[asyncio.AbstractEventLoop, list] = {}  # type: ignore[type-arg]
-            for item in batch:
-                by_loop.setdefault(item[0], []).append((item[1], results[id(item)]))
-            for loop, done in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_deliver, done)
-                except RuntimeError:
-                    pass
-
-
-def _call(fn, args) -> tuple[bool, object]:  # type: ignore[no-untyped-def]
-    try:
-        return True, fn(*args)
-    except Exception as exc:  # one call's failure is that call's alone
-        return False, exc
-
-
-def _deliver(done: list) -> None:  # type: ignore[type-arg]
-    for fut, (ok, value) in done:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _cache_batch(cache: diskcache.Cache):  # type: ignore[no-untyped-def]
+    """Run a batch in one diskcache transaction; calls flagged `alone` run after it
+    (diskcache's cull measures the file, which shrinks only at commit)."""
+    def run(calls: list[batching.Call]) -> list[batching.Outcome]:
+        outcomes: dict[int, batching.Outcome] = {}
+        together = [(i, c) for i, c in enumerate(calls) if not c[2].get("alone")]
+        try:
+            with cache.transact():
+                for i, (fn, args, _) in together:
+                    outcomes[i] = batching.call(fn, args)
+        except Exception as exc:  # the transaction failed: none of it happened
+            for i, _ in together:
+                outcomes[i] = (False, exc)
+        for i, (fn, args, flags) in enumerate(calls):
+            if flags.get("alone"):
+                outcomes[i] = batching.call(fn, args)
+        return [outcomes[i] for i in range(len(calls))]
+    return run
 
 
 class FsCache:
@@ -162,7 +106,7 @@ class FsCache:
         self.cache = diskcache.Cache(path, size_limit=size, eviction_policy="least-recently-stored",
                                      cull_limit=0, statistics=False, disk_min_file_size=1 << 20)
         self.counters = CacheCounters()
-        self._worker = CacheWorker(self.cache)
+        self._worker = batching.BatchThread("fscache", _cache_batch(self.cache))
         # Cull after every 1/64 of the size inserted: the cache overshoots its
         # bound by at most that much, and a cull per insert would cost more than the insert.
         self._cull_every = max(size // 64, 1)

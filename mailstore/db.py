@@ -22,13 +22,14 @@ import asyncio
 import fcntl
 import json
 import os
-import queue
 import sqlite3
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from cache.batching import BatchThread, call
 
 RESERVATION_SECONDS = 300.0
 
@@ -370,80 +371,45 @@ class MetaWriter:
     connection, and SQLite's busy handler makes the losers sleep (1, 2, 5 ms...)
     before retrying.  Here every queued operation runs in one transaction, each
     inside its own SAVEPOINT (a failing one is rolled back alone), with one
-    fsync for the batch; callers are woken once per batch per event loop.
+    fsync for the batch, behind the cross-process WriteLock.
     """
 
     def __init__(self, meta: MetaStore) -> None:
         self.meta = meta
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
-        self._thread = threading.Thread(target=self._loop, name="meta-writer", daemon=True)
-        self._thread.start()
+        self._lock: WriteLock | None = None
+        self._thread = BatchThread("meta-writer", self._run_batch, max_batch=512)
 
     def run(self, fn, *args) -> asyncio.Future:  # type: ignore[no-untyped-def,type-arg]
         """fn(connection, *args) inside the next batch's transaction."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.put((loop, fut, fn, args))
-        return fut
+        return self._thread.submit(fn, *args)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        self._thread.close()
 
-    def _loop(self) -> None:
+    def _run_batch(self, calls: list) -> list:  # type: ignore[type-arg]
         c = self.meta.conn()
-        lock = WriteLock(self.meta.path)
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < 512:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            results: list[tuple[bool, object]] = []
+        if self._lock is None:
+            self._lock = WriteLock(self.meta.path)
+        outcomes = []
+        self._lock.acquire()  # other processes' writers: woken at once, never sleeping
+        try:
+            c.execute("BEGIN IMMEDIATE")
             try:
-                lock.acquire()  # other processes' writers: woken at once, never sleeping
-                c.execute("BEGIN IMMEDIATE")
-                for _, _, fn, args in batch:
+                for fn, args, _ in calls:
                     c.execute("SAVEPOINT op")
-                    try:
-                        results.append((True, fn(c, *args)))
+                    ok, value = call(fn, (c, *args))
+                    c.execute("RELEASE op" if ok else "ROLLBACK TO op")
+                    if not ok:
                         c.execute("RELEASE op")
-                    except Exception as exc:
-                        c.execute("ROLLBACK TO op")
-                        c.execute("RELEASE op")
-                        results.append((False, exc))
+                    outcomes.append((ok, value))
                 c.execute("COMMIT")
-            except Exception as exc:  # the transaction itself failed: nothing in it happened
+            except BaseException:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
-                results = [(False, exc)] * len(batch)
-            finally:
-                lock.release()
-            by_loop: dict[asyncio.AbstractEventLoop, list] = {}  # type: ignore[type-arg]
-            for (loop, fut, _, _), res in zip(batch, results):
-                by_loop.setdefault(loop, []).append((fut, res))
-            for loop, done in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_deliver, done)
-                except RuntimeError:
-                    pass
-
-
-def _deliver(done: list) -> None:  # type: ignore[type-arg]
-    for fut, (ok, value) in done:
-        if not fut.done():
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+                raise
+        finally:
+            self._lock.release()
+        return outcomes
 
 
 class WriteLock:

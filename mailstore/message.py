@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses
 from typing import Any
@@ -28,19 +27,12 @@ def _addresses(msg: Message, name: str) -> list[list[Any]] | None:
     if not values:
         return None
     out = []
+    # RFC 3501 §7.4.2: envelope fields are sent as they appear in the header,
+    # RFC 2047 encoded-words and all; decoding is the client's business.
     for display, addr in getaddresses([str(v) for v in values]):
         mailbox, _, host = addr.partition("@")
-        out.append([_decode(display) or None, None, mailbox or None, host or None])
+        out.append([display or None, None, mailbox or None, host or None])
     return out or None
-
-
-def _decode(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return str(make_header(decode_header(value)))
-    except (ValueError, LookupError):
-        return value
 
 
 def envelope(msg: Message) -> list[Any]:
@@ -64,6 +56,15 @@ def _params(part: Message) -> list[str] | None:
 
 
 def bodystructure(part: Message) -> list[Any]:
+    if part.get_content_type() == "message/rfc822" and isinstance(part.get_payload(), list):
+        # The stdlib reports an encapsulated message as "multipart" (its payload is a
+        # list); RFC 3501 §7.4.2 gives it its own form: type fields, then the inner
+        # message's ENVELOPE, BODYSTRUCTURE and line count.
+        inner = part.get_payload()[0]  # type: ignore[index]
+        raw = inner.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n", max_line_length=0))
+        return ["MESSAGE", "RFC822", _params(part), part.get("Content-ID"), part.get("Content-Description"),
+                (part.get("Content-Transfer-Encoding") or "7BIT").upper(), len(raw),
+                envelope(inner), bodystructure(inner), raw.count(b"\n")]
     if part.is_multipart():
         children = [bodystructure(p) for p in part.get_payload()]  # type: ignore[union-attr]
         return [*children, part.get_content_subtype().upper(), _params(part), None, None, None]
@@ -77,9 +78,6 @@ def bodystructure(part: Message) -> list[Any]:
               (part.get("Content-Transfer-Encoding") or "7BIT").upper(), len(raw)]
     if maintype == "TEXT":
         fields.append(raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1))
-    elif maintype == "MESSAGE" and subtype == "RFC822" and isinstance(part.get_payload(), list):
-        inner = part.get_payload()[0]  # type: ignore[index]
-        fields += [envelope(inner), bodystructure(inner), raw.count(b"\n")]
     return fields
 
 

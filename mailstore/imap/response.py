@@ -1,0 +1,172 @@
+"""IMAP response encoding (RFC 3501 §7, §9): pure functions from values to bytes.
+
+Strings go out quoted when they can (printable, no quote-breaking bytes,
+short) and as literals otherwise; NIL for None.  ENVELOPE and BODYSTRUCTURE
+are encoded from the JSON parsed at delivery (mailstore/message.py), so no
+message body is read to answer them.  Message parts for BODY[section] are
+cut from the message bytes by `section_bytes`, following RFC 3501 §6.4.5.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import datetime, timezone
+from email.message import Message
+from typing import Any
+
+from .parser import Section
+
+_QUOTABLE_MAX = 256
+
+
+def astring(value: str | bytes) -> bytes:
+    """A string as a quoted string when safe, else a literal."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if len(raw) <= _QUOTABLE_MAX and all(0x20 <= c < 0x7F for c in raw):
+        return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(raw) + raw
+
+
+def nstring(value: str | bytes | None) -> bytes:
+    return b"NIL" if value is None else astring(value)
+
+
+def literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def flag_list(flags: list[str] | tuple[str, ...]) -> bytes:
+    return b"(" + " ".join(flags).encode() + b")"
+
+
+def internal_date(ts: float) -> bytes:
+    """date-time, e.g. "17-Jul-1996 02:44:25 +0000"."""
+    return b'"' + datetime.fromtimestamp(ts, timezone.utc).strftime("%d-%b-%Y %H:%M:%S +0000").encode() + b'"'
+
+
+def sexpr(value: Any) -> bytes:
+    """A parenthesised list from nested lists/strings/ints/None (ENVELOPE, BODYSTRUCTURE)."""
+    if value is None:
+        return b"NIL"
+    if isinstance(value, bool):
+        return b"NIL"
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, (str, bytes)):
+        return astring(value)
+    return b"(" + b" ".join(sexpr(v) for v in value) + b")"
+
+
+def envelope(env: list[Any]) -> bytes:
+    """RFC 3501 §7.4.2 ENVELOPE: date subject from sender reply-to to cc bcc in-reply-to message-id."""
+    return sexpr(env)
+
+
+def bodystructure(bs: list[Any], extended: bool = True) -> bytes:
+    """BODYSTRUCTURE (extended) or BODY (without extension data) from the stored structure."""
+    return sexpr(bs if extended else _strip_extensions(bs))
+
+
+def _strip_extensions(bs: list[Any]) -> list[Any]:
+    if bs and isinstance(bs[0], list):  # multipart: parts..., subtype, [params, disposition, language, location]
+        parts = [p for p in bs if isinstance(p, list)]
+        subtype = next(v for v in bs if isinstance(v, str))
+        return [*(_strip_extensions(p) for p in parts), subtype]
+    return bs
+
+
+# ------------------------------------------------------------------ BODY[section]
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """Header block (with its blank line) and body of an RFC 5322 message or MIME part."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = data.find(sep)
+        if i >= 0:
+            return data[: i + len(sep)], data[i + len(sep):]
+    return data, b""
+
+
+def _part(msg: Message, numbers: tuple[int, ...]) -> Message | None:
+    part = msg
+    for n in numbers:
+        if part.is_multipart():
+            children = part.get_payload()
+            if not isinstance(children, list) or n > len(children):
+                return None
+            part = children[n - 1]
+        elif part.get_content_type() == "message/rfc822" and isinstance(part.get_payload(), list):
+            part = part.get_payload()[0]  # type: ignore[index]
+            if part.is_multipart():
+                children = part.get_payload()
+                if n > len(children):  # type: ignore[arg-type]
+                    return None
+                part = children[n - 1]  # type: ignore[index]
+            elif n != 1:
+                return None
+        elif n == 1:
+            return part  # a non-multipart message: part 1 is its body
+        else:
+            return None
+    return part
+
+
+def _raw(part: Message) -> bytes:
+    # compat32, no refolding: the part as it was received (well-formed CRLF mail)
+    return part.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n", max_line_length=0))
+
+
+def _fields(header_block: bytes, names: tuple[str, ...], include: bool) -> bytes:
+    wanted = {n.lower() for n in names}
+    out: list[bytes] = []
+    keep = False
+    for line in header_block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+        keep = (name in wanted) == include
+        if keep:
+            out.append(line)
+    return b"".join(out) + b"\r\n"
+
+
+def section_bytes(message: bytes, section: Section) -> bytes:
+    """The bytes BODY[section] names (RFC 3501 §6.4.5); b"" for a part that does not exist."""
+    if not section.parts:
+        head, body = _split(message)
+        if section.text == "":
+            return message
+        if section.text == "HEADER":
+            return head
+        if section.text == "TEXT":
+            return body
+        return _fields(head, section.fields, section.text == "HEADER.FIELDS")
+    msg = email.message_from_bytes(message, policy=email.policy.compat32)
+    part = _part(msg, section.parts)
+    if part is None:
+        return b""
+    raw = _raw(part)
+    head, body = _split(raw)
+    if section.text == "MIME":
+        return head
+    if section.text == "":
+        return body if (part is not msg or msg.is_multipart()) else _split(message)[1]
+    # HEADER / TEXT / HEADER.FIELDS of an encapsulated message/rfc822 part
+    inner = part.get_payload()[0] if isinstance(part.get_payload(), list) else part  # type: ignore[index]
+    ihead, ibody = _split(_raw(inner))
+    if section.text == "HEADER":
+        return ihead
+    if section.text == "TEXT":
+        return ibody
+    return _fields(ihead, section.fields, section.text == "HEADER.FIELDS")
+
+
+def partial(data: bytes, window: tuple[int, int] | None) -> bytes:
+    if window is None:
+        return data
+    start, count = window
+    return data[start:start + count]

@@ -1,0 +1,69 @@
+"""IMAP response encoding and BODY[section] extraction (RFC 3501 §6.4.5, §7.4.2)."""
+
+from __future__ import annotations
+
+from mailstore.imap.parser import Section
+from mailstore.imap.response import (astring, bodystructure, envelope, flag_list, internal_date, nstring, partial,
+                                     section_bytes)
+from mailstore.message import parse
+
+MULTI = (b"From: Alice <alice@example.com>\r\n"
+         b"To: bob@example.com, \"Carol C\" <carol@example.com>\r\n"
+         b"Subject: =?utf-8?q?caf=C3=A9?=\r\n"
+         b"Message-ID: <m1@example.com>\r\n"
+         b"MIME-Version: 1.0\r\n"
+         b"Content-Type: multipart/mixed; boundary=\"XX\"\r\n"
+         b"\r\n"
+         b"--XX\r\n"
+         b"Content-Type: text/plain; charset=utf-8\r\n"
+         b"\r\n"
+         b"first part\r\nline two\r\n"
+         b"--XX\r\n"
+         b"Content-Type: message/rfc822\r\n"
+         b"\r\n"
+         b"From: inner@example.org\r\nSubject: inner\r\n\r\ninner body\r\n"
+         b"--XX--\r\n")
+
+
+def test_strings():
+    assert astring("INBOX") == b'"INBOX"'
+    assert astring('a "b" \\c') == b'"a \\"b\\" \\\\c"'
+    assert astring("café") == b"{5}\r\ncaf\xc3\xa9"
+    assert astring("line\r\nbreak") == b"{11}\r\nline\r\nbreak"
+    assert nstring(None) == b"NIL"
+    assert flag_list(["\\Seen", "$Junk"]) == b"(\\Seen $Junk)"
+    assert internal_date(0) == b'"01-Jan-1970 00:00:00 +0000"'
+
+
+def test_envelope_and_bodystructure_from_stored_json():
+    env, bs = parse(MULTI)
+    e = envelope(env)
+    # RFC 3501 §7.4.2: the subject as it appears in the header, encoded-words and all
+    assert e.startswith(b'(NIL "=?utf-8?q?caf=C3=A9?=" (("Alice" NIL "alice" "example.com"))')
+    assert b'((NIL NIL "bob" "example.com") ("Carol C" NIL "carol" "example.com"))' in e
+    assert e.endswith(b'NIL NIL NIL "<m1@example.com>")')
+    b = bodystructure(bs)
+    assert b.startswith(b'(("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 20 2)')
+    assert b'"MIXED" ("BOUNDARY" "XX")' in b
+    assert b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT"' in b
+    assert bodystructure(bs, extended=False).endswith(b' "MIXED")')
+
+
+def test_body_sections():
+    assert section_bytes(MULTI, Section()) == MULTI
+    head = section_bytes(MULTI, Section(text="HEADER"))
+    assert head.startswith(b"From: Alice") and head.endswith(b"boundary=\"XX\"\r\n\r\n")
+    assert section_bytes(MULTI, Section(text="HEADER.FIELDS", fields=("FROM", "SUBJECT"))) == \
+        b"From: Alice <alice@example.com>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\n"
+    not_fields = section_bytes(MULTI, Section(text="HEADER.FIELDS.NOT", fields=("FROM", "SUBJECT", "TO")))
+    assert not_fields.startswith(b"Message-ID:") and b"From:" not in not_fields
+    assert section_bytes(MULTI, Section(text="TEXT")).startswith(b"--XX\r\n")
+    assert section_bytes(MULTI, Section((1,))) == b"first part\r\nline two"
+    assert section_bytes(MULTI, Section((1,), "MIME")) == b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    assert section_bytes(MULTI, Section((2,), "HEADER")) == b"From: inner@example.org\r\nSubject: inner\r\n\r\n"
+    # the CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1)
+    assert section_bytes(MULTI, Section((2,), "TEXT")) == b"inner body"
+    assert section_bytes(MULTI, Section((9,))) == b""
+    simple = b"Subject: s\r\n\r\nonly body\r\n"
+    assert section_bytes(simple, Section((1,))) == b"only body\r\n"  # part 1 of a simple message is its body
+    assert partial(b"0123456789", (2, 3)) == b"234" and partial(b"0123", (10, 5)) == b""

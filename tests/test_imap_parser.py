@@ -182,3 +182,17 @@ def test_sequence_set_contains():
     s = SequenceSet(((1, 3), (7, None)))
     assert [n for n in range(1, 12) if s.contains(n, largest=10)] == [1, 2, 3, 7, 8, 9, 10]
     assert SequenceSet(((None, 5),)).contains(9, largest=9)
+
+
+def test_modified_utf7_mailbox_names():
+    from mailstore.imap.mutf7 import MailboxNameError, decode, encode
+
+    # RFC 3501 §5.1.3's example, and round trips
+    assert encode("~peter/mail/台北/日本語") == "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+    assert decode("~peter/mail/&U,BTFw-/&ZeVnLIqe-") == "~peter/mail/台北/日本語"
+    for name in ("INBOX", "A&B", "Entwürfe", "Gesendete Objekte", "😀 emoji", "&", "a&-b"):
+        assert decode(encode(name)) == name
+    assert encode("A&B") == "A&-B"
+    for bad in ("&Jjo!", "&U,BTFw", "caf\u00e9", "&AGE-"):  # junk, unterminated, raw 8-bit, ASCII encoded
+        with pytest.raises(MailboxNameError):
+            decode(bad)

@@ -112,6 +112,33 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imap(args: argparse.Namespace) -> int:
+    from .imap.server import start_imap
+    from .imap.session import ImapContext
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port = args.listen.rpartition(":")
+
+    async def main() -> None:
+        fs = open_fs(args.fs)
+        ctx = ImapContext(MetaStore(Path(args.db)), fs, AddressPolicy(args.domain, args.delimiter),
+                          parse_size(args.max_append))
+        server = await start_imap(ctx, host, int(port))
+        real = server.sockets[0].getsockname()[1]
+        print(json.dumps({"event": "listening", "imap": f"{host}:{real}", "port": real}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+        await fs.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     from .rebuild import reindex
 
@@ -169,6 +196,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lmtp.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
     lmtp.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
     lmtp.set_defaults(fn=cmd_lmtp)
+
+    imap = sub.add_parser("imap", help="run the IMAP server (work in progress: issue 6)")
+    imap.add_argument("--db", required=True)
+    imap.add_argument("--fs", required=True)
+    imap.add_argument("--listen", default="127.0.0.1:143")
+    imap.add_argument("--domain", default="localhost")
+    imap.add_argument("--delimiter", default="+")
+    imap.add_argument("--max-append", default="50M")
+    imap.set_defaults(fn=cmd_imap)
 
     rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
     rx.add_argument("--db", required=True)

@@ -155,7 +155,7 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
         return [u for u, _, _ in chosen], _unreferenced(c, list({k for _, k, _ in chosen}))
 
 
-def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_name: str, *,
+def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_name: str,
                   move: bool = False) -> tuple[int, list[tuple[int, int]], list[str]]:
     """COPY (or MOVE) UIDs to another mailbox, sharing the objects.
 

@@ -1,0 +1,85 @@
+"""The IMAP I/O loop: bytes in, framed commands to the session, responses out.
+
+Everything protocol-shaped lives in parser.py and session.py; this loop only
+moves bytes, answers synchronizing literals with "+", and runs IDLE (RFC
+2177): the session's refresh is polled (the store is shared with other
+processes, LMTP included) and changes are pushed until the client sends DONE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .parser import CommandFramer, Framed, FramingError, NeedContinuation, ParseError, parse_command
+from .session import ImapContext, Session
+
+log = logging.getLogger("mailstore.imap")
+IDLE_POLL_SECONDS = 0.5
+IDLE_MAX_SECONDS = 30 * 60  # RFC 2177: clients re-issue IDLE at least every 29 minutes
+
+
+async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    session = Session(ctx)
+    framer = CommandFramer(max_literal=ctx.max_append)
+    writer.write(session.greeting())
+    try:
+        while not session.logout:
+            data = await reader.read(65536)
+            if not data:
+                return
+            for ev in framer.feed(data):
+                if isinstance(ev, NeedContinuation):
+                    writer.write(b"+ Ready for literal data\r\n")
+                elif isinstance(ev, FramingError):
+                    writer.write(f"{ev.tag} BAD {ev.text}\r\n".encode())
+                    if ev.fatal:
+                        writer.write(b"* BYE Cannot resynchronise after that\r\n")
+                        return
+                elif isinstance(ev, Framed):
+                    try:
+                        cmd = parse_command(ev.data)
+                    except ParseError as exc:
+                        writer.write(f"{exc.tag} BAD {exc.text}\r\n".encode())
+                        continue
+                    if cmd.name == "IDLE" and session.user is not None:
+                        await _idle(session, cmd.tag, reader, writer)
+                        continue
+                    writer.write(await session.handle(cmd))
+                    if session.logout:
+                        break
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _idle(session: Session, tag: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"+ idling\r\n")
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + IDLE_MAX_SECONDS
+    line_task = asyncio.ensure_future(reader.readline())
+    try:
+        while loop.time() < deadline:
+            done, _ = await asyncio.wait([line_task], timeout=IDLE_POLL_SECONDS)
+            if done:
+                line = line_task.result()
+                if line.strip().upper() == b"DONE":
+                    writer.write(f"{tag} OK IDLE terminated\r\n".encode())
+                else:
+                    writer.write(f"{tag} BAD Expected DONE\r\n".encode())
+                return
+            updates = await session.refresh()
+            if updates:
+                writer.write(b"".join(updates))
+                await writer.drain()
+        writer.write(b"* BYE IDLE too long\r\n")
+    finally:
+        if not line_task.done():
+            line_task.cancel()
+
+
+async def start_imap(ctx: ImapContext, host: str, port: int) -> asyncio.Server:
+    return await asyncio.start_server(lambda r, w: serve_client(ctx, r, w), host, port, limit=1 << 20)

@@ -1,0 +1,163 @@
+"""The IMAP server with Python's imaplib, on mail delivered over LMTP (separate processes)."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN
+from test_lmtp import DOMAIN, Shim
+
+USER = f"ivy@{DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
+    shim = Shim(tmp_path_factory.mktemp("imap"))
+    shim.add_user(USER)
+    log = open(shim.base / "imap.log", "w")
+    proc = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(shim.db), "--fs", shim.fs, "--listen",
+                             "127.0.0.1:0", "--domain", DOMAIN], stdout=subprocess.PIPE, stderr=log, text=True)
+    assert proc.stdout is not None
+    port = json.loads(proc.stdout.readline())["port"]
+    for i in range(5):
+        deliver(shim, f"Subject: hello {i}\r\nFrom: Sender {i} <s{i}@example.org>\r\nTo: {USER}\r\n"
+                      f"Date: Sun, 22 Nov 2026 0{i}:00:00 +0000\r\nMessage-ID: <m{i}@example.org>\r\n\r\n"
+                      f"body number {i}\r\n")
+    yield shim, port
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+    shim.stop()
+
+
+def deliver(shim: Shim, text: str) -> None:
+    c = smtplib.LMTP("127.0.0.1", shim.port)
+    c.sendmail("s@example.org", [USER], text.encode())
+    c.quit()
+
+
+def login(port: int) -> imaplib.IMAP4:
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(USER, "pw")
+    return m
+
+
+def test_login_capabilities_and_bad_password(stack):
+    _, port = stack
+    m = imaplib.IMAP4("127.0.0.1", port)
+    assert "IMAP4REV1" in m.capabilities and "IDLE" in m.capabilities and "UIDPLUS" in m.capabilities
+    with pytest.raises(imaplib.IMAP4.error) as e:
+        m.login(USER, "wrong")
+    assert "AUTHENTICATIONFAILED" in str(e.value)
+    m.login(USER, "pw")
+    m.logout()
+
+
+def test_list_select_fetch_search(stack):
+    _, port = stack
+    m = login(port)
+    typ, boxes = m.list()
+    names = [b.decode() for b in boxes]
+    assert any(n.endswith('"INBOX"') for n in names) and any("\\Sent" in n and '"Sent"' in n for n in names)
+    typ, data = m.select("INBOX")
+    assert typ == "OK" and int(data[0]) == 5
+    typ, data = m.fetch("1:5", "(UID FLAGS RFC822.SIZE ENVELOPE)")
+    assert typ == "OK" and len([d for d in data if isinstance(d, tuple) or b"ENVELOPE" in d]) == 5
+    typ, data = m.fetch("2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: hello 1\r\n\r\n"
+    typ, data = m.fetch("3", "(BODY[TEXT])")
+    assert data[0][1] == b"body number 2\r\n"
+    typ, data = m.fetch("3", "(FLAGS)")
+    assert b"\\Seen" in data[0]  # BODY[] without .PEEK set \Seen
+    typ, data = m.search(None, "UNSEEN")
+    assert data[0].split() == [b"1", b"2", b"4", b"5"]
+    typ, data = m.search(None, 'FROM "s4@example.org"')
+    assert data[0] == b"5"
+    typ, data = m.uid("SEARCH", None, "BODY", "number 3")
+    assert len(data[0].split()) == 1
+    m.logout()
+
+
+def test_store_copy_move_expunge_append(stack):
+    _, port = stack
+    m = login(port)
+    m.create("Project")
+    typ, data = m.append("Project", "(\\Flagged)", imaplib.Time2Internaldate(time.time()),
+                         b"Subject: appended\r\n\r\nappended body\r\n")
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    m.select("INBOX")
+    typ, data = m.copy("1:2", "Project")
+    assert typ == "OK" and b"COPYUID" in data[0]
+    typ, data = m.status("Project", "(MESSAGES UIDNEXT)")
+    assert b"MESSAGES 3" in data[0]
+    m.store("1", "+FLAGS", "(\\Deleted)")
+    typ, data = m.expunge()
+    assert data == [b"1"]
+    typ, data = m.select("INBOX")
+    assert int(data[0]) == 4
+    typ, data = m._simple_command("MOVE", "1", "Trash")
+    assert typ == "OK"
+    m.select("Project", readonly=True)
+    typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [d[1] for d in data if isinstance(d, tuple)]
+    assert b"Subject: appended\r\n\r\n" in subjects and len(subjects) == 3
+    m.rename("Project", "Projects")
+    typ, boxes = m.list('""', "Proj*")  # imaplib sends its arguments verbatim
+    assert any(b'"Projects"' in b for b in boxes)
+    m.logout()
+
+
+def test_two_sessions_see_each_others_changes_and_lmtp_mail(stack):
+    shim, port = stack
+    a, b = login(port), login(port)
+    a.select("INBOX")
+    b.select("INBOX")
+    count = int(a.select("INBOX")[1][0])
+    deliver(shim, "Subject: while selected\r\n\r\nnew\r\n")
+    typ, data = b.noop()
+    assert f"{count + 1} EXISTS".encode() in b" ".join(b.untagged_responses.get("EXISTS", [])) or \
+        int(b.untagged_responses.get("EXISTS", [b"0"])[-1]) == count + 1
+    a.noop()  # a learns of the new message too
+    a.store(str(count + 1), "+FLAGS", "(\\Flagged)")
+    b.noop()
+    fetches = b.untagged_responses.get("FETCH", [])
+    assert any(b"\\Flagged" in f for f in fetches)
+    a.logout()
+    b.logout()
+
+
+def test_idle_pushes_new_mail(stack):
+    shim, port = stack
+    m = login(port)
+    m.select("INBOX")
+    tag = m._new_tag().decode()
+    m.send(f"{tag} IDLE\r\n".encode())
+    assert m.readline().startswith(b"+")
+    deliver(shim, "Subject: pushed\r\n\r\nidle\r\n")
+    m.sock.settimeout(10)
+    line = m.readline()
+    assert line.startswith(b"* ") and line.rstrip().endswith(b"EXISTS"), line
+    m.send(b"DONE\r\n")
+    assert m.readline().startswith(f"{tag} OK".encode())
+    m.logout()
+
+
+def test_bad_input_keeps_the_connection(stack):
+    _, port = stack
+    m = login(port)
+    m.select("INBOX")
+    for bad in (b"x1 FETCH 1 (FLAGS", b"x2 FETCH 999 FLAGS", b"x3 FROBNICATE", b"x4 STORE 1 FLIP (\\Seen)"):
+        m.send(bad + b"\r\n")
+        line = m.readline()
+        while line.startswith(b"* "):
+            line = m.readline()
+        assert line.startswith(bad[:3] + b"BAD"), line
+    assert m.noop()[0] == "OK"  # still usable
+    m.logout()

@@ -161,3 +161,41 @@ def test_bad_input_keeps_the_connection(stack):
         assert line.startswith(bad[:3] + b"BAD"), line
     assert m.noop()[0] == "OK"  # still usable
     m.logout()
+
+
+def test_authenticate_plain_with_continuation_and_sasl_ir(stack):
+    _, port = stack
+    m = imaplib.IMAP4("127.0.0.1", port)
+    typ, _ = m.authenticate("PLAIN", lambda _: f"\0{USER}\0pw".encode())  # imaplib answers "+ "
+    assert typ == "OK" and m.state == "AUTH"
+    m.logout()
+    import base64
+    m = imaplib.IMAP4("127.0.0.1", port)
+    ir = base64.b64encode(f"\0{USER}\0pw".encode()).decode()
+    typ, _ = m._simple_command("AUTHENTICATE", "PLAIN", ir)  # SASL-IR (RFC 4959)
+    assert typ == "OK"
+    m.logout()
+
+
+def test_failed_logins_are_throttled_per_address(stack):
+    _, port = stack
+    m = imaplib.IMAP4("127.0.0.1", port)
+    times = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        with pytest.raises(imaplib.IMAP4.error):
+            m.login(USER, "wrong")
+        times.append(time.monotonic() - t0)
+    assert times[1] >= 0.9 and times[2] >= 1.9  # 0, 1, 2 seconds: a growing delay
+    m.login(USER, "pw")  # a success resets it
+    m.logout()
+
+
+def test_search_charset(stack):
+    _, port = stack
+    m = login(port)
+    m.select("INBOX")
+    assert m.search("UTF-8", "SUBJECT", "hello")[0] == "OK"
+    typ, data = m.search("KOI8-R", "ALL")  # imaplib returns NO rather than raising here
+    assert typ == "NO" and b"BADCHARSET" in data[0]
+    m.logout()

@@ -20,7 +20,8 @@ IDLE_MAX_SECONDS = 30 * 60  # RFC 2177: clients re-issue IDLE at least every 29 
 
 
 async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    session = Session(ctx)
+    peer = writer.get_extra_info("peername")
+    session = Session(ctx, peer[0] if peer else "")
     framer = CommandFramer(max_literal=ctx.max_append)
     writer.write(session.greeting())
     try:
@@ -46,6 +47,10 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                         await _idle(session, cmd.tag, reader, writer)
                         continue
                     writer.write(await session.handle(cmd))
+                    if session.pending_auth is not None:  # AUTHENTICATE: read the answer to "+ "
+                        await writer.drain()
+                        line = await reader.readline()
+                        writer.write(await session.finish_authenticate(session.pending_auth, line))
                     if session.logout:
                         break
             await writer.drain()

@@ -65,17 +65,43 @@ class SelectedView:
         return self.uids.index(uid) + 1
 
 
+class LoginThrottle:
+    """Failed logins per client address: 0, 1, 2, 4, ... seconds (capped) before the next answer."""
+
+    def __init__(self, cap: float = 16.0, forget_after: float = 900.0) -> None:
+        self.cap, self.forget_after = cap, forget_after
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def delay(self, peer: str) -> float:
+        n, when = self._failures.get(peer, (0, 0.0))
+        if not n or time.monotonic() - when > self.forget_after:
+            return 0.0
+        return min(self.cap, 2.0 ** (n - 1))
+
+    def failed(self, peer: str) -> None:
+        n, _ = self._failures.get(peer, (0, 0.0))
+        if len(self._failures) > 100_000:
+            self._failures.clear()
+        self._failures[peer] = (n + 1, time.monotonic())
+
+    def succeeded(self, peer: str) -> None:
+        self._failures.pop(peer, None)
+
+
 @dataclass
 class ImapContext:
     meta: MetaStore
     fs: Any  # cache.FsCache or cache.S3Client
     policy: AddressPolicy
     max_append: int = 50 * 1024 * 1024
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 class Session:
-    def __init__(self, ctx: ImapContext) -> None:
+    def __init__(self, ctx: ImapContext, peer: str = "") -> None:
         self.ctx = ctx
+        self.peer = peer
+        self.pending_auth: str | None = None  # tag of an AUTHENTICATE waiting for "+ " data
         self.user: str | None = None
         self.view: SelectedView | None = None
         self.logout = False
@@ -98,6 +124,8 @@ class Session:
                 raise ImapBad(f"{cmd.name} is not supported")
             self._check_state(cmd.name)
             lines, text = await handler(cmd)
+            if self.pending_auth is not None:
+                return b"+ \r\n"  # AUTHENTICATE: the client's next line is the response
             lines += await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH"))
             return b"".join(lines) + f"{cmd.tag} OK {text}\r\n".encode()
         except ImapNo as exc:
@@ -151,11 +179,16 @@ class Session:
     # ------------------------------------------------------------------ authentication
 
     async def _login(self, user: str, password: bytes) -> None:
+        delay = self.ctx.throttle.delay(self.peer)
+        if delay:  # failed logins from this address: a growing pause before answering
+            await asyncio.sleep(delay)
         name = await asyncio.to_thread(resolve, self.ctx.meta, self.ctx.policy, user)
         stored = await asyncio.to_thread(self.ctx.meta.password_hash, name) if name else None
         ok = stored is not None and await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), stored)
         if not ok:
+            self.ctx.throttle.failed(self.peer)
             raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
+        self.ctx.throttle.succeeded(self.peer)
         self.user = name
 
     async def do_login(self, cmd: Command):  # type: ignore[no-untyped-def]
@@ -166,8 +199,25 @@ class Session:
         if cmd.args["mechanism"] != "PLAIN":
             raise ImapNo("Unsupported mechanism", "CANNOT")
         initial = cmd.args["initial"]
-        if initial is None:
-            raise ImapNo("PLAIN needs an initial response here (SASL-IR)", "CANNOT")
+        if initial is None:  # the I/O loop asks with "+ " and calls finish_authenticate
+            self.pending_auth = cmd.tag
+            return [], ""
+        return await self._plain(initial)
+
+    async def finish_authenticate(self, tag: str, line: bytes) -> bytes:
+        """The client's answer to "+ " for AUTHENTICATE PLAIN (or "*" to cancel)."""
+        self.pending_auth = None
+        if line.strip() == b"*":
+            return f"{tag} BAD AUTHENTICATE cancelled\r\n".encode()
+        try:
+            _, text = await self._plain(line.strip())
+        except ImapNo as exc:
+            return f"{tag} NO [{exc.code}] {exc.text}\r\n".encode()
+        except ImapBad as exc:
+            return f"{tag} BAD {exc}\r\n".encode()
+        return f"{tag} OK {text}\r\n".encode()
+
+    async def _plain(self, initial: bytes):  # type: ignore[no-untyped-def]
         try:
             _, user, password = base64.b64decode(initial if initial != b"=" else b"").split(b"\0")
         except ValueError:
@@ -527,6 +577,9 @@ class Session:
 
     async def _search(self, cmd: Command, uid: bool):  # type: ignore[no-untyped-def]
         assert self.view is not None
+        charset = cmd.args.get("charset")
+        if charset not in (None, "UTF-8", "US-ASCII"):
+            raise ImapNo(f"Charset {charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)")
         msgs = await self._messages(list(self.view.uids))
         hits = []
         for i, u in enumerate(self.view.uids, 1):

@@ -143,3 +143,59 @@ SyncState *
     server, near = server_state(port), maildir_state(local)
     assert server["INBOX"] == near["INBOX"] and len(server["INBOX"]) == N - 5 + 2
     assert server["Work"] == near["Work"] == [(b"Message-ID: <local2@x>", b"")]
+
+
+def test_offlineimap_both_ways(stack, tmp_path):
+    shim, port = stack
+    local = tmp_path / "oi"
+    rc = tmp_path / "offlineimaprc"
+    rc.write_text(f"""
+[general]
+accounts = ms
+metadata = {tmp_path}/oi-meta
+ui = quiet
+
+[Account ms]
+localrepository = local
+remoterepository = remote
+
+[Repository local]
+type = Maildir
+localfolders = {local}
+
+[Repository remote]
+type = IMAP
+remotehost = 127.0.0.1
+remoteport = {port}
+remoteuser = {USER}
+remotepass = pw
+ssl = no
+starttls = no
+folderfilter = lambda name: name in ["INBOX", "Offline"]
+""")
+
+    def sync() -> None:
+        res = subprocess.run(["offlineimap", "-c", str(rc), "-o", "-u", "quiet"], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(USER, "pw")
+    m.create("Offline")
+    m.append("Offline", "(\\Flagged)", None, b"Subject: off\r\nMessage-ID: <off1@x>\r\n\r\noff\r\n")
+    m.logout()
+    sync()
+    inbox = local / "INBOX"
+    files = sorted((inbox / "cur").iterdir()) + sorted((inbox / "new").iterdir())
+    before = len(files)
+    assert before == len(server_state(port)["INBOX"])
+    for f in files[:3]:  # read three, delete two
+        f.rename(inbox / "cur" / (f.name.split(":2,")[0] + ":2,S"))
+    for f in files[3:5]:
+        f.unlink()
+    (inbox / "new" / "1700000002.oi.host").write_bytes(b"Subject: from offlineimap\r\nMessage-ID: <oi1@x>\r\n\r\nx\r\n")
+    sync()
+    sync()
+    server, near = server_state(port), maildir_state(local)
+    assert server["INBOX"] == near["INBOX"] and len(server["INBOX"]) == before - 2 + 1
+    assert server["Offline"] == near["Offline"] == [(b"Message-ID: <off1@x>", b"\\Flagged")]

@@ -54,6 +54,11 @@ MIGRATIONS = [
     CREATE TABLE pending(mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL, expires REAL NOT NULL,
         PRIMARY KEY(mailbox_id, uid));
     """,
+    # 2: \Recent (RFC 3501 §2.3.2): messages from this UID on have not been seen by any
+    # read-write SELECT yet; the first such SELECT claims them.
+    """
+    ALTER TABLE mailboxes ADD COLUMN first_recent INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
@@ -310,6 +315,13 @@ class MetaStore:
         c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
         c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (size, user))
         c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+
+    def claim_recent(self, mailbox_id: int, below: int) -> int:
+        """A read-write SELECT: the first \\Recent UID for this session; later sessions see none of these."""
+        with self._write() as c:
+            first = c.execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
+            c.execute("UPDATE mailboxes SET first_recent=max(first_recent, ?) WHERE id=?", (below, mailbox_id))
+        return first
 
     def visible_uid_limit(self, mailbox_id: int) -> int | None:
         """Messages with uid below this are complete and in order (None: no limit)."""

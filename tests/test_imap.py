@@ -145,8 +145,28 @@ def test_idle_pushes_new_mail(stack):
     line = m.readline()
     assert line.startswith(b"* ") and line.rstrip().endswith(b"EXISTS"), line
     m.send(b"DONE\r\n")
-    assert m.readline().startswith(f"{tag} OK".encode())
+    line = m.readline()
+    while line.startswith(b"* "):  # e.g. "* n RECENT" after the EXISTS
+        line = m.readline()
+    assert line.startswith(f"{tag} OK".encode())
     m.logout()
+
+
+def test_recent_belongs_to_the_first_read_write_session(stack):
+    shim, port = stack
+    deliver(shim, "Subject: recent one\r\n\r\nr\r\n")
+    a = login(port)
+    typ, data = a.status("INBOX", "(RECENT)")
+    assert b"RECENT 1" in data[0]
+    a.select("INBOX")
+    assert a.untagged_responses["RECENT"][-1] == b"1"
+    typ, data = a.search(None, "RECENT")
+    assert len(data[0].split()) == 1
+    b = login(port)
+    b.select("INBOX")
+    assert b.untagged_responses["RECENT"][-1] == b"0"  # a has claimed it
+    a.logout()
+    b.logout()
 
 
 def test_bad_input_keeps_the_connection(stack):

@@ -60,6 +60,7 @@ class SelectedView:
     flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
     modseq: int = 0
     condstore: bool = False
+    recent: set[int] = field(default_factory=set)  # \Recent in this session (RFC 3501 §2.3.2)
 
     def seq_of(self, uid: int) -> int:
         return self.uids.index(uid) + 1
@@ -247,10 +248,14 @@ class Session:
         condstore = cmd.args.get("condstore") or self.condstore
         self.view = SelectedView(box.id, box.name, readonly, [m.uid for m in msgs],
                                  {m.uid: m.flags for m in msgs}, box.highestmodseq, condstore)
+        if not readonly:
+            last = msgs[-1].uid + 1 if msgs else 1
+            first = await asyncio.to_thread(self.ctx.meta.claim_recent, box.id, last)
+            self.view.recent = {m.uid for m in msgs if m.uid >= first}
         unseen = next((i + 1 for i, m in enumerate(msgs) if "\\Seen" not in m.flags), None)
         lines = [b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
                  b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n",
-                 f"* {len(msgs)} EXISTS\r\n".encode(), b"* 0 RECENT\r\n",
+                 f"* {len(msgs)} EXISTS\r\n".encode(), f"* {len(self.view.recent)} RECENT\r\n".encode(),
                  f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid\r\n".encode(),
                  f"* OK [UIDNEXT {box.uidnext}] Predicted next UID\r\n".encode(),
                  f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest\r\n".encode()]
@@ -331,7 +336,8 @@ class Session:
     async def do_status(self, cmd: Command):  # type: ignore[no-untyped-def]
         box = await self._box(cmd.args["mailbox"])
         msgs = await asyncio.to_thread(self.ctx.meta.messages, box.id)
-        values = {"MESSAGES": len(msgs), "RECENT": 0, "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
+        first = self.ctx.meta.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (box.id,)).fetchone()[0]
+        values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
                   "UNSEEN": sum("\\Seen" not in m.flags for m in msgs), "HIGHESTMODSEQ": box.highestmodseq,
                   "SIZE": sum(m.size for m in msgs)}
         items = " ".join(f"{i} {values[i]}" for i in cmd.args["items"])
@@ -468,7 +474,10 @@ class Session:
                 if a.name == "UID":
                     items.append(f"UID {m.uid}".encode())
                 elif a.name == "FLAGS":
-                    items.append(b"FLAGS " + R.flag_list(self.view.flags.get(u, m.flags)))
+                    shown = self.view.flags.get(u, m.flags)
+                    if u in self.view.recent:
+                        shown = (*shown, "\\Recent")
+                    items.append(b"FLAGS " + R.flag_list(shown))
                 elif a.name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + R.internal_date(m.internal_date))
                 elif a.name == "RFC822.SIZE":
@@ -592,11 +601,13 @@ class Session:
         assert self.view is not None
         n = key.name
         flags = set(self.view.flags.get(m.uid, m.flags))
+        recent = m.uid in self.view.recent
         simple = {"ALL": True, "ANSWERED": "\\Answered" in flags, "DELETED": "\\Deleted" in flags,
                   "DRAFT": "\\Draft" in flags, "FLAGGED": "\\Flagged" in flags, "SEEN": "\\Seen" in flags,
                   "UNANSWERED": "\\Answered" not in flags, "UNDELETED": "\\Deleted" not in flags,
                   "UNDRAFT": "\\Draft" not in flags, "UNFLAGGED": "\\Flagged" not in flags,
-                  "UNSEEN": "\\Seen" not in flags, "NEW": False, "RECENT": False, "OLD": True}
+                  "UNSEEN": "\\Seen" not in flags, "NEW": recent and "\\Seen" not in flags,
+                  "RECENT": recent, "OLD": not recent}
         if n in simple:
             return simple[n]
         if n == "AND":
@@ -677,6 +688,10 @@ class Session:
             for u in new:
                 v.flags[u] = current[u].flags
             lines.append(f"* {len(v.uids)} EXISTS\r\n".encode())
+            if not v.readonly:
+                first = await asyncio.to_thread(self.ctx.meta.claim_recent, v.box_id, new[-1] + 1)
+                v.recent.update(u for u in new if u >= first)
+                lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
         return lines
 
 

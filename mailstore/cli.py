@@ -120,19 +120,37 @@ def cmd_imap(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port = args.listen.rpartition(":")
 
+    tls = None
+    if args.tls_cert:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+
     async def main() -> None:
         fs = open_fs(args.fs)
         ctx = ImapContext(MetaStore(Path(args.db)), fs, AddressPolicy(args.domain, args.delimiter),
-                          parse_size(args.max_append))
+                          parse_size(args.max_append), tls=tls)
         server = await start_imap(ctx, host, int(port))
         real = server.sockets[0].getsockname()[1]
-        print(json.dumps({"event": "listening", "imap": f"{host}:{real}", "port": real}), flush=True)
+        info = {"event": "listening", "imap": f"{host}:{real}", "port": real}
+        servers = [server]
+        if args.listen_tls:
+            if tls is None:
+                raise SystemExit("--listen-tls needs --tls-cert and --tls-key")
+            thost, _, tport = args.listen_tls.rpartition(":")
+            tserver = await start_imap(ctx, thost, int(tport), implicit_tls=True)
+            info["imaps_port"] = tserver.sockets[0].getsockname()[1]
+            servers.append(tserver)
+        print(json.dumps(info), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        server.close()
+        for srv in servers:
+            srv.close()
         await fs.close()
 
     asyncio.run(main())
@@ -204,6 +222,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     imap.add_argument("--domain", default="localhost")
     imap.add_argument("--delimiter", default="+")
     imap.add_argument("--max-append", default="50M")
+    imap.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS")
+    imap.add_argument("--tls-key", help="its private key (PEM)")
+    imap.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
     imap.set_defaults(fn=cmd_imap)
 
     rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")

@@ -219,3 +219,33 @@ def test_search_charset(stack):
     typ, data = m.search("KOI8-R", "ALL")  # imaplib returns NO rather than raising here
     assert typ == "NO" and b"BADCHARSET" in data[0]
     m.logout()
+
+
+def test_starttls_and_implicit_tls(stack, tmp_path):
+    import ssl
+
+    from conftest import make_tls_cert
+
+    shim, _ = stack
+    cert, key = make_tls_cert(tmp_path / "tls")
+    proc = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(shim.db), "--fs", shim.fs, "--listen",
+                             "127.0.0.1:0", "--listen-tls", "127.0.0.1:0", "--domain", DOMAIN, "--tls-cert",
+                             str(cert), "--tls-key", str(key)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        ctx = ssl.create_default_context(cafile=str(cert))
+        m = imaplib.IMAP4("127.0.0.1", info["port"])
+        assert "STARTTLS" in m.capabilities
+        m.starttls(ssl_context=ctx)
+        m.login(USER, "pw")
+        assert m.select("INBOX")[0] == "OK"
+        m.logout()
+        s = imaplib.IMAP4_SSL("127.0.0.1", info["imaps_port"], ssl_context=ctx)
+        s.login(USER, "pw")
+        assert s.select("INBOX")[0] == "OK"
+        s.logout()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

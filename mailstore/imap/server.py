@@ -19,9 +19,11 @@ IDLE_POLL_SECONDS = 0.5
 IDLE_MAX_SECONDS = 30 * 60  # RFC 2177: clients re-issue IDLE at least every 29 minutes
 
 
-async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       *, implicit_tls: bool = False) -> None:
     peer = writer.get_extra_info("peername")
     session = Session(ctx, peer[0] if peer else "")
+    session.secure = implicit_tls
     framer = CommandFramer(max_literal=ctx.max_append)
     writer.write(session.greeting())
     try:
@@ -51,6 +53,13 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                         await writer.drain()
                         line = await reader.readline()
                         writer.write(await session.finish_authenticate(session.pending_auth, line))
+                    if session.start_tls:
+                        # RFC 3501 §6.2.1: nothing the client sent before the handshake counts
+                        await writer.drain()
+                        framer = CommandFramer(max_literal=ctx.max_append)
+                        await writer.start_tls(ctx.tls)
+                        session.start_tls, session.secure = False, True
+                        break
                     if session.logout:
                         break
             await writer.drain()
@@ -86,5 +95,7 @@ async def _idle(session: Session, tag: str, reader: asyncio.StreamReader, writer
             line_task.cancel()
 
 
-async def start_imap(ctx: ImapContext, host: str, port: int) -> asyncio.Server:
-    return await asyncio.start_server(lambda r, w: serve_client(ctx, r, w), host, port, limit=1 << 20)
+async def start_imap(ctx: ImapContext, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
+    """A listener: plain (with STARTTLS when ctx.tls is set) or implicit TLS (993-style)."""
+    return await asyncio.start_server(lambda r, w: serve_client(ctx, r, w, implicit_tls=implicit_tls), host, port,
+                                      limit=1 << 20, ssl=ctx.tls if implicit_tls else None)

@@ -96,6 +96,7 @@ class ImapContext:
     policy: AddressPolicy
     max_append: int = 50 * 1024 * 1024
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
 
 
 class Session:
@@ -103,6 +104,8 @@ class Session:
         self.ctx = ctx
         self.peer = peer
         self.pending_auth: str | None = None  # tag of an AUTHENTICATE waiting for "+ " data
+        self.secure = False  # on TLS (implicit, or after STARTTLS)
+        self.start_tls = False  # the I/O loop upgrades the connection after this OK
         self.user: str | None = None
         self.view: SelectedView | None = None
         self.logout = False
@@ -115,6 +118,8 @@ class Session:
 
     def _caps(self) -> str:
         caps = CAPABILITIES.format(limit=self.ctx.max_append)
+        if self.ctx.tls is not None and not self.secure and self.user is None:
+            caps += " STARTTLS"
         return caps + (" AUTH=PLAIN" if self.user is None else "")
 
     async def handle(self, cmd: Command) -> bytes:
@@ -227,7 +232,12 @@ class Session:
         return [], f"[CAPABILITY {self._caps()}] AUTHENTICATE completed"
 
     async def do_starttls(self, cmd: Command):  # type: ignore[no-untyped-def]
-        raise ImapNo("STARTTLS is not configured on this listener", "CANNOT")
+        if self.ctx.tls is None:
+            raise ImapNo("STARTTLS is not configured on this listener", "CANNOT")
+        if self.secure:
+            raise ImapBad("TLS is already active")
+        self.start_tls = True
+        return [], "Begin TLS negotiation now"
 
     # ------------------------------------------------------------------ mailboxes
 

@@ -249,3 +249,41 @@ def test_starttls_and_implicit_tls(stack, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_aioimaplib(stack):
+    import asyncio
+
+    import aioimaplib
+
+    shim, port = stack
+
+    async def main() -> None:
+        c = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=20)
+        await c.wait_hello_from_server()
+        assert (await c.login(USER, "pw")).result == "OK"
+        assert (await c.create("Aio")).result == "OK"
+        res = await c.append(b"Subject: aio\r\nMessage-ID: <aio1@x>\r\n\r\nfrom aioimaplib\r\n", mailbox="Aio",
+                             flags="(\\Seen)")
+        assert res.result == "OK"
+        res = await c.select("INBOX")
+        assert res.result == "OK"
+        res = await c.search("ALL")
+        total = len(res.lines[0].split())
+        assert total > 0
+        res = await c.fetch("1", "(FLAGS BODY.PEEK[HEADER])")
+        assert res.result == "OK" and any(b"Subject:" in line for line in res.lines if isinstance(line, (bytes, bytearray)))
+        assert (await c.store("1", "+FLAGS", "(\\Flagged)")).result == "OK"
+        assert (await c.uid("fetch", "1:*", "(UID FLAGS)")).result == "OK"
+        assert (await c.copy("1", "Aio")).result == "OK"
+        res = await c.status("Aio", "(MESSAGES)")
+        assert res.result == "OK" and b"MESSAGES 2" in res.lines[0]
+        idle = await c.idle_start(timeout=10)
+        deliver(shim, "Subject: aio push\r\n\r\npush\r\n")
+        pushed = await c.wait_server_push()
+        assert any(b"EXISTS" in p for p in pushed if isinstance(p, bytes)), pushed
+        c.idle_done()
+        await asyncio.wait_for(idle, 10)
+        assert (await c.logout()).result == "OK"
+
+    asyncio.run(main())

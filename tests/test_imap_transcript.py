@@ -1,0 +1,71 @@
+"""Byte-exact IMAP session transcripts (the session with a real metadata store, no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailstore.db import MetaStore
+from mailstore.imap.parser import CommandFramer, Framed, parse_command
+from mailstore.imap.session import ImapContext, Session
+from mailstore.users import AddressPolicy, hash_password
+
+
+@pytest.fixture
+def ctx(tmp_path):  # type: ignore[no-untyped-def]
+    meta = MetaStore(tmp_path / "meta.db")
+    meta.add_user("t@x.test", hash_password("pw"))
+    for i in range(3):
+        box, uid = meta.reserve_uid("t@x.test", "INBOX")
+        meta.commit_message("t@x.test", box.id, uid, f"g{i}", f"k{i}", 100 + i, 0.0, 0.0, [], [],
+                            ("\\Seen",) if i == 0 else ())
+    return ImapContext(meta, fs=None, policy=AddressPolicy("x.test"), max_append=1000)
+
+
+def run(ctx: ImapContext, *lines: bytes) -> list[bytes]:
+    async def go() -> list[bytes]:
+        s = Session(ctx, "127.0.0.1")
+        framer = CommandFramer()
+        out = []
+        for line in lines:
+            for ev in framer.feed(line + b"\r\n"):
+                assert isinstance(ev, Framed)
+                out.append(await s.handle(parse_command(ev.data)))
+        return out
+    return asyncio.run(go())
+
+
+def test_login_select_store_search_expunge(ctx):
+    uidvalidity = ctx.meta.mailbox("t@x.test", "INBOX").uidvalidity
+    out = run(ctx, b"a1 LOGIN t@x.test pw", b"a2 SELECT INBOX", b"a3 STORE 2 +FLAGS (\\Deleted)",
+              b"a4 SEARCH UNSEEN", b"a5 UID SEARCH DELETED", b"a6 EXPUNGE", b"a7 SEARCH ALL", b"a8 LOGOUT")
+    assert out[0].startswith(b"a1 OK [CAPABILITY IMAP4rev1 ") and out[0].endswith(b"] LOGIN completed\r\n")
+    assert out[1] == (b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+                      b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n"
+                      b"* 3 EXISTS\r\n* 3 RECENT\r\n"
+                      + f"* OK [UIDVALIDITY {uidvalidity}] UIDs valid\r\n".encode()
+                      + b"* OK [UIDNEXT 4] Predicted next UID\r\n* OK [HIGHESTMODSEQ 4] Highest\r\n"
+                      b"* OK [UNSEEN 2] First unseen\r\na2 OK [READ-WRITE] SELECT completed\r\n")
+    assert out[2] == b"* 2 FETCH (FLAGS (\\Deleted))\r\na3 OK STORE completed\r\n"
+    assert out[3] == b"* SEARCH 2 3\r\na4 OK SEARCH completed\r\n"
+    assert out[4] == b"* SEARCH 2\r\na5 OK UID SEARCH completed\r\n"
+    assert out[5] == b"* 2 EXPUNGE\r\na6 OK EXPUNGE completed\r\n"
+    assert out[6] == b"* SEARCH 1 2\r\na7 OK SEARCH completed\r\n"
+    assert out[7] == b"* BYE mailstore IMAP logging out\r\na8 OK LOGOUT completed\r\n"
+
+
+def test_states_and_errors(ctx):
+    out = run(ctx, b"b1 SELECT INBOX", b"b2 LOGIN t@x.test nope", b"b3 LOGIN t@x.test pw", b"b4 FETCH 1 FLAGS",
+              b"b5 SELECT Nowhere", b"b6 STATUS INBOX (MESSAGES UNSEEN UIDNEXT)", b"b7 CREATE INBOX",
+              b"b8 LIST \"\" \"S*\"", b"b9 NAMESPACE", b"c1 GETQUOTAROOT INBOX", b"c2 LOGIN t@x.test pw")
+    assert out[0] == b"b1 BAD SELECT needs authentication first\r\n"
+    assert out[1] == b"b2 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    assert out[3] == b"b4 BAD FETCH needs a selected mailbox\r\n"
+    assert out[4] == b"b5 NO [NONEXISTENT] No mailbox Nowhere\r\n"
+    assert out[5] == b'* STATUS "INBOX" (MESSAGES 3 UNSEEN 2 UIDNEXT 4)\r\nb6 OK STATUS completed\r\n'
+    assert out[6] == b"b7 NO [ALREADYEXISTS] Mailbox exists\r\n"
+    assert out[7] == b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\nb8 OK LIST completed\r\n'
+    assert out[8] == b'* NAMESPACE (("" "/")) NIL NIL\r\nb9 OK NAMESPACE completed\r\n'
+    assert out[9] == b'* QUOTAROOT "INBOX" ""\r\n* QUOTA "" ()\r\nc1 OK GETQUOTAROOT completed\r\n'
+    assert out[10] == b"c2 BAD Already authenticated\r\n"

@@ -145,6 +145,45 @@ class MetaStore:
             c.execute("ROLLBACK")
             raise
 
+    def flags_conn(self) -> sqlite3.Connection:
+        """A connection whose commits are atomic but not fsynced (synchronous=NORMAL).
+
+        For flag changes only: the durability rule covers acknowledged mail (a
+        PUT, an LMTP 250, an APPEND OK); a STORE lost in a power cut is the
+        same trade Dovecot makes, and it costs no fsync per command.
+        """
+        c = getattr(self._local, "flags_conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA busy_timeout=30000")
+            self._local.flags_conn = c
+        return c
+
+    def _write_flags(self):  # type: ignore[no-untyped-def]
+        lock = getattr(self._local, "lock", None)
+        if lock is None:
+            lock = self._local.lock = WriteLock(self.path)
+        return _Txn(self.flags_conn(), lock)
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
+        """(uid, flags) of visible rows changed after `modseq`, and the visible message count."""
+        limit = self.visible_uid_limit(mailbox_id)
+        cap = limit if limit is not None else 1 << 62
+        c = self.conn()
+        rows = c.execute("SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND uid < ? ORDER BY uid",
+                         (mailbox_id, modseq, cap)).fetchall()
+        count = c.execute("SELECT count(*) FROM messages WHERE mailbox_id=? AND uid < ?", (mailbox_id, cap)).fetchone()[0]
+        return [(u, tuple(f.split()) if f else ()) for u, f in rows], count
+
+    def uid_flags(self, mailbox_id: int) -> list[tuple[int, tuple[str, ...]]]:
+        """(uid, flags) of the visible messages: what SELECT needs, nothing more."""
+        limit = self.visible_uid_limit(mailbox_id)
+        rows = self.conn().execute("SELECT uid, flags FROM messages WHERE mailbox_id=? AND uid < ? ORDER BY uid",
+                                   (mailbox_id, limit if limit is not None else 1 << 62))
+        return [(u, tuple(f.split()) if f else ()) for u, f in rows]
+
     def _write(self):  # type: ignore[no-untyped-def]
         lock = getattr(self._local, "lock", None)
         if lock is None:
@@ -335,6 +374,22 @@ class MetaStore:
             "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
             "WHERE mailbox_id=? AND uid < ? ORDER BY uid", (mailbox_id, limit if limit is not None else 1 << 62))
         return [Message(*r[:7], tuple(r[7].split()) if r[7] else (), r[8]) for r in rows]
+
+    def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> dict[int, Message]:
+        """The rows of these UIDs only (FETCH/SEARCH on a part of a big mailbox)."""
+        out: dict[int, Message] = {}
+        c = self.conn()
+        for i in range(0, len(uids), 500):
+            chunk = uids[i:i + 500]
+            for r in c.execute(
+                    "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
+                    f"WHERE mailbox_id=? AND uid IN ({','.join('?' * len(chunk))})", (mailbox_id, *chunk)):
+                out[r[1]] = Message(*r[:7], tuple(r[7].split()) if r[7] else (), r[8])
+        return out
+
+    def highestmodseq(self, mailbox_id: int) -> int:
+        row = self.conn().execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+        return row[0] if row else 0
 
     def known_keys(self, object_keys: list[str]) -> set[str]:
         c = self.conn()

@@ -107,7 +107,7 @@ def store_flags(meta: MetaStore, mailbox_id: int, uids: list[int], action: str, 
     """
     done: dict[int, tuple[tuple[str, ...], int]] = {}
     refused: list[int] = []
-    with meta._write() as c:
+    with meta._write_flags() as c:
         modseq = None
         for uid in uids:
             row = c.execute("SELECT flags, modseq FROM messages WHERE mailbox_id=? AND uid=?",

@@ -132,7 +132,8 @@ class Session:
             lines, text = await handler(cmd)
             if self.pending_auth is not None:
                 return b"+ \r\n"  # AUTHENTICATE: the client's next line is the response
-            lines += await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH"))
+            if cmd.name not in ("SELECT", "EXAMINE"):  # those answer from the snapshot they just took
+                lines += await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH"))
             return b"".join(lines) + f"{cmd.tag} OK {text}\r\n".encode()
         except ImapNo as exc:
             code = f"[{exc.code}] " if exc.code else ""
@@ -254,15 +255,15 @@ class Session:
     async def _select(self, cmd: Command, readonly: bool):  # type: ignore[no-untyped-def]
         self.view = None
         box = await self._box(cmd.args["mailbox"])
-        msgs = await asyncio.to_thread(self.ctx.meta.messages, box.id)
+        msgs = await asyncio.to_thread(self.ctx.meta.uid_flags, box.id)
         condstore = cmd.args.get("condstore") or self.condstore
-        self.view = SelectedView(box.id, box.name, readonly, [m.uid for m in msgs],
-                                 {m.uid: m.flags for m in msgs}, box.highestmodseq, condstore)
+        self.view = SelectedView(box.id, box.name, readonly, [u for u, _ in msgs], dict(msgs),
+                                 box.highestmodseq, condstore)
         if not readonly:
-            last = msgs[-1].uid + 1 if msgs else 1
+            last = msgs[-1][0] + 1 if msgs else 1
             first = await asyncio.to_thread(self.ctx.meta.claim_recent, box.id, last)
-            self.view.recent = {m.uid for m in msgs if m.uid >= first}
-        unseen = next((i + 1 for i, m in enumerate(msgs) if "\\Seen" not in m.flags), None)
+            self.view.recent = {u for u, _ in msgs if u >= first}
+        unseen = next((i + 1 for i, (_, f) in enumerate(msgs) if "\\Seen" not in f), None)
         lines = [b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
                  b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n",
                  f"* {len(msgs)} EXISTS\r\n".encode(), f"* {len(self.view.recent)} RECENT\r\n".encode(),
@@ -454,9 +455,7 @@ class Session:
 
     async def _messages(self, uids: list[int]) -> dict[int, Message]:
         assert self.view is not None
-        msgs = await asyncio.to_thread(self.ctx.meta.messages, self.view.box_id)
-        wanted = set(uids)
-        return {m.uid: m for m in msgs if m.uid in wanted}
+        return await asyncio.to_thread(self.ctx.meta.messages_by_uid, self.view.box_id, uids)
 
     async def _fetch(self, cmd: Command, uid: bool):  # type: ignore[no-untyped-def]
         assert self.view is not None
@@ -467,18 +466,28 @@ class Session:
             atts.append(FetchAttribute("MODSEQ"))
         uids = self._uids(cmd.args["set"], uid=uid)
         msgs = await self._messages(uids)
-        rows = self._meta().conn().execute(
-            "SELECT uid, envelope, bodystructure FROM messages WHERE mailbox_id=?", (self.view.box_id,)).fetchall()
-        parsed = {r[0]: (r[1], r[2]) for r in rows}
+        parsed: dict[int, tuple[str, str]] = {}
+        if any(a.name in ("ENVELOPE", "BODYSTRUCTURE") or (a.name == "BODY" and a.section is None) for a in atts):
+            c = self._meta().conn()
+            for i in range(0, len(uids), 500):
+                chunk = uids[i:i + 500]
+                for r in c.execute("SELECT uid, envelope, bodystructure FROM messages WHERE mailbox_id=? AND uid IN "
+                                   f"({','.join('?' * len(chunk))})", (self.view.box_id, *chunk)):
+                    parsed[r[0]] = (r[1], r[2])
         lines = []
         seen_set: list[int] = []
+        bodies: dict[int, bytes] = {}
+        if any(a.section is not None or a.name.startswith("RFC822") and a.name != "RFC822.SIZE" for a in atts):
+            wanted = [u for u in uids if u in msgs]
+            got = await asyncio.gather(*(self.ctx.fs.get(msgs[u].object_key) for u in wanted))
+            bodies = {u: g[0] for u, g in zip(wanted, got)}  # fetched together: one cache batch
         for u in uids:
             m = msgs.get(u)
             if m is None:
                 continue
             if cmd.args.get("changedsince") is not None and m.modseq <= cmd.args["changedsince"]:
                 continue
-            body: bytes | None = None
+            body: bytes | None = bodies.get(u)
             items: list[bytes] = []
             for a in atts:
                 if a.name == "UID":
@@ -547,7 +556,6 @@ class Session:
         lines = []
         for u, (flags, modseq) in sorted(done.items()):
             self.view.flags[u] = flags
-            self.view.modseq = max(self.view.modseq, modseq) if not cmd.args["silent"] else self.view.modseq
             if not cmd.args["silent"] or cmd.args["unchangedsince"] is not None:
                 extra = f" UID {u}" if uid else ""
                 ms = f" MODSEQ ({modseq})" if self.view.condstore or cmd.args["unchangedsince"] is not None else ""
@@ -599,6 +607,12 @@ class Session:
         charset = cmd.args.get("charset")
         if charset not in (None, "UTF-8", "US-ASCII"):
             raise ImapNo(f"Charset {charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)")
+        if _flags_only(cmd.args["keys"]):  # flags and numbers: the view knows enough, no rows, no awaits
+            v = self.view
+            largest = v.uids[-1] if v.uids else 0
+            hits = [u if uid else i for i, u in enumerate(v.uids, 1)
+                    if _match_flags(cmd.args["keys"], set(v.flags[u]), i, len(v.uids), u, largest, u in v.recent)]
+            return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
         msgs = await self._messages(list(self.view.uids))
         hits = []
         for i, u in enumerate(self.view.uids, 1):
@@ -680,29 +694,72 @@ class Session:
         v = self.view
         if v is None:
             return []
-        msgs = await asyncio.to_thread(self.ctx.meta.messages, v.box_id)
-        current = {m.uid: m for m in msgs}
+        # Every change (delivery, flags, expunge, copy in) bumps HIGHESTMODSEQ:
+        # when it has not moved, nothing changed and one small query was enough.
+        highest = await asyncio.to_thread(self.ctx.meta.highestmodseq, v.box_id)
+        if highest == v.modseq:
+            return []
+        changed, count = await asyncio.to_thread(self.ctx.meta.changes_since, v.box_id, v.modseq)
         lines: list[bytes] = []
-        if expunges:
-            for u in [u for u in v.uids if u not in current][::-1]:  # highest first: numbers stay valid
+        last = v.uids[-1] if v.uids else 0
+        new = [u for u, _ in changed if u not in v.flags and u > last]
+        if expunges and count != len(v.uids) + len(new):  # something vanished: find what, from UIDs alone
+            present = {u for u, _ in await asyncio.to_thread(self.ctx.meta.uid_flags, v.box_id)}
+            for u in [u for u in v.uids if u not in present][::-1]:  # highest first: numbers stay valid
                 lines.append(f"* {v.seq_of(u)} EXPUNGE\r\n".encode())
                 v.uids.remove(u)
                 v.flags.pop(u, None)
-        for u, m in current.items():
-            if u in v.flags and m.flags != v.flags[u]:
-                v.flags[u] = m.flags
-                lines.append(f"* {v.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(m.flags) + b")\r\n")
-        new = [u for u in sorted(current) if u not in v.flags and (not v.uids or u > v.uids[-1])]
+                v.recent.discard(u)
+        for u, flags in changed:
+            if u in v.flags and flags != v.flags[u]:
+                v.flags[u] = flags
+                lines.append(f"* {v.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(flags) + b")\r\n")
         if new:
             v.uids += new
-            for u in new:
-                v.flags[u] = current[u].flags
+            for u, flags in changed:
+                if u in new:
+                    v.flags[u] = flags
             lines.append(f"* {len(v.uids)} EXISTS\r\n".encode())
             if not v.readonly:
                 first = await asyncio.to_thread(self.ctx.meta.claim_recent, v.box_id, new[-1] + 1)
                 v.recent.update(u for u in new if u >= first)
                 lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
+        if expunges:  # withheld EXPUNGEs must be found again next time
+            v.modseq = highest
         return lines
+
+
+_FLAG_KEYS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT",
+              "UNFLAGGED", "UNSEEN", "NEW", "RECENT", "OLD", "KEYWORD", "UNKEYWORD", "SEQSET", "UID"}
+
+
+def _flags_only(key: SearchKey) -> bool:
+    if key.name in ("AND", "OR", "NOT"):
+        return all(_flags_only(k) for k in key.args)
+    return key.name in _FLAG_KEYS
+
+
+def _match_flags(key: SearchKey, flags: set[str], seq: int, n: int, uid: int, largest: int, recent: bool) -> bool:
+    name = key.name
+    if name == "AND":
+        return all(_match_flags(k, flags, seq, n, uid, largest, recent) for k in key.args)
+    if name == "OR":
+        return any(_match_flags(k, flags, seq, n, uid, largest, recent) for k in key.args)
+    if name == "NOT":
+        return not _match_flags(key.args[0], flags, seq, n, uid, largest, recent)
+    if name == "SEQSET":
+        return key.args[0].contains(seq, n)
+    if name == "UID":
+        return key.args[0].contains(uid, largest)
+    if name in ("KEYWORD", "UNKEYWORD"):
+        return (key.args[0] in flags) == (name == "KEYWORD")
+    system = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged",
+              "SEEN": "\\Seen"}
+    if name in system:
+        return system[name] in flags
+    if name.startswith("UN") and name[2:] in system:
+        return system[name[2:]] not in flags
+    return {"ALL": True, "RECENT": recent, "OLD": not recent, "NEW": recent and "\\Seen" not in flags}[name]
 
 
 def _match(pattern: str, name: str) -> bool:

@@ -1,0 +1,120 @@
+"""IMAP benchmark: our IMAP server vs Dovecot CE's imapd, one run.
+
+    python -m bench.imap [--messages 2000] [--clients 4] [--rounds 40]
+
+Both are filled with the same 8 KB messages over their own LMTP, then C
+logged-in imaplib clients each run a bounded mix per round: SELECT, FETCH
+headers of 50 messages, FETCH 3 whole bodies, STORE a flag, SEARCH UNSEEN,
+APPEND one message, UID STORE \\Deleted + UID EXPUNGE it (by its APPENDUID).  Prints commands/s and
+commands per server CPU-second (all server processes: our IMAP server and
+gateway; Dovecot's master and its imap processes), and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import json
+import random
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .lmtp import MESSAGE, cpu_seconds, free_port, start_dovecot, start_ours
+from .s3 import BIN
+
+USER = "user0@example.com"
+
+
+def fill(port: int, n: int) -> None:
+    c = smtplib.LMTP("127.0.0.1", port)
+    for i in range(n):
+        c.sendmail("sender@example.org", [USER], MESSAGE % i)
+    c.quit()
+
+
+def client_run(port: int, rounds: int, seed: int) -> int:
+    rng = random.Random(seed)
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(USER, "pw")
+    commands = 1
+    for _ in range(rounds):
+        typ, data = m.select("INBOX")
+        total = int(data[0])
+        start = rng.randint(1, max(1, total - 50))
+        m.fetch(f"{start}:{start + 49}", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])")
+        for _ in range(3):
+            m.fetch(str(rng.randint(1, total)), "(BODY.PEEK[])")
+        m.store(str(rng.randint(1, total)), "+FLAGS", "(\\Flagged)")
+        m.search(None, "UNSEEN")
+        typ, data = m.append("INBOX", None, None, MESSAGE % rng.randint(0, 10**9))
+        uid = data[0].split(b"APPENDUID ", 1)[1].split()[1].rstrip(b"]").decode()  # RFC 4315 UIDPLUS
+        m.uid("STORE", uid, "+FLAGS", "(\\Deleted)")
+        m.uid("EXPUNGE", uid)
+        commands += 9
+    m.logout()
+    return commands + 1
+
+
+def run_load(port: int, clients: int, rounds: int, pids) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    c0 = cpu_seconds(pids())
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        total = sum(pool.map(lambda i: client_run(port, rounds, i), range(clients)))
+    secs = time.perf_counter() - t0
+    return total / secs, total / max(cpu_seconds(pids()) - c0, 1e-6)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=40)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mailstore-imapbench-"))
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    conf = None
+    try:
+        lmtp_port, procs = start_ours(work, [USER])
+        gw = procs[0]
+        db = work / "meta.db"
+        lmtp_cmd = subprocess.run(["ps", "-o", "args=", "-p", str(procs[1].pid)], capture_output=True, text=True).stdout
+        fs = lmtp_cmd.split("--fs ", 1)[1].split(" ", 1)[0]
+        imap = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(db), "--fs", fs, "--listen",
+                                 "127.0.0.1:0", "--domain", "example.com"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        procs.append(imap)
+        assert imap.stdout is not None
+        our_imap = json.loads(imap.stdout.readline())["port"]
+        dport, conf = start_dovecot(work, [USER], imap=True)
+        d_lmtp, d_imap = dport
+        fill(lmtp_port, args.messages)
+        fill(d_lmtp, args.messages)
+        from .lmtp import dovecot_pids
+        rows = []
+        for name, port, pids in (("mailstore", our_imap, lambda: [imap.pid, gw.pid]),
+                                 ("dovecot", d_imap, lambda: dovecot_pids(conf))):
+            run_load(port, 1, 3, pids)  # warm caches and connections
+            rate, per_cpu = run_load(port, args.clients, args.rounds, pids)
+            rows.append((name, rate, per_cpu))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        if conf is not None:
+            subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+    print(f"{'server':<11}{'commands/s':>12}{'commands/CPU-s':>16}")
+    for name, rate, per_cpu in rows:
+        print(f"{name:<11}{rate:>12.0f}{per_cpu:>16.0f}")
+    ours, theirs = rows[0][2], rows[1][2]
+    print(f"\nmailstore / dovecot: {ours / theirs:.2f}x commands per server CPU-second "
+          f"({args.clients} clients, {args.messages} messages)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

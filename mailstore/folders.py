@@ -142,8 +142,8 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
     more: the caller deletes those objects, after this commit).
     """
     with meta._write() as c:
-        rows = c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? ORDER BY uid",
-                         (mailbox_id,)).fetchall()
+        rows = c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? "
+                         "AND instr(flags, '\\Deleted') > 0 ORDER BY uid", (mailbox_id,)).fetchall()
         chosen = [(uid, key, size) for uid, key, size, flags in rows
                   if "\\Deleted" in flags.split() and (uids is None or uid in set(uids))]
         for uid, _, _ in chosen:

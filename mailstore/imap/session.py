@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import logging
 import time
 import uuid
@@ -63,7 +64,8 @@ class SelectedView:
     recent: set[int] = field(default_factory=set)  # \Recent in this session (RFC 3501 §2.3.2)
 
     def seq_of(self, uid: int) -> int:
-        return self.uids.index(uid) + 1
+        """The message sequence number of a UID (uids is sorted: a bisection, not a scan)."""
+        return bisect.bisect_left(self.uids, uid) + 1
 
 
 class LoginThrottle:
@@ -443,15 +445,20 @@ class Session:
         v = self.view
         if not v.uids:
             return []
-        if uid:
-            largest = v.uids[-1]
-            return [u for u in v.uids if s.contains(u, largest)]
         n = len(v.uids)
-        for a, b in s.ranges:
-            for x in (a, b):
-                if x is not None and x > n:
+        picked: set[int] = set()
+        for a, b in s.ranges:  # ranges map to slices of the sorted UID list: no scan of the mailbox
+            if uid:
+                lo, hi = (v.uids[-1] if a is None else a), (v.uids[-1] if b is None else b)
+                lo, hi = min(lo, hi), max(lo, hi)
+                picked.update(v.uids[bisect.bisect_left(v.uids, lo):bisect.bisect_right(v.uids, hi)])
+            else:
+                lo, hi = (n if a is None else a), (n if b is None else b)
+                if lo > n or hi > n:
                     raise ImapBad("Invalid message sequence number")
-        return [u for i, u in enumerate(v.uids, 1) if s.contains(i, n)]
+                lo, hi = min(lo, hi), max(lo, hi)
+                picked.update(v.uids[lo - 1:hi])
+        return sorted(picked)
 
     async def _messages(self, uids: list[int]) -> dict[int, Message]:
         assert self.view is not None

@@ -99,6 +99,26 @@ class ImapContext:
     max_append: int = 50 * 1024 * 1024
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
+    # mailbox id -> (modseq, [(uid, flags)]): the last (uid, flags) list any session of
+    # this process loaded, brought up to date by modseq deltas instead of reloaded.
+    snapshots: dict[int, tuple[int, list[tuple[int, tuple[str, ...]]]]] = field(default_factory=dict)
+
+    def snapshot(self, box_id: int, highest: int) -> list[tuple[int, tuple[str, ...]]]:
+        """Blocking (call from a thread): the visible (uid, flags) of a mailbox as of `highest`."""
+        cached = self.snapshots.get(box_id)
+        if cached is not None and cached[0] == highest:
+            return list(cached[1])
+        if cached is not None:
+            changed, count = self.meta.changes_since(box_id, cached[0])
+            items = dict(cached[1])
+            items.update(changed)
+            if len(items) == count:  # nothing vanished: the deltas are the whole story
+                fresh = sorted(items.items())
+                self.snapshots[box_id] = (highest, fresh)
+                return list(fresh)
+        fresh = self.meta.uid_flags(box_id)
+        self.snapshots[box_id] = (highest, fresh)
+        return list(fresh)
 
 
 class Session:
@@ -257,7 +277,7 @@ class Session:
     async def _select(self, cmd: Command, readonly: bool):  # type: ignore[no-untyped-def]
         self.view = None
         box = await self._box(cmd.args["mailbox"])
-        msgs = await asyncio.to_thread(self.ctx.meta.uid_flags, box.id)
+        msgs = await asyncio.to_thread(self.ctx.snapshot, box.id, box.highestmodseq)
         condstore = cmd.args.get("condstore") or self.condstore
         self.view = SelectedView(box.id, box.name, readonly, [u for u, _ in msgs], dict(msgs),
                                  box.highestmodseq, condstore)

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .lmtp import MESSAGE, cpu_seconds, free_port, start_dovecot, start_ours
+from .lmtp import MESSAGE, cpu_seconds, start_dovecot, start_ours
 from .s3 import BIN
 
 USER = "user0@example.com"

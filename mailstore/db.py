@@ -119,15 +119,18 @@ class MetaStore:
         self._local = threading.local()
         self._migrate()
 
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute(f"PRAGMA synchronous={synchronous}")
+        c.execute("PRAGMA busy_timeout=30000")
+        c.execute("PRAGMA foreign_keys=ON")
+        return c
+
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=FULL")
-            c.execute("PRAGMA busy_timeout=30000")
-            c.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = c
+            c = self._local.conn = self._connect("FULL")
         return c
 
     def _migrate(self) -> None:
@@ -154,11 +157,7 @@ class MetaStore:
         """
         c = getattr(self._local, "flags_conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute("PRAGMA busy_timeout=30000")
-            self._local.flags_conn = c
+            c = self._local.flags_conn = self._connect("NORMAL")
         return c
 
     def _write_flags(self):  # type: ignore[no-untyped-def]

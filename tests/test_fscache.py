@@ -6,9 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import imaplib
-import json
 import signal
 import smtplib
-import subprocess
 import time
 
 import pytest
 
-from conftest import BIN
 from test_lmtp import DOMAIN, Shim
 
 USER = f"ivy@{DOMAIN}"
@@ -21,11 +18,8 @@ USER = f"ivy@{DOMAIN}"
 def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     shim = Shim(tmp_path_factory.mktemp("imap"))
     shim.add_user(USER)
-    log = open(shim.base / "imap.log", "w")
-    proc = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(shim.db), "--fs", shim.fs, "--listen",
-                             "127.0.0.1:0", "--domain", DOMAIN], stdout=subprocess.PIPE, stderr=log, text=True)
-    assert proc.stdout is not None
-    port = json.loads(proc.stdout.readline())["port"]
+    proc, info = shim.start_imap()
+    port = info["port"]
     for i in range(5):
         deliver(shim, f"Subject: hello {i}\r\nFrom: Sender {i} <s{i}@example.org>\r\nTo: {USER}\r\n"
                       f"Date: Sun, 22 Nov 2026 0{i}:00:00 +0000\r\nMessage-ID: <m{i}@example.org>\r\n\r\n"
@@ -33,7 +27,6 @@ def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     yield shim, port
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-    log.close()
     shim.stop()
 
 
@@ -228,13 +221,8 @@ def test_starttls_and_implicit_tls(stack, tmp_path):
 
     shim, _ = stack
     cert, key = make_tls_cert(tmp_path / "tls")
-    proc = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(shim.db), "--fs", shim.fs, "--listen",
-                             "127.0.0.1:0", "--listen-tls", "127.0.0.1:0", "--domain", DOMAIN, "--tls-cert",
-                             str(cert), "--tls-key", str(key)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    proc, info = shim.start_imap("--listen-tls", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key))
     try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
         ctx = ssl.create_default_context(cafile=str(cert))
         m = imaplib.IMAP4("127.0.0.1", info["port"])
         assert "STARTTLS" in m.capabilities

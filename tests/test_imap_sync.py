@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import imaplib
-import json
 import signal
 import smtplib
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
 from test_lmtp import DOMAIN, Shim
 
 USER = f"sync@{DOMAIN}"
@@ -22,11 +20,8 @@ N = 150
 def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     shim = Shim(tmp_path_factory.mktemp("sync"))
     shim.add_user(USER)
-    log = open(shim.base / "imap.log", "w")
-    proc = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(shim.db), "--fs", shim.fs, "--listen",
-                             "127.0.0.1:0", "--domain", DOMAIN], stdout=subprocess.PIPE, stderr=log, text=True)
-    assert proc.stdout is not None
-    port = json.loads(proc.stdout.readline())["port"]
+    proc, info = shim.start_imap()
+    port = info["port"]
     c = smtplib.LMTP("127.0.0.1", shim.port)
     for i in range(N):
         c.sendmail("s@example.org", [USER], (f"Subject: sync {i}\r\nFrom: s@example.org\r\nMessage-ID: <sync{i}@x>\r\n"
@@ -35,7 +30,6 @@ def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     yield shim, port
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-    log.close()
     shim.stop()
 
 

@@ -56,6 +56,15 @@ class Shim:
     def start_gateway(self) -> None:
         self.gateway = _gateway_on(self.gw_data, self.gw_port)
 
+    def start_imap(self, *extra: str) -> tuple[subprocess.Popen, dict]:  # type: ignore[type-arg]
+        """An IMAP server process on the same database and fs URL; (process, its JSON announcement)."""
+        log = open(self.base / f"imap-{time.monotonic_ns()}.log", "w")
+        proc = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(self.db), "--fs", self.fs, "--listen",
+                                 "127.0.0.1:0", "--domain", DOMAIN, *extra], stdout=subprocess.PIPE, stderr=log,
+                                text=True)
+        assert proc.stdout is not None
+        return proc, json.loads(proc.stdout.readline())
+
     def add_user(self, name: str, *extra: str) -> None:
         mailstore("user", "add", "--db", str(self.db), name, "--password", "pw", *extra)
 

@@ -356,6 +356,9 @@ class MetaStore:
 
     def claim_recent(self, mailbox_id: int, below: int) -> int:
         """A read-write SELECT: the first \\Recent UID for this session; later sessions see none of these."""
+        first = self.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
+        if first >= below:  # nothing new to claim: no write, no fsync
+            return below
         with self._write() as c:
             first = c.execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
             c.execute("UPDATE mailboxes SET first_recent=max(first_recent, ?) WHERE id=?", (below, mailbox_id))

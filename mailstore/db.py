@@ -59,6 +59,10 @@ MIGRATIONS = [
     """
     ALTER TABLE mailboxes ADD COLUMN first_recent INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: what changed since a MODSEQ (every IMAP refresh, CONDSTORE) without a mailbox scan.
+    """
+    CREATE INDEX messages_by_modseq ON messages(mailbox_id, modseq);
+    """,
 ]
 
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
@@ -182,6 +186,13 @@ class MetaStore:
         rows = self.conn().execute("SELECT uid, flags FROM messages WHERE mailbox_id=? AND uid < ? ORDER BY uid",
                                    (mailbox_id, limit if limit is not None else 1 << 62))
         return [(u, tuple(f.split()) if f else ()) for u, f in rows]
+
+    def visible_uids(self, mailbox_id: int) -> set[int]:
+        """The UIDs of the visible messages: enough to tell which ones were expunged."""
+        limit = self.visible_uid_limit(mailbox_id)
+        rows = self.conn().execute("SELECT uid FROM messages WHERE mailbox_id=? AND uid < ?",
+                                   (mailbox_id, limit if limit is not None else 1 << 62))
+        return {u for u, in rows}
 
     def _write(self):  # type: ignore[no-untyped-def]
         lock = getattr(self._local, "lock", None)

@@ -214,6 +214,27 @@ def test_search_charset(stack):
     m.logout()
 
 
+def test_flag_searches_agree_with_the_general_search(stack):
+    """Flag-and-number keys take a fast path over the session's view; adding a key that
+    needs the message rows (LARGER 0) forces the general path: both must agree."""
+    _, port = stack
+    m = login(port)
+    m.create("Flagged-search")
+    for flags in ("", "\\Seen", "\\Seen \\Flagged", "\\Deleted $Junk", "\\Answered \\Draft", "$Junk \\Seen"):
+        assert m.append("Flagged-search", f"({flags})", None, b"Subject: s\r\n\r\nbody\r\n")[0] == "OK"
+    m.select("Flagged-search")
+    queries = ["ALL", "SEEN", "UNSEEN", "FLAGGED NOT DELETED", "OR DELETED DRAFT", "KEYWORD $Junk",
+               "UNKEYWORD $Junk", "NEW", "OLD", "RECENT", "2:4", "NOT 2:*", "UID 1:3", "OR ANSWERED (SEEN NOT FLAGGED)",
+               "UNANSWERED UNDRAFT UNFLAGGED UNDELETED"]
+    for q in queries:
+        fast = m.search(None, q)[1][0].split()
+        general = m.search(None, q, "LARGER", "0")[1][0].split()
+        assert fast == general, q
+    assert m.search(None, "KEYWORD $Junk")[1][0].split() == [b"4", b"6"]
+    assert m.search(None, "OR DELETED DRAFT")[1][0].split() == [b"4", b"5"]
+    m.logout()
+
+
 def test_starttls_and_implicit_tls(stack, tmp_path):
     import ssl
 

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Callable
 
 from .. import folders, layout
 from ..db import Message, MetaStore
@@ -112,7 +112,10 @@ class ImapContext:
             changed, count = self.meta.changes_since(box_id, cached[0])
             items = dict(cached[1])
             items.update(changed)
-            if len(items) == count:  # nothing vanished: the deltas are the whole story
+            if len(items) != count:  # some vanished: the UIDs alone say which
+                present = self.meta.visible_uids(box_id)
+                items = {u: f for u, f in items.items() if u in present}
+            if len(items) == count:  # otherwise a message is pending or a race moved on: reload
                 fresh = sorted(items.items())
                 self.snapshots[box_id] = (highest, fresh)
                 return list(fresh)
@@ -647,8 +650,8 @@ class Session:
         if _flags_only(cmd.args["keys"]):  # flags and numbers: the view knows enough, no rows, no awaits
             v = self.view
             largest = v.uids[-1] if v.uids else 0
-            hits = [u if uid else i for i, u in enumerate(v.uids, 1)
-                    if _match_flags(cmd.args["keys"], set(v.flags[u]), i, len(v.uids), u, largest, u in v.recent)]
+            test = _flag_test(cmd.args["keys"], len(v.uids), largest)
+            hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
             return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
         msgs = await self._messages(list(self.view.uids))
         hits = []
@@ -741,7 +744,7 @@ class Session:
         last = v.uids[-1] if v.uids else 0
         new = [u for u, _ in changed if u not in v.flags and u > last]
         if expunges and count != len(v.uids) + len(new):  # something vanished: find what, from UIDs alone
-            present = {u for u, _ in self._read(self.ctx.meta.uid_flags, v.box_id)}
+            present = self._read(self.ctx.meta.visible_uids, v.box_id)
             for u in [u for u in v.uids if u not in present][::-1]:  # highest first: numbers stay valid
                 lines.append(f"* {v.seq_of(u)} EXPUNGE\r\n".encode())
                 v.uids.remove(u)
@@ -776,27 +779,41 @@ def _flags_only(key: SearchKey) -> bool:
     return key.name in _FLAG_KEYS
 
 
-def _match_flags(key: SearchKey, flags: set[str], seq: int, n: int, uid: int, largest: int, recent: bool) -> bool:
+_SYSTEM = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged",
+           "SEEN": "\\Seen"}
+FlagTest = Callable[[int, int, tuple[str, ...], bool], bool]  # (seq, uid, flags, recent) -> matches
+
+
+def _flag_test(key: SearchKey, n: int, largest: int) -> FlagTest:
+    """Compile a flags-and-numbers search key once; the mailbox is then one cheap call per message."""
     name = key.name
-    if name == "AND":
-        return all(_match_flags(k, flags, seq, n, uid, largest, recent) for k in key.args)
-    if name == "OR":
-        return any(_match_flags(k, flags, seq, n, uid, largest, recent) for k in key.args)
+    if name in ("AND", "OR"):
+        parts = [_flag_test(k, n, largest) for k in key.args]
+        if name == "AND":
+            return lambda seq, uid, flags, recent: all(t(seq, uid, flags, recent) for t in parts)
+        return lambda seq, uid, flags, recent: any(t(seq, uid, flags, recent) for t in parts)
     if name == "NOT":
-        return not _match_flags(key.args[0], flags, seq, n, uid, largest, recent)
+        inner = _flag_test(key.args[0], n, largest)
+        return lambda seq, uid, flags, recent: not inner(seq, uid, flags, recent)
     if name == "SEQSET":
-        return key.args[0].contains(seq, n)
+        seqs = key.args[0]
+        return lambda seq, uid, flags, recent: seqs.contains(seq, n)
     if name == "UID":
-        return key.args[0].contains(uid, largest)
-    if name in ("KEYWORD", "UNKEYWORD"):
-        return (key.args[0] in flags) == (name == "KEYWORD")
-    system = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged",
-              "SEEN": "\\Seen"}
-    if name in system:
-        return system[name] in flags
-    if name.startswith("UN") and name[2:] in system:
-        return system[name[2:]] not in flags
-    return {"ALL": True, "RECENT": recent, "OLD": not recent, "NEW": recent and "\\Seen" not in flags}[name]
+        uids = key.args[0]
+        return lambda seq, uid, flags, recent: uids.contains(uid, largest)
+    if name in ("KEYWORD", "UNKEYWORD") or name in _SYSTEM or (name.startswith("UN") and name[2:] in _SYSTEM):
+        flag = key.args[0] if name.endswith("KEYWORD") else _SYSTEM[name.removeprefix("UN")]
+        if name.startswith("UN"):
+            return lambda seq, uid, flags, recent: flag not in flags
+        return lambda seq, uid, flags, recent: flag in flags
+    if name == "ALL":
+        return lambda seq, uid, flags, recent: True
+    if name == "RECENT":
+        return lambda seq, uid, flags, recent: recent
+    if name == "OLD":
+        return lambda seq, uid, flags, recent: not recent
+    assert name == "NEW", name
+    return lambda seq, uid, flags, recent: recent and "\\Seen" not in flags
 
 
 def _match(pattern: str, name: str) -> bool:

@@ -93,11 +93,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         await fs.close()
 
     def serve(sock=None) -> None:  # type: ignore[no-untyped-def]
-        try:
-            import uvloop
-            uvloop.install()
-        except ImportError:
-            pass
+        _install_uvloop()
         asyncio.run(main(sock))
 
     if args.workers > 1:
@@ -110,6 +106,15 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     else:
         serve()
     return 0
+
+
+def _install_uvloop() -> None:
+    """The LMTP and IMAP servers run on uvloop when it is there (it is, on Linux): less loop per command."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    uvloop.install()
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
@@ -153,6 +158,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
             srv.close()
         await fs.close()
 
+    _install_uvloop()
     asyncio.run(main())
     return 0
 

@@ -650,8 +650,15 @@ class Session:
         if _flags_only(cmd.args["keys"]):  # flags and numbers: the view knows enough, no rows, no awaits
             v = self.view
             largest = v.uids[-1] if v.uids else 0
-            test = _flag_test(cmd.args["keys"], len(v.uids), largest)
-            hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
+            key = cmd.args["keys"]
+            presence = _flag_presence(key.args[0]) if key.name == "AND" and len(key.args) == 1 else None
+            if presence is not None:  # the common SEARCH UNSEEN / DELETED: one membership test each
+                flag, wanted = presence
+                flags = v.flags
+                hits = [u if uid else i for i, u in enumerate(v.uids, 1) if (flag in flags[u]) is wanted]
+            else:
+                test = _flag_test(key, len(v.uids), largest)
+                hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
             return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
         msgs = await self._messages(list(self.view.uids))
         hits = []
@@ -784,11 +791,25 @@ _SYSTEM = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
 FlagTest = Callable[[int, int, tuple[str, ...], bool], bool]  # (seq, uid, flags, recent) -> matches
 
 
+def _flag_presence(key: SearchKey) -> tuple[str, bool] | None:
+    """(flag, wanted) when the key asks only whether one flag is set (SEEN, UNSEEN, KEYWORD x, ...)."""
+    name = key.name
+    if name in ("KEYWORD", "UNKEYWORD"):
+        return key.args[0], name == "KEYWORD"
+    if name in _SYSTEM:
+        return _SYSTEM[name], True
+    if name.startswith("UN") and name[2:] in _SYSTEM:
+        return _SYSTEM[name[2:]], False
+    return None
+
+
 def _flag_test(key: SearchKey, n: int, largest: int) -> FlagTest:
     """Compile a flags-and-numbers search key once; the mailbox is then one cheap call per message."""
     name = key.name
     if name in ("AND", "OR"):
         parts = [_flag_test(k, n, largest) for k in key.args]
+        if len(parts) == 1:
+            return parts[0]
         if name == "AND":
             return lambda seq, uid, flags, recent: all(t(seq, uid, flags, recent) for t in parts)
         return lambda seq, uid, flags, recent: any(t(seq, uid, flags, recent) for t in parts)
@@ -801,9 +822,10 @@ def _flag_test(key: SearchKey, n: int, largest: int) -> FlagTest:
     if name == "UID":
         uids = key.args[0]
         return lambda seq, uid, flags, recent: uids.contains(uid, largest)
-    if name in ("KEYWORD", "UNKEYWORD") or name in _SYSTEM or (name.startswith("UN") and name[2:] in _SYSTEM):
-        flag = key.args[0] if name.endswith("KEYWORD") else _SYSTEM[name.removeprefix("UN")]
-        if name.startswith("UN"):
+    presence = _flag_presence(key)
+    if presence is not None:
+        flag, wanted = presence
+        if not wanted:
             return lambda seq, uid, flags, recent: flag not in flags
         return lambda seq, uid, flags, recent: flag in flags
     if name == "ALL":

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .lmtp import MESSAGE, cpu_seconds, start_dovecot, start_ours
+from .lmtp import MESSAGE, cpu_seconds, dovecot_pids, start_dovecot, start_ours, stop_all
 from .s3 import BIN
 
 USER = "user0@example.com"
@@ -94,7 +94,6 @@ def main() -> int:
         d_lmtp, d_imap = dport
         fill(lmtp_port, args.messages)
         fill(d_lmtp, args.messages)
-        from .lmtp import dovecot_pids
         rows = []
         for name, port, pids in (("mailstore", our_imap, lambda: [imap.pid, gw.pid]),
                                  ("dovecot", d_imap, lambda: dovecot_pids(conf))):
@@ -102,11 +101,7 @@ def main() -> int:
             rate, per_cpu = run_load(port, args.clients, args.rounds, pids)
             rows.append((name, rate, per_cpu))
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
-        if conf is not None:
-            subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+        stop_all(procs, conf, work)
     print(f"{'server':<11}{'commands/s':>12}{'commands/CPU-s':>16}")
     for name, rate, per_cpu in rows:
         print(f"{name:<11}{rate:>12.0f}{per_cpu:>16.0f}")

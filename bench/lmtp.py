@@ -170,6 +170,16 @@ service imap-login {{
     raise SystemExit(f"dovecot did not start: {(d / 'dovecot.log').read_text()[-2000:]}")
 
 
+def stop_all(procs: list[subprocess.Popen], conf: Path | None, work: Path) -> None:  # type: ignore[type-arg]
+    """Stop what a benchmark started (our processes by PID, Dovecot through doveadm) and remove its files."""
+    for p in procs:
+        p.terminate()
+        p.wait()
+    if conf is not None:
+        subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def dovecot_pids(conf: Path) -> list[int]:
     pid_file = conf.parent / "run" / "master.pid"
     return [int(pid_file.read_text())] if pid_file.exists() else []
@@ -211,12 +221,7 @@ def main() -> int:
             med = sorted(rs)[len(rs) // 2]
             rows.append((name, *med, [round(r[0]) for r in rs]))
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
-        if conf is not None:
-            subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, conf, work)
     print(f"{'server':<11}{'msgs/s':>8}{'deliveries/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k deliv':>16}{'errors':>8}  rounds")
     base = next(r[1] for r in rows if r[0] == "dovecot")
     for name, rate, p50, p99, cpu, bad, rounds in rows:

@@ -70,24 +70,19 @@ async def _run(args: argparse.Namespace) -> int:
         await fs.close()
 
 
+# What `mailstore fs` says and exits with, first match wins (75: EX_TEMPFAIL, try again later).
+_FAILURES: tuple[tuple[type[Exception], str, int], ...] = (
+    (FsUrlError, "", 2), (Unavailable, "storage unavailable: ", 75), (NotFound, "not found: ", 1),
+    (FsError, "", 1), (OSError, "", 2))
+
+
 def cmd_fs(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
-    except FsUrlError as exc:
-        print(f"mailstore fs: {exc}", file=sys.stderr)
-        return 2
-    except Unavailable as exc:
-        print(f"mailstore fs: storage unavailable: {exc}", file=sys.stderr)
-        return 75
-    except NotFound as exc:
-        print(f"mailstore fs: not found: {exc}", file=sys.stderr)
-        return 1
-    except FsError as exc:
-        print(f"mailstore fs: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"mailstore fs: {exc}", file=sys.stderr)
-        return 2
+    except tuple(kind for kind, _, _ in _FAILURES) as exc:
+        prefix, code = next((p, c) for kind, p, c in _FAILURES if isinstance(exc, kind))
+        print(f"mailstore fs: {prefix}{exc}", file=sys.stderr)
+        return code
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -117,6 +118,18 @@ def shim(tmp_path_factory):  # type: ignore[no-untyped-def]
     s.stop()
 
 
+@contextlib.contextmanager
+def after_lhlo(port: int):  # type: ignore[no-untyped-def]
+    """A raw LMTP connection past the greeting and the LHLO reply: (socket, its reader)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"LHLO x\r\n")
+        while f.readline()[3:4] != b" ":
+            pass
+        yield sock, f
+
+
 def test_lhlo_capabilities(shim):
     with socket.create_connection(("127.0.0.1", shim.port)) as sock:
         f = sock.makefile("rb")
@@ -135,12 +148,7 @@ def test_lhlo_capabilities(shim):
 
 def test_one_reply_per_accepted_recipient_raw_socket(shim):
     msg = b"From: x@example.org\r\nSubject: raw\r\n\r\nbody"
-    with socket.create_connection(("127.0.0.1", shim.port)) as sock:
-        f = sock.makefile("rb")
-        f.readline()
-        sock.sendall(b"LHLO x\r\n")
-        while f.readline()[3:4] != b" ":
-            pass
+    with after_lhlo(shim.port) as (sock, f):
         sock.sendall(b"MAIL FROM:<x@example.org>\r\n")
         assert f.readline().startswith(b"250 2.1.0")
         replies = []
@@ -172,12 +180,7 @@ def test_smtplib_rcpt_refusals(shim):
 
 def test_quota_and_size_per_recipient(shim):
     def session(rcpts: list[bytes], body: bytes) -> list[bytes]:
-        with socket.create_connection(("127.0.0.1", shim.port)) as sock:
-            f = sock.makefile("rb")
-            f.readline()
-            sock.sendall(b"LHLO x\r\n")
-            while f.readline()[3:4] != b" ":
-                pass
+        with after_lhlo(shim.port) as (sock, f):
             sock.sendall(b"MAIL FROM:<x@example.org>\r\n" + b"".join(b"RCPT TO:<" + r + b">\r\n" for r in rcpts)
                          + b"DATA\r\n")  # pipelined
             for _ in range(len(rcpts) + 2):

@@ -650,15 +650,8 @@ class Session:
         if _flags_only(cmd.args["keys"]):  # flags and numbers: the view knows enough, no rows, no awaits
             v = self.view
             largest = v.uids[-1] if v.uids else 0
-            key = cmd.args["keys"]
-            presence = _flag_presence(key.args[0]) if key.name == "AND" and len(key.args) == 1 else None
-            if presence is not None:  # the common SEARCH UNSEEN / DELETED: one membership test each
-                flag, wanted = presence
-                flags = v.flags
-                hits = [u if uid else i for i, u in enumerate(v.uids, 1) if (flag in flags[u]) is wanted]
-            else:
-                test = _flag_test(key, len(v.uids), largest)
-                hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
+            test = _flag_test(cmd.args["keys"], len(v.uids), largest)
+            hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
             return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
         msgs = await self._messages(list(self.view.uids))
         hits = []

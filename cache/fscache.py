@@ -61,16 +61,24 @@ def encode_entry(stat: ObjectStat, body: bytes) -> bytes:
     return HEADER.pack(MAGIC, crc, len(meta)) + meta + body
 
 
-def decode_entry(key: str, raw: bytes) -> tuple[bytes, ObjectStat] | None:
-    """The body and stat of a cache entry, or None when it fails its checks."""
+def _checked(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(meta, body) of an entry that passes its checks, else None."""
     if len(raw) < HEADER.size:
         return None
     magic, crc, mlen = HEADER.unpack_from(raw)
     meta, body = raw[HEADER.size:HEADER.size + mlen], raw[HEADER.size + mlen:]
     if magic != MAGIC or len(meta) != mlen or zlib.crc32(body, zlib.crc32(meta)) != crc:
         return None
-    m = json.loads(meta.decode())  # str: json skips its encoding detection
-    return body, ObjectStat(key, m["s"], m["e"], m["t"], m["c"], m["m"])
+    return meta, body
+
+
+def decode_entry(key: str, raw: bytes) -> tuple[bytes, ObjectStat] | None:
+    """The body and stat of a cache entry, or None when it fails its checks."""
+    parts = _checked(raw)
+    if parts is None:
+        return None
+    m = json.loads(parts[0].decode())  # str: json skips its encoding detection
+    return parts[1], ObjectStat(key, m["s"], m["e"], m["t"], m["c"], m["m"])
 
 
 def _minute() -> int:
@@ -137,10 +145,13 @@ class FsCache:
     def _lookup(self, key: str) -> tuple[bytes | None, int | None]:
         return self.cache.get(key, tag=True)  # type: ignore[no-any-return]
 
-    def _touch(self, key: str, entry: bytes) -> None:
-        """A hit on an entry last stored minutes ago: store it again (it is now recent)."""
-        if key in self.cache:  # not deleted meanwhile
-            self.cache.set(key, entry, tag=_minute())
+    def _touch(self, touched: list[tuple[str, bytes]]) -> None:
+        """Hits on entries last stored minutes ago: store them again (they are now recent).
+        No cull follows, so this runs inside the batch's transaction."""
+        minute = _minute()
+        for key, entry in touched:
+            if key in self.cache:  # not deleted meanwhile
+                self.cache.set(key, entry, tag=minute)
 
     async def _insert(self, key: str, stat: ObjectStat, body: bytes) -> None:
         evicted = await self._worker.submit(self._store, key, encode_entry(stat, body), alone=True)
@@ -159,7 +170,7 @@ class FsCache:
             if hit is not None:
                 self.counters.hits += 1
                 if tag != _minute():
-                    self._worker.submit(self._touch, key, raw, alone=True)  # no need to wait for it
+                    self._worker.submit(self._touch, [(key, raw)])  # no need to wait for it
                 return hit
             self.counters.corrupt += 1
             await self._run(self.cache.delete, key)  # never serve it; fetch again
@@ -180,6 +191,36 @@ class FsCache:
             raise
         finally:
             del self._inflight[key]
+
+    def _lookup_many(self, keys: list[str]) -> list[tuple[bytes | None, int | None]]:
+        return [self.cache.get(k, tag=True) for k in keys]
+
+    async def get_many(self, keys: list[str]) -> list[bytes]:
+        """The bodies of several objects (FETCH of a message range): one cache
+        batch for all the hits, and no stat decoded; misses take get()'s path."""
+        if any(k in self._fills for k in keys):
+            await asyncio.wait([self._fills[k] for k in keys if k in self._fills])
+        found = await self._worker.submit(self._lookup_many, keys)
+        bodies: list[bytes | None] = []
+        now = _minute()
+        stale: list[tuple[str, bytes]] = []
+        for key, (raw, tag) in zip(keys, found):
+            parts = _checked(raw) if raw is not None else None
+            if parts is None:
+                bodies.append(None)
+                continue
+            self.counters.hits += 1
+            if tag != now:
+                stale.append((key, raw))
+            bodies.append(parts[1])
+        if stale:
+            self._worker.submit(self._touch, stale)
+        missing = [i for i, b in enumerate(bodies) if b is None]
+        if missing:  # corrupt entries are dropped and refetched there, misses filled
+            got = await asyncio.gather(*(self.get(keys[i]) for i in missing))
+            for i, (body, _) in zip(missing, got):
+                bodies[i] = body
+        return bodies  # type: ignore[return-value]
 
     async def stat(self, key: str) -> ObjectStat:
         raw = await self._run(self.cache.get, key)

@@ -207,6 +207,10 @@ class S3Client:
         _, headers, body = await self.request("GET", key)
         return body, _stat(key, headers)
 
+    async def get_many(self, keys: list[str]) -> list[bytes]:
+        """The bodies of several objects, fetched concurrently."""
+        return [body for body, _ in await asyncio.gather(*(self.get(k) for k in keys))]
+
     async def stat(self, key: str) -> ObjectStat:
         _, headers, _ = await self.request("HEAD", key)
         return _stat(key, headers)

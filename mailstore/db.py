@@ -63,7 +63,14 @@ MIGRATIONS = [
     """
     CREATE INDEX messages_by_modseq ON messages(mailbox_id, modseq);
     """,
+    # 4: which UIDs left a mailbox at which MODSEQ, so a session learns its EXPUNGEs
+    # without comparing every UID it holds; kept for EXPUNGE_LOG_MODSEQS changes.
+    """
+    CREATE TABLE expunged(mailbox_id INTEGER NOT NULL, modseq INTEGER NOT NULL, uid INTEGER NOT NULL,
+        PRIMARY KEY(mailbox_id, modseq, uid));
+    """,
 ]
+EXPUNGE_LOG_MODSEQS = 100_000
 
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
                "Archive": "\\Archive"}
@@ -155,7 +162,7 @@ class MetaStore:
     def flags_conn(self) -> sqlite3.Connection:
         """A connection whose commits are atomic but not fsynced (synchronous=NORMAL).
 
-        For flag changes only: the durability rule covers acknowledged mail (a
+        For flag changes (and \\Recent) only: the durability rule covers acknowledged mail (a
         PUT, an LMTP 250, an APPEND OK); a STORE lost in a power cut is the
         same trade Dovecot makes, and it costs no fsync per command.
         """
@@ -193,6 +200,18 @@ class MetaStore:
         rows = self.conn().execute("SELECT uid FROM messages WHERE mailbox_id=? AND uid < ?",
                                    (mailbox_id, limit if limit is not None else 1 << 62))
         return {u for u, in rows}
+
+    def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        """UIDs removed from the mailbox after `modseq`, as far as the log reaches back."""
+        rows = self.conn().execute("SELECT uid FROM expunged WHERE mailbox_id=? AND modseq>?", (mailbox_id, modseq))
+        return [u for u, in rows]
+
+    @staticmethod
+    def log_expunged(c: sqlite3.Connection, mailbox_id: int, modseq: int, uids: list[int]) -> None:
+        """Inside a write transaction that removed `uids` and bumped the mailbox to `modseq`."""
+        c.executemany("INSERT INTO expunged(mailbox_id, modseq, uid) VALUES (?,?,?)",
+                      [(mailbox_id, modseq, u) for u in uids])
+        c.execute("DELETE FROM expunged WHERE mailbox_id=? AND modseq<?", (mailbox_id, modseq - EXPUNGE_LOG_MODSEQS))
 
     def _write(self):  # type: ignore[no-untyped-def]
         lock = getattr(self._local, "lock", None)
@@ -242,6 +261,7 @@ class MetaStore:
                 "SELECT object_key FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)",
                 (name,))]
             c.execute("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
+            c.execute("DELETE FROM expunged WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (name,))
             c.execute("DELETE FROM aliases WHERE user_name=?", (name,))
@@ -370,7 +390,7 @@ class MetaStore:
         first = self.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
         if first >= below:  # nothing new to claim: no write, no fsync
             return below
-        with self._write() as c:
+        with self._write_flags() as c:  # \Recent is session state: no fsync for it
             first = c.execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
             c.execute("UPDATE mailboxes SET first_recent=max(first_recent, ?) WHERE id=?", (below, mailbox_id))
         return first
@@ -424,6 +444,7 @@ class MetaStore:
         """
         with self._write() as c:
             c.execute("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
+            c.execute("DELETE FROM expunged WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
             c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (user,))
             ids: dict[str, int] = {}

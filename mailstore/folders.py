@@ -6,7 +6,9 @@ Rules:
 - COPY and MOVE never duplicate bytes: the new rows refer to the same
   immutable object (RFC 4315 COPYUID pairs are returned).
 - Every change bumps the mailbox's HIGHESTMODSEQ and the changed rows' modseq
-  (RFC 7162), so other sessions find what changed since they last looked.
+  (RFC 7162), so other sessions find what changed since they last looked;
+  every removal from a mailbox (expunge, move, renaming INBOX) is logged in
+  `expunged` at that MODSEQ, so they find what left without a UID comparison.
 - INBOX cannot be deleted; renaming INBOX moves its messages to the new name
   and leaves INBOX empty (RFC 3501 §6.3.5).  Renaming a mailbox renames its
   children ("a/b" follows "a").
@@ -66,6 +68,7 @@ def delete_mailbox(meta: MetaStore, user: str, name: str) -> list[str]:
         keys = [r[0] for r in c.execute("SELECT DISTINCT object_key FROM messages WHERE mailbox_id=?", (box.id,))]
         freed = c.execute("SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id=?", (box.id,)).fetchone()[0]
         c.execute("DELETE FROM messages WHERE mailbox_id=?", (box.id,))
+        c.execute("DELETE FROM expunged WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM pending WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM mailboxes WHERE id=?", (box.id,))
         c.execute("UPDATE users SET used_bytes=max(0, used_bytes-?) WHERE name=?", (freed, user))
@@ -82,8 +85,9 @@ def rename_mailbox(meta: MetaStore, user: str, old: str, new: str) -> None:
                       "VALUES (?,?,?,?,?,?)", (user, new, uuid.uuid4().hex, int(time.time()), src.uidnext,
                                                src.highestmodseq))
             dst = _box(c, user, new)
+            moved = [u for u, in c.execute("SELECT uid FROM messages WHERE mailbox_id=?", (src.id,))]
             c.execute("UPDATE messages SET mailbox_id=? WHERE mailbox_id=?", (dst.id, src.id))
-            _bump(c, src.id)
+            MetaStore.log_expunged(c, src.id, _bump(c, src.id), moved)
             return
         c.execute("UPDATE mailboxes SET name=? WHERE id=?", (new, src.id))
         prefix = old + SEPARATOR
@@ -142,14 +146,21 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
     more: the caller deletes those objects, after this commit).
     """
     with meta._write() as c:
-        rows = c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? "
-                         "AND instr(flags, '\\Deleted') > 0 ORDER BY uid", (mailbox_id,)).fetchall()
-        chosen = [(uid, key, size) for uid, key, size, flags in rows
-                  if "\\Deleted" in flags.split() and (uids is None or uid in set(uids))]
+        if uids is None:
+            rows = c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? "
+                             "AND instr(flags, '\\Deleted') > 0 ORDER BY uid", (mailbox_id,)).fetchall()
+        else:  # UID EXPUNGE: look at those rows only, not every \\Deleted one in the mailbox
+            rows = []
+            for i in range(0, len(uids), 500):
+                chunk = uids[i:i + 500]
+                rows += c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? AND uid IN "
+                                  f"({','.join('?' * len(chunk))})", (mailbox_id, *chunk)).fetchall()
+            rows.sort()
+        chosen = [(uid, key, size) for uid, key, size, flags in rows if "\\Deleted" in flags.split()]
         for uid, _, _ in chosen:
             c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
         if chosen:
-            _bump(c, mailbox_id)
+            MetaStore.log_expunged(c, mailbox_id, _bump(c, mailbox_id), [u for u, _, _ in chosen])
             c.execute("UPDATE users SET used_bytes=max(0, used_bytes-?) WHERE name=?",
                       (sum(s for _, _, s in chosen), user))
         return [u for u, _, _ in chosen], _unreferenced(c, list({k for _, k, _ in chosen}))
@@ -183,7 +194,7 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
         if move and pairs:
             for uid, _ in pairs:
                 c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (src_id, uid))
-            _bump(c, src_id)
+            MetaStore.log_expunged(c, src_id, _bump(c, src_id), [u for u, _ in pairs])
         elif added:
             c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (added, user))
         return dst.uidvalidity, pairs, []

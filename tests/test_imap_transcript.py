@@ -69,3 +69,36 @@ def test_states_and_errors(ctx):
     assert out[8] == b'* NAMESPACE (("" "/")) NIL NIL\r\nb9 OK NAMESPACE completed\r\n'
     assert out[9] == b'* QUOTAROOT "INBOX" ""\r\n* QUOTA "" ()\r\nc1 OK GETQUOTAROOT completed\r\n'
     assert out[10] == b"c2 BAD Already authenticated\r\n"
+
+
+
+def run_pair(ctx: ImapContext, *steps) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Two sessions on one context: steps are (session 0 or 1, line), or a callable run in between."""
+    async def go() -> list[bytes]:
+        sessions = [Session(ctx, "127.0.0.1"), Session(ctx, "127.0.0.1")]
+        out = []
+        for step in steps:
+            if callable(step):
+                step()
+                continue
+            who, line = step
+            out.append(await sessions[who].handle(parse_command(line)))
+        return out
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("log_kept", [True, False])
+def test_expunges_and_moves_elsewhere_reach_a_selected_session(ctx, log_kept):
+    # Session 1 expunges message 3 and moves message 1 away; session 0 learns
+    # both at its next NOOP, highest first: from the expunge log, or (when the
+    # log no longer reaches back) from comparing UIDs.
+    def prune() -> None:
+        if not log_kept:
+            ctx.meta.conn().execute("DELETE FROM expunged")
+    out = run_pair(ctx, (0, b"a1 LOGIN t@x.test pw"), (1, b"b1 LOGIN t@x.test pw"), (0, b"a2 SELECT INBOX"),
+                   (1, b"b2 SELECT INBOX"), (1, b"b3 STORE 3 +FLAGS.SILENT (\\Deleted)"), (1, b"b4 EXPUNGE"),
+                   (1, b"b5 MOVE 1 Trash"), prune, (0, b"a3 NOOP"), (0, b"a4 FETCH 1 (UID)"))
+    assert out[5] == b"* 3 EXPUNGE\r\nb4 OK EXPUNGE completed\r\n"
+    assert out[6].endswith(b"* 1 EXPUNGE\r\nb5 OK MOVE completed\r\n")
+    assert out[7] == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\na3 OK NOOP completed\r\n"
+    assert out[8] == b"* 1 FETCH (UID 2)\r\na4 OK FETCH completed\r\n"

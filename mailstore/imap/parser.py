@@ -62,6 +62,11 @@ class CommandFramer:
         self._literal_left = 0  # bytes of a literal still to come
         self._skip_line = False  # after an error: drop the rest of the line
 
+    @property
+    def mid_command(self) -> bool:
+        """Part of a command is buffered: the client is still sending it."""
+        return bool(self._buf or self._done or self._literal_left)
+
     def feed(self, data: bytes) -> list[Framed | NeedContinuation | FramingError]:
         self._buf += data
         out: list[Framed | NeedContinuation | FramingError] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from .parser import CommandFramer, Framed, FramingError, NeedContinuation, ParseError, parse_command
 from .session import ImapContext, Session
@@ -31,7 +32,10 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
             data = await reader.read(65536)
             if not data:
                 return
-            for ev in framer.feed(data):
+            events = framer.feed(data)
+            if framer.mid_command:
+                _ack_now(writer)
+            for ev in events:
                 if isinstance(ev, NeedContinuation):
                     writer.write(b"+ Ready for literal data\r\n")
                 elif isinstance(ev, FramingError):
@@ -67,6 +71,22 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
         pass
     finally:
         writer.close()
+
+
+def _ack_now(writer: asyncio.StreamWriter) -> None:
+    """ACK what arrived at once rather than after the delayed-ACK timer (~40 ms).
+
+    A client that writes a literal and then its closing CRLF in two sends
+    (imaplib does) has Nagle hold the CRLF until the literal is ACKed; we
+    send nothing meanwhile, so without this every APPEND waits out the timer.
+    TCP_QUICKACK is not sticky: it is set again after each partial read.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
 
 
 async def _idle(session: Session, tag: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -112,7 +112,10 @@ class ImapContext:
             changed, count = self.meta.changes_since(box_id, cached[0])
             items = dict(cached[1])
             items.update(changed)
-            if len(items) != count:  # some vanished: the UIDs alone say which
+            if len(items) != count:  # some vanished: the log says which
+                for u in self.meta.expunged_since(box_id, cached[0]):
+                    items.pop(u, None)
+            if len(items) != count:  # the log does not reach back that far: the UIDs alone say
                 present = self.meta.visible_uids(box_id)
                 items = {u: f for u, f in items.items() if u in present}
             if len(items) == count:  # otherwise a message is pending or a race moved on: reload
@@ -416,8 +419,7 @@ class Session:
         if u is not None and u.quota_bytes and u.used_bytes + len(data) > u.quota_bytes:
             raise ImapNo("Over quota", "OVERQUOTA")
         when = cmd.args["date"].timestamp() if cmd.args["date"] else time.time()
-        env, bs = await asyncio.to_thread(parse_message, data)
-        box, uid = await asyncio.to_thread(self.ctx.meta.reserve_uid, self.user, box.name)
+        env, bs, (box, uid) = await asyncio.to_thread(self._parse_and_reserve, data, box.name)
         guid = uuid.uuid4().hex
         now = time.time()
         key = layout.message_key(self.user, box.guid, guid)
@@ -432,6 +434,11 @@ class Session:
         await asyncio.to_thread(self.ctx.meta.commit_message, self.user, box.id, uid, guid, key, len(data),
                                 when, now, env, bs, flags)
         return [], f"[APPENDUID {box.uidvalidity} {uid}] APPEND completed"
+
+    def _parse_and_reserve(self, data: bytes, mailbox: str):  # type: ignore[no-untyped-def]
+        """Blocking: one trip to a worker thread for both."""
+        env, bs = parse_message(data)
+        return env, bs, self.ctx.meta.reserve_uid(self.user, mailbox)
 
     # ------------------------------------------------------------------ selected state
 
@@ -469,7 +476,10 @@ class Session:
     async def _drop_objects(self, keys: list[str]) -> None:
         if keys:  # metadata is already gone: objects last (orphans are fine, dangling rows are not)
             try:
-                await self.ctx.fs.delete_many(keys)
+                if len(keys) == 1:  # a plain DELETE: no XML either side
+                    await self.ctx.fs.delete(keys[0])
+                else:
+                    await self.ctx.fs.delete_many(keys)
             except Exception:
                 pass  # left for `mailstore gc`
 
@@ -519,8 +529,8 @@ class Session:
         bodies: dict[int, bytes] = {}
         if any(a.section is not None or a.name.startswith("RFC822") and a.name != "RFC822.SIZE" for a in atts):
             wanted = [u for u in uids if u in msgs]
-            got = await asyncio.gather(*(self.ctx.fs.get(msgs[u].object_key) for u in wanted))
-            bodies = {u: g[0] for u, g in zip(wanted, got)}  # fetched together: one cache batch
+            got = await self.ctx.fs.get_many([msgs[u].object_key for u in wanted])  # one cache batch
+            bodies = dict(zip(wanted, got))
         for u in uids:
             m = msgs.get(u)
             if m is None:
@@ -743,12 +753,16 @@ class Session:
         lines: list[bytes] = []
         last = v.uids[-1] if v.uids else 0
         new = [u for u, _ in changed if u not in v.flags and u > last]
-        if expunges and count != len(v.uids) + len(new):  # something vanished: find what, from UIDs alone
-            present = self._read(self.ctx.meta.visible_uids, v.box_id)
-            for u in [u for u in v.uids if u not in present][::-1]:  # highest first: numbers stay valid
-                lines.append(f"* {v.seq_of(u)} EXPUNGE\r\n".encode())
-                v.uids.remove(u)
-                v.flags.pop(u, None)
+        if expunges and count != len(v.uids) + len(new):  # something vanished: the log says what
+            gone = {u for u in self._read(self.ctx.meta.expunged_since, v.box_id, v.modseq) if u in v.flags}
+            if count != len(v.uids) + len(new) - len(gone):  # the log does not reach back: compare UIDs
+                present = self._read(self.ctx.meta.visible_uids, v.box_id)
+                gone = {u for u in v.uids if u not in present}
+            for u in sorted(gone, reverse=True):  # highest first: numbers stay valid
+                i = v.seq_of(u)
+                lines.append(f"* {i} EXPUNGE\r\n".encode())
+                del v.uids[i - 1]
+                del v.flags[u]
                 v.recent.discard(u)
         for u, flags in changed:
             if u in v.flags and flags != v.flags[u]:

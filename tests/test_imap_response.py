@@ -67,3 +67,44 @@ def test_body_sections():
     simple = b"Subject: s\r\n\r\nonly body\r\n"
     assert section_bytes(simple, Section((1,))) == b"only body\r\n"  # part 1 of a simple message is its body
     assert partial(b"0123456789", (2, 3)) == b"234" and partial(b"0123", (10, 5)) == b""
+
+
+SIGNED = (b"Content-Type: multipart/signed; protocol=\"application/pgp-signature\"; boundary=\"s1\"\n"
+          b"Subject: signed, bare LF lines\n"
+          b"\n"
+          b"preamble, ignored\n"
+          b"--s1\n"
+          b"Content-Type: multipart/alternative; boundary=\"a1\"\n"
+          b"\n"
+          b"--a1\n"
+          b"Content-Type: text/plain\n"
+          b"\n"
+          b"plain  text with trailing spaces   \n\n"
+          b"--a1\n"
+          b"\n"
+          b"a part with no header at all\n"
+          b"--a1--\n"
+          b"--s1\n"
+          b"Content-Type: application/pgp-signature\n"
+          b"\n"
+          b"-----BEGIN PGP SIGNATURE-----\nxyz\n-----END PGP SIGNATURE-----\n"
+          b"--s1--\n"
+          b"epilogue, ignored\n")
+
+
+def test_sections_are_cut_from_the_original_bytes():
+    # A signature covers part 1 byte for byte: it must come back exactly, bare LFs and all.
+    signed_part = SIGNED[SIGNED.index(b"Content-Type: multipart/alternative"):SIGNED.index(b"\n--s1\nContent-Type: app")]
+    assert section_bytes(SIGNED, Section((1,), "MIME")) == b"Content-Type: multipart/alternative; boundary=\"a1\"\n\n"
+    assert section_bytes(SIGNED, Section((1,), "MIME")) + section_bytes(SIGNED, Section((1,))) == signed_part
+    assert section_bytes(SIGNED, Section((1, 1))) == b"plain  text with trailing spaces   \n"
+    assert section_bytes(SIGNED, Section((1, 2))) == b"a part with no header at all"
+    assert section_bytes(SIGNED, Section((1, 2), "MIME")) == b"\n"
+    assert section_bytes(SIGNED, Section((2,))) == b"-----BEGIN PGP SIGNATURE-----\nxyz\n-----END PGP SIGNATURE-----"
+    assert section_bytes(SIGNED, Section((3,))) == b"" and section_bytes(SIGNED, Section((1, 3))) == b""
+    # no close delimiter: the last part runs to the end
+    cut = MULTI[:MULTI.index(b"--XX--")]
+    assert section_bytes(cut, Section((2,), "TEXT")) == b"inner body\r\n"
+    # a boundary string inside a line is not a delimiter
+    tricky = MULTI.replace(b"line two", b"line two --XX not a delimiter")
+    assert section_bytes(tricky, Section((1,))) == b"first part\r\nline two --XX not a delimiter"

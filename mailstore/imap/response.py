@@ -9,12 +9,10 @@ cut from the message bytes by `section_bytes`, following RFC 3501 §6.4.5.
 
 from __future__ import annotations
 
-import email
-import email.policy
 from datetime import datetime, timezone
-from email.message import Message
 from typing import Any
 
+from . import mime
 from .parser import Section
 
 _QUOTABLE_MAX = 256
@@ -87,35 +85,6 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
-def _part(msg: Message, numbers: tuple[int, ...]) -> Message | None:
-    part = msg
-    for n in numbers:
-        if part.is_multipart():
-            children = part.get_payload()
-            if not isinstance(children, list) or n > len(children):
-                return None
-            part = children[n - 1]
-        elif part.get_content_type() == "message/rfc822" and isinstance(part.get_payload(), list):
-            part = part.get_payload()[0]  # type: ignore[index]
-            if part.is_multipart():
-                children = part.get_payload()
-                if n > len(children):  # type: ignore[arg-type]
-                    return None
-                part = children[n - 1]  # type: ignore[index]
-            elif n != 1:
-                return None
-        elif n == 1:
-            return part  # a non-multipart message: part 1 is its body
-        else:
-            return None
-    return part
-
-
-def _raw(part: Message) -> bytes:
-    # compat32, no refolding: the part as it was received (well-formed CRLF mail)
-    return part.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n", max_line_length=0))
-
-
 def _fields(header_block: bytes, names: tuple[str, ...], include: bool) -> bytes:
     wanted = {n.lower() for n in names}
     out: list[bytes] = []
@@ -145,19 +114,16 @@ def section_bytes(message: bytes, section: Section) -> bytes:
         if section.text == "TEXT":
             return body
         return _fields(head, section.fields, section.text == "HEADER.FIELDS")
-    msg = email.message_from_bytes(message, policy=email.policy.compat32)
-    part = _part(msg, section.parts)
+    part = mime.find(mime.parse(message), section.parts)
     if part is None:
         return b""
-    raw = _raw(part)
-    head, body = _split(raw)
     if section.text == "MIME":
-        return head
+        return message[part.start:part.body]
     if section.text == "":
-        return body if (part is not msg or msg.is_multipart()) else _split(message)[1]
+        return message[part.body:part.end]
     # HEADER / TEXT / HEADER.FIELDS of an encapsulated message/rfc822 part
-    inner = part.get_payload()[0] if isinstance(part.get_payload(), list) else part  # type: ignore[index]
-    ihead, ibody = _split(_raw(inner))
+    inner = part.children[0] if part.message else part
+    ihead, ibody = message[inner.start:inner.body], message[inner.body:inner.end]
     if section.text == "HEADER":
         return ihead
     if section.text == "TEXT":

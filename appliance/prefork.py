@@ -74,7 +74,7 @@ def run(sock: socket.socket, workers: int, child: Callable[[socket.socket], None
         stopping = True
         for pid in list(children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)  # SIGTERM drains, SIGINT stops at once
             except ProcessLookupError:
                 pass
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import MultiDict
 
-from . import admin
+from . import admin, health
 from .access import Access
 from .auth import Authenticator, Principal
 from .keys import KeyStore
@@ -97,6 +97,7 @@ class Gateway:
         self.handlers: dict[str, Handler] = {}
         self.counters: dict[str, int] = {}
         self.inflight = 0
+        self.draining = False  # SIGTERM: /health/ready answers 404 and connections are not kept alive
 
     async def run_blocking(self, fn, *args):  # type: ignore[no-untyped-def]
         """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
@@ -118,6 +119,13 @@ class Gateway:
         return bucket, (key if slash and key else None), False
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.raw_path.startswith("/health/"):
+            raw_path, _, raw_query = request.raw_path.partition("?")
+            if health.is_check(request, raw_path, raw_query):
+                resp = await health.respond(self, request, raw_path)
+                if self.draining:
+                    resp.force_close()
+                return resp
         if self.inflight >= self.config.max_inflight:
             rid = os.urandom(8).hex().upper()
             resp = self.error_response(request, S3Error("SlowDown"), None, None, rid)
@@ -125,9 +133,18 @@ class Gateway:
             return resp
         self.inflight += 1
         try:
-            return await self._handle(request)
+            async with asyncio.timeout(self.config.request_timeout):
+                resp = await self._handle(request)
+        except TimeoutError:
+            rid = os.urandom(8).hex().upper()
+            resp = self.error_response(request, S3Error("RequestTimeout"), None, None, rid)
+            resp.headers["x-amz-request-id"] = rid
+            resp.force_close()
         finally:
             self.inflight -= 1
+        if self.draining:
+            resp.force_close()  # the balancer must not reuse this connection
+        return resp
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = os.urandom(8).hex().upper()
@@ -212,4 +229,4 @@ def build_server(config: GatewayConfig, engine: LocalEngine) -> tuple[web.Server
 
     gw = Gateway(config, engine)
     gw.handlers.update(HANDLERS)
-    return web.Server(gw.handle, access_log=None), gw
+    return web.Server(gw.handle, access_log=None, keepalive_timeout=config.idle_timeout), gw

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import GatewayConfig, parse_listen
+from .config import GatewayConfig, parse_bytes, parse_listen
 from .engine.local import EngineLocked, LocalEngine
 
 DEFAULT_DATA_DIR = Path("data")
@@ -47,7 +47,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     run(GatewayConfig(Path(args.data_dir), host, port, args.region, domains,
                       compaction=not args.no_compaction, max_inflight=args.max_inflight,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-                      tls_key=Path(args.tls_key) if args.tls_key else None), workers=args.workers)
+                      tls_key=Path(args.tls_key) if args.tls_key else None, min_free_bytes=parse_bytes(args.min_free),
+                      request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
+                      drain_grace=args.drain_grace, drain_timeout=args.drain_timeout), workers=args.workers)
     return 0
 
 
@@ -298,6 +300,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gw.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
     gw.add_argument("--workers", type=int, default=1,
                     help="gateway processes sharing the listening socket (one per core)")
+    d = GatewayConfig(Path("."))
+    gw.add_argument("--min-free", default=str(d.min_free_bytes),
+                    help="/health/ready fails below this much free disk (like 1G)")
+    gw.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per request")
+    gw.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                    help="seconds before an idle keep-alive connection is closed")
+    gw.add_argument("--drain-grace", type=float, default=d.drain_grace,
+                    help="after SIGTERM, seconds of 404 on /health/ready before the listener closes")
+    gw.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
+                    help="then seconds for in-flight requests to finish")
     gw.set_defaults(fn=cmd_gateway)
 
     from .policy import PRESETS_HELP

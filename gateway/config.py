@@ -21,6 +21,14 @@ class GatewayConfig:
     max_inflight: int = 1024
     tls_cert: Path | None = None  # serve HTTPS with this certificate chain (PEM)...
     tls_key: Path | None = None  # ...and this private key (PEM)
+    # Health and drain (gateway/health.py).  A load balancer must time out a
+    # server after the gateway gives up on a request, and close idle keep-alive
+    # connections before the gateway does (packaging/haproxy.cfg: 310 s, 10 s).
+    min_free_bytes: int = 256 * 1024 * 1024  # /health/ready fails below this much free disk
+    request_timeout: float = 300.0  # one request, headers to last byte of the answer
+    idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this
+    drain_grace: float = 3.0  # after SIGTERM: answer 404 on ready this long before closing the listener
+    drain_timeout: float = 20.0  # then in-flight requests have this long to finish
 
     def __post_init__(self) -> None:
         if not (0 <= self.port < 65536):
@@ -53,3 +61,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"--listen wants HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count: 1073741824, 512M, 1G (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B")
+    if t[-1:] in units and t[:-1].isdigit():
+        return int(t[:-1]) * units[t[-1]]
+    if t.isdigit():
+        return int(t)
+    raise ValueError(f"not a size: {text!r} (like 512M or 1G)")

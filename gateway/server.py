@@ -33,7 +33,7 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
     engine = LocalEngine(config.data_dir)
     compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
     server, gateway = build_server(config, engine)
-    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     site: web.BaseSite
     tls = ssl_context(config)
@@ -54,12 +54,23 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
         print(json.dumps(info), flush=True)
     if compactor is not None:
         compactor.start()
-    stop = asyncio.Event()
+    # SIGINT stops at once (in-flight requests still finish); SIGTERM drains
+    # first: ready answers 404 for drain_grace so the balancer moves new
+    # requests elsewhere, then the listener closes and in-flight requests have
+    # drain_timeout to finish.
+    stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, drain.set)
     try:
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if drain.is_set() and not stop.is_set():
+            gateway.draining = True
+            log.info("draining: /health/ready answers 404; stopping in %.1fs", config.drain_grace)
+            await asyncio.wait([waits[0]], timeout=config.drain_grace)
+        for w in waits:
+            w.cancel()
     finally:
         if compactor is not None:
             compactor.stop()

@@ -221,7 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lmtp.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
     lmtp.set_defaults(fn=cmd_lmtp)
 
-    imap = sub.add_parser("imap", help="run the IMAP server (work in progress: issue 6)")
+    imap = sub.add_parser("imap", help="run the IMAP server")
     imap.add_argument("--db", required=True)
     imap.add_argument("--fs", required=True)
     imap.add_argument("--listen", default="127.0.0.1:143")

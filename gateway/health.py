@@ -1,0 +1,68 @@
+"""Health for load balancers: GET /health/live and GET /health/ready.
+
+- live: the process answers (200).
+- ready: 200 when the engine answers, the data directory is writable and its
+  free space is above the configured floor; 503 when one of those fails;
+  404 while the gateway drains, which HAProxy's `http-check disable-on-404`
+  reads as "finish what you have, send nothing new".
+
+Only unsigned GET/HEAD requests are health checks: a signed request for
+/health/live is S3 (bucket "health", key "live") like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+PATHS = ("/health/live", "/health/ready")
+
+
+def is_check(request: web.BaseRequest, raw_path: str, raw_query: str) -> bool:
+    return (raw_path in PATHS and request.method in ("GET", "HEAD") and "authorization" not in request.headers
+            and "Signature" not in raw_query)
+
+
+def readiness(gw: Gateway) -> dict[str, object]:
+    """Blocking (an engine query and a statvfs): what /health/ready reports."""
+    checks: dict[str, object] = {}
+    try:
+        gw.engine.bucket_exists("health-probe")
+        checks["engine"] = "ok"
+    except Exception as exc:  # any failure to answer is "not ready", with its reason
+        checks["engine"] = f"failed: {type(exc).__name__}: {exc}"
+    data_dir = gw.config.data_dir
+    checks["data_dir_writable"] = os.access(data_dir, os.W_OK)
+    try:
+        free = shutil.disk_usage(data_dir).free
+    except OSError:
+        free = 0
+    checks["free_bytes"] = free
+    checks["min_free_bytes"] = gw.config.min_free_bytes
+    checks["draining"] = gw.draining
+    return checks
+
+
+async def respond(gw: Gateway, request: web.BaseRequest, raw_path: str) -> web.Response:
+    if raw_path == "/health/live":
+        status, body = 200, {"status": "live"}
+    else:
+        checks = await gw.run_blocking(readiness, gw)
+        ok = (checks["engine"] == "ok" and checks["data_dir_writable"]
+              and int(checks["free_bytes"]) >= gw.config.min_free_bytes)  # type: ignore[call-overload]
+        if gw.draining:
+            status, state = 404, "draining"
+        else:
+            status, state = (200, "ready") if ok else (503, "not ready")
+        body = {"status": state, "checks": checks}
+    text = None if request.method == "HEAD" else json.dumps(body) + "\n"
+    resp = web.Response(status=status, text=text, content_type="application/json")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp

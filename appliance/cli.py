@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cache import cli as cache_cli
 from gateway import cli as gateway_cli
 from mailstore import cli as mailstore_cli
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from . import up
+
+    return up.run(Path(args.data_dir))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailstore", description="Mail object storage appliance")
     sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole appliance from DATA_DIR/mailstore.toml (made on first run)")
+    up.add_argument("--data-dir", default="data")
+    up.set_defaults(fn=cmd_up)
     gateway_cli.register(sub)
     cache_cli.register(sub)
     mailstore_cli.register(sub)

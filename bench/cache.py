@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,7 @@ def main() -> int:
     try:
         rows = asyncio.run(run(endpoint, key, work, [int(s) for s in args.sizes.split(",")], args.objects, args.ops))
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # SIGTERM would drain first
         proc.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'size':<7}{'path':<13}{'ops/s (32)':>11}{'p50 ms (1)':>11}{'p99 ms (1)':>11}"

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def main() -> int:
             ms = asyncio.run(timed(endpoint, key, query, args.repeat))
             print(f"{name:<48}{statistics.median(ms):>9.2f}{max(ms):>9.2f}")
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # SIGTERM would drain first
         proc.wait()
         subprocess.run(["rm", "-rf", str(work)])
     return 0

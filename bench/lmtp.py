@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -173,7 +174,7 @@ service imap-login {{
 def stop_all(procs: list[subprocess.Popen], conf: Path | None, work: Path) -> None:  # type: ignore[type-arg]
     """Stop what a benchmark started (our processes by PID, Dovecot through doveadm) and remove its files."""
     for p in procs:
-        p.terminate()
+        p.send_signal(signal.SIGINT)  # a gateway drains on SIGTERM; a benchmark stops at once
         p.wait()
     if conf is not None:
         subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)

@@ -70,7 +70,7 @@ class Server:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)  # our gateway drains on SIGTERM
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -19,7 +19,6 @@ from pathlib import Path
 from .config import GatewayConfig, parse_bytes, parse_listen
 from .engine.local import EngineLocked, LocalEngine
 
-DEFAULT_DATA_DIR = Path("data")
 
 
 def _progress(enabled: bool):  # type: ignore[no-untyped-def]
@@ -50,56 +49,6 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                       tls_key=Path(args.tls_key) if args.tls_key else None, min_free_bytes=parse_bytes(args.min_free),
                       request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
                       drain_grace=args.drain_grace, drain_timeout=args.drain_timeout), workers=args.workers)
-    return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    """Embedded defaults: one gateway on a local engine on 127.0.0.1, a test key and bucket."""
-    from .server import install_uvloop, serve
-
-    root = Path(args.data_dir)
-    creds_file = root / "endpoints.json"
-    engine = LocalEngine(root)
-    try:
-        from .keys import KeyStore
-
-        keys = KeyStore(engine)
-        creds = json.loads(creds_file.read_text()) if creds_file.exists() else None
-        if creds is None or keys.get(creds["s3"]["access_key"]) is None:
-            key = keys.create_sync("test", admin=True)
-            if not engine.bucket_exists("mail"):
-                engine.run_sync(engine.create_bucket_txn("mail", key.access_key))
-            creds = {"s3": {"access_key": key.access_key, "secret_key": key.secret, "bucket": "mail"}}
-    finally:
-        engine.close()
-    host, port = parse_listen(args.listen)
-    config = GatewayConfig(root, host, port)
-
-    async def main() -> None:
-        ready: dict = {}  # type: ignore[type-arg]
-        task = asyncio.create_task(serve(config, ready=ready))
-        while not ready and not task.done():
-            await asyncio.sleep(0.05)
-        if ready:
-            creds["s3"]["endpoint"] = ready["endpoint"]
-            creds["gateways"] = [ready["endpoint"]]
-            creds_file.write_text(json.dumps(creds, indent=2) + "\n")
-            s3 = creds["s3"]
-            print(f"\nmailstore is up (data in {root.resolve()})\n"
-                  f"  S3 endpoint : {s3['endpoint']}   (path style; region us-east-1)\n"
-                  f"  access key  : {s3['access_key']}\n"
-                  f"  secret key  : {s3['secret_key']}\n"
-                  f"  bucket      : {s3['bucket']}\n"
-                  f"  try         : AWS_ACCESS_KEY_ID={s3['access_key']} AWS_SECRET_ACCESS_KEY={s3['secret_key']} "
-                  f"aws --endpoint-url {s3['endpoint']} s3 ls s3://{s3['bucket']}\n"
-                  f"  (also written to {creds_file}; Ctrl-C stops)\n", flush=True)
-        await task
-
-    install_uvloop()
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -283,10 +232,6 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
 
-    up = sub.add_parser("up", help="run the appliance on embedded defaults")
-    up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    up.add_argument("--listen", default="127.0.0.1:8000")
-    up.set_defaults(fn=cmd_up)
 
     gw = sub.add_parser("gateway", help="run one S3 gateway on a local engine")
     gw.add_argument("--data-dir", required=True)

@@ -52,7 +52,7 @@ class GatewayProcess:
         self.endpoint: str = info["endpoint"]
         self.port: int = info["port"]
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGINT) -> None:  # SIGTERM would drain first (health.py)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -1,0 +1,94 @@
+"""The appliance's one configuration file: DATA_DIR/mailstore.toml.
+
+Written with the embedded defaults on first run (everything on 127.0.0.1),
+read and validated once at start; unknown sections or keys are an error that
+names them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEFAULT_TOML = """\
+# mailstore appliance configuration, read by `mailstore up`.
+# Written with the embedded defaults on first run; edit it and restart.
+
+[s3]
+listen = "{s3}"            # HAProxy's front: the S3 endpoint clients use
+gateways = ["{gw1}", "{gw2}"]   # the gateway pair behind it
+lb_stats = "{stats}"          # HAProxy's stats page (/stats)
+bucket = "mail"
+region = "us-east-1"
+
+[mail]
+lmtp = "{lmtp}"              # LMTP ingest (Postfix: lmtp:inet:...)
+imap = "{imap}"              # IMAP
+domain = "example.com"                # the domain of bare local parts
+cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
+"""
+
+DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ApplianceConfig:
+    s3_listen: str
+    gateways: tuple[str, str]
+    lb_stats: str
+    bucket: str
+    region: str
+    lmtp: str
+    imap: str
+    domain: str
+    cache_size: str
+
+
+def default_text(ports: dict[str, int] | None = None) -> str:
+    p = {**DEFAULT_PORTS, **(ports or {})}
+    return DEFAULT_TOML.format(**{k: f"127.0.0.1:{v}" for k, v in p.items()})
+
+
+def load(data_dir: Path) -> ApplianceConfig:
+    """DATA_DIR/mailstore.toml, written with the defaults when it does not exist."""
+    path = data_dir / "mailstore.toml"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(default_text())
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
+             "mail": {"lmtp", "imap", "domain", "cache_size"}}
+    for section, values in doc.items():
+        if section not in known:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        extra = set(values) - known[section]
+        if extra:
+            raise ConfigError(f"{path}: unknown key(s) in [{section}]: {', '.join(sorted(extra))}")
+    s3, mail = doc.get("s3", {}), doc.get("mail", {})
+    defaults = tomllib.loads(default_text())
+    get = lambda sec, name: (s3 if sec == "s3" else mail).get(name, defaults[sec][name])  # noqa: E731
+    gateways = get("s3", "gateways")
+    if not isinstance(gateways, list) or len(gateways) != 2:
+        raise ConfigError(f"{path}: [s3] gateways must list two HOST:PORT addresses")
+    cfg = ApplianceConfig(get("s3", "listen"), (gateways[0], gateways[1]), get("s3", "lb_stats"),
+                          get("s3", "bucket"), get("s3", "region"), get("mail", "lmtp"), get("mail", "imap"),
+                          get("mail", "domain"), get("mail", "cache_size"))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{path}: {f.name} must be a non-empty string")
+    for name in ("s3_listen", "lb_stats", "lmtp", "imap", *("gateways",)):
+        for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
+            host, _, port = addr.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"{path}: {name} wants HOST:PORT, got {addr!r}")
+    return cfg

@@ -1,0 +1,225 @@
+"""`mailstore up`: the whole appliance on one host, from DATA_DIR/mailstore.toml.
+
+    HAProxy (packaging/haproxy.cfg) ─► gateway 1 ┐
+                                    └► gateway 2 ┴─► one local engine (DATA_DIR/engine)
+    LMTP + IMAP shim ─► fscache (DATA_DIR/cache) ─► HAProxy
+
+First run: an administrator key, a key for the shim limited to the bucket,
+the bucket, and a test mail user; their secrets stay in DATA_DIR/secrets.json
+(mode 0600).  Every start prints the endpoints and writes them to
+DATA_DIR/endpoints.json.  Each part runs as its own process in its own
+session (a terminal's Ctrl-C reaches only this supervisor, which stops the
+parts in order: shim, balancer, gateways).  A part that exits on its own is
+started again; the PIDs are in DATA_DIR/run/processes.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ApplianceConfig, load
+
+ROOT = Path(__file__).resolve().parents[1]
+HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Part:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    announces: bool = True  # prints one JSON "listening" line when it is up
+    proc: subprocess.Popen | None = None  # type: ignore[type-arg]
+    restarts: int = 0
+
+
+def _first_run(data_dir: Path, cfg: ApplianceConfig) -> dict:  # type: ignore[type-arg]
+    """Keys, bucket and test user, made once; their secrets, on every run."""
+    path = data_dir / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    from gateway.engine.local import LocalEngine
+    from gateway.keys import KeyStore
+    from gateway.policy import preset
+    from mailstore.db import MetaStore
+    from mailstore.users import hash_password
+
+    engine = LocalEngine(data_dir / "engine")
+    try:
+        keys = KeyStore(engine)
+        admin = keys.create_sync("admin", admin=True)
+        shim = keys.create_sync("mail-shim", admin=False, policy=preset(f"bucket:{cfg.bucket}"))
+        if not engine.bucket_exists(cfg.bucket):
+            engine.run_sync(engine.create_bucket_txn(cfg.bucket, admin.access_key))
+    finally:
+        engine.close()
+    user, password = f"test@{cfg.domain}", secrets.token_urlsafe(12)
+    meta = MetaStore(data_dir / "meta.db")
+    if meta.get_user(user) is None:
+        meta.add_user(user, hash_password(password))
+    found = {"admin": {"access_key": admin.access_key, "secret_key": admin.secret},
+             "shim": {"access_key": shim.access_key, "secret_key": shim.secret},
+             "user": {"name": user, "password": password}}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(found, f, indent=2)
+    return found
+
+
+def _parts(data_dir: Path, cfg: ApplianceConfig, sec: dict) -> list[Part]:  # type: ignore[type-arg]
+    mailstore = str(BIN / "mailstore")
+    engine = str(data_dir / "engine")
+    gateways = [Part(f"gateway{i}", [mailstore, "gateway", "--data-dir", engine, "--listen", addr,
+                                      "--region", cfg.region])
+                for i, addr in enumerate(cfg.gateways, 1)]
+    haproxy = Part("haproxy", [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", str(HAPROXY_CFG), "-db"],
+                   env={"MAILSTORE_S3_BIND": cfg.s3_listen, "MAILSTORE_GW1": cfg.gateways[0],
+                        "MAILSTORE_GW2": cfg.gateways[1], "MAILSTORE_LB_STATS": cfg.lb_stats},
+                   announces=False)
+    shim = sec["shim"]
+    fs = (f"fscache:{cfg.cache_size}:{data_dir / 'cache'}:s3:http://{shim['access_key']}:{shim['secret_key']}"
+          f"@{cfg.s3_listen}/?bucket={cfg.bucket}")
+    db = str(data_dir / "meta.db")
+    lmtp = Part("lmtp", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", cfg.lmtp, "--domain", cfg.domain])
+    imap = Part("imap", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", cfg.imap, "--domain", cfg.domain])
+    return [*gateways, haproxy, lmtp, imap]
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path, parts: list[Part]) -> None:
+        self.data_dir = data_dir
+        self.parts = parts
+        self.logs = data_dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        (data_dir / "run").mkdir(exist_ok=True)
+        self.stopping = False
+
+    def start(self, part: Part, timeout: float = 30.0) -> None:
+        log = open(self.logs / f"{part.name}.log", "ab")
+        part.proc = subprocess.Popen(part.argv, env={**os.environ, **part.env}, start_new_session=True,
+                                     stdin=subprocess.DEVNULL, stderr=log,
+                                     stdout=subprocess.PIPE if part.announces else log)
+        log.close()
+        if part.announces:
+            assert part.proc.stdout is not None
+            line = part.proc.stdout.readline()  # the "listening" line, or EOF if it failed to start
+            part.proc.stdout.close()
+            if not line:
+                raise RuntimeError(f"{part.name} did not start; see {self.logs / (part.name + '.log')}")
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        pids = {p.name: p.proc.pid for p in self.parts if p.proc is not None}
+        tmp = self.data_dir / "run" / "processes.json.tmp"
+        tmp.write_text(json.dumps(pids, indent=2) + "\n")
+        tmp.replace(self.data_dir / "run" / "processes.json")
+
+    def watch_once(self) -> None:
+        """Start again any part that exited on its own (not while stopping)."""
+        for part in self.parts:
+            if self.stopping or part.proc is None or part.proc.poll() is None:
+                continue
+            part.restarts += 1
+            print(f"mailstore: {part.name} exited ({part.proc.returncode}); starting it again", file=sys.stderr,
+                  flush=True)
+            time.sleep(min(5.0, 0.2 * part.restarts))
+            try:
+                self.start(part)
+            except RuntimeError as exc:
+                print(f"mailstore: {exc}", file=sys.stderr, flush=True)
+
+    def stop(self, deadline: float = 30.0) -> None:
+        """The shim first (no new mail), then the balancer, then the gateways."""
+        self.stopping = True
+        order = [p for p in self.parts if p.name in ("imap", "lmtp")] + \
+                [p for p in self.parts if p.name == "haproxy"] + \
+                [p for p in self.parts if p.name.startswith("gateway")]
+        for part in order:
+            if part.proc is None or part.proc.poll() is not None:
+                continue
+            # the gateways stop at once (SIGINT; in-flight requests finish); SIGTERM would drain
+            part.proc.send_signal(signal.SIGINT if part.name.startswith("gateway") else signal.SIGTERM)
+            try:
+                part.proc.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                part.proc.kill()
+                part.proc.wait()
+
+
+def _wait_ready(url: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout:g}s")
+        time.sleep(0.1)
+
+
+def _endpoints(cfg: ApplianceConfig, sec: dict) -> dict:  # type: ignore[type-arg]
+    def hp(addr: str) -> tuple[str, int]:
+        host, _, port = addr.rpartition(":")
+        return host.strip("[]"), int(port)
+    return {"s3": {"endpoint": f"http://{cfg.s3_listen}", "access_key": sec["admin"]["access_key"],
+                   "secret_key": sec["admin"]["secret_key"], "bucket": cfg.bucket},
+            "gateways": [f"http://{g}" for g in cfg.gateways],
+            "lmtp": dict(zip(("host", "port"), hp(cfg.lmtp))),
+            "imap": dict(zip(("host", "port"), hp(cfg.imap))),
+            "user": dict(sec["user"])}
+
+
+def run(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg = load(data_dir)
+    sec = _first_run(data_dir, cfg)
+    sup = Supervisor(data_dir, _parts(data_dir, cfg, sec))
+    got_signal: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: got_signal.append(signum))
+    try:
+        for part in sup.parts:
+            if got_signal:
+                break
+            sup.start(part)
+            if part.name == "haproxy":
+                _wait_ready(f"http://{cfg.s3_listen}/health/ready")
+        if not got_signal:
+            ep = _endpoints(cfg, sec)
+            path = data_dir / "endpoints.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(ep, f, indent=2)
+                f.write("\n")
+            s3, user = ep["s3"], ep["user"]
+            print(f"\nmailstore is up (data in {data_dir.resolve()})\n"
+                  f"  S3 endpoint : {s3['endpoint']}   (HAProxy over {' and '.join(ep['gateways'])};"
+                  f" path style; region {cfg.region})\n"
+                  f"  access key  : {s3['access_key']}\n"
+                  f"  secret key  : {s3['secret_key']}\n"
+                  f"  bucket      : {s3['bucket']}\n"
+                  f"  LMTP        : {ep['lmtp']['host']}:{ep['lmtp']['port']}\n"
+                  f"  IMAP        : {ep['imap']['host']}:{ep['imap']['port']}\n"
+                  f"  mail user   : {user['name']}   password: {user['password']}\n"
+                  f"  (also in {path}; logs in {sup.logs}; Ctrl-C stops everything)\n", flush=True)
+        while not got_signal:
+            sup.watch_once()
+            time.sleep(0.3)
+    finally:
+        sup.stop()
+    print("mailstore: stopped", flush=True)
+    return 0

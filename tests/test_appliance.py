@@ -1,0 +1,264 @@
+"""The appliance as an operator runs it: `mailstore up` (HAProxy from Debian in
+front of two gateways on one engine, the LMTP + IMAP shim through it), health
+and drain, and failover under a steady boto3 load."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import pytest
+from botocore.config import Config
+
+from appliance.config import default_text
+from conftest import BIN, ROOT, GatewayProcess, Key, client, create_key
+from gateway.config import GatewayConfig
+
+HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+# ------------------------------------------------------------------ packaging
+
+def test_shipped_haproxy_cfg_is_valid_and_its_timeouts_are_ordered():
+    env = {**os.environ, "MAILSTORE_S3_BIND": "127.0.0.1:18000", "MAILSTORE_GW1": "127.0.0.1:18001",
+           "MAILSTORE_GW2": "127.0.0.1:18002", "MAILSTORE_LB_STATS": "127.0.0.1:18404"}
+    out = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = HAPROXY_CFG.read_text()
+
+    def seconds(name: str) -> float:
+        m = re.search(rf"^\s*timeout {name} (\d+)(ms|s|m)?\s*$", text, re.MULTILINE)
+        assert m, name
+        return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 0.001}[m.group(2)]
+    gw = GatewayConfig(Path("."))
+    assert seconds("server") > gw.request_timeout  # the gateway gives up first
+    assert seconds("http-keep-alive") < gw.idle_timeout  # HAProxy drops idle connections first
+    assert "http-check disable-on-404" in text and "option httpchk GET /health/ready" in text
+    assert "retry-on conn-failure" in text and "option redispatch" in text
+
+
+# ------------------------------------------------------------------ one gateway: health and drain
+
+def test_health_ready_drain_and_signed_requests_stay_s3(tmp_path):
+    data = tmp_path / "data"
+    key = create_key(data)
+    gw = GatewayProcess(data, "--drain-grace", "2")
+    try:
+        assert get(gw.endpoint + "/health/live")[0] == 200
+        status, body = get(gw.endpoint + "/health/ready")
+        assert status == 200 and json.loads(body)["checks"]["engine"] == "ok"
+        s3 = client(gw.endpoint, key)
+        # a signed request for /health/... is S3 as usual: bucket "health"
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.get_object(Bucket="health", Key="ready")
+        assert e.value.response["Error"]["Code"] == "NoSuchBucket"
+        s3.create_bucket(Bucket="drain")
+        gw.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1.5
+        while get(gw.endpoint + "/health/ready")[0] != 404:
+            assert time.monotonic() < deadline, "ready never turned 404"
+            time.sleep(0.05)
+        assert json.loads(get(gw.endpoint + "/health/ready")[1])["status"] == "draining"
+        s3.put_object(Bucket="drain", Key="during-drain", Body=b"still served")  # not refused while draining
+        assert s3.get_object(Bucket="drain", Key="during-drain")["Body"].read() == b"still served"
+        assert gw.proc.wait(timeout=30) == 0
+    finally:
+        gw.stop()
+    low = GatewayProcess(data, "--min-free", "1000000G")  # more free disk than any machine has
+    try:
+        status, body = get(low.endpoint + "/health/ready")
+        assert status == 503 and json.loads(body)["status"] == "not ready"
+    finally:
+        low.stop()
+
+
+# ------------------------------------------------------------------ the whole appliance
+
+class Appliance:
+    def __init__(self, data: Path) -> None:
+        ports = dict(zip(("s3", "gw1", "gw2", "stats", "lmtp", "imap"), free_ports(6)))
+        data.mkdir(parents=True)
+        (data / "mailstore.toml").write_text(default_text(ports))
+        self.data, self.ports = data, ports
+        self.out = open(data.parent / "up.out", "w+")
+        self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data)], stdout=self.out,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not (data / "endpoints.json").exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+        self.endpoints = json.loads((data / "endpoints.json").read_text())
+
+    def log(self) -> str:
+        self.out.seek(0)
+        return self.out.read()
+
+    def pids(self) -> dict[str, int]:
+        return json.loads((self.data / "run" / "processes.json").read_text())  # type: ignore[no-any-return]
+
+    def lb_state(self) -> dict[str, str]:
+        _, csv = get(f"http://127.0.0.1:{self.ports['stats']}/stats;csv")
+        rows = [line.split(",") for line in csv.decode().splitlines()]
+        return {r[1]: r[17] for r in rows if r[0] == "gateways" and r[1] in ("gw1", "gw2")}
+
+    def wait_state(self, server: str, state: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.lb_state().get(server) != state:
+            assert time.monotonic() < deadline, f"{server} never {state}: {self.lb_state()}"
+            time.sleep(0.1)
+
+    def s3(self, **config: object):  # type: ignore[no-untyped-def]
+        s3 = self.endpoints["s3"]
+        return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+                            aws_secret_access_key=s3["secret_key"], region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"}, **config))  # type: ignore[arg-type]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory):  # type: ignore[no-untyped-def]
+    a = Appliance(tmp_path_factory.mktemp("up") / "data")
+    yield a
+    a.stop()
+
+
+def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
+    ep = appliance.endpoints
+    assert set(ep) >= {"s3", "gateways", "lmtp", "imap", "user"}
+    assert set(ep["s3"]) == {"endpoint", "access_key", "secret_key", "bucket"}
+    assert ep["gateways"] == [f"http://127.0.0.1:{appliance.ports['gw1']}", f"http://127.0.0.1:{appliance.ports['gw2']}"]
+    assert ep["lmtp"] == {"host": "127.0.0.1", "port": appliance.ports["lmtp"]}
+    assert ep["imap"] == {"host": "127.0.0.1", "port": appliance.ports["imap"]}
+    out = appliance.log()
+    assert ep["s3"]["secret_key"] in out and ep["user"]["password"] in out and "IMAP" in out
+    # the balancer runs the shipped configuration file itself
+    args = subprocess.run(["ps", "-o", "args=", "-p", str(appliance.pids()["haproxy"])], capture_output=True,
+                          text=True).stdout
+    assert f"-f {HAPROXY_CFG}" in args
+    assert appliance.lb_state() == {"gw1": "UP", "gw2": "UP"}
+    # mail in over LMTP, out over IMAP, stored as an object behind HAProxy
+    user = ep["user"]
+    message = b"From: a@example.org\r\nSubject: through the appliance\r\n\r\nhello\r\n"
+    lmtp = smtplib.LMTP(ep["lmtp"]["host"], ep["lmtp"]["port"])
+    assert lmtp.sendmail("a@example.org", [user["name"]], message) == {}
+    lmtp.quit()
+    imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+    imap.login(user["name"], user["password"])
+    assert imap.select("INBOX")[1] == [b"1"]
+    body = imap.fetch("1", "(BODY.PEEK[])")[1][0][1]
+    assert body.endswith(message) and body.startswith(b"Return-Path: <a@example.org>\r\n")
+    imap.logout()
+    listed = appliance.s3().list_objects_v2(Bucket=ep["s3"]["bucket"])["Contents"]
+    assert len(listed) == 1 and f"/{user['name']}/mailboxes/" in listed[0]["Key"]
+
+
+def test_failover_under_load(appliance):
+    """SIGTERM one gateway: no request fails.  kill -9 the other: no acknowledged
+    write is lost and the pair keeps serving.  Both come back and rejoin."""
+    s3 = appliance.s3(retries={"mode": "standard"})  # SDK defaults: 3 attempts
+    bucket = appliance.endpoints["s3"]["bucket"]
+    acked: dict[str, bytes] = {}
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+    phase = ["steady"]
+
+    def load(n: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 20000:
+            key, body = f"load/{n}/{i}", os.urandom(2048) + str(i).encode()
+            try:
+                s3.put_object(Bucket=bucket, Key=key, Body=body)
+                acked[key] = body
+                assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(body)
+                assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+                served[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, per phase
+                failures.append(f"{phase[0]}: {type(exc).__name__}: {exc}")
+            i += 1
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        old = appliance.pids()["gateway1"]
+        phase[0] = "sigterm"
+        os.kill(old, signal.SIGTERM)
+        appliance.wait_state("gw1", "NOLB", timeout=10)
+        deadline = time.monotonic() + 30
+        while appliance.pids()["gateway1"] == old:  # the supervisor starts it again
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        appliance.wait_state("gw1", "UP")
+        time.sleep(1)
+        assert failures == [], failures[:5]
+        before_kill = served[0]
+        phase[0] = "kill-9"
+        old2 = appliance.pids()["gateway2"]
+        os.kill(old2, signal.SIGKILL)
+        time.sleep(3)
+        assert served[0] > before_kill  # the pair kept serving
+        deadline = time.monotonic() + 30
+        while appliance.pids()["gateway2"] == old2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        appliance.wait_state("gw2", "UP")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    # nothing acknowledged is lost, through either gateway directly
+    key = Key(appliance.endpoints["s3"]["access_key"], appliance.endpoints["s3"]["secret_key"])
+    for endpoint in appliance.endpoints["gateways"]:
+        direct = client(endpoint, key)
+        for k, body in list(acked.items())[::7]:
+            assert direct.get_object(Bucket=bucket, Key=k)["Body"].read() == body
+    print(f"served {served[0]} put/head/get rounds, {len(acked)} acknowledged writes, "
+          f"failures: {len(failures)} {failures[:3]}")
+    assert not [f for f in failures if f.startswith("sigterm")]
+
+
+def test_ctrl_c_stops_every_part(appliance):
+    pids = appliance.pids()
+    assert appliance.stop() == 0
+    assert "mailstore: stopped" in appliance.log()
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), name

@@ -27,9 +27,12 @@ lmtp = "{lmtp}"              # LMTP ingest (Postfix: lmtp:inet:...)
 imap = "{imap}"              # IMAP
 domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
+lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
+imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
 """
 
-DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143}
+DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
+                 "lmtp_metrics": 9124, "imap_metrics": 9143}
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,8 @@ class ApplianceConfig:
     imap: str
     domain: str
     cache_size: str
+    lmtp_metrics: str
+    imap_metrics: str
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -65,7 +70,7 @@ def load(data_dir: Path) -> ApplianceConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
-             "mail": {"lmtp", "imap", "domain", "cache_size"}}
+             "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics"}}
     for section, values in doc.items():
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
@@ -80,13 +85,14 @@ def load(data_dir: Path) -> ApplianceConfig:
         raise ConfigError(f"{path}: [s3] gateways must list two HOST:PORT addresses")
     cfg = ApplianceConfig(get("s3", "listen"), (gateways[0], gateways[1]), get("s3", "lb_stats"),
                           get("s3", "bucket"), get("s3", "region"), get("mail", "lmtp"), get("mail", "imap"),
-                          get("mail", "domain"), get("mail", "cache_size"))
+                          get("mail", "domain"), get("mail", "cache_size"), get("mail", "lmtp_metrics"),
+                          get("mail", "imap_metrics"))
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         for v in (value if isinstance(value, tuple) else (value,)):
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{path}: {f.name} must be a non-empty string")
-    for name in ("s3_listen", "lb_stats", "lmtp", "imap", *("gateways",)):
+    for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "gateways"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():

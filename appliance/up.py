@@ -91,8 +91,10 @@ def _parts(data_dir: Path, cfg: ApplianceConfig, sec: dict) -> list[Part]:  # ty
     fs = (f"fscache:{cfg.cache_size}:{data_dir / 'cache'}:s3:http://{shim['access_key']}:{shim['secret_key']}"
           f"@{cfg.s3_listen}/?bucket={cfg.bucket}")
     db = str(data_dir / "meta.db")
-    lmtp = Part("lmtp", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", cfg.lmtp, "--domain", cfg.domain])
-    imap = Part("imap", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", cfg.imap, "--domain", cfg.domain])
+    lmtp = Part("lmtp", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", cfg.lmtp, "--domain", cfg.domain,
+                         "--metrics-listen", cfg.lmtp_metrics])
+    imap = Part("imap", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", cfg.imap, "--domain", cfg.domain,
+                         "--metrics-listen", cfg.imap_metrics])
     return [*gateways, haproxy, lmtp, imap]
 
 

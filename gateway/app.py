@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -22,6 +23,8 @@ from . import admin, health
 from .access import Access
 from .auth import Authenticator, Principal
 from .keys import KeyStore
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import GatewayMetrics
 from .config import GatewayConfig
 from .engine import model as m
 from .engine.local import EntityTooSmall, InvalidPartOrder, LocalEngine
@@ -98,6 +101,8 @@ class Gateway:
         self.counters: dict[str, int] = {}
         self.inflight = 0
         self.draining = False  # SIGTERM: /health/ready answers 404 and connections are not kept alive
+        self.compactor: Any = None  # set by the composition root when compaction runs in this process
+        self.metrics = GatewayMetrics(self)
 
     async def run_blocking(self, fn, *args):  # type: ignore[no-untyped-def]
         """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
@@ -119,37 +124,48 @@ class Gateway:
         return bucket, (key if slash and key else None), False
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.raw_path.startswith("/health/"):
+        if request.raw_path.startswith(("/health/", "/metrics")):
             raw_path, _, raw_query = request.raw_path.partition("?")
             if health.is_check(request, raw_path, raw_query):
-                resp = await health.respond(self, request, raw_path)
+                if raw_path == "/metrics":
+                    body = await self.run_blocking(self.metrics.render)  # one index query
+                    resp = web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+                else:
+                    resp = await health.respond(self, request, raw_path)
                 if self.draining:
                     resp.force_close()
                 return resp
+        t0 = time.perf_counter()
         if self.inflight >= self.config.max_inflight:
             rid = os.urandom(8).hex().upper()
             resp = self.error_response(request, S3Error("SlowDown"), None, None, rid)
             resp.headers["x-amz-request-id"] = rid
+            self.metrics.observe("Unknown", 503, 0.0, 0, 0, "SlowDown")
             return resp
         self.inflight += 1
         try:
             async with asyncio.timeout(self.config.request_timeout):
-                resp = await self._handle(request)
+                resp, op, code = await self._handle(request)
         except TimeoutError:
             rid = os.urandom(8).hex().upper()
             resp = self.error_response(request, S3Error("RequestTimeout"), None, None, rid)
             resp.headers["x-amz-request-id"] = rid
             resp.force_close()
+            op, code = "Unknown", "RequestTimeout"
         finally:
             self.inflight -= 1
+        self.metrics.observe(op, resp.status, time.perf_counter() - t0, request.content_length or 0,
+                             resp.content_length or 0, code)
         if self.draining:
             resp.force_close()  # the balancer must not reuse this connection
         return resp
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, str | None]:
+        """(response, S3 operation or "Unknown", error code or None)."""
         rid = os.urandom(8).hex().upper()
         raw_path, _, raw_query = request.raw_path.partition("?")
         bucket = key = None
+        op, code = "Unknown", None
         try:
             bucket, key, vhost = self.locate(request, raw_path)
             pairs = parse_query(raw_query)
@@ -162,7 +178,7 @@ class Gateway:
                 except admin.AdminError as exc:
                     resp = admin.error_response(exc)
                 resp.headers["x-amz-request-id"] = rid
-                return resp
+                return resp, "Admin", None
             op = operation(request.method, bucket, key, query)
             if bucket is not None and op != "CreateBucket" and not valid_bucket_name(bucket):
                 raise S3Error("NoSuchBucket" if len(bucket) < 64 else "InvalidBucketName")
@@ -180,7 +196,7 @@ class Gateway:
             resp = await handler(self, S3Request(request, bucket, key, query, principal, rid, op))
             self.counters[op] = self.counters.get(op, 0) + 1
         except S3Error as exc:
-            resp = self.error_response(request, exc, bucket, key, rid)
+            resp, code = self.error_response(request, exc, bucket, key, rid), exc.code
         except m.EngineError as exc:
             code = next((c for t, c in ENGINE_ERRORS.items() if isinstance(exc, t)), "InternalError")
             resp = self.error_response(request, S3Error(code), bucket, key, rid)
@@ -188,7 +204,7 @@ class Gateway:
             raise
         except Exception:
             log.exception("request %s failed", rid)
-            resp = self.error_response(request, S3Error("InternalError"), bucket, key, rid)
+            resp, code = self.error_response(request, S3Error("InternalError"), bucket, key, rid), "InternalError"
         resp.headers["x-amz-request-id"] = rid
         resp.headers["x-amz-id-2"] = rid
         resp.headers["Server"] = "mailstore"
@@ -197,7 +213,7 @@ class Gateway:
             access_log.info("%s %s %s user=%s session=%s reason=%s", rid, request.method, raw_path,
                             request.headers.get("x-dovecot-username", "-"), trace,
                             request.headers.get("x-dovecot-reason", "-"))
-        return resp
+        return resp, op, code
 
     def error_response(self, request: web.BaseRequest, exc: S3Error, bucket: str | None,
                        key: str | None, rid: str) -> web.Response:

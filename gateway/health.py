@@ -6,8 +6,9 @@
   404 while the gateway drains, which HAProxy's `http-check disable-on-404`
   reads as "finish what you have, send nothing new".
 
-Only unsigned GET/HEAD requests are health checks: a signed request for
-/health/live is S3 (bucket "health", key "live") like any other.
+Only unsigned GET/HEAD requests are health checks (or metrics scrapes): a
+signed request for /health/live is S3 (bucket "health", key "live") like any
+other.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .app import Gateway
 
-PATHS = ("/health/live", "/health/ready")
+PATHS = ("/health/live", "/health/ready", "/metrics")  # /metrics: gateway/metrics.py
 
 
 def is_check(request: web.BaseRequest, raw_path: str, raw_query: str) -> bool:

@@ -33,6 +33,7 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
     engine = LocalEngine(config.data_dir)
     compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
     server, gateway = build_server(config, engine)
+    gateway.compactor = compactor
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     site: web.BaseSite

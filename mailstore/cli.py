@@ -79,6 +79,10 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         meta = MetaStore(Path(args.db))
         fs = open_fs(args.fs)
         deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size)
+        if args.metrics_listen:
+            from . import metrics
+
+            metrics.serve(args.metrics_listen, deliverer=deliverer, fs=fs)
         server = await start_lmtp(deliverer, host, int(port), max_size=max_size, sock=sock)
         real = server.sockets[0].getsockname()[1]
         if sock is None:
@@ -137,6 +141,10 @@ def cmd_imap(args: argparse.Namespace) -> int:
         fs = open_fs(args.fs)
         ctx = ImapContext(MetaStore(Path(args.db)), fs, AddressPolicy(args.domain, args.delimiter),
                           parse_size(args.max_append), tls=tls)
+        if args.metrics_listen:
+            from . import metrics
+
+            ctx.metrics = metrics.serve(args.metrics_listen, fs=fs, imap=True)
         server = await start_imap(ctx, host, int(port))
         real = server.sockets[0].getsockname()[1]
         info = {"event": "listening", "imap": f"{host}:{real}", "port": real}
@@ -219,6 +227,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lmtp.add_argument("--domain", default="localhost", help="domain of bare local parts")
     lmtp.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
     lmtp.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
+    lmtp.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (with --workers 1)")
     lmtp.set_defaults(fn=cmd_lmtp)
 
     imap = sub.add_parser("imap", help="run the IMAP server")
@@ -231,6 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     imap.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS")
     imap.add_argument("--tls-key", help="its private key (PEM)")
     imap.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
+    imap.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
     imap.set_defaults(fn=cmd_imap)
 
     rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")

@@ -61,8 +61,9 @@ class StorageUnavailable(DeliveryError):
 
 @dataclass
 class DeliveryStats:
+    """Per recipient; failures by reason (the DeliveryError class name)."""
     accepted: int = 0
-    temp_failed: int = 0
+    temp_failed: dict[str, int] = field(default_factory=dict)
     perm_failed: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,11 +92,9 @@ class Deliverer:
         return user
 
     def _count(self, exc: DeliveryError) -> None:
-        if exc.reply.startswith("4"):
-            self.stats.temp_failed += 1
-        else:
-            name = type(exc).__name__
-            self.stats.perm_failed[name] = self.stats.perm_failed.get(name, 0) + 1
+        counts = self.stats.temp_failed if exc.reply.startswith("4") else self.stats.perm_failed
+        name = type(exc).__name__
+        counts[name] = counts.get(name, 0) + 1
 
     async def deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:
         """One LMTP reply per (address, user), in RCPT order.

@@ -48,6 +48,16 @@ def get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def metric_values(text: bytes) -> dict[str, float]:
+    """Prometheus text format: {'name{label="v",...}': value} with labels sorted as written."""
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 # ------------------------------------------------------------------ packaging
 
 def test_shipped_haproxy_cfg_is_valid_and_its_timeouts_are_ordered():
@@ -107,7 +117,7 @@ def test_health_ready_drain_and_signed_requests_stay_s3(tmp_path):
 
 class Appliance:
     def __init__(self, data: Path) -> None:
-        ports = dict(zip(("s3", "gw1", "gw2", "stats", "lmtp", "imap"), free_ports(6)))
+        ports = dict(zip(("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics"), free_ports(8)))
         data.mkdir(parents=True)
         (data / "mailstore.toml").write_text(default_text(ports))
         self.data, self.ports = data, ports
@@ -186,6 +196,16 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
     imap.logout()
     listed = appliance.s3().list_objects_v2(Bucket=ep["s3"]["bucket"])["Contents"]
     assert len(listed) == 1 and f"/{user['name']}/mailboxes/" in listed[0]["Key"]
+    # ...and counted on every process's /metrics
+    lmtp_m = metric_values(get(f"http://127.0.0.1:{appliance.ports['lmtp_metrics']}/metrics")[1])
+    assert lmtp_m['mailstore_lmtp_recipients_total{reason="",result="accepted"}'] == 1
+    assert lmtp_m["mailstore_cache_inserts_total"] >= 1
+    imap_m = metric_values(get(f"http://127.0.0.1:{appliance.ports['imap_metrics']}/metrics")[1])
+    assert imap_m['mailstore_imap_commands_total{command="SELECT",result="OK"}'] == 1
+    assert imap_m["mailstore_imap_sessions_opened_total"] == 1 and imap_m["mailstore_imap_sessions"] == 0
+    puts = sum(metric_values(get(g + "/metrics")[1]).get('mailstore_s3_requests_total{operation="PutObject",status="200"}', 0)
+               for g in ep["gateways"])
+    assert puts == 1
 
 
 def test_failover_under_load(appliance):

@@ -129,14 +129,15 @@ class GroupCommitter:
     MAX_BATCH_BYTES = 16 << 20
     SEGMENT_LIMIT = 64 << 20
 
-    def __init__(self, data: DataDir, *, on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, data: DataDir, *, on_batch: Callable[[int, float, float], None] | None = None) -> None:
         self.data = data
         self.conn = connect(data.index_path)
         self.lock = WriteLock(data.root)
         self._queue: queue.SimpleQueue[Txn | None] = queue.SimpleQueue()
         self._segment: SegmentWriter | None = None
         self._thread: threading.Thread | None = None
-        self._on_batch = on_batch
+        self._on_batch = on_batch  # (transactions, commit seconds, of which fdatasync seconds)
+        self._sync_seconds = 0.0
         self.failed: BaseException | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -270,7 +271,7 @@ class GroupCommitter:
             except FileNotFoundError:
                 pass
         if self._on_batch:
-            self._on_batch(len(batch), time.perf_counter() - t0)
+            self._on_batch(len(batch), time.perf_counter() - t0, self._sync_seconds)
 
     def _commit_locked(self, batch: list[Txn]):  # type: ignore[no-untyped-def]
         """Under the write lock: guards, append, sync, index, COMMIT.  Returns what to finish."""
@@ -311,12 +312,14 @@ class GroupCommitter:
             payload = b"".join(rec for _, plan in planned for _, _, rec, _ in plan)
             seg = self._segment
             base = seg.append(payload)
+            t_sync = time.perf_counter()
             try:
                 seg.sync()
                 blob_dirs = {self.data.blob_path(b.blob_id).parent
                              for _, plan in planned for w, _, _, _ in plan for b in w.blobs}
                 for d in blob_dirs:
                     fsync_dir(d)
+                self._sync_seconds = time.perf_counter() - t_sync
             except OSError as exc:
                 # fsyncgate: after a failed fsync the page cache may hold bytes the
                 # disk never got; acknowledging anything more would be a lie.

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import records
 from .commit import GroupCommitter, Guard, Txn, Write
@@ -87,15 +87,18 @@ class LocalEngine:
             lock.close()
             boot.close()
         self.metrics = {"batches": 0, "batch_txns": 0, "commit_seconds": 0.0, "checksum_errors": 0}
+        self.batch_observers: list[Callable[[int, float, float], None]] = []  # (txns, seconds, sync seconds)
         self.committer: GroupCommitter | None = None
         if writer:
             self.committer = GroupCommitter(self.data, on_batch=self._count_batch)
             self.committer.start()
 
-    def _count_batch(self, n: int, seconds: float) -> None:
+    def _count_batch(self, n: int, seconds: float, sync_seconds: float) -> None:
         self.metrics["batches"] += 1
         self.metrics["batch_txns"] += n
         self.metrics["commit_seconds"] += seconds
+        for observe in self.batch_observers:
+            observe(n, seconds, sync_seconds)
 
     def close(self) -> None:
         if self.committer is not None:

@@ -27,6 +27,9 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
     session.secure = implicit_tls
     framer = CommandFramer(max_literal=ctx.max_append)
     writer.write(session.greeting())
+    if ctx.metrics is not None:
+        ctx.metrics.sessions.inc()
+        ctx.metrics.sessions_total.inc()
     try:
         while not session.logout:
             data = await reader.read(65536)
@@ -50,7 +53,13 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                         writer.write(f"{exc.tag} BAD {exc.text}\r\n".encode())
                         continue
                     if cmd.name == "IDLE" and session.user is not None:
-                        await _idle(session, cmd.tag, reader, writer)
+                        if ctx.metrics is not None:
+                            ctx.metrics.idling.inc()
+                        try:
+                            await _idle(session, cmd.tag, reader, writer)
+                        finally:
+                            if ctx.metrics is not None:
+                                ctx.metrics.idling.dec()
                         continue
                     writer.write(await session.handle(cmd))
                     if session.pending_auth is not None:  # AUTHENTICATE: read the answer to "+ "
@@ -70,6 +79,8 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
+        if ctx.metrics is not None:
+            ctx.metrics.sessions.dec()
         writer.close()
 
 

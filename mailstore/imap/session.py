@@ -99,6 +99,7 @@ class ImapContext:
     max_append: int = 50 * 1024 * 1024
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
+    metrics: Any = None  # mailstore.metrics.ImapMetrics, when /metrics is served
     # mailbox id -> (modseq, [(uid, flags)]): the last (uid, flags) list any session of
     # this process loaded, brought up to date by modseq deltas instead of reloaded.
     snapshots: dict[int, tuple[int, list[tuple[int, tuple[str, ...]]]]] = field(default_factory=dict)
@@ -151,6 +152,14 @@ class Session:
         return caps + (" AUTH=PLAIN" if self.user is None else "")
 
     async def handle(self, cmd: Command) -> bytes:
+        out = await self._handle(cmd)
+        if self.ctx.metrics is not None:
+            words = out.rsplit(b"\r\n", 2)[-2].split(b" ", 2)  # the tagged line: TAG OK|NO|BAD ...
+            result = words[1].decode() if len(words) > 1 and words[1] in (b"OK", b"NO", b"BAD") else "continue"
+            self.ctx.metrics.commands.labels(cmd.name, result).inc()
+        return out
+
+    async def _handle(self, cmd: Command) -> bytes:
         name = cmd.name.replace(" ", "_").lower()
         handler = getattr(self, f"do_{name}", None)
         try:
@@ -222,6 +231,8 @@ class Session:
         ok = stored is not None and await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), stored)
         if not ok:
             self.ctx.throttle.failed(self.peer)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.auth_failures.inc()
             raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
         self.ctx.throttle.succeeded(self.peer)
         self.user = name

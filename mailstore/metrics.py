@@ -1,0 +1,77 @@
+"""Prometheus metrics of a mail shim process (LMTP or IMAP), on --metrics-listen.
+
+- LMTP: recipients accepted, temp-failed and perm-failed, by reason.
+- IMAP: sessions open and opened, commands by name, failed logins, sessions in IDLE.
+- fscache: hits, misses, evictions, inserts, entries and bytes (read when scraped).
+
+prometheus-client serves the registry from its own thread; the collectors only
+read counters the event loop keeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+prometheus_client.disable_created_metrics()
+
+
+class ImapMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sessions = Gauge("mailstore_imap_sessions", "IMAP connections open", registry=registry)
+        self.sessions_total = Counter("mailstore_imap_sessions_opened", "IMAP connections accepted",
+                                      registry=registry)
+        self.commands = Counter("mailstore_imap_commands", "IMAP commands answered", ["command", "result"],
+                                registry=registry)
+        self.auth_failures = Counter("mailstore_imap_auth_failures", "Failed LOGIN and AUTHENTICATE",
+                                     registry=registry)
+        self.idling = Gauge("mailstore_imap_idle_sessions", "Sessions in IDLE", registry=registry)
+
+
+class _LmtpCollector(Collector):
+    def __init__(self, deliverer: Any) -> None:
+        self.deliverer = deliverer
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        st = self.deliverer.stats
+        c = CounterMetricFamily("mailstore_lmtp_recipients", "LMTP recipients by result and reason",
+                                labels=["result", "reason"])
+        c.add_metric(["accepted", ""], st.accepted)
+        for reason, n in sorted(st.temp_failed.items()):
+            c.add_metric(["temp_failed", reason], n)
+        for reason, n in sorted(st.perm_failed.items()):
+            c.add_metric(["perm_failed", reason], n)
+        yield c
+
+
+class _CacheCollector(Collector):
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counters = getattr(self.fs, "counters", None)
+        if counters is None:  # plain s3: with no cache tier there is nothing to report
+            return
+        for name in ("hits", "misses", "evictions", "inserts", "invalidations", "corrupt"):
+            yield CounterMetricFamily(f"mailstore_cache_{name}", f"fscache {name}", value=getattr(counters, name))
+        cache = self.fs.cache
+        yield GaugeMetricFamily("mailstore_cache_entries", "fscache entries", value=len(cache))
+        yield GaugeMetricFamily("mailstore_cache_bytes", "fscache bytes on disk", value=cache.volume())
+        yield GaugeMetricFamily("mailstore_cache_size_limit_bytes", "fscache bound", value=int(cache.size_limit))
+
+
+def serve(listen: str, *, deliverer: Any = None, fs: Any = None, imap: bool = False) -> ImapMetrics | None:
+    """Start /metrics on HOST:PORT; returns the IMAP metrics to update when `imap`."""
+    registry = CollectorRegistry(auto_describe=False)
+    if deliverer is not None:
+        registry.register(_LmtpCollector(deliverer))
+    if fs is not None:
+        registry.register(_CacheCollector(fs))
+    found = ImapMetrics(registry) if imap else None
+    host, _, port = listen.rpartition(":")
+    prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    return found

@@ -22,12 +22,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up.run(Path(args.data_dir))
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from . import dashboard
+
+    return dashboard.run(Path(args.data_dir), args.interval)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailstore", description="Mail object storage appliance")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole appliance from DATA_DIR/mailstore.toml (made on first run)")
     up.add_argument("--data-dir", default="data")
     up.set_defaults(fn=cmd_up)
+    dash = sub.add_parser("dashboard", help="run the ops dashboard of the appliance in DATA_DIR")
+    dash.add_argument("--data-dir", default="data")
+    dash.add_argument("--interval", type=float, default=5.0, help="seconds between scrapes")
+    dash.set_defaults(fn=cmd_dashboard)
     gateway_cli.register(sub)
     cache_cli.register(sub)
     mailstore_cli.register(sub)

@@ -29,10 +29,14 @@ domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
+
+[dashboard]
+listen = "{dashboard}"           # the ops dashboard (admin login in DATA_DIR/secrets.json)
+interval = 5                          # seconds between its scrapes of every part
 """
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
-                 "lmtp_metrics": 9124, "imap_metrics": 9143}
+                 "lmtp_metrics": 9124, "imap_metrics": 9143, "dashboard": 8080}
 
 
 class ConfigError(ValueError):
@@ -52,6 +56,8 @@ class ApplianceConfig:
     cache_size: str
     lmtp_metrics: str
     imap_metrics: str
+    dashboard: str
+    dashboard_interval: float
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -70,29 +76,33 @@ def load(data_dir: Path) -> ApplianceConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
-             "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics"}}
+             "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics"},
+             "dashboard": {"listen", "interval"}}
     for section, values in doc.items():
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
         extra = set(values) - known[section]
         if extra:
             raise ConfigError(f"{path}: unknown key(s) in [{section}]: {', '.join(sorted(extra))}")
-    s3, mail = doc.get("s3", {}), doc.get("mail", {})
     defaults = tomllib.loads(default_text())
-    get = lambda sec, name: (s3 if sec == "s3" else mail).get(name, defaults[sec][name])  # noqa: E731
+    get = lambda sec, name: doc.get(sec, {}).get(name, defaults[sec][name])  # noqa: E731
     gateways = get("s3", "gateways")
     if not isinstance(gateways, list) or len(gateways) != 2:
         raise ConfigError(f"{path}: [s3] gateways must list two HOST:PORT addresses")
     cfg = ApplianceConfig(get("s3", "listen"), (gateways[0], gateways[1]), get("s3", "lb_stats"),
                           get("s3", "bucket"), get("s3", "region"), get("mail", "lmtp"), get("mail", "imap"),
                           get("mail", "domain"), get("mail", "cache_size"), get("mail", "lmtp_metrics"),
-                          get("mail", "imap_metrics"))
+                          get("mail", "imap_metrics"), get("dashboard", "listen"), get("dashboard", "interval"))
+    if not isinstance(cfg.dashboard_interval, (int, float)) or not 0.2 <= cfg.dashboard_interval <= 300:
+        raise ConfigError(f"{path}: [dashboard] interval must be seconds between 0.2 and 300")
     for f in fields(cfg):
+        if f.name == "dashboard_interval":
+            continue
         value = getattr(cfg, f.name)
         for v in (value if isinstance(value, tuple) else (value,)):
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{path}: {f.name} must be a non-empty string")
-    for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "gateways"):
+    for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():

@@ -3,13 +3,14 @@
     HAProxy (packaging/haproxy.cfg) ─► gateway 1 ┐
                                     └► gateway 2 ┴─► one local engine (DATA_DIR/engine)
     LMTP + IMAP shim ─► fscache (DATA_DIR/cache) ─► HAProxy
+    ops dashboard ◄── every part's /metrics, HAProxy's stats, the users table
 
 First run: an administrator key, a key for the shim limited to the bucket,
 the bucket, and a test mail user; their secrets stay in DATA_DIR/secrets.json
 (mode 0600).  Every start prints the endpoints and writes them to
 DATA_DIR/endpoints.json.  Each part runs as its own process in its own
 session (a terminal's Ctrl-C reaches only this supervisor, which stops the
-parts in order: shim, balancer, gateways).  A part that exits on its own is
+parts in order: shim and dashboard, balancer, gateways).  A part that exits on its own is
 started again; the PIDs are in DATA_DIR/run/processes.json.
 """
 
@@ -48,7 +49,11 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig) -> dict:  # type: ignore[ty
     """Keys, bucket and test user, made once; their secrets, on every run."""
     path = data_dir / "secrets.json"
     if path.exists():
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        found = json.loads(path.read_text())
+        if "dashboard" not in found:  # made by an older version
+            found["dashboard"] = {"user": "admin", "password": secrets.token_urlsafe(12)}
+            _write_private(path, found)
+        return found  # type: ignore[no-any-return]
     from gateway.engine.local import LocalEngine
     from gateway.keys import KeyStore
     from gateway.policy import preset
@@ -70,11 +75,20 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig) -> dict:  # type: ignore[ty
         meta.add_user(user, hash_password(password))
     found = {"admin": {"access_key": admin.access_key, "secret_key": admin.secret},
              "shim": {"access_key": shim.access_key, "secret_key": shim.secret},
-             "user": {"name": user, "password": password}}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(found, f, indent=2)
+             "user": {"name": user, "password": password},
+             "dashboard": {"user": "admin", "password": secrets.token_urlsafe(12)}}
+    _write_private(path, found)
     return found
+
+
+def _write_private(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
+    """JSON readable by the owner only (it holds secrets)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    tmp.replace(path)
 
 
 def _parts(data_dir: Path, cfg: ApplianceConfig, sec: dict) -> list[Part]:  # type: ignore[type-arg]
@@ -95,7 +109,9 @@ def _parts(data_dir: Path, cfg: ApplianceConfig, sec: dict) -> list[Part]:  # ty
                          "--metrics-listen", cfg.lmtp_metrics])
     imap = Part("imap", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", cfg.imap, "--domain", cfg.domain,
                          "--metrics-listen", cfg.imap_metrics])
-    return [*gateways, haproxy, lmtp, imap]
+    dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
+                                   str(cfg.dashboard_interval)])
+    return [*gateways, haproxy, lmtp, imap, dashboard]
 
 
 class Supervisor:
@@ -144,7 +160,7 @@ class Supervisor:
     def stop(self, deadline: float = 30.0) -> None:
         """The shim first (no new mail), then the balancer, then the gateways."""
         self.stopping = True
-        order = [p for p in self.parts if p.name in ("imap", "lmtp")] + \
+        order = [p for p in self.parts if p.name in ("imap", "lmtp", "dashboard")] + \
                 [p for p in self.parts if p.name == "haproxy"] + \
                 [p for p in self.parts if p.name.startswith("gateway")]
         for part in order:
@@ -182,7 +198,8 @@ def _endpoints(cfg: ApplianceConfig, sec: dict) -> dict:  # type: ignore[type-ar
             "gateways": [f"http://{g}" for g in cfg.gateways],
             "lmtp": dict(zip(("host", "port"), hp(cfg.lmtp))),
             "imap": dict(zip(("host", "port"), hp(cfg.imap))),
-            "user": dict(sec["user"])}
+            "user": dict(sec["user"]),
+            "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
 
 
 def run(data_dir: Path) -> int:
@@ -203,11 +220,8 @@ def run(data_dir: Path) -> int:
         if not got_signal:
             ep = _endpoints(cfg, sec)
             path = data_dir / "endpoints.json"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(ep, f, indent=2)
-                f.write("\n")
-            s3, user = ep["s3"], ep["user"]
+            _write_private(path, ep)
+            s3, user, dash = ep["s3"], ep["user"], ep["dashboard"]
             print(f"\nmailstore is up (data in {data_dir.resolve()})\n"
                   f"  S3 endpoint : {s3['endpoint']}   (HAProxy over {' and '.join(ep['gateways'])};"
                   f" path style; region {cfg.region})\n"
@@ -217,6 +231,7 @@ def run(data_dir: Path) -> int:
                   f"  LMTP        : {ep['lmtp']['host']}:{ep['lmtp']['port']}\n"
                   f"  IMAP        : {ep['imap']['host']}:{ep['imap']['port']}\n"
                   f"  mail user   : {user['name']}   password: {user['password']}\n"
+                  f"  dashboard   : {dash['url']}   user: {dash['user']}   password: {dash['password']}\n"
                   f"  (also in {path}; logs in {sup.logs}; Ctrl-C stops everything)\n", flush=True)
         while not got_signal:
             sup.watch_once()

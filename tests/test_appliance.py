@@ -117,9 +117,10 @@ def test_health_ready_drain_and_signed_requests_stay_s3(tmp_path):
 
 class Appliance:
     def __init__(self, data: Path) -> None:
-        ports = dict(zip(("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics"), free_ports(8)))
+        names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard")
+        ports = dict(zip(names, free_ports(len(names))))
         data.mkdir(parents=True)
-        (data / "mailstore.toml").write_text(default_text(ports))
+        (data / "mailstore.toml").write_text(default_text(ports).replace("interval = 5 ", "interval = 1 "))
         self.data, self.ports = data, ports
         self.out = open(data.parent / "up.out", "w+")
         self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data)], stdout=self.out,
@@ -206,6 +207,52 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
     puts = sum(metric_values(get(g + "/metrics")[1]).get('mailstore_s3_requests_total{operation="PutObject",status="200"}', 0)
                for g in ep["gateways"])
     assert puts == 1
+
+
+def test_dashboard_in_headless_chromium(appliance, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dash = appliance.endpoints["dashboard"]
+    assert dash["url"] == f"http://127.0.0.1:{appliance.ports['dashboard']}/" and dash["user"] == "admin"
+    status, page = get(dash["url"])  # no session: the login form
+    assert status == 200 and b"Sign in" in page
+    assert get(dash["url"] + "api/state")[0] == 401
+    assert b"mailstore_dashboard_scrapes_total" in get(dash["url"] + "metrics")[1]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1500",
+                f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    try:
+        driver.get(dash["url"])
+        assert driver.current_url.endswith("/login")
+        driver.find_element(By.ID, "user").send_keys("admin")
+        driver.find_element(By.ID, "password").send_keys("not the password")
+        driver.find_element(By.ID, "signin").click()
+        assert "Wrong user or password" in driver.page_source
+        driver.find_element(By.ID, "user").send_keys(dash["user"])
+        driver.find_element(By.ID, "password").send_keys(dash["password"])
+        driver.find_element(By.ID, "signin").click()
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_elements(By.ID, "gw-gw2"))
+        assert driver.find_element(By.ID, "gw-gw1").get_attribute("data-state") == "up"
+        assert driver.find_element(By.ID, "gw-gw2").get_attribute("data-state") == "up"
+        # the message delivered by the end-to-end test is counted, and its user listed
+        wait.until(lambda d: "LMTP accepted 1" in d.find_element(By.ID, "activity").text.splitlines())
+        assert appliance.endpoints["user"]["name"] in driver.find_element(By.ID, "users").text
+        assert "No alerts." in driver.find_element(By.ID, "alerts").text
+        wait.until(lambda d: "PutObject" in d.find_element(By.ID, "legend-requests").text)
+        shot = ROOT / "test-artifacts" / "dashboard.png"
+        shot.parent.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(shot))
+        print(f"dashboard screenshot: {shot}")
+    finally:
+        driver.quit()
 
 
 def test_failover_under_load(appliance):

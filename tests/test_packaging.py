@@ -1,0 +1,81 @@
+"""What packaging/ ships is consistent with the code: every systemd unit's
+command line parses with the real CLI, the example config loads, the Postfix
+snippet uses only parameters Postfix knows, and the Dovecot obox fs URL parses
+as the fscache tier reads it.  (haproxy.cfg: tests/test_appliance.py.)"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import parser
+from appliance.config import DEFAULT_PORTS, load
+from cache.url import FsCacheUrl, parse
+from conftest import ROOT
+
+PACKAGING = ROOT / "packaging"
+UNITS = sorted((PACKAGING / "systemd").glob("mailstore-*.service"))
+EXAMPLE_ENV = {"GATEWAY_LISTEN": "127.0.0.1:8001",
+               "MAILSTORE_FS": "fscache:1G:/var/cache/mailstore:s3:http://K:S@127.0.0.1:8000/?bucket=mail"}
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(path.read_text())
+    return cp
+
+
+@pytest.mark.parametrize("path", UNITS, ids=[u.name for u in UNITS])
+def test_systemd_units_run_real_commands(path):
+    u = unit(path)
+    line = re.sub(r"\$\{(\w+)\}", lambda m: EXAMPLE_ENV[m.group(1)], u["Service"]["ExecStart"])
+    argv = shlex.split(line)
+    assert argv[0].endswith("/mailstore")
+    args = parser().parse_args(argv[1:])  # exits on any unknown option
+    assert args.command in ("gateway", "lmtp", "imap", "dashboard")
+    assert u["Install"]["WantedBy"] == "mailstore.target"
+    for arg in argv:  # nothing listens beyond loopback by default
+        if re.fullmatch(r"[\d.]+:\d+", arg):
+            assert arg.startswith("127.0.0.1:")
+    if args.command == "gateway":  # stopping must outlast the drain
+        assert float(u["Service"]["TimeoutStopSec"]) > args.drain_grace + args.drain_timeout
+
+
+def test_target_wants_every_unit():
+    wants = unit(PACKAGING / "systemd" / "mailstore.target")["Unit"]["Wants"].split()
+    assert {"mailstore-gateway@1.service", "mailstore-gateway@2.service", "haproxy.service"} <= set(wants)
+    assert {u.name for u in UNITS if "@" not in u.name} <= set(wants)
+
+
+def test_example_config_loads(tmp_path):
+    shutil.copy(PACKAGING / "mailstore.toml.example", tmp_path / "mailstore.toml")
+    cfg = load(tmp_path)
+    assert cfg.gateways == ("127.0.0.1:8001", "127.0.0.1:8002") and cfg.cache_size == "8G"
+    text = (PACKAGING / "systemd" / "haproxy.service.d" / "mailstore.conf").read_text()
+    for name, addr in (("MAILSTORE_S3_BIND", cfg.s3_listen), ("MAILSTORE_GW1", cfg.gateways[0]),
+                       ("MAILSTORE_GW2", cfg.gateways[1]), ("MAILSTORE_LB_STATS", cfg.lb_stats)):
+        assert f"Environment={name}={addr}\n" in text
+
+
+def test_postfix_snippet_uses_known_parameters():
+    text = (PACKAGING / "postfix" / "main.cf").read_text()
+    params = dict(re.findall(r"^(\w+)\s*=\s*(.+)$", text, re.MULTILINE))
+    assert params["virtual_transport"] == f"lmtp:inet:127.0.0.1:{DEFAULT_PORTS['lmtp']}"
+    for name in params:
+        out = subprocess.run(["postconf", "-d", name], capture_output=True, text=True)
+        assert out.returncode == 0 and "unknown parameter" not in out.stderr, (name, out.stderr)
+
+
+def test_dovecot_obox_snippet_parses_as_fscache_url():
+    text = (PACKAGING / "dovecot" / "obox.conf").read_text()
+    url = re.search(r"^obox_fs = (\S+)$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    spec = parse(url.replace("%4Nu", "x"))
+    assert isinstance(spec, FsCacheUrl)
+    assert spec.parent.bucket == "mail" and spec.parent.port == DEFAULT_PORTS["s3"] and spec.parent.region

@@ -16,24 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+from appliance.progress import Progress  # a leaf module: no part imported
+
 from .config import GatewayConfig, parse_bytes, parse_listen
 from .engine.local import EngineLocked, LocalEngine
 
-
-
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
-    tty = sys.stderr.isatty()
-
-    def show(text: str) -> None:
-        if not enabled:
-            return
-        if tty:
-            sys.stderr.write(f"\r\x1b[K{text}")
-            sys.stderr.flush()
-        else:
-            print(text, file=sys.stderr)
-
-    return show
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -200,15 +187,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     # Exclusive: no gateway may write while we read everything (or swap the index).
     engine = LocalEngine(root, exclusive=True, writer=False)
     try:
-        show = _progress(not args.quiet)
+        show = Progress("fsck", "segments", enabled=not args.quiet)
         if args.rebuild_index:
             rep = fsck.rebuild(root, show)
             verb = "rebuilt"
         else:
             rep = fsck.verify(root, show)
             verb = "checked"
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
+        show.close()
     finally:
         engine.close()
     print(json.dumps({"result": "ok" if rep.ok else "problems", "action": verb, "records": rep.records,
@@ -222,7 +208,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     engine = LocalEngine(Path(args.data_dir), writer=False)
     try:
-        stats = Compactor(engine, dead_ratio=args.dead_ratio).run_once()
+        show = Progress("compact", "segments")
+        stats = Compactor(engine, dead_ratio=args.dead_ratio).run_once(show)
+        show.close()
     finally:
         engine.close()
     print(json.dumps(stats))

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from typing import Callable
 
 from .engine import records
 from .engine.index import connect, key_bytes
@@ -69,8 +70,8 @@ class Compactor:
             except Exception:
                 log.exception("compaction pass failed")
 
-    def run_once(self) -> dict[str, int]:
-        """One pass over every eligible segment; returns what it did."""
+    def run_once(self, progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, int]:
+        """One pass over every eligible segment; returns what it did.  progress(done, total) segments."""
         lock_fd = os.open(self.data.root / "compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -84,10 +85,12 @@ class Compactor:
                     "SELECT id, size, dead FROM segments WHERE sealed=1 AND size>0 AND dead>=size*?",
                     (self.dead_ratio,),
                 ).fetchall()
-                for seg_id, size, _ in candidates:
+                for n, (seg_id, size, _) in enumerate(candidates):
+                    progress(n, len(candidates))
                     if self._stop.is_set():
                         break
                     self._compact(conn, seg_id, size)
+                progress(len(candidates), len(candidates))
                 self._sweep_orphan_blobs(conn)
             finally:
                 conn.close()

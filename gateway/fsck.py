@@ -26,7 +26,7 @@ from .engine.index import connect, key_bytes
 from .engine.model import CorruptRecord
 from .engine.segments import DataDir, verify_blob
 
-Progress = Callable[[str], None]
+Progress = Callable[[int, int], None]  # (done, total) segments
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _without_body(raw: bytes, p: records.Prefix) -> bytes:
     return head + struct.pack("<II", hcrc, 0) + header
 
 
-def verify(root: Path, progress: Progress = lambda s: None) -> Report:
+def verify(root: Path, progress: Progress = lambda done, total: None) -> Report:
     data = DataDir(root)
     conn = connect(data.index_path)
     rep = Report()
@@ -98,7 +98,7 @@ def verify(root: Path, progress: Progress = lambda s: None) -> Report:
         seen: set[int] = set()
         for n, (seg_id, size) in enumerate(sorted(segs.items()), 1):
             path = data.segment_path(seg_id)
-            progress(f"segment {n}/{len(segs)}")
+            progress(n - 1, len(segs))
             if not path.exists():
                 rep.problems.append(f"segment {seg_id}: file missing")
                 continue
@@ -133,6 +133,7 @@ def verify(root: Path, progress: Progress = lambda s: None) -> Report:
                 else:
                     rep.problems.append(f"segment {seg_id} offset {offset}: record seq {rec.seq} "
                                         f"({rec.namespace}/{rec.key}) is neither live nor dead in the index")
+        progress(len(segs), len(segs))
         for ns, key, seq, seg in conn.execute("SELECT ns, key, seq, segment FROM objects"):
             if seq not in seen:
                 rep.problems.append(f"index row {ns}/{key.decode(errors='replace')} seq {seq} "
@@ -145,7 +146,7 @@ def verify(root: Path, progress: Progress = lambda s: None) -> Report:
     return rep
 
 
-def rebuild(root: Path, progress: Progress = lambda s: None) -> Report:
+def rebuild(root: Path, progress: Progress = lambda done, total: None) -> Report:
     """Write a new index from the segment files, then swap it in."""
     data = DataDir(root)
     tmp = root / "index.db.rebuild"
@@ -159,7 +160,7 @@ def rebuild(root: Path, progress: Progress = lambda s: None) -> Report:
     max_seq = 0
     ids = data.segment_ids()
     for n, seg_id in enumerate(ids, 1):
-        progress(f"segment {n}/{len(ids)}")
+        progress(n - 1, len(ids))
         scan = _scan(data.segment_path(seg_id), None)
         if scan.error is not None:
             rep.problems.append(f"segment {seg_id}: data ends at {scan.end} ({scan.error}); tail cut")
@@ -180,6 +181,7 @@ def rebuild(root: Path, progress: Progress = lambda s: None) -> Report:
                 winners[k] = entry
             else:
                 dead.append((rec.seq, seg_id, len(raw)))
+    progress(len(ids), len(ids))
     conn.execute("BEGIN")
     live_by_seg: dict[int, int] = {}
     dead_by_seg: dict[int, int] = {}

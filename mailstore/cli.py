@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from appliance.progress import Progress  # a leaf module: no part imported
 from cache import open_fs
 from cache.url import parse_duration, parse_size
 
@@ -177,10 +178,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     async def main() -> dict[str, int]:
         fs = open_fs(args.fs)
         try:
-            return await reindex(MetaStore(Path(args.db)), fs, args.user.lower())
+            return await reindex(MetaStore(Path(args.db)), fs, args.user.lower(), show)
         finally:
             await fs.close()
-    print(json.dumps(asyncio.run(main())))
+    show = Progress("reindex", "messages")
+    result = asyncio.run(main())
+    show.close()
+    print(json.dumps(result))
     return 0
 
 
@@ -191,10 +195,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
         fs = open_fs(args.fs)
         try:
             return await gc(MetaStore(Path(args.db)), fs, parse_duration(args.grace, "--grace"),
-                            [args.user.lower()] if args.user else None)
+                            [args.user.lower()] if args.user else None, show)
         finally:
             await fs.close()
-    print(json.dumps(asyncio.run(main())))
+    show = Progress("gc", "users")
+    result = asyncio.run(main())
+    show.close()
+    print(json.dumps(result))
     return 0
 
 

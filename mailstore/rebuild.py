@@ -16,13 +16,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from typing import Callable
 
 from . import layout, message
 from .db import MetaStore
 from .users import hash_password
 
 
-async def reindex(meta: MetaStore, fs, user: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+async def reindex(meta: MetaStore, fs, user: str,  # type: ignore[no-untyped-def]
+                  progress: Progress = lambda done, total: None) -> dict[str, int]:
     created = False
     if await asyncio.to_thread(meta.get_user, user) is None:
         await asyncio.to_thread(meta.add_user, user, hash_password(secrets.token_urlsafe(24)))
@@ -30,13 +35,16 @@ async def reindex(meta: MetaStore, fs, user: str) -> dict[str, int]:  # type: ig
     keys = [e.key async for e in fs.list(layout.mailboxes_prefix(user)) if not e.is_prefix]
     boxes: dict[str, tuple[str, str, int]] = {}
     rows = []
-    skipped = 0
+    skipped = done = 0
     sem = asyncio.Semaphore(16)
+    progress(0, len(keys))
 
     async def one(key: str) -> None:
-        nonlocal skipped
+        nonlocal skipped, done
         async with sem:
             body, st = await fs.get(key)
+        done += 1
+        progress(done, len(keys))
         try:
             m = layout.MessageMeta.from_headers(st.metadata)
         except (KeyError, ValueError):
@@ -55,11 +63,13 @@ async def reindex(meta: MetaStore, fs, user: str) -> dict[str, int]:  # type: ig
     return {"mailboxes": len(boxes), "messages": len(rows), "skipped": skipped, "user_created": int(created)}
 
 
-async def gc(meta: MetaStore, fs, grace_seconds: float, users: list[str] | None = None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+async def gc(meta: MetaStore, fs, grace_seconds: float, users: list[str] | None = None,  # type: ignore[no-untyped-def]
+             progress: Progress = lambda done, total: None) -> dict[str, int]:
     names = users or [u.name for u in await asyncio.to_thread(meta.list_users)]
     removed = kept_young = 0
     now = time.time()
-    for user in names:
+    for n, user in enumerate(names):
+        progress(n, len(names))
         keys = [e.key async for e in fs.list(layout.mailboxes_prefix(user)) if not e.is_prefix]
         known = await asyncio.to_thread(meta.known_keys, keys)
         orphans = []
@@ -74,4 +84,5 @@ async def gc(meta: MetaStore, fs, grace_seconds: float, users: list[str] | None 
         if orphans:
             await fs.delete_many(orphans)
             removed += len(orphans)
+    progress(len(names), len(names))
     return {"removed": removed, "young_orphans_kept": kept_young}

@@ -29,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.s3 import sigv4
@@ -55,10 +56,11 @@ class Server:
     endpoint: str
     proc: subprocess.Popen  # type: ignore[type-arg]
     workdir: Path
+    extra: list = field(default_factory=list)  # type: ignore[type-arg]  # more processes of this server
 
     def rss_mb(self) -> float:
         total = 0
-        pids = [self.proc.pid] + _children(self.proc.pid)
+        pids = [p for proc in (self.proc, *self.extra) for p in [proc.pid] + _children(proc.pid)]
         for pid in pids:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -69,13 +71,14 @@ class Server:
         return total / 1024
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # our gateway drains on SIGTERM
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        for proc in (self.proc, *self.extra):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # our gateway drains on SIGTERM
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def _children(pid: int) -> list[int]:
@@ -96,6 +99,38 @@ def start_gateway(work: Path, workers: int = 1) -> tuple[Server, tuple[str, str]
     assert proc.stdout is not None
     info = json.loads(proc.stdout.readline())
     return Server(name, info["endpoint"], proc, data), (key["AccessKeyId"], key["SecretAccessKey"])
+
+
+def start_pair(work: Path) -> tuple[Server, tuple[str, str]]:
+    """The appliance's S3 path: HAProxy (packaging/haproxy.cfg) over two gateways on one engine."""
+    data = work / "pair"
+    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data),
+                                     "--name", "bench"], capture_output=True, text=True, check=True).stdout)
+    ports = [free_port() for _ in range(4)]
+    gws = []
+    for i, port in enumerate(ports[:2], 1):
+        gws.append(subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen",
+                                     f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                                    stderr=open(work / f"pair-gw{i}.log", "w"), text=True))
+        assert gws[-1].stdout is not None
+        gws[-1].stdout.readline()
+    env = {**os.environ, "MAILSTORE_S3_BIND": f"127.0.0.1:{ports[2]}", "MAILSTORE_GW1": f"127.0.0.1:{ports[0]}",
+           "MAILSTORE_GW2": f"127.0.0.1:{ports[1]}", "MAILSTORE_LB_STATS": f"127.0.0.1:{ports[3]}"}
+    lb = subprocess.Popen(["haproxy", "-f", str(ROOT / "packaging" / "haproxy.cfg"), "-db"], env=env,
+                          stdout=open(work / "haproxy.log", "w"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{ports[2]}"
+    deadline = time.monotonic() + 20
+    while True:  # both gateways UP as HAProxy sees them
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[3]}/stats;csv", timeout=2) as r:
+                if r.read().decode().count(",UP,") >= 3:  # two servers and the backend
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("haproxy did not see both gateways up")
+        time.sleep(0.1)
+    return Server("pair+haproxy", endpoint, lb, data, gws), (key["AccessKeyId"], key["SecretAccessKey"])
 
 
 def start_seaweed(work: Path) -> Server:
@@ -296,6 +331,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="4096,65536")
     ap.add_argument("--workers", default="1,2",
                     help="gateway process counts to measure (comma-separated; 2 uses both cores)")
+    ap.add_argument("--no-pair", action="store_true", help="skip the HAProxy + two-gateway pair")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     try:
@@ -310,6 +346,8 @@ def main() -> int:
     try:
         print(f"disk: raw fdatasync {fdatasync_rate(work):.0f}/s (4 KiB appends) in {work}")
         gateways = [start_gateway(work, int(n)) for n in args.workers.split(",")]
+        if not args.no_pair:
+            gateways.append(start_pair(work))
         sw = start_seaweed(work)
         servers += [g for g, _ in gateways] + [sw]
         for g, k in gateways:
@@ -343,15 +381,15 @@ def main() -> int:
         for s in servers:
             s.stop()
     print()
-    print(f"{'phase':<12}{'server':<12}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'errors':>8}"
+    print(f"{'phase':<12}{'server':<14}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'errors':>8}"
           f"{'vs seaweed':>12}{'of ceiling':>12}")
     for phase, by in results.items():
         sw_rate = by.get("seaweedfs", {}).get("ops_s", 0)
         ceil_rate = by.get("ceiling", {}).get("ops_s", 0)
         for name, r in by.items():
-            vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name.startswith("gateway") else ""
+            vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name.startswith(("gateway", "pair")) else ""
             of = f"{100 * r['ops_s'] / ceil_rate:.0f}%" if ceil_rate and name != "ceiling" else ""
-            print(f"{phase:<12}{name:<12}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            print(f"{phase:<12}{name:<14}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                   f"{r['rss_mb']:>9.0f}{r['errors']:>8}{vs:>12}{of:>12}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

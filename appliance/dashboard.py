@@ -61,11 +61,14 @@ def _parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
-def _lb_state(status: str) -> str:
+def lb_state(status: str) -> str:
+    """HAProxy's server status as the operator reads it: UP (also "UP 1/2", a
+    check failing) is up; NOLB (ready answered 404) and DRAIN are draining;
+    DOWN, MAINT and the rest are down."""
     s = status.upper()
-    if s.startswith("UP") and "GOING DOWN" not in s:
+    if s.startswith("UP"):
         return "up"
-    if s in ("NOLB", "DRAIN", "MAINT") or s.startswith("NOLB"):
+    if s.startswith(("NOLB", "DRAIN")):
         return "draining"
     return "down"
 
@@ -161,7 +164,7 @@ class Collector:
         for line in (csv or "").splitlines():
             f = line.split(",")
             if len(f) > 17 and f[0] == "gateways" and f[1] not in ("BACKEND", "FRONTEND"):
-                s.lb[f[1]] = _lb_state(f[17])
+                s.lb[f[1]] = lb_state(f[17])
         for n in names:
             s.lb.setdefault(n, "down" if csv is not None else "unknown")
         s.users = await asyncio.to_thread(self._users)

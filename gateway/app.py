@@ -154,8 +154,8 @@ class Gateway:
             op, code = "Unknown", "RequestTimeout"
         finally:
             self.inflight -= 1
-        self.metrics.observe(op, resp.status, time.perf_counter() - t0, request.content_length or 0,
-                             resp.content_length or 0, code)
+        received = request.headers.get("x-amz-decoded-content-length") or request.content_length or 0
+        self.metrics.observe(op, resp.status, time.perf_counter() - t0, int(received), resp.content_length or 0, code)
         if self.draining:
             resp.force_close()  # the balancer must not reuse this connection
         return resp

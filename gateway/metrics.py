@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 prometheus_client.disable_created_metrics()
 
+from .compact import DEAD_RATIO
+
 if TYPE_CHECKING:
     from .app import Gateway
 
@@ -103,6 +105,11 @@ class _EngineCollector(Collector):
                                   value=comp.get("segments_compacted", 0))
         yield CounterMetricFamily("mailstore_compaction_reclaimed_bytes", "Bytes reclaimed by compaction",
                                   value=comp.get("bytes_reclaimed", 0))
+        ratio_limit = gw.compactor.dead_ratio if gw.compactor is not None else DEAD_RATIO
+        pending = gw.engine.index.conn.execute(
+            "SELECT count(*) FROM segments WHERE sealed=1 AND size>0 AND dead>=size*?", (ratio_limit,)).fetchone()[0]
+        yield GaugeMetricFamily("mailstore_compaction_pending_segments", "Sealed segments due for compaction",
+                                value=pending)
         draining = GaugeMetricFamily("mailstore_gateway_draining", "1 while the gateway drains after SIGTERM")
         draining.add_metric([], 1 if gw.draining else 0)
         yield draining

@@ -113,6 +113,28 @@ def test_health_ready_drain_and_signed_requests_stay_s3(tmp_path):
         low.stop()
 
 
+def test_a_request_past_the_timeout_gets_request_timeout(tmp_path):
+    data = tmp_path / "data"
+    key = create_key(data)
+    gw = GatewayProcess(data, "--request-timeout", "1")
+    try:
+        s3 = client(gw.endpoint, key)
+        s3.create_bucket(Bucket="slow")
+        url = s3.generate_presigned_url("put_object", Params={"Bucket": "slow", "Key": "k"}, ExpiresIn=60)
+        target = url.split(str(gw.port), 1)[1]
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:  # a body that stops after 10 of 100 bytes
+            s.sendall(f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Length: 100\r\n\r\n"
+                      "only ten b".encode())
+            s.settimeout(10)
+            t0 = time.monotonic()
+            answer = s.recv(65536)
+            assert time.monotonic() - t0 < 5
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"<Code>RequestTimeout</Code>" in answer
+        assert get(gw.endpoint + "/health/live")[0] == 200  # and the gateway goes on
+    finally:
+        gw.stop()
+
+
 # ------------------------------------------------------------------ the whole appliance
 
 class Appliance:

@@ -205,6 +205,55 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import importing, sources
+
+    if args.kind == "imap":
+        source = sources.ImapSource(sources.ImapUrl.parse(args.source))
+    elif args.kind == "maildir":
+        source = sources.MaildirSource(Path(args.source))
+    else:
+        source = sources.MboxSource(Path(args.source), args.folder)
+    meta = MetaStore(Path(args.db))
+    user = args.to.lower()
+    if meta.get_user(user) is None:
+        print(f"mailstore import: no user {user} (mailstore user add)", file=sys.stderr)
+        return 1
+    progress = importing.ImportProgress(enabled=not args.quiet)
+
+    async def main() -> importing.Importer:
+        fs = open_fs(args.fs)
+        imp = importing.Importer(meta, fs, user, source.id, max_size=parse_size(args.max_size),
+                                 ignore_quota=args.ignore_quota, progress=progress)
+        try:
+            await importing.run(imp, source, args.connections)
+        finally:
+            await fs.close()
+        return imp
+
+    code = 0
+    imp = None
+    try:
+        imp = asyncio.run(main())
+    except importing.OverQuota as exc:
+        print(f"\nmailstore import: {exc}", file=sys.stderr)
+        code = 3
+    except KeyboardInterrupt:
+        print("\nmailstore import: interrupted; run the same command again to resume", file=sys.stderr)
+        code = 130
+    except (ConnectionError, OSError) as exc:
+        print(f"\nmailstore import: source unavailable: {exc}; run again to resume", file=sys.stderr)
+        code = 75
+    progress.close()
+    if imp is not None:
+        print(imp.table(), file=sys.stderr)
+        summary = imp.summary()
+        print(json.dumps(summary))
+        if summary["total"]["failed"]:  # type: ignore[index]
+            code = code or 1
+    return code
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     user = sub.add_parser("user", help="manage mail users")
     us = user.add_subparsers(dest="action", required=True)
@@ -249,6 +298,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     imap.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
     imap.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
     imap.set_defaults(fn=cmd_imap)
+
+    imp = sub.add_parser("import", help="bring existing mail in: from an IMAP server, a Maildir or an mbox")
+    isub = imp.add_subparsers(dest="kind", required=True)
+    for kind, what in (("imap", "--from imap[s]://USER:PASS@HOST[:PORT]"), ("maildir", "DIR"), ("mbox", "FILE")):
+        p = isub.add_parser(kind)
+        if kind == "imap":
+            p.add_argument("--from", dest="source", required=True, metavar="URL", help=what)
+        else:
+            p.add_argument("source", metavar=what)
+        if kind == "mbox":
+            p.add_argument("--folder", default="INBOX", help="the local folder to fill")
+        p.add_argument("--to", required=True, help="the local user")
+        p.add_argument("--db", required=True)
+        p.add_argument("--fs", required=True)
+        p.add_argument("--connections", type=int, default=4, help="folders imported at once (IMAP connections)")
+        p.add_argument("--max-size", default="50M", help="larger messages are reported and skipped")
+        p.add_argument("--ignore-quota", action="store_true", help="administrators: import past the quota")
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.set_defaults(fn=cmd_import)
 
     rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
     rx.add_argument("--db", required=True)

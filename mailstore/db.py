@@ -69,6 +69,13 @@ MIGRATIONS = [
     CREATE TABLE expunged(mailbox_id INTEGER NOT NULL, modseq INTEGER NOT NULL, uid INTEGER NOT NULL,
         PRIMARY KEY(mailbox_id, modseq, uid));
     """,
+    # 5: what `mailstore import` already brought in: one row per source item, committed
+    # with the message row, so an interrupted or repeated import never duplicates.
+    """
+    CREATE TABLE import_map(user_name TEXT NOT NULL, source TEXT NOT NULL, folder TEXT NOT NULL,
+        item TEXT NOT NULL, validity TEXT NOT NULL, mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,
+        message_id TEXT, size INTEGER NOT NULL, PRIMARY KEY(user_name, source, folder, item));
+    """,
 ]
 EXPUNGE_LOG_MODSEQS = 100_000
 
@@ -262,6 +269,7 @@ class MetaStore:
                 (name,))]
             c.execute("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM expunged WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
+            c.execute("DELETE FROM import_map WHERE user_name=?", (name,))
             c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (name,))
             c.execute("DELETE FROM aliases WHERE user_name=?", (name,))

@@ -221,20 +221,20 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 1
     progress = importing.ImportProgress(enabled=not args.quiet)
 
-    async def main() -> importing.Importer:
+    made: list[importing.Importer] = []  # the report survives a stop
+
+    async def main() -> None:
         fs = open_fs(args.fs)
-        imp = importing.Importer(meta, fs, user, source.id, max_size=parse_size(args.max_size),
-                                 ignore_quota=args.ignore_quota, progress=progress)
+        made.append(importing.Importer(meta, fs, user, source.id, max_size=parse_size(args.max_size),
+                                       ignore_quota=args.ignore_quota, progress=progress))
         try:
-            await importing.run(imp, source, args.connections)
+            await importing.run(made[0], source, args.connections)
         finally:
             await fs.close()
-        return imp
 
     code = 0
-    imp = None
     try:
-        imp = asyncio.run(main())
+        asyncio.run(main())
     except importing.OverQuota as exc:
         print(f"\nmailstore import: {exc}", file=sys.stderr)
         code = 3
@@ -245,6 +245,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"\nmailstore import: source unavailable: {exc}; run again to resume", file=sys.stderr)
         code = 75
     progress.close()
+    imp = made[0] if made else None
     if imp is not None:
         print(imp.table(), file=sys.stderr)
         summary = imp.summary()

@@ -9,7 +9,8 @@ Rules of this file's state:
   drops the reservation.  UIDs are therefore strictly increasing in reservation
   order across processes.  A reader shows only messages below the lowest live
   reservation (`visible_uid_limit`), so no client ever sees UID n+1 before n;
-  a reservation left by a crashed process expires.
+  a reservation left by a crashed process expires, or is dropped at once when
+  another process on the same host opens the store and finds its owner gone.
 - users.used_bytes is kept in the same transactions that add or remove messages.
 - The schema version is PRAGMA user_version; MIGRATIONS upgrade it in order.
 The SQL sticks to what PostgreSQL also runs (no SQLite-only syntax in queries)
@@ -22,6 +23,7 @@ import asyncio
 import fcntl
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -76,7 +78,14 @@ MIGRATIONS = [
         item TEXT NOT NULL, validity TEXT NOT NULL, mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,
         message_id TEXT, size INTEGER NOT NULL, PRIMARY KEY(user_name, source, folder, item));
     """,
+    # 6: who holds a reservation ("host:pid"), so a process that was killed does not
+    # hide a mailbox's newer mail for RESERVATION_SECONDS: its reservations are dropped
+    # as soon as another process on that host opens the store.
+    """
+    ALTER TABLE pending ADD COLUMN owner TEXT;
+    """,
 ]
+
 EXPUNGE_LOG_MODSEQS = 100_000
 
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
@@ -136,6 +145,20 @@ class MetaStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._migrate()
+        self.drop_dead_reservations()
+
+    def drop_dead_reservations(self) -> int:
+        """Reservations of processes on this host that no longer run: their UIDs were never
+        committed (their objects, if stored, are orphans for gc); keeping them would hide
+        the mailbox's later mail until they expire."""
+        host = socket.gethostname()
+        owners = [o for o, in self.conn().execute("SELECT DISTINCT owner FROM pending WHERE owner LIKE ?",
+                                                  (host + ":%",))]
+        dead = [o for o in owners if not _alive(int(o.rsplit(":", 1)[1]))]
+        if not dead:
+            return 0
+        with self._write() as c:
+            return sum(c.execute("DELETE FROM pending WHERE owner=?", (o,)).rowcount for o in dead)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -328,8 +351,8 @@ class MetaStore:
                 raise MetaError(f"no mailbox {mailbox!r} for {user}")
             box_id, uid = row
             c.execute("UPDATE mailboxes SET uidnext=? WHERE id=?", (uid + 1, box_id))
-            c.execute("INSERT INTO pending(mailbox_id, uid, expires) VALUES (?,?,?)",
-                      (box_id, uid, time.time() + RESERVATION_SECONDS))
+            c.execute("INSERT INTO pending(mailbox_id, uid, expires, owner) VALUES (?,?,?,?)",
+                      (box_id, uid, time.time() + RESERVATION_SECONDS, _owner()))
         box = self.mailbox(user, mailbox)
         assert box is not None
         return box, uid
@@ -349,8 +372,8 @@ class MetaStore:
                 raise MetaError(f"no mailbox {mailbox!r} for {user}")
             box = Mailbox(*row)
             c.execute("UPDATE mailboxes SET uidnext=? WHERE id=?", (box.uidnext + 1, box.id))
-            c.execute("INSERT INTO pending(mailbox_id, uid, expires) VALUES (?,?,?)",
-                      (box.id, box.uidnext, time.time() + RESERVATION_SECONDS))
+            c.execute("INSERT INTO pending(mailbox_id, uid, expires, owner) VALUES (?,?,?,?)",
+                      (box.id, box.uidnext, time.time() + RESERVATION_SECONDS, _owner()))
             out.append((box, box.uidnext))
         return out
 
@@ -471,6 +494,20 @@ class MetaStore:
                 c.execute("UPDATE mailboxes SET uidnext=(SELECT coalesce(max(uid), 0) + 1 FROM messages "
                           "WHERE mailbox_id=?), highestmodseq=2 WHERE id=?", (box_id, box_id))
             c.execute("UPDATE users SET used_bytes=? WHERE name=?", (used, user))
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"  # the pid after a fork, not the parent's
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class MetaWriter:

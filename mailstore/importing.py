@@ -290,12 +290,14 @@ async def run(importer: Importer, source, connections: int = 4) -> None:  # type
         try:
             while not queue.empty():
                 folder = queue.get_nowait()
+                progress.folders_done += 1
+                if not getattr(folder, "selectable", True):  # a \\Noselect parent: its children carry the name
+                    continue
                 messages = await reader.messages(folder)
                 progress.messages_total += len(messages)
                 new = await importer.plan(folder, messages, getattr(reader, "message_ids", None))
                 progress.messages_done += len(messages) - len(new)
                 await importer.store_all(folder, reader.load(folder, new))
-                progress.folders_done += 1
                 progress.show()
         finally:
             await reader.close()

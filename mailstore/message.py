@@ -22,14 +22,27 @@ def stored_bytes(data: bytes, mail_from: str, recipient: str) -> bytes:
     return head + data
 
 
+def _values(msg: Message, name: str) -> list[str]:
+    """A header's values as sent.  Raw 8-bit bytes (not RFC 2047) are read as UTF-8:
+    compat32's get() would hand back a Header object for them, which no JSON takes."""
+    lname = name.lower()
+    return [v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(v, str) else str(v)
+            for k, v in msg.raw_items() if k.lower() == lname]
+
+
+def _value(msg: Message, name: str) -> str | None:
+    values = _values(msg, name)
+    return values[0] if values else None
+
+
 def _addresses(msg: Message, name: str) -> list[list[Any]] | None:
-    values = msg.get_all(name)
+    values = _values(msg, name)
     if not values:
         return None
     out = []
     # RFC 3501 §7.4.2: envelope fields are sent as they appear in the header,
     # RFC 2047 encoded-words and all; decoding is the client's business.
-    for display, addr in getaddresses([str(v) for v in values]):
+    for display, addr in getaddresses(values):
         mailbox, _, host = addr.partition("@")
         out.append([display or None, None, mailbox or None, host or None])
     return out or None
@@ -38,10 +51,10 @@ def _addresses(msg: Message, name: str) -> list[list[Any]] | None:
 def envelope(msg: Message) -> list[Any]:
     frm = _addresses(msg, "From")
     return [
-        msg.get("Date"), msg.get("Subject"), frm,
+        _value(msg, "Date"), _value(msg, "Subject"), frm,
         _addresses(msg, "Sender") or frm, _addresses(msg, "Reply-To") or frm,
         _addresses(msg, "To"), _addresses(msg, "Cc"), _addresses(msg, "Bcc"),
-        msg.get("In-Reply-To"), msg.get("Message-ID"),
+        _value(msg, "In-Reply-To"), _value(msg, "Message-ID"),
     ]
 
 
@@ -62,8 +75,8 @@ def bodystructure(part: Message) -> list[Any]:
         # message's ENVELOPE, BODYSTRUCTURE and line count.
         inner = part.get_payload()[0]  # type: ignore[index]
         raw = inner.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n", max_line_length=0))
-        return ["MESSAGE", "RFC822", _params(part), part.get("Content-ID"), part.get("Content-Description"),
-                (part.get("Content-Transfer-Encoding") or "7BIT").upper(), len(raw),
+        return ["MESSAGE", "RFC822", _params(part), _value(part, "Content-ID"), _value(part, "Content-Description"),
+                (_value(part, "Content-Transfer-Encoding") or "7BIT").upper(), len(raw),
                 envelope(inner), bodystructure(inner), raw.count(b"\n")]
     if part.is_multipart():
         children = [bodystructure(p) for p in part.get_payload()]  # type: ignore[union-attr]
@@ -74,8 +87,8 @@ def bodystructure(part: Message) -> list[Any]:
     params = _params(part)
     if maintype == "TEXT" and params is None:
         params = ["CHARSET", "US-ASCII"]
-    fields = [maintype, subtype, params, part.get("Content-ID"), part.get("Content-Description"),
-              (part.get("Content-Transfer-Encoding") or "7BIT").upper(), len(raw)]
+    fields = [maintype, subtype, params, _value(part, "Content-ID"), _value(part, "Content-Description"),
+              (_value(part, "Content-Transfer-Encoding") or "7BIT").upper(), len(raw)]
     if maintype == "TEXT":
         fields.append(raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1))
     return fields

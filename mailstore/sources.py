@@ -3,16 +3,20 @@
 Each source lists folders, lists a folder's messages (item id, flags, date,
 size; no bodies), and loads the bodies of the messages the importer wants.
 Offline sources give messages CRLF line ends, as an IMAP server serves them
-(Dovecot keeps bare LF on disk and adds the CR on the wire).
+(Dovecot keeps bare LF on disk and adds the CR on the wire).  Folder names
+stay in IMAP's modified UTF-7 (Dovecot's Maildir++ directories use it too),
+the form our IMAP server stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import email.utils
 import hashlib
 import re
 import ssl as ssl_mod
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -129,7 +133,7 @@ class MboxSource:
 
     def __init__(self, path: Path, folder: str = "INBOX") -> None:
         self.path = path
-        self.folder = folder
+        self.folder = mutf7.encode(folder)  # mailbox names are stored as IMAP sends them
         self.id = f"mbox:{path.resolve()}"
         self._messages: list[tuple[SourceMessage, bytes]] | None = None
 
@@ -196,16 +200,14 @@ def _from_line_date(from_line: bytes, head: bytes) -> float:
     """The date on the From_ line ("From sender Mon Jan  1 00:00:00 2024"), else the Date header, else now."""
     parts = from_line.decode("ascii", "replace").split()
     if len(parts) >= 7:
-        try:
-            t = email.utils.parsedate_to_datetime(" ".join(parts[2:7]) + " +0000")
-            return t.timestamp()
-        except (TypeError, ValueError):
+        try:  # asctime, UTC by convention
+            return calendar.timegm(time.strptime(" ".join(parts[2:7]), "%a %b %d %H:%M:%S %Y"))
+        except ValueError:
             pass
     date = _header(head, b"Date")
     try:
         return email.utils.parsedate_to_datetime(date).timestamp()
     except (TypeError, ValueError):
-        import time
         return time.time()
 
 
@@ -310,12 +312,9 @@ class ImapReader:
             wire = _astring(raw)
             delim = _astring(b'"' + m.group("delim") + b'"') if m.group("delim") is not None else ""
             attrs = m.group("attrs").decode("ascii", "replace").split()
-            try:
-                name = mutf7.decode(wire)
-            except mutf7.MailboxNameError:
-                name = wire
-            local = "INBOX" if name.upper() == "INBOX" else (name.replace("/", "_").replace(delim, "/") if delim
-                                                             else name)
+            # Local names are kept as IMAP sends them (modified UTF-7), as our IMAP server stores them
+            local = "INBOX" if wire.upper() == "INBOX" else (wire.replace("/", "_").replace(delim, "/") if delim
+                                                             else wire)
             special = next((a for a in attrs if a in SPECIAL), None) or _guess_special(local)
             folder = SourceFolder(local, special, "")
             folder.wire = wire  # type: ignore[attr-defined]

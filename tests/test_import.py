@@ -1,0 +1,284 @@
+"""`mailstore import`: from a real Dovecot CE over IMAP (aioimaplib), from a
+Maildir and from an mbox; compared folder by folder over IMAP (Dovecot's
+and ours): same folders, same bytes, same flags, same dates."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import mailbox
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from bench.lmtp import start_dovecot, stop_all
+from conftest import BIN
+from test_lmtp import Shim
+
+SRC, DST = "src@example.com", "dst@example.com"
+FOLDERS = ["INBOX", "Sent", "Work", "Work.Projects", "Work.Projects.2026", "Caf&AOk-", "Archive"]
+KEYWORDS = ["$Label1", "$Forwarded", "Important"]
+
+
+def varied_message(i: int, rng: random.Random) -> bytes:
+    kind = i % 5
+    subject = f"message {i}"
+    if kind == 0:  # plain ASCII
+        return (f"From: a{i}@example.org\r\nTo: {SRC}\r\nSubject: {subject}\r\nMessage-ID: <m{i}@example.org>\r\n"
+                f"Date: Mon, 2 Nov 2026 10:{i % 60:02d}:00 +0000\r\n\r\nplain body {i}\r\n").encode()
+    if kind == 1:  # 8-bit body and a raw 8-bit header
+        return (f"From: b{i}@example.org\r\nSubject: caf\u00e9 {i}\r\nMessage-ID: <m{i}@example.org>\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+                f"\r\nGr\u00fc\u00dfe, \u00e7a va? {i}\r\n").encode()
+    if kind == 2:  # MIME with an attachment
+        m = EmailMessage()
+        m["From"], m["Subject"], m["Message-ID"] = f"c{i}@example.org", subject, f"<m{i}@example.org>"
+        m.set_content(f"see attached {i}")
+        m.add_attachment(rng.randbytes(2000 + i * 10), maintype="application", subtype="octet-stream",
+                         filename=f"f{i}.bin")
+        return m.as_bytes(policy=m.policy.clone(linesep="\r\n"))
+    if kind == 3:  # no Message-ID, folded header
+        return (f"From: d{i}@example.org\r\nSubject: {subject}\r\n  continued\r\n\r\n" + "line\r\n" * (i % 40)).encode()
+    return (f"From: e{i}@example.org\r\nSubject: {subject}\r\nMessage-ID: <m{i}@example.org>\r\n\r\n"
+            + "x" * (i * 37 % 5000) + "\r\n").encode()
+
+
+def random_flags(rng: random.Random) -> tuple[str, ...]:
+    pool = ["\\Seen", "\\Flagged", "\\Answered", "\\Draft", *KEYWORDS]
+    return tuple(f for f in pool if rng.random() < 0.3)
+
+
+def imap_snapshot(port: int, user: str) -> dict[str, list[tuple[bytes, frozenset[str], str]]]:
+    """Every folder (our names, "/" between levels): sorted (body, flags, INTERNALDATE)."""
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(user, "pw")
+    typ, lines = m.list()
+    out: dict[str, list[tuple[bytes, frozenset[str], str]]] = {}
+    for line in lines:
+        match = re.match(rb'\((?P<attrs>[^)]*)\) "(?P<d>.)" (?P<name>.+)$', line)  # type: ignore[arg-type]
+        assert match, line
+        if b"\\Noselect" in match.group("attrs"):
+            continue
+        wire = match.group("name").decode().strip('"')
+        name = wire.replace(match.group("d").decode(), "/")
+        typ, _ = m.select(f'"{wire}"', readonly=True)
+        assert typ == "OK"
+        typ, data = m.uid("FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
+        items = []
+        for part in data:
+            if isinstance(part, tuple):
+                head = part[0].decode()
+                flags = frozenset(re.search(r"FLAGS \(([^)]*)\)", head).group(1).split()) - {"\\Recent"}  # type: ignore[union-attr]
+                date = re.search(r'INTERNALDATE "([^"]+)"', head).group(1)  # type: ignore[union-attr]
+                items.append((part[1], flags, date))
+        out[name] = sorted(items, key=lambda t: (t[0], sorted(t[1]), t[2]))
+    m.logout()
+    return out
+
+
+class Source:
+    """A private Dovecot CE filled over IMAP."""
+
+    def __init__(self, work: Path) -> None:
+        (self.lmtp, self.port), self.conf = start_dovecot(work, [SRC], imap=True)
+        self.work = work
+        self.rng = random.Random(7)
+        self.n = 0
+
+    def client(self) -> imaplib.IMAP4:
+        m = imaplib.IMAP4("127.0.0.1", self.port)
+        m.login(SRC, "pw")
+        return m
+
+    def fill(self, folder: str, count: int, big: bool = False) -> None:
+        m = self.client()
+        m.create(folder)
+        for _ in range(count):
+            self.n += 1
+            flags = random_flags(self.rng)
+            date = imaplib.Time2Internaldate(1700000000 + self.n * 3607)
+            m.append(folder, f"({' '.join(flags)})" if flags else None, date, varied_message(self.n, self.rng))
+        if big:  # a 10 MB attachment
+            msg = EmailMessage()
+            msg["From"], msg["Subject"], msg["Message-ID"] = "big@example.org", "big one", "<big@example.org>"
+            msg.set_content("ten megabytes attached")
+            msg.add_attachment(self.rng.randbytes(10 * 1024 * 1024), maintype="application", subtype="zip",
+                               filename="big.zip")
+            m.append(folder, "(\\Seen)", None, msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+        m.logout()
+
+    def url(self) -> str:
+        return f"imap://{SRC.replace('@', '%40')}:pw@127.0.0.1:{self.port}"
+
+    def maildir(self, folder: str = "") -> Path:
+        base = self.work / "dovecot" / "mail" / SRC / "Maildir"
+        return base / f".{folder}" if folder else base
+
+    def stop(self) -> None:
+        stop_all([], self.conf, self.work / "nothing")
+
+
+def run_import(shim: Shim, *args: str, user: str = DST) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    out = subprocess.run([str(BIN / "mailstore"), "import", *args, "--to", user, "--db", str(shim.db),
+                          "--fs", shim.fs], capture_output=True, text=True, timeout=600)
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
+    return out.returncode, json.loads(last), out.stderr
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):  # type: ignore[no-untyped-def]
+    # Dovecot's unprivileged processes must reach their files: not under pytest's 0700 base
+    work = Path(tempfile.mkdtemp(prefix="mailstore-import-"))
+    source = Source(work)
+    shim = Shim(tmp_path_factory.mktemp("import") / "shim")
+    shim.add_user(DST)
+    proc, info = shim.start_imap()
+    yield source, shim, info["port"]
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    shim.stop()
+    source.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def ours(snapshot: dict) -> dict:  # type: ignore[type-arg]
+    """Our side without the folders we make for every user and the source lacks."""
+    return {k: v for k, v in snapshot.items() if v or k not in ("Drafts", "Trash", "Junk", "Archive", "Sent")}
+
+
+def dovecot_side(source: Source) -> dict:  # type: ignore[type-arg]
+    return imap_snapshot(source.port, SRC)  # names as on the wire: Caf&AOk- on both sides
+
+
+def test_imap_import_then_incremental_then_resume(env):
+    source, shim, our_port = env
+    for i, folder in enumerate(FOLDERS):
+        source.fill(folder, [60, 40, 10, 30, 20, 25, 15][i], big=folder == "Work")
+    code, summary, err = run_import(shim, "imap", "--from", source.url())
+    assert code == 0, err
+    total = summary["total"]
+    assert total["copied"] == 201 and total["failed"] == {} and total["skipped"] == 0
+    assert "folder" in err and "Work/Projects/2026" in err  # the per-folder report
+    expected = dovecot_side(source)
+    assert ours(imap_snapshot(our_port, DST)) == expected
+    with imaplib.IMAP4("127.0.0.1", our_port) as m:  # special use kept, hierarchy mapped
+        m.login(DST, "pw")
+        listed = b"\n".join(m.list()[1])  # type: ignore[arg-type]
+        assert b'(\\HasNoChildren \\Sent) "/" "Sent"' in listed and b'"/" "Work/Projects/2026"' in listed
+
+    # flags changed and mail added on the source: only the difference moves
+    m = source.client()
+    m.select("INBOX")
+    m.store("1:10", "+FLAGS", "(\\Flagged Important)")
+    m.store("11:15", "-FLAGS", "(\\Seen)")
+    m.logout()
+    source.fill("INBOX", 5)
+    source.fill("New.Folder", 3)
+    code, summary, err = run_import(shim, "imap", "--from", source.url())
+    assert code == 0, err
+    assert summary["total"]["copied"] == 8 and summary["total"]["skipped"] == 201
+    assert summary["total"]["flags_updated"] >= 5
+    assert ours(imap_snapshot(our_port, DST)) == dovecot_side(source)
+
+    # killed midway, then resumed: nothing missing, nothing twice
+    source.fill("Bulk", 150)
+    proc = subprocess.Popen([str(BIN / "mailstore"), "import", "imap", "--from", source.url(), "--to", DST,
+                             "--db", str(shim.db), "--fs", shim.fs, "--connections", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while imported(shim, "Bulk") < 40:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert 40 <= imported(shim, "Bulk") < 150
+    code, summary, err = run_import(shim, "imap", "--from", source.url())
+    assert code == 0, err
+    assert summary["folders"]["Bulk"]["copied"] + summary["folders"]["Bulk"]["skipped"] == 150
+    assert ours(imap_snapshot(our_port, DST)) == dovecot_side(source)
+
+
+def imported(shim: Shim, folder: str) -> int:
+    c = sqlite3.connect(shim.db)
+    try:
+        return c.execute("SELECT count(*) FROM import_map WHERE folder=?", (folder,)).fetchone()[0]  # type: ignore[no-any-return]
+    finally:
+        c.close()
+
+
+def test_uidvalidity_change_matches_by_message_id_and_size(env):
+    source, shim, our_port = env
+    source.fill("Renumbered", 12)
+    code, summary, _ = run_import(shim, "imap", "--from", source.url())
+    assert code == 0 and summary["folders"]["Renumbered"]["copied"] == 12
+    # Dovecot renumbers a Maildir folder whose UID list is lost: new UIDVALIDITY, new UIDs
+    for f in source.maildir("Renumbered").glob("dovecot*"):
+        f.unlink()
+    code, summary, err = run_import(shim, "imap", "--from", source.url())
+    assert code == 0, err
+    r = summary["folders"]["Renumbered"]
+    without_id = sum(1 for i in range(source.n - 11, source.n + 1) if i % 5 == 3)  # kind 3 has no Message-ID
+    assert r["skipped"] == 12 - without_id and r["copied"] == without_id
+
+
+def test_maildir_import_of_dovecots_own_files(env):
+    source, shim, our_port = env
+    shim.add_user("maildir@example.com")
+    code, summary, err = run_import(shim, "maildir", str(source.maildir()), user="maildir@example.com")
+    assert code == 0, err
+    src = dovecot_side(source)
+    got = ours(imap_snapshot(our_port, "maildir@example.com"))
+    assert got.keys() == src.keys()
+    for name in src:  # Maildir carries bytes, flags and keywords; dates are the files' mtimes, as Dovecot's
+        assert got[name] == src[name], name
+
+
+def test_mbox_import_with_from_quoting_flags_and_bad_messages(env, tmp_path):
+    source, shim, our_port = env
+    box = mailbox.mbox(tmp_path / "old.mbox")
+    plain = b"From: x@example.org\nSubject: quoted\nMessage-ID: <q@x>\n\nFrom the start of a line\nend\n"
+    for data, status, xstatus in ((plain, "RO", "F"), (b"Subject: two\n\nsecond\n", "O", "A"),
+                                  (b"Subject: big\n\n" + b"y" * 3000 + b"\n", "", "")):
+        msg = mailbox.mboxMessage(data)
+        msg.set_from("sender@example.org", time.gmtime(1700000000))
+        if status:
+            msg["Status"] = status
+        if xstatus:
+            msg["X-Status"] = xstatus
+        box.add(msg)
+    box.flush()
+    shim.add_user("mbox@example.com")
+    code, summary, err = run_import(shim, "mbox", str(tmp_path / "old.mbox"), "--folder", "Old", "--max-size", "2K",
+                                    user="mbox@example.com")
+    assert code == 1  # one message failed: reported, not fatal
+    assert summary["folders"]["Old"] == {"copied": 2, "skipped": 0, "flags_updated": 0, "bytes": summary[
+        "folders"]["Old"]["bytes"], "failed": {"over the size limit (2048 bytes)": 1}}
+    got = imap_snapshot(our_port, "mbox@example.com")["Old"]
+    bodies = {b.split(b"\r\n\r\n", 1)[1]: (flags, date) for b, flags, date in got}
+    assert bodies[b"From the start of a line\r\nend\r\n"] == (  # written as ">From the start"
+        frozenset({"\\Seen", "\\Flagged"}), "14-Nov-2023 22:13:20 +0000")
+    assert bodies[b"second\r\n"][0] == frozenset({"\\Answered"})
+    # again: nothing new
+    code, summary, _ = run_import(shim, "mbox", str(tmp_path / "old.mbox"), "--folder", "Old", "--max-size", "2K",
+                                  user="mbox@example.com")
+    assert summary["folders"]["Old"]["copied"] == 0 and summary["folders"]["Old"]["skipped"] == 2
+
+
+def test_quota_stops_the_import_unless_ignored(env, tmp_path):
+    source, shim, our_port = env
+    shim.add_user("small@example.com", "--quota", "20K")
+    code, summary, err = run_import(shim, "imap", "--from", source.url(), "--connections", "1", user="small@example.com")
+    assert code == 3 and "would go over quota" in err and "--ignore-quota" in err
+    assert 0 < summary["total"]["copied"] < 50
+    code, summary, err = run_import(shim, "maildir", str(source.maildir("Sent")), "--ignore-quota",
+                                    user="small@example.com")
+    assert code == 0, err

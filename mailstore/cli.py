@@ -230,6 +230,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         try:
             await importing.run(made[0], source, args.connections)
         finally:
+            made[0].close()
             await fs.close()
 
     code = 0

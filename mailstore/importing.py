@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, TextIO
 
 from . import folders, layout, message
-from .db import MetaStore
+from .db import MetaStore, MetaWriter
 
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 
@@ -102,7 +102,12 @@ class Importer:
     def __init__(self, meta: MetaStore, fs, user: str, source: str, *,  # type: ignore[no-untyped-def]
                  max_size: int = DEFAULT_MAX_SIZE, ignore_quota: bool = False, parallel: int = 8,
                  progress: ImportProgress | None = None) -> None:
-        self.meta, self.fs, self.user, self.source = meta, fs, user, source
+        self.meta, self.user, self.source = meta, user, source
+        # Straight to S3, not through the fscache: a bulk import would evict what readers use.
+        self.fs = getattr(fs, "parent", fs)
+        # Reservations and commits of messages stored in parallel share transactions (one fsync
+        # per batch), as LMTP deliveries do.
+        self.writer = MetaWriter(meta)
         self.max_size, self.ignore_quota = max_size, ignore_quota
         self.parallel = asyncio.Semaphore(parallel)
         self.progress = progress or ImportProgress(enabled=False)
@@ -203,7 +208,7 @@ class Importer:
         await self._check_quota(len(data))
         async with self.parallel:
             env, bs = await asyncio.to_thread(message.parse, data)
-            box, uid = await asyncio.to_thread(self.meta.reserve_uid, self.user, folder.name)
+            (box, uid), = await self.writer.run(MetaStore.reserve_uids_tx, [(self.user, folder.name)])
             guid = uuid.uuid4().hex
             now = time.time()
             key = layout.message_key(self.user, box.guid, guid)
@@ -212,28 +217,28 @@ class Importer:
             try:
                 await self.fs.put(key, data, meta.to_headers(), "message/rfc822")
             except Exception as exc:  # storage failed: nothing committed, the next run tries again
-                await asyncio.to_thread(self.meta.release_uid, box.id, uid)
+                await self.writer.run(MetaStore.commit_messages_tx, [], [(box.id, uid)])
                 why = f"storage: {type(exc).__name__}"
                 report.failed[why] = report.failed.get(why, 0) + 1
                 self.progress.messages_done += 1
                 return
-            await asyncio.to_thread(self._commit, folder, m, box.id, uid, guid, key, len(data), now, env, bs)
+            await self.writer.run(self._commit, folder, m, box.id, uid, guid, key, len(data), now, env, bs)
         report.copied += 1
         report.bytes += len(data)
         self.progress.messages_done += 1
         self.progress.bytes += len(data)
         self.progress.show()
 
-    def _commit(self, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int, guid: str, key: str,
-                size: int, now: float, env: object, bs: object) -> None:
+    def _commit(self, c, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int,  # type: ignore[no-untyped-def]
+                guid: str, key: str, size: int, now: float, env: object, bs: object) -> None:
+        """In the writer's transaction: the message row, and the source item it came from."""
         flags = tuple(f for f in m.flags if f != "\\Recent")
-        with self.meta._write() as c:
-            MetaStore._commit_one(c, self.user, box_id, uid, guid, key, size, m.internal_date, now, env, bs, flags)
-            c.execute("INSERT INTO import_map(user_name, source, folder, item, validity, mailbox_id, uid, message_id,"
-                      " size) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(user_name, source, folder, item) DO UPDATE SET "
-                      "validity=excluded.validity, mailbox_id=excluded.mailbox_id, uid=excluded.uid, "
-                      "message_id=excluded.message_id, size=excluded.size",
-                      (self.user, self.source, folder.name, m.item, folder.validity, box_id, uid, m.message_id, size))
+        MetaStore._commit_one(c, self.user, box_id, uid, guid, key, size, m.internal_date, now, env, bs, flags)
+        c.execute("INSERT INTO import_map(user_name, source, folder, item, validity, mailbox_id, uid, message_id,"
+                  " size) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(user_name, source, folder, item) DO UPDATE SET "
+                  "validity=excluded.validity, mailbox_id=excluded.mailbox_id, uid=excluded.uid, "
+                  "message_id=excluded.message_id, size=excluded.size",
+                  (self.user, self.source, folder.name, m.item, folder.validity, box_id, uid, m.message_id, size))
 
     async def store_all(self, folder: SourceFolder, messages: AsyncIterator[SourceMessage]) -> None:
         """Store a folder's new messages, several at a time; an over-quota stop cancels the rest."""
@@ -252,6 +257,9 @@ class Importer:
         finally:
             for t in pending:
                 t.cancel()
+
+    def close(self) -> None:
+        self.writer.close()
 
     # ------------------------------------------------------------------ report
 

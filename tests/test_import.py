@@ -7,6 +7,7 @@ from __future__ import annotations
 import imaplib
 import json
 import mailbox
+import os
 import random
 import re
 import shutil
@@ -282,3 +283,34 @@ def test_quota_stops_the_import_unless_ignored(env, tmp_path):
     code, summary, err = run_import(shim, "maildir", str(source.maildir("Sent")), "--ignore-quota",
                                     user="small@example.com")
     assert code == 0, err
+
+
+def test_hand_made_maildir_flags_keywords_and_malformed_messages(env, tmp_path):
+    source, shim, our_port = env
+    root = tmp_path / "Maildir"
+    for d in ("cur", "new", "tmp", ".Lists.Python/cur", ".Lists.Python/new", ".Lists.Python/tmp"):
+        (root / d).mkdir(parents=True)
+    (root / "dovecot-keywords").write_text("0 $Label1\n1 Work\n")
+    good = b"From: a@example.org\nSubject: flagged\n\nbody\n"
+    (root / "cur" / "1700000000.1.host:2,FSab").write_bytes(good)
+    (root / "cur" / "1700000001.2.host:2,RP").write_bytes(b"Subject: replied\n\nr\n")
+    (root / "new" / "1700000002.3.host").write_bytes(b"Subject: new\n\nunseen, not yet in cur\n")
+    (root / "cur" / "1700000003.4.host:2,S").write_bytes(b"Subject: nul\n\nbad \0 byte\n")
+    (root / "cur" / "1700000004.5.host:2,").write_bytes(b"")
+    (root / ".Lists.Python" / "cur" / "1700000005.6.host:2,S").write_bytes(b"Subject: py\n\nlist mail\n")
+    for i, f in enumerate(sorted(root.rglob("*.host*"))):
+        os.utime(f, (1700000000 + i * 86400, 1700000000 + i * 86400))
+    shim.add_user("hand@example.com")
+    code, summary, err = run_import(shim, "maildir", str(root), user="hand@example.com")
+    assert code == 1  # two malformed messages: reported, skipped, the rest imported
+    assert summary["folders"]["INBOX"]["copied"] == 3 and summary["folders"]["INBOX"]["failed"] == {
+        "malformed: NUL bytes": 1, "malformed: empty message": 1}
+    assert summary["folders"]["Lists/Python"]["copied"] == 1
+    assert "malformed: NUL bytes" in err
+    snap = imap_snapshot(our_port, "hand@example.com")
+    inbox = {body.split(b"\r\n", 1)[0]: flags for body, flags, _ in snap["INBOX"]}
+    assert inbox == {b"From: a@example.org": frozenset({"\\Flagged", "\\Seen", "$Label1", "Work"}),
+                     b"Subject: replied": frozenset({"\\Answered", "$Forwarded"}),
+                     b"Subject: new": frozenset()}
+    assert snap["INBOX"][0][0].endswith(b"\r\n") and b"\n" not in snap["INBOX"][0][0].replace(b"\r\n", b"")
+    assert len(snap["Lists/Python"]) == 1

@@ -314,3 +314,36 @@ def test_hand_made_maildir_flags_keywords_and_malformed_messages(env, tmp_path):
                      b"Subject: new": frozenset()}
     assert snap["INBOX"][0][0].endswith(b"\r\n") and b"\n" not in snap["INBOX"][0][0].replace(b"\r\n", b"")
     assert len(snap["Lists/Python"]) == 1
+
+
+def test_ctrl_c_and_a_gateway_restart_midway_then_resume(env):
+    source, shim, our_port = env
+    source.fill("Outage", 120)
+    cmd = [str(BIN / "mailstore"), "import", "imap", "--from", source.url(), "--to", DST, "--db", str(shim.db),
+           "--fs", shim.fs, "--connections", "1"]
+    # Ctrl-C: the run stops, says how to resume, and still reports what it did
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while imported(shim, "Outage") < 10:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    assert json.loads(out.strip().splitlines()[-1])["folders"]["Outage"]["copied"] >= 10
+    # the gateway restarts under a running import: what could not be stored is reported, not lost
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = imported(shim, "Outage")
+    while imported(shim, "Outage") < start + 10:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    assert shim.gateway is not None
+    shim.gateway.stop()
+    time.sleep(1.0)
+    shim.start_gateway()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 1), err  # 1: some messages failed on storage, reported
+    code, summary, err = run_import(shim, "imap", "--from", source.url())
+    assert code == 0, err
+    assert imported(shim, "Outage") == 120
+    assert ours(imap_snapshot(our_port, DST))["Outage"] == dovecot_side(source)["Outage"]

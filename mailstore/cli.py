@@ -220,6 +220,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"mailstore import: no user {user} (mailstore user add)", file=sys.stderr)
         return 1
     progress = importing.ImportProgress(enabled=not args.quiet)
+    lock = importing.ImportLock(Path(args.db), user, source.id)
+    if not lock.acquire():
+        print(f"mailstore import: another import of {source.id} into {user} is running", file=sys.stderr)
+        return 75
 
     made: list[importing.Importer] = []  # the report survives a stop
 

@@ -20,10 +20,14 @@ reserved, the object is stored, and one transaction commits the message row
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, TextIO
 
 from . import folders, layout, message
@@ -60,6 +64,32 @@ class FolderReport:
 
 class OverQuota(Exception):
     pass
+
+
+class ImportLock:
+    """One import per (user, source) at a time: two at once could each copy a message
+    before either committed its import_map row.  A flock next to the database; the
+    kernel releases it when the process dies, so a killed run never blocks the resume."""
+
+    def __init__(self, db: Path, user: str, source: str) -> None:
+        tag = hashlib.sha256(f"{user}\0{source}".encode()).hexdigest()[:16]
+        self.path = db.parent / f"{db.name}.import-{tag}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class ImportProgress:

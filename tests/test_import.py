@@ -23,6 +23,8 @@ import pytest
 
 from bench.lmtp import start_dovecot, stop_all
 from conftest import BIN
+from mailstore.importing import ImportLock
+from mailstore.sources import ImapUrl
 from test_lmtp import Shim
 
 SRC, DST = "src@example.com", "dst@example.com"
@@ -319,6 +321,12 @@ def test_hand_made_maildir_flags_keywords_and_malformed_messages(env, tmp_path):
 def test_ctrl_c_and_a_gateway_restart_midway_then_resume(env):
     source, shim, our_port = env
     source.fill("Outage", 120)
+    # one import per user and source at a time
+    lock = ImportLock(shim.db, DST, ImapUrl.parse(source.url()).id)
+    assert lock.acquire()
+    code, _, err = run_import(shim, "imap", "--from", source.url())
+    lock.release()
+    assert code == 75 and "another import" in err
     cmd = [str(BIN / "mailstore"), "import", "imap", "--from", source.url(), "--to", DST, "--db", str(shim.db),
            "--fs", shim.fs, "--connections", "1"]
     # Ctrl-C: the run stops, says how to resume, and still reports what it did

@@ -175,17 +175,20 @@ class Supervisor:
                 part.proc.wait()
 
 
-def _wait_ready(url: str, timeout: float = 30.0) -> None:
+def _wait_ready(stats: str, timeout: float = 30.0) -> None:
+    """Until HAProxy sees both gateways UP (its stats CSV; health is not served through the front)."""
     end = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
+            with urllib.request.urlopen(f"http://{stats}/stats;csv", timeout=2) as r:
+                rows = [line.split(",") for line in r.read().decode().splitlines()]
+                if sum(1 for f in rows if len(f) > 17 and f[0] == "gateways" and f[1].startswith("gw")
+                       and f[17] == "UP") == 2:
                     return
         except OSError:
             pass
         if time.monotonic() > end:
-            raise RuntimeError(f"{url} did not answer 200 within {timeout:g}s")
+            raise RuntimeError(f"HAProxy did not see both gateways up within {timeout:g}s")
         time.sleep(0.1)
 
 
@@ -216,7 +219,7 @@ def run(data_dir: Path) -> int:
                 break
             sup.start(part)
             if part.name == "haproxy":
-                _wait_ready(f"http://{cfg.s3_listen}/health/ready")
+                _wait_ready(cfg.lb_stats)
         if not got_signal:
             ep = _endpoints(cfg, sec)
             path = data_dir / "endpoints.json"

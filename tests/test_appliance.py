@@ -205,6 +205,13 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
                           text=True).stdout
     assert f"-f {HAPROXY_CFG}" in args
     assert appliance.lb_state() == {"gw1": "UP", "gw2": "UP"}
+    # health and metrics are served by each gateway, not through the public S3 endpoint
+    for path in ("/health/ready", "/metrics"):
+        assert get(ep["s3"]["endpoint"] + path)[0] == 403
+        assert get(ep["gateways"][0] + path)[0] == 200
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # signed: S3 as usual, bucket "metrics"
+        appliance.s3().list_objects_v2(Bucket="metrics")
+    assert e.value.response["Error"]["Code"] == "NoSuchBucket"
     # mail in over LMTP, out over IMAP, stored as an object behind HAProxy
     user = ep["user"]
     message = b"From: a@example.org\r\nSubject: through the appliance\r\n\r\nhello\r\n"

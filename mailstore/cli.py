@@ -238,6 +238,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             await fs.close()
 
     code = 0
+    _install_uvloop()
     try:
         asyncio.run(main())
     except importing.OverQuota as exc:

@@ -44,6 +44,7 @@ class SourceMessage:
     size: int
     message_id: str | None = None
     data: bytes | None = None  # None: fetched by the source's `load` when the message is needed
+    path: Path | None = None  # where an offline source reads it from
 
 
 @dataclass
@@ -51,6 +52,8 @@ class SourceFolder:
     name: str  # local name, "/" between levels
     special_use: str | None
     validity: str  # UIDVALIDITY (IMAP) or "" (offline sources: items never change meaning)
+    wire: str = ""  # the name as the source spells it (IMAP: for EXAMINE)
+    selectable: bool = True  # False for an IMAP \\Noselect parent
 
 
 @dataclass
@@ -329,7 +332,7 @@ async def run(importer: Importer, source, connections: int = 4) -> None:  # type
             while not queue.empty():
                 folder = queue.get_nowait()
                 progress.folders_done += 1
-                if not getattr(folder, "selectable", True):  # a \\Noselect parent: its children carry the name
+                if not folder.selectable:  # a \\Noselect parent: its children carry the name
                     continue
                 messages = await reader.messages(folder)
                 progress.messages_total += len(messages)

@@ -84,14 +84,13 @@ class MaildirSource:
                 flags = [] if sub == "new" else [MAILDIR_FLAGS[c] for c in info if c in MAILDIR_FLAGS]
                 flags += [keywords[c] for c in info if c in keywords]
                 st = f.stat()
-                out.append(SourceMessage(base.split(":", 1)[0], tuple(flags), st.st_mtime, st.st_size,
-                                         data=None))
-                out[-1].path = f  # type: ignore[attr-defined]
+                out.append(SourceMessage(base.split(":", 1)[0], tuple(flags), st.st_mtime, st.st_size, path=f))
         return out
 
     async def load(self, folder: SourceFolder, wanted: list[SourceMessage]) -> AsyncIterator[SourceMessage]:
         for m in wanted:
-            m.data = crlf(await asyncio.to_thread(m.path.read_bytes))  # type: ignore[attr-defined]
+            assert m.path is not None
+            m.data = crlf(await asyncio.to_thread(m.path.read_bytes))
             m.size = len(m.data)
             m.message_id = message_id(m.data)
             yield m
@@ -316,18 +315,16 @@ class ImapReader:
             local = "INBOX" if wire.upper() == "INBOX" else (wire.replace("/", "_").replace(delim, "/") if delim
                                                              else wire)
             special = next((a for a in attrs if a in SPECIAL), None) or _guess_special(local)
-            folder = SourceFolder(local, special, "")
-            folder.wire = wire  # type: ignore[attr-defined]
-            folder.selectable = not any(a.lower() in ("\\noselect", "\\nonexistent") for a in attrs)  # type: ignore[attr-defined]
-            out.append(folder)
+            out.append(SourceFolder(local, special, "", wire=wire,
+                                    selectable=not any(a.lower() in ("\\noselect", "\\nonexistent") for a in attrs)))
         return out
 
     async def messages(self, folder: SourceFolder) -> list[SourceMessage]:
         import aioimaplib
 
-        if not getattr(folder, "selectable", True):
+        if not folder.selectable:
             return []
-        r = await self.client.examine(_quote(folder.wire))  # type: ignore[attr-defined]
+        r = await self.client.examine(_quote(folder.wire))
         if r.result != "OK":
             raise ConnectionError(f"EXAMINE {folder.name} failed: {_text(r.lines)}")
         # aioimaplib's examine() leaves its state at AUTH; the server has the folder selected (read-only)

@@ -53,7 +53,7 @@ class SourceFolder:
     special_use: str | None
     validity: str  # UIDVALIDITY (IMAP) or "" (offline sources: items never change meaning)
     wire: str = ""  # the name as the source spells it (IMAP: for EXAMINE)
-    selectable: bool = True  # False for an IMAP \\Noselect parent
+    selectable: bool = True  # False for an IMAP \Noselect parent
 
 
 @dataclass
@@ -332,7 +332,7 @@ async def run(importer: Importer, source, connections: int = 4) -> None:  # type
             while not queue.empty():
                 folder = queue.get_nowait()
                 progress.folders_done += 1
-                if not folder.selectable:  # a \\Noselect parent: its children carry the name
+                if not folder.selectable:  # a \Noselect parent: its children carry the name
                     continue
                 messages = await reader.messages(folder)
                 progress.messages_total += len(messages)

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import secrets
+import signal
 import sqlite3
 import time
 from collections import deque
@@ -344,7 +345,6 @@ def run(data_dir: Path, interval: float = 5.0) -> int:
         print(json.dumps({"event": "listening", "dashboard": f"http://{listen}/"}), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

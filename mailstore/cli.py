@@ -172,37 +172,35 @@ def cmd_imap(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reindex(args: argparse.Namespace) -> int:
-    from .rebuild import reindex
+def _on_store(args: argparse.Namespace, label: str, unit: str, work) -> int:  # type: ignore[no-untyped-def]
+    """A long admin operation: work(meta, fs, progress) -> its JSON report, with progress shown."""
+    show = Progress(label, unit)
 
     async def main() -> dict[str, int]:
         fs = open_fs(args.fs)
         try:
-            return await reindex(MetaStore(Path(args.db)), fs, args.user.lower(), show)
+            return await work(MetaStore(Path(args.db)), fs, show)  # type: ignore[no-any-return]
         finally:
             await fs.close()
-    show = Progress("reindex", "messages")
     result = asyncio.run(main())
     show.close()
     print(json.dumps(result))
     return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from .rebuild import reindex
+
+    return _on_store(args, "reindex", "messages",
+                     lambda meta, fs, show: reindex(meta, fs, args.user.lower(), show))
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from .rebuild import gc
 
-    async def main() -> dict[str, int]:
-        fs = open_fs(args.fs)
-        try:
-            return await gc(MetaStore(Path(args.db)), fs, parse_duration(args.grace, "--grace"),
-                            [args.user.lower()] if args.user else None, show)
-        finally:
-            await fs.close()
-    show = Progress("gc", "users")
-    result = asyncio.run(main())
-    show.close()
-    print(json.dumps(result))
-    return 0
+    grace = parse_duration(args.grace, "--grace")
+    return _on_store(args, "gc", "users", lambda meta, fs, show: gc(
+        meta, fs, grace, [args.user.lower()] if args.user else None, show))
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 from cache.batching import BatchThread, call
 
@@ -235,6 +236,16 @@ class MetaStore:
         """UIDs removed from the mailbox after `modseq`, as far as the log reaches back."""
         rows = self.conn().execute("SELECT uid FROM expunged WHERE mailbox_id=? AND modseq>?", (mailbox_id, modseq))
         return [u for u, in rows]
+
+    def vanished(self, mailbox_id: int, modseq: int, held: Collection[int], remaining: int) -> set[int]:
+        """Which of `held` (UIDs a reader knew as of `modseq`) are gone, when `remaining` of
+        them are still there: from the expunge log, else (it does not reach back) from the
+        visible UIDs."""
+        gone = {u for u in self.expunged_since(mailbox_id, modseq) if u in held}
+        if len(held) - len(gone) != remaining:
+            present = self.visible_uids(mailbox_id)
+            gone = {u for u in held if u not in present}
+        return gone
 
     @staticmethod
     def log_expunged(c: sqlite3.Connection, mailbox_id: int, modseq: int, uids: list[int]) -> None:

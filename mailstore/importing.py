@@ -178,7 +178,7 @@ class Importer:
             await asyncio.to_thread(self._remap, folder, moved)
             rows = await asyncio.to_thread(self._rows, folder.name)
         new: list[SourceMessage] = []
-        updates: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+        updates: dict[tuple[str, ...], list[int]] = {}  # wanted flags -> UIDs to set them on
         local_flags = dict(await asyncio.to_thread(self.meta.uid_flags, box_id))
         for m in messages:
             row = rows.get(m.item)
@@ -188,11 +188,9 @@ class Importer:
             report.skipped += 1
             uid = row[2]
             if row[1] == box_id and uid in local_flags:
-                have = set(local_flags[uid])
-                want = set(m.flags)
-                if have != want:
-                    updates.setdefault((tuple(sorted(want)), tuple(sorted(have))), []).append(uid)
-        for (want, _), uids in updates.items():
+                if set(local_flags[uid]) != set(m.flags):
+                    updates.setdefault(tuple(sorted(set(m.flags))), []).append(uid)
+        for want, uids in updates.items():
             await asyncio.to_thread(folders.store_flags, self.meta, box_id, uids, "FLAGS", list(want))
             report.flags_updated += len(uids)
         return new

@@ -134,14 +134,14 @@ class MboxSource:
         self.path = path
         self.folder = mutf7.encode(folder)  # mailbox names are stored as IMAP sends them
         self.id = f"mbox:{path.resolve()}"
-        self._messages: list[tuple[SourceMessage, bytes]] | None = None
+        self._messages: list[SourceMessage] | None = None  # parsed once, bodies included
 
     async def folders(self) -> list[SourceFolder]:
         return [SourceFolder(self.folder, _guess_special(self.folder), "")]
 
-    def _parse(self) -> list[tuple[SourceMessage, bytes]]:
+    def _parse(self) -> list[SourceMessage]:
         raw = self.path.read_bytes()
-        out: list[tuple[SourceMessage, bytes]] = []
+        out: list[SourceMessage] = []
         seen: dict[str, int] = {}
         starts = [m.start() for m in re.finditer(rb"(?:\A|(?<=\n\n)|(?<=\n\r\n))From ", raw)]
         for i, start in enumerate(starts):
@@ -158,19 +158,17 @@ class MboxSource:
             n = seen.get(digest, 0)
             seen[digest] = n + 1
             head = data.split(b"\r\n\r\n", 1)[0]
-            out.append((SourceMessage(f"{digest}-{n}", _mbox_flags(head), _from_line_date(from_line, head),
-                                      len(data), message_id(data)), data))
+            out.append(SourceMessage(f"{digest}-{n}", _mbox_flags(head), _from_line_date(from_line, head),
+                                     len(data), message_id(data), data))
         return out
 
     async def messages(self, folder: SourceFolder) -> list[SourceMessage]:
         if self._messages is None:
             self._messages = await asyncio.to_thread(self._parse)
-        return [m for m, _ in self._messages]
+        return self._messages
 
     async def load(self, folder: SourceFolder, wanted: list[SourceMessage]) -> AsyncIterator[SourceMessage]:
-        data = {id(m): d for m, d in self._messages or []}
-        for m in wanted:
-            m.data = data[id(m)]
+        for m in wanted:  # the whole file was read to split it: bodies are there already
             yield m
 
     async def reader(self) -> MboxSource:

@@ -113,12 +113,9 @@ class ImapContext:
             changed, count = self.meta.changes_since(box_id, cached[0])
             items = dict(cached[1])
             items.update(changed)
-            if len(items) != count:  # some vanished: the log says which
-                for u in self.meta.expunged_since(box_id, cached[0]):
-                    items.pop(u, None)
-            if len(items) != count:  # the log does not reach back that far: the UIDs alone say
-                present = self.meta.visible_uids(box_id)
-                items = {u: f for u, f in items.items() if u in present}
+            if len(items) != count:  # some vanished
+                for u in self.meta.vanished(box_id, cached[0], items, count):
+                    del items[u]
             if len(items) == count:  # otherwise a message is pending or a race moved on: reload
                 fresh = sorted(items.items())
                 self.snapshots[box_id] = (highest, fresh)
@@ -764,11 +761,8 @@ class Session:
         lines: list[bytes] = []
         last = v.uids[-1] if v.uids else 0
         new = [u for u, _ in changed if u not in v.flags and u > last]
-        if expunges and count != len(v.uids) + len(new):  # something vanished: the log says what
-            gone = {u for u in self._read(self.ctx.meta.expunged_since, v.box_id, v.modseq) if u in v.flags}
-            if count != len(v.uids) + len(new) - len(gone):  # the log does not reach back: compare UIDs
-                present = self._read(self.ctx.meta.visible_uids, v.box_id)
-                gone = {u for u in v.uids if u not in present}
+        if expunges and count != len(v.uids) + len(new):  # something vanished
+            gone = self._read(self.ctx.meta.vanished, v.box_id, v.modseq, v.flags, count - len(new))
             for u in sorted(gone, reverse=True):  # highest first: numbers stay valid
                 i = v.seq_of(u)
                 lines.append(f"* {i} EXPUNGE\r\n".encode())

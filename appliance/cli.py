@@ -8,11 +8,13 @@ import every part).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from cache import cli as cache_cli
 from gateway import cli as gateway_cli
+from gateway.filemodes import PRIVATE_UMASK
 from mailstore import cli as mailstore_cli
 
 
@@ -45,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Mail, password hashes and keys: nothing this process creates is for other users.
+    os.umask(PRIVATE_UMASK)
     args = parser().parse_args(argv)
     return gateway_cli.run_command(args)
 

@@ -69,7 +69,7 @@ def load(data_dir: Path) -> ApplianceConfig:
     """DATA_DIR/mailstore.toml, written with the defaults when it does not exist."""
     path = data_dir / "mailstore.toml"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.write_text(default_text())
     try:
         doc = tomllib.loads(path.read_text())

@@ -119,8 +119,8 @@ class Supervisor:
         self.data_dir = data_dir
         self.parts = parts
         self.logs = data_dir / "logs"
-        self.logs.mkdir(exist_ok=True)
-        (data_dir / "run").mkdir(exist_ok=True)
+        self.logs.mkdir(mode=0o700, exist_ok=True)
+        (data_dir / "run").mkdir(mode=0o700, exist_ok=True)
         self.stopping = False
 
     def start(self, part: Part, timeout: float = 30.0) -> None:
@@ -206,7 +206,7 @@ def _endpoints(cfg: ApplianceConfig, sec: dict) -> dict:  # type: ignore[type-ar
 
 
 def run(data_dir: Path) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     cfg = load(data_dir)
     sec = _first_run(data_dir, cfg)
     sup = Supervisor(data_dir, _parts(data_dir, cfg, sec))

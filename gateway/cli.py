@@ -19,7 +19,8 @@ from pathlib import Path
 from appliance.progress import Progress  # a leaf module: no part imported
 
 from .config import GatewayConfig, parse_bytes, parse_listen
-from .engine.local import EngineLocked, LocalEngine
+from .engine.local import EngineLock, EngineLocked, LocalEngine
+from .engine.recovery import IndexUnusable
 
 
 
@@ -185,8 +186,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
     root = Path(args.data_dir)
     # Exclusive: no gateway may write while we read everything (or swap the index).
-    engine = LocalEngine(root, exclusive=True, writer=False)
-    try:
+    # No recovery either: fsck reads the files as they are, whatever the index says.
+    with EngineLock(root, exclusive=True):
         show = Progress("fsck", "segments", enabled=not args.quiet)
         if args.rebuild_index:
             rep = fsck.rebuild(root, show)
@@ -195,11 +196,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             rep = fsck.verify(root, show)
             verb = "checked"
         show.close()
-    finally:
-        engine.close()
+    for w in rep.warnings:
+        print(f"mailstore: warning: {w}", file=sys.stderr)
     print(json.dumps({"result": "ok" if rep.ok else "problems", "action": verb, "records": rep.records,
                       "live": rep.live, "dead": rep.dead, "blobs": rep.blobs, "problems": rep.problems[:100],
-                      "problem_count": len(rep.problems)}, indent=2))
+                      "problem_count": len(rep.problems), "warnings": rep.warnings}, indent=2))
     return 0 if rep.ok or args.rebuild_index else 1
 
 
@@ -311,6 +312,9 @@ def run_command(args: argparse.Namespace) -> int:
     except EngineLocked as exc:
         print(f"mailstore: {exc}", file=sys.stderr)
         return 3
+    except IndexUnusable as exc:
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 4
     except ValueError as exc:  # PolicyError too
         print(f"mailstore: {exc}", file=sys.stderr)
         return 2

@@ -72,7 +72,7 @@ class Compactor:
 
     def run_once(self, progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, int]:
         """One pass over every eligible segment; returns what it did.  progress(done, total) segments."""
-        lock_fd = os.open(self.data.root / "compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock_fd = os.open(self.data.root / "compact.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

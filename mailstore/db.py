@@ -143,7 +143,7 @@ class MetaStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._local = threading.local()
         self._migrate()
         self.drop_dead_reservations()
@@ -578,7 +578,7 @@ class WriteLock:
     """
 
     def __init__(self, db: Path) -> None:
-        self.fd = os.open(str(db) + ".write-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(str(db) + ".write-lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def acquire(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_EX)

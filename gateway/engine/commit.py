@@ -302,7 +302,7 @@ class GroupCommitter:
                     plan.append((w, seq, rec, cur))
                     overlay[(w.ns, w.key)] = (
                         _Current(seq, -1, len(rec), w.meta.etag,
-                                 json.dumps([b.to_json() for b in w.blobs]) if w.blobs else None)
+                                 records.blobs_json(w.blobs))
                         if w.meta is not None else None
                     )
                 planned.append((txn, plan))
@@ -368,7 +368,7 @@ class GroupCommitter:
                         " mtime, meta, blobs) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (w.ns, key_bytes(w.key), seq, seg_id, offset, len(rec), m.size, m.etag, m.mtime,
                          w.meta_text,
-                         json.dumps([b.to_json() for b in w.blobs]) if w.blobs else None),
+                         records.blobs_json(w.blobs)),
                     )
                     live_delta += len(rec)
                 else:

@@ -24,10 +24,11 @@ from typing import Callable, Iterator
 from . import records
 from .commit import GroupCommitter, Guard, Txn, Write
 from .index import IndexReader, connect
+from .recovery import check_index_file, recover
 from .model import (MPU, SYS, BlobRef, BucketAlreadyExists, BucketNotEmpty, Conditions,
                     CorruptRecord, InvalidPart, ListPage, NoSuchBucket, NoSuchKey, NoSuchUpload,
                     ObjectInfo, ObjectMeta, PreconditionFailed)
-from .segments import DataDir, SegmentGone, SegmentReader, WriteLock, read_blob_blocks, try_lock
+from .segments import DataDir, SegmentGone, SegmentReader, WriteLock, read_blob_blocks
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +66,51 @@ class EngineLocked(Exception):
     """An offline operation found gateways running on the data directory."""
 
 
+class EngineLock:
+    """Who may use a data directory: gateways and admin commands share it, offline work excludes."""
+
+    def __init__(self, root: Path, *, exclusive: bool) -> None:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.fd = os.open(root / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise EngineLocked(
+                f"{root} is in use by another process (stop the gateways first)" if exclusive
+                else f"{root} is locked by an offline operation (fsck --rebuild-index?)") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> EngineLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class LocalEngine:
     def __init__(self, root: Path, *, exclusive: bool = False, writer: bool = True) -> None:
         self.data = DataDir(root)
         self.data.create()
-        self._lock_fd = os.open(root / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise EngineLocked(
-                f"{root} is in use by another process (stop the gateways first)" if exclusive
-                else f"{root} is locked by an offline operation (fsck --rebuild-index?)") from None
+        self._lock = EngineLock(root, exclusive=exclusive)
         self._local = threading.local()
-        boot = connect(self.data.index_path)
-        lock = WriteLock(root)
         try:
-            with lock:
-                self._recover(boot)
-        finally:
-            lock.close()
-            boot.close()
+            check_index_file(self.data)
+            boot = connect(self.data.index_path)
+            lock = WriteLock(root)
+            try:
+                with lock:
+                    recover(boot, self.data)
+            finally:
+                lock.close()
+                boot.close()
+        except BaseException:
+            self._lock.close()
+            raise
         self.metrics = {"batches": 0, "batch_txns": 0, "commit_seconds": 0.0, "checksum_errors": 0}
         self.batch_observers: list[Callable[[int, float, float], None]] = []  # (txns, seconds, sync seconds)
         self.committer: GroupCommitter | None = None
@@ -104,55 +129,7 @@ class LocalEngine:
         if self.committer is not None:
             self.committer.close()
             self.committer = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-
-    # ------------------------------------------------------------ recovery
-
-    def _recover(self, conn) -> None:  # type: ignore[no-untyped-def]
-        """Seal segments whose writer died: cut the uncommitted tail, no manual step.
-
-        A crash can leave (a) bytes past a segment's committed size (a batch
-        written but never committed), (b) an empty segment row, (c) a segment
-        file without a row (created by a transaction that rolled back).
-        """
-        rows = conn.execute("SELECT id, size FROM segments WHERE sealed=0").fetchall()
-        for seg_id, size in rows:
-            path = self.data.segment_path(seg_id)
-            fd = try_lock(path)
-            if fd is None:
-                if not path.exists():
-                    if size:
-                        log.error("segment %d is missing with %d committed bytes", seg_id, size)
-                        continue
-                    conn.execute("DELETE FROM segments WHERE id=? AND sealed=0", (seg_id,))
-                continue  # a live writer holds it
-            try:
-                if os.fstat(fd).st_size > size:
-                    os.ftruncate(fd, size)
-                    os.fsync(fd)
-                if size == 0:
-                    conn.execute("DELETE FROM segments WHERE id=?", (seg_id,))
-                    path.unlink(missing_ok=True)
-                else:
-                    conn.execute("UPDATE segments SET sealed=1 WHERE id=?", (seg_id,))
-            finally:
-                os.close(fd)
-        known = {r[0] for r in conn.execute("SELECT id FROM segments")}
-        for seg_id in self.data.segment_ids():
-            if seg_id in known:
-                continue
-            path = self.data.segment_path(seg_id)
-            fd = try_lock(path)
-            if fd is None:
-                continue
-            try:
-                # Re-check under the lock: its creator may have committed meanwhile.
-                if conn.execute("SELECT 1 FROM segments WHERE id=?", (seg_id,)).fetchone() is None:
-                    path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
+        self._lock.close()
 
     # ------------------------------------------------------------ per-thread readers
 

@@ -54,6 +54,11 @@ def meta_json(meta: ObjectMeta) -> str:
     return json.dumps(meta.to_json(), separators=(",", ":"), ensure_ascii=False)
 
 
+def blobs_json(blobs: tuple[BlobRef, ...]) -> str | None:
+    """The blob list as the index stores it (None for an inline body)."""
+    return json.dumps([b.to_json() for b in blobs]) if blobs else None
+
+
 def encode(kind: int, seq: int, namespace: str, key: str, meta: str | None,
            prev: int | None, blobs: tuple[BlobRef, ...], body: bytes) -> bytes:
     """`meta` is the ObjectMeta already serialized (meta_json): the index stores the same text."""

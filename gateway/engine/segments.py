@@ -42,7 +42,7 @@ class WriteLock:
     """
 
     def __init__(self, root: Path) -> None:
-        self.fd = os.open(root / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(root / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def __enter__(self) -> WriteLock:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -76,7 +76,7 @@ class DataDir:
 
     def create(self) -> None:
         for d in (self.root, self.segments, self.blobs):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def segment_path(self, seg_id: int) -> Path:
         return self.segments / f"{seg_id:010d}.seg"
@@ -128,7 +128,7 @@ class SegmentWriter:
     def __init__(self, data: DataDir, seg_id: int) -> None:
         self.id = seg_id
         self.path = data.segment_path(seg_id)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.size = 0
         fsync_dir(data.segments)
@@ -178,8 +178,8 @@ class BlobWriter:
     def __init__(self, data: DataDir) -> None:
         self.blob_id = secrets.token_hex(16)
         self.path = data.blob_path(self.blob_id)
-        self.path.parent.mkdir(exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.size = 0
         self.crcs: list[int] = []
         self._block_crc = 0

@@ -143,6 +143,7 @@ class Collector:
                     le = float(labels["le"])
                     b[le] = b.get(le, 0.0) + value
                 elif name in ("mailstore_engine_checksum_errors_total", "mailstore_compaction_reclaimed_bytes_total",
+                              "mailstore_engine_storage_full_total",
                               "mailstore_s3_auth_failures_total", "mailstore_s3_policy_denials_total"):
                     g[name] = g.get(name, 0.0) + value
                 elif name.startswith(("mailstore_engine_", "mailstore_disk_")) and not name.endswith(
@@ -218,6 +219,8 @@ class Collector:
                 time_to_full = free / -slope
         window = [s for s in samples if s.t >= last.t - 300]
         deferring = window[-1].gauges.get("lmtp_temp_failed", 0) - window[0].gauges.get("lmtp_temp_failed", 0)
+        full = "mailstore_engine_storage_full_total"
+        refused = window[-1].gauges.get(full, 0) - window[0].gauges.get(full, 0)
         alerts = []
         for name, st in sorted(last.lb.items()):
             if st == "down":
@@ -229,6 +232,9 @@ class Collector:
         if g.get("mailstore_engine_checksum_errors_total", 0) > 0:
             alerts.append({"level": "critical", "text": f"{int(g['mailstore_engine_checksum_errors_total'])} "
                                                         "checksum errors"})
+        if refused > 0:
+            alerts.append({"level": "critical", "text": f"storage full: {int(refused)} writes refused (503) "
+                                                        "in the last 5 minutes"})
         if deferring > 0:
             alerts.append({"level": "warning", "text": f"{int(deferring)} deliveries deferred in the last 5 minutes"})
         return {"ready": True, "time": last.t, "interval": self.interval, "gateways": last.lb,

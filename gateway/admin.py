@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .body import Expectations, receive
 from .engine.model import BucketAlreadyExists, BucketNotEmpty, NoSuchBucket
 from .policy import Policy, PolicyError, preset
+from .s3.errors import S3Error
+from .s3.sigv4 import UNSIGNED_PAYLOAD
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -43,12 +46,20 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(data, indent=2) + "\n", content_type="application/json")
 
 
-async def _body(request: web.BaseRequest) -> dict[str, Any]:
+async def _body(gw: Gateway, request: web.BaseRequest, principal: Principal) -> dict[str, Any]:
+    """The JSON body, read like any S3 body: its signed payload hash (or chunk signatures) verified."""
     if (request.content_length or 0) > MAX_BODY:
         raise AdminError(413, "TooLarge", "admin requests are at most 64 KiB")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise AdminError(413, "TooLarge", "admin requests are at most 64 KiB")
+    if principal.payload_hash == UNSIGNED_PAYLOAD:
+        # Keys and policies are too valuable for a body anyone on the path may swap.
+        raise S3Error("AccessDenied", "Admin requests must sign their body (x-amz-content-sha256)")
+    exp = Expectations.from_request(request, principal.payload_hash, principal.chunk_seed)
+    try:
+        raw = (await receive(request, exp, gw.engine.data, run=gw.run_blocking, max_size=MAX_BODY)).data
+    except S3Error as exc:
+        if exc.code == "EntityTooLarge":
+            raise AdminError(413, "TooLarge", "admin requests are at most 64 KiB") from None
+        raise
     try:
         doc = json.loads(raw or b"{}")
     except json.JSONDecodeError as exc:
@@ -80,7 +91,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
     if parts == ["keys"] and method == "GET":
         return _json([k.describe() for k in keys.list()])
     if parts == ["keys"] and method == "POST":
-        doc = await _body(request)
+        doc = await _body(gw, request, principal)
         name = str(doc.get("name", "")).strip()
         if not name:
             raise AdminError(400, "InvalidArgument", "a key needs a name")
@@ -100,7 +111,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         key = keys.get(parts[1])
         if key is None:
             raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
-        doc = await _body(request)
+        doc = await _body(gw, request, principal)
         policy = _policy_from(doc)
         admin = bool(doc.get("admin", False))
         if not admin and policy is None:
@@ -115,7 +126,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         return _json([{"Name": b.name, "Created": int(b.created), **_totals(usage.get(b.name))}
                       for b in gw.engine.list_buckets()])
     if parts == ["buckets"] and method == "POST":
-        name = str((await _body(request)).get("name", ""))
+        name = str((await _body(gw, request, principal)).get("name", ""))
         from .app import valid_bucket_name
         if not valid_bucket_name(name):
             raise AdminError(400, "InvalidBucketName", f"not a valid bucket name: {name!r}")

@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
-from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import MultiDict
@@ -31,7 +30,8 @@ from .engine.local import EntityTooSmall, InvalidPartOrder, LocalEngine
 from .s3 import xml
 from .s3.errors import S3Error
 from .s3.ops import operation, parse_copy_source
-from .s3.sigv4 import parse_query
+from .s3.sigv4 import decode_path, parse_query
+from .serverlog import ServerLog
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -48,6 +48,7 @@ ENGINE_ERRORS: dict[type[m.EngineError], str] = {
     EntityTooSmall: "EntityTooSmall",
     m.InvalidPart: "InvalidPart",
     m.CorruptRecord: "InternalError",
+    m.StorageFull: "ServiceUnavailable",
     m.EngineUnavailable: "ServiceUnavailable",
 }
 
@@ -67,6 +68,29 @@ def valid_bucket_name(name: str) -> bool:
 
 
 _VALID_SEEN: set[str] = set()
+
+
+# Headers asking for something this gateway cannot do yet.  Obeying them in
+# silence (storing plaintext when encryption was asked for) would be a lie.
+UNSUPPORTED_HEADERS = (
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+    "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-customer-key",
+    "x-amz-server-side-encryption-customer-key-md5",
+    "x-amz-copy-source-server-side-encryption-customer-algorithm",
+    "x-amz-copy-source-server-side-encryption-customer-key",
+    "x-amz-copy-source-server-side-encryption-customer-key-md5",
+)
+
+
+def refuse_unsupported(headers: Any) -> None:
+    for name in UNSUPPORTED_HEADERS:
+        if name in headers:
+            raise S3Error("NotImplemented", "Server-side encryption is not supported yet",
+                          extra={"Header": name})
 
 
 @dataclass(slots=True)
@@ -115,7 +139,7 @@ class Gateway:
         """(bucket, key, bucket-came-from-the-Host-header)."""
         host_header = request.headers.get("host", "")
         host = host_header.rsplit(":", 1)[0].lower() if "]" not in host_header else ""
-        path = unquote(raw_path)
+        path = decode_path(raw_path)
         for domain in self.config.base_domains:
             if host.endswith("." + domain):
                 bucket = host[: -len(domain) - 1]
@@ -214,6 +238,7 @@ class Gateway:
             if "x-amz-copy-source" in request.headers and op in ("PutObject", "UploadPart"):
                 copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
             self.access.authorize(principal.key, op, bucket, key, query, copy_source)
+            refuse_unsupported(request.headers)
             handler = self.handlers[op]
             if request.headers.get("expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 # Only now, authenticated and routed, may the client send its body.
@@ -225,7 +250,12 @@ class Gateway:
             resp, code = self.error_response(request, exc, bucket, key, rid), exc.code
         except m.EngineError as exc:
             code = next((c for t, c in ENGINE_ERRORS.items() if isinstance(exc, t)), "InternalError")
-            resp = self.error_response(request, S3Error(code), bucket, key, rid)
+            if isinstance(exc, m.StorageFull):
+                self.metrics.storage_full.inc()
+                resp = self.error_response(request, S3Error(code, "The storage is full; retry later",
+                                                            headers={"Retry-After": "30"}), bucket, key, rid)
+            else:
+                resp = self.error_response(request, S3Error(code), bucket, key, rid)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
@@ -271,4 +301,5 @@ def build_server(config: GatewayConfig, engine: LocalEngine) -> tuple[web.Server
 
     gw = Gateway(config, engine)
     gw.handlers.update(HANDLERS)
-    return web.Server(gw.handle, access_log=None, keepalive_timeout=config.idle_timeout), gw
+    return web.Server(gw.handle, access_log=None, keepalive_timeout=config.idle_timeout,
+                      logger=ServerLog()), gw

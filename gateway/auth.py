@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 from multidict import CIMultiDictProxy
 
 from .keys import AccessKey, KeyStore
-from .s3 import sigv2, sigv4
+from .s3 import numbers, sigv2, sigv4
 from .s3.http import parse_any_date
 from .s3.chunked import ChunkSigner
 from .s3.errors import S3Error
@@ -60,6 +60,8 @@ class Authenticator:
                      vhost_bucket: str | None = None) -> Principal:
         """`pairs` is the decoded query in wire order, `query` the same as a mapping;
         `vhost_bucket` the bucket when it came from the Host header (SigV2 signs it)."""
+        _refuse_repeats(headers, pairs)
+        _refuse_undecodable(headers)
         authz = headers.get("authorization")
         if authz is not None:
             if authz.startswith(sigv4.ALGORITHM):
@@ -81,6 +83,7 @@ class Authenticator:
         for required in ("host",):
             if required not in signed.signed_headers:
                 raise S3Error("AccessDenied", f"The {required} header must be signed")
+        _refuse_unsigned_amz(headers, signed)
         hdrs = {name: headers.getall(name, []) for name in signed.signed_headers}
         expected = sigv4.expected_signature(signed, key.secret, method, raw_path, pairs, hdrs)
         sigv4.verify_signature(signed, expected)
@@ -114,14 +117,69 @@ class Authenticator:
                   headers: CIMultiDictProxy[str], vhost_bucket: str | None) -> Principal:
         key = self.lookup(query["AWSAccessKeyId"])
         expires = query.get("Expires", "")
-        if not expires.isdigit():
+        expires_at = numbers.decimal(expires)
+        if expires_at is None:
             raise S3Error("AccessDenied", "Query-string authentication requires the Expires parameter")
-        if self.clock() > int(expires):
+        if self.clock() > expires_at:
             raise S3Error("AccessDenied", "Request has expired", extra={"Expires": expires})
         hdrs = _v2_headers(headers)
         sigv2.verify(key.secret, [sigv2.string_to_sign(method, hdrs, expires, r)
                                   for r in sigv2.resource_forms(raw_path, vhost_bucket, pairs)], query["Signature"])
         return Principal(key, sigv4.UNSIGNED_PAYLOAD, presigned=True)
+
+
+# Authentication inputs that may appear once: with two, one copy would be
+# checked and the other obeyed.
+_ONCE_HEADERS = ("authorization", "x-amz-date", "x-amz-content-sha256", "date")
+_ONCE_QUERY = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
+                         "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Content-Sha256",
+                         "X-Amz-Security-Token", "AWSAccessKeyId", "Signature", "Expires"})
+
+
+def _refuse_repeats(headers: CIMultiDictProxy[str], pairs: list[tuple[str, str]]) -> None:
+    for name in _ONCE_HEADERS:
+        if len(headers.getall(name, ())) > 1:
+            raise S3Error("InvalidArgument", f"The {name} header may appear only once",
+                          extra={"ArgumentName": name})
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in _ONCE_QUERY:
+            if name in seen:
+                raise S3Error("InvalidArgument", f"The {name} parameter may appear only once",
+                              extra={"ArgumentName": name})
+            seen.add(name)
+
+
+def _refuse_undecodable(headers: CIMultiDictProxy[str]) -> None:
+    """Header bytes that are not UTF-8 (aiohttp hands them over as surrogates) are a 400.
+
+    What a signature covers is bytes; a value that cannot be turned back into
+    the bytes that were sent cannot be checked, nor stored and served again.
+    """
+    for name, value in headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise S3Error("InvalidArgument", f"The {name} header is not valid UTF-8",
+                              extra={"ArgumentName": name}) from None
+
+
+def _refuse_unsigned_amz(headers: CIMultiDictProxy[str], signed: sigv4.SignedRequest) -> None:
+    """AWS: every x-amz-* header present must be covered by the signature.
+
+    An unsigned one could be added by anybody between the signer and us (a
+    presigned URL is a bearer token): x-amz-copy-source would turn a PUT into a
+    copy with the signer's rights.  With header signing, x-amz-content-sha256
+    and x-amz-date are covered anyway: their values are lines of what is signed.
+    """
+    covered = set(signed.signed_headers)
+    if not signed.presigned:
+        covered |= {"x-amz-content-sha256", "x-amz-date"}
+    unsigned = sorted({n.lower() for n in headers if n[:6].lower() == "x-amz-"} - covered)
+    if unsigned:
+        raise S3Error("AccessDenied", "There were headers present in the request which were not signed",
+                      extra={"HeadersNotSigned": ", ".join(unsigned)})
 
 
 def _v2_headers(headers: CIMultiDictProxy[str]) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ from awscrt import checksums as crt_checksums
 from .engine.local import INLINE_MAX
 from .engine.model import BlobRef
 from .engine.segments import BlobWriter, DataDir
+from .s3 import numbers
 from .s3.errors import S3Error
 from .s3.chunked import AwsChunkedDecoder, ChunkSigner
 from .s3.sigv4 import STREAMING_PREFIX, UNSIGNED_PAYLOAD
@@ -114,16 +115,17 @@ class Expectations:
                 raise S3Error("NotImplemented", f"x-amz-content-sha256 {payload_hash} is not supported")
             signed_chunks, trailer = STREAMING[payload_hash]
         cl = h.get("content-length")
-        if cl is not None and not cl.isdigit():
+        cl_value = numbers.decimal(cl) if cl is not None else None
+        if cl is not None and cl_value is None:
             raise S3Error("InvalidArgument", "Content-Length must be a non-negative integer")
         length: int | None
         if aws_chunked:
             decoded = h.get("x-amz-decoded-content-length")
-            if decoded is None or not decoded.isdigit():
+            if decoded is None:
                 raise S3Error("MissingContentLength", "aws-chunked uploads need x-amz-decoded-content-length")
-            length = int(decoded)
-        elif cl is not None:
-            length = int(cl)
+            length = numbers.argument(decoded, "x-amz-decoded-content-length")
+        elif cl_value is not None:
+            length = cl_value
         elif "chunked" in h.get("transfer-encoding", "").lower():
             length = None
         elif request.method == "PUT":

@@ -42,6 +42,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def,type-arg]
     """A signed request to a gateway's admin API (credentials: --access-key/--secret-key or env)."""
+    import hashlib
     import os
     import urllib.error
     import urllib.parse
@@ -58,7 +59,8 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | N
     path_only, _, query = path.partition("?")
     data = json.dumps(body).encode() if body is not None else b""
     headers = {"Host": url.netloc, "Content-Type": "application/json"}
-    headers.update(sigv4.sign_headers(method, path_only, sigv4.parse_query(query), headers, akid, secret))
+    headers.update(sigv4.sign_headers(method, path_only, sigv4.parse_query(query), headers, akid, secret,
+                                      payload_hash=hashlib.sha256(data).hexdigest()))
     req = urllib.request.Request(args.endpoint.rstrip("/") + path, data=data or None, method=method,
                                  headers=headers)
     try:

@@ -49,6 +49,8 @@ class GatewayMetrics:
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.fsync_seconds = Histogram("mailstore_engine_fsync_seconds", "fdatasync of a group commit",
                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.storage_full = Counter("mailstore_engine_storage_full", "Writes refused with 503 because the "
+                                    "data directory's disk (or quota) is full", registry=r)
         self._children: dict[tuple[str, int], tuple] = {}  # type: ignore[type-arg]
         r.register(_EngineCollector(gw))
         gw.engine.batch_observers.append(self._batch)

@@ -50,13 +50,15 @@ def test_no_alerts_when_all_is_well():
 
 
 def test_alerts():
-    quiet, now = sample(500, lmtp_temp_failed=3), sample(700, lmtp_temp_failed=7, mailstore_disk_free_bytes=80e9,
-                                                        mailstore_engine_checksum_errors_total=2)
+    quiet = sample(500, lmtp_temp_failed=3, mailstore_engine_storage_full_total=1)
+    now = sample(700, lmtp_temp_failed=7, mailstore_disk_free_bytes=80e9, mailstore_engine_checksum_errors_total=2,
+                 mailstore_engine_storage_full_total=6)
     now.lb = {"gw1": lb_state("DOWN"), "gw2": lb_state("NOLB")}
     texts = {a["text"]: a["level"] for a in collector(quiet, now).state()["alerts"]}
     assert texts == {"gateway gw1 is down": "critical", "gateway gw2 is draining": "warning",
                      "disk nearly full": "critical", "2 checksum errors": "critical",
-                     "4 deliveries deferred in the last 5 minutes": "warning"}
+                     "4 deliveries deferred in the last 5 minutes": "warning",
+                     "storage full: 5 writes refused (503) in the last 5 minutes": "critical"}
 
 
 def test_time_to_full_from_the_free_space_trend():

@@ -31,7 +31,7 @@ from typing import Callable
 
 from . import records
 from .index import connect, key_bytes
-from .model import BlobRef, EngineError, EngineUnavailable, ObjectMeta
+from .model import BlobRef, EngineError, EngineUnavailable, ObjectMeta, StorageFull, as_storage_error
 from .segments import DataDir, SegmentWriter, WriteLock, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -214,10 +214,14 @@ class GroupCommitter:
             try:
                 self._commit(batch)
             except BaseException as exc:  # keep the thread alive; fail the batch
-                log.exception("group commit failed")
+                error = as_storage_error(exc)
+                if isinstance(error, StorageFull):
+                    log.warning("group commit refused %d transactions: %s", len(batch), exc)
+                else:
+                    log.exception("group commit failed")
                 for t in batch:
                     if t.result is None and t.error is None:
-                        t.error = EngineUnavailable(str(exc))
+                        t.error = error
             finish(batch)
             if stop:
                 return
@@ -254,10 +258,12 @@ class GroupCommitter:
             raise g.error()
 
     def _commit(self, batch: list[Txn]) -> None:
-        assert self._segment is not None
         t0 = time.perf_counter()
-        if self._segment.size and self._segment.size + sum(t.size() for t in batch) > self.SEGMENT_LIMIT:
+        if self._segment is not None and self._segment.size and \
+                self._segment.size + sum(t.size() for t in batch) > self.SEGMENT_LIMIT:
             self._seal(self._segment)
+            self._segment = None
+        if self._segment is None:  # (a full disk may have refused the last attempt)
             self._segment = self._new_segment()
         with self.lock:
             planned = self._commit_locked(batch)

@@ -8,6 +8,7 @@ one compaction and one rebuild serve them all.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 # Reserved namespaces: "~" can never appear in a bucket name.
@@ -147,3 +148,22 @@ class CorruptRecord(EngineError):
 
 class EngineUnavailable(EngineError):
     """Transient: the engine cannot take the request now (retry later)."""
+
+
+class StorageFull(EngineUnavailable):
+    """No space (or quota) left for data or index: nothing was written; retry after space is freed."""
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13
+
+
+def as_storage_error(exc: BaseException) -> EngineError:
+    """The engine's error for a failed write: StorageFull when the disk is full, else unavailable."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return StorageFull(str(exc))
+    if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return StorageFull(str(exc))
+    return EngineUnavailable(str(exc))

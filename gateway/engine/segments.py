@@ -27,7 +27,7 @@ import zlib
 from hashlib import md5
 from pathlib import Path
 
-from .model import BLOCK_SIZE, BlobRef, CorruptRecord
+from .model import BLOCK_SIZE, BlobRef, CorruptRecord, as_storage_error
 
 
 class WriteLock:
@@ -178,8 +178,12 @@ class BlobWriter:
     def __init__(self, data: DataDir) -> None:
         self.blob_id = secrets.token_hex(16)
         self.path = data.blob_path(self.blob_id)
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.fd = -1
+        try:
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise as_storage_error(exc) from exc
         self.size = 0
         self.crcs: list[int] = []
         self._block_crc = 0
@@ -198,15 +202,21 @@ class BlobWriter:
                 self._block_fill = 0
             view = view[room:]
         written = 0
-        while written < len(chunk):
-            written += os.write(self.fd, chunk[written:])
+        try:
+            while written < len(chunk):
+                written += os.write(self.fd, chunk[written:])
+        except OSError as exc:
+            raise as_storage_error(exc) from exc
         self.size += len(chunk)
 
     def finish(self) -> BlobRef:
         """fdatasync and close; the directory entry is synced at commit."""
         if self._block_fill:
             self.crcs.append(self._block_crc)
-        os.fdatasync(self.fd)
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise as_storage_error(exc) from exc
         os.close(self.fd)
         self.fd = -1
         return BlobRef(self.blob_id, self.size, tuple(self.crcs))

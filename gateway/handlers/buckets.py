@@ -11,7 +11,7 @@ from aiohttp import web
 from ..app import Gateway, S3Request, valid_bucket_name
 from ..body import Expectations, receive
 from ..engine.model import BucketAlreadyExists, ListPage
-from ..s3 import xml
+from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from .objects import acl_response
 
@@ -91,11 +91,12 @@ def _max_keys(r: S3Request, name: str = "max-keys") -> int:
     v = r.query.get(name)
     if v is None:
         return MAX_KEYS
-    try:
-        n = int(v)
-    except ValueError:
+    n = numbers.decimal(v.removeprefix("-")) if v[:1] == "-" else numbers.decimal(v)
+    if n is None:
         raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
-                      extra={"ArgumentName": name, "ArgumentValue": v}) from None
+                      extra={"ArgumentName": name, "ArgumentValue": v[:64]})
+    if v[:1] == "-":
+        n = -n
     if n < 0:
         raise S3Error("InvalidArgument", f"{name} must be non-negative",
                       extra={"ArgumentName": name, "ArgumentValue": v})

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..app import Gateway, S3Request
 from ..body import Expectations, discard_blob, receive
 from ..engine.model import BlobRef
-from ..s3 import xml
+from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from ..s3.http import evaluate_preconditions, parse_range
 from ..s3.ops import parse_copy_source
@@ -42,11 +42,8 @@ async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 
 def _part_number(r: S3Request) -> int:
-    v = r.query.get("partNumber", "")
-    if not v.isdigit() or not 1 <= int(v) <= MAX_PART_NUMBER:
-        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
-                      extra={"ArgumentName": "partNumber", "ArgumentValue": v})
-    return int(v)
+    return numbers.argument(r.query.get("partNumber", ""), "partNumber", low=1, high=MAX_PART_NUMBER,
+                            message="Part number must be an integer between 1 and 10000, inclusive")
 
 
 async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
@@ -114,9 +111,8 @@ async def abort_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def list_parts(gw: Gateway, r: S3Request) -> web.StreamResponse:
     upload = _upload(gw, r)
-    max_parts = int(r.query.get("max-parts", "1000")) if r.query.get("max-parts", "1000").isdigit() else 1000
-    marker_text = r.query.get("part-number-marker", "0")
-    marker = int(marker_text) if marker_text.isdigit() else 0
+    max_parts = min(numbers.argument(r.query.get("max-parts", "1000"), "max-parts"), 1000)
+    marker = numbers.argument(r.query.get("part-number-marker", "0") or "0", "part-number-marker")
     parts = [p for p in gw.engine.list_parts(upload.upload_id) if p.number > marker]
     shown = parts[:max_parts]
     truncated = len(parts) > max_parts
@@ -142,7 +138,7 @@ async def list_uploads(gw: Gateway, r: S3Request) -> web.StreamResponse:
     id_marker = r.query.get("upload-id-marker", "")
     if key_marker:
         uploads = [u for u in uploads if (u.key, u.upload_id) > (key_marker, id_marker) or u.key > key_marker]
-    max_uploads = min(int(r.query.get("max-uploads", "1000") or 1000), 1000)
+    max_uploads = min(numbers.argument(r.query.get("max-uploads", "1000") or "1000", "max-uploads"), 1000)
     shown = uploads[:max_uploads]
     truncated = len(uploads) > max_uploads
     k = r.principal.key

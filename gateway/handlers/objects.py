@@ -15,7 +15,7 @@ from ..engine.segments import BlobWriter
 from ..policy import arn
 from ..s3 import xml
 from ..s3.errors import S3Error
-from ..s3.http import ByteRange, evaluate_preconditions, http_date, parse_range
+from ..s3.http import ByteRange, evaluate_preconditions, header_value, http_date, parse_range
 from ..s3.ops import parse_copy_source
 
 STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
@@ -39,6 +39,7 @@ def meta_from_request(r: S3Request, size: int, etag: str, checksums: dict[str, s
         lname = name.lower()
         if lname.startswith("x-amz-meta-"):
             short = lname[11:]
+            header_value(value, name)
             user[short] = value if short not in user else f"{user[short]},{value}"
             total += len(short) + len(value)
     if total > MAX_USER_METADATA:
@@ -112,7 +113,7 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"))
     for param, header in RESPONSE_OVERRIDES.items():
         if param in r.query:
-            headers[header] = r.query[param]
+            headers[header] = header_value(r.query[param], param)
     status = 200
     span = ByteRange(0, size - 1) if size else None
     if rng is not None:

@@ -22,6 +22,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from .errors import S3Error
+from .numbers import hexadecimal
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_HEADER_LINE = 4096
@@ -128,11 +129,10 @@ class AwsChunkedDecoder:
 
     def _header(self, line: bytes) -> None:
         size_text, _, ext = line.partition(b";")
-        try:
-            size = int(size_text.strip(), 16)
-        except ValueError:
-            raise S3Error("InvalidRequest", f"Invalid aws-chunked chunk size {size_text[:20]!r}") from None
-        if size < 0 or size > MAX_CHUNK:
+        size = hexadecimal(size_text.strip().decode("latin-1"))
+        if size is None:
+            raise S3Error("InvalidRequest", f"Invalid aws-chunked chunk size {size_text[:20]!r}")
+        if size > MAX_CHUNK:
             raise S3Error("InvalidRequest", "An aws-chunked chunk is larger than this server accepts")
         sig = ""
         if ext:

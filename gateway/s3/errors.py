@@ -26,6 +26,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
     "InvalidPart": (400, "One or more of the specified parts could not be found."),
     "InvalidPartOrder": (400, "The list of parts was not in ascending order."),
+    "InvalidURI": (400, "Couldn't parse the specified URI."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
     "KeyTooLongError": (400, "Your key is too long"),

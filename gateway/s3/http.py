@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 
+from . import numbers
 from .errors import S3Error
 
 
@@ -63,6 +64,16 @@ class ByteRange:
         return f"bytes {self.start}-{self.end}/{size}"
 
 
+_BEYOND = 1 << 63  # any position past what one object can hold
+
+
+def _position(text: str) -> int | None:
+    """A byte position: ASCII digits of any length (a huge one is simply past the end), else None."""
+    if len(text) > numbers.MAX_DIGITS and text.isascii() and text.isdigit():
+        return _BEYOND
+    return numbers.decimal(text)
+
+
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """None means 'serve the whole object' (no header, or one S3 ignores)."""
     if not header:
@@ -75,18 +86,18 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return None
     first, last = first.strip(), last.strip()
     if not first:  # suffix range: the last N bytes
-        if not last.isdigit():
+        n = _position(last)
+        if n is None:
             return None
-        n = int(last)
         if n == 0:
             raise S3Error("InvalidRange", extra={"ActualObjectSize": str(size), "RangeRequested": header})
         if size == 0:
             raise S3Error("InvalidRange", extra={"ActualObjectSize": str(size), "RangeRequested": header})
         return ByteRange(max(0, size - n), size - 1)
-    if not first.isdigit() or (last and not last.isdigit()):
+    start = _position(first)
+    end = _position(last) if last else size - 1
+    if start is None or end is None:
         return None
-    start = int(first)
-    end = int(last) if last else size - 1
     if last and end < start:
         return None  # syntactically invalid: RFC 9110 says ignore the header
     if start >= size:
@@ -133,3 +144,18 @@ def evaluate_preconditions(
     elif if_mod is not None and whole_seconds <= if_mod:
         return 412 if prefix else 304
     return None
+
+
+_CONTROL = frozenset(chr(c) for c in (*range(0, 9), *range(10, 32), 127))
+
+
+def header_value(text: str, name: str) -> str:
+    """`text` if it may be sent as a response header value, else InvalidArgument.
+
+    CR or LF would split the response (aiohttp then drops the connection
+    instead of answering); other control characters are refused by clients.
+    """
+    if not text.isprintable() and not _CONTROL.isdisjoint(text):
+        raise S3Error("InvalidArgument", f"{name} contains a control character",
+                      extra={"ArgumentName": name})
+    return text

@@ -23,6 +23,7 @@ from functools import lru_cache
 from urllib.parse import quote, unquote, unquote_plus
 
 from .errors import S3Error
+from .numbers import decimal
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -59,17 +60,37 @@ def canonical_uri(raw_path: str) -> str:
 def parse_query(raw_query: str) -> list[tuple[str, str]]:
     """Decode a query string into (name, value) pairs, keeping blanks and order.
 
-    '+' decodes to a space, as in AWS's own servers and Go's ParseQuery.
+    '+' decodes to a space, as in AWS's own servers and Go's ParseQuery.  Bytes
+    that are not UTF-8 are InvalidURI: decoding them with replacement
+    characters would make two different requests one.
     """
     pairs: list[tuple[str, str]] = []
     if not raw_query:
         return pairs
-    for part in raw_query.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        pairs.append((unquote_plus(name), unquote_plus(value)))
+    try:
+        for part in raw_query.split("&"):
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            pairs.append((unquote_plus(name, errors="strict"), unquote_plus(value, errors="strict")))
+            if not (name.isascii() and value.isascii()):
+                pairs[-1][0].encode()
+                pairs[-1][1].encode()
+    except UnicodeError:
+        raise S3Error("InvalidURI", "The query string is not valid UTF-8") from None
     return pairs
+
+
+def decode_path(raw_path: str) -> str:
+    """The percent-decoded path; InvalidURI when its bytes are not UTF-8 (never replacement characters)."""
+    if "%" not in raw_path and raw_path.isascii():
+        return raw_path
+    try:
+        path = unquote(raw_path, errors="strict")
+        path.encode()  # raw non-UTF-8 bytes arrive as surrogates
+    except UnicodeError:
+        raise S3Error("InvalidURI", "The object key is not valid UTF-8") from None
+    return path
 
 
 def canonical_query(pairs: list[tuple[str, str]], *, skip: str | None = None) -> str:
@@ -175,7 +196,7 @@ def amz_epoch(value: str) -> float:
     Hand-parsed and cached: strptime cost more than the HMACs on the hot path,
     and every request of one second carries the same string.
     """
-    if len(value) != 16 or value[8] != "T" or value[15] != "Z" or not (value[:8] + value[9:15]).isdigit():
+    if len(value) != 16 or value[8] != "T" or value[15] != "Z" or decimal(value[:8] + value[9:15]) is None:
         raise S3Error("AccessDenied", f"Invalid date format: {value!r}")
     try:
         dt = datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]),
@@ -240,9 +261,9 @@ def parse_presigned_query(query: dict[str, str]) -> SignedRequest:
             "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, "
             f"and X-Amz-Expires parameters (missing {missing.args[0]}).",
         ) from None
-    if not expires_text.isdigit():
+    expires = decimal(expires_text)
+    if expires is None:
         raise S3Error(err, "X-Amz-Expires should be a number")
-    expires = int(expires_text)
     if expires > MAX_PRESIGN_EXPIRES:
         raise S3Error(err, "X-Amz-Expires must be less than a week (in seconds) that is 604800")
     if cred.date != amz_date[:8]:

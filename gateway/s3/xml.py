@@ -16,6 +16,7 @@ from typing import Iterable
 from xml.sax.saxutils import escape as _escape
 
 from .errors import S3Error
+from .numbers import decimal
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -124,9 +125,10 @@ def parse_complete_multipart(body: bytes) -> list[CompletedPart]:
             continue
         number = child.findtext("PartNumber")
         etag = child.findtext("ETag")
-        if number is None or etag is None or not number.strip().isdigit():
+        n = decimal(number.strip()) if number is not None else None
+        if n is None or etag is None:
             raise S3Error("MalformedXML", "Each Part needs a PartNumber and an ETag")
-        parts.append(CompletedPart(int(number), etag.strip().strip('"')))
+        parts.append(CompletedPart(n, etag.strip().strip('"')))
     if not parts:
         raise S3Error("MalformedXML", "You must specify at least one part")
     return parts

@@ -29,6 +29,7 @@ domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
+max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 4.5.3 (RFC 5321)
 
 [dashboard]
 listen = "{dashboard}"           # the ops dashboard (admin login in DATA_DIR/secrets.json)
@@ -58,6 +59,7 @@ class ApplianceConfig:
     imap_metrics: str
     dashboard: str
     dashboard_interval: float
+    max_recipients: int = 100
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -76,7 +78,7 @@ def load(data_dir: Path) -> ApplianceConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
-             "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics"},
+             "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics", "max_recipients"},
              "dashboard": {"listen", "interval"}}
     for section, values in doc.items():
         if section not in known:
@@ -92,11 +94,15 @@ def load(data_dir: Path) -> ApplianceConfig:
     cfg = ApplianceConfig(get("s3", "listen"), (gateways[0], gateways[1]), get("s3", "lb_stats"),
                           get("s3", "bucket"), get("s3", "region"), get("mail", "lmtp"), get("mail", "imap"),
                           get("mail", "domain"), get("mail", "cache_size"), get("mail", "lmtp_metrics"),
-                          get("mail", "imap_metrics"), get("dashboard", "listen"), get("dashboard", "interval"))
+                          get("mail", "imap_metrics"), get("dashboard", "listen"), get("dashboard", "interval"),
+                          get("mail", "max_recipients"))
+    if not isinstance(cfg.max_recipients, int) or isinstance(cfg.max_recipients, bool) or \
+            not 1 <= cfg.max_recipients <= 100_000:
+        raise ConfigError(f"{path}: [mail] max_recipients must be a whole number from 1 to 100000")
     if not isinstance(cfg.dashboard_interval, (int, float)) or not 0.2 <= cfg.dashboard_interval <= 300:
         raise ConfigError(f"{path}: [dashboard] interval must be seconds between 0.2 and 300")
     for f in fields(cfg):
-        if f.name == "dashboard_interval":
+        if f.name in ("dashboard_interval", "max_recipients"):
             continue
         value = getattr(cfg, f.name)
         for v in (value if isinstance(value, tuple) else (value,)):

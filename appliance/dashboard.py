@@ -29,6 +29,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailstore.throttle import Busy, LoginLimiter
+
 log = logging.getLogger("mailstore.dashboard")
 PAGE = Path(__file__).with_name("dashboard.html")
 COOKIE = "mailstore_session"
@@ -256,6 +258,7 @@ class Dashboard:
         self.src = src
         self.collector = Collector(src, interval)
         self.sessions: dict[str, float] = {}  # token -> expiry
+        self.limiter = LoginLimiter()
 
     def _signed_in(self, request: web.Request) -> bool:
         token = request.cookies.get(COOKIE, "")
@@ -288,10 +291,15 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
         user, password = str(form.get("user", "")), str(form.get("password", ""))
-        ok = hmac.compare_digest(user.encode(), self.src.user.encode()) & \
-            hmac.compare_digest(password.encode(), self.src.password.encode())
+        try:  # per address and per user, one attempt at a time, as IMAP logins
+            async with self.limiter.attempt(f"addr:{request.remote}", f"user:{user[:256]}") as attempt:
+                ok = hmac.compare_digest(user.encode(), self.src.user.encode()) & \
+                    hmac.compare_digest(password.encode(), self.src.password.encode())
+                attempt.succeeded() if ok else attempt.failed()
+        except Busy:
+            return web.Response(status=429, text="Too many login attempts; try again later.\n",
+                                headers={"Retry-After": "16"})
         if not ok:
-            await asyncio.sleep(1.0)  # a guess costs a second
             return await self.login_form(request, "Wrong user or password.")
         token = secrets.token_urlsafe(32)
         now = time.time()

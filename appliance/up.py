@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.filemodes import too_open
+
 from .config import ApplianceConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +85,14 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig) -> dict:  # type: ignore[ty
 
 def _write_private(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
     """JSON readable by the owner only (it holds secrets)."""
+    _write_private_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _write_private_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
+        f.write(text)
     tmp.replace(path)
 
 
@@ -104,8 +109,14 @@ def _parts(data_dir: Path, cfg: ApplianceConfig, sec: dict) -> list[Part]:  # ty
     shim = sec["shim"]
     fs = (f"fscache:{cfg.cache_size}:{data_dir / 'cache'}:s3:http://{shim['access_key']}:{shim['secret_key']}"
           f"@{cfg.s3_listen}/?bucket={cfg.bucket}")
+    # The URL holds the shim's S3 secret: the processes read it from a 0600 file,
+    # never from their command line (which every local user sees in ps).
+    fs_file = data_dir / "shim-fs.url"
+    _write_private_text(fs_file, fs + "\n")
+    fs = f"@{fs_file}"
     db = str(data_dir / "meta.db")
     lmtp = Part("lmtp", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", cfg.lmtp, "--domain", cfg.domain,
+                         "--max-recipients", str(cfg.max_recipients),
                          "--metrics-listen", cfg.lmtp_metrics])
     imap = Part("imap", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", cfg.imap, "--domain", cfg.domain,
                          "--metrics-listen", cfg.imap_metrics])
@@ -207,6 +218,8 @@ def _endpoints(cfg: ApplianceConfig, sec: dict) -> dict:  # type: ignore[type-ar
 
 def run(data_dir: Path) -> int:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for problem in too_open(data_dir):
+        print(f"mailstore: warning: other users may read the data: {problem}", file=sys.stderr)
     cfg = load(data_dir)
     sec = _first_run(data_dir, cfg)
     sup = Supervisor(data_dir, _parts(data_dir, cfg, sec))

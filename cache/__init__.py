@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .fscache import FsCache
 from .s3client import AccessDenied, FsError, NotFound, ObjectStat, PreconditionFailed, S3Client, Unavailable
 from .url import FsCacheUrl, FsUrlError, S3Url, parse
 
-__all__ = ["open_fs", "FsCache", "S3Client", "FsError", "NotFound", "AccessDenied", "PreconditionFailed",
+__all__ = ["open_fs", "read_url", "FsCache", "S3Client", "FsError", "NotFound", "AccessDenied", "PreconditionFailed",
            "Unavailable", "ObjectStat", "FsUrlError"]
 
 
+def read_url(text: str) -> str:
+    """`text`, or with "@PATH" the URL kept in that file.
+
+    An fs URL carries the S3 secret; on a command line every local user reads
+    it in `ps`.  Processes are given "@/path/to/file" (mode 0600) instead.
+    """
+    if not text.startswith("@"):
+        return text
+    path = Path(text[1:])
+    try:
+        mode = path.stat().st_mode
+        url = path.read_text().strip()
+    except OSError as exc:
+        raise FsUrlError(f"cannot read the fs URL from {path}: {exc.strerror}") from None
+    if mode & 0o007:
+        raise FsUrlError(f"{path} holds a secret but other users may read it: chmod 600 {path}")
+    return url
+
+
 def open_fs(url: str | S3Url | FsCacheUrl) -> S3Client | FsCache:
-    """The storage stack a Dovecot-style fs URL names."""
-    spec = parse(url) if isinstance(url, str) else url
+    """The storage stack a Dovecot-style fs URL names ("@PATH": the URL in that file)."""
+    spec = parse(read_url(url)) if isinstance(url, str) else url
     if isinstance(spec, FsCacheUrl):
         return FsCache(S3Client(spec.parent), spec.path, spec.size)
     return S3Client(spec)

@@ -320,5 +320,8 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # PolicyError too
         print(f"mailstore: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a port in use, a directory not writable: say which, no traceback
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 1
 
 

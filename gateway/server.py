@@ -15,6 +15,7 @@ from .app import build_server
 from .compact import Compactor
 from .config import GatewayConfig, ssl_context
 from .engine.local import LocalEngine
+from .filemodes import too_open
 
 log = logging.getLogger("gateway")
 
@@ -31,6 +32,8 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
                 sock: socket.socket | None = None, announce: bool = True) -> None:
     """Serve until SIGINT/SIGTERM; on `sock` when given (a worker), else bind config's address."""
     engine = LocalEngine(config.data_dir)
+    for problem in too_open(config.data_dir):
+        log.warning("other users may read the data: %s", problem)
     compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
     server, gateway = build_server(config, engine)
     gateway.compactor = compactor

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from appliance.progress import Progress  # a leaf module: no part imported
-from cache import open_fs
+from cache import open_fs, read_url
 from cache.url import parse_duration, parse_size
 
 from .db import MetaError, MetaStore
@@ -84,7 +84,8 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
             from . import metrics
 
             metrics.serve(args.metrics_listen, deliverer=deliverer, fs=fs)
-        server = await start_lmtp(deliverer, host, int(port), max_size=max_size, sock=sock)
+        server = await start_lmtp(deliverer, host, int(port), max_size=max_size,
+                                  max_recipients=args.max_recipients, sock=sock)
         real = server.sockets[0].getsockname()[1]
         if sock is None:
             print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
@@ -207,7 +208,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from . import importing, sources
 
     if args.kind == "imap":
-        source = sources.ImapSource(sources.ImapUrl.parse(args.source))
+        source = sources.ImapSource(sources.ImapUrl.parse(read_url(args.source)))
     elif args.kind == "maildir":
         source = sources.MaildirSource(Path(args.source))
     else:
@@ -285,6 +286,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lmtp.add_argument("--fs", required=True, help="fs URL of the storage (s3:... or fscache:...)")
     lmtp.add_argument("--listen", default="127.0.0.1:24")
     lmtp.add_argument("--max-size", default="50M")
+    lmtp.add_argument("--max-recipients", type=int, default=100,
+                      help="RCPTs per transaction; past it 452 4.5.3 (RFC 5321 4.5.3.1.10)")
     lmtp.add_argument("--domain", default="localhost", help="domain of bare local parts")
     lmtp.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
     lmtp.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")

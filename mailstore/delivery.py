@@ -101,8 +101,25 @@ class Deliverer:
 
         Per message, not per recipient: one transaction reserves every
         recipient's UID, the objects are stored in parallel, one transaction
-        commits every row that was stored (and releases the rest).
+        commits every row that was stored (and releases the rest).  A user
+        named twice (the same address, or two that resolve to one mailbox)
+        gets one copy, and each RCPT still gets its reply (RFC 2033 §4.2):
+        a thousand RCPTs of one user must not store a thousand messages.
         """
+        first: dict[str, int] = {}
+        unique: list[tuple[str, str]] = []
+        where: list[int] = []
+        for address, user in recipients:
+            if user not in first:
+                first[user] = len(unique)
+                unique.append((address, user))
+            where.append(first[user])
+        if len(unique) < len(recipients):
+            replies = await self._deliver(mail_from, unique, data)
+            return [replies[i] for i in where]
+        return await self._deliver(mail_from, recipients, data)
+
+    async def _deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:
         if len(data) > self.max_size:
             for _ in recipients:
                 self._count(TooBig())

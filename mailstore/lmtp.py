@@ -24,9 +24,16 @@ from .delivery import Deliverer, DeliveryError
 log = logging.getLogger("mailstore.lmtp")
 
 
+# RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients per transaction;
+# past its limit it answers 452 (§4.5.3.1.10) and the client sends the rest later.
+MAX_RECIPIENTS = 100
+TOO_MANY = "452 4.5.3 Too many recipients"
+
+
 class Handler:
-    def __init__(self, deliverer: Deliverer) -> None:
+    def __init__(self, deliverer: Deliverer, max_recipients: int = MAX_RECIPIENTS) -> None:
         self.deliverer = deliverer
+        self.max_recipients = max_recipients
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
         session.host_name = hostname
@@ -41,6 +48,8 @@ class Handler:
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return TOO_MANY
         try:
             user = await self.deliverer.recipient(address)
         except DeliveryError as exc:
@@ -74,8 +83,8 @@ class LMTPSession(LMTP):
 
 
 async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: int,
-                     sock=None) -> asyncio.Server:  # type: ignore[no-untyped-def]
-    handler = Handler(deliverer)
+                     max_recipients: int = MAX_RECIPIENTS, sock=None) -> asyncio.Server:  # type: ignore[no-untyped-def]
+    handler = Handler(deliverer, max_recipients)
     loop = asyncio.get_running_loop()
 
     def factory() -> LMTPSession:

@@ -40,6 +40,9 @@ def test_systemd_units_run_real_commands(path):
     assert argv[0].endswith("/mailstore")
     args = parser().parse_args(argv[1:])  # exits on any unknown option
     assert args.command in ("gateway", "lmtp", "imap", "dashboard")
+    assert not re.search(r"://[^/@\s]+:[^/@\s]+@", line), "a secret on the command line (visible in ps)"
+    if args.command in ("lmtp", "imap"):
+        assert args.fs.startswith("@/"), "the fs URL (with its S3 secret) must come from a 0600 file"
     assert u["Install"]["WantedBy"] == "mailstore.target"
     for arg in argv:  # nothing listens beyond loopback by default
         if re.fullmatch(r"[\d.]+:\d+", arg):

@@ -96,12 +96,13 @@ class CommandFramer:
                 self._skip_line = False
                 self._done.clear()
                 continue
+            # The line has left the buffer: its own tag answers (RFC 3501 §7.1: tagged BAD).
             if len(line) > self.max_line:
-                out.append(self._error("Command line too long"))
+                out.append(self._error("Command line too long", tag_from=bytes(self._done) + line))
                 self._done.clear()
                 continue
             if b"\0" in line:
-                out.append(self._error("NUL byte in command"))
+                out.append(self._error("NUL byte in command", tag_from=bytes(self._done) + line))
                 self._done.clear()
                 continue
             m = _LITERAL_AT_END.search(line)

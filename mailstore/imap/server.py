@@ -64,7 +64,12 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                     writer.write(await session.handle(cmd))
                     if session.pending_auth is not None:  # AUTHENTICATE: read the answer to "+ "
                         await writer.drain()
-                        line = await reader.readline()
+                        line = await _read_line(reader, MAX_AUTH_LINE)
+                        if line is None:
+                            writer.write(f"{session.pending_auth} BAD Line too long\r\n".encode())
+                            session.pending_auth = None
+                            writer.write(b"* BYE Cannot resynchronise after that\r\n")
+                            return
                         writer.write(await session.finish_authenticate(session.pending_auth, line))
                     if session.start_tls:
                         # RFC 3501 §6.2.1: nothing the client sent before the handshake counts
@@ -76,8 +81,14 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                     if session.logout:
                         break
             await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
         pass
+    except Exception:  # a fault of ours: the client is told, the log has the traceback
+        log.exception("IMAP session from %s failed", session.peer)
+        try:
+            writer.write(b"* BYE Internal error, closing\r\n")
+        except (ConnectionError, RuntimeError):
+            pass
     finally:
         if ctx.metrics is not None:
             ctx.metrics.sessions.dec()
@@ -100,18 +111,38 @@ def _ack_now(writer: asyncio.StreamWriter) -> None:
             pass
 
 
+MAX_AUTH_LINE = 8192  # a SASL PLAIN answer is a few hundred bytes
+MAX_IDLE_LINE = 1024  # "DONE"
+
+
+async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """One line from the client, or None when it is longer than `limit` (the stream is then unusable)."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        return None
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise
+        line = exc.partial
+    return None if len(line) > limit else line
+
+
 async def _idle(session: Session, tag: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     writer.write(b"+ idling\r\n")
     await writer.drain()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + IDLE_MAX_SECONDS
-    line_task = asyncio.ensure_future(reader.readline())
+    line_task = asyncio.ensure_future(_read_line(reader, MAX_IDLE_LINE))
     try:
         while loop.time() < deadline:
             done, _ = await asyncio.wait([line_task], timeout=IDLE_POLL_SECONDS)
             if done:
                 line = line_task.result()
-                if line.strip().upper() == b"DONE":
+                if line is None:
+                    writer.write(f"{tag} BAD Line too long\r\n* BYE Cannot resynchronise after that\r\n".encode())
+                    session.logout = True
+                elif line.strip().upper() == b"DONE":
                     writer.write(f"{tag} OK IDLE terminated\r\n".encode())
                 else:
                     writer.write(f"{tag} BAD Expected DONE\r\n".encode())

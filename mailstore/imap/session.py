@@ -32,6 +32,7 @@ from typing import Any, Callable
 from .. import folders, layout
 from ..db import Message, MetaStore
 from ..message import parse as parse_message
+from ..throttle import Busy, LoginLimiter
 from ..users import AddressPolicy, resolve, verify_password
 from . import response as R
 from .parser import Command, FetchAttribute, SearchKey, SequenceSet
@@ -68,36 +69,13 @@ class SelectedView:
         return bisect.bisect_left(self.uids, uid) + 1
 
 
-class LoginThrottle:
-    """Failed logins per client address: 0, 1, 2, 4, ... seconds (capped) before the next answer."""
-
-    def __init__(self, cap: float = 16.0, forget_after: float = 900.0) -> None:
-        self.cap, self.forget_after = cap, forget_after
-        self._failures: dict[str, tuple[int, float]] = {}
-
-    def delay(self, peer: str) -> float:
-        n, when = self._failures.get(peer, (0, 0.0))
-        if not n or time.monotonic() - when > self.forget_after:
-            return 0.0
-        return min(self.cap, 2.0 ** (n - 1))
-
-    def failed(self, peer: str) -> None:
-        n, _ = self._failures.get(peer, (0, 0.0))
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-        self._failures[peer] = (n + 1, time.monotonic())
-
-    def succeeded(self, peer: str) -> None:
-        self._failures.pop(peer, None)
-
-
 @dataclass
 class ImapContext:
     meta: MetaStore
     fs: Any  # cache.FsCache or cache.S3Client
     policy: AddressPolicy
     max_append: int = 50 * 1024 * 1024
-    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    throttle: LoginLimiter = field(default_factory=LoginLimiter)
     tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
     metrics: Any = None  # mailstore.metrics.ImapMetrics, when /metrics is served
     # mailbox id -> (modseq, [(uid, flags)]): the last (uid, flags) list any session of
@@ -220,18 +198,23 @@ class Session:
     # ------------------------------------------------------------------ authentication
 
     async def _login(self, user: str, password: bytes) -> None:
-        delay = self.ctx.throttle.delay(self.peer)
-        if delay:  # failed logins from this address: a growing pause before answering
-            await asyncio.sleep(delay)
-        name = await asyncio.to_thread(resolve, self.ctx.meta, self.ctx.policy, user)
-        stored = await asyncio.to_thread(self.ctx.meta.password_hash, name) if name else None
-        ok = stored is not None and await asyncio.to_thread(verify_password, password.decode("utf-8", "replace"), stored)
+        # Failed logins from this address or for this user: a growing pause, one attempt at a time.
+        try:
+            async with self.ctx.throttle.attempt(f"addr:{self.peer}", f"user:{user.lower()}") as attempt:
+                name = await asyncio.to_thread(resolve, self.ctx.meta, self.ctx.policy, user)
+                stored = await asyncio.to_thread(self.ctx.meta.password_hash, name) if name else None
+                ok = stored is not None and await asyncio.to_thread(
+                    verify_password, password.decode("utf-8", "replace"), stored)
+                if ok:
+                    attempt.succeeded()
+                else:
+                    attempt.failed()
+        except Busy:
+            raise ImapNo("Too many login attempts; try again later", "UNAVAILABLE") from None
         if not ok:
-            self.ctx.throttle.failed(self.peer)
             if self.ctx.metrics is not None:
                 self.ctx.metrics.auth_failures.inc()
             raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
-        self.ctx.throttle.succeeded(self.peer)
         self.user = name
 
     async def do_login(self, cmd: Command):  # type: ignore[no-untyped-def]

@@ -62,7 +62,7 @@ async def _body(gw: Gateway, request: web.BaseRequest, principal: Principal) -> 
         raise
     try:
         doc = json.loads(raw or b"{}")
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise AdminError(400, "MalformedJSON", str(exc)) from None
     if not isinstance(doc, dict):
         raise AdminError(400, "MalformedJSON", "expected a JSON object")

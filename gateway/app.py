@@ -27,10 +27,11 @@ from .metrics import GatewayMetrics
 from .config import GatewayConfig
 from .engine import model as m
 from .engine.local import EntityTooSmall, InvalidPartOrder, LocalEngine
-from .s3 import xml
+from .s3 import numbers, xml
 from .s3.errors import S3Error
 from .s3.ops import operation, parse_copy_source
-from .s3.sigv4 import decode_path, parse_query
+from .s3.http import decode_path
+from .s3.sigv4 import parse_query
 from .serverlog import ServerLog
 
 log = logging.getLogger("gateway")
@@ -190,8 +191,8 @@ class Gateway:
         finally:
             self.inflight -= 1
             del self._running[task]
-        received = request.headers.get("x-amz-decoded-content-length") or request.content_length or 0
-        self.metrics.observe(op, resp.status, time.perf_counter() - t0, int(received), resp.content_length or 0, code)
+        received = numbers.decimal(request.headers.get("x-amz-decoded-content-length")) or request.content_length or 0
+        self.metrics.observe(op, resp.status, time.perf_counter() - t0, received, resp.content_length or 0, code)
         if self.draining:
             resp.force_close()  # the balancer must not reuse this connection
         return resp

@@ -43,15 +43,16 @@ class Attempt:
 
 class LoginLimiter:
     def __init__(self, cap: float = 16.0, forget_after: float = 900.0, max_waiting: int = 8,
-                 max_keys: int = 100_000) -> None:
+                 max_keys: int = 100_000, unit: float = 1.0) -> None:
         self.cap, self.forget_after, self.max_waiting, self.max_keys = cap, forget_after, max_waiting, max_keys
+        self.unit = unit  # seconds of the first pause (tests shrink it)
         self._keys: dict[str, _Key] = {}
 
     def delay(self, key: str) -> float:
         k = self._keys.get(key)
         if k is None or not k.failures or time.monotonic() - k.last > self.forget_after:
             return 0.0
-        return min(self.cap, 2.0 ** (k.failures - 1))
+        return min(self.cap, self.unit * 2.0 ** (k.failures - 1))
 
     @asynccontextmanager
     async def attempt(self, *keys: str) -> AsyncIterator[Attempt]:

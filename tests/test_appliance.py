@@ -11,12 +11,14 @@ import re
 import signal
 import smtplib
 import socket
+import stat
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import boto3
 import botocore.exceptions
@@ -141,8 +143,9 @@ class Appliance:
     def __init__(self, data: Path) -> None:
         names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard")
         ports = dict(zip(names, free_ports(len(names))))
-        data.mkdir(parents=True)
+        data.mkdir(parents=True, mode=0o700)
         (data / "mailstore.toml").write_text(default_text(ports).replace("interval = 5 ", "interval = 1 "))
+        (data / "mailstore.toml").chmod(0o600)  # as `mailstore up` writes it
         self.data, self.ports = data, ports
         self.out = open(data.parent / "up.out", "w+")
         self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data)], stdout=self.out,
@@ -236,6 +239,34 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
     puts = sum(metric_values(get(g + "/metrics")[1]).get('mailstore_s3_requests_total{operation="PutObject",status="200"}', 0)
                for g in ep["gateways"])
     assert puts == 1
+
+
+def test_everything_up_creates_is_private_and_no_secret_is_in_ps(appliance):
+    """Mail, password hashes, keys, cached bodies: 0600 files in 0700 directories; argv holds no secret."""
+    lmtp = smtplib.LMTP(appliance.endpoints["lmtp"]["host"], appliance.endpoints["lmtp"]["port"])
+    lmtp.sendmail("a@example.org", [appliance.endpoints["user"]["name"]], b"Subject: modes\r\n\r\nx\r\n")
+    lmtp.quit()  # so the cache, segments and meta.db all hold something
+    modes = {}
+    for path in [appliance.data, *appliance.data.rglob("*")]:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            continue
+        modes[str(path.relative_to(appliance.data))] = stat.S_IMODE(st.st_mode)
+    assert {"engine/index.db", "engine/master.key", "meta.db", "secrets.json", "shim-fs.url"} <= set(modes)
+    assert any(p.startswith("engine/segments/") for p in modes) and any(p.startswith("cache") for p in modes)
+    wide = {p: oct(m) for p, m in modes.items() if m & 0o077}
+    assert not wide, wide
+    sec = json.loads((appliance.data / "secrets.json").read_text())
+    secrets_ = [sec["admin"]["secret_key"], sec["shim"]["secret_key"], sec["user"]["password"],
+                sec["dashboard"]["password"]]
+    ps = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True, check=True).stdout
+    assert "mailstore lmtp" in ps and "mailstore imap" in ps
+    for s in secrets_:
+        assert s not in ps and quote(s, safe="") not in ps
+    for name in ("gateway1.log", "gateway2.log", "lmtp.log", "imap.log", "dashboard.log"):
+        text = (appliance.data / "logs" / name).read_text()
+        for s in secrets_:
+            assert s not in text, name
 
 
 def test_dashboard_in_headless_chromium(appliance, tmp_path):

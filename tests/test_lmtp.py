@@ -45,8 +45,13 @@ class Shim:
         self.start_gateway()
         client(self.gateway.endpoint, self.key).create_bucket(Bucket="mail")  # type: ignore[union-attr]
         self.db = base / "meta.db"
-        self.fs = (f"fscache:64M:{base / 'cache'}:s3:http://{self.key.access_key}:{quote(self.key.secret, safe='')}"
-                   f"@127.0.0.1:{self.gw_port}/?bucket=mail&absolute_timeout=3s&timeout=2s")
+        url = (f"fscache:64M:{base / 'cache'}:s3:http://{self.key.access_key}:{quote(self.key.secret, safe='')}"
+               f"@127.0.0.1:{self.gw_port}/?bucket=mail&absolute_timeout=3s&timeout=2s")
+        # As the appliance does: the URL (it holds the S3 secret) in a 0600 file, never in argv.
+        fs_file = base / "fs.url"
+        fs_file.write_text(url)
+        fs_file.chmod(0o600)
+        self.fs = f"@{fs_file}"
         self.log = open(base / "lmtp.log", "w")
         self.proc = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(self.db), "--fs", self.fs,
                                       "--listen", "127.0.0.1:0", "--domain", DOMAIN, "--max-size", max_size],

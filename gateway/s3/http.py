@@ -13,6 +13,7 @@ import email.utils
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
+from urllib.parse import unquote
 
 from . import numbers
 from .errors import S3Error
@@ -159,3 +160,16 @@ def header_value(text: str, name: str) -> str:
         raise S3Error("InvalidArgument", f"{name} contains a control character",
                       extra={"ArgumentName": name})
     return text
+
+
+def decode_path(raw_path: str) -> str:
+    """The percent-decoded path; InvalidURI when its bytes are not UTF-8 (never replacement characters)."""
+    if "%" not in raw_path and raw_path.isascii():
+        return raw_path
+    try:
+        path = unquote(raw_path, errors="strict")
+        path.encode()  # raw non-UTF-8 bytes arrive as surrogates
+    except UnicodeError:
+        raise S3Error("InvalidURI", "The object key is not valid UTF-8") from None
+    return path
+

@@ -9,9 +9,9 @@ object body).
 from __future__ import annotations
 
 from typing import Mapping
-from urllib.parse import unquote
 
 from .errors import S3Error
+from .http import decode_path
 
 # Subresources we answer at the bucket level with fixed documents.
 _BUCKET_GET = {
@@ -83,7 +83,7 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     path, _, version = value.partition("?versionId=")
     if version not in ("", "null"):
         raise S3Error("NoSuchVersion", "Versioning is not enabled: the only version is null")
-    src = unquote(path).lstrip("/")
+    src = decode_path(path).lstrip("/")
     bucket, slash, key = src.partition("/")
     if not slash or not key or not bucket:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey")

@@ -81,18 +81,6 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def decode_path(raw_path: str) -> str:
-    """The percent-decoded path; InvalidURI when its bytes are not UTF-8 (never replacement characters)."""
-    if "%" not in raw_path and raw_path.isascii():
-        return raw_path
-    try:
-        path = unquote(raw_path, errors="strict")
-        path.encode()  # raw non-UTF-8 bytes arrive as surrogates
-    except UnicodeError:
-        raise S3Error("InvalidURI", "The object key is not valid UTF-8") from None
-    return path
-
-
 def canonical_query(pairs: list[tuple[str, str]], *, skip: str | None = None) -> str:
     if not pairs:
         return ""

@@ -303,7 +303,7 @@ def test_lmtp_answers_every_command_line(lmtp_shim, lines):  # type: ignore[no-u
         f = s.makefile("rb")
         assert f.readline()[:3] == b"220"
         s.sendall(b"LHLO fuzz\r\n")
-        while (line := f.readline())[3:4] == b"-":
+        while f.readline()[3:4] == b"-":
             pass
         in_data = False
         last = b""

@@ -116,7 +116,9 @@ class Deliverer:
             where.append(first[user])
         if len(unique) < len(recipients):
             replies = await self._deliver(mail_from, unique, data)
-            return [replies[i] for i in where]
+            # Each reply names its own RCPT address (the copy was stored under the first one).
+            return [replies[i].replace(f"<{unique[i][0]}>", f"<{address}>", 1)
+                    for i, (address, _) in zip(where, recipients)]
         return await self._deliver(mail_from, recipients, data)
 
     async def _deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:

@@ -221,6 +221,14 @@ def run(data_dir: Path) -> int:
     for problem in too_open(data_dir):
         print(f"mailstore: warning: other users may read the data: {problem}", file=sys.stderr)
     cfg = load(data_dir)
+    from gateway.engine.local import LocalEngine
+    from gateway.engine.recovery import IndexUnusable
+
+    try:  # the gateways would refuse (and be restarted for ever): say it once, here
+        LocalEngine(data_dir / "engine", writer=False).close()
+    except IndexUnusable as exc:
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 4
     sec = _first_run(data_dir, cfg)
     sup = Supervisor(data_dir, _parts(data_dir, cfg, sec))
     got_signal: list[int] = []

@@ -292,3 +292,13 @@ def test_cli_corrupt_index_is_rebuilt_without_a_traceback(tmp_path: Path) -> Non
     assert "unreadable" in json.loads(checked.stdout)["problems"][0]
     mailstore("fsck", "--data-dir", str(d), "--rebuild-index", "--quiet")
     assert mailstore("bucket", "list", "--data-dir", str(d)).stdout.split() == ["mail"]
+
+
+def test_up_refuses_once_with_the_command_instead_of_restarting_gateways(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    mailstore("bucket", "create", "--data-dir", str(d / "engine"), "mail")
+    remove_index(d / "engine")
+    out = mailstore("up", "--data-dir", str(d), check=False)
+    assert out.returncode == 4
+    assert f"mailstore fsck --data-dir {d / 'engine'} --rebuild-index" in out.stderr
+    assert not (d / "run" / "processes.json").exists()

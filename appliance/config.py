@@ -8,7 +8,7 @@ names them.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TOML = """\
@@ -87,27 +87,32 @@ def load(data_dir: Path) -> ApplianceConfig:
         if extra:
             raise ConfigError(f"{path}: unknown key(s) in [{section}]: {', '.join(sorted(extra))}")
     defaults = tomllib.loads(default_text())
-    get = lambda sec, name: doc.get(sec, {}).get(name, defaults[sec][name])  # noqa: E731
-    gateways = get("s3", "gateways")
-    if not isinstance(gateways, list) or len(gateways) != 2:
+
+    def value(sec: str, name: str) -> object:
+        return doc.get(sec, {}).get(name, defaults[sec][name])
+
+    def text(sec: str, name: str) -> str:
+        v = value(sec, name)
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{path}: [{sec}] {name} must be a non-empty string")
+        return v
+
+    gateways = value("s3", "gateways")
+    if not isinstance(gateways, list) or len(gateways) != 2 or \
+            not all(isinstance(g, str) and g for g in gateways):
         raise ConfigError(f"{path}: [s3] gateways must list two HOST:PORT addresses")
-    cfg = ApplianceConfig(get("s3", "listen"), (gateways[0], gateways[1]), get("s3", "lb_stats"),
-                          get("s3", "bucket"), get("s3", "region"), get("mail", "lmtp"), get("mail", "imap"),
-                          get("mail", "domain"), get("mail", "cache_size"), get("mail", "lmtp_metrics"),
-                          get("mail", "imap_metrics"), get("dashboard", "listen"), get("dashboard", "interval"),
-                          get("mail", "max_recipients"))
-    if not isinstance(cfg.max_recipients, int) or isinstance(cfg.max_recipients, bool) or \
-            not 1 <= cfg.max_recipients <= 100_000:
-        raise ConfigError(f"{path}: [mail] max_recipients must be a whole number from 1 to 100000")
-    if not isinstance(cfg.dashboard_interval, (int, float)) or not 0.2 <= cfg.dashboard_interval <= 300:
+    interval = value("dashboard", "interval")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.2 <= interval <= 300:
         raise ConfigError(f"{path}: [dashboard] interval must be seconds between 0.2 and 300")
-    for f in fields(cfg):
-        if f.name in ("dashboard_interval", "max_recipients"):
-            continue
-        value = getattr(cfg, f.name)
-        for v in (value if isinstance(value, tuple) else (value,)):
-            if not isinstance(v, str) or not v:
-                raise ConfigError(f"{path}: {f.name} must be a non-empty string")
+    max_recipients = value("mail", "max_recipients")
+    if isinstance(max_recipients, bool) or not isinstance(max_recipients, int) or \
+            not 1 <= max_recipients <= 100_000:
+        raise ConfigError(f"{path}: [mail] max_recipients must be a whole number from 1 to 100000")
+    cfg = ApplianceConfig(text("s3", "listen"), (gateways[0], gateways[1]), text("s3", "lb_stats"),
+                          text("s3", "bucket"), text("s3", "region"), text("mail", "lmtp"), text("mail", "imap"),
+                          text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
+                          text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
+                          max_recipients)
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
             host, _, port = addr.rpartition(":")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import secrets
@@ -119,7 +120,7 @@ class Collector:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=3)) as r:
                 if r.status == 200:
                     return await r.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         self.scrape_failures.labels(name).inc()
         return None
@@ -127,7 +128,8 @@ class Collector:
     async def scrape(self, session: aiohttp.ClientSession) -> Sample:
         src = self.src
         names = [f"gw{i}" for i in range(1, len(src.gateways) + 1)]
-        texts = await asyncio.gather(*(self._get(session, n, g + "/metrics") for n, g in zip(names, src.gateways)),
+        scrapes = (self._get(session, n, g + "/metrics") for n, g in zip(names, src.gateways, strict=True))
+        texts = await asyncio.gather(*scrapes,
                                      self._get(session, "haproxy", src.lb_stats + ";csv"),
                                      *(self._get(session, n, u) for n, u in src.shim_metrics.items()))
         gw_texts, csv, shim_texts = texts[:len(names)], texts[len(names)], texts[len(names) + 1:]
@@ -151,7 +153,7 @@ class Collector:
                 elif name.startswith(("mailstore_engine_", "mailstore_disk_")) and not name.endswith(
                         ("_bucket", "_count", "_sum")):
                     g[name] = value  # one shared engine: every gateway reports the same
-        for (name, _), text in zip(src.shim_metrics.items(), shim_texts):
+        for text in shim_texts:
             for metric, labels, value in _parse_metrics(text or ""):
                 if metric == "mailstore_lmtp_recipients_total":
                     key = f"lmtp_{labels['result']}"
@@ -195,7 +197,7 @@ class Collector:
         series: dict[str, list[list[float | None]]] = {}
         latency: dict[str, list[list[float | None]]] = {}
         errors: list[list[float]] = []
-        for a, b in zip(samples, samples[1:]):
+        for a, b in itertools.pairwise(samples):
             dt = b.t - a.t
             if dt <= 0:
                 continue
@@ -244,7 +246,8 @@ class Collector:
                 "engine": {k.removeprefix("mailstore_"): v for k, v in g.items()
                            if k.startswith(("mailstore_engine_", "mailstore_disk_", "mailstore_compaction_"))},
                 "time_to_full_seconds": time_to_full, "trend_seconds": basis,
-                "cache": {"hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None,
+                "cache": {"hits": hits, "misses": misses,
+                          "hit_ratio": hits / (hits + misses) if hits + misses else None,
                           "bytes": g.get("mailstore_cache_bytes")},
                 "lmtp": {k.removeprefix("lmtp_"): v for k, v in g.items() if k.startswith("lmtp_")},
                 "imap": {"sessions": g.get("mailstore_imap_sessions"), "idle": g.get("mailstore_imap_idle_sessions"),

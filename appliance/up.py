@@ -135,11 +135,10 @@ class Supervisor:
         self.stopping = False
 
     def start(self, part: Part, timeout: float = 30.0) -> None:
-        log = open(self.logs / f"{part.name}.log", "ab")
-        part.proc = subprocess.Popen(part.argv, env={**os.environ, **part.env}, start_new_session=True,
-                                     stdin=subprocess.DEVNULL, stderr=log,
-                                     stdout=subprocess.PIPE if part.announces else log)
-        log.close()
+        with open(self.logs / f"{part.name}.log", "ab") as log:  # the child keeps its own copy
+            part.proc = subprocess.Popen(part.argv, env={**os.environ, **part.env}, start_new_session=True,
+                                         stdin=subprocess.DEVNULL, stderr=log,
+                                         stdout=subprocess.PIPE if part.announces else log)
         if part.announces:
             assert part.proc.stdout is not None
             line = part.proc.stdout.readline()  # the "listening" line, or EOF if it failed to start
@@ -210,8 +209,8 @@ def _endpoints(cfg: ApplianceConfig, sec: dict) -> dict:  # type: ignore[type-ar
     return {"s3": {"endpoint": f"http://{cfg.s3_listen}", "access_key": sec["admin"]["access_key"],
                    "secret_key": sec["admin"]["secret_key"], "bucket": cfg.bucket},
             "gateways": [f"http://{g}" for g in cfg.gateways],
-            "lmtp": dict(zip(("host", "port"), hp(cfg.lmtp))),
-            "imap": dict(zip(("host", "port"), hp(cfg.imap))),
+            "lmtp": dict(zip(("host", "port"), hp(cfg.lmtp), strict=True)),
+            "imap": dict(zip(("host", "port"), hp(cfg.imap), strict=True)),
             "user": dict(sec["user"]),
             "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
 

@@ -8,8 +8,23 @@ from .fscache import FsCache
 from .s3client import AccessDenied, FsError, NotFound, ObjectStat, PreconditionFailed, S3Client, Unavailable
 from .url import FsCacheUrl, FsUrlError, S3Url, parse
 
-__all__ = ["open_fs", "read_url", "FsCache", "S3Client", "FsError", "NotFound", "AccessDenied", "PreconditionFailed",
-           "Unavailable", "ObjectStat", "FsUrlError"]
+__all__ = [
+    "AccessDenied",
+    "Fs",
+    "FsCache",
+    "FsError",
+    "FsUrlError",
+    "NotFound",
+    "ObjectStat",
+    "PreconditionFailed",
+    "S3Client",
+    "Unavailable",
+    "open_fs",
+    "read_url",
+]
+
+
+Fs = S3Client | FsCache  # what open_fs gives: the same calls either way
 
 
 def read_url(text: str) -> str:
@@ -31,7 +46,7 @@ def read_url(text: str) -> str:
     return url
 
 
-def open_fs(url: str | S3Url | FsCacheUrl) -> S3Client | FsCache:
+def open_fs(url: str | S3Url | FsCacheUrl) -> Fs:
     """The storage stack a Dovecot-style fs URL names ("@PATH": the URL in that file)."""
     spec = parse(read_url(url)) if isinstance(url, str) else url
     if isinstance(spec, FsCacheUrl):

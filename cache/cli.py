@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from . import FsError, FsUrlError, NotFound, Unavailable, open_fs
 
@@ -37,14 +38,13 @@ async def _run(args: argparse.Namespace) -> int:
     fs = open_fs(args.url)
     try:
         if args.op == "put":
-            data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+            data = sys.stdin.buffer.read() if args.file == "-" else await asyncio.to_thread(Path(args.file).read_bytes)
             etag = await fs.put(args.key, data, _meta(args.meta), args.content_type)
             print(json.dumps({"key": args.key, "etag": etag, "size": len(data)}))
         elif args.op == "get":
             body, _ = await fs.get(args.key)
             if args.file:
-                with open(args.file, "wb") as f:
-                    f.write(body)
+                await asyncio.to_thread(Path(args.file).write_bytes, body)
             else:
                 sys.stdout.buffer.write(body)
         elif args.op == "stat":

@@ -26,18 +26,23 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import builtins  # FsCache has a method named list: annotations after it say builtins.list
 import json
 import logging
 import struct
-import zlib
 import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping
+from typing import Any, TypeVar
 
 import diskcache
 
-from . import batching
+from runtime import batching
+
 from .s3client import ListEntry, ObjectStat, S3Client
+
+T = TypeVar("T")
 
 log = logging.getLogger("cache.fscache")
 MAGIC = b"MSC1"
@@ -95,7 +100,7 @@ def _cache_batch(cache: diskcache.Cache):  # type: ignore[no-untyped-def]
             with cache.transact():
                 for i, (fn, args, _) in together:
                     outcomes[i] = batching.call(fn, args)
-        except Exception as exc:  # the transaction failed: none of it happened
+        except Exception as exc:  # noqa: BLE001 - the transaction failed: none of it happened; each caller gets why
             for i, _ in together:
                 outcomes[i] = (False, exc)
         for i, (fn, args, flags) in enumerate(calls):
@@ -129,7 +134,7 @@ class FsCache:
         self.cache.close()
         await self.parent.close()
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._worker.submit(fn, *args)
 
     def _store(self, key: str, entry: bytes) -> int:
@@ -140,10 +145,12 @@ class FsCache:
         if self._since_cull < self._cull_every:
             return 0
         self._since_cull = 0
-        return self.cache.cull()
+        culled: int = self.cache.cull()
+        return culled
 
     def _lookup(self, key: str) -> tuple[bytes | None, int | None]:
-        return self.cache.get(key, tag=True)  # type: ignore[no-any-return]
+        found: tuple[bytes | None, int | None] = self.cache.get(key, tag=True)
+        return found
 
     def _touch(self, touched: list[tuple[str, bytes]]) -> None:
         """Hits on entries last stored minutes ago: store them again (they are now recent).
@@ -204,9 +211,9 @@ class FsCache:
         bodies: list[bytes | None] = []
         now = _minute()
         stale: list[tuple[str, bytes]] = []
-        for key, (raw, tag) in zip(keys, found):
+        for key, (raw, tag) in zip(keys, found, strict=True):
             parts = _checked(raw) if raw is not None else None
-            if parts is None:
+            if raw is None or parts is None:
                 bodies.append(None)
                 continue
             self.counters.hits += 1
@@ -218,9 +225,11 @@ class FsCache:
         missing = [i for i, b in enumerate(bodies) if b is None]
         if missing:  # corrupt entries are dropped and refetched there, misses filled
             got = await asyncio.gather(*(self.get(keys[i]) for i in missing))
-            for i, (body, _) in zip(missing, got):
+            for i, (body, _) in zip(missing, got, strict=True):
                 bodies[i] = body
-        return bodies  # type: ignore[return-value]
+        filled = [b for b in bodies if b is not None]
+        assert len(filled) == len(bodies), "every miss was filled just above"
+        return filled
 
     async def stat(self, key: str) -> ObjectStat:
         raw = await self._run(self.cache.get, key)
@@ -258,14 +267,14 @@ class FsCache:
         await self._run(self.cache.delete, key)
         self.counters.invalidations += 1
 
-    async def delete_many(self, keys: list[str]) -> list[tuple[str, str]]:
+    async def delete_many(self, keys: builtins.list[str]) -> builtins.list[tuple[str, str]]:
         await self._run(self._drop, keys)
         failed = await self.parent.delete_many(keys)
         await self._run(self._drop, keys)
         self.counters.invalidations += len(keys)
         return failed
 
-    def _drop(self, keys: list[str]) -> None:
+    def _drop(self, keys: builtins.list[str]) -> None:
         for k in keys:
             self.cache.delete(k)
 

@@ -15,8 +15,9 @@ import email.utils
 import hashlib
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Mapping
+from typing import Self
 from urllib.parse import quote, unquote_plus
 
 import aiohttp
@@ -108,7 +109,7 @@ class S3Client:
         self.requests = 0
         self.retries = 0
 
-    async def __aenter__(self) -> S3Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -188,7 +189,7 @@ class S3Client:
                     failure = f"{resp.status} {_error_from(resp.status, data, what)}"
                     ra = resp.headers.get("Retry-After", "")
                     retry_after = float(ra) if ra.replace(".", "", 1).isdigit() else None
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             if attempt >= self.url.max_retries:
                 raise Unavailable(f"{what}: gave up after {attempt + 1} attempts: {failure}", status=503)
@@ -231,7 +232,8 @@ class S3Client:
         for i in range(0, len(keys), step):
             batch = keys[i:i + step]
             doc = ("<Delete><Quiet>true</Quiet>" + "".join(
-                f"<Object><Key>{_xml_escape(self.url.prefix + k)}</Key></Object>" for k in batch) + "</Delete>").encode()
+                f"<Object><Key>{_xml_escape(self.url.prefix + k)}</Key></Object>" for k in batch)
+                    + "</Delete>").encode()
             _, _, body = await self.request("POST", None, query=[("delete", "")], body=doc,
                                             headers={"Content-Type": "application/xml"})
             root = ET.fromstring(body)

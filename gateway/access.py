@@ -10,7 +10,7 @@ Every denial is counted.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .keys import AccessKey
 from .policy import required

@@ -18,19 +18,17 @@ The CLI (`mailstore ... --endpoint URL`) and the dashboard use it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from .auth import Principal
 from .body import Expectations, receive
+from .context import Gateway, valid_bucket_name
 from .engine.model import BucketAlreadyExists, BucketNotEmpty, NoSuchBucket
 from .policy import Policy, PolicyError, preset
 from .s3.errors import S3Error
 from .s3.sigv4 import UNSIGNED_PAYLOAD
-
-if TYPE_CHECKING:
-    from .app import Gateway
-    from .auth import Principal
 
 MAX_BODY = 64 * 1024
 PREFIX = "/_admin"
@@ -108,17 +106,17 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
             raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
         return web.Response(status=204)
     if len(parts) == 3 and parts[0] == "keys" and parts[2] == "policy" and method == "PUT":
-        key = keys.get(parts[1])
-        if key is None:
+        current = keys.get(parts[1])
+        if current is None:
             raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
         doc = await _body(gw, request, principal)
         policy = _policy_from(doc)
         admin = bool(doc.get("admin", False))
         if not admin and policy is None:
             raise AdminError(400, "InvalidArgument", "give a policy, a preset, or admin: true")
-        await gw.engine._run(keys.set_policy_txn(key, None if admin else policy, admin))
-        gw.auth.forget(key.access_key)
-        fresh = keys.get(key.access_key)
+        await gw.engine._run(keys.set_policy_txn(current, None if admin else policy, admin))
+        gw.auth.forget(current.access_key)
+        fresh = keys.get(current.access_key)
         assert fresh is not None
         return _json(fresh.describe())
     if parts == ["buckets"] and method == "GET":
@@ -127,7 +125,6 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
                       for b in gw.engine.list_buckets()])
     if parts == ["buckets"] and method == "POST":
         name = str((await _body(gw, request, principal)).get("name", ""))
-        from .app import valid_bucket_name
         if not valid_bucket_name(name):
             raise AdminError(400, "InvalidBucketName", f"not a valid bucket name: {name!r}")
         try:

@@ -10,16 +10,16 @@ methods; access policies are evaluated on the returned `Principal`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from multidict import CIMultiDictProxy
 
 from .keys import AccessKey, KeyStore
 from .s3 import numbers, sigv2, sigv4
-from .s3.http import parse_any_date
 from .s3.chunked import ChunkSigner
 from .s3.errors import S3Error
+from .s3.http import parse_any_date
 
 KEY_CACHE_SECONDS = 2.0  # a deleted key stops working everywhere within this
 

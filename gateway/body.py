@@ -14,8 +14,9 @@ import base64
 import binascii
 import hashlib
 import zlib
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from awscrt import checksums as crt_checksums
@@ -24,8 +25,8 @@ from .engine.local import INLINE_MAX
 from .engine.model import BlobRef
 from .engine.segments import BlobWriter, DataDir
 from .s3 import numbers
-from .s3.errors import S3Error
 from .s3.chunked import AwsChunkedDecoder, ChunkSigner
+from .s3.errors import S3Error
 from .s3.sigv4 import STREAMING_PREFIX, UNSIGNED_PAYLOAD
 
 MAX_PUT_SIZE = 5 << 30  # AWS: 5 GiB in a single PUT or part
@@ -33,10 +34,10 @@ READ_CHUNK = 1 << 20
 
 # x-amz-checksum-<name>: how to compute it.  crc32c and crc64nvme arrive with
 # the streaming and checksum work of the compatibility issue.
-CHECKSUMS: dict[str, Callable[[], "_Digest"]] = {}
+CHECKSUMS: dict[str, Callable[[], _Digest]] = {}
 
 
-class _Digest:
+class _Digest(Protocol):
     def update(self, data: bytes) -> None: ...
     def b64(self) -> str: ...
 

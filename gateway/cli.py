@@ -14,14 +14,14 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from appliance.progress import Progress  # a leaf module: no part imported
+from runtime.progress import Progress
 
 from .config import GatewayConfig, parse_bytes, parse_listen
 from .engine.local import EngineLock, EngineLocked, LocalEngine
 from .engine.recovery import IndexUnusable
-
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -158,7 +158,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_bucket(args: argparse.Namespace) -> int:
-    from .app import valid_bucket_name
+    from .context import valid_bucket_name
     from .engine.model import EngineError
 
     engine = LocalEngine(Path(args.data_dir), writer=args.action != "list")
@@ -309,8 +309,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_command(args: argparse.Namespace) -> int:
+    fn: Callable[[argparse.Namespace], int] = args.fn  # set by each subcommand's parser
     try:
-        return args.fn(args)
+        return fn(args)
     except EngineLocked as exc:
         print(f"mailstore: {exc}", file=sys.stderr)
         return 3

@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .engine import records
 from .engine.index import connect, key_bytes
@@ -171,7 +171,7 @@ class Compactor:
         live = dead = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for (rec, raw, verdict), offset in zip(moves, offsets):
+            for (rec, raw, verdict), offset in zip(moves, offsets, strict=True):
                 moved = 0
                 if verdict == "live":
                     moved = conn.execute(
@@ -208,7 +208,7 @@ class Compactor:
                     pass
         if not candidates:
             return
-        referenced = set()
+        referenced: set[str] = set()
         for (blobs,) in conn.execute("SELECT blobs FROM objects WHERE blobs IS NOT NULL"):
             referenced.update(b[0] for b in json.loads(blobs))
         for f in candidates:

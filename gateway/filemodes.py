@@ -32,7 +32,8 @@ def too_open(root: Path, limit: int = 20) -> list[str]:
             if stat.S_ISLNK(mode) or stat.S_ISSOCK(mode):
                 continue
             if mode & 0o077:
-                found.append(f"{path} is mode {stat.S_IMODE(mode):04o} (want {'0700' if stat.S_ISDIR(mode) else '0600'})")
+                want = "0700" if stat.S_ISDIR(mode) else "0600"
+                found.append(f"{path} is mode {stat.S_IMODE(mode):04o} (want {want})")
                 if len(found) >= limit:
                     return found
     return found

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .engine import records
 from .engine.index import connect, key_bytes

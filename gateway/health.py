@@ -16,12 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .app import Gateway
+from .context import Gateway
 
 PATHS = ("/health/live", "/health/ready", "/metrics")  # /metrics: gateway/metrics.py
 
@@ -31,13 +29,13 @@ def is_check(request: web.BaseRequest, raw_path: str, raw_query: str) -> bool:
             and "Signature" not in raw_query)
 
 
-def readiness(gw: Gateway) -> dict[str, object]:
+def readiness(gw: Gateway) -> dict[str, str | int | bool]:
     """Blocking (an engine query and a statvfs): what /health/ready reports."""
-    checks: dict[str, object] = {}
+    checks: dict[str, str | int | bool] = {}
     try:
         gw.engine.bucket_exists("health-probe")
         checks["engine"] = "ok"
-    except Exception as exc:  # any failure to answer is "not ready", with its reason
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", with its reason
         checks["engine"] = f"failed: {type(exc).__name__}: {exc}"
     data_dir = gw.config.data_dir
     checks["data_dir_writable"] = os.access(data_dir, os.W_OK)
@@ -52,12 +50,13 @@ def readiness(gw: Gateway) -> dict[str, object]:
 
 
 async def respond(gw: Gateway, request: web.BaseRequest, raw_path: str) -> web.Response:
+    body: dict[str, object]
     if raw_path == "/health/live":
         status, body = 200, {"status": "live"}
     else:
         checks = await gw.run_blocking(readiness, gw)
         ok = (checks["engine"] == "ok" and checks["data_dir_writable"]
-              and int(checks["free_bytes"]) >= gw.config.min_free_bytes)  # type: ignore[call-overload]
+              and int(checks["free_bytes"]) >= gw.config.min_free_bytes)
         if gw.draining:
             status, state = 404, "draining"
         else:

@@ -12,19 +12,17 @@ so each gateway reports the same values for them.
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-prometheus_client.disable_created_metrics()
-
 from .compact import DEAD_RATIO
+from .context import Gateway
 
-if TYPE_CHECKING:
-    from .app import Gateway
+prometheus_client.disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AUTH_FAILURES = frozenset({"SignatureDoesNotMatch", "InvalidAccessKeyId", "RequestTimeTooSkewed",
@@ -80,7 +78,7 @@ class GatewayMetrics:
             self.auth_failures.labels(error_code).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
 
 
 class _EngineCollector(Collector):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 ARN_PREFIX = "arn:aws:s3:::"
 CONDITION_OPERATORS = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike",
@@ -58,7 +58,7 @@ class Condition:
             return False
         actual = context[self.key]
         op = self.operator
-        if op.startswith("StringEquals") or op.startswith("StringNotEquals"):
+        if op.startswith(("StringEquals", "StringNotEquals")):
             fold = op.endswith("IgnoreCase")
             hit = any((v.lower() == actual.lower()) if fold else v == actual for v in self.values)
         else:
@@ -197,7 +197,7 @@ def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, s
             if "delimiter" in query:
                 ctx["s3:delimiter"] = query["delimiter"]
         return [(_BUCKET_ACTIONS[op], arn(bucket), ctx)]
-    needs = [(_OBJECT_ACTIONS[op], arn(bucket, key), {})]
+    needs: list[tuple[str, str, dict[str, str]]] = [(_OBJECT_ACTIONS[op], arn(bucket, key), {})]
     if copy_source is not None and op in ("PutObject", "UploadPart"):
         needs.append(("s3:GetObject", arn(*copy_source), {}))
     return needs
@@ -218,6 +218,7 @@ def preset(spec: str) -> Policy:
     kind, _, arg = spec.partition(":")
     if not arg:
         raise PolicyError(f"preset {spec!r}: expected KIND:ARGUMENT")
+    doc: dict[str, list[dict[str, object]]]  # an IAM policy document, as JSON
     if kind == "bucket":
         doc = {"Statement": [{"Effect": "Allow", "Action": _RW, "Resource": [arn(arg, "*")]},
                              {"Effect": "Allow", "Action": _LIST, "Resource": [arn(arg)]}]}

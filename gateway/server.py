@@ -1,4 +1,4 @@
-"""Run one gateway process: the composition root for `mailstore gateway`."""
+"""Run a gateway: the composition root for `mailstore gateway` (one process, or prefork workers)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import socket
 import sys
 
 from aiohttp import web
+
+from runtime import prefork
 
 from .app import build_server
 from .compact import Compactor
@@ -46,8 +48,8 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
     else:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True, ssl_context=tls)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    port = sockets[0].getsockname()[1] if sockets else config.port
+    bound = runner.addresses  # what the listening sockets are bound to, (host, port, ...) each
+    port = int(bound[0][1]) if bound else config.port
     host = f"[{config.host}]" if ":" in config.host else config.host
     scheme = "https" if tls is not None else "http"
     info = {"event": "listening", "endpoint": f"{scheme}://{host}:{port}", "port": port,
@@ -85,11 +87,28 @@ async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ig
 
 def run(config: GatewayConfig, workers: int = 1) -> None:
     if workers > 1:
-        from .workers import run_workers
-
         run_workers(config, workers)
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_uvloop()
     asyncio.run(serve(config))
+
+
+def run_workers(config: GatewayConfig, workers: int) -> None:
+    """`mailstore gateway --workers N`: N gateway processes behind one socket.
+
+    Each worker serves the inherited socket with its own LocalEngine (its own
+    committer and segment; the index arbitrates).  Supervision is runtime.prefork's.
+    """
+
+    def child(sock: socket.socket) -> None:
+        install_uvloop()
+        asyncio.run(serve(config, sock=sock, announce=False))
+
+    sock = prefork.bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    scheme = "https" if config.tls_cert else "http"
+    prefork.run(sock, workers, child, {"event": "listening", "endpoint": f"{scheme}://{host}:{port}", "port": port,
+                                       "data_dir": str(config.data_dir)})

@@ -33,8 +33,8 @@ def summary(exc: BaseException) -> str:
 class ServerLog:
     """The slice of logging.Logger that aiohttp's RequestHandler calls."""
 
-    def __init__(self, inner: logging.Logger = logging.getLogger("aiohttp.server")) -> None:
-        self.inner = inner
+    def __init__(self, inner: logging.Logger | None = None) -> None:
+        self.inner = inner or logging.getLogger("aiohttp.server")
 
     def exception(self, msg: str, *args: Any, exc_info: Any = True, **kw: Any) -> None:
         exc = exc_info if isinstance(exc_info, BaseException) else None

@@ -17,9 +17,9 @@ import signal
 import sys
 from pathlib import Path
 
-from appliance.progress import Progress  # a leaf module: no part imported
 from cache import open_fs, read_url
 from cache.url import parse_duration, parse_size
+from runtime.progress import Progress
 
 from .db import MetaError, MetaStore
 from .users import AddressPolicy, hash_password
@@ -103,7 +103,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         asyncio.run(main(sock))
 
     if args.workers > 1:
-        from appliance import prefork
+        from runtime import prefork
 
         MetaStore(Path(args.db))  # migrate once, before forking
         sock = prefork.bind(host, int(port))
@@ -207,6 +207,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from . import importing, sources
 
+    source: importing.Source
     if args.kind == "imap":
         source = sources.ImapSource(sources.ImapUrl.parse(read_url(args.source)))
     elif args.kind == "maildir":

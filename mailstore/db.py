@@ -28,11 +28,15 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
+from types import TracebackType
+from typing import Any, TypeVar
 
-from cache.batching import BatchThread, call
+from runtime.batching import BatchThread, Call, Outcome, call
+
+T = TypeVar("T")
 
 RESERVATION_SECONDS = 300.0
 
@@ -138,6 +142,31 @@ class Message:
     modseq: int
 
 
+MESSAGE_COLUMNS = "mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq"
+
+
+def _message(r: tuple[Any, ...]) -> Message:
+    """A `messages` row (MESSAGE_COLUMNS; SQLite's values are untyped) as a Message."""
+    return Message(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7].split()) if r[7] else (), r[8])
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message whose object is stored, its UID reserved: the row a commit adds."""
+
+    user: str
+    mailbox_id: int
+    uid: int
+    guid: str
+    object_key: str
+    size: int
+    internal_date: float
+    saved: float
+    envelope: object  # JSON text already, or the value to encode
+    bodystructure: object
+    flags: tuple[str, ...] = ()
+
+
 class MetaStore:
     """One per process; a connection per thread (call it from worker threads)."""
 
@@ -202,7 +231,7 @@ class MetaStore:
             c = self._local.flags_conn = self._connect("NORMAL")
         return c
 
-    def _write_flags(self):  # type: ignore[no-untyped-def]
+    def _write_flags(self) -> _Txn:
         lock = getattr(self._local, "lock", None)
         if lock is None:
             lock = self._local.lock = WriteLock(self.path)
@@ -215,7 +244,8 @@ class MetaStore:
         c = self.conn()
         rows = c.execute("SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND uid < ? ORDER BY uid",
                          (mailbox_id, modseq, cap)).fetchall()
-        count = c.execute("SELECT count(*) FROM messages WHERE mailbox_id=? AND uid < ?", (mailbox_id, cap)).fetchone()[0]
+        count = c.execute("SELECT count(*) FROM messages WHERE mailbox_id=? AND uid < ?",
+                          (mailbox_id, cap)).fetchone()[0]
         return [(u, tuple(f.split()) if f else ()) for u, f in rows], count
 
     def uid_flags(self, mailbox_id: int) -> list[tuple[int, tuple[str, ...]]]:
@@ -254,7 +284,7 @@ class MetaStore:
                       [(mailbox_id, modseq, u) for u in uids])
         c.execute("DELETE FROM expunged WHERE mailbox_id=? AND modseq<?", (mailbox_id, modseq - EXPUNGE_LOG_MODSEQS))
 
-    def _write(self):  # type: ignore[no-untyped-def]
+    def _write(self) -> _Txn:
         lock = getattr(self._local, "lock", None)
         if lock is None:
             lock = self._local.lock = WriteLock(self.path)
@@ -395,41 +425,40 @@ class MetaStore:
     def commit_message(self, user: str, mailbox_id: int, uid: int, guid: str, object_key: str, size: int,
                        internal_date: float, saved: float, envelope: object, bodystructure: object,
                        flags: tuple[str, ...] = ()) -> None:
-        self.commit_messages([(user, mailbox_id, uid, guid, object_key, size, internal_date, saved, envelope,
-                               bodystructure, flags)], [])
+        self.commit_messages([NewMessage(user, mailbox_id, uid, guid, object_key, size, internal_date, saved,
+                                         envelope, bodystructure, flags)], [])
 
-    def commit_messages(self, rows: list[tuple], released: list[tuple[int, int]]) -> None:  # type: ignore[type-arg]
+    def commit_messages(self, rows: Sequence[NewMessage], released: Sequence[tuple[int, int]]) -> None:
         """Commit several delivered messages and drop failed reservations, in one transaction."""
         with self._write() as c:
             self.commit_messages_tx(c, rows, released)
 
     @classmethod
-    def commit_messages_tx(cls, c: sqlite3.Connection, rows: list[tuple],  # type: ignore[type-arg]
-                           released: list[tuple[int, int]]) -> None:
+    def commit_messages_tx(cls, c: sqlite3.Connection, rows: Sequence[NewMessage],
+                           released: Sequence[tuple[int, int]]) -> None:
         for row in rows:
-            cls._commit_one(c, *row)
+            cls.commit_one(c, row)
         for mailbox_id, uid in released:
             c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
 
     @staticmethod
-    def _commit_one(c: sqlite3.Connection, user: str, mailbox_id: int, uid: int, guid: str,
-                object_key: str, size: int, internal_date: float, saved: float, envelope: object,
-                bodystructure: object, flags: tuple[str, ...] = ()) -> None:
-        modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
-        # envelope/bodystructure: JSON text already, or values to encode
-        env = envelope if isinstance(envelope, str) else json.dumps(envelope)
-        bs = bodystructure if isinstance(bodystructure, str) else json.dumps(bodystructure)
+    def commit_one(c: sqlite3.Connection, m: NewMessage) -> None:
+        """Inside a write transaction: add the row, bump the mailbox's modseq and the user's usage."""
+        modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (m.mailbox_id,)).fetchone()[0] + 1
+        env = m.envelope if isinstance(m.envelope, str) else json.dumps(m.envelope)
+        bs = m.bodystructure if isinstance(m.bodystructure, str) else json.dumps(m.bodystructure)
         c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"
                   " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                  (mailbox_id, uid, guid, object_key, size, internal_date, saved, " ".join(flags), modseq,
-                   env, bs))
-        c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
-        c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (size, user))
-        c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+                  (m.mailbox_id, m.uid, m.guid, m.object_key, m.size, m.internal_date, m.saved, " ".join(m.flags),
+                   modseq, env, bs))
+        c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, m.mailbox_id))
+        c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (m.size, m.user))
+        c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid))
 
     def claim_recent(self, mailbox_id: int, below: int) -> int:
         """A read-write SELECT: the first \\Recent UID for this session; later sessions see none of these."""
-        first = self.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
+        first: int = self.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?",
+                                         (mailbox_id,)).fetchone()[0]
         if first >= below:  # nothing new to claim: no write, no fsync
             return below
         with self._write_flags() as c:  # \Recent is session state: no fsync for it
@@ -441,14 +470,15 @@ class MetaStore:
         """Messages with uid below this are complete and in order (None: no limit)."""
         row = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=? AND expires>?",
                                   (mailbox_id, time.time())).fetchone()
-        return row[0]
+        limit: int | None = row[0]
+        return limit
 
     def messages(self, mailbox_id: int) -> list[Message]:
         limit = self.visible_uid_limit(mailbox_id)
         rows = self.conn().execute(
             "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
             "WHERE mailbox_id=? AND uid < ? ORDER BY uid", (mailbox_id, limit if limit is not None else 1 << 62))
-        return [Message(*r[:7], tuple(r[7].split()) if r[7] else (), r[8]) for r in rows]
+        return [_message(r) for r in rows]
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> dict[int, Message]:
         """The rows of these UIDs only (FETCH/SEARCH on a part of a big mailbox)."""
@@ -459,7 +489,7 @@ class MetaStore:
             for r in c.execute(
                     "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
                     f"WHERE mailbox_id=? AND uid IN ({','.join('?' * len(chunk))})", (mailbox_id, *chunk)):
-                out[r[1]] = Message(*r[:7], tuple(r[7].split()) if r[7] else (), r[8])
+                out[r[1]] = _message(r)
         return out
 
     def highestmodseq(self, mailbox_id: int) -> int:
@@ -478,7 +508,7 @@ class MetaStore:
     # ------------------------------------------------------------------ reindex
 
     def restore(self, user: str, boxes: list[tuple[str, str, int]],
-                messages: list[tuple[str, int, str, str, int, float, float, object, object]]) -> None:
+                messages: Sequence[tuple[str, int, str, str, int, float, float, object, object]]) -> None:
         """Replace a user's mailboxes and messages with ones rebuilt from the bucket.
 
         boxes: (name, guid, uidvalidity); messages: (mailbox guid, uid, guid, key, size,
@@ -501,7 +531,7 @@ class MetaStore:
                           " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,1,?,?)",
                           (ids[box_guid], uid, guid, key, size, idate, saved, json.dumps(env), json.dumps(bs)))
                 used += size
-            for guid, box_id in ids.items():
+            for box_id in ids.values():
                 c.execute("UPDATE mailboxes SET uidnext=(SELECT coalesce(max(uid), 0) + 1 FROM messages "
                           "WHERE mailbox_id=?), highestmodseq=2 WHERE id=?", (box_id, box_id))
             c.execute("UPDATE users SET used_bytes=? WHERE name=?", (used, user))
@@ -536,18 +566,18 @@ class MetaWriter:
         self._lock: WriteLock | None = None
         self._thread = BatchThread("meta-writer", self._run_batch, max_batch=512)
 
-    def run(self, fn, *args) -> asyncio.Future:  # type: ignore[no-untyped-def,type-arg]
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """fn(connection, *args) inside the next batch's transaction."""
         return self._thread.submit(fn, *args)
 
     def close(self) -> None:
         self._thread.close()
 
-    def _run_batch(self, calls: list) -> list:  # type: ignore[type-arg]
+    def _run_batch(self, calls: list[Call]) -> list[Outcome]:
         c = self.meta.conn()
         if self._lock is None:
             self._lock = WriteLock(self.meta.path)
-        outcomes = []
+        outcomes: list[Outcome] = []
         self._lock.acquire()  # other processes' writers: woken at once, never sleeping
         try:
             c.execute("BEGIN IMMEDIATE")
@@ -597,7 +627,8 @@ class _Txn:
         self.c.execute("BEGIN IMMEDIATE")
         return self.c
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:

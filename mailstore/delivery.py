@@ -24,10 +24,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from cache import FsError
+from cache import Fs, FsError
 
 from . import layout, message
-from .db import MetaStore, MetaWriter
+from .db import Mailbox, MetaStore, MetaWriter, NewMessage, User
 from .users import AddressPolicy, resolve
 
 log = logging.getLogger("mailstore.delivery")
@@ -68,7 +68,7 @@ class DeliveryStats:
 
 
 class Deliverer:
-    def __init__(self, meta: MetaStore, fs, policy: AddressPolicy, max_size: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, meta: MetaStore, fs: Fs, policy: AddressPolicy, max_size: int) -> None:
         self.meta = meta
         self.writer = MetaWriter(meta)
         self.fs = fs
@@ -76,7 +76,7 @@ class Deliverer:
         self.max_size = max_size
         self.stats = DeliveryStats()
 
-    def _lookup(self, address: str):  # type: ignore[no-untyped-def]
+    def _lookup(self, address: str) -> tuple[str | None, User | None]:
         user = resolve(self.meta, self.policy, address)
         return user, (self.meta.get_user(user) if user is not None else None)
 
@@ -118,7 +118,7 @@ class Deliverer:
             replies = await self._deliver(mail_from, unique, data)
             # Each reply names its own RCPT address (the copy was stored under the first one).
             return [replies[i].replace(f"<{unique[i][0]}>", f"<{address}>", 1)
-                    for i, (address, _) in zip(where, recipients)]
+                    for i, (address, _) in zip(where, recipients, strict=True)]
         return await self._deliver(mail_from, recipients, data)
 
     async def _deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:
@@ -149,33 +149,31 @@ class Deliverer:
                     replies[i] = self._fail(StorageUnavailable())
                 return [r or DeliveryError.reply for r in replies]
             now = time.time()
-            stored = await asyncio.gather(*(self._put(mail_from, recipients[i][0], recipients[i][1], data, box, uid, now)
-                                            for i, (box, uid) in zip(wanted, reserved)))
+            stored = await asyncio.gather(*(self._put(mail_from, recipients[i][0], recipients[i][1], data, box,
+                                                      uid, now, (env, body))
+                                            for i, (box, uid) in zip(wanted, reserved, strict=True)))
             rows = [row for row in stored if row is not None]
-            released = [(box.id, uid) for row, (box, uid) in zip(stored, reserved) if row is None]
+            released = [(box.id, uid) for row, (box, uid) in zip(stored, reserved, strict=True) if row is None]
             try:
-                await self.writer.run(MetaStore.commit_messages_tx,
-                                      [(*row[:8], env, body) for row in rows], released)
+                await self.writer.run(MetaStore.commit_messages_tx, rows, released)
                 committed = True
             except Exception:  # the stored objects are orphans now; gc removes them
                 log.exception("metadata commit failed; %d objects orphaned", len(rows))
                 committed = False
-            for i, row in zip(wanted, stored):
-                if row is None:
-                    replies[i] = self._fail(StorageUnavailable())
-                elif not committed:
+            for i, row in zip(wanted, stored, strict=True):
+                if row is None or not committed:
                     replies[i] = self._fail(StorageUnavailable())
                 else:
                     self.stats.accepted += 1
-                    replies[i] = f"250 2.0.0 <{recipients[i][0]}> {row[3]} Saved"
+                    replies[i] = f"250 2.0.0 <{recipients[i][0]}> {row.guid} Saved"
         return [r or DeliveryError.reply for r in replies]
 
     def _fail(self, exc: DeliveryError) -> str:
         self._count(exc)
         return exc.reply
 
-    async def _put(self, mail_from: str, address: str, user: str, data: bytes, box, uid: int,  # type: ignore[no-untyped-def]
-                   now: float) -> tuple | None:  # type: ignore[type-arg]
+    async def _put(self, mail_from: str, address: str, user: str, data: bytes, box: Mailbox, uid: int,
+                   now: float, parsed: tuple[str, str]) -> NewMessage | None:
         """Store one recipient's object; the row to commit, or None when storage failed."""
         stored = message.stored_bytes(data, mail_from, address)
         guid = uuid.uuid4().hex
@@ -187,4 +185,4 @@ class Deliverer:
         except FsError as exc:
             log.warning("storing %s for %s failed: %s", key, user, exc)
             return None
-        return (user, box.id, uid, guid, key, len(stored), now, now)
+        return NewMessage(user, box.id, uid, guid, key, len(stored), now, now, *parsed)

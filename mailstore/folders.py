@@ -46,7 +46,7 @@ def _box(c: sqlite3.Connection, user: str, name: str) -> Mailbox:
 
 
 def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
-    modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
+    modseq: int = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
     c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
     return modseq
 

@@ -26,12 +26,15 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, TextIO
+from typing import Protocol, TextIO
+
+from cache import Fs, FsError
 
 from . import folders, layout, message
-from .db import MetaStore, MetaWriter
+from .db import MetaStore, MetaWriter, NewMessage
 
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 
@@ -54,6 +57,27 @@ class SourceFolder:
     validity: str  # UIDVALIDITY (IMAP) or "" (offline sources: items never change meaning)
     wire: str = ""  # the name as the source spells it (IMAP: for EXAMINE)
     selectable: bool = True  # False for an IMAP \Noselect parent
+
+
+class SourceReader(Protocol):
+    """One connection's worth of reading (sources.py has an IMAP, a Maildir and an mbox one)."""
+
+    async def messages(self, folder: SourceFolder) -> list[SourceMessage]: ...
+
+    def load(self, folder: SourceFolder, wanted: list[SourceMessage]) -> AsyncIterator[SourceMessage]: ...
+
+    async def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where mail comes from: its folders, and readers (one per parallel connection)."""
+
+    @property
+    def id(self) -> str: ...  # names the source in import_map rows and the run lock
+
+    async def folders(self) -> list[SourceFolder]: ...
+
+    async def reader(self) -> SourceReader: ...
 
 
 @dataclass
@@ -132,7 +156,7 @@ class ImportProgress:
 
 
 class Importer:
-    def __init__(self, meta: MetaStore, fs, user: str, source: str, *,  # type: ignore[no-untyped-def]
+    def __init__(self, meta: MetaStore, fs: Fs, user: str, source: str, *,
                  max_size: int = DEFAULT_MAX_SIZE, ignore_quota: bool = False, parallel: int = 8,
                  progress: ImportProgress | None = None) -> None:
         self.meta, self.user, self.source = meta, user, source
@@ -187,9 +211,8 @@ class Importer:
                 continue
             report.skipped += 1
             uid = row[2]
-            if row[1] == box_id and uid in local_flags:
-                if set(local_flags[uid]) != set(m.flags):
-                    updates.setdefault(tuple(sorted(set(m.flags))), []).append(uid)
+            if row[1] == box_id and uid in local_flags and set(local_flags[uid]) != set(m.flags):
+                updates.setdefault(tuple(sorted(set(m.flags))), []).append(uid)
         for want, uids in updates.items():
             await asyncio.to_thread(folders.store_flags, self.meta, box_id, uids, "FLAGS", list(want))
             report.flags_updated += len(uids)
@@ -200,7 +223,7 @@ class Importer:
         rows = self.meta.conn().execute(
             "SELECT item, validity, mailbox_id, uid, message_id, size FROM import_map "
             "WHERE user_name=? AND source=? AND folder=?", (self.user, self.source, folder))
-        return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
+        return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     def _remap(self, folder: SourceFolder, moved: list[tuple[str, str, SourceMessage]]) -> None:
         with self.meta._write() as c:
@@ -247,7 +270,7 @@ class Importer:
                                       box.uidvalidity, uid)
             try:
                 await self.fs.put(key, data, meta.to_headers(), "message/rfc822")
-            except Exception as exc:  # storage failed: nothing committed, the next run tries again
+            except (FsError, OSError) as exc:  # storage failed: nothing committed, the next run tries again
                 await self.writer.run(MetaStore.commit_messages_tx, [], [(box.id, uid)])
                 why = f"storage: {type(exc).__name__}"
                 report.failed[why] = report.failed.get(why, 0) + 1
@@ -264,7 +287,8 @@ class Importer:
                 guid: str, key: str, size: int, now: float, env: object, bs: object) -> None:
         """In the writer's transaction: the message row, and the source item it came from."""
         flags = tuple(f for f in m.flags if f != "\\Recent")
-        MetaStore._commit_one(c, self.user, box_id, uid, guid, key, size, m.internal_date, now, env, bs, flags)
+        MetaStore.commit_one(c, NewMessage(self.user, box_id, uid, guid, key, size, m.internal_date, now, env, bs,
+                                           flags))
         c.execute("INSERT INTO import_map(user_name, source, folder, item, validity, mailbox_id, uid, message_id,"
                   " size) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(user_name, source, folder, item) DO UPDATE SET "
                   "validity=excluded.validity, mailbox_id=excluded.mailbox_id, uid=excluded.uid, "
@@ -315,7 +339,7 @@ class Importer:
         return "\n".join(lines)
 
 
-async def run(importer: Importer, source, connections: int = 4) -> None:  # type: ignore[no-untyped-def]
+async def run(importer: Importer, source: Source, connections: int = 4) -> None:
     """Every folder of `source` into the importer's user, `connections` folders at a time."""
     progress = importer.progress
     found = await source.folders()

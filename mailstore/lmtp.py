@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -72,15 +74,15 @@ class Handler:
 
 
 class LMTPSession(LMTP):
-    def _getparams(self, params):  # type: ignore[no-untyped-def]
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         """MAIL parameters; a SIZE that is not 1-19 ASCII digits is a syntax error.
 
         aiosmtpd checks SIZE with str.isdigit() and then int(): "SIZE=²" passed
         the check and raised, a 500 and a traceback per attempt.
         """
-        result = super()._getparams(params)
-        if result is not None and isinstance(result.get("SIZE"), str) and \
-                not re.fullmatch(r"[0-9]{1,19}", result["SIZE"]):
+        result: dict[str, str | bool] | None = super()._getparams(params)
+        size = result.get("SIZE") if result is not None else None
+        if isinstance(size, str) and not re.fullmatch(r"[0-9]{1,19}", size):
             return None
         return result
 
@@ -88,7 +90,7 @@ class LMTPSession(LMTP):
         text = status.decode() if isinstance(status, bytes) else status
         env = self.envelope
         if (env is not None and env.rcpt_tos and
-                (text.startswith("552 Error: Too much mail data") or text.startswith("500 Line too long"))):
+                text.startswith(("552 Error: Too much mail data", "500 Line too long"))):
             code = "552 5.3.4 Message too big for system" if text.startswith("552") else \
                 "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
             text = "\r\n".join(code for _ in env.rcpt_tos)
@@ -96,7 +98,7 @@ class LMTPSession(LMTP):
 
 
 async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: int,
-                     max_recipients: int = MAX_RECIPIENTS, sock=None) -> asyncio.Server:  # type: ignore[no-untyped-def]
+                     max_recipients: int = MAX_RECIPIENTS, sock: socket.socket | None = None) -> asyncio.Server:
     handler = Handler(deliverer, max_recipients)
     loop = asyncio.get_running_loop()
 

@@ -69,17 +69,19 @@ def _params(part: Message) -> list[str] | None:
 
 
 def bodystructure(part: Message) -> list[Any]:
-    if part.get_content_type() == "message/rfc822" and isinstance(part.get_payload(), list):
+    payload = part.get_payload()
+    if part.get_content_type() == "message/rfc822" and isinstance(payload, list) and payload \
+            and isinstance(payload[0], Message):
         # The stdlib reports an encapsulated message as "multipart" (its payload is a
         # list); RFC 3501 §7.4.2 gives it its own form: type fields, then the inner
         # message's ENVELOPE, BODYSTRUCTURE and line count.
-        inner = part.get_payload()[0]  # type: ignore[index]
+        inner = payload[0]
         raw = inner.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n", max_line_length=0))
         return ["MESSAGE", "RFC822", _params(part), _value(part, "Content-ID"), _value(part, "Content-Description"),
                 (_value(part, "Content-Transfer-Encoding") or "7BIT").upper(), len(raw),
                 envelope(inner), bodystructure(inner), raw.count(b"\n")]
-    if part.is_multipart():
-        children = [bodystructure(p) for p in part.get_payload()]  # type: ignore[union-attr]
+    if part.is_multipart() and isinstance(payload, list):
+        children = [bodystructure(p) for p in payload if isinstance(p, Message)]
         return [*children, part.get_content_subtype().upper(), _params(part), None, None, None]
     payload = part.get_payload(decode=False)
     raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""

@@ -16,17 +16,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
+
+from cache import Fs
 
 from . import layout, message
 from .db import MetaStore
 from .users import hash_password
 
-
 Progress = Callable[[int, int], None]  # (done, total)
 
 
-async def reindex(meta: MetaStore, fs, user: str,  # type: ignore[no-untyped-def]
+async def reindex(meta: MetaStore, fs: Fs, user: str,
                   progress: Progress = lambda done, total: None) -> dict[str, int]:
     created = False
     if await asyncio.to_thread(meta.get_user, user) is None:
@@ -63,7 +64,7 @@ async def reindex(meta: MetaStore, fs, user: str,  # type: ignore[no-untyped-def
     return {"mailboxes": len(boxes), "messages": len(rows), "skipped": skipped, "user_created": int(created)}
 
 
-async def gc(meta: MetaStore, fs, grace_seconds: float, users: list[str] | None = None,  # type: ignore[no-untyped-def]
+async def gc(meta: MetaStore, fs: Fs, grace_seconds: float, users: list[str] | None = None,
              progress: Progress = lambda done, total: None) -> dict[str, int]:
     names = users or [u.name for u in await asyncio.to_thread(meta.list_users)]
     removed = kept_young = 0

@@ -17,10 +17,12 @@ import hashlib
 import re
 import ssl as ssl_mod
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import unquote, urlsplit
+
+import aioimaplib
 
 from .imap import mutf7
 from .importing import SourceFolder, SourceMessage
@@ -254,7 +256,6 @@ class ImapSource:
         self.timeout = timeout
 
     async def reader(self) -> ImapReader:
-        import aioimaplib
 
         u = self.url
         if u.tls:
@@ -287,8 +288,8 @@ class ImapReader:
     async def close(self) -> None:
         try:
             await self.client.logout()
-        except Exception:  # the connection is going away either way
-            pass
+        except (TimeoutError, OSError, aioimaplib.AioImapException):
+            pass  # the connection is going away either way
 
     async def folders(self) -> list[SourceFolder]:
         r = await self.client.list('""', "*")
@@ -318,7 +319,6 @@ class ImapReader:
         return out
 
     async def messages(self, folder: SourceFolder) -> list[SourceMessage]:
-        import aioimaplib
 
         if not folder.selectable:
             return []

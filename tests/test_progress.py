@@ -7,7 +7,7 @@ import os
 import pty
 import subprocess
 
-from appliance.progress import Progress
+from runtime.progress import Progress
 from conftest import BIN, create_key
 
 

@@ -26,8 +26,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import records
 from .index import connect, key_bytes
@@ -79,7 +79,7 @@ class Txn:
     result: list[int | None] | None = None
     error: BaseException | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    waiter: asyncio.Future | None = None  # type: ignore[type-arg]
+    waiter: asyncio.Future[list[int | None]] | None = None
     event: threading.Event | None = None
 
     def size(self) -> int:
@@ -94,8 +94,10 @@ def _deliver(txns: list[Txn]) -> None:
             continue
         if t.error is not None:
             w.set_exception(t.error)
-        else:
+        elif t.result is not None:
             w.set_result(t.result)
+        else:  # the committer answers every transaction; not doing so is our bug, said out loud
+            w.set_exception(EngineUnavailable("transaction finished without a result"))
 
 
 def finish(batch: list[Txn]) -> None:
@@ -122,7 +124,11 @@ class _Current:
     blobs: str | None
 
 
-_MISSING = object()
+# The group committer's working state for one batch: what each write replaces
+# (the index row, or an earlier write of the same batch), and the plan per txn.
+Overlay = dict[tuple[str, str], _Current | None]
+Step = tuple[Write, int, bytes, _Current | None]  # (write, its seq or 0 for a no-op delete, record, replaced)
+Planned = list[tuple[Txn, list[Step]]]
 
 
 class GroupCommitter:
@@ -226,17 +232,16 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _current(self, ns: str, key: str, overlay: dict) -> _Current | None:  # type: ignore[type-arg]
-        cur = overlay.get((ns, key), _MISSING)
-        if cur is not _MISSING:
-            return cur  # type: ignore[return-value]
+    def _current(self, ns: str, key: str, overlay: Overlay) -> _Current | None:
+        if (ns, key) in overlay:
+            return overlay[(ns, key)]
         row = self.conn.execute(
             "SELECT seq, segment, length, etag, blobs FROM objects WHERE ns=? AND key=?",
             (ns, key_bytes(key)),
         ).fetchone()
         return _Current(*row) if row else None
 
-    def _check(self, g: Guard, overlay: dict) -> None:  # type: ignore[type-arg]
+    def _check(self, g: Guard, overlay: Overlay) -> None:
         if g.kind == "empty":
             lo = key_bytes(g.key)
             busy = self.conn.execute(
@@ -279,14 +284,14 @@ class GroupCommitter:
         if self._on_batch:
             self._on_batch(len(batch), time.perf_counter() - t0, self._sync_seconds)
 
-    def _commit_locked(self, batch: list[Txn]):  # type: ignore[no-untyped-def]
+    def _commit_locked(self, batch: list[Txn]) -> tuple[SegmentWriter, int, list[str]] | None:
         """Under the write lock: guards, append, sync, index, COMMIT.  Returns what to finish."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             seq = c.execute("SELECT v FROM state WHERE k='seq'").fetchone()[0]
-            overlay: dict[tuple[str, str], _Current | None] = {}
-            planned: list[tuple[Txn, list[tuple[Write, int, bytes, _Current | None]]]] = []
+            overlay: Overlay = {}
+            planned: Planned = []
             for txn in batch:
                 try:
                     for g in txn.guards:
@@ -294,7 +299,7 @@ class GroupCommitter:
                 except EngineError as exc:
                     txn.error = exc
                     continue
-                plan = []
+                plan: list[Step] = []
                 for w in txn.writes:
                     cur = self._current(w.ns, w.key, overlay)
                     if w.meta is None and cur is None:
@@ -317,6 +322,7 @@ class GroupCommitter:
                 return None
             payload = b"".join(rec for _, plan in planned for _, _, rec, _ in plan)
             seg = self._segment
+            assert seg is not None, "_commit opens a segment first"
             base = seg.append(payload)
             t_sync = time.perf_counter()
             try:
@@ -343,7 +349,7 @@ class GroupCommitter:
             txn.result = [s if s else None for _, s, _, _ in plan]
         return seg, base + len(payload), released
 
-    def _apply(self, planned: list, seg_id: int, base: int) -> list[str]:  # type: ignore[type-arg]
+    def _apply(self, planned: Planned, seg_id: int, base: int) -> list[str]:
         """Index changes of a synced batch; returns blob ids no longer referenced."""
         c = self.conn
         released: list[str] = []

@@ -61,7 +61,10 @@ def key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogatepass")
 
 
-def row_to_info(ns: str, key: str, row: tuple) -> ObjectInfo:  # type: ignore[type-arg]
+IndexRow = tuple[int, int, int, int, str, str | None]  # ROW_COLUMNS
+
+
+def row_to_info(ns: str, key: str, row: IndexRow) -> ObjectInfo:
     seq, segment, offset, length, meta, blobs = row
     return ObjectInfo(
         ns, key, seq, ObjectMeta.from_json(json.loads(meta)), Location(segment, offset, length),

@@ -16,18 +16,33 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Self
 
 from . import records
 from .commit import GroupCommitter, Guard, Txn, Write
 from .index import IndexReader, connect
+from .model import (
+    MPU,
+    SYS,
+    BlobRef,
+    BucketAlreadyExists,
+    BucketNotEmpty,
+    Conditions,
+    CorruptRecord,
+    InvalidPart,
+    ListPage,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    ObjectInfo,
+    ObjectMeta,
+    PreconditionFailed,
+)
 from .recovery import check_index_file, recover
-from .model import (MPU, SYS, BlobRef, BucketAlreadyExists, BucketNotEmpty, Conditions,
-                    CorruptRecord, InvalidPart, ListPage, NoSuchBucket, NoSuchKey, NoSuchUpload,
-                    ObjectInfo, ObjectMeta, PreconditionFailed)
 from .segments import DataDir, SegmentGone, SegmentReader, WriteLock, read_blob_blocks
 
 log = logging.getLogger(__name__)
@@ -85,7 +100,7 @@ class EngineLock:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> EngineLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -151,7 +166,7 @@ class LocalEngine:
         txn.loop = asyncio.get_running_loop()
         txn.waiter = txn.loop.create_future()
         self.committer.submit(txn)
-        return await txn.waiter  # type: ignore[no-any-return]
+        return await txn.waiter
 
     def run_sync(self, txn: Txn) -> list[int | None]:
         assert self.committer is not None, "engine opened read-only"

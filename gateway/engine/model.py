@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from typing import Any
 
 # Reserved namespaces: "~" can never appear in a bucket name.
 SYS = "~sys"  # keys: "bucket/<name>", "key/<access key id>"
@@ -30,7 +31,7 @@ class BlobRef:
         return [self.blob_id, self.size, list(self.crcs)]
 
     @classmethod
-    def from_json(cls, v: list) -> BlobRef:  # type: ignore[type-arg]
+    def from_json(cls, v: list[Any]) -> BlobRef:  # a header or index value, checksummed JSON
         return cls(v[0], v[1], tuple(v[2]))
 
 
@@ -60,7 +61,7 @@ class ObjectMeta:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> ObjectMeta:  # type: ignore[type-arg]
+    def from_json(cls, d: dict[str, Any]) -> ObjectMeta:  # a header or index value, checksummed JSON
         return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
                    d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0))
 

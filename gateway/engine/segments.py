@@ -24,8 +24,10 @@ import fcntl
 import os
 import secrets
 import zlib
+from collections.abc import Iterator
 from hashlib import md5
 from pathlib import Path
+from typing import Self
 
 from .model import BLOCK_SIZE, BlobRef, CorruptRecord, as_storage_error
 
@@ -44,7 +46,7 @@ class WriteLock:
     def __init__(self, root: Path) -> None:
         self.fd = os.open(root / "write.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
-    def __enter__(self) -> WriteLock:
+    def __enter__(self) -> Self:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
@@ -229,7 +231,7 @@ class BlobWriter:
 
 
 def read_blob_blocks(data: DataDir, ref: BlobRef, start: int, end: int,
-                     fd: int | None = None):  # type: ignore[no-untyped-def]
+                     fd: int | None = None) -> Iterator[bytes]:
     """Yield the verified bytes [start, end) of a blob, one checked block at a time.
 
     Each block is checked against its CRC before any of its bytes leave, so a

@@ -8,8 +8,8 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
-from ..app import Gateway, S3Request, valid_bucket_name
 from ..body import Expectations, receive
+from ..context import Gateway, S3Request, valid_bucket_name
 from ..engine.model import BucketAlreadyExists, ListPage
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..app import Gateway, S3Request
 from ..body import Expectations, discard_blob, receive
+from ..context import Gateway, S3Request
 from ..engine.model import BlobRef
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error

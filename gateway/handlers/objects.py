@@ -7,8 +7,8 @@ import time
 
 from aiohttp import web
 
-from ..app import Gateway, S3Request
 from ..body import Expectations, discard_blob, receive
+from ..context import Gateway, S3Request
 from ..engine.local import INLINE_MAX
 from ..engine.model import Conditions, CorruptRecord, ObjectInfo, ObjectMeta
 from ..engine.segments import BlobWriter

@@ -10,8 +10,9 @@ RFC 9110 §13 (conditionals) and §14 (ranges), with S3's documented choices:
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import unquote
 
@@ -39,17 +40,17 @@ def parse_http_date(value: str | None) -> float | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
 def parse_any_date(value: str) -> datetime | None:
     """Date header (RFC 1123) or x-amz-date (ISO 8601 basic)."""
     try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
         ts = parse_http_date(value)
-        return datetime.fromtimestamp(ts, timezone.utc) if ts is not None else None
+        return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ _CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified
 
 
 def evaluate_preconditions(
-    headers: dict[str, str], etag: str, mtime: float, *, prefix: str = ""
+    headers: Mapping[str, str], etag: str, mtime: float, *, prefix: str = ""
 ) -> int | None:
     """Return 412 or 304 when a precondition stops the request, else None.
 
@@ -147,7 +148,7 @@ def evaluate_preconditions(
     return None
 
 
-_CONTROL = frozenset(chr(c) for c in (*range(0, 9), *range(10, 32), 127))
+_CONTROL = frozenset(chr(c) for c in (*range(9), *range(10, 32), 127))
 
 
 def header_value(text: str, name: str) -> str:

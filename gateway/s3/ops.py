@@ -8,7 +8,7 @@ object body).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import S3Error
 from .http import decode_path

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -188,14 +188,14 @@ def amz_epoch(value: str) -> float:
         raise S3Error("AccessDenied", f"Invalid date format: {value!r}")
     try:
         dt = datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]),
-                      int(value[11:13]), int(value[13:15]), tzinfo=timezone.utc)
+                      int(value[11:13]), int(value[13:15]), tzinfo=UTC)
     except ValueError:
         raise S3Error("AccessDenied", f"Invalid date format: {value!r}") from None
     return dt.timestamp()
 
 
 def parse_amz_date(value: str) -> datetime:
-    return datetime.fromtimestamp(amz_epoch(value), timezone.utc)
+    return datetime.fromtimestamp(amz_epoch(value), UTC)
 
 
 def parse_authorization_header(value: str, amz_date: str, payload_hash: str) -> SignedRequest:
@@ -225,9 +225,10 @@ def parse_authorization_header(value: str, amz_date: str, payload_hash: str) -> 
         )
     if not payload_hash:
         raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
-    if payload_hash != UNSIGNED_PAYLOAD and not payload_hash.startswith(STREAMING_PREFIX):
-        if not _HEX64.match(payload_hash):
-            raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-... or a SHA-256 hex digest")
+    if payload_hash != UNSIGNED_PAYLOAD and not payload_hash.startswith(STREAMING_PREFIX) \
+            and not _HEX64.match(payload_hash):
+        raise S3Error("InvalidArgument",
+                      "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-... or a SHA-256 hex digest")
     return SignedRequest(cred, amz_date, signed, sig, payload_hash, presigned=False)
 
 
@@ -280,7 +281,7 @@ def check_time(req: SignedRequest, now: datetime | float) -> None:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expected_signature(
@@ -308,7 +309,7 @@ def verify_signature(req: SignedRequest, expected: str) -> None:
 # ----------------------------------------------------------------- signing side
 
 def amz_now(now: datetime | None = None) -> str:
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
 def sign_headers(

@@ -10,9 +10,9 @@ shape is MalformedXML.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
 from xml.sax.saxutils import escape as _escape
 
 from .errors import S3Error
@@ -29,7 +29,7 @@ def esc(value: str) -> str:
 
 def iso8601(ts: float) -> str:
     """S3's listing timestamp: 2009-10-12T17:50:30.000Z."""
-    dt = datetime.fromtimestamp(ts, timezone.utc)
+    dt = datetime.fromtimestamp(ts, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

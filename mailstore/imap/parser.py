@@ -19,9 +19,12 @@ Two layers, neither touches a socket:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MAX_LINE = 64 * 1024  # a command line, literals excluded
 MAX_LITERAL = 50 * 1024 * 1024  # APPENDLIMIT
@@ -186,7 +189,7 @@ class ParseError(Exception):
 # ------------------------------------------------------------------ the reader
 
 _TAG_RE = re.compile(r"[!#$&',\-./0-9:;<=>?@A-Z\\^_`a-z|~]+")  # ASTRING-CHAR but not "+"
-ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0, 32)) | {127}
+ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(32)) | {127}
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -329,9 +332,9 @@ class _Reader:
         self.i += 1
         self.depth -= 1
 
-    def paren_list(self, item) -> list[Any]:  # type: ignore[no-untyped-def]
+    def paren_list(self, item: Callable[[], T]) -> list[T]:
         self.open()
-        out = []
+        out: list[T] = []
         while self.peek() != b")":
             if self.at_end():
                 raise self.fail("Expected )")
@@ -387,7 +390,7 @@ class _Reader:
             raise self.fail(f"Invalid date {text!r}")
         try:
             return datetime(int(m.group(3)), MONTHS.index(m.group(2).capitalize()) + 1, int(m.group(1)),
-                            tzinfo=timezone.utc)
+                            tzinfo=UTC)
         except ValueError:
             raise self.fail(f"Invalid date {text!r}") from None
 

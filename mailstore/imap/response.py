@@ -9,7 +9,7 @@ cut from the message bytes by `section_bytes`, following RFC 3501 §6.4.5.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from . import mime
@@ -40,7 +40,7 @@ def flag_list(flags: list[str] | tuple[str, ...]) -> bytes:
 
 def internal_date(ts: float) -> bytes:
     """date-time, e.g. "17-Jul-1996 02:44:25 +0000"."""
-    return b'"' + datetime.fromtimestamp(ts, timezone.utc).strftime("%d-%b-%Y %H:%M:%S +0000").encode() + b'"'
+    return b'"' + datetime.fromtimestamp(ts, UTC).strftime("%d-%b-%Y %H:%M:%S +0000").encode() + b'"'
 
 
 def sexpr(value: Any) -> bytes:

@@ -81,7 +81,7 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                     if session.logout:
                         break
             await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
         pass
     except Exception:  # a fault of ours: the client is told, the log has the traceback
         log.exception("IMAP session from %s failed", session.peer)

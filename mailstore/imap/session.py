@@ -24,18 +24,24 @@ import bisect
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
-from typing import Any, Callable
+from typing import Any, ClassVar, TypeVar
+
+from cache import Fs, FsError
 
 from .. import folders, layout
-from ..db import Message, MetaStore
+from ..db import Mailbox, Message, MetaStore
 from ..message import parse as parse_message
 from ..throttle import Busy, LoginLimiter
 from ..users import AddressPolicy, resolve, verify_password
 from . import response as R
-from .parser import Command, FetchAttribute, SearchKey, SequenceSet
+from .parser import Command, FetchAttribute, SearchKey, Section, SequenceSet
+
+T = TypeVar("T")
+Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
 
 log = logging.getLogger("mailstore.imap")
 
@@ -72,7 +78,7 @@ class SelectedView:
 @dataclass
 class ImapContext:
     meta: MetaStore
-    fs: Any  # cache.FsCache or cache.S3Client
+    fs: Fs
     policy: AddressPolicy
     max_append: int = 50 * 1024 * 1024
     throttle: LoginLimiter = field(default_factory=LoginLimiter)
@@ -115,6 +121,13 @@ class Session:
         self.logout = False
         self.condstore = False
 
+    @property
+    def authed(self) -> str:
+        """The logged-in user: every command past the state check (_check_state) has one."""
+        if self.user is None:
+            raise ImapBad("Authentication needed first")
+        return self.user
+
     # ------------------------------------------------------------------ dispatch
 
     def greeting(self) -> bytes:
@@ -156,9 +169,10 @@ class Session:
             log.exception("%s failed", cmd.name)
             return f"{cmd.tag} NO [SERVERBUG] Internal error\r\n".encode()
 
-    _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID", "ENABLE"}
-    _NOT_AUTH = {"LOGIN", "AUTHENTICATE", "STARTTLS"}
-    _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+    _ANY: ClassVar[frozenset[str]] = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "ENABLE"})
+    _NOT_AUTH: ClassVar[frozenset[str]] = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
+    _SELECTED: ClassVar[frozenset[str]] = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH",
+                                                     "STORE", "COPY", "MOVE"})
 
     def _check_state(self, name: str) -> None:
         base = name.split(" ")[-1]
@@ -175,21 +189,21 @@ class Session:
 
     # ------------------------------------------------------------------ any state
 
-    async def do_capability(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_capability(self, cmd: Command) -> Reply:
         return [f"* CAPABILITY {self._caps()}\r\n".encode()], "CAPABILITY completed"
 
-    async def do_noop(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_noop(self, cmd: Command) -> Reply:
         return [], "NOOP completed"
 
-    async def do_logout(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_logout(self, cmd: Command) -> Reply:
         self.logout = True
         self.view = None
         return [b"* BYE mailstore IMAP logging out\r\n"], "LOGOUT completed"
 
-    async def do_id(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_id(self, cmd: Command) -> Reply:
         return [b'* ID ("name" "mailstore")\r\n'], "ID completed"
 
-    async def do_enable(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_enable(self, cmd: Command) -> Reply:
         enabled = [c for c in cmd.args["capabilities"] if c == "CONDSTORE"]
         if enabled:
             self.condstore = True
@@ -217,11 +231,11 @@ class Session:
             raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
         self.user = name
 
-    async def do_login(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_login(self, cmd: Command) -> Reply:
         await self._login(cmd.args["user"], cmd.args["password"])
         return [], f"[CAPABILITY {self._caps()}] LOGIN completed"
 
-    async def do_authenticate(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_authenticate(self, cmd: Command) -> Reply:
         if cmd.args["mechanism"] != "PLAIN":
             raise ImapNo("Unsupported mechanism", "CANNOT")
         initial = cmd.args["initial"]
@@ -243,7 +257,7 @@ class Session:
             return f"{tag} BAD {exc}\r\n".encode()
         return f"{tag} OK {text}\r\n".encode()
 
-    async def _plain(self, initial: bytes):  # type: ignore[no-untyped-def]
+    async def _plain(self, initial: bytes) -> Reply:
         try:
             _, user, password = base64.b64decode(initial if initial != b"=" else b"").split(b"\0")
         except ValueError:
@@ -251,7 +265,7 @@ class Session:
         await self._login(user.decode("utf-8", "replace"), password)
         return [], f"[CAPABILITY {self._caps()}] AUTHENTICATE completed"
 
-    async def do_starttls(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_starttls(self, cmd: Command) -> Reply:
         if self.ctx.tls is None:
             raise ImapNo("STARTTLS is not configured on this listener", "CANNOT")
         if self.secure:
@@ -261,11 +275,11 @@ class Session:
 
     # ------------------------------------------------------------------ mailboxes
 
-    def _meta(self):  # type: ignore[no-untyped-def]
+    def _meta(self) -> MetaStore:
         return self.ctx.meta
 
     @staticmethod
-    def _read(fn, *args):  # type: ignore[no-untyped-def]
+    def _read(fn: Callable[..., T], *args: Any) -> T:
         """A read-only metadata query, made on the event loop.
 
         Indexed SQLite reads in WAL mode never wait on a writer and take tens of
@@ -274,14 +288,14 @@ class Session:
         """
         return fn(*args)
 
-    async def _box(self, name: str):  # type: ignore[no-untyped-def]
+    async def _box(self, name: str) -> Mailbox:
         assert self.user is not None
         box = self._read(self.ctx.meta.mailbox, self.user, name)
         if box is None:
             raise ImapNo(f"No mailbox {name}", "NONEXISTENT")
         return box
 
-    async def _select(self, cmd: Command, readonly: bool):  # type: ignore[no-untyped-def]
+    async def _select(self, cmd: Command, readonly: bool) -> Reply:
         self.view = None
         box = await self._box(cmd.args["mailbox"])
         msgs = self._read(self.ctx.snapshot, box.id, box.highestmodseq)
@@ -304,13 +318,13 @@ class Session:
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return lines, f"[{mode}] {cmd.name} completed"
 
-    async def do_select(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_select(self, cmd: Command) -> Reply:
         return await self._select(cmd, readonly=False)
 
-    async def do_examine(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_examine(self, cmd: Command) -> Reply:
         return await self._select(cmd, readonly=True)
 
-    async def _op(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _op(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args)
         except folders.MailboxExists:
@@ -320,36 +334,37 @@ class Session:
         except folders.CannotDelete as exc:
             raise ImapNo(str(exc), "CANNOT") from None
 
-    async def do_create(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_create(self, cmd: Command) -> Reply:
         name = cmd.args["mailbox"].rstrip("/")
         use = cmd.args["use"][0] if cmd.args["use"] else None
         await self._op(folders.create_mailbox, self.ctx.meta, self.user, name, use)
         return [], "CREATE completed"
 
-    async def do_delete(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_delete(self, cmd: Command) -> Reply:
         keys = await self._op(folders.delete_mailbox, self.ctx.meta, self.user, cmd.args["mailbox"])
         await self._drop_objects(keys)
         return [], "DELETE completed"
 
-    async def do_rename(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_rename(self, cmd: Command) -> Reply:
         await self._op(folders.rename_mailbox, self.ctx.meta, self.user, cmd.args["old"], cmd.args["new"])
         return [], "RENAME completed"
 
-    async def do_subscribe(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_subscribe(self, cmd: Command) -> Reply:
         await self._op(folders.set_subscribed, self.ctx.meta, self.user, cmd.args["mailbox"], True)
         return [], "SUBSCRIBE completed"
 
-    async def do_unsubscribe(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_unsubscribe(self, cmd: Command) -> Reply:
         await self._op(folders.set_subscribed, self.ctx.meta, self.user, cmd.args["mailbox"], False)
         return [], "UNSUBSCRIBE completed"
 
-    async def _list(self, cmd: Command, verb: str):  # type: ignore[no-untyped-def]
+    async def _list(self, cmd: Command, verb: str) -> Reply:
         assert self.user is not None
         ref, patterns = cmd.args["reference"], cmd.args["patterns"]
         if patterns == [""]:
             return [f'* {verb} (\\Noselect) "/" ""\r\n'.encode()], f"{verb} completed"
         rows = self.ctx.meta.conn().execute(
-            "SELECT name, special_use, subscribed FROM mailboxes WHERE user_name=? ORDER BY name", (self.user,)).fetchall()
+            "SELECT name, special_use, subscribed FROM mailboxes WHERE user_name=? ORDER BY name",
+            (self.user,)).fetchall()
         names = {r[0] for r in rows}
         subscribed_only = "SUBSCRIBED" in cmd.args["selection"]
         out = []
@@ -364,31 +379,32 @@ class Session:
             out.append(f'* {verb} ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + b"\r\n")
         return out, f"{verb} completed"
 
-    async def do_list(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_list(self, cmd: Command) -> Reply:
         return await self._list(cmd, "LIST")
 
-    async def do_lsub(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_lsub(self, cmd: Command) -> Reply:
         return await self._list(cmd, "LSUB")
 
-    async def do_namespace(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_namespace(self, cmd: Command) -> Reply:
         return [b'* NAMESPACE (("" "/")) NIL NIL\r\n'], "NAMESPACE completed"
 
-    async def do_status(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_status(self, cmd: Command) -> Reply:
         box = await self._box(cmd.args["mailbox"])
         msgs = self._read(self.ctx.meta.messages, box.id)
         first = self.ctx.meta.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (box.id,)).fetchone()[0]
-        values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext, "UIDVALIDITY": box.uidvalidity,
+        values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext,
+                  "UIDVALIDITY": box.uidvalidity,
                   "UNSEEN": sum("\\Seen" not in m.flags for m in msgs), "HIGHESTMODSEQ": box.highestmodseq,
                   "SIZE": sum(m.size for m in msgs)}
         items = " ".join(f"{i} {values[i]}" for i in cmd.args["items"])
         return [b"* STATUS " + R.astring(box.name) + f" ({items})\r\n".encode()], "STATUS completed"
 
-    async def do_getquotaroot(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_getquotaroot(self, cmd: Command) -> Reply:
         await self._box(cmd.args["mailbox"])
         lines = [b"* QUOTAROOT " + R.astring(cmd.args["mailbox"]) + b' ""\r\n'] + await self._quota()
         return lines, "GETQUOTAROOT completed"
 
-    async def do_getquota(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_getquota(self, cmd: Command) -> Reply:
         if cmd.args["root"] != "":
             raise ImapNo("No such quota root", "NONEXISTENT")
         return await self._quota(), "GETQUOTA completed"
@@ -400,7 +416,7 @@ class Session:
             return [b'* QUOTA "" ()\r\n']
         return [f'* QUOTA "" (STORAGE {u.used_bytes // 1024} {u.quota_bytes // 1024})\r\n'.encode()]
 
-    async def do_append(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_append(self, cmd: Command) -> Reply:
         assert self.user is not None
         data: bytes = cmd.args["message"]
         if len(data) > self.ctx.max_append:
@@ -418,7 +434,7 @@ class Session:
                                   box.uidvalidity, uid)
         try:
             await self.ctx.fs.put(key, data, meta.to_headers(), "message/rfc822")
-        except Exception:
+        except (FsError, OSError):
             await asyncio.to_thread(self.ctx.meta.release_uid, box.id, uid)
             raise ImapNo("Storage temporarily unavailable", "UNAVAILABLE") from None
         flags = tuple(f for f in cmd.args["flags"] if f != "\\Recent")
@@ -426,25 +442,25 @@ class Session:
                                 when, now, env, bs, flags)
         return [], f"[APPENDUID {box.uidvalidity} {uid}] APPEND completed"
 
-    def _parse_and_reserve(self, data: bytes, mailbox: str):  # type: ignore[no-untyped-def]
+    def _parse_and_reserve(self, data: bytes, mailbox: str) -> tuple[list[Any], list[Any], tuple[Mailbox, int]]:
         """Blocking: one trip to a worker thread for both."""
         env, bs = parse_message(data)
-        return env, bs, self.ctx.meta.reserve_uid(self.user, mailbox)
+        return env, bs, self.ctx.meta.reserve_uid(self.authed, mailbox)
 
     # ------------------------------------------------------------------ selected state
 
-    async def do_check(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_check(self, cmd: Command) -> Reply:
         return [], "CHECK completed"
 
-    async def do_close(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_close(self, cmd: Command) -> Reply:
         assert self.view is not None
         if not self.view.readonly:
-            _, keys = await asyncio.to_thread(folders.expunge, self.ctx.meta, self.user, self.view.box_id, None)
+            _, keys = await asyncio.to_thread(folders.expunge, self.ctx.meta, self.authed, self.view.box_id, None)
             await self._drop_objects(keys)
         self.view = None
         return [], "CLOSE completed"
 
-    async def do_unselect(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_unselect(self, cmd: Command) -> Reply:
         self.view = None
         return [], "UNSELECT completed"
 
@@ -452,14 +468,14 @@ class Session:
         assert self.view is not None
         if self.view.readonly:
             raise ImapNo("Mailbox is read-only", "READ-ONLY")
-        _, keys = await asyncio.to_thread(folders.expunge, self.ctx.meta, self.user, self.view.box_id, uids)
+        _, keys = await asyncio.to_thread(folders.expunge, self.ctx.meta, self.authed, self.view.box_id, uids)
         await self._drop_objects(keys)
         return []  # refresh() reports the EXPUNGEs
 
-    async def do_expunge(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_expunge(self, cmd: Command) -> Reply:
         return await self._expunge(None), "EXPUNGE completed"
 
-    async def do_uid_expunge(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_uid_expunge(self, cmd: Command) -> Reply:
         assert self.view is not None
         uids = self._uids(cmd.args["set"], uid=True)
         return await self._expunge(uids), "UID EXPUNGE completed"
@@ -471,8 +487,8 @@ class Session:
                     await self.ctx.fs.delete(keys[0])
                 else:
                     await self.ctx.fs.delete_many(keys)
-            except Exception:
-                pass  # left for `mailstore gc`
+            except (FsError, OSError) as exc:  # the objects are left for `mailstore gc`
+                log.warning("deleting %d expunged objects failed (gc will): %s", len(keys), exc)
 
     def _uids(self, s: SequenceSet, *, uid: bool) -> list[int]:
         assert self.view is not None
@@ -498,7 +514,7 @@ class Session:
         assert self.view is not None
         return self._read(self.ctx.meta.messages_by_uid, self.view.box_id, uids)
 
-    async def _fetch(self, cmd: Command, uid: bool):  # type: ignore[no-untyped-def]
+    async def _fetch(self, cmd: Command, uid: bool) -> Reply:
         assert self.view is not None
         atts: list[FetchAttribute] = list(cmd.args["attributes"])
         if uid and not any(a.name == "UID" for a in atts):
@@ -518,10 +534,10 @@ class Session:
         lines = []
         seen_set: list[int] = []
         bodies: dict[int, bytes] = {}
-        if any(a.section is not None or a.name.startswith("RFC822") and a.name != "RFC822.SIZE" for a in atts):
+        if any(a.section is not None or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE") for a in atts):
             wanted = [u for u in uids if u in msgs]
             got = await self.ctx.fs.get_many([msgs[u].object_key for u in wanted])  # one cache batch
-            bodies = dict(zip(wanted, got))
+            bodies = dict(zip(wanted, got, strict=True))
         for u in uids:
             m = msgs.get(u)
             if m is None:
@@ -581,13 +597,13 @@ class Session:
                                     ["\\Seen"])
         return lines, f"{cmd.name} completed"
 
-    async def do_fetch(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_fetch(self, cmd: Command) -> Reply:
         return await self._fetch(cmd, uid=False)
 
-    async def do_uid_fetch(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_uid_fetch(self, cmd: Command) -> Reply:
         return await self._fetch(cmd, uid=True)
 
-    async def _store(self, cmd: Command, uid: bool):  # type: ignore[no-untyped-def]
+    async def _store(self, cmd: Command, uid: bool) -> Reply:
         assert self.view is not None
         if self.view.readonly:
             raise ImapNo("Mailbox is read-only", "READ-ONLY")
@@ -607,13 +623,13 @@ class Session:
             text = f"[MODIFIED {','.join(str(u if uid else self.view.seq_of(u)) for u in refused)}] " + text
         return lines, text
 
-    async def do_store(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_store(self, cmd: Command) -> Reply:
         return await self._store(cmd, uid=False)
 
-    async def do_uid_store(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_uid_store(self, cmd: Command) -> Reply:
         return await self._store(cmd, uid=True)
 
-    async def _copy(self, cmd: Command, uid: bool, move: bool):  # type: ignore[no-untyped-def]
+    async def _copy(self, cmd: Command, uid: bool, move: bool) -> Reply:
         assert self.view is not None and self.user is not None
         if move and self.view.readonly:
             raise ImapNo("Mailbox is read-only", "READ-ONLY")
@@ -631,19 +647,19 @@ class Session:
             return [f"* OK {code}Moved\r\n".encode()], f"{cmd.name} completed"
         return [], f"{code}{cmd.name} completed"
 
-    async def do_copy(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_copy(self, cmd: Command) -> Reply:
         return await self._copy(cmd, uid=False, move=False)
 
-    async def do_uid_copy(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_uid_copy(self, cmd: Command) -> Reply:
         return await self._copy(cmd, uid=True, move=False)
 
-    async def do_move(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_move(self, cmd: Command) -> Reply:
         return await self._copy(cmd, uid=False, move=True)
 
-    async def do_uid_move(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_uid_move(self, cmd: Command) -> Reply:
         return await self._copy(cmd, uid=True, move=True)
 
-    async def _search(self, cmd: Command, uid: bool):  # type: ignore[no-untyped-def]
+    async def _search(self, cmd: Command, uid: bool) -> Reply:
         assert self.view is not None
         charset = cmd.args.get("charset")
         if charset not in (None, "UTF-8", "US-ASCII"):
@@ -684,23 +700,21 @@ class Session:
             return await self._matches(key.args[0], m, seq) or await self._matches(key.args[1], m, seq)
         if n == "NOT":
             return not await self._matches(key.args[0], m, seq)
-        if n == "SEQSET":
-            return key.args[0].contains(seq, len(self.view.uids))
-        if n == "UID":
-            return key.args[0].contains(m.uid, self.view.uids[-1] if self.view.uids else 0)
+        if n in ("SEQSET", "UID"):
+            ranges: SequenceSet = key.args[0]
+            if n == "SEQSET":
+                return ranges.contains(seq, len(self.view.uids))
+            return ranges.contains(m.uid, self.view.uids[-1] if self.view.uids else 0)
         if n in ("KEYWORD", "UNKEYWORD"):
             return (key.args[0] in flags) == (n == "KEYWORD")
-        if n == "LARGER":
-            return m.size > key.args[0]
-        if n == "SMALLER":
-            return m.size < key.args[0]
-        if n == "MODSEQ":
-            return m.modseq >= key.args[0]
+        if n in ("LARGER", "SMALLER", "MODSEQ"):
+            bound: int = key.args[0]
+            return {"LARGER": m.size > bound, "SMALLER": m.size < bound, "MODSEQ": m.modseq >= bound}[n]
         if n in ("BEFORE", "ON", "SINCE"):
-            day = datetime.fromtimestamp(m.internal_date, timezone.utc).date()
+            day = datetime.fromtimestamp(m.internal_date, UTC).date()
             return _date_cmp(n, day, key.args[0].date())
         body = (await self.ctx.fs.get(m.object_key))[0]
-        head, text = R._split(body)
+        _, text = R._split(body)
         if n in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             import email.utils
             date_line = R.section_bytes(body, _fields_section(("DATE",))).decode("utf-8", "replace")
@@ -722,10 +736,10 @@ class Session:
             return needle in body.decode("utf-8", "replace").lower()
         raise ImapBad(f"Unsupported search key {n}")
 
-    async def do_search(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_search(self, cmd: Command) -> Reply:
         return await self._search(cmd, uid=False)
 
-    async def do_uid_search(self, cmd: Command):  # type: ignore[no-untyped-def]
+    async def do_uid_search(self, cmd: Command) -> Reply:
         return await self._search(cmd, uid=True)
 
     # ------------------------------------------------------------------ updates from other sessions
@@ -842,10 +856,9 @@ def _match(pattern: str, name: str) -> bool:
     return fnmatchcase(name, pattern)
 
 
-def _date_cmp(op: str, day, ref) -> bool:  # type: ignore[no-untyped-def]
+def _date_cmp(op: str, day: date, ref: date) -> bool:
     return {"BEFORE": day < ref, "ON": day == ref, "SINCE": day >= ref}[op]
 
 
-def _fields_section(names: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    from .parser import Section
+def _fields_section(names: tuple[str, ...]) -> Section:
     return Section((), "HEADER.FIELDS", names)

@@ -13,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+# The queue carries calls of every type at once: what comes back is whatever
+# each fn returns, handed to that call's own typed future (see submit).
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]  # fn, args, flags
 Outcome = tuple[bool, Any]  # (ok, result or exception)
+_Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Call]
+T = TypeVar("T")
 
 
 def call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Outcome:
     try:
         return True, fn(*args)
-    except Exception as exc:  # one call's failure is that call's alone
+    except Exception as exc:  # noqa: BLE001 - one call's failure is that call's alone: handed to its caller
         return False, exc
 
 
@@ -30,13 +35,13 @@ class BatchThread:
     def __init__(self, name: str, run_batch: Callable[[list[Call]], list[Outcome]], max_batch: int = 256) -> None:
         self._run_batch = run_batch
         self._max = max_batch
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # type: ignore[type-arg]
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **flags: Any) -> asyncio.Future:  # type: ignore[type-arg]
+    def submit(self, fn: Callable[..., T], *args: Any, **flags: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((loop, fut, (fn, args, flags)))
         return fut
 
@@ -61,10 +66,10 @@ class BatchThread:
                 batch.append(nxt)
             try:
                 outcomes = self._run_batch([item[2] for item in batch])
-            except Exception as exc:  # the batch as a whole failed: nothing in it happened
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: each caller gets why
                 outcomes = [(False, exc)] * len(batch)
-            by_loop: dict[asyncio.AbstractEventLoop, list] = {}  # type: ignore[type-arg]
-            for (loop, fut, _), outcome in zip(batch, outcomes):
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
+            for (loop, fut, _), outcome in zip(batch, outcomes, strict=True):
                 by_loop.setdefault(loop, []).append((fut, outcome))
             for loop, done in by_loop.items():
                 try:
@@ -73,7 +78,7 @@ class BatchThread:
                     pass
 
 
-def _deliver(done: list) -> None:  # type: ignore[type-arg]
+def _deliver(done: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
     for fut, (ok, value) in done:
         if fut.done():
             continue

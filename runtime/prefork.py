@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("prefork")
 

@@ -1,0 +1,85 @@
+"""What every request handler sees: the gateway's dependencies, and one request.
+
+The dispatcher (app.py), the S3 handlers, the admin API, health and metrics
+all import this module and it imports none of them, so the arrows between
+them point one way.  `Gateway` is built once per process by the composition
+root (server.py) and holds no per-request state but the in-flight count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+from multidict import CIMultiDictProxy, MultiDict
+
+from .access import Access
+from .auth import Authenticator, Principal
+from .config import GatewayConfig
+from .engine.local import LocalEngine
+from .keys import KeyStore
+
+if TYPE_CHECKING:
+    from .compact import Compactor
+
+T = TypeVar("T")
+
+_BUCKET_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+def valid_bucket_name(name: str) -> bool:
+    """AWS bucket naming rules (general purpose buckets)."""
+    if name in _VALID_SEEN:
+        return True
+    ok = (3 <= len(name) <= 63 and set(name) <= _BUCKET_CHARS and name[0].isalnum()
+            and name[-1].isalnum() and ".." not in name and not name.startswith("xn--")
+            and not all(p.isdigit() for p in name.split(".")))
+    if ok and len(_VALID_SEEN) < 10_000:
+        _VALID_SEEN.add(name)
+    return ok
+
+
+_VALID_SEEN: set[str] = set()
+
+
+
+@dataclass(slots=True)
+class S3Request:
+    request: web.BaseRequest
+    bucket: str | None
+    key: str | None
+    query: MultiDict[str]
+    principal: Principal
+    request_id: str
+    op: str
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self.request.headers
+
+
+class Gateway:
+    """Everything a handler needs, built once by the composition root."""
+
+    def __init__(self, config: GatewayConfig, engine: LocalEngine) -> None:
+        self.config = config
+        self.engine = engine
+        self.keys = KeyStore(engine)
+        self.auth = Authenticator(self.keys)
+        self.access = Access()
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-io")
+        self.counters: dict[str, int] = {}
+        self.inflight = 0
+        self.draining = False  # SIGTERM: /health/ready answers 404 and connections are not kept alive
+        self.compactor: Compactor | None = None  # set by the composition root when compaction runs here
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+Handler = Callable[[Gateway, S3Request], Awaitable[web.StreamResponse]]

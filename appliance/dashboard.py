@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,7 +329,7 @@ class Dashboard:
                         web.get("/login", self.login_form), web.post("/login", self.login),
                         web.get("/logout", self.logout), web.get("/metrics", self.metrics)])
 
-        async def scraper(app: web.Application):  # type: ignore[no-untyped-def]
+        async def scraper(app: web.Application) -> AsyncIterator[None]:
             session = aiohttp.ClientSession()
             task = asyncio.create_task(self.collector.run(session))
             yield

@@ -25,8 +25,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from gateway.filemodes import too_open
 
@@ -37,25 +39,30 @@ HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
 BIN = Path(sys.executable).parent
 
 
+# secrets.json: {"admin"|"shim": {"access_key", "secret_key"}, "user": {"name", "password"},
+#                "dashboard": {"user", "password"}}
+Secrets = dict[str, dict[str, str]]
+
+
 @dataclass
 class Part:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     announces: bool = True  # prints one JSON "listening" line when it is up
-    proc: subprocess.Popen | None = None  # type: ignore[type-arg]
+    proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
 
-def _first_run(data_dir: Path, cfg: ApplianceConfig) -> dict:  # type: ignore[type-arg]
+def _first_run(data_dir: Path, cfg: ApplianceConfig) -> Secrets:
     """Keys, bucket and test user, made once; their secrets, on every run."""
     path = data_dir / "secrets.json"
     if path.exists():
-        found = json.loads(path.read_text())
+        found: Secrets = json.loads(path.read_text())
         if "dashboard" not in found:  # made by an older version
             found["dashboard"] = {"user": "admin", "password": secrets.token_urlsafe(12)}
             _write_private(path, found)
-        return found  # type: ignore[no-any-return]
+        return found
     from gateway.engine.local import LocalEngine
     from gateway.keys import KeyStore
     from gateway.policy import preset
@@ -83,7 +90,7 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig) -> dict:  # type: ignore[ty
     return found
 
 
-def _write_private(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
+def _write_private(path: Path, doc: Mapping[str, object]) -> None:
     """JSON readable by the owner only (it holds secrets)."""
     _write_private_text(path, json.dumps(doc, indent=2) + "\n")
 
@@ -96,7 +103,7 @@ def _write_private_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _parts(data_dir: Path, cfg: ApplianceConfig, sec: dict) -> list[Part]:  # type: ignore[type-arg]
+def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets) -> list[Part]:
     mailstore = str(BIN / "mailstore")
     engine = str(data_dir / "engine")
     gateways = [Part(f"gateway{i}", [mailstore, "gateway", "--data-dir", engine, "--listen", addr,
@@ -202,15 +209,31 @@ def _wait_ready(stats: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _endpoints(cfg: ApplianceConfig, sec: dict) -> dict:  # type: ignore[type-arg]
-    def hp(addr: str) -> tuple[str, int]:
+class HostPort(TypedDict):
+    host: str
+    port: int
+
+
+class Endpoints(TypedDict):
+    """endpoints.json (its shape is documented in the README)."""
+
+    s3: dict[str, str]  # endpoint, access_key, secret_key, bucket
+    gateways: list[str]
+    lmtp: HostPort
+    imap: HostPort
+    user: dict[str, str]  # name, password
+    dashboard: dict[str, str]  # url, user, password
+
+
+def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
+    def hp(addr: str) -> HostPort:
         host, _, port = addr.rpartition(":")
-        return host.strip("[]"), int(port)
+        return {"host": host.strip("[]"), "port": int(port)}
     return {"s3": {"endpoint": f"http://{cfg.s3_listen}", "access_key": sec["admin"]["access_key"],
                    "secret_key": sec["admin"]["secret_key"], "bucket": cfg.bucket},
             "gateways": [f"http://{g}" for g in cfg.gateways],
-            "lmtp": dict(zip(("host", "port"), hp(cfg.lmtp), strict=True)),
-            "imap": dict(zip(("host", "port"), hp(cfg.imap), strict=True)),
+            "lmtp": hp(cfg.lmtp),
+            "imap": hp(cfg.imap),
             "user": dict(sec["user"]),
             "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
 

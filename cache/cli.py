@@ -85,7 +85,7 @@ def cmd_fs(args: argparse.Namespace) -> int:
         return code
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fs = sub.add_parser("fs", help="operate on a Dovecot-style fs URL (s3:..., fscache:...)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ops = fs.add_subparsers(dest="op", required=True)

@@ -90,7 +90,7 @@ def _minute() -> int:
     return int(time.time() // 60)
 
 
-def _cache_batch(cache: diskcache.Cache):  # type: ignore[no-untyped-def]
+def _cache_batch(cache: diskcache.Cache) -> Callable[[list[batching.Call]], list[batching.Outcome]]:
     """Run a batch in one diskcache transaction; calls flagged `alone` run after it
     (diskcache's cull measures the file, which shrinks only at commit)."""
     def run(calls: list[batching.Call]) -> list[batching.Outcome]:
@@ -125,7 +125,7 @@ class FsCache:
         self._cull_every = max(size // 64, 1)
         self._since_cull = self._cull_every  # measure on the first insert
         self._inflight: dict[str, asyncio.Future[tuple[bytes, ObjectStat]]] = {}
-        self._fills: dict[str, asyncio.Future] = {}  # type: ignore[type-arg]  # key -> fill in progress
+        self._fills: dict[str, asyncio.Future[None]] = {}  # key -> fill in progress
 
     async def close(self) -> None:
         if self._fills:
@@ -255,7 +255,7 @@ class FsCache:
         fill.add_done_callback(lambda fut: self._fill_done(key, fut))
         return etag
 
-    def _fill_done(self, key: str, fut: asyncio.Future) -> None:  # type: ignore[type-arg]
+    def _fill_done(self, key: str, fut: asyncio.Future[None]) -> None:
         if self._fills.get(key) is fut:
             del self._fills[key]
         if not fut.cancelled() and fut.exception() is not None:

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import email.utils
 import hashlib
+import ssl as ssl_mod
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
@@ -117,11 +118,11 @@ class S3Client:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            ssl: object = None
+            # aiohttp: True verifies with the system's CAs; a context verifies with ca_file's.
+            ssl: bool | ssl_mod.SSLContext = True
             if self.url.ca_file:
-                import ssl as ssl_mod
                 ssl = ssl_mod.create_default_context(cafile=self.url.ca_file)
-            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30, ssl=ssl)  # type: ignore[arg-type]
+            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30, ssl=ssl)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from .auth import Principal
 from .body import Expectations, receive
 from .context import Gateway, valid_bucket_name
+from .engine.local import LocalEngine
 from .engine.model import BucketAlreadyExists, BucketNotEmpty, NoSuchBucket
 from .policy import Policy, PolicyError, preset
 from .s3.errors import S3Error
@@ -120,8 +121,8 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         assert fresh is not None
         return _json(fresh.describe())
     if parts == ["buckets"] and method == "GET":
-        usage = await gw.run_blocking(_usage, gw, None)
-        return _json([{"Name": b.name, "Created": int(b.created), **_totals(usage.get(b.name))}
+        per_bucket = await gw.run_blocking(usage, gw.engine, None)
+        return _json([{"Name": b.name, "Created": int(b.created), **_totals(per_bucket.get(b.name))}
                       for b in gw.engine.list_buckets()])
     if parts == ["buckets"] and method == "POST":
         name = str((await _body(gw, request, principal)).get("name", ""))
@@ -144,7 +145,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         bucket = request.query.get("bucket")
         if bucket is not None and not gw.engine.bucket_exists(bucket):
             raise AdminError(404, "NoSuchBucket", f"no bucket {bucket}")
-        return _json({"buckets": await gw.run_blocking(_usage, gw, bucket)})
+        return _json({"buckets": await gw.run_blocking(usage, gw.engine, bucket)})
     if parts == ["status"] and method == "GET":
         return _json({"engine": gw.engine.index.stats(), "metrics": gw.engine.metrics,
                       "access_denials": gw.access.denials, "operations": gw.counters})
@@ -155,11 +156,12 @@ def _totals(u: dict[str, Any] | None) -> dict[str, int]:
     return {"Objects": u["objects"], "Bytes": u["bytes"]} if u else {"Objects": 0, "Bytes": 0}
 
 
-def _usage(gw: Gateway, bucket: str | None) -> dict[str, Any]:
-    names = [bucket] if bucket else [b.name for b in gw.engine.list_buckets()]
+def usage(engine: LocalEngine, bucket: str | None) -> dict[str, Any]:
+    """Per bucket: totals and per first-level prefix (blocking: one pass over the index)."""
+    names = [bucket] if bucket else [b.name for b in engine.list_buckets()]
     out: dict[str, Any] = {}
     for name in names:
-        prefixes = gw.engine.index.usage_by_prefix(name)
+        prefixes = engine.index.usage_by_prefix(name)
         out[name] = {"objects": sum(n for n, _ in prefixes.values()),
                      "bytes": sum(b for _, b in prefixes.values()),
                      "prefixes": {p: {"objects": n, "bytes": b} for p, (n, b) in sorted(prefixes.items())}}

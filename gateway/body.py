@@ -14,11 +14,11 @@ import base64
 import binascii
 import hashlib
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from awscrt import checksums as crt_checksums
 
 from .engine.local import INLINE_MAX
@@ -35,6 +35,15 @@ READ_CHUNK = 1 << 20
 # x-amz-checksum-<name>: how to compute it.  crc32c and crc64nvme arrive with
 # the streaming and checksum work of the compatibility issue.
 CHECKSUMS: dict[str, Callable[[], _Digest]] = {}
+
+
+T = TypeVar("T")
+
+
+class RunBlocking(Protocol):
+    """How blocking work leaves the event loop (Gateway.run_blocking)."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
 
 class _Digest(Protocol):
@@ -67,7 +76,7 @@ class _Hash(_Digest):
 class _Crt(_Digest):
     """CRC32C and CRC64NVME from awscrt (the implementation botocore itself uses)."""
 
-    def __init__(self, fn, width: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, fn: Callable[[bytes, int], int], width: int) -> None:
         self.fn, self.width, self.v = fn, width, 0
 
     def update(self, data: bytes) -> None:
@@ -207,7 +216,7 @@ class _Digests:
 
 
 async def receive(request: web.BaseRequest, exp: Expectations, data_dir: DataDir, *,
-                  run: Callable[..., Awaitable], force_blob: bool = False,  # type: ignore[type-arg]
+                  run: RunBlocking, force_blob: bool = False,
                   max_size: int = MAX_PUT_SIZE) -> Received:
     """Read the whole body; inline when small, else streamed to a new blob file.
 
@@ -263,7 +272,7 @@ async def receive(request: web.BaseRequest, exp: Expectations, data_dir: DataDir
         raise
 
 
-async def _pieces(content, decoder: AwsChunkedDecoder | None):  # type: ignore[no-untyped-def]
+async def _pieces(content: StreamReader, decoder: AwsChunkedDecoder | None) -> AsyncIterator[bytes]:
     """The decoded body, piece by piece (aws-chunked framing removed and verified)."""
     while True:
         chunk = await content.read(READ_CHUNK)

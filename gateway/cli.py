@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runtime.progress import Progress
 
@@ -40,8 +41,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def,type-arg]
-    """A signed request to a gateway's admin API (credentials: --access-key/--secret-key or env)."""
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+    """A signed request to a gateway's admin API (credentials: --access-key/--secret-key or env).
+
+    Returns the answer's JSON as parsed (its shape is the admin API's, documented in admin.py).
+    """
     import hashlib
     import os
     import urllib.error
@@ -142,15 +146,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if args.endpoint:
         out = _admin_call(args, "GET", "/_admin/usage" + (f"?bucket={args.bucket}" if args.bucket else ""))
     else:
-        from .admin import _usage
+        from .admin import usage
 
         engine = LocalEngine(Path(args.data_dir), writer=False)
         try:
-            class _GW:  # the admin module's view of a gateway: just the engine
-                pass
-            gw = _GW()
-            gw.engine = engine  # type: ignore[attr-defined]
-            out = {"buckets": _usage(gw, args.bucket)}  # type: ignore[arg-type]
+            out = {"buckets": usage(engine, args.bucket)}
         finally:
             engine.close()
     print(json.dumps(out, indent=2))
@@ -220,92 +220,110 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+if TYPE_CHECKING:  # argparse's class is generic only to type checkers
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def register(sub: Subcommands) -> None:
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
+    for add in (_gateway_parser, _key_parsers, _usage_parser, _bucket_parsers, _fsck_parser, _compact_parser):
+        add(sub)
 
 
-    gw = sub.add_parser("gateway", help="run one S3 gateway on a local engine")
-    gw.add_argument("--data-dir", required=True)
-    gw.add_argument("--listen", default="127.0.0.1:8000")
-    gw.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
-    gw.add_argument("--region", default="us-east-1")
-    gw.add_argument("--no-compaction", action="store_true")
-    gw.add_argument("--max-inflight", type=int, default=1024,
-                    help="requests in flight per process before answering 503 SlowDown")
-    gw.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
-    gw.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
-    gw.add_argument("--workers", type=int, default=1,
-                    help="gateway processes sharing the listening socket (one per core)")
+def _gateway_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("gateway", help="run one S3 gateway on a local engine")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--listen", default="127.0.0.1:8000")
+    p.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
+    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--no-compaction", action="store_true")
+    p.add_argument("--max-inflight", type=int, default=1024,
+                   help="requests in flight per process before answering 503 SlowDown")
+    p.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
+    p.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
+    p.add_argument("--workers", type=int, default=1, help="gateway processes sharing the listening socket")
     d = GatewayConfig(Path("."))
-    gw.add_argument("--min-free", default=str(d.min_free_bytes),
-                    help="/health/ready fails below this much free disk (like 1G)")
-    gw.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per request")
-    gw.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
-                    help="seconds before an idle keep-alive connection is closed")
-    gw.add_argument("--drain-grace", type=float, default=d.drain_grace,
-                    help="after SIGTERM, seconds of 404 on /health/ready before the listener closes")
-    gw.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
-                    help="then seconds for in-flight requests to finish")
-    gw.set_defaults(fn=cmd_gateway)
+    p.add_argument("--min-free", default=str(d.min_free_bytes),
+                   help="/health/ready fails below this much free disk (like 1G)")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per request")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                   help="seconds before an idle keep-alive connection is closed")
+    p.add_argument("--drain-grace", type=float, default=d.drain_grace,
+                   help="after SIGTERM, seconds of 404 on /health/ready before the listener closes")
+    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
+                   help="then seconds for in-flight requests to finish")
+    p.set_defaults(fn=cmd_gateway)
 
+
+def _where(p: argparse.ArgumentParser) -> None:
+    """A data directory to work on directly, or a running gateway's admin API."""
+    p.add_argument("--data-dir", help="work on this data directory directly")
+    p.add_argument("--endpoint", help="or on a running gateway, through its admin API")
+    p.add_argument("--access-key", dest="admin_access_key",
+                   help="administrator key for --endpoint (or MAILSTORE_ACCESS_KEY)")
+    p.add_argument("--secret-key", dest="admin_secret_key", help="its secret (or MAILSTORE_SECRET_KEY)")
+
+
+def _limits(p: argparse.ArgumentParser) -> None:
+    """What a key may do: a policy file, a preset, or everything."""
     from .policy import PRESETS_HELP
 
-    def where(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="work on this data directory directly")
-        p.add_argument("--endpoint", help="or on a running gateway, through its admin API")
-        p.add_argument("--access-key", dest="admin_access_key",
-                       help="administrator key for --endpoint (or MAILSTORE_ACCESS_KEY)")
-        p.add_argument("--secret-key", dest="admin_secret_key", help="its secret (or MAILSTORE_SECRET_KEY)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--policy", help="IAM-style JSON policy file limiting the key")
+    g.add_argument("--preset", help="a typical policy:\n" + PRESETS_HELP)
+    g.add_argument("--admin", action="store_true", help="an administrator key (the default)")
 
-    def limits(p: argparse.ArgumentParser) -> None:
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--policy", help="IAM-style JSON policy file limiting the key")
-        g.add_argument("--preset", help="a typical policy:\n" + PRESETS_HELP)
-        g.add_argument("--admin", action="store_true", help="an administrator key (the default)")
 
+def _key_parsers(sub: Subcommands) -> None:
     key = sub.add_parser("key", help="manage access keys", formatter_class=argparse.RawTextHelpFormatter)
     ksub = key.add_subparsers(dest="action", required=True)
-    kc = ksub.add_parser("create", formatter_class=argparse.RawTextHelpFormatter,
-                         help="new key; prints its secret once")
-    where(kc)
-    kc.add_argument("--name", required=True)
-    limits(kc)
-    kl = ksub.add_parser("list")
-    where(kl)
-    kd = ksub.add_parser("delete")
-    where(kd)
-    kd.add_argument("key_id", metavar="ACCESS_KEY_ID")
-    ks = ksub.add_parser("set-policy", formatter_class=argparse.RawTextHelpFormatter)
-    where(ks)
-    ks.add_argument("key_id", metavar="ACCESS_KEY_ID")
-    limits(ks)
+    create = ksub.add_parser("create", formatter_class=argparse.RawTextHelpFormatter,
+                             help="new key; prints its secret once")
+    _where(create)
+    create.add_argument("--name", required=True)
+    _limits(create)
+    _where(ksub.add_parser("list"))
+    delete = ksub.add_parser("delete")
+    _where(delete)
+    delete.add_argument("key_id", metavar="ACCESS_KEY_ID")
+    set_policy = ksub.add_parser("set-policy", formatter_class=argparse.RawTextHelpFormatter)
+    _where(set_policy)
+    set_policy.add_argument("key_id", metavar="ACCESS_KEY_ID")
+    _limits(set_policy)
     key.set_defaults(fn=cmd_key)
 
-    usage = sub.add_parser("usage", help="objects and bytes per bucket and first-level prefix")
-    where(usage)
-    usage.add_argument("--bucket")
-    usage.set_defaults(fn=cmd_usage)
 
+def _usage_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("usage", help="objects and bytes per bucket and first-level prefix")
+    _where(p)
+    p.add_argument("--bucket")
+    p.set_defaults(fn=cmd_usage)
+
+
+def _bucket_parsers(sub: Subcommands) -> None:
     bucket = sub.add_parser("bucket", help="manage buckets")
     bsub = bucket.add_subparsers(dest="action", required=True)
-    for action in ("create", "delete"):
-        b = bsub.add_parser(action)
-        b.add_argument("--data-dir", required=True)
-        b.add_argument("name")
-    bl = bsub.add_parser("list")
-    bl.add_argument("--data-dir", required=True)
+    for action in ("create", "delete", "list"):
+        p = bsub.add_parser(action)
+        p.add_argument("--data-dir", required=True)
+        if action != "list":
+            p.add_argument("name")
     bucket.set_defaults(fn=cmd_bucket)
 
-    fs = sub.add_parser("fsck", help="verify every checksum and the index (gateways stopped)")
-    fs.add_argument("--data-dir", required=True)
-    fs.add_argument("--rebuild-index", action="store_true", help="rebuild the index from the data files")
-    fs.add_argument("--quiet", action="store_true")
-    fs.set_defaults(fn=cmd_fsck)
 
-    cp = sub.add_parser("compact", help="run one compaction pass now")
-    cp.add_argument("--data-dir", required=True)
-    cp.add_argument("--dead-ratio", type=float, default=0.5)
-    cp.set_defaults(fn=cmd_compact)
+def _fsck_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("fsck", help="verify every checksum and the index (gateways stopped)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--rebuild-index", action="store_true", help="rebuild the index from the data files alone")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_fsck)
+
+
+def _compact_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("compact", help="run one compaction pass now")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--dead-ratio", type=float, default=0.5)
+    p.set_defaults(fn=cmd_compact)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -23,8 +23,10 @@ are removed here too, after a grace period.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +39,7 @@ from .engine.segments import SegmentWriter, WriteLock
 
 log = logging.getLogger("gateway.compact")
 
+Move = tuple[records.Record, bytes, str]  # a record to copy, its bytes, and why ("live" or "keep")
 DEAD_RATIO = 0.5
 ORPHAN_GRACE_SECONDS = 3600.0
 
@@ -100,7 +103,7 @@ class Compactor:
         finally:
             os.close(lock_fd)
 
-    def _is_needed(self, conn, rec: records.Record) -> str:  # type: ignore[no-untyped-def]
+    def _is_needed(self, conn: sqlite3.Connection, rec: records.Record) -> str:
         """'live', 'keep' (dead but still shadowing an older record) or 'drop'."""
         row = conn.execute("SELECT seq FROM objects WHERE ns=? AND key=?",
                            (rec.namespace, key_bytes(rec.key))).fetchone()
@@ -114,11 +117,11 @@ class Compactor:
             return "keep"
         return "drop"
 
-    def _compact(self, conn, seg_id: int, size: int) -> None:  # type: ignore[no-untyped-def]
+    def _compact(self, conn: sqlite3.Connection, seg_id: int, size: int) -> None:
         path = self.data.segment_path(seg_id)
         with open(path, "rb") as f:
             blob = f.read(size)
-        moves: list[tuple[records.Record, bytes, str]] = []
+        moves: list[Move] = []
         pos = 0
         while pos < len(blob):
             try:
@@ -136,7 +139,9 @@ class Compactor:
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                new_id = conn.execute("INSERT INTO segments(size, sealed) VALUES (0, 1)").lastrowid
+                row_id = conn.execute("INSERT INTO segments(size, sealed) VALUES (0, 1)").lastrowid
+                assert row_id is not None  # an INSERT into a rowid table always has one
+                new_id: int = row_id
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -165,7 +170,7 @@ class Compactor:
         self.stats["bytes_reclaimed"] += size - len(payload)
         log.info("compacted segment %d: %d -> %d bytes", seg_id, size, len(payload))
 
-    def _swap(self, conn, seg_id: int, new_id: int, moves, offsets: list[int],  # type: ignore[no-untyped-def]
+    def _swap(self, conn: sqlite3.Connection, seg_id: int, new_id: int, moves: list[Move], offsets: list[int],
               new_size: int) -> tuple[int, int]:
         """One index transaction: rows follow their records to the new segment."""
         live = dead = 0
@@ -194,9 +199,7 @@ class Compactor:
             raise
         return live, dead
 
-    def _sweep_orphan_blobs(self, conn) -> None:  # type: ignore[no-untyped-def]
-        import json
-
+    def _sweep_orphan_blobs(self, conn: sqlite3.Connection) -> None:
         cutoff = time.time() - self.orphan_grace
         candidates = []
         for d in self.data.blobs.iterdir() if self.data.blobs.exists() else ():

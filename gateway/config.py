@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +41,10 @@ class GatewayConfig:
                 raise ValueError(f"invalid base domain: {d!r}")
 
 
-def ssl_context(config: GatewayConfig):  # type: ignore[no-untyped-def]
+def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     """A server TLS context (TLS 1.2+), or None for plain HTTP."""
     if config.tls_cert is None or config.tls_key is None:
         return None
-    import ssl
-
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))

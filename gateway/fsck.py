@@ -129,6 +129,16 @@ class _Winner:
     blobs: tuple[BlobRef, ...]
 
 
+@dataclass
+class _Found:
+    """What the segment files say, before it becomes an index."""
+
+    winners: dict[tuple[str, str], _Winner] = field(default_factory=dict)  # newest record per key
+    dead: list[tuple[int, int, int]] = field(default_factory=list)  # (seq, segment, length)
+    sizes: dict[int, int] = field(default_factory=dict)  # segment -> where its sound data ends
+    max_seq: int = 0
+
+
 def rebuild(root: Path, progress: Progress = lambda done, total: None) -> Report:
     """Write a new index from the segment files alone, then swap it in.
 
@@ -137,24 +147,42 @@ def rebuild(root: Path, progress: Progress = lambda done, total: None) -> Report
     """
     data = DataDir(root)
     data.create()
+    rep = Report()
+    found = _read_segments(data, rep, progress)
     tmp = root / "index.db.rebuild"
     for suffix in ("", "-wal", "-shm"):
         Path(str(tmp) + suffix).unlink(missing_ok=True)
-    conn = connect(tmp)
-    rep = Report()
-    winners: dict[tuple[str, str], _Winner] = {}
-    dead: list[tuple[int, int, int]] = []
-    seg_sizes: dict[int, int] = {}
-    max_seq = 0
+    _write_index(tmp, found, rep)
+    # The new index is complete and synced; only now may torn tails go (into quarantine).
+    for seg_id, size in found.sizes.items():
+        path = data.segment_path(seg_id)
+        if path.stat().st_size > size:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                where = quarantine_tail(data, seg_id, fd, size, "torn tail found by fsck --rebuild-index")
+            finally:
+                os.close(fd)
+            rep.problems.append(f"segment {seg_id}: data ends at {size}; the bytes after it are in {where}")
+    for suffix in ("-wal", "-shm"):
+        Path(str(data.index_path) + suffix).unlink(missing_ok=True)
+    os.replace(tmp, data.index_path)
+    fsync_dir(root)
+    for suffix in ("-wal", "-shm"):
+        Path(str(tmp) + suffix).unlink(missing_ok=True)
+    return rep
+
+
+def _read_segments(data: DataDir, rep: Report, progress: Progress) -> _Found:
+    """Every record of every segment: per (namespace, key) the highest seq wins."""
+    found = _Found()
     ids = data.segment_ids()
     for n, seg_id in enumerate(ids, 1):
         progress(n - 1, len(ids))
-        path = data.segment_path(seg_id)
-        scan = scan_file(path)
+        scan = scan_file(data.segment_path(seg_id))
         for gap in scan.gaps:
             rep.problems.append(f"segment {seg_id} bytes {gap.start}..{gap.end}: {gap.reason}")
         tail = scan.torn_tail
-        seg_sizes[seg_id] = tail.start if tail is not None else scan.size
+        found.sizes[seg_id] = tail.start if tail is not None else scan.size
         for f in scan.records:
             rec = f.record
             if f.error is not None:
@@ -162,20 +190,27 @@ def rebuild(root: Path, progress: Progress = lambda done, total: None) -> Report
                 # version silently reappearing.
                 rep.problems.append(f"segment {seg_id} offset {f.offset}: {f.error}")
             rep.records += 1
-            max_seq = max(max_seq, rec.seq)
+            found.max_seq = max(found.max_seq, rec.seq)
             k = (rec.namespace, rec.key)
-            old = winners.get(k)
+            old = found.winners.get(k)
             if old is None or rec.seq > old.seq:
                 if old is not None:
-                    dead.append((old.seq, old.segment, old.length))
-                winners[k] = _Winner(rec.seq, seg_id, f.offset, len(f.raw), rec.kind, rec.meta, rec.blobs)
+                    found.dead.append((old.seq, old.segment, old.length))
+                found.winners[k] = _Winner(rec.seq, seg_id, f.offset, len(f.raw), rec.kind, rec.meta, rec.blobs)
             else:
-                dead.append((rec.seq, seg_id, len(f.raw)))
+                found.dead.append((rec.seq, seg_id, len(f.raw)))
     progress(len(ids), len(ids))
-    conn.execute("BEGIN")
+    return found
+
+
+def _write_index(path: Path, found: _Found, rep: Report) -> None:
+    """A complete index at `path` (synced and checkpointed): a tombstone winner means absent."""
+    conn = connect(path)
+    dead = list(found.dead)
     live_by_seg: dict[int, int] = {}
     dead_by_seg: dict[int, int] = {}
-    for (ns, key), w in winners.items():
+    conn.execute("BEGIN")
+    for (ns, key), w in found.winners.items():
         if w.kind == records.TOMBSTONE:
             dead.append((w.seq, w.segment, w.length))
             continue
@@ -192,27 +227,10 @@ def rebuild(root: Path, progress: Progress = lambda done, total: None) -> Report
         conn.execute("INSERT OR REPLACE INTO dead(seq, segment, length) VALUES (?,?,?)", (seq, seg_id, length))
         dead_by_seg[seg_id] = dead_by_seg.get(seg_id, 0) + length
         rep.dead += 1
-    for seg_id, size in seg_sizes.items():
+    for seg_id, size in found.sizes.items():
         conn.execute("INSERT INTO segments(id, size, live, dead, sealed) VALUES (?,?,?,?,1)",
                      (seg_id, size, live_by_seg.get(seg_id, 0), dead_by_seg.get(seg_id, 0)))
-    conn.execute("UPDATE state SET v=? WHERE k='seq'", (max_seq,))
+    conn.execute("UPDATE state SET v=? WHERE k='seq'", (found.max_seq,))
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    # The new index is complete and synced; only now may torn tails go (into quarantine).
-    for seg_id, size in seg_sizes.items():
-        path = data.segment_path(seg_id)
-        if path.stat().st_size > size:
-            fd = os.open(path, os.O_RDWR)
-            try:
-                where = quarantine_tail(data, seg_id, fd, size, "torn tail found by fsck --rebuild-index")
-            finally:
-                os.close(fd)
-            rep.problems.append(f"segment {seg_id}: data ends at {size}; the bytes after it are in {where}")
-    for suffix in ("-wal", "-shm"):
-        Path(str(data.index_path) + suffix).unlink(missing_ok=True)
-    os.replace(tmp, data.index_path)
-    fsync_dir(root)
-    for suffix in ("-wal", "-shm"):
-        Path(str(tmp) + suffix).unlink(missing_ok=True)
-    return rep

@@ -49,7 +49,7 @@ class GatewayMetrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.storage_full = Counter("mailstore_engine_storage_full", "Writes refused with 503 because the "
                                     "data directory's disk (or quota) is full", registry=r)
-        self._children: dict[tuple[str, int], tuple] = {}  # type: ignore[type-arg]
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram, Counter, Counter]] = {}
         r.register(_EngineCollector(gw))
         gw.engine.batch_observers.append(self._batch)
 

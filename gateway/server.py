@@ -30,7 +30,7 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: GatewayConfig, *, ready: dict | None = None,  # type: ignore[type-arg]
+async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None,
                 sock: socket.socket | None = None, announce: bool = True) -> None:
     """Serve until SIGINT/SIGTERM; on `sock` when given (a worker), else bind config's address."""
     engine = LocalEngine(config.data_dir)

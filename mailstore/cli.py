@@ -14,10 +14,13 @@ import getpass
 import json
 import logging
 import signal
+import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cache import open_fs, read_url
+from cache import Fs, open_fs, read_url
 from cache.url import parse_duration, parse_size
 from runtime.progress import Progress
 
@@ -76,7 +79,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     max_size = parse_size(args.max_size)
 
-    async def main(sock=None) -> None:  # type: ignore[no-untyped-def]
+    async def main(sock: socket.socket | None = None) -> None:
         meta = MetaStore(Path(args.db))
         fs = open_fs(args.fs)
         deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size)
@@ -98,7 +101,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         await server.wait_closed()
         await fs.close()
 
-    def serve(sock=None) -> None:  # type: ignore[no-untyped-def]
+    def serve(sock: socket.socket | None = None) -> None:
         _install_uvloop()
         asyncio.run(main(sock))
 
@@ -173,14 +176,15 @@ def cmd_imap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_store(args: argparse.Namespace, label: str, unit: str, work) -> int:  # type: ignore[no-untyped-def]
+def _on_store(args: argparse.Namespace, label: str, unit: str,
+              work: Callable[[MetaStore, Fs, Progress], Awaitable[dict[str, int]]]) -> int:
     """A long admin operation: work(meta, fs, progress) -> its JSON report, with progress shown."""
     show = Progress(label, unit)
 
     async def main() -> dict[str, int]:
         fs = open_fs(args.fs)
         try:
-            return await work(MetaStore(Path(args.db)), fs, show)  # type: ignore[no-any-return]
+            return await work(MetaStore(Path(args.db)), fs, show)
         finally:
             await fs.close()
     result = asyncio.run(main())
@@ -256,17 +260,34 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(imp.table(), file=sys.stderr)
         summary = imp.summary()
         print(json.dumps(summary))
-        if summary["total"]["failed"]:  # type: ignore[index]
+        if any(r.failed for r in imp.reports.values()):
             code = code or 1
     return code
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+if TYPE_CHECKING:  # argparse's class is generic only to type checkers
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def register(sub: Subcommands) -> None:
+    """The mail shim's subcommands of `mailstore` (assembled by appliance.cli)."""
+    for add in (_user_parser, _lmtp_parser, _imap_parser, _import_parsers, _reindex_parser, _gc_parser):
+        add(sub)
+
+
+def _store(p: argparse.ArgumentParser, *, fs: bool = True) -> None:
+    """--db and --fs: where mail metadata and objects live."""
+    p.add_argument("--db", required=True, help="the metadata database (SQLite file)")
+    if fs:
+        p.add_argument("--fs", required=True, help="fs URL of the objects (s3:... or fscache:...), or @FILE with it")
+
+
+def _user_parser(sub: Subcommands) -> None:
     user = sub.add_parser("user", help="manage mail users")
     us = user.add_subparsers(dest="action", required=True)
     for action in ("add", "list", "delete", "passwd", "set-quota", "alias"):
         p = us.add_parser(action)
-        p.add_argument("--db", required=True, help="the metadata database (SQLite file)")
+        _store(p, fs=False)
         if action != "list":
             p.add_argument("name")
         if action in ("add", "passwd"):
@@ -282,35 +303,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             p.add_argument("--fs", help="also delete the user's objects through this fs URL")
     user.set_defaults(fn=cmd_user)
 
-    lmtp = sub.add_parser("lmtp", help="run the LMTP ingest server")
-    lmtp.add_argument("--db", required=True)
-    lmtp.add_argument("--fs", required=True, help="fs URL of the storage (s3:... or fscache:...)")
-    lmtp.add_argument("--listen", default="127.0.0.1:24")
-    lmtp.add_argument("--max-size", default="50M")
-    lmtp.add_argument("--max-recipients", type=int, default=100,
-                      help="RCPTs per transaction; past it 452 4.5.3 (RFC 5321 4.5.3.1.10)")
-    lmtp.add_argument("--domain", default="localhost", help="domain of bare local parts")
-    lmtp.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
-    lmtp.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
-    lmtp.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (with --workers 1)")
-    lmtp.set_defaults(fn=cmd_lmtp)
 
-    imap = sub.add_parser("imap", help="run the IMAP server")
-    imap.add_argument("--db", required=True)
-    imap.add_argument("--fs", required=True)
-    imap.add_argument("--listen", default="127.0.0.1:143")
-    imap.add_argument("--domain", default="localhost")
-    imap.add_argument("--delimiter", default="+")
-    imap.add_argument("--max-append", default="50M")
-    imap.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS")
-    imap.add_argument("--tls-key", help="its private key (PEM)")
-    imap.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
-    imap.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
-    imap.set_defaults(fn=cmd_imap)
+def _lmtp_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("lmtp", help="run the LMTP ingest server")
+    _store(p)
+    p.add_argument("--listen", default="127.0.0.1:24")
+    p.add_argument("--max-size", default="50M")
+    p.add_argument("--max-recipients", type=int, default=100,
+                   help="RCPTs per transaction; past it 452 4.5.3 (RFC 5321 4.5.3.1.10)")
+    p.add_argument("--domain", default="localhost", help="domain of bare local parts")
+    p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
+    p.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
+    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (with --workers 1)")
+    p.set_defaults(fn=cmd_lmtp)
 
+
+def _imap_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("imap", help="run the IMAP server")
+    _store(p)
+    p.add_argument("--listen", default="127.0.0.1:143")
+    p.add_argument("--domain", default="localhost")
+    p.add_argument("--delimiter", default="+")
+    p.add_argument("--max-append", default="50M")
+    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
+    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
+    p.set_defaults(fn=cmd_imap)
+
+
+def _import_parsers(sub: Subcommands) -> None:
     imp = sub.add_parser("import", help="bring existing mail in: from an IMAP server, a Maildir or an mbox")
     isub = imp.add_subparsers(dest="kind", required=True)
-    for kind, what in (("imap", "--from imap[s]://USER:PASS@HOST[:PORT]"), ("maildir", "DIR"), ("mbox", "FILE")):
+    for kind, what in (("imap", "--from imap[s]://USER:PASS@HOST[:PORT] or @FILE"), ("maildir", "DIR"),
+                       ("mbox", "FILE")):
         p = isub.add_parser(kind)
         if kind == "imap":
             p.add_argument("--from", dest="source", required=True, metavar="URL", help=what)
@@ -319,23 +345,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if kind == "mbox":
             p.add_argument("--folder", default="INBOX", help="the local folder to fill")
         p.add_argument("--to", required=True, help="the local user")
-        p.add_argument("--db", required=True)
-        p.add_argument("--fs", required=True)
+        _store(p)
         p.add_argument("--connections", type=int, default=4, help="folders imported at once (IMAP connections)")
         p.add_argument("--max-size", default="50M", help="larger messages are reported and skipped")
         p.add_argument("--ignore-quota", action="store_true", help="administrators: import past the quota")
         p.add_argument("--quiet", action="store_true", help="no progress output")
         p.set_defaults(fn=cmd_import)
 
-    rx = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
-    rx.add_argument("--db", required=True)
-    rx.add_argument("--fs", required=True)
-    rx.add_argument("user")
-    rx.set_defaults(fn=cmd_reindex)
 
-    g = sub.add_parser("gc", help="delete orphan objects (no metadata) older than a grace period")
-    g.add_argument("--db", required=True)
-    g.add_argument("--fs", required=True)
-    g.add_argument("--grace", default="1h")
-    g.add_argument("--user")
-    g.set_defaults(fn=cmd_gc)
+def _reindex_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
+    _store(p)
+    p.add_argument("user")
+    p.set_defaults(fn=cmd_reindex)
+
+
+def _gc_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("gc", help="delete orphan objects (no metadata) older than a grace period")
+    _store(p)
+    p.add_argument("--grace", default="1h")
+    p.add_argument("--user")
+    p.set_defaults(fn=cmd_gc)

@@ -23,6 +23,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import sqlite3
 import sys
 import time
 import uuid
@@ -283,7 +284,7 @@ class Importer:
         self.progress.bytes += len(data)
         self.progress.show()
 
-    def _commit(self, c, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int,  # type: ignore[no-untyped-def]
+    def _commit(self, c: sqlite3.Connection, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int,
                 guid: str, key: str, size: int, now: float, env: object, bs: object) -> None:
         """In the writer's transaction: the message row, and the source item it came from."""
         flags = tuple(f for f in m.flags if f != "\\Recent")

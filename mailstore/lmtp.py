@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .delivery import Deliverer, DeliveryError
 
@@ -33,24 +34,42 @@ MAX_RECIPIENTS = 100
 TOO_MANY = "452 4.5.3 Too many recipients"
 
 
+class MailEnvelope(Envelope):
+    """aiosmtpd's envelope, plus the local user each accepted RCPT address resolved to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: dict[str, str] = {}
+
+
+def _ours(envelope: Envelope) -> MailEnvelope:
+    assert isinstance(envelope, MailEnvelope), "LMTPSession makes every envelope"
+    return envelope
+
+
 class Handler:
+    """aiosmtpd's hooks: it calls handle_<VERB>(server, session, envelope, ...) and sends what they return."""
+
     def __init__(self, deliverer: Deliverer, max_recipients: int = MAX_RECIPIENTS) -> None:
         self.deliverer = deliverer
         self.max_recipients = max_recipients
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
         session.host_name = hostname
         head, last = responses[:-1], responses[-1]
         extra = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
         return head + extra + [last]
 
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        envelope.users = {}
+        _ours(envelope).users.clear()
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return TOO_MANY
         try:
@@ -59,21 +78,23 @@ class Handler:
             return f"{exc.reply[:9]} <{address}>: {exc.reply[10:]}"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        if not hasattr(envelope, "users"):
-            envelope.users = {}
-        envelope.users[address] = user
+        _ours(envelope).users[address] = user
         return "250 2.1.5 Ok"
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        data = envelope.original_content or envelope.content
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        recipients = [(a, envelope.users[a]) for a in envelope.rcpt_tos]
+        users = _ours(envelope).users
+        recipients = [(a, users[a]) for a in envelope.rcpt_tos]
         replies = await self.deliverer.deliver(envelope.mail_from or "", recipients, data)
         return "\r\n".join(replies)
 
 
 class LMTPSession(LMTP):
+    def _create_envelope(self) -> Envelope:
+        return MailEnvelope()
+
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         """MAIL parameters; a SIZE that is not 1-19 ASCII digits is a syntax error.
 

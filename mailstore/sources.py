@@ -277,12 +277,12 @@ class ImapSource:
             await reader.close()
 
 
-def _text(lines: list) -> str:  # type: ignore[type-arg]
+def _text(lines: list[bytes | bytearray]) -> str:
     return " ".join(bytes(x).decode("utf-8", "replace") for x in lines)[:300]
 
 
 class ImapReader:
-    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, client: aioimaplib.IMAP4) -> None:
         self.client = client
 
     async def close(self) -> None:

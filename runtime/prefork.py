@@ -47,7 +47,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def run(sock: socket.socket, workers: int, child: Callable[[socket.socket], None], announce: dict) -> None:  # type: ignore[type-arg]
+def run(sock: socket.socket, workers: int, child: Callable[[socket.socket], None],
+        announce: dict[str, object]) -> None:
     """Fork `workers` processes running child(sock); print `announce` as JSON; supervise."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")

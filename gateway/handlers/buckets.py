@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from urllib.parse import quote_plus
 
 from aiohttp import web
@@ -103,7 +104,10 @@ def _max_keys(r: S3Request, name: str = "max-keys") -> int:
     return min(n, MAX_KEYS)
 
 
-def _encoder(r: S3Request):  # type: ignore[no-untyped-def]
+Encode = Callable[[str], str]  # how names go into a listing (as they are, or URL-encoded)
+
+
+def _encoder(r: S3Request) -> Encode:
     enc = r.query.get("encoding-type")
     if enc is None:
         return lambda s: s
@@ -121,7 +125,7 @@ async def _page(gw: Gateway, r: S3Request, marker: str | None, max_keys: int) ->
         if max_keys > 100 else gw.engine.list_objects(r.bucket, prefix, delimiter, marker, max_keys)
 
 
-def _contents(page: ListPage, enc, owner: str) -> str:  # type: ignore[no-untyped-def]
+def _contents(page: ListPage, enc: Encode, owner: str) -> str:
     return "".join(
         f"<Contents>{xml.elem('Key', enc(e.key))}{xml.elem('LastModified', xml.iso8601(e.mtime))}"
         f"{xml.elem('ETag', e.etag)}{xml.elem('Size', e.size)}{owner}"
@@ -130,11 +134,11 @@ def _contents(page: ListPage, enc, owner: str) -> str:  # type: ignore[no-untype
     )
 
 
-def _prefixes(page: ListPage, enc) -> str:  # type: ignore[no-untyped-def]
+def _prefixes(page: ListPage, enc: Encode) -> str:
     return "".join(f"<CommonPrefixes>{xml.elem('Prefix', enc(p))}</CommonPrefixes>" for p in page.prefixes)
 
 
-def _common(r: S3Request, enc, max_keys: int) -> str:  # type: ignore[no-untyped-def]
+def _common(r: S3Request, enc: Encode, max_keys: int) -> str:
     parts = [xml.elem("Name", r.bucket), xml.elem("Prefix", enc(r.query.get("prefix", "")))]
     if "delimiter" in r.query:
         parts.append(xml.elem("Delimiter", enc(r.query["delimiter"])))

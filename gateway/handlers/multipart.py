@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..body import Expectations, discard_blob, receive
 from ..context import Gateway, S3Request
+from ..engine.local import Upload
 from ..engine.model import BlobRef
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
@@ -24,7 +25,7 @@ def _xml(root: str, body: str) -> web.Response:
     return web.Response(body=xml.document(root, body), content_type="application/xml")
 
 
-def _upload(gw: Gateway, r: S3Request):  # type: ignore[no-untyped-def]
+def _upload(gw: Gateway, r: S3Request) -> Upload:
     assert r.bucket and r.key
     gw.engine.get_bucket(r.bucket)
     upload = gw.engine.get_upload(r.bucket, r.query["uploadId"])

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..body import Expectations, discard_blob, receive
 from ..context import Gateway, S3Request
 from ..engine.local import INLINE_MAX
-from ..engine.model import Conditions, CorruptRecord, ObjectInfo, ObjectMeta
+from ..engine.model import BlobRef, Conditions, CorruptRecord, ObjectInfo, ObjectMeta
 from ..engine.segments import BlobWriter
 from ..policy import arn
 from ..s3 import xml
@@ -179,14 +179,14 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 
 async def copy_body(gw: Gateway, src: ObjectInfo, start: int, end: int,
-                    force_blob: bool = False) -> tuple[bytes, tuple, str]:  # type: ignore[type-arg]
+                    force_blob: bool = False) -> tuple[bytes, tuple[BlobRef, ...], str]:
     """The bytes [start, end) of src as a new body (inline or a new blob) and their MD5."""
     length = end - start
     if not src.blobs and not force_blob:
         data = gw.engine.read_inline(src)[start:end]
         return data, (), hashlib.md5(data).hexdigest()
 
-    def copy() -> tuple[bytes, tuple, str]:  # type: ignore[type-arg]
+    def copy() -> tuple[bytes, tuple[BlobRef, ...], str]:
         if length <= INLINE_MAX and not force_blob:
             data = b"".join(gw.engine.iter_body(src, start, end))
             return data, (), hashlib.md5(data).hexdigest()

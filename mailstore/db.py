@@ -476,8 +476,8 @@ class MetaStore:
     def messages(self, mailbox_id: int) -> list[Message]:
         limit = self.visible_uid_limit(mailbox_id)
         rows = self.conn().execute(
-            "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
-            "WHERE mailbox_id=? AND uid < ? ORDER BY uid", (mailbox_id, limit if limit is not None else 1 << 62))
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id=? AND uid < ? ORDER BY uid",
+            (mailbox_id, limit if limit is not None else 1 << 62))
         return [_message(r) for r in rows]
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> dict[int, Message]:
@@ -487,7 +487,7 @@ class MetaStore:
         for i in range(0, len(uids), 500):
             chunk = uids[i:i + 500]
             for r in c.execute(
-                    "SELECT mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq FROM messages "
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages "
                     f"WHERE mailbox_id=? AND uid IN ({','.join('?' * len(chunk))})", (mailbox_id, *chunk)):
                 out[r[1]] = _message(r)
         return out

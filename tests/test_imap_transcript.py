@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
+from cache import Fs, open_fs
 from mailstore.db import MetaStore
 from mailstore.imap.parser import CommandFramer, Framed, parse_command
 from mailstore.imap.session import ImapContext, Session
@@ -20,11 +22,28 @@ def ctx(tmp_path):  # type: ignore[no-untyped-def]
         box, uid = meta.reserve_uid("t@x.test", "INBOX")
         meta.commit_message("t@x.test", box.id, uid, f"g{i}", f"k{i}", 100 + i, 0.0, 0.0, [], [],
                             ("\\Seen",) if i == 0 else ())
-    return ImapContext(meta, fs=None, policy=AddressPolicy("x.test"), max_append=1000)
+    return ImapContext(meta, fs=unreachable_storage(), policy=AddressPolicy("x.test"), max_append=1000)
+
+
+def unreachable_storage() -> Fs:
+    """A real S3 client whose gateway is down (a closed loopback port): these transcripts
+    never read bodies, and an EXPUNGE must complete when the objects cannot be deleted
+    (they are left for `mailstore gc`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return open_fs(f"s3:http://k:s@127.0.0.1:{port}/?bucket=mail&max_retries=0&timeout=1s&absolute_timeout=2s")
+
+
+async def _on_this_loop(ctx: ImapContext) -> None:
+    """The S3 client binds its connection pool to one event loop: a fresh one per asyncio.run."""
+    await ctx.fs.close()
+    ctx.fs = unreachable_storage()
 
 
 def run(ctx: ImapContext, *lines: bytes) -> list[bytes]:
     async def go() -> list[bytes]:
+        await _on_this_loop(ctx)
         s = Session(ctx, "127.0.0.1")
         framer = CommandFramer()
         out = []
@@ -32,6 +51,7 @@ def run(ctx: ImapContext, *lines: bytes) -> list[bytes]:
             for ev in framer.feed(line + b"\r\n"):
                 assert isinstance(ev, Framed)
                 out.append(await s.handle(parse_command(ev.data)))
+        await ctx.fs.close()
         return out
     return asyncio.run(go())
 
@@ -75,6 +95,7 @@ def test_states_and_errors(ctx):
 def run_pair(ctx: ImapContext, *steps) -> list[bytes]:  # type: ignore[no-untyped-def]
     """Two sessions on one context: steps are (session 0 or 1, line), or a callable run in between."""
     async def go() -> list[bytes]:
+        await _on_this_loop(ctx)
         sessions = [Session(ctx, "127.0.0.1"), Session(ctx, "127.0.0.1")]
         out = []
         for step in steps:
@@ -83,6 +104,7 @@ def run_pair(ctx: ImapContext, *steps) -> list[bytes]:  # type: ignore[no-untype
                 continue
             who, line = step
             out.append(await sessions[who].handle(parse_command(line)))
+        await ctx.fs.close()
         return out
     return asyncio.run(go())
 

@@ -1,0 +1,95 @@
+"""Commands valid in any state, and logging in (RFC 3501 §6.1, §6.2; SASL-IR, ID, ENABLE)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from ..throttle import Busy
+from ..users import resolve, verify_password
+from .parser import Command
+from .state import ImapBad, ImapNo, Reply, SessionBase
+
+
+class AuthCommands(SessionBase):
+    async def do_capability(self, cmd: Command) -> Reply:
+        return [f"* CAPABILITY {self._caps()}\r\n".encode()], "CAPABILITY completed"
+
+    async def do_noop(self, cmd: Command) -> Reply:
+        return [], "NOOP completed"
+
+    async def do_logout(self, cmd: Command) -> Reply:
+        self.logout = True
+        self.view = None
+        return [b"* BYE mailstore IMAP logging out\r\n"], "LOGOUT completed"
+
+    async def do_id(self, cmd: Command) -> Reply:
+        return [b'* ID ("name" "mailstore")\r\n'], "ID completed"
+
+    async def do_enable(self, cmd: Command) -> Reply:
+        enabled = [c for c in cmd.args["capabilities"] if c == "CONDSTORE"]
+        if enabled:
+            self.condstore = True
+        return [f"* ENABLED {' '.join(enabled)}\r\n".encode()], "ENABLE completed"
+
+    async def _login(self, user: str, password: bytes) -> None:
+        # Failed logins from this address or for this user: a growing pause, one attempt at a time.
+        try:
+            async with self.ctx.throttle.attempt(f"addr:{self.peer}", f"user:{user.lower()}") as attempt:
+                name = await asyncio.to_thread(resolve, self.ctx.meta, self.ctx.policy, user)
+                stored = await asyncio.to_thread(self.ctx.meta.password_hash, name) if name else None
+                ok = stored is not None and await asyncio.to_thread(
+                    verify_password, password.decode("utf-8", "replace"), stored)
+                if ok:
+                    attempt.succeeded()
+                else:
+                    attempt.failed()
+        except Busy:
+            raise ImapNo("Too many login attempts; try again later", "UNAVAILABLE") from None
+        if not ok:
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.auth_failures.inc()
+            raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
+        self.user = name
+
+    async def do_login(self, cmd: Command) -> Reply:
+        await self._login(cmd.args["user"], cmd.args["password"])
+        return [], f"[CAPABILITY {self._caps()}] LOGIN completed"
+
+    async def do_authenticate(self, cmd: Command) -> Reply:
+        if cmd.args["mechanism"] != "PLAIN":
+            raise ImapNo("Unsupported mechanism", "CANNOT")
+        initial = cmd.args["initial"]
+        if initial is None:  # the I/O loop asks with "+ " and calls finish_authenticate
+            self.pending_auth = cmd.tag
+            return [], ""
+        return await self._plain(initial)
+
+    async def finish_authenticate(self, tag: str, line: bytes) -> bytes:
+        """The client's answer to "+ " for AUTHENTICATE PLAIN (or "*" to cancel)."""
+        self.pending_auth = None
+        if line.strip() == b"*":
+            return f"{tag} BAD AUTHENTICATE cancelled\r\n".encode()
+        try:
+            _, text = await self._plain(line.strip())
+        except ImapNo as exc:
+            return f"{tag} NO [{exc.code}] {exc.text}\r\n".encode()
+        except ImapBad as exc:
+            return f"{tag} BAD {exc}\r\n".encode()
+        return f"{tag} OK {text}\r\n".encode()
+
+    async def _plain(self, initial: bytes) -> Reply:
+        try:
+            _, user, password = base64.b64decode(initial if initial != b"=" else b"").split(b"\0")
+        except ValueError:
+            raise ImapBad("Invalid PLAIN response") from None
+        await self._login(user.decode("utf-8", "replace"), password)
+        return [], f"[CAPABILITY {self._caps()}] AUTHENTICATE completed"
+
+    async def do_starttls(self, cmd: Command) -> Reply:
+        if self.ctx.tls is None:
+            raise ImapNo("STARTTLS is not configured on this listener", "CANNOT")
+        if self.secure:
+            raise ImapBad("TLS is already active")
+        self.start_tls = True
+        return [], "Begin TLS negotiation now"

@@ -1,0 +1,101 @@
+"""FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2; CONDSTORE MODSEQ)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .. import folders
+from . import response as R
+from .parser import Command, FetchAttribute
+from .state import Reply, SessionBase
+
+
+class FetchCommands(SessionBase):
+    async def _fetch(self, cmd: Command, uid: bool) -> Reply:
+        assert self.view is not None
+        atts: list[FetchAttribute] = list(cmd.args["attributes"])
+        if uid and not any(a.name == "UID" for a in atts):
+            atts.insert(0, FetchAttribute("UID"))
+        if cmd.args.get("changedsince") is not None and not any(a.name == "MODSEQ" for a in atts):
+            atts.append(FetchAttribute("MODSEQ"))
+        uids = self._uids(cmd.args["set"], uid=uid)
+        msgs = await self._messages(uids)
+        parsed: dict[int, tuple[str, str]] = {}
+        if any(a.name in ("ENVELOPE", "BODYSTRUCTURE") or (a.name == "BODY" and a.section is None) for a in atts):
+            c = self._meta().conn()
+            for i in range(0, len(uids), 500):
+                chunk = uids[i:i + 500]
+                for r in c.execute("SELECT uid, envelope, bodystructure FROM messages WHERE mailbox_id=? AND uid IN "
+                                   f"({','.join('?' * len(chunk))})", (self.view.box_id, *chunk)):
+                    parsed[r[0]] = (r[1], r[2])
+        lines = []
+        seen_set: list[int] = []
+        bodies: dict[int, bytes] = {}
+        if any(a.section is not None or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE") for a in atts):
+            wanted = [u for u in uids if u in msgs]
+            got = await self.ctx.fs.get_many([msgs[u].object_key for u in wanted])  # one cache batch
+            bodies = dict(zip(wanted, got, strict=True))
+        for u in uids:
+            m = msgs.get(u)
+            if m is None:
+                continue
+            if cmd.args.get("changedsince") is not None and m.modseq <= cmd.args["changedsince"]:
+                continue
+            body: bytes | None = bodies.get(u)
+            items: list[bytes] = []
+            for a in atts:
+                if a.name == "UID":
+                    items.append(f"UID {m.uid}".encode())
+                elif a.name == "FLAGS":
+                    shown = self.view.flags.get(u, m.flags)
+                    if u in self.view.recent:
+                        shown = (*shown, "\\Recent")
+                    items.append(b"FLAGS " + R.flag_list(shown))
+                elif a.name == "INTERNALDATE":
+                    items.append(b"INTERNALDATE " + R.internal_date(m.internal_date))
+                elif a.name == "RFC822.SIZE":
+                    items.append(f"RFC822.SIZE {m.size}".encode())
+                elif a.name == "MODSEQ":
+                    items.append(f"MODSEQ ({m.modseq})".encode())
+                elif a.name == "ENVELOPE":
+                    import json
+                    items.append(b"ENVELOPE " + R.envelope(json.loads(parsed[u][0])))
+                elif a.name in ("BODYSTRUCTURE",) or (a.name == "BODY" and a.section is None):
+                    import json
+                    items.append(a.name.encode() + b" " + R.bodystructure(json.loads(parsed[u][1]),
+                                                                       extended=a.name == "BODYSTRUCTURE"))
+                else:
+                    if body is None:
+                        body = (await self.ctx.fs.get(m.object_key))[0]
+                    from .parser import Section
+                    if a.name == "RFC822":
+                        part, label, marks = body, "RFC822", True
+                    elif a.name == "RFC822.HEADER":
+                        part, label, marks = R.section_bytes(body, Section(text="HEADER")), "RFC822.HEADER", False
+                    elif a.name == "RFC822.TEXT":
+                        part, label, marks = R.section_bytes(body, Section(text="TEXT")), "RFC822.TEXT", True
+                    else:
+                        assert a.section is not None
+                        sec = a.section
+                        spec = ".".join(str(p) for p in sec.parts)
+                        if sec.text:
+                            spec = f"{spec}.{sec.text}" if spec else sec.text
+                        if sec.fields:
+                            spec += " (" + " ".join(sec.fields) + ")"
+                        part = R.partial(R.section_bytes(body, sec), a.partial)
+                        label = f"BODY[{spec}]" + (f"<{a.partial[0]}>" if a.partial else "")
+                        marks = not a.peek
+                    items.append(label.encode() + b" " + R.literal(part))
+                    if marks and not self.view.readonly and "\\Seen" not in self.view.flags.get(u, m.flags):
+                        seen_set.append(u)
+            lines.append(f"* {self.view.seq_of(u)} FETCH (".encode() + b" ".join(items) + b")\r\n")
+        if seen_set:  # RFC 3501 §6.4.5: BODY[...] (not .PEEK) sets \Seen
+            await asyncio.to_thread(folders.store_flags, self.ctx.meta, self.view.box_id, seen_set, "+FLAGS",
+                                    ["\\Seen"])
+        return lines, f"{cmd.name} completed"
+
+    async def do_fetch(self, cmd: Command) -> Reply:
+        return await self._fetch(cmd, uid=False)
+
+    async def do_uid_fetch(self, cmd: Command) -> Reply:
+        return await self._fetch(cmd, uid=True)

@@ -1,0 +1,134 @@
+"""Mailboxes: SELECT/EXAMINE, CREATE/DELETE/RENAME, (UN)SUBSCRIBE, LIST/LSUB, NAMESPACE, STATUS,
+QUOTA (RFC 3501 §6.3, RFC 9208)."""
+
+from __future__ import annotations
+
+import asyncio
+from fnmatch import fnmatchcase
+
+from .. import folders
+from . import response as R
+from .parser import Command
+from .state import ImapNo, Reply, SelectedView, SessionBase
+
+
+class MailboxCommands(SessionBase):
+    async def _select(self, cmd: Command, readonly: bool) -> Reply:
+        self.view = None
+        box = await self._box(cmd.args["mailbox"])
+        msgs = self._read(self.ctx.snapshot, box.id, box.highestmodseq)
+        condstore = cmd.args.get("condstore") or self.condstore
+        self.view = SelectedView(box.id, box.name, readonly, [u for u, _ in msgs], dict(msgs),
+                                 box.highestmodseq, condstore)
+        if not readonly:
+            last = msgs[-1][0] + 1 if msgs else 1
+            first = await asyncio.to_thread(self.ctx.meta.claim_recent, box.id, last)
+            self.view.recent = {u for u, _ in msgs if u >= first}
+        unseen = next((i + 1 for i, (_, f) in enumerate(msgs) if "\\Seen" not in f), None)
+        lines = [b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
+                 b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n",
+                 f"* {len(msgs)} EXISTS\r\n".encode(), f"* {len(self.view.recent)} RECENT\r\n".encode(),
+                 f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid\r\n".encode(),
+                 f"* OK [UIDNEXT {box.uidnext}] Predicted next UID\r\n".encode(),
+                 f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest\r\n".encode()]
+        if unseen:
+            lines.append(f"* OK [UNSEEN {unseen}] First unseen\r\n".encode())
+        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        return lines, f"[{mode}] {cmd.name} completed"
+
+    async def do_select(self, cmd: Command) -> Reply:
+        return await self._select(cmd, readonly=False)
+
+    async def do_examine(self, cmd: Command) -> Reply:
+        return await self._select(cmd, readonly=True)
+
+    async def do_create(self, cmd: Command) -> Reply:
+        name = cmd.args["mailbox"].rstrip("/")
+        use = cmd.args["use"][0] if cmd.args["use"] else None
+        await self._op(folders.create_mailbox, self.ctx.meta, self.user, name, use)
+        return [], "CREATE completed"
+
+    async def do_delete(self, cmd: Command) -> Reply:
+        keys = await self._op(folders.delete_mailbox, self.ctx.meta, self.user, cmd.args["mailbox"])
+        await self._drop_objects(keys)
+        return [], "DELETE completed"
+
+    async def do_rename(self, cmd: Command) -> Reply:
+        await self._op(folders.rename_mailbox, self.ctx.meta, self.user, cmd.args["old"], cmd.args["new"])
+        return [], "RENAME completed"
+
+    async def do_subscribe(self, cmd: Command) -> Reply:
+        await self._op(folders.set_subscribed, self.ctx.meta, self.user, cmd.args["mailbox"], True)
+        return [], "SUBSCRIBE completed"
+
+    async def do_unsubscribe(self, cmd: Command) -> Reply:
+        await self._op(folders.set_subscribed, self.ctx.meta, self.user, cmd.args["mailbox"], False)
+        return [], "UNSUBSCRIBE completed"
+
+    async def _list(self, cmd: Command, verb: str) -> Reply:
+        assert self.user is not None
+        ref, patterns = cmd.args["reference"], cmd.args["patterns"]
+        if patterns == [""]:
+            return [f'* {verb} (\\Noselect) "/" ""\r\n'.encode()], f"{verb} completed"
+        rows = self.ctx.meta.conn().execute(
+            "SELECT name, special_use, subscribed FROM mailboxes WHERE user_name=? ORDER BY name",
+            (self.user,)).fetchall()
+        names = {r[0] for r in rows}
+        subscribed_only = "SUBSCRIBED" in cmd.args["selection"]
+        out = []
+        for name, special, subscribed in rows:
+            if subscribed_only and not subscribed:
+                continue
+            if not any(_match(ref + p, name) for p in patterns):
+                continue
+            attrs = ["\\HasChildren" if any(n.startswith(name + "/") for n in names) else "\\HasNoChildren"]
+            if special:
+                attrs.append(special)
+            out.append(f'* {verb} ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + b"\r\n")
+        return out, f"{verb} completed"
+
+    async def do_list(self, cmd: Command) -> Reply:
+        return await self._list(cmd, "LIST")
+
+    async def do_lsub(self, cmd: Command) -> Reply:
+        return await self._list(cmd, "LSUB")
+
+    async def do_namespace(self, cmd: Command) -> Reply:
+        return [b'* NAMESPACE (("" "/")) NIL NIL\r\n'], "NAMESPACE completed"
+
+    async def do_status(self, cmd: Command) -> Reply:
+        box = await self._box(cmd.args["mailbox"])
+        msgs = self._read(self.ctx.meta.messages, box.id)
+        first = self.ctx.meta.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (box.id,)).fetchone()[0]
+        values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext,
+                  "UIDVALIDITY": box.uidvalidity,
+                  "UNSEEN": sum("\\Seen" not in m.flags for m in msgs), "HIGHESTMODSEQ": box.highestmodseq,
+                  "SIZE": sum(m.size for m in msgs)}
+        items = " ".join(f"{i} {values[i]}" for i in cmd.args["items"])
+        return [b"* STATUS " + R.astring(box.name) + f" ({items})\r\n".encode()], "STATUS completed"
+
+    async def do_getquotaroot(self, cmd: Command) -> Reply:
+        await self._box(cmd.args["mailbox"])
+        lines = [b"* QUOTAROOT " + R.astring(cmd.args["mailbox"]) + b' ""\r\n'] + await self._quota()
+        return lines, "GETQUOTAROOT completed"
+
+    async def do_getquota(self, cmd: Command) -> Reply:
+        if cmd.args["root"] != "":
+            raise ImapNo("No such quota root", "NONEXISTENT")
+        return await self._quota(), "GETQUOTA completed"
+
+    async def _quota(self) -> list[bytes]:
+        assert self.user is not None
+        u = self._read(self.ctx.meta.get_user, self.user)
+        if u is None or not u.quota_bytes:
+            return [b'* QUOTA "" ()\r\n']
+        return [f'* QUOTA "" (STORAGE {u.used_bytes // 1024} {u.quota_bytes // 1024})\r\n'.encode()]
+
+
+def _match(pattern: str, name: str) -> bool:
+    """LIST wildcards: * matches anything, % anything but the hierarchy separator."""
+    if pattern.upper() == "INBOX":
+        return name == "INBOX"
+    if "%" in pattern:
+        return fnmatchcase(name, pattern.replace("%", "*")) and name.count("/") == pattern.count("/")
+    return fnmatchcase(name, pattern)

@@ -1,0 +1,166 @@
+"""SEARCH and UID SEARCH (RFC 3501 §6.4.4): flag-only keys compiled once, the rest per message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+
+from ..db import Message
+from . import response as R
+from .parser import Command, SearchKey, Section, SequenceSet
+from .state import ImapBad, ImapNo, Reply, SessionBase
+
+
+class SearchCommands(SessionBase):
+    async def _search(self, cmd: Command, uid: bool) -> Reply:
+        assert self.view is not None
+        charset = cmd.args.get("charset")
+        if charset not in (None, "UTF-8", "US-ASCII"):
+            raise ImapNo(f"Charset {charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)")
+        if _flags_only(cmd.args["keys"]):  # flags and numbers: the view knows enough, no rows, no awaits
+            v = self.view
+            largest = v.uids[-1] if v.uids else 0
+            test = _flag_test(cmd.args["keys"], len(v.uids), largest)
+            hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
+            return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
+        msgs = await self._messages(list(self.view.uids))
+        hits = []
+        for i, u in enumerate(self.view.uids, 1):
+            m = msgs.get(u)
+            if m is not None and await self._matches(cmd.args["keys"], m, i):
+                hits.append(u if uid else i)
+        return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
+
+    async def _matches(self, key: SearchKey, m: Message, seq: int) -> bool:
+        assert self.view is not None
+        n = key.name
+        flags = set(self.view.flags.get(m.uid, m.flags))
+        recent = m.uid in self.view.recent
+        simple = {"ALL": True, "ANSWERED": "\\Answered" in flags, "DELETED": "\\Deleted" in flags,
+                  "DRAFT": "\\Draft" in flags, "FLAGGED": "\\Flagged" in flags, "SEEN": "\\Seen" in flags,
+                  "UNANSWERED": "\\Answered" not in flags, "UNDELETED": "\\Deleted" not in flags,
+                  "UNDRAFT": "\\Draft" not in flags, "UNFLAGGED": "\\Flagged" not in flags,
+                  "UNSEEN": "\\Seen" not in flags, "NEW": recent and "\\Seen" not in flags,
+                  "RECENT": recent, "OLD": not recent}
+        if n in simple:
+            return simple[n]
+        if n == "AND":
+            for k in key.args:
+                if not await self._matches(k, m, seq):
+                    return False
+            return True
+        if n == "OR":
+            return await self._matches(key.args[0], m, seq) or await self._matches(key.args[1], m, seq)
+        if n == "NOT":
+            return not await self._matches(key.args[0], m, seq)
+        if n in ("SEQSET", "UID"):
+            ranges: SequenceSet = key.args[0]
+            if n == "SEQSET":
+                return ranges.contains(seq, len(self.view.uids))
+            return ranges.contains(m.uid, self.view.uids[-1] if self.view.uids else 0)
+        if n in ("KEYWORD", "UNKEYWORD"):
+            return (key.args[0] in flags) == (n == "KEYWORD")
+        if n in ("LARGER", "SMALLER", "MODSEQ"):
+            bound: int = key.args[0]
+            return {"LARGER": m.size > bound, "SMALLER": m.size < bound, "MODSEQ": m.modseq >= bound}[n]
+        if n in ("BEFORE", "ON", "SINCE"):
+            day = datetime.fromtimestamp(m.internal_date, UTC).date()
+            return _date_cmp(n, day, key.args[0].date())
+        body = (await self.ctx.fs.get(m.object_key))[0]
+        _, text = R._split(body)
+        if n in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            import email.utils
+            date_line = R.section_bytes(body, _fields_section(("DATE",))).decode("utf-8", "replace")
+            try:
+                sent = email.utils.parsedate_to_datetime(date_line.split(":", 1)[1].strip()).date()
+            except (IndexError, TypeError, ValueError):
+                return False
+            return _date_cmp(n[4:], sent, key.args[0].date())
+        needle = key.args[-1].decode("utf-8", "replace").lower() if isinstance(key.args[-1], bytes) else ""
+        if n in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+            field_bytes = R.section_bytes(body, _fields_section((n,)))
+            return needle in field_bytes.decode("utf-8", "replace").lower()
+        if n == "HEADER":
+            field_bytes = R.section_bytes(body, _fields_section((key.args[0].upper(),)))
+            return bool(field_bytes.strip()) and needle in field_bytes.decode("utf-8", "replace").lower()
+        if n == "BODY":
+            return needle in text.decode("utf-8", "replace").lower()
+        if n == "TEXT":
+            return needle in body.decode("utf-8", "replace").lower()
+        raise ImapBad(f"Unsupported search key {n}")
+
+    async def do_search(self, cmd: Command) -> Reply:
+        return await self._search(cmd, uid=False)
+
+    async def do_uid_search(self, cmd: Command) -> Reply:
+        return await self._search(cmd, uid=True)
+
+
+_FLAG_KEYS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT",
+              "UNFLAGGED", "UNSEEN", "NEW", "RECENT", "OLD", "KEYWORD", "UNKEYWORD", "SEQSET", "UID"}
+
+
+def _flags_only(key: SearchKey) -> bool:
+    if key.name in ("AND", "OR", "NOT"):
+        return all(_flags_only(k) for k in key.args)
+    return key.name in _FLAG_KEYS
+
+
+_SYSTEM = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged",
+           "SEEN": "\\Seen"}
+FlagTest = Callable[[int, int, tuple[str, ...], bool], bool]  # (seq, uid, flags, recent) -> matches
+
+
+def _flag_presence(key: SearchKey) -> tuple[str, bool] | None:
+    """(flag, wanted) when the key asks only whether one flag is set (SEEN, UNSEEN, KEYWORD x, ...)."""
+    name = key.name
+    if name in ("KEYWORD", "UNKEYWORD"):
+        return key.args[0], name == "KEYWORD"
+    if name in _SYSTEM:
+        return _SYSTEM[name], True
+    if name.startswith("UN") and name[2:] in _SYSTEM:
+        return _SYSTEM[name[2:]], False
+    return None
+
+
+def _flag_test(key: SearchKey, n: int, largest: int) -> FlagTest:
+    """Compile a flags-and-numbers search key once; the mailbox is then one cheap call per message."""
+    name = key.name
+    if name in ("AND", "OR"):
+        parts = [_flag_test(k, n, largest) for k in key.args]
+        if len(parts) == 1:
+            return parts[0]
+        if name == "AND":
+            return lambda seq, uid, flags, recent: all(t(seq, uid, flags, recent) for t in parts)
+        return lambda seq, uid, flags, recent: any(t(seq, uid, flags, recent) for t in parts)
+    if name == "NOT":
+        inner = _flag_test(key.args[0], n, largest)
+        return lambda seq, uid, flags, recent: not inner(seq, uid, flags, recent)
+    if name == "SEQSET":
+        seqs = key.args[0]
+        return lambda seq, uid, flags, recent: seqs.contains(seq, n)
+    if name == "UID":
+        uids = key.args[0]
+        return lambda seq, uid, flags, recent: uids.contains(uid, largest)
+    presence = _flag_presence(key)
+    if presence is not None:
+        flag, wanted = presence
+        if not wanted:
+            return lambda seq, uid, flags, recent: flag not in flags
+        return lambda seq, uid, flags, recent: flag in flags
+    if name == "ALL":
+        return lambda seq, uid, flags, recent: True
+    if name == "RECENT":
+        return lambda seq, uid, flags, recent: recent
+    if name == "OLD":
+        return lambda seq, uid, flags, recent: not recent
+    assert name == "NEW", name
+    return lambda seq, uid, flags, recent: recent and "\\Seen" not in flags
+
+
+def _date_cmp(op: str, day: date, ref: date) -> bool:
+    return {"BEFORE": day < ref, "ON": day == ref, "SINCE": day >= ref}[op]
+
+
+def _fields_section(names: tuple[str, ...]) -> Section:
+    return Section((), "HEADER.FIELDS", names)

@@ -1,0 +1,184 @@
+"""What every IMAP command handler shares: the session's state, the context, and typed errors.
+
+Each command family (auth.py, mailboxes.py, append.py, fetch.py, store.py,
+search.py) is a mixin over `SessionBase`; session.py composes them around the
+dispatch and the state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cache import Fs, FsError
+
+from .. import folders
+from ..db import Mailbox, Message, MetaStore
+from ..throttle import LoginLimiter
+from ..users import AddressPolicy
+from .parser import SequenceSet
+
+T = TypeVar("T")
+Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
+
+log = logging.getLogger("mailstore.imap")
+
+CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
+                "SPECIAL-USE CONDSTORE QUOTA APPENDLIMIT={limit}")
+
+
+class ImapNo(Exception):
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.text, self.code = text, code
+
+
+class ImapBad(Exception):
+    pass
+
+
+@dataclass
+class SelectedView:
+    box_id: int
+    name: str
+    readonly: bool
+    uids: list[int] = field(default_factory=list)
+    flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    modseq: int = 0
+    condstore: bool = False
+    recent: set[int] = field(default_factory=set)  # \Recent in this session (RFC 3501 §2.3.2)
+
+    def seq_of(self, uid: int) -> int:
+        """The message sequence number of a UID (uids is sorted: a bisection, not a scan)."""
+        return bisect.bisect_left(self.uids, uid) + 1
+
+
+@dataclass
+class ImapContext:
+    meta: MetaStore
+    fs: Fs
+    policy: AddressPolicy
+    max_append: int = 50 * 1024 * 1024
+    throttle: LoginLimiter = field(default_factory=LoginLimiter)
+    tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
+    metrics: Any = None  # mailstore.metrics.ImapMetrics, when /metrics is served
+    # mailbox id -> (modseq, [(uid, flags)]): the last (uid, flags) list any session of
+    # this process loaded, brought up to date by modseq deltas instead of reloaded.
+    snapshots: dict[int, tuple[int, list[tuple[int, tuple[str, ...]]]]] = field(default_factory=dict)
+
+    def snapshot(self, box_id: int, highest: int) -> list[tuple[int, tuple[str, ...]]]:
+        """Blocking (call from a thread): the visible (uid, flags) of a mailbox as of `highest`."""
+        cached = self.snapshots.get(box_id)
+        if cached is not None and cached[0] == highest:
+            return list(cached[1])
+        if cached is not None:
+            changed, count = self.meta.changes_since(box_id, cached[0])
+            items = dict(cached[1])
+            items.update(changed)
+            if len(items) != count:  # some vanished
+                for u in self.meta.vanished(box_id, cached[0], items, count):
+                    del items[u]
+            if len(items) == count:  # otherwise a message is pending or a race moved on: reload
+                fresh = sorted(items.items())
+                self.snapshots[box_id] = (highest, fresh)
+                return list(fresh)
+        fresh = self.meta.uid_flags(box_id)
+        self.snapshots[box_id] = (highest, fresh)
+        return list(fresh)
+
+
+class SessionBase:
+    def __init__(self, ctx: ImapContext, peer: str = "") -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.pending_auth: str | None = None  # tag of an AUTHENTICATE waiting for "+ " data
+        self.secure = False  # on TLS (implicit, or after STARTTLS)
+        self.start_tls = False  # the I/O loop upgrades the connection after this OK
+        self.user: str | None = None
+        self.view: SelectedView | None = None
+        self.logout = False
+        self.condstore = False
+
+    @property
+    def authed(self) -> str:
+        """The logged-in user: every command past the state check (_check_state) has one."""
+        if self.user is None:
+            raise ImapBad("Authentication needed first")
+        return self.user
+
+    def _meta(self) -> MetaStore:
+        return self.ctx.meta
+
+    @staticmethod
+    def _read(fn: Callable[..., T], *args: Any) -> T:
+        """A read-only metadata query, made on the event loop.
+
+        Indexed SQLite reads in WAL mode never wait on a writer and take tens of
+        microseconds; a hop to a worker thread (two wake-ups, two GIL handoffs)
+        costs more than the query.  Writes, and scrypt, still leave the loop.
+        """
+        return fn(*args)
+
+    async def _box(self, name: str) -> Mailbox:
+        assert self.user is not None
+        box = self._read(self.ctx.meta.mailbox, self.user, name)
+        if box is None:
+            raise ImapNo(f"No mailbox {name}", "NONEXISTENT")
+        return box
+
+    def _uids(self, s: SequenceSet, *, uid: bool) -> list[int]:
+        assert self.view is not None
+        v = self.view
+        if not v.uids:
+            return []
+        n = len(v.uids)
+        picked: set[int] = set()
+        for a, b in s.ranges:  # ranges map to slices of the sorted UID list: no scan of the mailbox
+            if uid:
+                lo, hi = (v.uids[-1] if a is None else a), (v.uids[-1] if b is None else b)
+                lo, hi = min(lo, hi), max(lo, hi)
+                picked.update(v.uids[bisect.bisect_left(v.uids, lo):bisect.bisect_right(v.uids, hi)])
+            else:
+                lo, hi = (n if a is None else a), (n if b is None else b)
+                if lo > n or hi > n:
+                    raise ImapBad("Invalid message sequence number")
+                lo, hi = min(lo, hi), max(lo, hi)
+                picked.update(v.uids[lo - 1:hi])
+        return sorted(picked)
+
+    async def _messages(self, uids: list[int]) -> dict[int, Message]:
+        assert self.view is not None
+        return self._read(self.ctx.meta.messages_by_uid, self.view.box_id, uids)
+
+    def greeting(self) -> bytes:
+        return b"* OK [CAPABILITY " + self._caps().encode() + b"] mailstore IMAP ready\r\n"
+
+    def _caps(self) -> str:
+        caps = CAPABILITIES.format(limit=self.ctx.max_append)
+        if self.ctx.tls is not None and not self.secure and self.user is None:
+            caps += " STARTTLS"
+        return caps + (" AUTH=PLAIN" if self.user is None else "")
+
+    async def _drop_objects(self, keys: list[str]) -> None:
+        if keys:  # metadata is already gone: objects last (orphans are fine, dangling rows are not)
+            try:
+                if len(keys) == 1:  # a plain DELETE: no XML either side
+                    await self.ctx.fs.delete(keys[0])
+                else:
+                    await self.ctx.fs.delete_many(keys)
+            except (FsError, OSError) as exc:  # the objects are left for `mailstore gc`
+                log.warning("deleting %d expunged objects failed (gc will): %s", len(keys), exc)
+
+    async def _op(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except folders.MailboxExists:
+            raise ImapNo("Mailbox exists", "ALREADYEXISTS") from None
+        except folders.NoSuchMailbox:
+            raise ImapNo("No such mailbox", "NONEXISTENT") from None
+        except folders.CannotDelete as exc:
+            raise ImapNo(str(exc), "CANNOT") from None

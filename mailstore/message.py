@@ -9,11 +9,11 @@ JSON (None for NIL), so FETCH ENVELOPE/BODYSTRUCTURE never reads the object.
 
 from __future__ import annotations
 
-import email
-import email.policy
 from email.message import Message
-from email.utils import getaddresses
+from email.utils import collapse_rfc2231_value
 from typing import Any
+
+from . import addresses, mime
 
 
 def stored_bytes(data: bytes, mail_from: str, recipient: str) -> bytes:
@@ -35,17 +35,11 @@ def _value(msg: Message, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _addresses(msg: Message, name: str) -> list[list[Any]] | None:
-    values = _values(msg, name)
-    if not values:
-        return None
-    out = []
+def _addresses(msg: Message, name: str) -> list[list[str | None]] | None:
     # RFC 3501 §7.4.2: envelope fields are sent as they appear in the header,
-    # RFC 2047 encoded-words and all; decoding is the client's business.
-    for display, addr in getaddresses(values):
-        mailbox, _, host = addr.partition("@")
-        out.append([display or None, None, mailbox or None, host or None])
-    return out or None
+    # RFC 2047 encoded-words and all; groups and routes as the RFC spells them.
+    values = _values(msg, name)
+    return addresses.parse(values) if values else None
 
 
 def envelope(msg: Message) -> list[Any]:
@@ -58,45 +52,55 @@ def envelope(msg: Message) -> list[Any]:
     ]
 
 
-def _params(part: Message) -> list[str] | None:
-    params = part.get_params()
+def _params(part: Message, name: str = "Content-Type") -> list[str] | None:
+    """A header's parameters as IMAP's flat list (RFC 2231 continuations joined), or None."""
+    params = part.get_params(header=name)
     if not params or len(params) < 2:
         return None
     flat: list[str] = []
     for k, v in params[1:]:
-        flat += [k.upper(), v if isinstance(v, str) else str(v)]
+        flat += [k.upper(), collapse_rfc2231_value(v) if isinstance(v, tuple) else str(v)]
     return flat
 
 
-def bodystructure(part: Message) -> list[Any]:
-    payload = part.get_payload()
-    if part.get_content_type() == "message/rfc822" and isinstance(payload, list) and payload \
-            and isinstance(payload[0], Message):
-        # The stdlib reports an encapsulated message as "multipart" (its payload is a
-        # list); RFC 3501 §7.4.2 gives it its own form: type fields, then the inner
-        # message's ENVELOPE, BODYSTRUCTURE and line count.
-        inner = payload[0]
-        raw = inner.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n", max_line_length=0))
-        return ["MESSAGE", "RFC822", _params(part), _value(part, "Content-ID"), _value(part, "Content-Description"),
-                (_value(part, "Content-Transfer-Encoding") or "7BIT").upper(), len(raw),
-                envelope(inner), bodystructure(inner), raw.count(b"\n")]
-    if part.is_multipart() and isinstance(payload, list):
-        children = [bodystructure(p) for p in payload if isinstance(p, Message)]
-        return [*children, part.get_content_subtype().upper(), _params(part), None, None, None]
-    payload = part.get_payload(decode=False)
-    raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
-    maintype, subtype = part.get_content_maintype().upper(), part.get_content_subtype().upper()
-    params = _params(part)
-    if maintype == "TEXT" and params is None:
-        params = ["CHARSET", "US-ASCII"]
-    fields = [maintype, subtype, params, _value(part, "Content-ID"), _value(part, "Content-Description"),
-              (_value(part, "Content-Transfer-Encoding") or "7BIT").upper(), len(raw)]
-    if maintype == "TEXT":
-        fields.append(raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1))
-    return fields
+def _disposition(part: Message) -> list[Any] | None:
+    value = _value(part, "Content-Disposition")
+    if value is None:
+        return None
+    kind = value.split(";", 1)[0].strip()
+    return [kind.upper(), _params(part, "Content-Disposition")] if kind else None
+
+
+def _extension(part: Message) -> list[Any]:
+    """A single part's extension data: MD5, disposition, language, location (RFC 3501 §7.4.2)."""
+    return [_value(part, "Content-MD5"), _disposition(part), _value(part, "Content-Language"),
+            _value(part, "Content-Location")]
+
+
+def bodystructure(part: mime.Part, data: bytes) -> list[Any]:
+    """BODYSTRUCTURE of a part of `data`, from the same tree BODY[section] is cut by:
+    a part's size and line count are those of the bytes a client fetches for it."""
+    h = part.header
+    if part.multipart:
+        children = [bodystructure(c, data) for c in part.children]
+        return [*children, part.ctype.split("/", 1)[1].upper(), _params(h), _disposition(h),
+                _value(h, "Content-Language"), _value(h, "Content-Location")]
+    body = data[part.body:part.end]
+    maintype, _, subtype = part.ctype.upper().partition("/")
+    params = _params(h)
+    if maintype == "TEXT" and not any(k == "CHARSET" for k in (params or [])[::2]):
+        params = [*(params or []), "CHARSET", "US-ASCII"]
+    fields: list[Any] = [maintype, subtype, params, _value(h, "Content-ID"), _value(h, "Content-Description"),
+                         (_value(h, "Content-Transfer-Encoding") or "7BIT").upper(), len(body)]
+    if part.message:
+        inner = part.children[0]
+        fields += [envelope(inner.header), bodystructure(inner, data), body.count(b"\n")]
+    elif maintype == "TEXT":
+        fields.append(body.count(b"\n"))
+    return fields + _extension(h)
 
 
 def parse(data: bytes) -> tuple[list[Any], list[Any]]:
     """ENVELOPE and BODYSTRUCTURE of a message, as JSON-able lists."""
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    return envelope(msg), bodystructure(msg)
+    root = mime.parse(data)
+    return envelope(root.header), bodystructure(root, data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from . import mime
+from .. import mime
 from .parser import Section
 
 _QUOTABLE_MAX = 256
@@ -67,11 +67,16 @@ def bodystructure(bs: list[Any], extended: bool = True) -> bytes:
 
 
 def _strip_extensions(bs: list[Any]) -> list[Any]:
+    """BODY: BODYSTRUCTURE without extension data (RFC 3501 §7.4.2)."""
     if bs and isinstance(bs[0], list):  # multipart: parts..., subtype, [params, disposition, language, location]
-        parts = [p for p in bs if isinstance(p, list)]
-        subtype = next(v for v in bs if isinstance(v, str))
-        return [*(_strip_extensions(p) for p in parts), subtype]
-    return bs
+        n = next(i for i, v in enumerate(bs) if not isinstance(v, list))  # the children end at the subtype
+        return [*(_strip_extensions(p) for p in bs[:n]), bs[n]]
+    if len(bs) > 7 and isinstance(bs[0], str) and bs[0].upper() == "MESSAGE" and str(bs[1]).upper() == "RFC822":
+        # type fields, envelope, body, lines: the body inside is a BODY too
+        return [*bs[:8], _strip_extensions(bs[8]), bs[9]]
+    if len(bs) > 7 and isinstance(bs[0], str) and bs[0].upper() == "TEXT":
+        return bs[:8]  # type fields and the line count
+    return bs[:7]
 
 
 # ------------------------------------------------------------------ BODY[section]
@@ -121,8 +126,11 @@ def section_bytes(message: bytes, section: Section) -> bytes:
         return message[part.start:part.body]
     if section.text == "":
         return message[part.body:part.end]
-    # HEADER / TEXT / HEADER.FIELDS of an encapsulated message/rfc822 part
-    inner = part.children[0] if part.message else part
+    # HEADER / TEXT / HEADER.FIELDS name the message inside a message/rfc822
+    # part; any other part has none (empty, as Dovecot answers).
+    if not part.message:
+        return b""
+    inner = part.children[0]
     ihead, ibody = message[inner.start:inner.body], message[inner.body:inner.end]
     if section.text == "HEADER":
         return ihead

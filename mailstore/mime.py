@@ -14,9 +14,25 @@ Content-Type.
 from __future__ import annotations
 
 import email
-import email.policy
 import re
 from dataclasses import dataclass, field
+from email.message import Message
+from email.policy import Compat32
+from typing import Any
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+class _Unfolded(Compat32):
+    """compat32, but header values read unfolded (RFC 5322 §2.2.3: a line break
+    before whitespace is not part of the value), so a folded parameter such as
+    boundary="foo<CRLF> bar" is the boundary "foo bar" that the body uses."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        return super().header_fetch_parse(name, _FOLD.sub("", value))
+
+
+PARSE_POLICY = _Unfolded()
 
 _BLANK = re.compile(rb"\r?\n\r?\n")
 MAX_DEPTH = 50  # nesting deeper than this is treated as a leaf
@@ -27,6 +43,8 @@ class Part:
     start: int  # first byte of the part's header
     body: int  # first byte of its body (after the empty line)
     end: int  # one past its last body byte
+    header: Message  # the part's header block, parsed (unfolded values)
+    ctype: str  # its content type, lower case; the default where it has none
     multipart: bool = False
     message: bool = False  # message/rfc822: children[0] is the encapsulated message
     children: list[Part] = field(default_factory=list)
@@ -40,12 +58,12 @@ def parse(data: bytes, start: int = 0, end: int | None = None, *, default_type: 
     else:
         m = _BLANK.search(data, start, end)
         body = m.end() if m else end
-    header = email.message_from_bytes(data[start:body], policy=email.policy.compat32)
+    header = email.message_from_bytes(data[start:body], policy=PARSE_POLICY)
     if header.get("Content-Type") is None:
         ctype = default_type
     else:
         ctype = header.get_content_type()
-    part = Part(start, min(body, end), end)
+    part = Part(start, min(body, end), end, header, ctype)
     if depth >= MAX_DEPTH:
         return part
     if ctype.startswith("multipart/"):
@@ -84,15 +102,34 @@ def _split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list
 
 
 def find(root: Part, numbers: tuple[int, ...]) -> Part | None:
-    """The part a section's numbers name; None when there is no such part."""
-    part = root
-    for n in numbers:
-        if part.message:  # numbers go into the encapsulated message
-            part = part.children[0]
-        if part.multipart:
-            if not 1 <= n <= len(part.children):
-                return None
-            part = part.children[n - 1]
-        elif n != 1:  # a single-part entity has one part: itself
+    """The part a section's numbers name (RFC 3501 §6.4.5); None when there is no such part.
+
+    An entity's parts are its children when it is multipart, else just part 1:
+    its own body.  A part of type message/rfc822 has nested parts, the parts of
+    the encapsulated message, so "2.1" of a forwarded message is the first part
+    of the attached message and "1.2" of a message whose whole body is a
+    message/rfc822 is the second part of the message inside.  As Dovecot does,
+    a leaf part n also answers to n.1 (once).
+    """
+    return _find(root, numbers, True)
+
+
+def _find(entity: Part, numbers: tuple[int, ...], top: bool) -> Part | None:
+    n, rest = numbers[0], numbers[1:]
+    if entity.multipart:
+        if not 1 <= n <= len(entity.children):
             return None
-    return part
+        part, is_self = entity.children[n - 1], False
+    elif n == 1:
+        part, is_self = entity, True  # part 1 of a single-part entity is its body
+    else:
+        return None
+    if not rest:
+        return part
+    if part.message:  # the numbers go on inside the encapsulated message
+        return _find(part.children[0], rest, False)
+    if part.multipart and not is_self:
+        return _find(part, rest, False)
+    if rest == (1,) and not is_self:  # a leaf's own part 1
+        return part
+    return None

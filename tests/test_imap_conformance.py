@@ -1,0 +1,152 @@
+"""Our IMAP server against Dovecot CE, side by side, on crafted messages (issue 14).
+
+Both servers get the same messages APPENDed in the same order, then the same
+commands; answers are compared by value (imapdiff.py).  What differs only in
+spelling (quoted string or literal, the case of type names, human text after
+a response code) is not a difference; everything else is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bench.lmtp import start_dovecot, stop_all
+from imapdiff import Raw, fetch_items, fold, status
+from test_lmtp import DOMAIN, Shim
+
+USER = f"conf@{DOMAIN}"
+
+
+def msg(*lines: str) -> bytes:
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+INNER_ALT = [
+    "From: Alice <alice@example.org>", "To: bob@example.org", "Subject: the original", "Message-ID: <orig@x>",
+    "Date: Mon, 2 Jan 2023 10:00:00 +0000", "MIME-Version: 1.0",
+    'Content-Type: multipart/alternative; boundary="alt"', "",
+    "--alt", "Content-Type: text/plain; charset=utf-8", "", "plain text of the original", "",
+    "--alt", "Content-Type: text/html; charset=utf-8", "", "<p>html of the original</p>", "",
+    "--alt--", ""]
+
+CORPUS = {
+    "forwarded": msg(
+        "From: Bob <bob@example.org>", "To: carol@example.org", "Subject: Fwd: the original",
+        "Date: Tue, 3 Jan 2023 11:00:00 +0000", "Message-ID: <fwd@x>", "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="mix"', "",
+        "--mix", "Content-Type: text/plain", "", "see below", "",
+        "--mix", "Content-Type: message/rfc822", 'Content-Disposition: attachment; filename="orig.eml"', "",
+        *INNER_ALT,
+        "--mix", 'Content-Type: application/pdf; name="a.pdf"', "Content-Transfer-Encoding: base64", "",
+        "JVBERi0xLjQKJcOkw7zDtsOfCg==", "",
+        "--mix--", ""),
+    "top-rfc822": msg(
+        "From: x@example.org", "Subject: wrapped", "Date: Wed, 4 Jan 2023 12:00:00 +0000", "MIME-Version: 1.0",
+        "Content-Type: message/rfc822", "", *INNER_ALT),
+    "two-levels": msg(
+        "From: y@example.org", "Subject: nested twice", "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="o"', "",
+        "--o", "Content-Type: message/rfc822", "",
+        "From: z@example.org", "Subject: middle", "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="m"', "",
+        "--m", "Content-Type: text/plain", "", "middle text", "",
+        "--m", "Content-Type: message/rfc822", "", *INNER_ALT,
+        "--m--", "",
+        "--o--", ""),
+    "folded-boundary": msg(
+        "From: f@example.org", "Subject: folded", "MIME-Version: 1.0",
+        "Content-Type: multipart/mixed;", '  boundary="foo', ' bar"', "",
+        "--foo bar", "Content-Type: text/plain", "", "one", "",
+        "--foo bar", "Content-Type: text/plain", "", "two", "",
+        "--foo bar--", ""),
+    "rfc2231": msg(
+        "From: g@example.org", "Subject: continued", "MIME-Version: 1.0",
+        "Content-Type: multipart/mixed; boundary*0=\"abc\"; boundary*1=\"def\"", "",
+        "--abcdef", "Content-Type: text/plain; name*0=\"long\"; name*1=\"name.txt\"", "", "one", "",
+        "--abcdef", "Content-Type: text/plain", "", "two", "",
+        "--abcdef--", ""),
+    "groups": msg(
+        "From: Alice (the boss) <alice@example.org>",
+        "To: undisclosed-recipients:;",
+        "Cc: team: bob@example.org, carol@example.org;, dave@example.org",
+        "Bcc: <user (comment)@ (comment) example.org>",
+        "Reply-To: <@route.example:eve@example.org>",
+        "Subject: groups", "Message-ID: <g@x>", "", "body"),
+    "addresses": msg(
+        "From: =?utf-8?q?J=C3=B6rg?= <joerg@example.org>",
+        "Sender: old@example.org (Old Style Name)",
+        'To: "Doe, John" <john@example.org>, plain@example.org, <angle@example.org>',
+        "Cc: Mary Smith <mary@x.example>, jdoe@one.example, Who? <one@y.example>",
+        "Subject: =?iso-8859-1?q?caf=E9?=", "Date: Thu, 5 Jan 2023 09:00:00 +0100",
+        "In-Reply-To: <parent@x>", "Message-ID: <addr@x>", "", "body", ""),
+    "digest": msg(
+        "From: d@example.org", "Subject: digest", "MIME-Version: 1.0",
+        'Content-Type: multipart/digest; boundary="d"', "",
+        "--d", "", "From: one@example.org", "Subject: first", "", "first body", "",
+        "--d", "", "From: two@example.org", "Subject: second", "", "second body", "",
+        "--d--", ""),
+    "no-close": msg(
+        "From: n@example.org", "Subject: unterminated", "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="u"', "",
+        "--u", "Content-Type: text/plain", "", "one", "",
+        "--u", "Content-Type: text/plain", "", "two, and no close delimiter", ""),
+}
+NAMES = list(CORPUS)
+SECTIONS = ["1", "2", "3", "1.1", "1.2", "2.1", "2.2", "2.3", "1.1.1", "1.2.1", "2.2.1", "2.2.2", "2.1.2",
+            "1.HEADER", "1.TEXT", "1.MIME", "2.HEADER", "2.TEXT", "2.MIME", "2.2.HEADER", "2.2.TEXT",
+            "1.2.HEADER", "HEADER", "TEXT"]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
+    work = Path(tempfile.mkdtemp(prefix="mailstore-conformance-"))
+    (_, dovecot_port), conf = start_dovecot(work, [USER], imap=True)
+    shim = Shim(tmp_path_factory.mktemp("conformance"))
+    shim.add_user(USER)
+    proc, info = shim.start_imap()
+    clients = {"dovecot": Raw(dovecot_port), "ours": Raw(info["port"])}
+    for c in clients.values():
+        assert status(c.cmd(f"LOGIN {USER} pw")).startswith(b"OK")
+        for name in NAMES:
+            assert status(c.cmd('APPEND INBOX (\\Seen) "02-Jan-2023 10:00:00 +0000" \x00LIT\x00',
+                                CORPUS[name])).startswith(b"OK"), name
+        assert status(c.cmd("SELECT INBOX")).startswith(b"OK")
+    yield clients
+    for c in clients.values():
+        c.close()
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    shim.stop()
+    stop_all([], conf, work / "nothing")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def both(servers, command: str) -> tuple[list[bytes], list[bytes]]:  # type: ignore[no-untyped-def]
+    return servers["dovecot"].cmd(command), servers["ours"].cmd(command)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bodystructure_body_and_envelope(servers, name: str) -> None:  # type: ignore[no-untyped-def]
+    seq = NAMES.index(name) + 1
+    theirs, ours = both(servers, f"FETCH {seq} (BODYSTRUCTURE BODY ENVELOPE)")
+    t, o = fetch_items(theirs)[seq], fetch_items(ours)[seq]
+    # Type names and parameter names are case-insensitive (RFC 2045): Dovecot sends them
+    # as the message spells them, we upper-case them; values compare exactly otherwise.
+    assert fold(o[b"BODY"]) == fold(t[b"BODY"])
+    assert fold(o[b"BODYSTRUCTURE"]) == fold(t[b"BODYSTRUCTURE"])
+    assert o[b"ENVELOPE"] == t[b"ENVELOPE"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sections_are_the_same_bytes(servers, name: str) -> None:  # type: ignore[no-untyped-def]
+    seq = NAMES.index(name) + 1
+    for section in SECTIONS:
+        theirs, ours = both(servers, f"FETCH {seq} (BODY.PEEK[{section}])")
+        t, o = fetch_items(theirs)[seq], fetch_items(ours)[seq]
+        key = f"BODY[{section}]".encode()
+        assert (o[key] or b"") == (t[key] or b""), (name, section)

@@ -113,8 +113,40 @@ def start_ours(work: Path, users: list[str]) -> tuple[int, list[subprocess.Popen
     return port, [gw, lmtp]
 
 
-def start_dovecot(work: Path, users: list[str], imap: bool = False):  # type: ignore[no-untyped-def]
-    """A private Dovecot CE: LMTP (and IMAP when asked) on loopback; returns (port or (lmtp, imap), conf)."""
+NAMESPACE = """
+namespace inbox {
+  inbox = yes
+  separator = /
+  mailbox Drafts {
+    special_use = \\Drafts
+    auto = subscribe
+  }
+  mailbox Sent {
+    special_use = \\Sent
+    auto = subscribe
+  }
+  mailbox Trash {
+    special_use = \\Trash
+    auto = subscribe
+  }
+  mailbox Junk {
+    special_use = \\Junk
+    auto = subscribe
+  }
+  mailbox Archive {
+    special_use = \\Archive
+    auto = subscribe
+  }
+}
+"""
+
+
+def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: bool = False):  # type: ignore[no-untyped-def]
+    """A private Dovecot CE: LMTP (and IMAP when asked) on loopback; returns (port or (lmtp, imap), conf).
+
+    like_ours: the mailbox layout our server has ("/" separator, the special-use
+    folders made and subscribed for a new user), for side-by-side comparison.
+    """
     if shutil.which("dovecot") is None:
         raise SystemExit("dovecot not found: apt-get install dovecot-core dovecot-lmtpd")
     d = work / "dovecot"
@@ -144,6 +176,7 @@ userdb {{
   driver = passwd-file
   args = {d}/passwd
 }}
+{NAMESPACE if like_ours else ""}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1

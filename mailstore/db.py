@@ -89,12 +89,38 @@ MIGRATIONS = [
     """
     ALTER TABLE pending ADD COLUMN owner TEXT;
     """,
+    # 7: the last UIDVALIDITY given to any of a user's mailboxes, so a mailbox created
+    # again (DELETE + CREATE, RENAME INBOX) never gets one it had (RFC 3501 §2.3.1.1),
+    # however fast, from whichever process or host.
+    """
+    ALTER TABLE users ADD COLUMN last_uidvalidity INTEGER NOT NULL DEFAULT 0;
+    UPDATE users SET last_uidvalidity =
+        coalesce((SELECT max(uidvalidity) FROM mailboxes WHERE mailboxes.user_name = users.name), 0);
+    """,
+    # 8: subscriptions are names, not mailboxes (RFC 3501 §6.3.6, §6.3.9): they survive
+    # DELETE, and a name may be subscribed that does not exist.
+    """
+    CREATE TABLE subscriptions(user_name TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(user_name, name));
+    INSERT INTO subscriptions(user_name, name) SELECT user_name, name FROM mailboxes WHERE subscribed = 1;
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
 
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk",
                "Archive": "\\Archive"}
+
+
+def next_uidvalidity(c: sqlite3.Connection, user: str) -> int:
+    """Inside a write transaction: a UIDVALIDITY this user's mailboxes never had.
+
+    The clock (so values look like Dovecot's), but always above the last one
+    handed out: two creations in one second still differ (RFC 3501 §2.3.1.1).
+    """
+    row = c.execute("SELECT last_uidvalidity FROM users WHERE name=?", (user,)).fetchone()
+    value = max(int(time.time()), (row[0] if row else 0) + 1)
+    c.execute("UPDATE users SET last_uidvalidity=? WHERE name=?", (value, user))
+    return value
 
 
 class MetaError(Exception):
@@ -301,6 +327,7 @@ class MetaStore:
                       (name, password_hash, quota_bytes, now))
             for box in ("INBOX", *SPECIAL_USE):
                 self._create_mailbox(c, name, box)
+                c.execute("INSERT OR IGNORE INTO subscriptions(user_name, name) VALUES (?,?)", (name, box))
         return User(name, quota_bytes, 0, now)
 
     def get_user(self, name: str) -> User | None:
@@ -336,6 +363,7 @@ class MetaStore:
             c.execute("DELETE FROM import_map WHERE user_name=?", (name,))
             c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (name,))
+            c.execute("DELETE FROM subscriptions WHERE user_name=?", (name,))
             c.execute("DELETE FROM aliases WHERE user_name=?", (name,))
             c.execute("DELETE FROM users WHERE name=?", (name,))
         return keys
@@ -366,7 +394,7 @@ class MetaStore:
                         uidvalidity: int | None = None) -> int:
         cur = c.execute(
             "INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use) VALUES (?,?,?,?,?)",
-            (user, name, guid or uuid.uuid4().hex, uidvalidity or int(time.time()), SPECIAL_USE.get(name)))
+            (user, name, guid or uuid.uuid4().hex, uidvalidity or next_uidvalidity(c, user), SPECIAL_USE.get(name)))
         assert cur.lastrowid is not None
         return cur.lastrowid
 

@@ -17,10 +17,9 @@ Rules:
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
 
-from .db import SPECIAL_USE, Mailbox, MetaError, MetaStore
+from .db import SPECIAL_USE, Mailbox, MetaError, MetaStore, next_uidvalidity
 
 SEPARATOR = "/"
 
@@ -55,8 +54,9 @@ def create_mailbox(meta: MetaStore, user: str, name: str, special_use: str | Non
     with meta._write() as c:
         if c.execute("SELECT 1 FROM mailboxes WHERE user_name=? AND name=?", (user, name)).fetchone():
             raise MailboxExists(name)
-        c.execute("INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use) VALUES (?,?,?,?,?)",
-                  (user, name, uuid.uuid4().hex, int(time.time()), special_use or SPECIAL_USE.get(name)))
+        c.execute("INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use, subscribed) "
+                  "VALUES (?,?,?,?,?,0)",
+                  (user, name, uuid.uuid4().hex, next_uidvalidity(c, user), special_use or SPECIAL_USE.get(name)))
 
 
 def delete_mailbox(meta: MetaStore, user: str, name: str) -> list[str]:
@@ -82,7 +82,7 @@ def rename_mailbox(meta: MetaStore, user: str, old: str, new: str) -> None:
             raise MailboxExists(new)
         if old == "INBOX":
             c.execute("INSERT INTO mailboxes(user_name, name, guid, uidvalidity, uidnext, highestmodseq) "
-                      "VALUES (?,?,?,?,?,?)", (user, new, uuid.uuid4().hex, int(time.time()), src.uidnext,
+                      "VALUES (?,?,?,?,?,?)", (user, new, uuid.uuid4().hex, next_uidvalidity(c, user), src.uidnext,
                                                src.highestmodseq))
             dst = _box(c, user, new)
             moved = [u for u, in c.execute("SELECT uid FROM messages WHERE mailbox_id=?", (src.id,))]
@@ -97,9 +97,19 @@ def rename_mailbox(meta: MetaStore, user: str, old: str, new: str) -> None:
 
 
 def set_subscribed(meta: MetaStore, user: str, name: str, subscribed: bool) -> None:
+    """Subscriptions are names (RFC 3501 §6.3.6): SUBSCRIBE needs the mailbox, as Dovecot
+    does; the name stays subscribed after the mailbox is deleted, until UNSUBSCRIBE."""
     with meta._write() as c:
-        _box(c, user, name)
-        c.execute("UPDATE mailboxes SET subscribed=? WHERE user_name=? AND name=?", (int(subscribed), user, name))
+        if subscribed:
+            _box(c, user, name)
+            c.execute("INSERT OR IGNORE INTO subscriptions(user_name, name) VALUES (?,?)", (user, name))
+        else:
+            c.execute("DELETE FROM subscriptions WHERE user_name=? AND name=?", (user, name))
+
+
+def subscriptions(meta: MetaStore, user: str) -> set[str]:
+    rows = meta.conn().execute("SELECT name FROM subscriptions WHERE user_name=?", (user,))
+    return {name for name, in rows}
 
 
 def store_flags(meta: MetaStore, mailbox_id: int, uids: list[int], action: str, flags: list[str],

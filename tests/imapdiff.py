@@ -48,6 +48,8 @@ class Raw:
         for piece, lit in zip(pieces[1:], literals, strict=True):
             self.sock.sendall(b"{%d}\r\n" % len(lit))
             cont = self._line()
+            if cont.startswith(tag + b" "):  # refused before the literal (Dovecot checks APPEND's mailbox first)
+                return [cont]
             assert cont.startswith(b"+"), cont
             self.sock.sendall(lit + piece)
         self.sock.sendall(b"\r\n")

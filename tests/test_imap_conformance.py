@@ -8,6 +8,7 @@ a response code) is not a difference; everything else is.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.lmtp import start_dovecot, stop_all
-from imapdiff import Raw, fetch_items, fold, status
+from imapdiff import Raw, fetch_items, fold, parse, status
 from test_lmtp import DOMAIN, Shim
 
 USER = f"conf@{DOMAIN}"
@@ -105,7 +106,7 @@ SECTIONS = ["1", "2", "3", "1.1", "1.2", "2.1", "2.2", "2.3", "1.1.1", "1.2.1", 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
     work = Path(tempfile.mkdtemp(prefix="mailstore-conformance-"))
-    (_, dovecot_port), conf = start_dovecot(work, [USER], imap=True)
+    (_, dovecot_port), conf = start_dovecot(work, [USER], imap=True, like_ours=True)
     shim = Shim(tmp_path_factory.mktemp("conformance"))
     shim.add_user(USER)
     proc, info = shim.start_imap()
@@ -150,3 +151,64 @@ def test_sections_are_the_same_bytes(servers, name: str) -> None:  # type: ignor
         t, o = fetch_items(theirs)[seq], fetch_items(ours)[seq]
         key = f"BODY[{section}]".encode()
         assert (o[key] or b"") == (t[key] or b""), (name, section)
+
+
+def same_status(ours: bytes, theirs: bytes) -> bool:
+    """Equal; or a NO where we add an RFC 5530 response code that Dovecot leaves out
+    (e.g. SUBSCRIBE of a missing mailbox: NO [NONEXISTENT], Dovecot plain NO)."""
+    return ours == theirs or (theirs == b"NO" and ours.startswith(b"NO ["))
+
+
+def listing(lines: list[bytes]) -> set[tuple[bytes, frozenset[bytes], bytes]]:
+    """LIST/LSUB answers as a set (servers order them differently): (verb, attributes, name)."""
+    out = set()
+    for line in lines:
+        m = re.match(rb'\* (LIST|LSUB) \(([^)]*)\) (?:"[^"]*"|NIL) (.*)\r\n$', line, re.S)
+        if m is None:
+            continue
+        raw = m.group(3)
+        if raw.startswith(b'"'):
+            name = parse(raw)[0][0]
+        elif raw.startswith(b"{"):
+            name = raw.split(b"\r\n", 1)[1]
+        else:
+            name = raw
+        out.add((m.group(1), frozenset(a.upper() for a in m.group(2).split()), name))
+    return out
+
+
+def test_mailbox_commands_answer_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """CREATE/DELETE/SUBSCRIBE/LIST/LSUB: patterns mixing % and *, [ and ? as plain
+    characters, \\Noselect levels, subscriptions that outlive their mailbox, TRYCREATE."""
+    steps = ["SUBSCRIBE INBOX", "CREATE par/kid", "CREATE lone", "CREATE [Gmail]/All", "CREATE q?x",
+             "SUBSCRIBE par/kid", "SUBSCRIBE lone", "UNSUBSCRIBE par", "SUBSCRIBE ghost",
+             'LIST "" "*"', 'LIST "" "%"', 'LIST "" "p%*d"', 'LIST "" "%/%"', 'LIST "" "[Gmail]/*"',
+             'LIST "" "q?x"', 'LIST "" "q%"', 'LIST "" inbox', 'LIST par/ %', 'LIST "" ""',
+             'LSUB "" "*"', 'LSUB "" "%"', 'LSUB "" "p*"',
+             "DELETE lone", 'LSUB "" "*"', 'LIST "" "*"', "UNSUBSCRIBE lone", 'LSUB "" "l*"',
+             "COPY 1 nosuch", "MOVE 1 nosuch", "SELECT nosuch", "SELECT INBOX"]
+    for step in steps:
+        theirs, ours = both(servers, step)
+        assert same_status(status(ours), status(theirs)), (step, theirs[-1], ours[-1])
+        assert listing(ours) == listing(theirs), step
+    theirs, ours = servers["dovecot"], servers["ours"]
+    for c in (theirs, ours):
+        c.cmd("CREATE reborn")
+    first = {k: _uidvalidity(c.cmd("STATUS reborn (UIDVALIDITY)")) for k, c in servers.items()}
+    for c in (theirs, ours):
+        c.cmd("DELETE reborn")
+        c.cmd("CREATE reborn")
+    again = {k: _uidvalidity(c.cmd("STATUS reborn (UIDVALIDITY)")) for k, c in servers.items()}
+    assert again["ours"] != first["ours"]  # RFC 3501 §2.3.1.1, at once (Dovecot too)
+    assert again["dovecot"] != first["dovecot"]
+    assert status(ours.cmd('APPEND nosuch (\\Seen) \x00LIT\x00', b"x")) == \
+        status(theirs.cmd('APPEND nosuch (\\Seen) \x00LIT\x00', b"x")) == b"NO [TRYCREATE]"
+
+
+def _uidvalidity(lines: list[bytes]) -> int:
+    for line in lines:
+        if line.startswith(b"* STATUS"):
+            items, _ = parse(line[line.index(b"("):])
+            values = dict(zip(items[0][::2], items[0][1::2], strict=True))
+            return int(values[b"UIDVALIDITY"])
+    raise AssertionError(lines)

@@ -22,7 +22,7 @@ class AppendCommands(SessionBase):
         data: bytes = cmd.args["message"]
         if len(data) > self.ctx.max_append:
             raise ImapNo("Message too big", "TOOBIG")
-        box = await self._box(cmd.args["mailbox"])
+        box = await self._box(cmd.args["mailbox"], missing="TRYCREATE")
         u = self._read(self.ctx.meta.get_user, self.user)
         if u is not None and u.quota_bytes and u.used_bytes + len(data) > u.quota_bytes:
             raise ImapNo("Over quota", "OVERQUOTA")

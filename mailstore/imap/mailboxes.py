@@ -4,7 +4,8 @@ QUOTA (RFC 3501 §6.3, RFC 9208)."""
 from __future__ import annotations
 
 import asyncio
-from fnmatch import fnmatchcase
+import re
+from collections.abc import Callable
 
 from .. import folders
 from . import response as R
@@ -70,21 +71,19 @@ class MailboxCommands(SessionBase):
         ref, patterns = cmd.args["reference"], cmd.args["patterns"]
         if patterns == [""]:
             return [f'* {verb} (\\Noselect) "/" ""\r\n'.encode()], f"{verb} completed"
-        rows = self.ctx.meta.conn().execute(
-            "SELECT name, special_use, subscribed FROM mailboxes WHERE user_name=? ORDER BY name",
-            (self.user,)).fetchall()
-        names = {r[0] for r in rows}
-        subscribed_only = "SUBSCRIBED" in cmd.args["selection"]
-        out = []
-        for name, special, subscribed in rows:
-            if subscribed_only and not subscribed:
-                continue
-            if not any(_match(ref + p, name) for p in patterns):
-                continue
-            attrs = ["\\HasChildren" if any(n.startswith(name + "/") for n in names) else "\\HasNoChildren"]
-            if special:
-                attrs.append(special)
-            out.append(f'* {verb} ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + b"\r\n")
+        boxes = dict(self.ctx.meta.conn().execute(
+            "SELECT name, special_use FROM mailboxes WHERE user_name=?", (self.user,)).fetchall())
+        wanted = [_pattern(ref + p) for p in patterns]
+
+        def matches(name: str) -> bool:
+            return any(w.fullmatch(name) for w in wanted)
+
+        if verb == "LSUB" or "SUBSCRIBED" in cmd.args["selection"]:
+            found = _subscribed(self._read(folders.subscriptions, self.ctx.meta, self.user), boxes, matches)
+        else:
+            found = _listed(boxes, matches)
+        out = [f'* {verb} ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + b"\r\n"
+               for name, attrs in sorted(found.items())]
         return out, f"{verb} completed"
 
     async def do_list(self, cmd: Command) -> Reply:
@@ -125,10 +124,50 @@ class MailboxCommands(SessionBase):
         return [f'* QUOTA "" (STORAGE {u.used_bytes // 1024} {u.quota_bytes // 1024})\r\n'.encode()]
 
 
-def _match(pattern: str, name: str) -> bool:
-    """LIST wildcards: * matches anything, % anything but the hierarchy separator."""
-    if pattern.upper() == "INBOX":
-        return name == "INBOX"
-    if "%" in pattern:
-        return fnmatchcase(name, pattern.replace("%", "*")) and name.count("/") == pattern.count("/")
-    return fnmatchcase(name, pattern)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A LIST pattern as a regex: "*" matches anything, "%" anything but the hierarchy
+    separator; every other character, "[" and "?" included, is itself (RFC 3501 §6.3.8).
+    INBOX is case-insensitive, also as the first level of its children."""
+    if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in "/*%"):
+        pattern = "INBOX" + pattern[5:]
+    return re.compile("".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern))
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _listed(boxes: dict[str, str | None], matches: Callable[[str], bool]) -> dict[str, list[str]]:
+    """LIST: mailboxes, and the levels above a mailbox that are not mailboxes themselves
+    (\\Noselect: a client needs them to show the tree)."""
+    parents = {a for name in boxes for a in _ancestors(name)}
+    found: dict[str, list[str]] = {}
+    for name in boxes.keys() | parents:
+        if not matches(name):
+            continue
+        children = name in parents
+        if name not in boxes:
+            found[name] = ["\\Noselect", "\\HasChildren"]
+            continue
+        attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
+        if boxes[name]:
+            attrs.append(str(boxes[name]))
+        found[name] = attrs
+    return found
+
+
+def _subscribed(subs: set[str], boxes: dict[str, str | None],
+                matches: Callable[[str], bool]) -> dict[str, list[str]]:
+    """LSUB: subscribed names (special-use attributes only, as Dovecot), and an unsubscribed
+    level above a subscribed name that the pattern reaches with "%" as \\Noselect (§6.3.9)."""
+    found: dict[str, list[str]] = {}
+    for name in subs:
+        if matches(name):
+            special = boxes.get(name)
+            found[name] = [special] if special else []
+            continue
+        for a in _ancestors(name):  # the pattern stops above the subscribed name ("%")
+            if a not in subs and matches(a):
+                found.setdefault(a, ["\\Noselect"])
+    return found

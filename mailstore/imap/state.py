@@ -123,11 +123,13 @@ class SessionBase:
         """
         return fn(*args)
 
-    async def _box(self, name: str) -> Mailbox:
+    async def _box(self, name: str, *, missing: str = "NONEXISTENT") -> Mailbox:
+        """The mailbox; `missing` is the response code when there is none (TRYCREATE
+        where the client may create it and retry: APPEND, COPY, MOVE; RFC 3501 §6.3.11)."""
         assert self.user is not None
         box = self._read(self.ctx.meta.mailbox, self.user, name)
         if box is None:
-            raise ImapNo(f"No mailbox {name}", "NONEXISTENT")
+            raise ImapNo(f"No mailbox {name}", missing)
         return box
 
     def _uids(self, s: SequenceSet, *, uid: bool) -> list[int]:

@@ -75,6 +75,7 @@ class StoreCommands(SessionBase):
         uids = self._uids(cmd.args["set"], uid=uid)
         if cmd.args["mailbox"] == self.view.name and move:
             raise ImapNo("Cannot move a message into its own mailbox", "CANNOT")
+        await self._box(cmd.args["mailbox"], missing="TRYCREATE")  # RFC 3501 §6.4.7
         validity, pairs, _ = await self._op(folders.copy_messages, self.ctx.meta, self.user, self.view.box_id,
                                             uids, cmd.args["mailbox"], move)
         if not pairs:

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -102,6 +102,11 @@ MIGRATIONS = [
     """
     CREATE TABLE subscriptions(user_name TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(user_name, name));
     INSERT INTO subscriptions(user_name, name) SELECT user_name, name FROM mailboxes WHERE subscribed = 1;
+    """,
+    # 9: the keywords a mailbox has defined: they stay in FLAGS after the last message
+    # loses them, as Dovecot keeps them (RFC 3501 §7.2.6: FLAGS lists the defined flags).
+    """
+    CREATE TABLE keywords(mailbox_id INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY(mailbox_id, name));
     """,
 ]
 
@@ -362,6 +367,7 @@ class MetaStore:
             c.execute("DELETE FROM expunged WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM import_map WHERE user_name=?", (name,))
             c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
+            c.execute("DELETE FROM keywords WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (name,))
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (name,))
             c.execute("DELETE FROM subscriptions WHERE user_name=?", (name,))
             c.execute("DELETE FROM aliases WHERE user_name=?", (name,))
@@ -470,6 +476,15 @@ class MetaStore:
             c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
 
     @staticmethod
+    def define_keywords(c: sqlite3.Connection, mailbox_id: int, flags: Iterable[str]) -> None:
+        """Inside a write transaction: remember the keywords (not \\system flags) a mailbox has used."""
+        c.executemany("INSERT OR IGNORE INTO keywords(mailbox_id, name) VALUES (?,?)",
+                      [(mailbox_id, f) for f in flags if not f.startswith("\\")])
+
+    def keywords(self, mailbox_id: int) -> set[str]:
+        return {n for n, in self.conn().execute("SELECT name FROM keywords WHERE mailbox_id=?", (mailbox_id,))}
+
+    @staticmethod
     def commit_one(c: sqlite3.Connection, m: NewMessage) -> None:
         """Inside a write transaction: add the row, bump the mailbox's modseq and the user's usage."""
         modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (m.mailbox_id,)).fetchone()[0] + 1
@@ -480,8 +495,15 @@ class MetaStore:
                   (m.mailbox_id, m.uid, m.guid, m.object_key, m.size, m.internal_date, m.saved, " ".join(m.flags),
                    modseq, env, bs))
         c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, m.mailbox_id))
+        MetaStore.define_keywords(c, m.mailbox_id, m.flags)
         c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (m.size, m.user))
         c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid))
+
+    def first_recent(self, mailbox_id: int) -> int:
+        """The first UID no read-write SELECT has claimed yet (EXAMINE looks, never claims)."""
+        first: int = self.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?",
+                                         (mailbox_id,)).fetchone()[0]
+        return first
 
     def claim_recent(self, mailbox_id: int, below: int) -> int:
         """A read-write SELECT: the first \\Recent UID for this session; later sessions see none of these."""

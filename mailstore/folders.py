@@ -70,6 +70,7 @@ def delete_mailbox(meta: MetaStore, user: str, name: str) -> list[str]:
         c.execute("DELETE FROM messages WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM expunged WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM pending WHERE mailbox_id=?", (box.id,))
+        c.execute("DELETE FROM keywords WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM mailboxes WHERE id=?", (box.id,))
         c.execute("UPDATE users SET used_bytes=max(0, used_bytes-?) WHERE name=?", (freed, user))
         return _unreferenced(c, keys)
@@ -122,6 +123,8 @@ def store_flags(meta: MetaStore, mailbox_id: int, uids: list[int], action: str, 
     done: dict[int, tuple[tuple[str, ...], int]] = {}
     refused: list[int] = []
     with meta._write_flags() as c:
+        if action != "-FLAGS":
+            MetaStore.define_keywords(c, mailbox_id, flags)
         modseq = None
         for uid in uids:
             row = c.execute("SELECT flags, modseq FROM messages WHERE mailbox_id=? AND uid=?",
@@ -201,6 +204,8 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
             added += row[2]
             next_uid += 1
         c.execute("UPDATE mailboxes SET uidnext=? WHERE id=?", (next_uid, dst.id))
+        c.execute("INSERT OR IGNORE INTO keywords(mailbox_id, name) SELECT ?, name FROM keywords WHERE mailbox_id=?",
+                  (dst.id, src_id))
         if move and pairs:
             for uid, _ in pairs:
                 c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (src_id, uid))

@@ -212,3 +212,53 @@ def _uidvalidity(lines: list[bytes]) -> int:
             values = dict(zip(items[0][::2], items[0][1::2], strict=True))
             return int(values[b"UIDVALIDITY"])
     raise AssertionError(lines)
+
+
+def untagged(lines: list[bytes]) -> list[tuple[bytes, object]]:
+    """The untagged responses, as (kind, value): FLAGS and PERMANENTFLAGS as sets, counts as ints,
+    FETCH as its FLAGS set, response codes by name (UIDs and UIDVALIDITY left out: they differ)."""
+    out: list[tuple[bytes, object]] = []
+    for line in lines:
+        if m := re.match(rb"\* FLAGS \(([^)]*)\)", line):
+            out.append((b"FLAGS", frozenset(m.group(1).split())))
+        elif m := re.match(rb"\* OK \[PERMANENTFLAGS \(([^)]*)\)", line):
+            out.append((b"PERMANENTFLAGS", frozenset(m.group(1).split())))
+        elif m := re.match(rb"\* (\d+) (EXISTS|RECENT|EXPUNGE)", line):
+            out.append((m.group(2), int(m.group(1))))
+        elif m := re.match(rb"\* (\d+) FETCH \(.*FLAGS \(([^)]*)\)", line, re.S):
+            out.append((b"FETCH", (int(m.group(1)), frozenset(m.group(2).split()))))
+        elif m := re.match(rb"\* OK \[(COPYUID)", line):
+            out.append((m.group(1), None))
+    return out
+
+
+def test_flags_recent_keywords_and_move_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """EXAMINE shows \\Recent without claiming it; BODY[] (not PEEK) reports the \\Seen it sets;
+    STORE replies carry \\Recent; a new keyword is announced in FLAGS before it is used, also to
+    another session; MOVE into the selected mailbox is a copy and an expunge (RFC 6851)."""
+    theirs, ours = servers["dovecot"], servers["ours"]
+    others = {}
+    for name, c in servers.items():
+        c.cmd("CREATE flagsbox")
+        for i in range(3):
+            c.cmd("APPEND flagsbox \x00LIT\x00", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
+        other = Raw(c.sock.getpeername()[1])
+        other.cmd(f"LOGIN {USER} pw")
+        others[name] = other
+    steps = ["EXAMINE flagsbox", "EXAMINE flagsbox", "SELECT flagsbox", "FETCH 1 (BODY[] FLAGS)",
+             "FETCH 2 (BODY[TEXT])", "FETCH 2 FLAGS", "STORE 3 +FLAGS ($Work)", "STORE 3 +FLAGS (\\Flagged)",
+             "STORE 3 -FLAGS ($Work)", "MOVE 1 flagsbox", "FETCH 1:* FLAGS"]
+    for step in steps:
+        t, o = theirs.cmd(step), ours.cmd(step)
+        assert same_status(status(o), status(t)), (step, t[-1], o[-1])
+        assert untagged(o) == untagged(t), (step, t, o)
+    for name in servers:  # another session sees a keyword made elsewhere announced first
+        others[name].cmd("SELECT flagsbox")
+    for step in ("STORE 2 +FLAGS ($Brand-New)",):
+        t, o = theirs.cmd(step), ours.cmd(step)
+        assert untagged(o) == untagged(t), (step, t, o)
+    t, o = others["dovecot"].cmd("NOOP"), others["ours"].cmd("NOOP")
+    assert untagged(o) == untagged(t), (t, o)
+    assert untagged(o)[0][0] == b"FLAGS"
+    for c in others.values():
+        c.close()

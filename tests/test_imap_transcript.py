@@ -67,7 +67,8 @@ def test_login_select_store_search_expunge(ctx):
                       + f"* OK [UIDVALIDITY {uidvalidity}] UIDs valid\r\n".encode()
                       + b"* OK [UIDNEXT 4] Predicted next UID\r\n* OK [HIGHESTMODSEQ 4] Highest\r\n"
                       b"* OK [UNSEEN 2] First unseen\r\na2 OK [READ-WRITE] SELECT completed\r\n")
-    assert out[2] == b"* 2 FETCH (FLAGS (\\Deleted))\r\na3 OK STORE completed\r\n"
+    # RFC 3501 §2.3.2: \Recent is part of the flags this session sees (Dovecot shows it too)
+    assert out[2] == b"* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\na3 OK STORE completed\r\n"
     assert out[3] == b"* SEARCH 2 3\r\na4 OK SEARCH completed\r\n"
     assert out[4] == b"* SEARCH 2\r\na5 OK UID SEARCH completed\r\n"
     assert out[5] == b"* 2 EXPUNGE\r\na6 OK EXPUNGE completed\r\n"

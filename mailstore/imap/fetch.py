@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from cache import NotFound
+
 from .. import folders
+from ..db import Message
 from . import response as R
 from .parser import Command, FetchAttribute
-from .state import Reply, SessionBase
+from .state import ImapNo, Reply, SessionBase
 
 
 class FetchCommands(SessionBase):
@@ -28,16 +31,22 @@ class FetchCommands(SessionBase):
                 for r in c.execute("SELECT uid, envelope, bodystructure FROM messages WHERE mailbox_id=? AND uid IN "
                                    f"({','.join('?' * len(chunk))})", (self.view.box_id, *chunk)):
                     parsed[r[0]] = (r[1], r[2])
-        lines = []
+            gone = [u for u in msgs if u not in parsed]  # expunged between the two reads
+            for u in gone:
+                del msgs[u]
+        lines: list[bytes] = []
         seen_set: list[int] = []
         bodies: dict[int, bytes] = {}
+        # RFC 3501 §6.4.5: BODY[...] without .PEEK (and RFC822, RFC822.TEXT) sets \Seen,
+        # and the FETCH response shows the flags it set.
+        marking = not self.view.readonly and any(
+            (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT") for a in atts)
         if any(a.section is not None or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE") for a in atts):
-            wanted = [u for u in uids if u in msgs]
-            got = await self.ctx.fs.get_many([msgs[u].object_key for u in wanted])  # one cache batch
-            bodies = dict(zip(wanted, got, strict=True))
+            bodies = await self._bodies(msgs, [u for u in uids if u in msgs])
+        missing = [u for u in uids if u not in msgs or (bodies and u not in bodies)]
         for u in uids:
             m = msgs.get(u)
-            if m is None:
+            if m is None or (bodies and u not in bodies):
                 continue
             if cmd.args.get("changedsince") is not None and m.modseq <= cmd.args["changedsince"]:
                 continue
@@ -47,10 +56,7 @@ class FetchCommands(SessionBase):
                 if a.name == "UID":
                     items.append(f"UID {m.uid}".encode())
                 elif a.name == "FLAGS":
-                    shown = self.view.flags.get(u, m.flags)
-                    if u in self.view.recent:
-                        shown = (*shown, "\\Recent")
-                    items.append(b"FLAGS " + R.flag_list(shown))
+                    items.append(b"FLAGS " + R.flag_list(self._shown_flags(u, m.flags, marking)))
                 elif a.name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + R.internal_date(m.internal_date))
                 elif a.name == "RFC822.SIZE":
@@ -88,11 +94,38 @@ class FetchCommands(SessionBase):
                     items.append(label.encode() + b" " + R.literal(part))
                     if marks and not self.view.readonly and "\\Seen" not in self.view.flags.get(u, m.flags):
                         seen_set.append(u)
+            if u in seen_set and not any(a.name == "FLAGS" for a in atts):
+                items.append(b"FLAGS " + R.flag_list(self._shown_flags(u, m.flags, True)))
             lines.append(f"* {self.view.seq_of(u)} FETCH (".encode() + b" ".join(items) + b")\r\n")
-        if seen_set:  # RFC 3501 §6.4.5: BODY[...] (not .PEEK) sets \Seen
-            await asyncio.to_thread(folders.store_flags, self.ctx.meta, self.view.box_id, seen_set, "+FLAGS",
-                                    ["\\Seen"])
+        if seen_set:
+            done, _ = await asyncio.to_thread(folders.store_flags, self.ctx.meta, self.view.box_id, seen_set,
+                                              "+FLAGS", ["\\Seen"])
+            for u, (flags, _) in done.items():
+                self.view.flags[u] = flags  # already shown: refresh must not report it again
+        if missing:  # RFC 2180 §4.1.2: what is left is answered, the rest is refused
+            raise ImapNo("Some of the requested messages no longer exist", "EXPUNGEISSUED", lines)
         return lines, f"{cmd.name} completed"
+
+    def _shown_flags(self, uid: int, flags: tuple[str, ...], marking: bool) -> tuple[str, ...]:
+        assert self.view is not None
+        shown = self.view.flags.get(uid, flags)
+        if marking and "\\Seen" not in shown:
+            shown = (*shown, "\\Seen")
+        return self.view.flags_of(uid, shown)
+
+    async def _bodies(self, msgs: dict[int, Message], wanted: list[int]) -> dict[int, bytes]:
+        """The objects of `wanted`, in one cache batch; one expunged meanwhile is left out."""
+        try:
+            got = await self.ctx.fs.get_many([msgs[u].object_key for u in wanted])
+            return dict(zip(wanted, got, strict=True))
+        except NotFound:
+            out: dict[int, bytes] = {}
+            for u in wanted:
+                try:
+                    out[u] = (await self.ctx.fs.get(msgs[u].object_key))[0]
+                except NotFound:
+                    continue
+            return out
 
     async def do_fetch(self, cmd: Command) -> Reply:
         return await self._fetch(cmd, uid=False)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .. import folders
 from . import response as R
 from .parser import Command
-from .state import ImapNo, Reply, SelectedView, SessionBase
+from .state import ImapNo, Reply, SelectedView, SessionBase, flag_lines
 
 
 class MailboxCommands(SessionBase):
@@ -21,13 +21,16 @@ class MailboxCommands(SessionBase):
         condstore = cmd.args.get("condstore") or self.condstore
         self.view = SelectedView(box.id, box.name, readonly, [u for u, _ in msgs], dict(msgs),
                                  box.highestmodseq, condstore)
-        if not readonly:
-            last = msgs[-1][0] + 1 if msgs else 1
+        last = msgs[-1][0] + 1 if msgs else 1
+        if readonly:  # EXAMINE shows \Recent without claiming it (RFC 3501 §6.3.2)
+            first = self._read(self.ctx.meta.first_recent, box.id)
+        else:
             first = await asyncio.to_thread(self.ctx.meta.claim_recent, box.id, last)
-            self.view.recent = {u for u, _ in msgs if u >= first}
+        self.view.recent = {u for u, _ in msgs if u >= first}
+        self.view.keywords = self._read(self.ctx.meta.keywords, box.id) | {
+            f for _, flags in msgs for f in flags if not f.startswith("\\")}
         unseen = next((i + 1 for i, (_, f) in enumerate(msgs) if "\\Seen" not in f), None)
-        lines = [b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
-                 b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n",
+        lines = [*flag_lines(self.view.keywords, readonly),
                  f"* {len(msgs)} EXISTS\r\n".encode(), f"* {len(self.view.recent)} RECENT\r\n".encode(),
                  f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid\r\n".encode(),
                  f"* OK [UIDNEXT {box.uidnext}] Predicted next UID\r\n".encode(),

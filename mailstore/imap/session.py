@@ -63,7 +63,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             return b"".join(lines) + f"{cmd.tag} OK {text}\r\n".encode()
         except ImapNo as exc:
             code = f"[{exc.code}] " if exc.code else ""
-            return f"{cmd.tag} NO {code}{exc.text}\r\n".encode()
+            return b"".join(exc.lines) + f"{cmd.tag} NO {code}{exc.text}\r\n".encode()
         except ImapBad as exc:
             return f"{cmd.tag} BAD {exc}\r\n".encode()
         except Exception:  # a bug must not cost the client its connection
@@ -100,6 +100,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             return []
         changed, count = self._read(self.ctx.meta.changes_since, v.box_id, v.modseq)
         lines: list[bytes] = []
+        recent_before = len(v.recent)
         last = v.uids[-1] if v.uids else 0
         new = [u for u, _ in changed if u not in v.flags and u > last]
         if expunges and count != len(v.uids) + len(new):  # something vanished
@@ -110,10 +111,12 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
                 del v.uids[i - 1]
                 del v.flags[u]
                 v.recent.discard(u)
+        lines += v.new_keywords([f for _, flags in changed for f in flags])
         for u, flags in changed:
             if u in v.flags and flags != v.flags[u]:
                 v.flags[u] = flags
-                lines.append(f"* {v.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(flags) + b")\r\n")
+                lines.append(f"* {v.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(v.flags_of(u, flags))
+                             + b")\r\n")
         if new:
             v.uids += new
             for u, flags in changed:
@@ -123,6 +126,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if not v.readonly:
                 first = await asyncio.to_thread(self.ctx.meta.claim_recent, v.box_id, new[-1] + 1)
                 v.recent.update(u for u in new if u >= first)
+            if len(v.recent) != recent_before:  # RECENT when the count changed (RFC 3501 §7.3.2)
                 lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
         if expunges:  # withheld EXPUNGEs must be found again next time
             v.modseq = highest

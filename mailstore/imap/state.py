@@ -32,9 +32,11 @@ CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UI
 
 
 class ImapNo(Exception):
-    def __init__(self, text: str, code: str = "") -> None:
+    """A tagged NO; `lines` are untagged data still sent before it (RFC 2180 §4.1.2)."""
+
+    def __init__(self, text: str, code: str = "", lines: list[bytes] | None = None) -> None:
         super().__init__(text)
-        self.text, self.code = text, code
+        self.text, self.code, self.lines = text, code, lines or []
 
 
 class ImapBad(Exception):
@@ -51,10 +53,36 @@ class SelectedView:
     modseq: int = 0
     condstore: bool = False
     recent: set[int] = field(default_factory=set)  # \Recent in this session (RFC 3501 §2.3.2)
+    keywords: set[str] = field(default_factory=set)  # announced in * FLAGS to this client
+
+    def flags_of(self, uid: int, flags: tuple[str, ...]) -> tuple[str, ...]:
+        """Flags as this client sees them: \\Recent added where this session holds it."""
+        return (*flags, "\\Recent") if uid in self.recent else flags
+
+    def new_keywords(self, flags: tuple[str, ...] | list[str]) -> list[bytes]:
+        """A new * FLAGS (and PERMANENTFLAGS) before a keyword this client has not seen
+        is used: RFC 3501 §7.2.6 (a client may not know a keyword FLAGS never listed)."""
+        fresh = {f for f in flags if not f.startswith("\\")} - self.keywords
+        if not fresh:
+            return []
+        self.keywords |= fresh
+        return flag_lines(self.keywords, self.readonly)
 
     def seq_of(self, uid: int) -> int:
         """The message sequence number of a UID (uids is sorted: a bisection, not a scan)."""
         return bisect.bisect_left(self.uids, uid) + 1
+
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def flag_lines(keywords: set[str], readonly: bool = False) -> list[bytes]:
+    """* FLAGS and the PERMANENTFLAGS response code: the system flags, the mailbox's
+    keywords, and \\* (clients may make new keywords); none is permanent read-only."""
+    names = " ".join((*SYSTEM_FLAGS, *sorted(keywords)))
+    permanent = "" if readonly else f"{names} \\*"
+    return [f"* FLAGS ({names})\r\n".encode(),
+            f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted\r\n".encode()]
 
 
 @dataclass

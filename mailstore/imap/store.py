@@ -49,14 +49,14 @@ class StoreCommands(SessionBase):
         uids = self._uids(cmd.args["set"], uid=uid)
         done, refused = await asyncio.to_thread(folders.store_flags, self.ctx.meta, self.view.box_id, uids,
                                                 cmd.args["action"], cmd.args["flags"], cmd.args["unchangedsince"])
-        lines = []
+        lines = self.view.new_keywords(cmd.args["flags"]) if cmd.args["action"] != "-FLAGS" else []
         for u, (flags, modseq) in sorted(done.items()):
             self.view.flags[u] = flags
             if not cmd.args["silent"] or cmd.args["unchangedsince"] is not None:
                 extra = f" UID {u}" if uid else ""
                 ms = f" MODSEQ ({modseq})" if self.view.condstore or cmd.args["unchangedsince"] is not None else ""
-                lines.append(f"* {self.view.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(flags)
-                             + f"{extra}{ms})\r\n".encode())
+                lines.append(f"* {self.view.seq_of(u)} FETCH (FLAGS ".encode()
+                             + R.flag_list(self.view.flags_of(u, flags)) + f"{extra}{ms})\r\n".encode())
         text = f"{cmd.name} completed"
         if refused:
             text = f"[MODIFIED {','.join(str(u if uid else self.view.seq_of(u)) for u in refused)}] " + text
@@ -73,8 +73,6 @@ class StoreCommands(SessionBase):
         if move and self.view.readonly:
             raise ImapNo("Mailbox is read-only", "READ-ONLY")
         uids = self._uids(cmd.args["set"], uid=uid)
-        if cmd.args["mailbox"] == self.view.name and move:
-            raise ImapNo("Cannot move a message into its own mailbox", "CANNOT")
         await self._box(cmd.args["mailbox"], missing="TRYCREATE")  # RFC 3501 §6.4.7
         validity, pairs, _ = await self._op(folders.copy_messages, self.ctx.meta, self.user, self.view.box_id,
                                             uids, cmd.args["mailbox"], move)

@@ -262,3 +262,30 @@ def test_flags_recent_keywords_and_move_as_dovecot(servers) -> None:  # type: ig
     assert untagged(o)[0][0] == b"FLAGS"
     for c in others.values():
         c.close()
+
+
+def search_result(lines: list[bytes]) -> set[int]:
+    for line in lines:
+        if line.startswith(b"* SEARCH"):
+            return {int(n) for n in line[8:].split()}
+    return set()
+
+
+@pytest.mark.parametrize("criteria", [
+    'FROM "alice"', 'FROM "boss"', 'FROM "example.org"', "CHARSET UTF-8 FROM J\u00f6rg", 'TO "john"',
+    'TO "Doe, John"', 'CC "team"', 'CC "mary smith"', 'BCC "comment"', 'BCC "user@example.org"',
+    "CHARSET UTF-8 SUBJECT caf\u00e9", 'SUBJECT "fwd"', 'FROM "<alice@example.org>"', 'HEADER Reply-To "route"',
+])
+def test_search_addresses_as_dovecot(servers, criteria: str) -> None:  # type: ignore[no-untyped-def]
+    """FROM/TO/CC/BCC match the parsed addresses (decoded names, no comments), SUBJECT the
+    decoded subject; HEADER is the raw field.  Run on INBOX, which holds the crafted corpus."""
+    for c in servers.values():
+        assert status(c.cmd("SELECT INBOX")).startswith(b"OK")
+    head, _, word = criteria.rpartition(" ")
+    if word.isascii():
+        theirs, ours = (c.cmd(f"SEARCH {criteria}") for c in (servers["dovecot"], servers["ours"]))
+    else:  # 8-bit text goes as a literal (in an atom it is a BAD, from both)
+        theirs, ours = (c.cmd(f"SEARCH {head} \x00LIT\x00", word.encode())
+                        for c in (servers["dovecot"], servers["ours"]))
+    assert status(ours) == status(theirs)
+    assert search_result(ours) == search_result(theirs), (theirs, ours)

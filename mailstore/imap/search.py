@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from email.header import decode_header, make_header
 
 from ..db import Message
 from . import response as R
@@ -66,6 +68,9 @@ class SearchCommands(SessionBase):
         if n in ("BEFORE", "ON", "SINCE"):
             day = datetime.fromtimestamp(m.internal_date, UTC).date()
             return _date_cmp(n, day, key.args[0].date())
+        if n in _ADDRESS_FIELDS or n == "SUBJECT":
+            needle = key.args[-1].decode("utf-8", "replace").lower() if isinstance(key.args[-1], bytes) else ""
+            return needle in self._envelope_text(m, n)
         body = (await self.ctx.fs.get(m.object_key))[0]
         _, text = R._split(body)
         if n in ("SENTBEFORE", "SENTON", "SENTSINCE"):
@@ -77,9 +82,6 @@ class SearchCommands(SessionBase):
                 return False
             return _date_cmp(n[4:], sent, key.args[0].date())
         needle = key.args[-1].decode("utf-8", "replace").lower() if isinstance(key.args[-1], bytes) else ""
-        if n in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-            field_bytes = R.section_bytes(body, _fields_section((n,)))
-            return needle in field_bytes.decode("utf-8", "replace").lower()
         if n == "HEADER":
             field_bytes = R.section_bytes(body, _fields_section((key.args[0].upper(),)))
             return bool(field_bytes.strip()) and needle in field_bytes.decode("utf-8", "replace").lower()
@@ -89,11 +91,45 @@ class SearchCommands(SessionBase):
             return needle in body.decode("utf-8", "replace").lower()
         raise ImapBad(f"Unsupported search key {n}")
 
+    def _envelope_text(self, m: Message, field: str) -> str:
+        """What SEARCH FROM/TO/CC/BCC/SUBJECT look in, lower case: the parsed addresses as
+        "name <mailbox@host>" with encoded-words decoded, or the decoded subject (as Dovecot:
+        a comment or a route in the header is not part of an address)."""
+        assert self.view is not None
+        row = self._meta().conn().execute("SELECT envelope FROM messages WHERE mailbox_id=? AND uid=?",
+                                          (self.view.box_id, m.uid)).fetchone()
+        if row is None or row[0] is None:
+            return ""
+        env = json.loads(row[0])
+        if field == "SUBJECT":
+            return _decoded(env[1]).lower()
+        texts = []
+        for name, _route, mailbox, host in env[_ADDRESS_FIELDS[field]] or []:
+            if host is None:  # a group's start (its name in the mailbox field) or end marker
+                if mailbox:
+                    texts.append(_decoded(mailbox))
+                continue
+            texts.append(f"{_decoded(name)} <{mailbox or ''}@{host}>")
+        return ", ".join(texts).lower()
+
     async def do_search(self, cmd: Command) -> Reply:
         return await self._search(cmd, uid=False)
 
     async def do_uid_search(self, cmd: Command) -> Reply:
         return await self._search(cmd, uid=True)
+
+
+_ADDRESS_FIELDS = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}  # their place in an ENVELOPE
+
+
+def _decoded(text: str | None) -> str:
+    """RFC 2047 encoded-words decoded; text that does not decode stays as it is."""
+    if not text:
+        return ""
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        return text
 
 
 _FLAG_KEYS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT",

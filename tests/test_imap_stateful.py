@@ -1,0 +1,141 @@
+"""Several clients on one mailbox at once, checked against a model of the mailbox (issue 14).
+
+A seeded generator drives three real connections to our IMAP server: APPEND with
+flags and keywords, STORE (+/-/=), EXPUNGE, MOVE out and COPY back, FETCH, SEARCH,
+NOOP.  After every step each client syncs (NOOP) and fetches everything; what it
+sees must equal the model: the same UIDs (ascending, never reused), the same
+flags, sequence numbers that are positions, every keyword announced in a
+FLAGS response before that client saw it used, and never BAD or SERVERBUG.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+
+import pytest
+
+from imapdiff import Raw, status
+from test_lmtp import DOMAIN, Shim
+
+USER = f"model@{DOMAIN}"
+KEYWORDS = ["$Work", "$Todo", "Later", "$Label1"]
+SYSTEM = ["\\Seen", "\\Flagged", "\\Answered", "\\Draft"]
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.raw = Raw(port)
+        assert status(self.raw.cmd(f"LOGIN {USER} pw")).startswith(b"OK")
+        self.known_keywords: set[str] = set()
+
+    def cmd(self, text: str, *literals: bytes) -> list[bytes]:
+        lines = self.raw.cmd(text, *literals)
+        for line in lines:
+            assert b"SERVERBUG" not in line and not line.startswith(b"* BAD"), (text, line)
+            if m := re.match(rb"\* FLAGS \(([^)]*)\)", line):
+                self.known_keywords = {f.decode() for f in m.group(1).split() if not f.startswith(b"\\")}
+            if m := re.match(rb"\* \d+ FETCH \(.*?FLAGS \(([^)]*)\)", line, re.S):
+                used = {f.decode() for f in m.group(1).split() if not f.startswith(b"\\")}
+                assert used <= self.known_keywords, (text, line, self.known_keywords)
+        assert lines[-1].split(b" ")[1] in (b"OK", b"NO"), (text, lines[-1])
+        return lines
+
+    def snapshot(self) -> dict[int, frozenset[str]]:
+        """uid -> flags (\\Recent left out), checking sequence numbers are positions."""
+        self.cmd("NOOP")
+        lines = self.cmd("FETCH 1:* (UID FLAGS)")
+        seen: list[tuple[int, int, frozenset[str]]] = []
+        for line in lines:
+            m = re.match(rb"\* (\d+) FETCH \((.*)\)\r\n", line)
+            if m:
+                uid = int(re.search(rb"UID (\d+)", m.group(2)).group(1))  # type: ignore[union-attr]
+                flags = re.search(rb"FLAGS \(([^)]*)\)", m.group(2)).group(1)  # type: ignore[union-attr]
+                seen.append((int(m.group(1)), uid,
+                             frozenset(f.decode() for f in flags.split() if f != b"\\Recent")))
+        seen.sort()
+        assert [s for s, _, _ in seen] == list(range(1, len(seen) + 1)), seen
+        assert [u for _, u, _ in seen] == sorted(u for _, u, _ in seen)
+        return {u: f for _, u, f in seen}
+
+
+@pytest.fixture(scope="module")
+def port(tmp_path_factory):  # type: ignore[no-untyped-def]
+    shim = Shim(tmp_path_factory.mktemp("stateful"))
+    shim.add_user(USER)
+    proc, info = shim.start_imap()
+    yield info["port"]
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    shim.stop()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_three_clients_agree_with_the_model(port: int, seed: int) -> None:
+    rng = random.Random(seed)
+    box = f"model{seed}"
+    clients = [Client(port) for _ in range(3)]
+    clients[0].cmd(f"CREATE {box}")
+    clients[0].cmd(f"CREATE {box}-other")
+    for c in clients:
+        assert status(c.cmd(f"SELECT {box}")).startswith(b"OK")
+    model: dict[int, frozenset[str]] = {}
+    issued: set[int] = set()
+    for step in range(120):
+        c = rng.choice(clients)
+        op = rng.choice(["append", "append", "store", "store", "expunge", "move", "copy", "fetch", "search"])
+        uids = sorted(model)
+        if op == "append" or not uids:
+            flags = rng.sample(SYSTEM + KEYWORDS, rng.randint(0, 3))
+            lines = c.cmd(f"APPEND {box} ({' '.join(flags)}) \x00LIT\x00", f"Subject: {step}\r\n\r\nx\r\n".encode())
+            uid = int(re.search(rb"APPENDUID \d+ (\d+)", lines[-1]).group(1))  # type: ignore[union-attr]
+            assert uid not in issued and all(uid > u for u in issued), (uid, issued)
+            issued.add(uid)
+            model[uid] = frozenset(flags)
+        elif op == "store":
+            target = rng.choice(uids)
+            action = rng.choice(["+FLAGS", "-FLAGS", "FLAGS"])
+            flags = rng.sample(SYSTEM + KEYWORDS + ["\\Deleted"], rng.randint(1, 3))
+            c.cmd(f"UID STORE {target} {action} ({' '.join(flags)})")
+            if action == "+FLAGS":
+                model[target] = model[target] | set(flags)
+            elif action == "-FLAGS":
+                model[target] = model[target] - set(flags)
+            else:
+                model[target] = frozenset(flags)
+        elif op == "expunge":
+            c.cmd("EXPUNGE")
+            model = {u: f for u, f in model.items() if "\\Deleted" not in f}
+        elif op == "move":
+            target = rng.choice(uids)
+            lines = c.cmd(f"UID MOVE {target} {box}-other")
+            del model[target]
+            back = c.cmd(f"STATUS {box}-other (MESSAGES)")
+            assert status(back).startswith(b"OK")
+        elif op == "copy":  # copy from the other mailbox back in, if anything is there
+            c.cmd(f"EXAMINE {box}-other")
+            lines = c.cmd("UID SEARCH ALL")
+            found = [int(x) for x in lines[0].split()[2:]] if lines[0].startswith(b"* SEARCH") else []
+            moved_flags = {}
+            if found:
+                src = rng.choice(found)
+                fl = c.cmd(f"UID FETCH {src} FLAGS")
+                moved_flags = {f.decode() for f in re.search(rb"FLAGS \(([^)]*)\)", fl[0]).group(1).split()  # type: ignore[union-attr]
+                               if f != b"\\Recent"}
+                lines = c.cmd(f"UID COPY {src} {box}")
+                m = re.search(rb"COPYUID \d+ \d+ (\d+)", lines[-1])
+                assert m, lines
+                uid = int(m.group(1))
+                assert uid not in issued and all(uid > u for u in issued)
+                issued.add(uid)
+                model[uid] = frozenset(moved_flags)
+            assert status(c.cmd(f"SELECT {box}")).startswith(b"OK")
+        elif op == "fetch":
+            c.cmd("FETCH 1:* (UID FLAGS BODY.PEEK[HEADER] ENVELOPE)")
+        else:
+            c.cmd("SEARCH KEYWORD $Work")
+        for client in clients:
+            assert client.snapshot() == model, (seed, step, op)
+    for c in clients:
+        c.raw.close()

@@ -108,6 +108,12 @@ MIGRATIONS = [
     """
     CREATE TABLE keywords(mailbox_id INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY(mailbox_id, name));
     """,
+    # 10: ENVELOPE and BODYSTRUCTURE parsed before they matched Dovecot's (message/rfc822
+    # numbering, folded parameters, groups, extension data): parsed again from the object
+    # the first time they are wanted (NULL means "not parsed yet", see MetaStore.set_parsed).
+    """
+    UPDATE messages SET envelope = NULL, bodystructure = NULL;
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
@@ -498,6 +504,12 @@ class MetaStore:
         MetaStore.define_keywords(c, m.mailbox_id, m.flags)
         c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (m.size, m.user))
         c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid))
+
+    def set_parsed(self, mailbox_id: int, uid: int, envelope: str, bodystructure: str) -> None:
+        """Store a message's ENVELOPE/BODYSTRUCTURE parsed again (a cache of the object: no fsync)."""
+        with self._write_flags() as c:
+            c.execute("UPDATE messages SET envelope=?, bodystructure=? WHERE mailbox_id=? AND uid=? "
+                      "AND envelope IS NULL", (envelope, bodystructure, mailbox_id, uid))
 
     def first_recent(self, mailbox_id: int) -> int:
         """The first UID no read-write SELECT has claimed yet (EXAMINE looks, never claims)."""

@@ -296,3 +296,27 @@ def test_aioimaplib(stack):
         assert (await c.logout()).result == "OK"
 
     asyncio.run(main())
+
+
+def test_envelope_parsed_by_an_older_version_is_parsed_again(stack):
+    """Migration 10 empties the parsed ENVELOPE/BODYSTRUCTURE: the first FETCH (or SEARCH FROM)
+    parses the object again and keeps the result."""
+    import sqlite3
+
+    shim, port = stack
+    m = login(port)
+    m.select("INBOX")
+    before = m.fetch("1:*", "(ENVELOPE BODYSTRUCTURE)")[1]
+    found = m.search(None, "FROM", "s2@example.org")[1]
+    assert found != [b""]
+    db = sqlite3.connect(shim.db)
+    inbox = "mailbox_id=(SELECT id FROM mailboxes WHERE user_name=? AND name='INBOX')"
+    db.execute(f"UPDATE messages SET envelope=NULL, bodystructure=NULL WHERE {inbox}", (USER,))
+    db.commit()
+    assert m.fetch("1:*", "(ENVELOPE BODYSTRUCTURE)")[1] == before
+    assert db.execute(f"SELECT count(*) FROM messages WHERE envelope IS NULL AND {inbox}", (USER,)).fetchone()[0] == 0
+    db.execute(f"UPDATE messages SET envelope=NULL, bodystructure=NULL WHERE {inbox}", (USER,))
+    db.commit()
+    assert m.search(None, "FROM", "s2@example.org")[1] == found
+    db.close()
+    m.logout()

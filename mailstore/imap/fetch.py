@@ -25,12 +25,7 @@ class FetchCommands(SessionBase):
         msgs = await self._messages(uids)
         parsed: dict[int, tuple[str, str]] = {}
         if any(a.name in ("ENVELOPE", "BODYSTRUCTURE") or (a.name == "BODY" and a.section is None) for a in atts):
-            c = self._meta().conn()
-            for i in range(0, len(uids), 500):
-                chunk = uids[i:i + 500]
-                for r in c.execute("SELECT uid, envelope, bodystructure FROM messages WHERE mailbox_id=? AND uid IN "
-                                   f"({','.join('?' * len(chunk))})", (self.view.box_id, *chunk)):
-                    parsed[r[0]] = (r[1], r[2])
+            parsed = await self._parsed(uids, msgs)
             gone = [u for u in msgs if u not in parsed]  # expunged between the two reads
             for u in gone:
                 del msgs[u]

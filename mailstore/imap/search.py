@@ -70,7 +70,7 @@ class SearchCommands(SessionBase):
             return _date_cmp(n, day, key.args[0].date())
         if n in _ADDRESS_FIELDS or n == "SUBJECT":
             needle = key.args[-1].decode("utf-8", "replace").lower() if isinstance(key.args[-1], bytes) else ""
-            return needle in self._envelope_text(m, n)
+            return needle in await self._envelope_text(m, n)
         body = (await self.ctx.fs.get(m.object_key))[0]
         _, text = R._split(body)
         if n in ("SENTBEFORE", "SENTON", "SENTSINCE"):
@@ -91,16 +91,14 @@ class SearchCommands(SessionBase):
             return needle in body.decode("utf-8", "replace").lower()
         raise ImapBad(f"Unsupported search key {n}")
 
-    def _envelope_text(self, m: Message, field: str) -> str:
+    async def _envelope_text(self, m: Message, field: str) -> str:
         """What SEARCH FROM/TO/CC/BCC/SUBJECT look in, lower case: the parsed addresses as
         "name <mailbox@host>" with encoded-words decoded, or the decoded subject (as Dovecot:
         a comment or a route in the header is not part of an address)."""
-        assert self.view is not None
-        row = self._meta().conn().execute("SELECT envelope FROM messages WHERE mailbox_id=? AND uid=?",
-                                          (self.view.box_id, m.uid)).fetchone()
-        if row is None or row[0] is None:
+        parsed = (await self._parsed([m.uid], {m.uid: m})).get(m.uid)
+        if parsed is None:
             return ""
-        env = json.loads(row[0])
+        env = json.loads(parsed[0])
         if field == "SUBJECT":
             return _decoded(env[1]).lower()
         texts = []

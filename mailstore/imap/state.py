@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cache import Fs, FsError
+from cache import Fs, FsError, NotFound
 
 from .. import folders
 from ..db import Mailbox, Message, MetaStore
+from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
 from .parser import SequenceSet
@@ -159,6 +161,34 @@ class SessionBase:
         if box is None:
             raise ImapNo(f"No mailbox {name}", missing)
         return box
+
+    async def _parsed(self, uids: list[int], msgs: dict[int, Message]) -> dict[int, tuple[str, str]]:
+        """uid -> (ENVELOPE, BODYSTRUCTURE) JSON of these messages; one never parsed (or parsed by
+        an older version, migration 10) is parsed from its object now and stored.  A message
+        expunged meanwhile is absent."""
+        assert self.view is not None
+        out: dict[int, tuple[str, str]] = {}
+        stale: list[int] = []
+        c = self._meta().conn()
+        for i in range(0, len(uids), 500):
+            chunk = uids[i:i + 500]
+            for u, env, bs in c.execute("SELECT uid, envelope, bodystructure FROM messages WHERE mailbox_id=? AND "
+                                        f"uid IN ({','.join('?' * len(chunk))})", (self.view.box_id, *chunk)):
+                if env is None or bs is None:
+                    stale.append(u)
+                else:
+                    out[u] = (env, bs)
+        for u in stale:
+            if u not in msgs:
+                continue
+            try:
+                body = (await self.ctx.fs.get(msgs[u].object_key))[0]
+            except NotFound:
+                continue
+            env_v, bs_v = await asyncio.to_thread(parse_message, body)
+            out[u] = (json.dumps(env_v), json.dumps(bs_v))
+            await asyncio.to_thread(self.ctx.meta.set_parsed, self.view.box_id, u, *out[u])
+        return out
 
     def _uids(self, s: SequenceSet, *, uid: bool) -> list[int]:
         assert self.view is not None

@@ -289,3 +289,28 @@ def test_search_addresses_as_dovecot(servers, criteria: str) -> None:  # type: i
                         for c in (servers["dovecot"], servers["ours"]))
     assert status(ours) == status(theirs)
     assert search_result(ours) == search_result(theirs), (theirs, ours)
+
+
+def esearch(lines: list[bytes]) -> list[bytes]:
+    """ESEARCH and SEARCH responses with the command's tag left out, FETCH responses as (seq, UID)."""
+    out = []
+    for line in lines:
+        if line.startswith((b"* ESEARCH", b"* SEARCH")):
+            out.append(re.sub(rb'\(TAG "[^"]*"\) ?', b"", line).strip())
+        elif m := re.match(rb"\* (\d+) FETCH \(UID (\d+)\)", line):
+            out.append(m.group(0))
+    return out
+
+
+def test_esearch_searchres_and_within_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 4731 ESEARCH (MIN MAX ALL COUNT, RETURN () = ALL), RFC 5182 SEARCHRES ($ in SEARCH,
+    FETCH, UID SEARCH; SAVE alone answers nothing), RFC 5032 WITHIN (OLDER/YOUNGER)."""
+    steps = ["SELECT INBOX", "SEARCH RETURN () ALL", "SEARCH RETURN (MIN MAX COUNT) ALL",
+             "UID SEARCH RETURN (ALL) 2:5", "SEARCH RETURN (COUNT) UNSEEN", "SEARCH RETURN (MIN MAX) UNSEEN",
+             "SEARCH RETURN (SAVE) 2:4", "FETCH $ (UID)", "SEARCH $", "SEARCH NOT $",
+             "UID SEARCH RETURN (SAVE MIN) 3:5", "UID FETCH $ (UID)", "SEARCH RETURN (ALL) 1,3,4,5,7",
+             "SEARCH OLDER 10", "SEARCH YOUNGER 10", "SEARCH RETURN (COUNT) YOUNGER 10"]
+    for step in steps:
+        theirs, ours = both(servers, step)
+        assert status(ours) == status(theirs), (step, theirs[-1], ours[-1])
+        assert esearch(ours) == esearch(theirs), (step, theirs, ours)

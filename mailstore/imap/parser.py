@@ -718,7 +718,7 @@ def _search_key(r: _Reader) -> SearchKey:
         return SearchKey(word, (r.date(),))
     if word in ("KEYWORD", "UNKEYWORD"):
         return SearchKey(word, (r.flag(),))
-    if word in ("LARGER", "SMALLER", "MODSEQ"):
+    if word in ("LARGER", "SMALLER", "MODSEQ", "OLDER", "YOUNGER"):  # OLDER/YOUNGER: RFC 5032 WITHIN
         return SearchKey(word, (r.number(),))
     if word == "UID":
         return SearchKey("UID", (r.seqset(),))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from email.header import decode_header, make_header
@@ -10,7 +11,7 @@ from email.header import decode_header, make_header
 from ..db import Message
 from . import response as R
 from .parser import Command, SearchKey, Section, SequenceSet
-from .state import ImapBad, ImapNo, Reply, SessionBase
+from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase
 
 
 class SearchCommands(SessionBase):
@@ -19,19 +20,23 @@ class SearchCommands(SessionBase):
         charset = cmd.args.get("charset")
         if charset not in (None, "UTF-8", "US-ASCII"):
             raise ImapNo(f"Charset {charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)")
+        v = self.view
         if _flags_only(cmd.args["keys"]):  # flags and numbers: the view knows enough, no rows, no awaits
-            v = self.view
             largest = v.uids[-1] if v.uids else 0
-            test = _flag_test(cmd.args["keys"], len(v.uids), largest)
-            hits = [u if uid else i for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
+            test = _flag_test(cmd.args["keys"], len(v.uids), largest, v.saved)
+            found = [(i, u) for i, u in enumerate(v.uids, 1) if test(i, u, v.flags[u], u in v.recent)]
+        else:
+            msgs = await self._messages(list(v.uids))
+            found = []
+            for i, u in enumerate(v.uids, 1):
+                m = msgs.get(u)
+                if m is not None and await self._matches(cmd.args["keys"], m, i):
+                    found.append((i, u))
+        returns = cmd.args.get("return")
+        if returns is None:
+            hits = [u if uid else i for i, u in found]
             return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
-        msgs = await self._messages(list(self.view.uids))
-        hits = []
-        for i, u in enumerate(self.view.uids, 1):
-            m = msgs.get(u)
-            if m is not None and await self._matches(cmd.args["keys"], m, i):
-                hits.append(u if uid else i)
-        return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
+        return _esearch(cmd.tag, v, found, uid, returns), f"{cmd.name} completed"
 
     async def _matches(self, key: SearchKey, m: Message, seq: int) -> bool:
         assert self.view is not None
@@ -57,6 +62,8 @@ class SearchCommands(SessionBase):
             return not await self._matches(key.args[0], m, seq)
         if n in ("SEQSET", "UID"):
             ranges: SequenceSet = key.args[0]
+            if ranges.last_result:
+                return m.uid in self.view.saved
             if n == "SEQSET":
                 return ranges.contains(seq, len(self.view.uids))
             return ranges.contains(m.uid, self.view.uids[-1] if self.view.uids else 0)
@@ -65,6 +72,9 @@ class SearchCommands(SessionBase):
         if n in ("LARGER", "SMALLER", "MODSEQ"):
             bound: int = key.args[0]
             return {"LARGER": m.size > bound, "SMALLER": m.size < bound, "MODSEQ": m.modseq >= bound}[n]
+        if n in ("OLDER", "YOUNGER"):  # RFC 5032: by INTERNALDATE, in seconds from now
+            age, limit = time.time() - m.internal_date, int(key.args[0])
+            return age >= limit if n == "OLDER" else age <= limit
         if n in ("BEFORE", "ON", "SINCE"):
             day = datetime.fromtimestamp(m.internal_date, UTC).date()
             return _date_cmp(n, day, key.args[0].date())
@@ -117,6 +127,46 @@ class SearchCommands(SessionBase):
         return await self._search(cmd, uid=True)
 
 
+def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bool, returns: list[str]) -> list[bytes]:
+    """SEARCH RETURN (...) (RFC 4731 ESEARCH; SAVE: RFC 5182 SEARCHRES).  RETURN () means ALL."""
+    wanted = set(returns) or {"ALL"}
+    unknown = wanted - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+    if unknown:
+        raise ImapBad(f"Unknown RETURN option {sorted(unknown)[0]}")
+    if "SAVE" in wanted:  # with MIN/MAX but neither ALL nor COUNT, only those are saved (RFC 5182 §2.4)
+        uids = [u for _, u in found]
+        if wanted & {"MIN", "MAX"} and not wanted & {"ALL", "COUNT"}:
+            uids = [u for u, keep in ((uids[0], "MIN" in wanted), (uids[-1], "MAX" in wanted)) if keep] if uids else []
+        view.saved = set(uids)
+        if wanted == {"SAVE"}:
+            return []  # RFC 5182 §2.4: SAVE alone returns no ESEARCH
+    numbers = [u if uid else i for i, u in found]
+    parts = [f'* ESEARCH (TAG "{tag}")' + (" UID" if uid else "")]
+    if numbers and "MIN" in wanted:
+        parts.append(f"MIN {numbers[0]}")
+    if numbers and "MAX" in wanted:
+        parts.append(f"MAX {numbers[-1]}")
+    if numbers and "ALL" in wanted:
+        parts.append(f"ALL {_sequence_set(numbers)}")
+    if "COUNT" in wanted:
+        parts.append(f"COUNT {len(numbers)}")
+    return [(" ".join(parts) + "\r\n").encode()]
+
+
+def _sequence_set(numbers: list[int]) -> str:
+    """Ascending numbers as an IMAP sequence set: 1:3,5,7:8."""
+    out: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        out.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = n
+    out.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(out)
+
+
 _ADDRESS_FIELDS = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}  # their place in an ENVELOPE
 
 
@@ -157,19 +207,21 @@ def _flag_presence(key: SearchKey) -> tuple[str, bool] | None:
     return None
 
 
-def _flag_test(key: SearchKey, n: int, largest: int) -> FlagTest:
+def _flag_test(key: SearchKey, n: int, largest: int, saved: set[int]) -> FlagTest:
     """Compile a flags-and-numbers search key once; the mailbox is then one cheap call per message."""
     name = key.name
     if name in ("AND", "OR"):
-        parts = [_flag_test(k, n, largest) for k in key.args]
+        parts = [_flag_test(k, n, largest, saved) for k in key.args]
         if len(parts) == 1:
             return parts[0]
         if name == "AND":
             return lambda seq, uid, flags, recent: all(t(seq, uid, flags, recent) for t in parts)
         return lambda seq, uid, flags, recent: any(t(seq, uid, flags, recent) for t in parts)
     if name == "NOT":
-        inner = _flag_test(key.args[0], n, largest)
+        inner = _flag_test(key.args[0], n, largest, saved)
         return lambda seq, uid, flags, recent: not inner(seq, uid, flags, recent)
+    if name in ("SEQSET", "UID") and key.args[0].last_result:  # "$" (RFC 5182)
+        return lambda seq, uid, flags, recent: uid in saved
     if name == "SEQSET":
         seqs = key.args[0]
         return lambda seq, uid, flags, recent: seqs.contains(seq, n)

@@ -30,7 +30,7 @@ Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
 log = logging.getLogger("mailstore.imap")
 
 CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
-                "SPECIAL-USE CONDSTORE QUOTA APPENDLIMIT={limit}")
+                "SPECIAL-USE CONDSTORE QUOTA APPENDLIMIT={limit} ESEARCH SEARCHRES WITHIN")
 
 
 class ImapNo(Exception):
@@ -56,6 +56,7 @@ class SelectedView:
     condstore: bool = False
     recent: set[int] = field(default_factory=set)  # \Recent in this session (RFC 3501 §2.3.2)
     keywords: set[str] = field(default_factory=set)  # announced in * FLAGS to this client
+    saved: set[int] = field(default_factory=set)  # UIDs of SEARCH RETURN (SAVE): "$" (RFC 5182)
 
     def flags_of(self, uid: int, flags: tuple[str, ...]) -> tuple[str, ...]:
         """Flags as this client sees them: \\Recent added where this session holds it."""
@@ -195,6 +196,8 @@ class SessionBase:
         v = self.view
         if not v.uids:
             return []
+        if s.last_result:  # "$": the saved result, less what was expunged since (RFC 5182 §2.1)
+            return sorted(u for u in v.saved if u in v.flags)
         n = len(v.uids)
         picked: set[int] = set()
         for a, b in s.ranges:  # ranges map to slices of the sorted UID list: no scan of the mailbox

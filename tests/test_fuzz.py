@@ -198,7 +198,8 @@ imap_lines = st.lists(st.one_of(
     st.builds(lambda tag, cmd, rest: f"{tag} {cmd} {rest}".encode("utf-8", "surrogateescape"),
               st.text(string.ascii_letters + string.digits + "*+", min_size=0, max_size=5),
               st.sampled_from(["LOGIN", "SELECT", "FETCH", "UID FETCH", "SEARCH", "STORE", "APPEND", "COPY",
-                               "LIST", "STATUS", "AUTHENTICATE", "ID", "ENABLE", "IDLE", "SETQUOTA", "X"]),
+                               "LIST", "STATUS", "AUTHENTICATE", "ID", "ENABLE", "IDLE", "SETQUOTA", "SORT",
+                               "UID SORT", "X"]),
               st.text(st.one_of(st.sampled_from('()[]<>{}"\\*%.:,0123456789 '), nasty_chars), max_size=60))),
     max_size=5)
 

@@ -314,3 +314,47 @@ def test_esearch_searchres_and_within_as_dovecot(servers) -> None:  # type: igno
         theirs, ours = both(servers, step)
         assert status(ours) == status(theirs), (step, theirs[-1], ours[-1])
         assert esearch(ours) == esearch(theirs), (step, theirs, ours)
+
+
+SORT_MESSAGES = [
+    ("Re: hello", "Zed <zed@b.example>", "x@example.org", "Mon, 2 Jan 2023 10:00:00 +0000", 5),
+    ("[list] Re: Hello", "=?utf-8?q?=C3=84rger?= <arg@c.example>", "y@example.org", "Mon, 2 Jan 2023 09:00:00 -0200", 3),
+    ("hello (fwd)", "amy@a.example", "Bob <z@example.org>", "Sun, 1 Jan 2023 12:00:00 +0100", 1),
+    ("Fwd: [list] hello", '"Doe, Jane" <jane@d.example>', "a@example.org", "not a date", 4),
+    ("[fwd: hi there]", "Mike <mike@e.example>", "", "Tue, 3 Jan 2023 08:00:00 +0000", 2),
+    ("RE: re: zebra", "bob@a.example", "m@example.org", "", 7),
+    ("apple", "Carl <carl@f.example>", "Ann <b@example.org>", "Wed, 4 Jan 2023 08:00:00 +0000", 6),
+    ("Re: [list] Fwd: apple", "zed@b.example", "c@example.org", "Wed, 4 Jan 2023 08:00:00 +0000", 8),
+]
+
+
+@pytest.fixture(scope="module")
+def sortbox(servers):  # type: ignore[no-untyped-def]
+    for c in servers.values():
+        c.cmd("CREATE sortbox")
+        for n, (subject, frm, to, date, day) in enumerate(SORT_MESSAGES):
+            head = [f"Subject: {subject}", f"From: {frm}", f"Message-ID: <s{n}@x>"]
+            if to:
+                head.append(f"To: {to}")
+                head.append(f"Cc: {to}")
+            if date:
+                head.append(f"Date: {date}")
+            body = ("\r\n".join(head) + "\r\n\r\n" + "x" * (100 * ((n * 7) % 5 + 1)) + "\r\n").encode()
+            c.cmd(f'APPEND sortbox "{day:02d}-Feb-2023 10:00:00 +0000" \x00LIT\x00', body)
+        assert status(c.cmd("SELECT sortbox")).startswith(b"OK")
+    return servers
+
+
+@pytest.mark.parametrize("criteria", [
+    "(SUBJECT)", "(REVERSE SUBJECT)", "(DATE)", "(REVERSE DATE)", "(ARRIVAL)", "(SIZE)", "(REVERSE SIZE)",
+    "(FROM)", "(TO)", "(CC)", "(DISPLAYFROM)", "(DISPLAYTO)", "(SUBJECT DATE)", "(REVERSE FROM SIZE)",
+])
+def test_sort_as_dovecot(sortbox, criteria: str) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5256 SORT (base subjects without Re:/Fwd:/[blob]/(fwd), sent dates falling back to
+    INTERNALDATE, the first address's mailbox) and RFC 5957 DISPLAYFROM/DISPLAYTO."""
+    for command in (f"SORT {criteria} UTF-8 ALL", f"UID SORT {criteria} UTF-8 ALL"):
+        theirs, ours = sortbox["dovecot"].cmd(command), sortbox["ours"].cmd(command)
+        assert status(ours) == status(theirs)
+        t = next(line for line in theirs if line.startswith(b"* SORT"))
+        o = next(line for line in ours if line.startswith(b"* SORT"))
+        assert o.split() == t.split(), (command, t, o)

@@ -18,6 +18,7 @@ Two layers, neither touches a socket:
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -422,7 +423,7 @@ def parse_command(data: bytes) -> Command:
     if name == "UID":
         r.sp()
         name = r.atom().upper()
-        if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"):
+        if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"):
             raise r.fail(f"UID {name} is not a command")
         uid = True
     handler = _UID_COMMANDS.get(name) if uid else None
@@ -765,6 +766,32 @@ def _search(r: _Reader) -> dict[str, Any]:
     return {"charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
 
 
+SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+
+
+def _sort(r: _Reader) -> dict[str, Any]:
+    """SORT [RETURN (...)] (criteria) charset keys (RFC 5256; DISPLAYFROM/TO: RFC 5957; RETURN: ESORT)."""
+    returns: list[str] | None = None
+    r.sp()
+    if r.d[r.i:r.i + 6].upper() == b"RETURN":
+        r.i += 6
+        r.sp()
+        returns = r.paren_list(lambda: r.atom().upper())
+        r.sp()
+    criteria = r.paren_list(lambda: r.atom().upper())
+    if not criteria or any(c not in SORT_KEYS for c in criteria):
+        raise r.fail("Invalid sort criteria")
+    if criteria[-1] == "REVERSE" or any(a == b == "REVERSE" for a, b in itertools.pairwise(criteria)):
+        raise r.fail("REVERSE must come before a sort key")
+    r.sp()
+    charset = r.astring().decode("ascii", "replace").upper()
+    r.sp()
+    keys = [_search_key(r)]
+    while r.maybe_sp():
+        keys.append(_search_key(r))
+    return {"criteria": criteria, "charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
+
+
 _COMMANDS = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
@@ -773,6 +800,6 @@ _COMMANDS = {
     "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "ID": _id,
     "IDLE": _no_args, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
-    "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "SEARCH": _search, "SORT": _sort, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
 }
 _UID_COMMANDS = {"EXPUNGE": _uid_expunge}

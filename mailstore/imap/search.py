@@ -11,11 +11,13 @@ from email.header import decode_header, make_header
 from ..db import Message
 from . import response as R
 from .parser import Command, SearchKey, Section, SequenceSet
+from .sort import key as sort_key
 from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase
 
 
 class SearchCommands(SessionBase):
-    async def _search(self, cmd: Command, uid: bool) -> Reply:
+    async def _found(self, cmd: Command) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages the command's search keys match."""
         assert self.view is not None
         charset = cmd.args.get("charset")
         if charset not in (None, "UTF-8", "US-ASCII"):
@@ -32,6 +34,12 @@ class SearchCommands(SessionBase):
                 m = msgs.get(u)
                 if m is not None and await self._matches(cmd.args["keys"], m, i):
                     found.append((i, u))
+        return found
+
+    async def _search(self, cmd: Command, uid: bool) -> Reply:
+        assert self.view is not None
+        v = self.view
+        found = await self._found(cmd)
         returns = cmd.args.get("return")
         if returns is None:
             hits = [u if uid else i for i, u in found]
@@ -119,6 +127,38 @@ class SearchCommands(SessionBase):
                 continue
             texts.append(f"{_decoded(name)} <{mailbox or ''}@{host}>")
         return ", ".join(texts).lower()
+
+    async def _sort(self, cmd: Command, uid: bool) -> Reply:
+        """SORT (RFC 5256, SORT=DISPLAY): the matches, ordered by the criteria, then by number."""
+        assert self.view is not None
+        if cmd.args.get("return") is not None:
+            raise ImapBad("SORT RETURN (ESORT) is not supported")
+        found = await self._found(cmd)
+        msgs = await self._messages([u for _, u in found])
+        parsed = await self._parsed([u for _, u in found if u in msgs], msgs)
+        rows = [(i, u) for i, u in found if u in parsed]
+        criteria: list[str] = cmd.args["criteria"]
+        keys: list[tuple[str, bool]] = []  # (criterion, reverse), most significant first
+        reverse = False
+        for c in criteria:
+            if c == "REVERSE":
+                reverse = True
+                continue
+            keys.append((c, reverse))
+            reverse = False
+        envelopes = {u: json.loads(parsed[u][0]) for _, u in rows}
+        ordered = sorted(rows)  # ties end in sequence order
+        for c, rev in reversed(keys):  # stable sorts, least significant first
+            values = {u: sort_key(c, envelopes[u], msgs[u].internal_date, msgs[u].size) for _, u in rows}
+            ordered.sort(key=lambda r: values[r[1]], reverse=rev)
+        numbers = [u if uid else i for i, u in ordered]
+        return [f"* SORT{''.join(f' {n}' for n in numbers)}\r\n".encode()], f"{cmd.name} completed"
+
+    async def do_sort(self, cmd: Command) -> Reply:
+        return await self._sort(cmd, uid=False)
+
+    async def do_uid_sort(self, cmd: Command) -> Reply:
+        return await self._sort(cmd, uid=True)
 
     async def do_search(self, cmd: Command) -> Reply:
         return await self._search(cmd, uid=False)

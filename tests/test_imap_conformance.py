@@ -167,13 +167,16 @@ def listing(lines: list[bytes]) -> set[tuple[bytes, frozenset[bytes], bytes]]:
         if m is None:
             continue
         raw = m.group(3)
+        extra = b""
+        if raw.endswith(b'(CHILDINFO ("SUBSCRIBED"))'):  # RFC 5258 extended data, after the name
+            raw, extra = raw[:-len(b' (CHILDINFO ("SUBSCRIBED"))')], b" CHILDINFO"
         if raw.startswith(b'"'):
             name = parse(raw)[0][0]
         elif raw.startswith(b"{"):
             name = raw.split(b"\r\n", 1)[1]
         else:
             name = raw
-        out.add((m.group(1), frozenset(a.upper() for a in m.group(2).split()), name))
+        out.add((m.group(1), frozenset(a.upper() for a in m.group(2).split()), name + extra))
     return out
 
 
@@ -358,3 +361,30 @@ def test_sort_as_dovecot(sortbox, criteria: str) -> None:  # type: ignore[no-unt
         t = next(line for line in theirs if line.startswith(b"* SORT"))
         o = next(line for line in ours if line.startswith(b"* SORT"))
         assert o.split() == t.split(), (command, t, o)
+
+
+def statuses(lines: list[bytes]) -> set[tuple[bytes, frozenset[bytes]]]:
+    out = set()
+    for line in lines:
+        if m := re.match(rb'\* STATUS ("[^"]*"|\S+) \(([^)]*)\)', line):
+            out.add((m.group(1).strip(b'"'), frozenset(zip(m.group(2).split()[::2], m.group(2).split()[1::2],
+                                                          strict=True))))
+    return out
+
+
+def test_list_extended_and_list_status_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5258 selection and return options, RFC 5819 STATUS in LIST, RFC 6154 SPECIAL-USE."""
+    for c in servers.values():
+        for step in ("CREATE ext/inner", "CREATE extgone", "SUBSCRIBE ext/inner", "SUBSCRIBE extgone",
+                     "DELETE extgone"):
+            c.cmd(step)
+    steps = ['LIST (SUBSCRIBED) "" "ext*"', 'LIST "" "ext*" RETURN (SUBSCRIBED)', 'LIST "" "e%" RETURN (CHILDREN)',
+             'LIST (SUBSCRIBED RECURSIVEMATCH) "" "e%"', 'LIST (SPECIAL-USE) "" "*"',
+             'LIST "" "*" RETURN (SPECIAL-USE)', 'LIST "" ("INBOX" "ext/*")',
+             'LIST "" "%" RETURN (STATUS (MESSAGES UNSEEN SIZE UIDNEXT))',
+             'LIST "" "ext*" RETURN (SUBSCRIBED CHILDREN STATUS (MESSAGES))', "STATUS INBOX (MESSAGES SIZE)"]
+    for step in steps:
+        theirs, ours = both(servers, step)
+        assert status(ours) == status(theirs), (step, theirs[-1], ours[-1])
+        assert listing(ours) == listing(theirs), (step, theirs, ours)
+        assert statuses(ours) == statuses(theirs), (step, theirs, ours)

@@ -90,7 +90,10 @@ def test_mailbox_commands():
     assert one(b'a LIST "" %/Sub%').args["patterns"] == ["%/Sub%"]
     ext = one(b'a LIST (SUBSCRIBED) "" ("INBOX" "Sent") RETURN (CHILDREN SPECIAL-USE)').args
     assert ext == {"reference": "", "patterns": ["INBOX", "Sent"], "selection": ["SUBSCRIBED"],
-                   "return": ["CHILDREN", "SPECIAL-USE"]}
+                   "return": ["CHILDREN", "SPECIAL-USE"], "status": None, "extended": True}
+    status = one(b'a LIST "" "%" RETURN (CHILDREN STATUS (MESSAGES SIZE))').args
+    assert status["return"] == ["CHILDREN", "STATUS"] and status["status"] == ["MESSAGES", "SIZE"]
+    assert one(b'a LIST "" "%"').args["extended"] is False
     assert one(b'a LSUB "" "*"').args["selection"] == ["SUBSCRIBED"]
     assert one(b"a STATUS INBOX (MESSAGES UNSEEN UIDNEXT HIGHESTMODSEQ)").args["items"] == [
         "MESSAGES", "UNSEEN", "UIDNEXT", "HIGHESTMODSEQ"]

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 
 from .. import folders
+from ..db import Mailbox
 from . import response as R
 from .parser import Command
 from .state import ImapNo, Reply, SelectedView, SessionBase, flag_lines
@@ -81,13 +82,52 @@ class MailboxCommands(SessionBase):
         def matches(name: str) -> bool:
             return any(w.fullmatch(name) for w in wanted)
 
-        if verb == "LSUB" or "SUBSCRIBED" in cmd.args["selection"]:
-            found = _subscribed(self._read(folders.subscriptions, self.ctx.meta, self.user), boxes, matches)
-        else:
-            found = _listed(boxes, matches)
+        subs = self._read(folders.subscriptions, self.ctx.meta, self.user)
+        if cmd.args.get("extended"):
+            return await self._list_extended(cmd, boxes, subs, matches), "LIST completed"
+        found = _subscribed(subs, boxes, matches) if verb == "LSUB" else _listed(boxes, matches)
         out = [f'* {verb} ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + b"\r\n"
                for name, attrs in sorted(found.items())]
         return out, f"{verb} completed"
+
+    async def _list_extended(self, cmd: Command, boxes: dict[str, str | None], subs: set[str],
+                             matches: Callable[[str], bool]) -> list[bytes]:
+        """LIST with selection or return options (RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS,
+        RFC 6154 SPECIAL-USE): attributes only as asked, \\NonExistent for names that are not
+        mailboxes, CHILDINFO for RECURSIVEMATCH, a STATUS after each selectable mailbox."""
+        selection, returns = set(cmd.args["selection"]), set(cmd.args["return"])
+        subscribed_only, special_only = "SUBSCRIBED" in selection, "SPECIAL-USE" in selection
+        show_subscribed = subscribed_only or "SUBSCRIBED" in returns
+        show_special = special_only or "SPECIAL-USE" in returns
+        parents = {a for name in boxes for a in _ancestors(name)}
+        names = set(subs) if subscribed_only else boxes.keys() | parents
+        childinfo: set[str] = set()
+        if subscribed_only and "RECURSIVEMATCH" in selection:
+            for name in subs:
+                if not matches(name):
+                    childinfo.update(a for a in _ancestors(name) if matches(a))
+            names |= childinfo
+        out: list[bytes] = []
+        for name in sorted(names):
+            if not matches(name):
+                continue
+            special = boxes.get(name)
+            if special_only and not special:
+                continue
+            attrs = [] if name in boxes else ["\\NonExistent"]
+            if show_subscribed and name in subs:
+                attrs.append("\\Subscribed")
+            if "CHILDREN" in returns:
+                attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
+            if show_special and special:
+                attrs.append(special)
+            extra = b' (CHILDINFO ("SUBSCRIBED"))' if name in childinfo else b""
+            out.append(f'* LIST ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + extra + b"\r\n")
+            if cmd.args.get("status") and name in boxes:
+                box = self._read(self.ctx.meta.mailbox, self.authed, name)
+                if box is not None:
+                    out.append(self._status_line(box, cmd.args["status"]))
+        return out
 
     async def do_list(self, cmd: Command) -> Reply:
         return await self._list(cmd, "LIST")
@@ -100,14 +140,20 @@ class MailboxCommands(SessionBase):
 
     async def do_status(self, cmd: Command) -> Reply:
         box = await self._box(cmd.args["mailbox"])
+        line = self._status_line(box, cmd.args["items"])
+        if self.view is not None and self.view.box_id == box.id:  # RFC 9051 §6.3.11: not on the selected one
+            return [line], "[CLIENTBUG] STATUS on the selected mailbox completed"
+        return [line], "STATUS completed"
+
+    def _status_line(self, box: Mailbox, wanted: list[str]) -> bytes:
         msgs = self._read(self.ctx.meta.messages, box.id)
         first = self.ctx.meta.conn().execute("SELECT first_recent FROM mailboxes WHERE id=?", (box.id,)).fetchone()[0]
         values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext,
                   "UIDVALIDITY": box.uidvalidity,
                   "UNSEEN": sum("\\Seen" not in m.flags for m in msgs), "HIGHESTMODSEQ": box.highestmodseq,
                   "SIZE": sum(m.size for m in msgs)}
-        items = " ".join(f"{i} {values[i]}" for i in cmd.args["items"])
-        return [b"* STATUS " + R.astring(box.name) + f" ({items})\r\n".encode()], "STATUS completed"
+        items = " ".join(f"{i} {values[i]}" for i in wanted)
+        return b"* STATUS " + R.astring(box.name) + f" ({items})\r\n".encode()
 
     async def do_getquotaroot(self, cmd: Command) -> Reply:
         await self._box(cmd.args["mailbox"])

@@ -496,23 +496,45 @@ def _list(r: _Reader) -> dict[str, Any]:
         r.sp()
     ref = r.mailbox() if r.peek() not in (b'"', b"{") else r.string().decode("utf-8", "replace")
     r.sp()
-    if r.peek() == b"(":
+    listed = r.peek() == b"("
+    if listed:
         patterns = r.paren_list(r.list_mailbox)
     else:
         patterns = [r.list_mailbox()]
     returns: list[str] = []
+    status: list[str] | None = None
     if r.maybe_sp():
         r.expect(b"RETURN")
         r.sp()
-        returns = r.paren_list(lambda: r.atom().upper())
-    return {"reference": ref, "patterns": patterns, "selection": selection, "return": returns}
+        for option in r.paren_list(lambda: _list_return(r)):
+            if isinstance(option, list):  # STATUS (items): RFC 5819 LIST-STATUS
+                status = option
+                returns.append("STATUS")
+            else:
+                returns.append(option)
+    extended = bool(selection) or bool(returns) or listed  # any RFC 5258 syntax: the extended answer
+    return {"reference": ref, "patterns": patterns, "selection": selection, "return": returns,
+            "status": status, "extended": extended}
+
+
+def _list_return(r: _Reader) -> str | list[str]:
+    option = r.atom().upper()
+    if option != "STATUS":
+        return option
+    r.sp()
+    items = r.paren_list(lambda: r.atom().upper())
+    bad = [i for i in items if i not in STATUS_ITEMS]
+    if bad or not items:
+        raise r.fail(f"Invalid STATUS items {bad or '()'}")
+    return items
 
 
 def _lsub(r: _Reader) -> dict[str, Any]:
     r.sp()
     ref = r.string().decode("utf-8", "replace") if r.peek() in (b'"', b"{") else r.mailbox()
     r.sp()
-    return {"reference": ref, "patterns": [r.list_mailbox()], "selection": ["SUBSCRIBED"], "return": []}
+    return {"reference": ref, "patterns": [r.list_mailbox()], "selection": ["SUBSCRIBED"], "return": [],
+            "status": None, "extended": False}
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"}

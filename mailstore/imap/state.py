@@ -30,7 +30,8 @@ Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
 log = logging.getLogger("mailstore.imap")
 
 CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
-                "SPECIAL-USE CONDSTORE QUOTA APPENDLIMIT={limit} ESEARCH SEARCHRES WITHIN SORT SORT=DISPLAY")
+                "SPECIAL-USE CONDSTORE QUOTA APPENDLIMIT={limit} ESEARCH SEARCHRES WITHIN SORT SORT=DISPLAY "
+                "LIST-EXTENDED LIST-STATUS STATUS=SIZE")
 
 
 class ImapNo(Exception):

@@ -388,3 +388,47 @@ def test_list_extended_and_list_status_as_dovecot(servers) -> None:  # type: ign
         assert status(ours) == status(theirs), (step, theirs[-1], ours[-1])
         assert listing(ours) == listing(theirs), (step, theirs, ours)
         assert statuses(ours) == statuses(theirs), (step, theirs, ours)
+
+
+# (subject, message-id, references, in-reply-to, date): a root with replies and a reply to a reply,
+# a reply whose parent is missing (a dummy), a forwarded copy, a loop attempt, duplicate ids,
+# a thread joined only by subject, a message without a Message-ID.
+THREAD_MESSAGES = [
+    ("Plans", "<a@x>", "", "", "Mon, 2 Jan 2023 10:00:00 +0000"),
+    ("Re: Plans", "<b@x>", "<a@x>", "<a@x>", "Mon, 2 Jan 2023 11:00:00 +0000"),
+    ("Re: Plans", "<c@x>", "<a@x> <b@x>", "<b@x>", "Mon, 2 Jan 2023 12:00:00 +0000"),
+    ("Re: Lost", "<d@x>", "<missing@x>", "", "Tue, 3 Jan 2023 09:00:00 +0000"),
+    ("Re: Lost", "<e@x>", "<missing@x>", "", "Tue, 3 Jan 2023 10:00:00 +0000"),
+    ("Fwd: Plans", "<f@x>", "", "", "Wed, 4 Jan 2023 10:00:00 +0000"),
+    ("Loop", "<g@x>", "<h@x>", "", "Thu, 5 Jan 2023 10:00:00 +0000"),
+    ("Re: Loop", "<h@x>", "<g@x>", "", "Thu, 5 Jan 2023 11:00:00 +0000"),
+    ("Dup", "<a@x>", "", "", "Fri, 6 Jan 2023 10:00:00 +0000"),
+    ("Other", "", "", "", "Sat, 7 Jan 2023 10:00:00 +0000"),
+    ("Re: Other", "<i@x>", "", "<nowhere@x>", "Sat, 7 Jan 2023 09:00:00 +0000"),
+    ("Plans", "<j@x>", "", "", "Sun, 8 Jan 2023 10:00:00 +0000"),
+]
+
+
+@pytest.fixture(scope="module")
+def threadbox(servers):  # type: ignore[no-untyped-def]
+    for c in servers.values():
+        c.cmd("CREATE threadbox")
+        for subject, mid, refs, irt, date in THREAD_MESSAGES:
+            head = [f"Subject: {subject}", "From: t@example.org", f"Date: {date}"]
+            head += [f"Message-ID: {mid}"] if mid else []
+            head += [f"References: {refs}"] if refs else []
+            head += [f"In-Reply-To: {irt}"] if irt else []
+            c.cmd("APPEND threadbox \x00LIT\x00", ("\r\n".join(head) + "\r\n\r\nx\r\n").encode())
+        assert status(c.cmd("SELECT threadbox")).startswith(b"OK")
+    return servers
+
+
+@pytest.mark.parametrize("command", ["THREAD REFERENCES UTF-8 ALL", "UID THREAD REFERENCES UTF-8 ALL",
+                                     "THREAD ORDEREDSUBJECT UTF-8 ALL", "THREAD REFERENCES UTF-8 SUBJECT plans",
+                                     "THREAD REFERENCES UTF-8 NOT SUBJECT loop"])
+def test_thread_as_dovecot(threadbox, command: str) -> None:  # type: ignore[no-untyped-def]
+    theirs, ours = threadbox["dovecot"].cmd(command), threadbox["ours"].cmd(command)
+    assert status(ours) == status(theirs)
+    t = next(line for line in theirs if line.startswith(b"* THREAD"))
+    o = next(line for line in ours if line.startswith(b"* THREAD"))
+    assert o == t, (command, t, o)

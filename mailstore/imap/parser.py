@@ -423,7 +423,7 @@ def parse_command(data: bytes) -> Command:
     if name == "UID":
         r.sp()
         name = r.atom().upper()
-        if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"):
+        if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"):
             raise r.fail(f"UID {name} is not a command")
         uid = True
     handler = _UID_COMMANDS.get(name) if uid else None
@@ -814,6 +814,21 @@ def _sort(r: _Reader) -> dict[str, Any]:
     return {"criteria": criteria, "charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
 
 
+def _thread(r: _Reader) -> dict[str, Any]:
+    """THREAD algorithm charset keys (RFC 5256 §4)."""
+    r.sp()
+    algorithm = r.atom().upper()
+    if algorithm not in ("ORDEREDSUBJECT", "REFERENCES"):
+        raise r.fail(f"Unknown threading algorithm {algorithm}")
+    r.sp()
+    charset = r.astring().decode("ascii", "replace").upper()
+    r.sp()
+    keys = [_search_key(r)]
+    while r.maybe_sp():
+        keys.append(_search_key(r))
+    return {"algorithm": algorithm, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
+
+
 _COMMANDS = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
@@ -822,6 +837,6 @@ _COMMANDS = {
     "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "ID": _id,
     "IDLE": _no_args, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
-    "SEARCH": _search, "SORT": _sort, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "SEARCH": _search, "SORT": _sort, "THREAD": _thread, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
 }
 _UID_COMMANDS = {"EXPUNGE": _uid_expunge}

@@ -10,9 +10,12 @@ from email.header import decode_header, make_header
 
 from ..db import Message
 from . import response as R
+from . import thread as threading
 from .parser import Command, SearchKey, Section, SequenceSet
 from .sort import key as sort_key
+from .sort import sent_date
 from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase
+from .thread import ThreadInput
 
 
 class SearchCommands(SessionBase):
@@ -153,6 +156,34 @@ class SearchCommands(SessionBase):
             ordered.sort(key=lambda r: values[r[1]], reverse=rev)
         numbers = [u if uid else i for i, u in ordered]
         return [f"* SORT{''.join(f' {n}' for n in numbers)}\r\n".encode()], f"{cmd.name} completed"
+
+    async def _thread(self, cmd: Command, uid: bool) -> Reply:
+        """THREAD (RFC 5256 §4): the matches as threads; REFERENCES reads the References headers."""
+        assert self.view is not None
+        found = await self._found(cmd)
+        msgs = await self._messages([u for _, u in found])
+        parsed = await self._parsed([u for _, u in found if u in msgs], msgs)
+        rows = [(i, u) for i, u in found if u in parsed]
+        refs: dict[int, str | None] = {}
+        if cmd.args["algorithm"] == "REFERENCES" and rows:
+            bodies = await self.ctx.fs.get_many([msgs[u].object_key for _, u in rows])
+            for (_, u), raw in zip(rows, bodies, strict=True):
+                field = R.section_bytes(raw, _fields_section(("REFERENCES",))).decode("utf-8", "replace")
+                refs[u] = field.split(":", 1)[1] if ":" in field else None
+        inputs = []
+        for i, u in rows:
+            env = json.loads(parsed[u][0])
+            inputs.append(ThreadInput(u if uid else i, sent_date(env, msgs[u].internal_date), env[1], env[9],
+                                      refs.get(u), env[8]))
+        tree = threading.references(inputs) if cmd.args["algorithm"] == "REFERENCES" \
+            else threading.ordered_subject(inputs)
+        return [f"* THREAD {tree}\r\n".encode() if tree else b"* THREAD\r\n"], f"{cmd.name} completed"
+
+    async def do_thread(self, cmd: Command) -> Reply:
+        return await self._thread(cmd, uid=False)
+
+    async def do_uid_thread(self, cmd: Command) -> Reply:
+        return await self._thread(cmd, uid=True)
 
     async def do_sort(self, cmd: Command) -> Reply:
         return await self._sort(cmd, uid=False)

@@ -59,7 +59,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if self.pending_auth is not None:
                 return b"+ \r\n"  # AUTHENTICATE: the client's next line is the response
             if cmd.name not in ("SELECT", "EXAMINE"):  # those answer from the snapshot they just took
-                lines += await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH", "SORT"))
+                lines += await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
             return b"".join(lines) + f"{cmd.tag} OK {text}\r\n".encode()
         except ImapNo as exc:
             code = f"[{exc.code}] " if exc.code else ""
@@ -72,7 +72,8 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
 
     _ANY: ClassVar[frozenset[str]] = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "ENABLE"})
     _NOT_AUTH: ClassVar[frozenset[str]] = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
-    _SELECTED: ClassVar[frozenset[str]] = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "FETCH",
+    _SELECTED: ClassVar[frozenset[str]] = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT",
+                                                     "THREAD", "FETCH",
                                                      "STORE", "COPY", "MOVE"})
 
     def _check_state(self, name: str) -> None:

@@ -114,6 +114,13 @@ MIGRATIONS = [
     """
     UPDATE messages SET envelope = NULL, bodystructure = NULL;
     """,
+    # 11: how far back the expunge log is complete, per mailbox: QRESYNC (RFC 7162 §3.2.5)
+    # answers "what vanished since MODSEQ m" from the log only when m >= expunge_log_from,
+    # else from the UIDs that are missing. Existing mailboxes trust their log from now on.
+    """
+    ALTER TABLE mailboxes ADD COLUMN expunge_log_from INTEGER NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET expunge_log_from = highestmodseq;
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
@@ -319,7 +326,30 @@ class MetaStore:
         """Inside a write transaction that removed `uids` and bumped the mailbox to `modseq`."""
         c.executemany("INSERT INTO expunged(mailbox_id, modseq, uid) VALUES (?,?,?)",
                       [(mailbox_id, modseq, u) for u in uids])
-        c.execute("DELETE FROM expunged WHERE mailbox_id=? AND modseq<?", (mailbox_id, modseq - EXPUNGE_LOG_MODSEQS))
+        cutoff = modseq - EXPUNGE_LOG_MODSEQS
+        if cutoff > 0 and c.execute("DELETE FROM expunged WHERE mailbox_id=? AND modseq<?",
+                                    (mailbox_id, cutoff)).rowcount:
+            c.execute("UPDATE mailboxes SET expunge_log_from = max(expunge_log_from, ?) WHERE id=?",
+                      (cutoff - 1, mailbox_id))
+
+    def vanished_since(self, mailbox_id: int, modseq: int, ranges: list[tuple[int, int]]) -> list[int]:
+        """UIDs within `ranges` (inclusive) that left the mailbox after `modseq` (QRESYNC): from
+        the expunge log where it reaches back that far, else every UID below UIDNEXT that is
+        not there (RFC 7162 §3.2.5 allows UIDs the client never had)."""
+        row = self.conn().execute("SELECT expunge_log_from, uidnext FROM mailboxes WHERE id=?",
+                                  (mailbox_id,)).fetchone()
+        if row is None:
+            return []
+        log_from, uidnext = row
+        if modseq >= log_from:
+            return sorted(u for u in self.expunged_since(mailbox_id, modseq) if any(a <= u <= b for a, b in ranges))
+        present = self.visible_uids(mailbox_id)
+        limit = self.visible_uid_limit(mailbox_id)
+        top = min(uidnext, limit) if limit is not None else uidnext
+        out: set[int] = set()
+        for a, b in ranges:
+            out.update(u for u in range(max(a, 1), min(b, top - 1) + 1) if u not in present)
+        return sorted(out)
 
     def _write(self) -> _Txn:
         lock = getattr(self._local, "lock", None)

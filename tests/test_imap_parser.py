@@ -82,8 +82,17 @@ def test_authentication_commands():
 
 
 def test_mailbox_commands():
-    assert one(b"a SELECT inbox").args == {"mailbox": "INBOX", "condstore": False}
-    assert one(b'a EXAMINE "Sent Items" (CONDSTORE)').args == {"mailbox": "Sent Items", "condstore": True}
+    assert one(b"a SELECT inbox").args == {"mailbox": "INBOX", "condstore": False, "qresync": None}
+    assert one(b'a EXAMINE "Sent Items" (CONDSTORE)').args == {"mailbox": "Sent Items", "condstore": True,
+                                                                "qresync": None}
+    q = one(b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541 (1:10 41:50)))").args["qresync"]
+    assert (q["uidvalidity"], q["modseq"], q["known"].ranges) == (67890007, 20050715194045000,
+                                                                   ((41, 41), (43, 211), (214, 541)))
+    assert one(b"a SELECT INBOX (QRESYNC (1 2))").args["qresync"]["known"] is None
+    for bad in (b"a SELECT INBOX (QRESYNC)", b"a SELECT INBOX (QRESYNC (0 2))", b"a SELECT INBOX (FOO)",
+                b"a SELECT INBOX (QRESYNC (1 2) QRESYNC (1 2))", b"a SELECT INBOX (CONDSTORE"):
+        with pytest.raises(ParseError):
+            one(bad)
     assert one(b"a CREATE Archive/2026 (USE (\\Archive))").args == {"mailbox": "Archive/2026", "use": ["\\Archive"]}
     assert one(b"a RENAME INBOX Old").args == {"old": "INBOX", "new": "Old"}
     assert one(b'a LIST "" *').args["patterns"] == ["*"]
@@ -123,6 +132,12 @@ def test_fetch():
                                                          ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE")]
     assert one(b"a FETCH 3 BODY[]").args["attributes"] == [FetchAttribute("BODY", Section(), False, None)]
     assert one(b"a UID FETCH 10:20 (FLAGS) (CHANGEDSINCE 12345)").args["changedsince"] == 12345
+    both = one(b"a UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)").args
+    assert (both["changedsince"], both["vanished"]) == (12345, True)
+    for bad in (b"a UID FETCH 1 FLAGS (VANISHED)", b"a UID FETCH 1 FLAGS (CHANGEDSINCE 1 CHANGEDSINCE 2)",
+                b"a UID FETCH 1 FLAGS (FOO)"):
+        with pytest.raises(ParseError):
+            one(bad)
     assert one(b"a UID FETCH 10:20 (FLAGS)").name == "UID FETCH"
 
 

@@ -71,7 +71,7 @@ def test_login_select_store_search_expunge(ctx):
     assert out[2] == b"* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\na3 OK STORE completed\r\n"
     assert out[3] == b"* SEARCH 2 3\r\na4 OK SEARCH completed\r\n"
     assert out[4] == b"* SEARCH 2\r\na5 OK UID SEARCH completed\r\n"
-    assert out[5] == b"* 2 EXPUNGE\r\na6 OK EXPUNGE completed\r\n"
+    assert out[5] == b"* 2 EXPUNGE\r\n* 2 RECENT\r\na6 OK EXPUNGE completed\r\n"  # RECENT: its count changed
     assert out[6] == b"* SEARCH 1 2\r\na7 OK SEARCH completed\r\n"
     assert out[7] == b"* BYE mailstore IMAP logging out\r\na8 OK LOGOUT completed\r\n"
 
@@ -123,5 +123,32 @@ def test_expunges_and_moves_elsewhere_reach_a_selected_session(ctx, log_kept):
                    (1, b"b5 MOVE 1 Trash"), prune, (0, b"a3 NOOP"), (0, b"a4 FETCH 1 (UID)"))
     assert out[5] == b"* 3 EXPUNGE\r\nb4 OK EXPUNGE completed\r\n"
     assert out[6].endswith(b"* 1 EXPUNGE\r\nb5 OK MOVE completed\r\n")
-    assert out[7] == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\na3 OK NOOP completed\r\n"
+    assert out[7] == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\n* 1 RECENT\r\na3 OK NOOP completed\r\n"
     assert out[8] == b"* 1 FETCH (UID 2)\r\na4 OK FETCH completed\r\n"
+
+
+@pytest.mark.parametrize("log_kept", [True, False])
+def test_qresync_select_whether_or_not_the_expunge_log_reaches_back(ctx, log_kept):
+    # SELECT (QRESYNC (v m)) reports what vanished since m from the expunge log; when the log
+    # was pruned past m (expunge_log_from moved on), it reports every UID below UIDNEXT that is
+    # missing instead (RFC 7162 §3.2.5 allows UIDs the client never had), never fewer.
+    def prune() -> None:
+        c = ctx.meta.conn()
+        c.execute("DELETE FROM expunged")
+        c.execute("UPDATE mailboxes SET expunge_log_from = highestmodseq")
+        c.commit()
+    box = ctx.meta.mailbox("t@x.test", "INBOX")
+    steps = [(0, b"a1 LOGIN t@x.test pw"), (0, b"a2 ENABLE QRESYNC"), (0, b"a3 SELECT INBOX"),
+             (0, b"a4 STORE 2 +FLAGS.SILENT (\\Deleted)"), (0, b"a5 EXPUNGE"), (0, b"a6 STORE 1 +FLAGS (\\Flagged)")]
+    if not log_kept:
+        steps.append(prune)
+    modseq = box.highestmodseq
+    steps += [(0, f"a7 SELECT INBOX (QRESYNC ({box.uidvalidity} {modseq} 1:9))".encode()),
+              (1, b"b1 LOGIN t@x.test pw"), (1, f"b2 SELECT INBOX (QRESYNC ({box.uidvalidity} 1))".encode())]
+    out = run_pair(ctx, *steps)
+    assert out[4].startswith(b"* VANISHED 2\r\n* 2 RECENT\r\na5 OK [HIGHESTMODSEQ ")
+    resync = out[-3].split(b"\r\n")
+    assert resync[0] == b"* OK [CLOSED] Previous mailbox closed"
+    assert b"* VANISHED (EARLIER) 2" in resync
+    assert any(line.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Flagged) MODSEQ (") for line in resync)
+    assert out[-1].startswith(b"b2 BAD ")  # QRESYNC not enabled in that session

@@ -27,9 +27,20 @@ class AuthCommands(SessionBase):
         return [b'* ID ("name" "mailstore")\r\n'], "ID completed"
 
     async def do_enable(self, cmd: Command) -> Reply:
-        enabled = [c for c in cmd.args["capabilities"] if c == "CONDSTORE"]
-        if enabled:
-            self.condstore = True
+        enabled: list[str] = []  # each extension we know, once; named again if on already (as Dovecot)
+        for name in cmd.args["capabilities"]:
+            if name in enabled:
+                continue
+            if name == "CONDSTORE":
+                self.condstore = True
+                enabled.append(name)
+            elif name == "QRESYNC":  # implies CONDSTORE (RFC 7162 §3.2.3)
+                self.qresync = self.condstore = True
+                enabled.append(name)
+        if self.view is not None:
+            self.view.condstore = self.view.condstore or self.condstore
+        if not enabled:  # nothing we know: no ENABLED line (as Dovecot)
+            return [], "ENABLE completed"
         return [f"* ENABLED {' '.join(enabled)}\r\n".encode()], "ENABLE completed"
 
     async def _login(self, user: str, password: bytes) -> None:

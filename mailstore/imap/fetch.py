@@ -10,7 +10,7 @@ from .. import folders
 from ..db import Message
 from . import response as R
 from .parser import Command, FetchAttribute
-from .state import ImapNo, Reply, SessionBase
+from .state import ImapBad, ImapNo, Reply, SessionBase
 
 
 class FetchCommands(SessionBase):
@@ -21,6 +21,13 @@ class FetchCommands(SessionBase):
             atts.insert(0, FetchAttribute("UID"))
         if cmd.args.get("changedsince") is not None and not any(a.name == "MODSEQ" for a in atts):
             atts.append(FetchAttribute("MODSEQ"))
+        lines: list[bytes] = []
+        if cmd.args.get("vanished"):  # RFC 7162 §3.2.6: what of the set is gone since CHANGEDSINCE
+            if not uid or not self.qresync:
+                raise ImapBad("VANISHED needs UID FETCH and ENABLE QRESYNC")
+            top = max(self.view.uids[-1] if self.view.uids else 0, *(u for r in cmd.args["set"].ranges
+                                                                     for u in r if u is not None))
+            lines += self.vanished_earlier(cmd.args["changedsince"], self._ranges(cmd.args["set"], top))
         uids = self._uids(cmd.args["set"], uid=uid)
         msgs = await self._messages(uids)
         parsed: dict[int, tuple[str, str]] = {}
@@ -29,7 +36,6 @@ class FetchCommands(SessionBase):
             gone = [u for u in msgs if u not in parsed]  # expunged between the two reads
             for u in gone:
                 del msgs[u]
-        lines: list[bytes] = []
         seen_set: list[int] = []
         bodies: dict[int, bytes] = {}
         # RFC 3501 §6.4.5: BODY[...] without .PEEK (and RFC822, RFC822.TEXT) sets \Seen,

@@ -10,16 +10,26 @@ from collections.abc import Callable
 from .. import folders
 from ..db import Mailbox
 from . import response as R
-from .parser import Command
-from .state import ImapNo, Reply, SelectedView, SessionBase, flag_lines
+from .parser import Command, SequenceSet
+from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase, flag_lines
 
 
 class MailboxCommands(SessionBase):
     async def _select(self, cmd: Command, readonly: bool) -> Reply:
+        # Selecting closes what was selected, whatever comes of it (RFC 7162 §3.2.11)
+        closed = [b"* OK [CLOSED] Previous mailbox closed\r\n"] if self.view is not None else []
         self.view = None
-        box = await self._box(cmd.args["mailbox"])
+        qresync = cmd.args.get("qresync")
+        if qresync is not None and not self.qresync:
+            raise ImapBad("QRESYNC is not enabled", closed)
+        try:
+            box = await self._box(cmd.args["mailbox"])
+        except ImapNo as exc:
+            exc.lines[:0] = closed
+            raise
         msgs = self._read(self.ctx.snapshot, box.id, box.highestmodseq)
-        condstore = cmd.args.get("condstore") or self.condstore
+        condstore = bool(cmd.args.get("condstore") or self.condstore or qresync)
+        self.condstore = condstore  # a CONDSTORE enabling command (RFC 7162 §3.1)
         self.view = SelectedView(box.id, box.name, readonly, [u for u, _ in msgs], dict(msgs),
                                  box.highestmodseq, condstore)
         last = msgs[-1][0] + 1 if msgs else 1
@@ -38,8 +48,24 @@ class MailboxCommands(SessionBase):
                  f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest\r\n".encode()]
         if unseen:
             lines.append(f"* OK [UNSEEN {unseen}] First unseen\r\n".encode())
+        if qresync is not None and qresync["uidvalidity"] == box.uidvalidity:
+            lines += self._resync(box.uidnext, qresync["modseq"], qresync["known"])
         mode = "READ-ONLY" if readonly else "READ-WRITE"
-        return lines, f"[{mode}] {cmd.name} completed"
+        return closed + lines, f"[{mode}] {cmd.name} completed"
+
+    def _resync(self, uidnext: int, modseq: int, known: SequenceSet | None) -> list[bytes]:
+        """What changed since the client's MODSEQ: VANISHED (EARLIER) for the UIDs it may hold
+        that are gone, then FETCH (UID FLAGS MODSEQ) for the messages changed (RFC 7162 §3.2.5)."""
+        v = self.view
+        assert v is not None
+        ranges = self._ranges(known, uidnext - 1) if known is not None else [(1, uidnext - 1)]
+        lines = self.vanished_earlier(modseq, ranges)
+        changed, _ = self._read(self.ctx.meta.changes_since, v.box_id, modseq)
+        msgs = self._read(self.ctx.meta.messages_by_uid, v.box_id, [u for u, _ in changed if u in v.flags])
+        for u, m in sorted(msgs.items()):
+            lines.append(f"* {v.seq_of(u)} FETCH (UID {u} FLAGS ".encode() + R.flag_list(v.flags_of(u, m.flags))
+                         + f" MODSEQ ({m.modseq}))\r\n".encode())
+        return lines
 
     async def do_select(self, cmd: Command) -> Reply:
         return await self._select(cmd, readonly=False)

@@ -461,12 +461,45 @@ def _mailbox_only(r: _Reader) -> dict[str, Any]:
 
 
 def _select(r: _Reader) -> dict[str, Any]:
+    """SELECT/EXAMINE mailbox [(CONDSTORE) | (QRESYNC (uidvalidity modseq [known-uids
+    [(seq-match uid-match)]]))] (RFC 7162 §3.1.8, §3.2.5)."""
     r.sp()
-    out: dict[str, Any] = {"mailbox": r.mailbox(), "condstore": False}
+    out: dict[str, Any] = {"mailbox": r.mailbox(), "condstore": False, "qresync": None}
     if r.maybe_sp():
-        params = r.paren_list(lambda: r.atom().upper())
-        out["condstore"] = "CONDSTORE" in params
+        r.open()
+        while True:
+            name = r.atom().upper()
+            if name == "CONDSTORE":
+                out["condstore"] = True
+            elif name == "QRESYNC" and out["qresync"] is None:
+                r.sp()
+                out["qresync"] = _qresync(r)
+            else:
+                raise r.fail(f"Unknown {name} parameter")
+            if r.peek() == b")":
+                break
+            r.sp()
+        r.close()
     return out
+
+
+def _qresync(r: _Reader) -> dict[str, Any]:
+    r.open()
+    validity = r.nz_number()
+    r.sp()
+    modseq = r.nz_number()
+    known = None
+    if r.maybe_sp() and r.peek() != b"(":
+        known = r.seqset()
+        r.maybe_sp()
+    if r.peek() == b"(":  # the sequence match data only narrows the answer: read and let go
+        r.open()
+        r.seqset()
+        r.sp()
+        r.seqset()
+        r.close()
+    r.close()
+    return {"uidvalidity": validity, "modseq": modseq, "known": known}
 
 
 def _create(r: _Reader) -> dict[str, Any]:
@@ -707,16 +740,27 @@ def _fetch(r: _Reader) -> dict[str, Any]:
             atts = [FetchAttribute(n) for n in FETCH_MACROS[m.group().upper().decode()]]
         else:
             atts = [_fetch_att(r)]
-    changed = None
-    if r.maybe_sp():  # RFC 7162 (CHANGEDSINCE n)
+    changed, vanished = None, False
+    if r.maybe_sp():  # RFC 7162 modifiers: (CHANGEDSINCE n [VANISHED])
         if r.peek() != b"(":
             raise r.fail("Unexpected characters after the fetch attributes")
         r.open()
-        r.expect(b"CHANGEDSINCE")
-        r.sp()
-        changed = r.number()
+        while True:
+            name = r.atom().upper()
+            if name == "CHANGEDSINCE" and changed is None:
+                r.sp()
+                changed = r.number()
+            elif name == "VANISHED" and not vanished:
+                vanished = True
+            else:
+                raise r.fail(f"Unknown FETCH modifier {name}")
+            if r.peek() == b")":
+                break
+            r.sp()
         r.close()
-    return {"set": s, "attributes": atts, "changedsince": changed}
+        if vanished and changed is None:
+            raise r.fail("VANISHED needs CHANGEDSINCE")
+    return {"set": s, "attributes": atts, "changedsince": changed, "vanished": vanished}
 
 
 SEARCH_FLAGS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN", "UNANSWERED",

@@ -34,6 +34,19 @@ def literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
+def uid_set(uids: list[int]) -> str:
+    """Sorted UIDs as a compact IMAP set: [2, 4, 5, 6] -> "2,4:6" (VANISHED, RFC 7162 §3.2.10)."""
+    out: list[str] = []
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
 def flag_list(flags: list[str] | tuple[str, ...]) -> bytes:
     return b"(" + " ".join(flags).encode() + b")"
 

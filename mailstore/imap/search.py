@@ -44,10 +44,18 @@ class SearchCommands(SessionBase):
         v = self.view
         found = await self._found(cmd)
         returns = cmd.args.get("return")
+        # RFC 7162 §3.1.5: a search by MODSEQ tells the highest MODSEQ of what it found
+        modseq = ""
+        if found and _uses(cmd.args["keys"], "MODSEQ"):
+            msgs = await self._messages([u for _, u in found])
+            modseq = f"MODSEQ {max(m.modseq for m in msgs.values())}" if msgs else ""
         if returns is None:
-            hits = [u if uid else i for i, u in found]
-            return [f"* SEARCH{''.join(f' {h}' for h in hits)}\r\n".encode()], f"{cmd.name} completed"
-        return _esearch(cmd.tag, v, found, uid, returns), f"{cmd.name} completed"
+            hits = "".join(f" {u if uid else i}" for i, u in found) + (f" ({modseq})" if modseq else "")
+            return [f"* SEARCH{hits}\r\n".encode()], f"{cmd.name} completed"
+        lines = _esearch(cmd.tag, v, found, uid, returns)
+        if lines and modseq:
+            lines[0] = lines[0][:-2] + f" {modseq}\r\n".encode()
+        return lines, f"{cmd.name} completed"
 
     async def _matches(self, key: SearchKey, m: Message, seq: int) -> bool:
         assert self.view is not None
@@ -198,6 +206,10 @@ class SearchCommands(SessionBase):
         return await self._search(cmd, uid=True)
 
 
+def _uses(key: SearchKey, name: str) -> bool:
+    return key.name == name or any(isinstance(a, SearchKey) and _uses(a, name) for a in key.args)
+
+
 def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bool, returns: list[str]) -> list[bytes]:
     """SEARCH RETURN (...) (RFC 4731 ESEARCH; SAVE: RFC 5182 SEARCHRES).  RETURN () means ALL."""
     wanted = set(returns) or {"ALL"}
@@ -218,24 +230,10 @@ def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bo
     if numbers and "MAX" in wanted:
         parts.append(f"MAX {numbers[-1]}")
     if numbers and "ALL" in wanted:
-        parts.append(f"ALL {_sequence_set(numbers)}")
+        parts.append(f"ALL {R.uid_set(numbers)}")
     if "COUNT" in wanted:
         parts.append(f"COUNT {len(numbers)}")
     return [(" ".join(parts) + "\r\n").encode()]
-
-
-def _sequence_set(numbers: list[int]) -> str:
-    """Ascending numbers as an IMAP sequence set: 1:3,5,7:8."""
-    out: list[str] = []
-    start = prev = numbers[0]
-    for n in numbers[1:]:
-        if n == prev + 1:
-            prev = n
-            continue
-        out.append(f"{start}:{prev}" if prev != start else str(start))
-        start = prev = n
-    out.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(out)
 
 
 _ADDRESS_FIELDS = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}  # their place in an ENVELOPE

@@ -59,13 +59,17 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if self.pending_auth is not None:
                 return b"+ \r\n"  # AUTHENTICATE: the client's next line is the response
             if cmd.name not in ("SELECT", "EXAMINE"):  # those answer from the snapshot they just took
-                lines += await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
+                more = await self.refresh(expunges=cmd.name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
+                if self.qresync and self.view is not None and not text.startswith("[") and any(
+                        line.startswith(b"* VANISHED ") for line in more):
+                    text = f"[HIGHESTMODSEQ {self.view.modseq}] {text}"  # where the client's resync starts
+                lines += more
             return b"".join(lines) + f"{cmd.tag} OK {text}\r\n".encode()
         except ImapNo as exc:
             code = f"[{exc.code}] " if exc.code else ""
             return b"".join(exc.lines) + f"{cmd.tag} NO {code}{exc.text}\r\n".encode()
         except ImapBad as exc:
-            return f"{cmd.tag} BAD {exc}\r\n".encode()
+            return b"".join(exc.lines) + f"{cmd.tag} BAD {exc}\r\n".encode()
         except Exception:  # a bug must not cost the client its connection
             log.exception("%s failed", cmd.name)
             return f"{cmd.tag} NO [SERVERBUG] Internal error\r\n".encode()
@@ -108,16 +112,24 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             gone = self._read(self.ctx.meta.vanished, v.box_id, v.modseq, v.flags, count - len(new))
             for u in sorted(gone, reverse=True):  # highest first: numbers stay valid
                 i = v.seq_of(u)
-                lines.append(f"* {i} EXPUNGE\r\n".encode())
+                if not self.qresync:
+                    lines.append(f"* {i} EXPUNGE\r\n".encode())
                 del v.uids[i - 1]
                 del v.flags[u]
                 v.recent.discard(u)
+            if gone and self.qresync:  # UIDs, not numbers (RFC 7162 §3.2.10)
+                lines.append(f"* VANISHED {R.uid_set(sorted(gone))}\r\n".encode())
         lines += v.new_keywords([f for _, flags in changed for f in flags])
-        for u, flags in changed:
-            if u in v.flags and flags != v.flags[u]:
-                v.flags[u] = flags
-                lines.append(f"* {v.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(v.flags_of(u, flags))
-                             + b")\r\n")
+        flagged = [(u, flags) for u, flags in changed if u in v.flags and flags != v.flags[u]]
+        modseqs = {}
+        if flagged and v.condstore:  # RFC 7162 §3.1: with UID and MODSEQ once CONDSTORE is on
+            modseqs = {u: m.modseq for u, m in
+                       self._read(self.ctx.meta.messages_by_uid, v.box_id, [u for u, _ in flagged]).items()}
+        for u, flags in flagged:
+            v.flags[u] = flags
+            extra = f" UID {u} MODSEQ ({modseqs[u]})" if u in modseqs else ""
+            lines.append(f"* {v.seq_of(u)} FETCH (FLAGS ".encode() + R.flag_list(v.flags_of(u, flags))
+                         + f"{extra})\r\n".encode())
         if new:
             v.uids += new
             for u, flags in changed:
@@ -127,8 +139,8 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if not v.readonly:
                 first = await asyncio.to_thread(self.ctx.meta.claim_recent, v.box_id, new[-1] + 1)
                 v.recent.update(u for u in new if u >= first)
-            if len(v.recent) != recent_before:  # RECENT when the count changed (RFC 3501 §7.3.2)
-                lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
+        if len(v.recent) != recent_before:  # RECENT when the count changed (RFC 3501 §7.3.2)
+            lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
         if expunges:  # withheld EXPUNGEs must be found again next time
             v.modseq = highest
         return lines

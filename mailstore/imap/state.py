@@ -23,6 +23,7 @@ from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
 from .parser import SequenceSet
+from .response import uid_set
 
 T = TypeVar("T")
 Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
@@ -30,7 +31,7 @@ Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
 log = logging.getLogger("mailstore.imap")
 
 CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
-                "SPECIAL-USE CONDSTORE QUOTA APPENDLIMIT={limit} ESEARCH SEARCHRES WITHIN SORT SORT=DISPLAY "
+                "SPECIAL-USE CONDSTORE QRESYNC QUOTA APPENDLIMIT={limit} ESEARCH SEARCHRES WITHIN SORT SORT=DISPLAY "
                 "LIST-EXTENDED LIST-STATUS STATUS=SIZE THREAD=ORDEREDSUBJECT THREAD=REFERENCES")
 
 
@@ -43,7 +44,11 @@ class ImapNo(Exception):
 
 
 class ImapBad(Exception):
-    pass
+    """A tagged BAD; `lines` are untagged data sent before it (SELECT's [CLOSED])."""
+
+    def __init__(self, text: str, lines: list[bytes] | None = None) -> None:
+        super().__init__(text)
+        self.lines = lines or []
 
 
 @dataclass
@@ -133,7 +138,8 @@ class SessionBase:
         self.user: str | None = None
         self.view: SelectedView | None = None
         self.logout = False
-        self.condstore = False
+        self.condstore = False  # CONDSTORE enabled: FETCH responses carry UID and MODSEQ (RFC 7162 §3.1)
+        self.qresync = False  # QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 §3.2)
 
     @property
     def authed(self) -> str:
@@ -213,6 +219,20 @@ class SessionBase:
                 lo, hi = min(lo, hi), max(lo, hi)
                 picked.update(v.uids[lo - 1:hi])
         return sorted(picked)
+
+    def _ranges(self, s: SequenceSet, top: int) -> list[tuple[int, int]]:
+        """A UID set as inclusive ranges, "*" standing for `top` (the UIDs need not exist)."""
+        out = []
+        for a, b in s.ranges:
+            lo, hi = (top if a is None else a), (top if b is None else b)
+            out.append((min(lo, hi), max(lo, hi)))
+        return out
+
+    def vanished_earlier(self, modseq: int, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """* VANISHED (EARLIER) for the UIDs in `ranges` gone since `modseq` (QRESYNC)."""
+        assert self.view is not None
+        gone = self._read(self.ctx.meta.vanished_since, self.view.box_id, modseq, ranges)
+        return [f"* VANISHED (EARLIER) {uid_set(gone)}\r\n".encode()] if gone else []
 
     async def _messages(self, uids: list[int]) -> dict[int, Message]:
         assert self.view is not None

@@ -53,7 +53,7 @@ class StoreCommands(SessionBase):
         for u, (flags, modseq) in sorted(done.items()):
             self.view.flags[u] = flags
             if not cmd.args["silent"] or cmd.args["unchangedsince"] is not None:
-                extra = f" UID {u}" if uid else ""
+                extra = f" UID {u}" if uid or self.view.condstore else ""
                 ms = f" MODSEQ ({modseq})" if self.view.condstore or cmd.args["unchangedsince"] is not None else ""
                 lines.append(f"* {self.view.seq_of(u)} FETCH (FLAGS ".encode()
                              + R.flag_list(self.view.flags_of(u, flags)) + f"{extra}{ms})\r\n".encode())

@@ -292,7 +292,8 @@ def test_dashboard_in_headless_chromium(appliance, tmp_path):
         driver.find_element(By.ID, "user").send_keys("admin")
         driver.find_element(By.ID, "password").send_keys("not the password")
         driver.find_element(By.ID, "signin").click()
-        assert "Wrong user or password" in driver.page_source
+        # the refusal comes after the throttle's pause: wait for that page, not for the click
+        WebDriverWait(driver, 30).until(lambda d: "Wrong user or password" in d.page_source)
         driver.find_element(By.ID, "user").send_keys(dash["user"])
         driver.find_element(By.ID, "password").send_keys(dash["password"])
         driver.find_element(By.ID, "signin").click()

@@ -328,6 +328,7 @@ SORT_MESSAGES = [
     ("RE: re: zebra", "bob@a.example", "m@example.org", "", 7),
     ("apple", "Carl <carl@f.example>", "Ann <b@example.org>", "Wed, 4 Jan 2023 08:00:00 +0000", 6),
     ("Re: [list] Fwd: apple", "zed@b.example", "c@example.org", "Wed, 4 Jan 2023 08:00:00 +0000", 8),
+    ("apple", "ann@a.example", "", "", 8),  # the INTERNALDATE of the one before: ties stay in order
 ]
 
 
@@ -351,6 +352,7 @@ def sortbox(servers):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("criteria", [
     "(SUBJECT)", "(REVERSE SUBJECT)", "(DATE)", "(REVERSE DATE)", "(ARRIVAL)", "(SIZE)", "(REVERSE SIZE)",
     "(FROM)", "(TO)", "(CC)", "(DISPLAYFROM)", "(DISPLAYTO)", "(SUBJECT DATE)", "(REVERSE FROM SIZE)",
+    "(REVERSE ARRIVAL)", "(REVERSE SUBJECT REVERSE ARRIVAL)",
 ])
 def test_sort_as_dovecot(sortbox, criteria: str) -> None:  # type: ignore[no-untyped-def]
     """RFC 5256 SORT (base subjects without Re:/Fwd:/[blob]/(fwd), sent dates falling back to
@@ -361,6 +363,25 @@ def test_sort_as_dovecot(sortbox, criteria: str) -> None:  # type: ignore[no-unt
         t = next(line for line in theirs if line.startswith(b"* SORT"))
         o = next(line for line in ours if line.startswith(b"* SORT"))
         assert o.split() == t.split(), (command, t, o)
+
+
+@pytest.mark.parametrize("command", [
+    "SORT RETURN (MIN MAX) (REVERSE SUBJECT) UTF-8 ALL", "UID SORT RETURN (MIN MAX ALL COUNT) (DATE) UTF-8 ALL",
+    "SORT RETURN (ALL) (REVERSE ARRIVAL) UTF-8 ALL", "SORT RETURN () (SIZE) UTF-8 NOT ALL",
+    "SORT RETURN (COUNT) (FROM) UTF-8 SMALLER 300", "SORT RETURN (FOO) (SUBJECT) UTF-8 ALL",
+])
+def test_esort_as_dovecot(sortbox, command: str) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5267 ESORT: SORT RETURN (...) answers ESEARCH in sort order (MIN the first sorted, MAX
+    the last, ALL in order); SAVE keeps the first sorted for $ as Dovecot does."""
+    theirs, ours = sortbox["dovecot"].cmd(command), sortbox["ours"].cmd(command)
+    assert status(ours) == status(theirs), (theirs, ours)
+    strip = [re.sub(rb'\(TAG "[^"]*"\)', b"", line) for line in ours[:-1]]
+    assert strip == [re.sub(rb'\(TAG "[^"]*"\)', b"", line) for line in theirs[:-1]], (theirs, ours)
+    saved = "SORT RETURN (SAVE MIN) (REVERSE SUBJECT) UTF-8 ALL"
+    t, o = sortbox["dovecot"].cmd(saved), sortbox["ours"].cmd(saved)
+    assert [re.sub(rb'\(TAG "[^"]*"\)', b"", x) for x in o[:-1]] == [
+        re.sub(rb'\(TAG "[^"]*"\)', b"", x) for x in t[:-1]]
+    assert sortbox["dovecot"].cmd("SEARCH $")[:-1] == sortbox["ours"].cmd("SEARCH $")[:-1]
 
 
 def statuses(lines: list[bytes]) -> set[tuple[bytes, frozenset[bytes]]]:

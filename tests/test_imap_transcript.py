@@ -152,3 +152,20 @@ def test_qresync_select_whether_or_not_the_expunge_log_reaches_back(ctx, log_kep
     assert b"* VANISHED (EARLIER) 2" in resync
     assert any(line.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Flagged) MODSEQ (") for line in resync)
     assert out[-1].startswith(b"b2 BAD ")  # QRESYNC not enabled in that session
+
+
+def test_arrival_ties_within_a_second_keep_sequence_order(tmp_path):
+    # INTERNALDATE is stored to the microsecond but clients see whole seconds (RFC 3501
+    # date-time): two deliveries in one second tie under ARRIVAL, and a tie stays in
+    # sequence order under REVERSE too (RFC 5256 §3; Dovecot sorts so).
+    meta = MetaStore(tmp_path / "meta.db")
+    meta.add_user("t@x.test", hash_password("pw"))
+    env = [None, "s", None, None, None, None, None, None, None, None]
+    for i, when in enumerate((1000.7, 1000.2, 999.9)):
+        box, uid = meta.reserve_uid("t@x.test", "INBOX")
+        meta.commit_message("t@x.test", box.id, uid, f"g{i}", f"k{i}", 100, when, when, env, [])
+    ctx = ImapContext(meta, fs=unreachable_storage(), policy=AddressPolicy("x.test"), max_append=1000)
+    out = run(ctx, b"a1 LOGIN t@x.test pw", b"a2 SELECT INBOX", b"a3 SORT (REVERSE ARRIVAL) UTF-8 ALL",
+              b"a4 SORT (ARRIVAL) UTF-8 ALL")
+    assert out[2] == b"* SORT 1 2 3\r\na3 OK SORT completed\r\n"
+    assert out[3] == b"* SORT 3 1 2\r\na4 OK SORT completed\r\n"

@@ -140,10 +140,10 @@ class SearchCommands(SessionBase):
         return ", ".join(texts).lower()
 
     async def _sort(self, cmd: Command, uid: bool) -> Reply:
-        """SORT (RFC 5256, SORT=DISPLAY): the matches, ordered by the criteria, then by number."""
+        """SORT (RFC 5256, SORT=DISPLAY): the matches, ordered by the criteria, then by number.
+        SORT RETURN (...) answers ESEARCH in sort order (RFC 5267 ESORT): MIN and MAX are the
+        first and the last sorted, ALL keeps the order."""
         assert self.view is not None
-        if cmd.args.get("return") is not None:
-            raise ImapBad("SORT RETURN (ESORT) is not supported")
         found = await self._found(cmd)
         msgs = await self._messages([u for _, u in found])
         parsed = await self._parsed([u for _, u in found if u in msgs], msgs)
@@ -162,6 +162,8 @@ class SearchCommands(SessionBase):
         for c, rev in reversed(keys):  # stable sorts, least significant first
             values = {u: sort_key(c, envelopes[u], msgs[u].internal_date, msgs[u].size) for _, u in rows}
             ordered.sort(key=lambda r: values[r[1]], reverse=rev)
+        if cmd.args.get("return") is not None:
+            return _esearch(cmd.tag, self.view, ordered, uid, cmd.args["return"]), f"{cmd.name} completed"
         numbers = [u if uid else i for i, u in ordered]
         return [f"* SORT{''.join(f' {n}' for n in numbers)}\r\n".encode()], f"{cmd.name} completed"
 

@@ -95,6 +95,9 @@ def display(addresses: list[list[str | None]] | None) -> str:
 
 
 def key(criterion: str, envelope: list[Any], internal_date: float, size: int) -> tuple[Any, ...]:
+    # INTERNALDATE as clients see it, in whole seconds: messages delivered within one second
+    # tie, and ties stay in sequence order even under REVERSE (as Dovecot sorts them)
+    internal_date = float(int(internal_date))
     if criterion == "ARRIVAL":
         return (internal_date,)
     if criterion == "DATE":

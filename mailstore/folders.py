@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 
 from .db import SPECIAL_USE, Mailbox, MetaError, MetaStore, next_uidvalidity
@@ -192,6 +193,7 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
         next_uid = dst.uidnext
         modseq = _bump(c, dst.id)
         added = 0
+        saved = time.time()  # saved into this mailbox now (RFC 8514 SAVEDATE)
         for uid in sorted(uids):
             row = c.execute("SELECT guid, object_key, size, internal_date, saved, flags, envelope, bodystructure "
                             "FROM messages WHERE mailbox_id=? AND uid=?", (src_id, uid)).fetchone()
@@ -199,7 +201,7 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
                 continue
             c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"
                       " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                      (dst.id, next_uid, row[0], row[1], row[2], row[3], row[4], row[5], modseq, row[6], row[7]))
+                      (dst.id, next_uid, row[0], row[1], row[2], row[3], saved, row[5], modseq, row[6], row[7]))
             pairs.append((uid, next_uid))
             added += row[2]
             next_uid += 1

@@ -536,3 +536,34 @@ def test_qresync_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
     assert any(re.match(rb"\* 1 FETCH \(FLAGS \(\) UID 1 MODSEQ \(\d+\)\)", line) for line in got), got
     for c in others.values():
         c.close()
+
+
+def test_savedate_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 8514 SAVEDATE: FETCH SAVEDATE is when the message was saved into this mailbox (a COPY
+    is saved anew, its INTERNALDATE kept), SEARCH SAVEDBEFORE/SAVEDON/SAVEDSINCE compare that day,
+    SAVEDATESUPPORTED matches all.  Dates are "now" on both servers: compared by day."""
+    import datetime as dt
+    today = dt.datetime.now(dt.UTC).date()
+    day = lambda d: f"{d.day}-{d.strftime('%b')}-{d.year}"  # noqa: E731
+    yesterday, tomorrow = day(today - dt.timedelta(days=1)), day(today + dt.timedelta(days=1))
+    for c in servers.values():
+        c.cmd("CREATE savebox")
+        c.cmd('APPEND savebox "01-Feb-2020 10:00:00 +0000" \x00LIT\x00', b"Subject: old\r\n\r\nold\r\n")
+        c.cmd("APPEND savebox \x00LIT\x00", b"Subject: new\r\n\r\nnew\r\n")
+        c.cmd("SELECT savebox")
+        c.cmd("COPY 1 savebox")
+    for step in ("SEARCH SAVEDATESUPPORTED", f"SEARCH SAVEDSINCE {yesterday}", f"SEARCH SAVEDBEFORE {yesterday}",
+                 f"SEARCH SAVEDBEFORE {tomorrow}", f"SEARCH NOT SAVEDSINCE {tomorrow}", "SEARCH SAVEDON 1-Feb-2020",
+                 "SEARCH ON 1-Feb-2020", "SEARCH SAVEDBEFORE", "UID SEARCH RETURN (COUNT) SAVEDSINCE 1-Jan-2000"):
+        t, o = both(servers, step)
+        assert status(o) == status(t), (step, t, o)
+        assert [re.sub(rb'\(TAG "[^"]*"\)', b"", x) for x in o[:-1]] == [
+            re.sub(rb'\(TAG "[^"]*"\)', b"", x) for x in t[:-1]], (step, t, o)
+    for c in servers.values():
+        got = fetch_items(c.cmd("FETCH 1:3 (SAVEDATE INTERNALDATE)"))
+        assert sorted(got) == [1, 2, 3]
+        assert got[1][b"INTERNALDATE"] == got[3][b"INTERNALDATE"] == b"01-Feb-2020 10:00:00 +0000"
+        for n in (1, 2, 3):
+            saved = dt.datetime.strptime(got[n][b"SAVEDATE"].decode(), "%d-%b-%Y %H:%M:%S %z")
+            assert abs((saved - dt.datetime.now(dt.UTC)).total_seconds()) < 120, got
+        c.cmd("UNSELECT")

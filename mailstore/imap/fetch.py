@@ -60,6 +60,8 @@ class FetchCommands(SessionBase):
                     items.append(b"FLAGS " + R.flag_list(self._shown_flags(u, m.flags, marking)))
                 elif a.name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + R.internal_date(m.internal_date))
+                elif a.name == "SAVEDATE":  # RFC 8514
+                    items.append(b"SAVEDATE " + R.internal_date(m.saved))
                 elif a.name == "RFC822.SIZE":
                     items.append(f"RFC822.SIZE {m.size}".encode())
                 elif a.name == "MODSEQ":

@@ -670,7 +670,7 @@ def _store(r: _Reader) -> dict[str, Any]:
 
 
 FETCH_SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-                "BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
+                "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE"}
 FETCH_MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
                 "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
                 "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
@@ -766,7 +766,8 @@ def _fetch(r: _Reader) -> dict[str, Any]:
 SEARCH_FLAGS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN", "UNANSWERED",
                 "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"}
 SEARCH_STRING = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
-SEARCH_DATE = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+SEARCH_DATE = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+               "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # the last three: RFC 8514 SAVEDATE
 
 
 def _search_key(r: _Reader) -> SearchKey:
@@ -776,7 +777,7 @@ def _search_key(r: _Reader) -> SearchKey:
     if c.isdigit() or c in (b"*", b"$"):
         return SearchKey("SEQSET", (r.seqset(),))
     word = r.atom().upper()
-    if word in SEARCH_FLAGS:
+    if word in SEARCH_FLAGS or word == "SAVEDATESUPPORTED":
         return SearchKey(word)
     r.sp()
     if word in SEARCH_STRING:

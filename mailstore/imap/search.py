@@ -97,6 +97,10 @@ class SearchCommands(SessionBase):
         if n in ("BEFORE", "ON", "SINCE"):
             day = datetime.fromtimestamp(m.internal_date, UTC).date()
             return _date_cmp(n, day, key.args[0].date())
+        if n in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):  # RFC 8514: the day it was saved here
+            return _date_cmp(n[5:], datetime.fromtimestamp(m.saved, UTC).date(), key.args[0].date())
+        if n == "SAVEDATESUPPORTED":  # every mailbox keeps save dates
+            return True
         if n in _ADDRESS_FIELDS or n == "SUBJECT":
             needle = key.args[-1].decode("utf-8", "replace").lower() if isinstance(key.args[-1], bytes) else ""
             return needle in await self._envelope_text(m, n)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import email
 import re
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from email.message import Message
 from email.policy import Compat32
 from typing import Any
@@ -133,3 +134,13 @@ def _find(entity: Part, numbers: tuple[int, ...], top: bool) -> Part | None:
     if rest == (1,) and not is_self:  # a leaf's own part 1
         return part
     return None
+
+
+def decoded(text: str | None) -> str:
+    """RFC 2047 encoded-words decoded; text that does not decode stays as it is."""
+    if not text:
+        return ""
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        return text

@@ -345,6 +345,16 @@ class _Reader:
         self.close()
         return out
 
+    def named_list(self, one: Callable[[str], None]) -> None:
+        """(NAME [value] *(SP NAME [value])): `one` reads what follows each name, or refuses it."""
+        self.open()
+        while True:
+            one(self.atom().upper())
+            if self.peek() == b")":
+                break
+            self.sp()
+        self.close()
+
     def flag(self) -> str:
         if self.peek() == b"\\":
             self.i += 1
@@ -466,9 +476,7 @@ def _select(r: _Reader) -> dict[str, Any]:
     r.sp()
     out: dict[str, Any] = {"mailbox": r.mailbox(), "condstore": False, "qresync": None}
     if r.maybe_sp():
-        r.open()
-        while True:
-            name = r.atom().upper()
+        def param(name: str) -> None:
             if name == "CONDSTORE":
                 out["condstore"] = True
             elif name == "QRESYNC" and out["qresync"] is None:
@@ -476,10 +484,7 @@ def _select(r: _Reader) -> dict[str, Any]:
                 out["qresync"] = _qresync(r)
             else:
                 raise r.fail(f"Unknown {name} parameter")
-            if r.peek() == b")":
-                break
-            r.sp()
-        r.close()
+        r.named_list(param)
     return out
 
 
@@ -740,27 +745,23 @@ def _fetch(r: _Reader) -> dict[str, Any]:
             atts = [FetchAttribute(n) for n in FETCH_MACROS[m.group().upper().decode()]]
         else:
             atts = [_fetch_att(r)]
-    changed, vanished = None, False
+    out: dict[str, Any] = {"set": s, "attributes": atts, "changedsince": None, "vanished": False}
     if r.maybe_sp():  # RFC 7162 modifiers: (CHANGEDSINCE n [VANISHED])
         if r.peek() != b"(":
             raise r.fail("Unexpected characters after the fetch attributes")
-        r.open()
-        while True:
-            name = r.atom().upper()
-            if name == "CHANGEDSINCE" and changed is None:
+
+        def modifier(name: str) -> None:
+            if name == "CHANGEDSINCE" and out["changedsince"] is None:
                 r.sp()
-                changed = r.number()
-            elif name == "VANISHED" and not vanished:
-                vanished = True
+                out["changedsince"] = r.number()
+            elif name == "VANISHED" and not out["vanished"]:
+                out["vanished"] = True
             else:
                 raise r.fail(f"Unknown FETCH modifier {name}")
-            if r.peek() == b")":
-                break
-            r.sp()
-        r.close()
-        if vanished and changed is None:
+        r.named_list(modifier)
+        if out["vanished"] and out["changedsince"] is None:
             raise r.fail("VANISHED needs CHANGEDSINCE")
-    return {"set": s, "attributes": atts, "changedsince": changed, "vanished": vanished}
+    return out
 
 
 SEARCH_FLAGS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN", "UNANSWERED",

@@ -6,9 +6,9 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from email.header import decode_header, make_header
 
 from ..db import Message
+from ..mime import decoded
 from . import response as R
 from . import thread as threading
 from .parser import Command, SearchKey, Section, SequenceSet
@@ -133,14 +133,14 @@ class SearchCommands(SessionBase):
             return ""
         env = json.loads(parsed[0])
         if field == "SUBJECT":
-            return _decoded(env[1]).lower()
+            return decoded(env[1]).lower()
         texts = []
         for name, _route, mailbox, host in env[_ADDRESS_FIELDS[field]] or []:
             if host is None:  # a group's start (its name in the mailbox field) or end marker
                 if mailbox:
-                    texts.append(_decoded(mailbox))
+                    texts.append(decoded(mailbox))
                 continue
-            texts.append(f"{_decoded(name)} <{mailbox or ''}@{host}>")
+            texts.append(f"{decoded(name)} <{mailbox or ''}@{host}>")
         return ", ".join(texts).lower()
 
     async def _sort(self, cmd: Command, uid: bool) -> Reply:
@@ -243,16 +243,6 @@ def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bo
 
 
 _ADDRESS_FIELDS = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}  # their place in an ENVELOPE
-
-
-def _decoded(text: str | None) -> str:
-    """RFC 2047 encoded-words decoded; text that does not decode stays as it is."""
-    if not text:
-        return ""
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError):
-        return text
 
 
 _FLAG_KEYS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT",

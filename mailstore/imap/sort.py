@@ -9,24 +9,15 @@ from __future__ import annotations
 import email.utils
 import re
 import unicodedata
-from email.header import decode_header, make_header
 from typing import Any
+
+from ..mime import decoded
 
 _BLOB = r"\[[^\[\]]*\]"
 _LEADER = re.compile(rf"^(?:[ \t]*(?:{_BLOB}[ \t]*)*(?:re|fwd?)[ \t]*(?:{_BLOB})?[ \t]*:)", re.I)
 _BLOB_PREFIX = re.compile(rf"^[ \t]*{_BLOB}[ \t]*")
 _TRAILER = re.compile(r"(?:[ \t]|\(fwd\))+$", re.I)
 _FWD_WRAP = re.compile(r"^\[fwd:(.*)\]$", re.I | re.S)
-
-
-def decoded(text: str | None) -> str:
-    """RFC 2047 encoded-words decoded; text that does not decode stays as it is."""
-    if not text:
-        return ""
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError):
-        return text
 
 
 def casemap(text: str) -> str:

@@ -214,3 +214,17 @@ def test_modified_utf7_mailbox_names():
     for bad in ("&Jjo!", "&U,BTFw", "caf\u00e9", "&AGE-"):  # junk, unterminated, raw 8-bit, ASCII encoded
         with pytest.raises(MailboxNameError):
             decode(bad)
+
+
+def test_numbers_out_of_range_are_bad_not_server_errors():
+    # RFC 3501 number/nz-number are 32-bit, RFC 7162 mod-sequences 63-bit (what SQLite's INTEGER
+    # holds): anything larger is a BAD from the parser, never an overflow further in.
+    big = b"99999999999999999999"
+    for line in (b"a SELECT INBOX (QRESYNC (1 " + big + b"))", b"a UID FETCH 1 FLAGS (CHANGEDSINCE " + big + b")",
+                 b"a SEARCH MODSEQ " + big, b"a STORE 1 (UNCHANGEDSINCE " + big + b") +FLAGS (\\Seen)",
+                 b"a UID FETCH " + big + b" FLAGS", b"a SELECT INBOX (QRESYNC (1 1 1:" + big + b"))",
+                 b"a SEARCH LARGER 4294967296", b"a FETCH 1 BODY[]<0.4294967296>", b"a SEARCH MODSEQ 9223372036854775808"):
+        with pytest.raises(ParseError):
+            one(line)
+    assert one(b"a SEARCH MODSEQ 9223372036854775807").args["keys"].args[0].args == (9223372036854775807,)
+    assert one(b"a FETCH 4294967295 FLAGS").args["set"].ranges == ((4294967295, 4294967295),)

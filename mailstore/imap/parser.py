@@ -30,6 +30,8 @@ T = TypeVar("T")
 MAX_LINE = 64 * 1024  # a command line, literals excluded
 MAX_LITERAL = 50 * 1024 * 1024  # APPENDLIMIT
 MAX_DEPTH = 32  # nested parentheses (search keys, lists)
+MAX_NUMBER = 2**32 - 1  # RFC 3501 number, nz-number: unsigned 32-bit
+MAX_MODSEQ = 2**63 - 1  # RFC 7162 mod-sequence-value: unsigned 63-bit (SQLite's INTEGER)
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,12})(\+?)\}\r\n$")
 
@@ -238,12 +240,19 @@ class _Reader:
             raise self.fail("Expected an atom")
         return self.d[start:self.i].decode("ascii", "replace")
 
-    def number(self) -> int:
+    def number(self, limit: int = MAX_NUMBER) -> int:
+        """RFC 3501 number: an unsigned 32-bit integer (RFC 7162 mod-sequences: `limit`=MAX_MODSEQ)."""
         m = re.compile(rb"\d{1,20}").match(self.d, self.i)
         if not m:
             raise self.fail("Expected a number")
+        n = int(m.group())
+        if n > limit:
+            raise self.fail(f"Number out of range (at most {limit})")
         self.i = m.end()
-        return int(m.group())
+        return n
+
+    def modseq(self) -> int:
+        return self.number(MAX_MODSEQ)
 
     def nz_number(self) -> int:
         n = self.number()
@@ -492,7 +501,7 @@ def _qresync(r: _Reader) -> dict[str, Any]:
     r.open()
     validity = r.nz_number()
     r.sp()
-    modseq = r.nz_number()
+    modseq = r.modseq()
     known = None
     if r.maybe_sp() and r.peek() != b"(":
         known = r.seqset()
@@ -656,7 +665,7 @@ def _store(r: _Reader) -> dict[str, Any]:
         r.open()
         r.expect(b"UNCHANGEDSINCE")
         r.sp()
-        unchanged = r.number()
+        unchanged = r.modseq()
         r.close()
         r.sp()
     action = r.atom().upper()
@@ -753,7 +762,7 @@ def _fetch(r: _Reader) -> dict[str, Any]:
         def modifier(name: str) -> None:
             if name == "CHANGEDSINCE" and out["changedsince"] is None:
                 r.sp()
-                out["changedsince"] = r.number()
+                out["changedsince"] = r.modseq()
             elif name == "VANISHED" and not out["vanished"]:
                 out["vanished"] = True
             else:
@@ -787,7 +796,9 @@ def _search_key(r: _Reader) -> SearchKey:
         return SearchKey(word, (r.date(),))
     if word in ("KEYWORD", "UNKEYWORD"):
         return SearchKey(word, (r.flag(),))
-    if word in ("LARGER", "SMALLER", "MODSEQ", "OLDER", "YOUNGER"):  # OLDER/YOUNGER: RFC 5032 WITHIN
+    if word == "MODSEQ":
+        return SearchKey(word, (r.modseq(),))
+    if word in ("LARGER", "SMALLER", "OLDER", "YOUNGER"):  # OLDER/YOUNGER: RFC 5032 WITHIN
         return SearchKey(word, (r.number(),))
     if word == "UID":
         return SearchKey("UID", (r.seqset(),))

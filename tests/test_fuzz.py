@@ -26,7 +26,9 @@ from gateway.s3.chunked import AwsChunkedDecoder, ChunkSigner
 from gateway.s3.errors import S3Error
 from gateway.s3.http import decode_path, header_value, parse_range
 from gateway.s3.ops import operation, parse_copy_source
-from mailstore.imap.parser import CommandFramer, Framed, FramingError, ParseError, parse_command
+from mailstore.imap.framing import CommandFramer, Framed, FramingError
+from mailstore.imap.parser import parse_command
+from mailstore.imap.reader import ParseError
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SERVER = settings(max_examples=120, deadline=None,

@@ -6,8 +6,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from mailstore.imap.parser import (CommandFramer, FetchAttribute, Framed, FramingError, NeedContinuation,
-                                   ParseError, SearchKey, Section, SequenceSet, parse_command)
+from mailstore.imap.framing import CommandFramer, Framed, FramingError, NeedContinuation
+from mailstore.imap.parser import parse_command
+from mailstore.imap.reader import FetchAttribute, ParseError, SearchKey, Section, SequenceSet
 
 
 def frame(*chunks: bytes, **limits: int) -> list:  # type: ignore[type-arg]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailstore.imap.parser import Section
+from mailstore.imap.reader import Section
 from mailstore.imap.response import (astring, bodystructure, envelope, flag_list, internal_date, nstring, partial,
                                      section_bytes)
 from mailstore.message import parse

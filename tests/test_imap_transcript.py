@@ -9,7 +9,8 @@ import pytest
 
 from cache import Fs, open_fs
 from mailstore.db import MetaStore
-from mailstore.imap.parser import CommandFramer, Framed, parse_command
+from mailstore.imap.framing import CommandFramer, Framed
+from mailstore.imap.parser import parse_command
 from mailstore.imap.session import ImapContext, Session
 from mailstore.users import AddressPolicy, hash_password
 

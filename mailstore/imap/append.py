@@ -12,7 +12,7 @@ from cache import FsError
 from .. import layout
 from ..db import Mailbox
 from ..message import parse as parse_message
-from .parser import Command
+from .reader import Command
 from .state import ImapNo, Reply, SessionBase
 
 

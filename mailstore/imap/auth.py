@@ -7,7 +7,7 @@ import base64
 
 from ..throttle import Busy
 from ..users import resolve, verify_password
-from .parser import Command
+from .reader import Command
 from .state import ImapBad, ImapNo, Reply, SessionBase
 
 

@@ -9,7 +9,7 @@ from cache import NotFound
 from .. import folders
 from ..db import Message
 from . import response as R
-from .parser import Command, FetchAttribute
+from .reader import Command, FetchAttribute
 from .state import ImapBad, ImapNo, Reply, SessionBase
 
 
@@ -76,7 +76,7 @@ class FetchCommands(SessionBase):
                 else:
                     if body is None:
                         body = (await self.ctx.fs.get(m.object_key))[0]
-                    from .parser import Section
+                    from .reader import Section
                     if a.name == "RFC822":
                         part, label, marks = body, "RFC822", True
                     elif a.name == "RFC822.HEADER":

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .. import folders
 from ..db import Mailbox
 from . import response as R
-from .parser import Command, SequenceSet
+from .reader import Command, SequenceSet
 from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase, flag_lines
 
 

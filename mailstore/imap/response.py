@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import mime
-from .parser import Section
+from .reader import Section
 
 _QUOTABLE_MAX = 256
 

@@ -11,7 +11,7 @@ from ..db import Message
 from ..mime import decoded
 from . import response as R
 from . import thread as threading
-from .parser import Command, SearchKey, Section, SequenceSet
+from .reader import Command, SearchKey, Section, SequenceSet
 from .sort import key as sort_key
 from .sort import sent_date
 from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase

@@ -12,7 +12,9 @@ import asyncio
 import logging
 import socket
 
-from .parser import CommandFramer, Framed, FramingError, NeedContinuation, ParseError, parse_command
+from .framing import CommandFramer, Framed, FramingError, NeedContinuation
+from .parser import parse_command
+from .reader import ParseError
 from .session import ImapContext, Session
 
 log = logging.getLogger("mailstore.imap")

@@ -27,7 +27,7 @@ from .append import AppendCommands
 from .auth import AuthCommands
 from .fetch import FetchCommands
 from .mailboxes import MailboxCommands
-from .parser import Command
+from .reader import Command
 from .search import SearchCommands
 from .state import ImapBad, ImapContext, ImapNo, Reply, SelectedView
 from .store import StoreCommands

@@ -22,7 +22,7 @@ from ..db import Mailbox, Message, MetaStore
 from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
-from .parser import SequenceSet
+from .reader import SequenceSet
 from .response import uid_set
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import asyncio
 
 from .. import folders
 from . import response as R
-from .parser import Command
+from .reader import Command
 from .state import ImapNo, Reply, SessionBase
 
 

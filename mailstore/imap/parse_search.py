@@ -1,0 +1,123 @@
+"""The grammar of SEARCH, SORT and THREAD (RFC 3501 §6.4.4, ESEARCH RFC 4731, SORT and
+THREAD RFC 5256, WITHIN RFC 5032, SAVEDATE RFC 8514)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .reader import MAX_DEPTH, Reader, SearchKey
+
+SEARCH_FLAGS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN", "UNANSWERED",
+                "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"}
+SEARCH_STRING = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
+SEARCH_DATE = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+               "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # the last three: RFC 8514 SAVEDATE
+
+
+def _search_key(r: Reader) -> SearchKey:
+    c = r.peek()
+    if c == b"(":
+        return SearchKey("AND", tuple(r.paren_list(lambda: _search_key(r))))
+    if c.isdigit() or c in (b"*", b"$"):
+        return SearchKey("SEQSET", (r.seqset(),))
+    word = r.atom().upper()
+    if word in SEARCH_FLAGS or word == "SAVEDATESUPPORTED":
+        return SearchKey(word)
+    r.sp()
+    if word in SEARCH_STRING:
+        return SearchKey(word, (r.astring(),))
+    if word in SEARCH_DATE:
+        return SearchKey(word, (r.date(),))
+    if word in ("KEYWORD", "UNKEYWORD"):
+        return SearchKey(word, (r.flag(),))
+    if word == "MODSEQ":
+        return SearchKey(word, (r.modseq(),))
+    if word in ("LARGER", "SMALLER", "OLDER", "YOUNGER"):  # OLDER/YOUNGER: RFC 5032 WITHIN
+        return SearchKey(word, (r.number(),))
+    if word == "UID":
+        return SearchKey("UID", (r.seqset(),))
+    if word == "HEADER":
+        name = r.astring()
+        r.sp()
+        return SearchKey("HEADER", (name.decode("ascii", "replace"), r.astring()))
+    if word == "NOT":
+        r.depth += 1
+        if r.depth > MAX_DEPTH:
+            raise r.fail("Too deeply nested")
+        key = _search_key(r)
+        r.depth -= 1
+        return SearchKey("NOT", (key,))
+    if word == "OR":
+        r.depth += 1
+        if r.depth > MAX_DEPTH:
+            raise r.fail("Too deeply nested")
+        a = _search_key(r)
+        r.sp()
+        b = _search_key(r)
+        r.depth -= 1
+        return SearchKey("OR", (a, b))
+    raise r.fail(f"Invalid search key {word}")
+
+
+def parse_search(r: Reader) -> dict[str, Any]:
+    returns: list[str] | None = None
+    charset = None
+    r.sp()
+    if r.d[r.i:r.i + 6].upper() == b"RETURN":  # RFC 4731 ESEARCH
+        r.i += 6
+        r.sp()
+        returns = r.paren_list(lambda: r.atom().upper())
+        r.sp()
+    if r.d[r.i:r.i + 7].upper() == b"CHARSET":
+        r.i += 7
+        r.sp()
+        charset = r.astring().decode("ascii", "replace").upper()
+        r.sp()
+    keys = [_search_key(r)]
+    while r.maybe_sp():
+        keys.append(_search_key(r))
+    return {"charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
+
+
+SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+
+
+def parse_sort(r: Reader) -> dict[str, Any]:
+    """SORT [RETURN (...)] (criteria) charset keys (RFC 5256; DISPLAYFROM/TO: RFC 5957; RETURN: ESORT)."""
+    returns: list[str] | None = None
+    r.sp()
+    if r.d[r.i:r.i + 6].upper() == b"RETURN":
+        r.i += 6
+        r.sp()
+        returns = r.paren_list(lambda: r.atom().upper())
+        r.sp()
+    criteria = r.paren_list(lambda: r.atom().upper())
+    if not criteria or any(c not in SORT_KEYS for c in criteria):
+        raise r.fail("Invalid sort criteria")
+    if criteria[-1] == "REVERSE" or any(a == b == "REVERSE" for a, b in itertools.pairwise(criteria)):
+        raise r.fail("REVERSE must come before a sort key")
+    r.sp()
+    charset = r.astring().decode("ascii", "replace").upper()
+    r.sp()
+    keys = [_search_key(r)]
+    while r.maybe_sp():
+        keys.append(_search_key(r))
+    return {"criteria": criteria, "charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
+
+
+def parse_thread(r: Reader) -> dict[str, Any]:
+    """THREAD algorithm charset keys (RFC 5256 §4)."""
+    r.sp()
+    algorithm = r.atom().upper()
+    if algorithm not in ("ORDEREDSUBJECT", "REFERENCES"):
+        raise r.fail(f"Unknown threading algorithm {algorithm}")
+    r.sp()
+    charset = r.astring().decode("ascii", "replace").upper()
+    r.sp()
+    keys = [_search_key(r)]
+    while r.maybe_sp():
+        keys.append(_search_key(r))
+    return {"algorithm": algorithm, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
+
+

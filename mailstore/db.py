@@ -506,8 +506,9 @@ class MetaStore:
     @classmethod
     def commit_messages_tx(cls, c: sqlite3.Connection, rows: Sequence[NewMessage],
                            released: Sequence[tuple[int, int]]) -> None:
+        modseqs: dict[int, int] = {}  # one transaction, one change per mailbox (RFC 7162 allows shared values)
         for row in rows:
-            cls.commit_one(c, row)
+            cls.commit_one(c, row, modseqs)
         for mailbox_id, uid in released:
             c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
 
@@ -521,9 +522,14 @@ class MetaStore:
         return {n for n, in self.conn().execute("SELECT name FROM keywords WHERE mailbox_id=?", (mailbox_id,))}
 
     @staticmethod
-    def commit_one(c: sqlite3.Connection, m: NewMessage) -> None:
-        """Inside a write transaction: add the row, bump the mailbox's modseq and the user's usage."""
-        modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (m.mailbox_id,)).fetchone()[0] + 1
+    def commit_one(c: sqlite3.Connection, m: NewMessage, modseqs: dict[int, int] | None = None) -> None:
+        """Inside a write transaction: add the row, bump the mailbox's modseq and the user's usage.
+        `modseqs` (mailbox id -> modseq) gives the messages of one transaction one modseq."""
+        modseq = modseqs.get(m.mailbox_id) if modseqs is not None else None
+        if modseq is None:
+            modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (m.mailbox_id,)).fetchone()[0] + 1
+            if modseqs is not None:
+                modseqs[m.mailbox_id] = modseq
         env = m.envelope if isinstance(m.envelope, str) else json.dumps(m.envelope)
         bs = m.bodystructure if isinstance(m.bodystructure, str) else json.dumps(m.bodystructure)
         c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"

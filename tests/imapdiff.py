@@ -43,10 +43,10 @@ class Raw:
         self.n += 1
         tag = f"t{self.n}".encode()
         raw = text.encode() if isinstance(text, str) else text
-        pieces = raw.split(b"\x00LIT\x00")
+        pieces = re.split(rb"\x00LIT(8?)\x00", raw)  # a literal's place; LIT8: a literal8 (RFC 3516)
         self.sock.sendall(tag + b" " + pieces[0])
-        for piece, lit in zip(pieces[1:], literals, strict=True):
-            self.sock.sendall(b"{%d}\r\n" % len(lit))
+        for eight, piece, lit in zip(pieces[1::2], pieces[2::2], literals, strict=True):
+            self.sock.sendall(b"~" * len(eight) + b"{%d}\r\n" % len(lit))
             cont = self._line()
             if cont.startswith(tag + b" "):  # refused before the literal (Dovecot checks APPEND's mailbox first)
                 return [cont]
@@ -101,7 +101,8 @@ def parse(data: bytes, pos: int = 0) -> tuple[list[Value], int]:
                 end += 1
             out.append(bytes(buf))
             pos = end + 1
-        elif c == b"{":
+        elif c == b"{" or data[pos:pos + 2] == b"~{":  # a literal, or a literal8 (RFC 3516): the same value
+            pos += c == b"~"
             m = re.match(rb"\{(\d+)\+?\}\r\n", data[pos:])
             assert m, data[pos:pos + 20]
             start = pos + m.end()

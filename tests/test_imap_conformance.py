@@ -567,3 +567,115 @@ def test_savedate_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
             saved = dt.datetime.strptime(got[n][b"SAVEDATE"].decode(), "%d-%b-%Y %H:%M:%S %z")
             assert abs((saved - dt.datetime.now(dt.UTC)).total_seconds()) < 120, got
         c.cmd("UNSELECT")
+
+
+BINARY_MESSAGES = [
+    msg("From: a@example.org", "Subject: parts", "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="XX"', "",
+        "preamble", "--XX", "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: Quoted-Printable", "",
+        "caf=C3=A9 =3D ok=", " soft", "--XX", "Content-Type: application/octet-stream",
+        "Content-Transfer-Encoding: base64", 'Content-Disposition: attachment; filename="a.bin"', "",
+        "AAECAwQF", "BgcICQ==", "--XX", "Content-Type: text/plain", "Content-Transfer-Encoding: 8bit", "", "plain",
+        "--XX", "Content-Type: message/rfc822", "", "Subject: inner", "Content-Transfer-Encoding: base64", "",
+        "aGVsbG8gd29ybGQ=", "--XX--", "epilogue", ""),
+    msg("From: a@example.org", "Subject: single", "Content-Transfer-Encoding: base64", "", "aGVsbG8gd29ybGQ=", ""),
+    msg("From: a@example.org", "Subject: uuencoded", "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="u"',
+        "", "--u", "Content-Transfer-Encoding: base64", "", "b2s=", "--u", "Content-Type: text/plain",
+        "Content-Transfer-Encoding: x-uuencode", "", "begin 644 x", "end", "--u--", ""),
+]
+BINARY_SECTIONS = ["", "1", "2", "3", "4", "5", "1.1", "2.1", "4.1", "4.TEXT", "4.HEADER", "TEXT", "HEADER", "1.MIME"]
+
+
+def _literal8s(lines: list[bytes]) -> set[bytes]:
+    """The names of the items a server sent as a literal8 (~{n})."""
+    return set(re.findall(rb"(BINARY\[[^\]]*\](?:<\d+>)?) ~\{", b"".join(lines)))
+
+
+def test_binary_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 3516 BINARY: BINARY[n] decodes base64 and quoted-printable, a multipart or attached
+    message comes back with every part decoded and its header saying "binary", BINARY.SIZE is
+    the decoded size, an unknown encoding is NO [UNKNOWN-CTE], a literal8 APPEND may carry NULs.
+    Compared with Dovecot byte for byte, and which items come as a literal8 too."""
+    for c in servers.values():
+        c.cmd("CREATE binbox")
+        for m in BINARY_MESSAGES:
+            assert status(c.cmd("APPEND binbox \x00LIT\x00", m)).startswith(b"OK")
+        # literal8 APPENDs: a part declared binary, and NULs in a plain 7bit body
+        assert status(c.cmd("APPEND binbox \x00LIT8\x00 \x00LIT8\x00", msg(
+            "Subject: nul", "Content-Type: application/octet-stream", "Content-Transfer-Encoding: binary", "",
+            "ab\x00cd", ""), msg("Subject: nul2", "", "ab\x00cd", ""))).startswith(b"OK")
+        c.cmd("SELECT binbox")
+    for seq in (1, 2, 4, 5):
+        for section in BINARY_SECTIONS:
+            for partial in ("", "<2.3>", "<30.100>"):
+                cmd = f"FETCH {seq} (BINARY.PEEK[{section}]{partial} BINARY.SIZE[{section}])"
+                t, o = both(servers, cmd)
+                assert status(o) == status(t), (cmd, t, o)
+                if status(t).startswith(b"OK"):
+                    assert fetch_items(o)[seq] == fetch_items(t)[seq], (cmd, t, o)
+                    assert _literal8s(o) == _literal8s(t), (cmd, t, o)
+    for cmd in ("FETCH 4:5 (BODY.PEEK[] RFC822.SIZE BODY.PEEK[1] RFC822.TEXT BODYSTRUCTURE)",
+                "FETCH 3 (BINARY.PEEK[1])", "FETCH 1 BINARY[1]", "FETCH 1:2 (FLAGS)"):
+        t, o = both(servers, cmd)
+        assert status(o) == status(t) and status(t).startswith(b"OK"), (cmd, t, o)
+        got, want = fetch_items(o), fetch_items(t)
+        assert {n: {k: fold(v) for k, v in d.items()} for n, d in got.items()} == \
+            {n: {k: fold(v) for k, v in d.items()} for n, d in want.items()}, (cmd, t, o)
+    for cmd in ("FETCH 3 (BINARY.PEEK[2])", "FETCH 3 (BINARY.PEEK[])", "FETCH 3 BINARY.SIZE[2]"):
+        t, o = both(servers, cmd)
+        assert status(o) == status(t) == b"NO [UNKNOWN-CTE]", (cmd, t, o)
+    # Deliberate differences, each where Dovecot is more lenient than the RFC 3501/3516 grammar
+    # (section-part is nz-number, a partial's length nz-number): ours answers BAD.  And Dovecot
+    # sizes every part of a message once one part has an unknown encoding; ours sizes the part asked.
+    assert status(servers["ours"].cmd("FETCH 1 BINARY.PEEK[0]")) == b"BAD"
+    assert status(servers["ours"].cmd("FETCH 1 BINARY.PEEK[1]<0.0>")) == b"BAD"
+    assert fetch_items(servers["ours"].cmd("FETCH 3 BINARY.SIZE[1]"))[3][b"BINARY.SIZE[1]"] == 2
+    for c in servers.values():
+        c.cmd("UNSELECT")
+
+
+def test_multiappend_and_catenate_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 3502 MULTIAPPEND (several messages, all or none, APPENDUID with a set) and RFC 4469
+    CATENATE (text and IMAP URLs of stored messages and parts; NO [BADURL url] for a URL that
+    names nothing), side by side with Dovecot; then every message compared."""
+    steps = [
+        ('APPEND catbox (\\Seen) \x00LIT\x00 (\\Flagged) "01-Jan-2020 10:00:00 +0000" \x00LIT\x00',
+         [b"Subject: a\r\n\r\nA\r\n", b"Subject: b\r\nX-Y: z\r\n\r\nB\r\n"]),
+        ('APPEND catbox CATENATE (URL "/catbox;UIDVALIDITY=$V/;UID=2/;SECTION=HEADER" TEXT \x00LIT\x00)',
+         [b"new body\r\n"]),
+        ('APPEND catbox CATENATE (URL "/catbox/;UID=1")', []),
+        ('APPEND catbox CATENATE (URL "/catbox/;uid=2/;section=text" URL "/catbox/;UID=2/;SECTION=1/;PARTIAL=1.2")', []),
+        ('APPEND catbox CATENATE (URL "/catbox/;UID=2/;SECTION=HEADER.FIELDS%20(X-Y)" TEXT \x00LIT\x00)', [b"\r\nhi"]),
+        ('APPEND catbox CATENATE (URL "/catbox/;UID=99" TEXT \x00LIT\x00)', [b"x"]),
+        ('APPEND catbox \x00LIT\x00 CATENATE (URL "/catbox/;UID=98")', [b"Subject: c\r\n\r\nC\r\n"]),
+        ('APPEND catbox CATENATE (URL "imap://u@h/catbox/;UID=1")', []),
+        ('APPEND catbox CATENATE (URL "/catbox;UIDVALIDITY=1/;UID=1")', []),
+        ('APPEND catbox CATENATE (URL "/catbox/;UID=1;SECTION=TEXT")', []),
+        ('APPEND catbox CATENATE (URL "/nobox/;UID=1")', []),
+        ('APPEND catbox CATENATE (URL ";UID=1")', []),  # relative, and nothing selected
+        ('APPEND catbox CATENATE ()', []),
+        ('APPEND nobox CATENATE (URL "/catbox/;UID=1")', []),
+        ("SELECT catbox", []),
+        ('APPEND catbox CATENATE (URL ";UID=3" TEXT \x00LIT\x00)', [b"more\r\n"]),
+        ("FETCH 1:* (UID FLAGS INTERNALDATE BODY.PEEK[])", []),
+    ]
+    validity = {}
+    for k, c in servers.items():
+        c.cmd("CREATE catbox")
+        validity[k] = re.search(rb"UIDVALIDITY (\d+)", b"".join(c.cmd("STATUS catbox (UIDVALIDITY)"))).group(1)
+    for command, literals in steps:
+        out = {k: c.cmd(command.replace("$V", validity[k].decode()), *literals) for k, c in servers.items()}
+        t, o = out["dovecot"], out["ours"]
+        assert status(o) == status(t), (command, t, o)
+        if command.startswith("APPEND") and status(t).startswith(b"OK"):
+            assert re.search(rb"\[APPENDUID \d+ ([\d:,]+)\]", o[-1]).group(1) == \
+                re.search(rb"\[APPENDUID \d+ ([\d:,]+)\]", t[-1]).group(1)
+        if command.startswith("FETCH"):
+            now = lambda items: {n: {k: v for k, v in d.items() if n <= 2 or k != b"INTERNALDATE"}  # noqa: E731
+                                 for n, d in items.items()}
+            assert now(fetch_items(o)) == now(fetch_items(t)), (t, o)
+    # Deliberate difference: a URL naming a part the message does not have is NO [BADURL]
+    # (RFC 4469 §5: the URL must name something); Dovecot appends an empty text instead.
+    got = servers["ours"].cmd('APPEND catbox CATENATE (URL "/catbox/;UID=1/;SECTION=9")')
+    assert status(got) == b"NO [BADURL]" and b"[BADURL /catbox/;UID=1/;SECTION=9]" in got[-1]
+    for c in servers.values():
+        c.cmd("UNSELECT")

@@ -8,7 +8,7 @@ import pytest
 
 from mailstore.imap.framing import CommandFramer, Framed, FramingError, NeedContinuation
 from mailstore.imap.parser import parse_command
-from mailstore.imap.reader import FetchAttribute, ParseError, SearchKey, Section, SequenceSet
+from mailstore.imap.reader import AppendMessage, FetchAttribute, ParseError, SearchKey, Section, SequenceSet
 
 
 def frame(*chunks: bytes, **limits: int) -> list:  # type: ignore[type-arg]
@@ -52,7 +52,7 @@ def test_literal_plus_needs_no_continuation_and_may_contain_crlf():
     events = frame(b"a1 APPEND INBOX (\\Seen) {%d+}\r\n" % len(msg) + msg + b"\r\n")
     assert len(events) == 1 and isinstance(events[0], Framed)
     cmd = parse_command(events[0].data)
-    assert cmd.name == "APPEND" and cmd.args["message"] == msg and cmd.args["flags"] == ["\\Seen"]
+    assert cmd.name == "APPEND" and cmd.args["messages"] == [AppendMessage(("\\Seen",), None, (msg,))]
 
 
 def test_limits_checked_before_reading():
@@ -117,9 +117,28 @@ def test_mailbox_commands():
 def test_append_with_date():
     msg = b"x"
     cmd = one(b'a APPEND Drafts (\\Draft $Label1) "05-Nov-2026 13:04:05 +0100" {1+}\r\nx')
-    assert cmd.args["flags"] == ["\\Draft", "$Label1"]
-    assert cmd.args["date"] == datetime(2026, 11, 5, 12, 4, 5, tzinfo=timezone.utc)
-    assert cmd.args["message"] == msg
+    assert cmd.args["messages"] == [AppendMessage(("\\Draft", "$Label1"),
+                                                  datetime(2026, 11, 5, 12, 4, 5, tzinfo=timezone.utc), (msg,))]
+
+
+def test_multiappend_catenate_and_literal8():
+    """RFC 3502 (several messages), RFC 4469 (CATENATE), RFC 3516 (literal8 only where binary may go)."""
+    cmd = one(b'a APPEND Drafts (\\Seen) {1+}\r\nx "05-Nov-2026 13:04:05 +0100" ~{3+}\r\nb\x00c'
+              b' CATENATE (URL "/INBOX;UIDVALIDITY=7/;UID=20/;SECTION=HEADER" TEXT ~{2+}\r\n\x00\x01'
+              b' URL ";UID=3")')
+    one_, two, three = cmd.args["messages"]
+    assert one_ == AppendMessage(("\\Seen",), None, (b"x",))
+    assert two.parts == (b"b\x00c",) and two.binary and two.date is not None
+    assert three == AppendMessage((), None, ("/INBOX;UIDVALIDITY=7/;UID=20/;SECTION=HEADER", b"\x00\x01", ";UID=3"),
+                                  binary=True, catenate=True)
+    # literal8 only where RFC 3516 puts it; an empty CATENATE list is BAD (as Dovecot answers)
+    for bad in (b"a LOGIN ~{1+}\r\nx pw", b"a APPEND INBOX CATENATE ()", b"a APPEND INBOX CATENATE (FILE {1+}\r\nx)",
+                b"a APPEND INBOX", b"a APPEND INBOX (\\Seen)"):
+        with pytest.raises(ParseError):
+            parse_command(bad)
+    # the framer lets NUL through in a literal8 only
+    assert frame(b"a APPEND INBOX ~{3+}\r\na\x00b\r\n") == [Framed(b"a APPEND INBOX ~{3+}\r\na\x00b")]
+    assert isinstance(frame(b"a APPEND INBOX {3+}\r\na\x00b\r\n")[0], FramingError)
 
 
 def test_fetch():
@@ -229,3 +248,13 @@ def test_numbers_out_of_range_are_bad_not_server_errors():
             one(line)
     assert one(b"a SEARCH MODSEQ 9223372036854775807").args["keys"].args[0].args == (9223372036854775807,)
     assert one(b"a FETCH 4294967295 FLAGS").args["set"].ranges == ((4294967295, 4294967295),)
+
+
+def test_one_command_holds_at_most_one_appendlimit_of_literals():
+    """MULTIAPPEND and CATENATE send several literals in one command, all held until it is
+    parsed: together they stay within APPENDLIMIT (the next literal is refused before it is sent)."""
+    events = frame(b"a APPEND INBOX {600+}\r\n" + b"x" * 600 + b" {600}\r\n", max_literal=1000, max_line=100)
+    assert len(events) == 1 and isinstance(events[0], FramingError)
+    assert events[0].tag == "a" and "[TOOBIG]" in events[0].text and not events[0].fatal
+    assert frame(b"a APPEND INBOX {400+}\r\n" + b"x" * 400 + b" {400+}\r\n" + b"y" * 400 + b"\r\n",
+                 max_literal=1000, max_line=100)[0] == Framed(b"a APPEND INBOX {400+}\r\n" + b"x" * 400 + b" {400+}\r\n" + b"y" * 400)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from cache import NotFound
 
-from .. import folders
+from .. import cte, folders
 from ..db import Message
 from . import response as R
-from .reader import Command, FetchAttribute
+from .reader import Command, FetchAttribute, Section
 from .state import ImapBad, ImapNo, Reply, SessionBase
 
 
@@ -36,12 +37,14 @@ class FetchCommands(SessionBase):
             gone = [u for u in msgs if u not in parsed]  # expunged between the two reads
             for u in gone:
                 del msgs[u]
-        seen_set: list[int] = []
+        seen_set: dict[int, None] = {}  # the messages this FETCH marks \Seen, in order
+        failed: list[int] = []  # a part with an unknown transfer encoding (BINARY)
         bodies: dict[int, bytes] = {}
         # RFC 3501 §6.4.5: BODY[...] without .PEEK (and RFC822, RFC822.TEXT) sets \Seen,
         # and the FETCH response shows the flags it set.
         marking = not self.view.readonly and any(
-            (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT") for a in atts)
+            (a.section is not None and not a.peek and a.name != "BINARY.SIZE") or a.name in ("RFC822", "RFC822.TEXT")
+            for a in atts)
         if any(a.section is not None or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE") for a in atts):
             bodies = await self._bodies(msgs, [u for u in uids if u in msgs])
         missing = [u for u in uids if u not in msgs or (bodies and u not in bodies)]
@@ -67,44 +70,36 @@ class FetchCommands(SessionBase):
                 elif a.name == "MODSEQ":
                     items.append(f"MODSEQ ({m.modseq})".encode())
                 elif a.name == "ENVELOPE":
-                    import json
                     items.append(b"ENVELOPE " + R.envelope(json.loads(parsed[u][0])))
-                elif a.name in ("BODYSTRUCTURE",) or (a.name == "BODY" and a.section is None):
-                    import json
+                elif a.name == "BODYSTRUCTURE" or (a.name == "BODY" and a.section is None):
                     items.append(a.name.encode() + b" " + R.bodystructure(json.loads(parsed[u][1]),
                                                                        extended=a.name == "BODYSTRUCTURE"))
                 else:
                     if body is None:
                         body = (await self.ctx.fs.get(m.object_key))[0]
-                    from .reader import Section
-                    if a.name == "RFC822":
-                        part, label, marks = body, "RFC822", True
-                    elif a.name == "RFC822.HEADER":
-                        part, label, marks = R.section_bytes(body, Section(text="HEADER")), "RFC822.HEADER", False
-                    elif a.name == "RFC822.TEXT":
-                        part, label, marks = R.section_bytes(body, Section(text="TEXT")), "RFC822.TEXT", True
-                    else:
-                        assert a.section is not None
-                        sec = a.section
-                        spec = ".".join(str(p) for p in sec.parts)
-                        if sec.text:
-                            spec = f"{spec}.{sec.text}" if spec else sec.text
-                        if sec.fields:
-                            spec += " (" + " ".join(sec.fields) + ")"
-                        part = R.partial(R.section_bytes(body, sec), a.partial)
-                        label = f"BODY[{spec}]" + (f"<{a.partial[0]}>" if a.partial else "")
-                        marks = not a.peek
-                    items.append(label.encode() + b" " + R.literal(part))
+                    try:
+                        item, marks = _body_item(a, body)
+                    except cte.UnknownEncoding:
+                        failed.append(u)
+                        break
+                    items.append(item)
                     if marks and not self.view.readonly and "\\Seen" not in self.view.flags.get(u, m.flags):
-                        seen_set.append(u)
-            if u in seen_set and not any(a.name == "FLAGS" for a in atts):
-                items.append(b"FLAGS " + R.flag_list(self._shown_flags(u, m.flags, True)))
-            lines.append(f"* {self.view.seq_of(u)} FETCH (".encode() + b" ".join(items) + b")\r\n")
+                        seen_set[u] = None
+            else:  # every item answered
+                if u in seen_set and not any(a.name == "FLAGS" for a in atts):
+                    items.append(b"FLAGS " + R.flag_list(self._shown_flags(u, m.flags, True)))
+                lines.append(f"* {self.view.seq_of(u)} FETCH (".encode() + b" ".join(items) + b")\r\n")
+                continue
+            seen_set.pop(u, None)  # RFC 3516 §4.2: a message with a part that cannot be decoded is not answered
         if seen_set:
-            done, _ = await asyncio.to_thread(folders.store_flags, self.ctx.meta, self.view.box_id, seen_set,
+            done, _ = await asyncio.to_thread(folders.store_flags, self.ctx.meta, self.view.box_id, list(seen_set),
                                               "+FLAGS", ["\\Seen"])
-            for u, (flags, _) in done.items():
+            for u, (flags, modseq) in done.items():
                 self.view.flags[u] = flags  # already shown: refresh must not report it again
+                if self.view.condstore:  # RFC 7162 §3.1: an implicit \Seen is a change the client hears of
+                    lines.append(f"* {self.view.seq_of(u)} FETCH (UID {u} MODSEQ ({modseq}))\r\n".encode())
+        if failed:
+            raise ImapNo("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", lines)
         if missing:  # RFC 2180 §4.1.2: what is left is answered, the rest is refused
             raise ImapNo("Some of the requested messages no longer exist", "EXPUNGEISSUED", lines)
         return lines, f"{cmd.name} completed"
@@ -135,3 +130,33 @@ class FetchCommands(SessionBase):
 
     async def do_uid_fetch(self, cmd: Command) -> Reply:
         return await self._fetch(cmd, uid=True)
+
+
+def _body_item(a: FetchAttribute, message: bytes) -> tuple[bytes, bool]:
+    """One item that answers with message bytes: (the item, whether it sets \\Seen)."""
+    if a.name == "RFC822":
+        return b"RFC822 " + R.literal(message), True
+    if a.name == "RFC822.HEADER":
+        return b"RFC822.HEADER " + R.literal(R.section_bytes(message, Section(text="HEADER"))), False
+    if a.name == "RFC822.TEXT":
+        return b"RFC822.TEXT " + R.literal(R.section_bytes(message, Section(text="TEXT"))), True
+    assert a.section is not None
+    sec = a.section
+    spec = ".".join(str(p) for p in sec.parts)
+    if sec.text:
+        spec = f"{spec}.{sec.text}" if spec else sec.text
+    if sec.fields:
+        spec += " (" + " ".join(sec.fields) + ")"
+    if a.name == "BINARY.SIZE":  # RFC 3516 §4.2
+        data, _ = R.binary_section(message, sec)
+        return f"BINARY.SIZE[{spec}] {len(data)}".encode(), False
+    origin = f"<{a.partial[0]}>" if a.partial else ""
+    if a.name == "BINARY":
+        data, decoded = R.binary_section(message, sec)
+        # a literal8 where a transfer encoding was removed or the section has a NUL (RFC 3516 §4.2), the
+        # same for any partial of it, as Dovecot sends it
+        eight = decoded or b"\0" in data
+        data = R.partial(data, a.partial)
+        return f"BINARY[{spec}]{origin} ".encode() + (R.literal8(data) if eight else R.literal(data)), not a.peek
+    return f"BODY[{spec}]{origin} ".encode() + R.literal(R.partial(R.section_bytes(message, sec), a.partial)), \
+        not a.peek

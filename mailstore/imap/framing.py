@@ -3,7 +3,8 @@
 `CommandFramer` takes bytes as they arrive and yields complete commands,
 literals included.  Limits are checked *before* anything is read: a line
 longer than `max_line`, a literal larger than `max_literal` (APPENDLIMIT)
-and a NUL byte are refused as soon as they are seen.  A synchronizing
+and a NUL byte are refused as soon as they are seen (except inside a
+literal8, ~{n}, which RFC 3516 made for binary data).  A synchronizing
 literal ({n}) yields `NeedContinuation`, which the I/O loop answers with
 "+ ..."; an oversized one is refused before the client sends it.  An
 oversized non-synchronizing literal ({n+}) is already on its way, so it
@@ -20,7 +21,7 @@ from .reader import TAG_RE
 MAX_LINE = 64 * 1024  # a command line, literals excluded
 MAX_LITERAL = 50 * 1024 * 1024  # APPENDLIMIT
 
-_LITERAL_AT_END = re.compile(rb"\{(\d{1,12})(\+?)\}\r\n$")
+_LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,12})(\+?)\}\r\n$")
 
 
 
@@ -51,9 +52,13 @@ class CommandFramer:
     def __init__(self, *, max_line: int = MAX_LINE, max_literal: int = MAX_LITERAL) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
+        # All of one command is held in memory until it is parsed: several literals
+        # (MULTIAPPEND, CATENATE) together stay within one APPENDLIMIT and a line.
+        self.max_command = max_literal + max_line
         self._buf = bytearray()
         self._done = bytearray()  # the command assembled so far (lines and literals)
         self._literal_left = 0  # bytes of a literal still to come
+        self._literal8 = False  # ... of a literal8 (~{n}): NUL allowed
         self._skip_line = False  # after an error: drop the rest of the line
 
     @property
@@ -72,7 +77,7 @@ class CommandFramer:
                 chunk = bytes(self._buf[:take])
                 del self._buf[:take]
                 self._literal_left -= take
-                if b"\0" in chunk:
+                if b"\0" in chunk and not self._literal8:
                     out.append(self._error("NUL byte in a literal", fatal=True))
                     return out
                 self._done += chunk
@@ -104,16 +109,21 @@ class CommandFramer:
                 out.append(Framed(bytes(self._done) + line[:-2]))
                 self._done.clear()
                 continue
-            size, non_sync = int(m.group(1)), m.group(2) == b"+"
+            size, non_sync = int(m.group(2)), m.group(3) == b"+"
+            too_big = None
             if size > self.max_literal:
-                out.append(self._error(f"[TOOBIG] Literal of {size} bytes is over the limit of {self.max_literal}",
-                                       fatal=non_sync, tag_from=bytes(self._done) + line))
+                too_big = f"[TOOBIG] Literal of {size} bytes is over the limit of {self.max_literal}"
+            elif len(self._done) + len(line) + size > self.max_command:
+                too_big = f"[TOOBIG] The command's literals total over the limit of {self.max_literal} bytes"
+            if too_big:
+                out.append(self._error(too_big, fatal=non_sync, tag_from=bytes(self._done) + line))
                 self._done.clear()
                 if non_sync:
                     return out
                 continue
             self._done += line
             self._literal_left = size
+            self._literal8 = m.group(1) == b"~"
             if not non_sync and size:
                 out.append(NeedContinuation(size))
 

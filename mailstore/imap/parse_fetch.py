@@ -53,7 +53,7 @@ FETCH_MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
                 "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
 
 
-def _section(r: Reader) -> Section:
+def parse_section(r: Reader) -> Section:
     r.expect(b"[")
     parts: list[int] = []
     text = ""
@@ -88,8 +88,11 @@ def _fetch_att(r: Reader) -> FetchAttribute:
         raise r.fail("Expected a fetch attribute")
     r.i = m.end()
     name = m.group().decode().upper()
-    if r.peek() == b"[" and name in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK"):
-        section = _section(r)
+    if r.peek() == b"[" and name in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        # RFC 3516 section-binary is part numbers only; HEADER/TEXT/MIME are read as for BODY, as Dovecot does.
+        section = parse_section(r)
+        if name == "BINARY.SIZE":
+            return FetchAttribute(name, section)
         partial = None
         if r.peek() == b"<":
             r.i += 1
@@ -98,7 +101,7 @@ def _fetch_att(r: Reader) -> FetchAttribute:
             count = r.nz_number()
             r.expect(b">")
             partial = (start, count)
-        return FetchAttribute(name.split(".")[0], section, name.endswith(".PEEK"), partial)
+        return FetchAttribute(name.removesuffix(".PEEK"), section, name.endswith(".PEEK"), partial)
     if name not in FETCH_SIMPLE:
         raise r.fail(f"Invalid fetch attribute {name}")
     return FetchAttribute(name)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .parse_fetch import parse_copy, parse_fetch, parse_store
 from .parse_search import parse_search, parse_sort, parse_thread
-from .reader import TAG_RE, Command, ParseError, Reader
+from .reader import TAG_RE, AppendMessage, Command, ParseError, Reader
 
 
 def parse_command(data: bytes) -> Command:
@@ -189,9 +189,19 @@ def _status(r: Reader) -> dict[str, Any]:
 
 
 def _append(r: Reader) -> dict[str, Any]:
+    """APPEND mailbox 1*([SP flag-list] [SP date-time] SP (literal / literal8 / CATENATE (...)))
+    (RFC 3501 §6.3.11; several messages: MULTIAPPEND, RFC 3502; CATENATE, RFC 4469; literal8, RFC 3516)."""
     r.sp()
     box = r.mailbox()
-    r.sp()
+    messages: list[AppendMessage] = []
+    while r.maybe_sp():
+        messages.append(_append_message(r))
+    if not messages:
+        raise r.fail("APPEND needs a message")
+    return {"mailbox": box, "messages": messages}
+
+
+def _append_message(r: Reader) -> AppendMessage:
     flags: list[str] = []
     when = None
     if r.peek() == b"(":
@@ -200,10 +210,29 @@ def _append(r: Reader) -> dict[str, Any]:
     if r.peek() == b'"':
         when = r.date_time()
         r.sp()
-    if r.peek() != b"{":
-        raise r.fail("APPEND needs the message as a literal")
-    message = r.literal()
-    return {"mailbox": box, "flags": flags, "date": when, "message": message}
+    if r.peek() in (b"{", b"~"):
+        binary = r.peek() == b"~"
+        return AppendMessage(tuple(flags), when, (r.literal(binary=True),), binary)
+    if r.atom().upper() != "CATENATE":
+        raise r.fail("APPEND needs the message as a literal or CATENATE")
+    r.sp()
+    binary = False
+
+    def cat_part() -> bytes | str:
+        nonlocal binary
+        kind = r.atom().upper()
+        r.sp()
+        if kind == "URL":
+            return r.astring().decode("utf-8", "replace")
+        if kind != "TEXT":
+            raise r.fail(f"Unknown CATENATE part {kind}")
+        binary |= r.peek() == b"~"
+        return r.literal(binary=True)
+
+    parts = r.paren_list(cat_part)
+    if not parts:
+        raise r.fail("Empty CATENATE list")
+    return AppendMessage(tuple(flags), when, tuple(parts), binary, catenate=True)
 
 
 def _enable(r: Reader) -> dict[str, Any]:

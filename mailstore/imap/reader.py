@@ -63,6 +63,17 @@ class SearchKey:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND (several: MULTIAPPEND, RFC 3502)."""
+
+    flags: tuple[str, ...]
+    date: datetime | None
+    parts: tuple[bytes | str, ...]  # literal text, or the IMAP URL of stored text (CATENATE, RFC 4469)
+    binary: bool = False  # some text came as a literal8 (RFC 3516)
+    catenate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     tag: str
     name: str  # upper case; "UID FETCH" etc. for UID commands
@@ -79,6 +90,7 @@ class ParseError(Exception):
 
 TAG_RE = re.compile(r"[!#$&',\-./0-9:;<=>?@A-Z\\^_`a-z|~]+")  # ASTRING-CHAR but not "+"
 ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(32)) | {127}
+_LITERAL = re.compile(rb"(~?)\{(\d{1,12})\+?\}\r\n")
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -168,11 +180,14 @@ class Reader:
             out.append(c)
             self.i += 1
 
-    def literal(self) -> bytes:
-        m = re.compile(rb"\{(\d{1,12})\+?\}\r\n").match(self.d, self.i)
+    def literal(self, *, binary: bool = False) -> bytes:
+        """{n} (or {n+}); with `binary`, also a literal8 ~{n} (RFC 3516: where the grammar allows it)."""
+        m = _LITERAL.match(self.d, self.i)
         if not m:
             raise self.fail("Malformed literal")
-        n = int(m.group(1))
+        if m.group(1) and not binary:
+            raise self.fail("A literal8 is not allowed here")
+        n = int(m.group(2))
         start = m.end()
         if start + n > len(self.d):
             raise self.fail("Truncated literal")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import mime
+from .. import cte, mime
 from .reader import Section
 
 _QUOTABLE_MAX = 256
@@ -31,7 +31,14 @@ def nstring(value: str | bytes | None) -> bytes:
 
 
 def literal(data: bytes) -> bytes:
+    """A literal.  A NUL, which only a literal8 may carry (RFC 3516), goes out as 0x80, as Dovecot sends it."""
+    if b"\0" in data:
+        data = data.replace(b"\0", b"\x80")
     return b"{%d}\r\n" % len(data) + data
+
+
+def literal8(data: bytes) -> bytes:
+    return b"~{%d}\r\n" % len(data) + data
 
 
 def uid_set(uids: list[int]) -> str:
@@ -150,6 +157,13 @@ def section_bytes(message: bytes, section: Section) -> bytes:
     if section.text == "TEXT":
         return ibody
     return _fields(ihead, section.fields, section.text == "HEADER.FIELDS")
+
+
+def binary_section(message: bytes, section: Section) -> tuple[bytes, bool]:
+    """BINARY[section] (RFC 3516): the bytes, and whether a transfer encoding was removed (then they
+    go out as a literal8, as Dovecot sends them).  Raises cte.UnknownEncoding."""
+    got = cte.binary_section(message, mime.parse(message), section.parts, section.text)
+    return got if got is not None else (section_bytes(message, section), False)
 
 
 def partial(data: bytes, window: tuple[int, int] | None) -> bytes:

@@ -679,3 +679,50 @@ def test_multiappend_and_catenate_as_dovecot(servers) -> None:  # type: ignore[n
     assert status(got) == b"NO [BADURL]" and b"[BADURL /catbox/;UID=1/;SECTION=9]" in got[-1]
     for c in servers.values():
         c.cmd("UNSELECT")
+
+
+PREVIEW_MESSAGES = [
+    msg("Subject: alt", "MIME-Version: 1.0", 'Content-Type: multipart/alternative; boundary="b"', "", "--b",
+        "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable", "",
+        "Hello   there,=20", "this is a   caf=C3=A9 message with \"quotes\" and a " + "long " * 40 + "line.", "",
+        "> quoted reply line", "-- ", "sig", "--b", "Content-Type: text/html", "", "<p>Hello <b>there</b></p>",
+        "--b--", ""),
+    msg("Subject: html", "Content-Type: text/html; charset=utf-8", "",
+        "<html><head><style>p{}</style></head><body><p>Hi &amp; bye&nbsp;now</p><script>x()</script></body></html>"),
+    msg("Subject: tags", "Content-Type: text/html", "",
+        '<p>He<b>ll</b>o</p><span>a</span>b<td>c</td><a href="x">link</a><img src=y alt=pic>w'
+        "<blockquote>quoted</blockquote>q<!-- comment -->&#x41;&#233;&eacute;&lt;x&gt;"),
+    msg("Subject: pdf", "Content-Type: application/pdf", "", "JVBERi0="),
+    msg("Subject: empty", "", ""),
+    msg("Subject: quotes", "", "> quoted first", "real text", ">> more quote", "end   ", "", "-- ", "sig here"),
+    msg("Subject: only quotes", "", ">only quotes", "> more"),
+    msg("Subject: latin1", "Content-Type: text/plain; charset=iso-8859-1", "Content-Transfer-Encoding: base64", "",
+        "ICBjYWbpCWNy6G1lDQo="),
+    msg("Subject: first part", 'Content-Type: multipart/mixed; boundary="z"', "", "--z",
+        "Content-Type: application/pdf", "", "xx", "--z", "Content-Type: text/plain",
+        "Content-Disposition: attachment; filename=a.txt", "", "attached text", "--z--", ""),
+    msg("Subject: empty plain first", 'Content-Type: multipart/alternative; boundary="z"', "", "--z",
+        "Content-Type: text/plain", "", "", "--z", "Content-Type: text/html", "", "<p>html only</p>", "--z--", ""),
+    msg("Subject: forwarded", "Content-Type: message/rfc822", "", "Subject: inner", "", "inner text"),
+    msg("Subject: words", "", " ".join(f"word{i}" for i in range(80))),
+    msg("Subject: accents", "Content-Type: text/plain; charset=utf-8", "", "\u00e9" * 250),
+]
+
+
+def test_preview_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 8970 PREVIEW: the same preview text as Dovecot's for plain, quoted-printable, base64
+    and Latin-1 text, HTML, quoted replies, attachments, forwarded messages and long bodies;
+    PREVIEW (LAZY) answers the same; PREVIEW does not set \\Seen; an unknown modifier is BAD."""
+    for c in servers.values():
+        c.cmd("CREATE previewbox")
+        for m in PREVIEW_MESSAGES:
+            assert status(c.cmd("APPEND previewbox \x00LIT\x00", m)).startswith(b"OK")
+        c.cmd("SELECT previewbox")
+    for cmd in ("FETCH 1:* (PREVIEW)", "FETCH 1:* (PREVIEW (LAZY) FLAGS)", "UID FETCH 1:3 PREVIEW",
+                "FETCH 1 (PREVIEW (FOO))", "FETCH 1 (PREVIEW (LAZY)"):
+        t, o = both(servers, cmd)
+        assert status(o) == status(t), (cmd, t, o)
+        if status(t).startswith(b"OK"):
+            assert fetch_items(o) == fetch_items(t), (cmd, t, o)
+    for c in servers.values():
+        c.cmd("UNSELECT")

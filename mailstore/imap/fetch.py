@@ -9,6 +9,7 @@ from cache import NotFound
 
 from .. import cte, folders
 from ..db import Message
+from ..preview import preview
 from . import response as R
 from .reader import Command, FetchAttribute, Section
 from .state import ImapBad, ImapNo, Reply, SessionBase
@@ -45,7 +46,8 @@ class FetchCommands(SessionBase):
         marking = not self.view.readonly and any(
             (a.section is not None and not a.peek and a.name != "BINARY.SIZE") or a.name in ("RFC822", "RFC822.TEXT")
             for a in atts)
-        if any(a.section is not None or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE") for a in atts):
+        if any(a.section is not None or a.name == "PREVIEW" or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE")
+               for a in atts):
             bodies = await self._bodies(msgs, [u for u in uids if u in msgs])
         missing = [u for u in uids if u not in msgs or (bodies and u not in bodies)]
         for u in uids:
@@ -136,6 +138,8 @@ def _body_item(a: FetchAttribute, message: bytes) -> tuple[bytes, bool]:
     """One item that answers with message bytes: (the item, whether it sets \\Seen)."""
     if a.name == "RFC822":
         return b"RFC822 " + R.literal(message), True
+    if a.name == "PREVIEW":  # RFC 8970: computed from the object each time; LAZY asks no less of us
+        return b"PREVIEW " + R.astring(preview(message)), False
     if a.name == "RFC822.HEADER":
         return b"RFC822.HEADER " + R.literal(R.section_bytes(message, Section(text="HEADER"))), False
     if a.name == "RFC822.TEXT":

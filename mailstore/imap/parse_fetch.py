@@ -47,7 +47,7 @@ def parse_store(r: Reader) -> dict[str, Any]:
 
 
 FETCH_SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-                "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE"}
+                "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE", "PREVIEW"}
 FETCH_MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
                 "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
                 "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
@@ -102,7 +102,15 @@ def _fetch_att(r: Reader) -> FetchAttribute:
             r.expect(b">")
             partial = (start, count)
         return FetchAttribute(name.removesuffix(".PEEK"), section, name.endswith(".PEEK"), partial)
-    if name not in FETCH_SIMPLE:
+    # RFC 8970 §3: PREVIEW (LAZY).  Outside a list, "(" may instead open FETCH's own modifiers.
+    if name == "PREVIEW" and r.d[r.i:r.i + 2] == b" (" and (r.depth or r.d[r.i + 2:r.i + 6].upper() == b"LAZY"):
+        r.sp()
+
+        def modifier(word: str) -> None:
+            if word != "LAZY":
+                raise r.fail(f"'{word}' is not a supported PREVIEW modifier")
+        r.named_list(modifier)
+    elif name not in FETCH_SIMPLE:
         raise r.fail(f"Invalid fetch attribute {name}")
     return FetchAttribute(name)
 

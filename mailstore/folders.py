@@ -51,13 +51,16 @@ def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
     return modseq
 
 
-def create_mailbox(meta: MetaStore, user: str, name: str, special_use: str | None = None) -> None:
+def create_mailbox(meta: MetaStore, user: str, name: str, special_use: str | None = None) -> str:
+    """Create the mailbox; returns its GUID."""
+    guid = uuid.uuid4().hex
     with meta._write() as c:
         if c.execute("SELECT 1 FROM mailboxes WHERE user_name=? AND name=?", (user, name)).fetchone():
             raise MailboxExists(name)
         c.execute("INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use, subscribed) "
                   "VALUES (?,?,?,?,?,0)",
-                  (user, name, uuid.uuid4().hex, next_uidvalidity(c, user), special_use or SPECIAL_USE.get(name)))
+                  (user, name, guid, next_uidvalidity(c, user), special_use or SPECIAL_USE.get(name)))
+    return guid
 
 
 def delete_mailbox(meta: MetaStore, user: str, name: str) -> list[str]:

@@ -11,6 +11,7 @@ from cache import Fs, open_fs
 from mailstore.db import MetaStore
 from mailstore.imap.framing import CommandFramer, Framed
 from mailstore.imap.parser import parse_command
+from mailstore.imap.reader import ParseError
 from mailstore.imap.session import ImapContext, Session
 from mailstore.users import AddressPolicy, hash_password
 
@@ -67,7 +68,8 @@ def test_login_select_store_search_expunge(ctx):
                       b"* 3 EXISTS\r\n* 3 RECENT\r\n"
                       + f"* OK [UIDVALIDITY {uidvalidity}] UIDs valid\r\n".encode()
                       + b"* OK [UIDNEXT 4] Predicted next UID\r\n* OK [HIGHESTMODSEQ 4] Highest\r\n"
-                      b"* OK [UNSEEN 2] First unseen\r\na2 OK [READ-WRITE] SELECT completed\r\n")
+                      + f"* OK [MAILBOXID (F{ctx.meta.mailbox('t@x.test', 'INBOX').guid})] Ok\r\n".encode()
+                      + b"* OK [UNSEEN 2] First unseen\r\na2 OK [READ-WRITE] SELECT completed\r\n")
     # RFC 3501 §2.3.2: \Recent is part of the flags this session sees (Dovecot shows it too)
     assert out[2] == b"* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\na3 OK STORE completed\r\n"
     assert out[3] == b"* SEARCH 2 3\r\na4 OK SEARCH completed\r\n"
@@ -170,3 +172,28 @@ def test_arrival_ties_within_a_second_keep_sequence_order(tmp_path):
               b"a4 SORT (ARRIVAL) UTF-8 ALL")
     assert out[2] == b"* SORT 1 2 3\r\na3 OK SORT completed\r\n"
     assert out[3] == b"* SORT 3 1 2\r\na4 OK SORT completed\r\n"
+
+
+def test_objectid(ctx):
+    """RFC 8474 OBJECTID: MAILBOXID from CREATE, SELECT and STATUS, kept by RENAME; EMAILID kept by
+    COPY (the object is shared); THREADID NIL; SEARCH EMAILID/THREADID; a malformed id is BAD."""
+    out = run(ctx, b"a1 LOGIN t@x.test pw", b"a2 CREATE Work", b"a3 STATUS Work (MAILBOXID MESSAGES)",
+              b"a4 RENAME Work Done", b"a5 STATUS Done (MAILBOXID)", b"a6 SELECT INBOX",
+              b"a7 FETCH 1:2 (EMAILID THREADID)", b"a8 COPY 2 Done", b"a9 SELECT Done", b"b1 FETCH 1 (UID EMAILID)",
+              b"b2 SEARCH EMAILID Mg1", b"b3 SEARCH EMAILID Mg0", b"b4 SEARCH THREADID T1", b"b5 CAPABILITY")
+    guid = ctx.meta.mailbox("t@x.test", "Done").guid
+    assert out[1] == f"a2 OK [MAILBOXID (F{guid})] CREATE completed\r\n".encode()
+    assert out[2] == f'* STATUS "Work" (MAILBOXID (F{guid}) MESSAGES 0)\r\na3 OK STATUS completed\r\n'.encode()
+    assert out[4] == f'* STATUS "Done" (MAILBOXID (F{guid}))\r\na5 OK STATUS completed\r\n'.encode()
+    inbox = ctx.meta.mailbox("t@x.test", "INBOX").guid
+    assert f"* OK [MAILBOXID (F{inbox})] Ok\r\n".encode() in out[5]
+    assert out[6] == (b"* 1 FETCH (EMAILID (Mg0) THREADID NIL)\r\n* 2 FETCH (EMAILID (Mg1) THREADID NIL)\r\n"
+                      b"a7 OK FETCH completed\r\n")
+    assert f"* OK [MAILBOXID (F{guid})] Ok\r\n".encode() in out[8]
+    assert out[9] == b"* 1 FETCH (UID 1 EMAILID (Mg1))\r\nb1 OK FETCH completed\r\n"
+    assert out[10] == b"* SEARCH 1\r\nb2 OK SEARCH completed\r\n"
+    assert out[11] == b"* SEARCH\r\nb3 OK SEARCH completed\r\n"  # Mg0 is in INBOX, not here
+    assert out[12] == b"* SEARCH\r\nb4 OK SEARCH completed\r\n"
+    assert b" OBJECTID" in out[13]
+    with pytest.raises(ParseError):  # objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+        parse_command(b"b6 SEARCH EMAILID M.x")

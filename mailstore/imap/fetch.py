@@ -67,6 +67,10 @@ class FetchCommands(SessionBase):
                     items.append(b"INTERNALDATE " + R.internal_date(m.internal_date))
                 elif a.name == "SAVEDATE":  # RFC 8514
                     items.append(b"SAVEDATE " + R.internal_date(m.saved))
+                elif a.name == "EMAILID":  # RFC 8474 §5.1
+                    items.append(f"EMAILID ({R.email_id(m.guid)})".encode())
+                elif a.name == "THREADID":  # RFC 8474 §5.2: NIL where the server keeps no thread ids
+                    items.append(b"THREADID NIL")
                 elif a.name == "RFC822.SIZE":
                     items.append(f"RFC822.SIZE {m.size}".encode())
                 elif a.name == "MODSEQ":

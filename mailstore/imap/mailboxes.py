@@ -45,7 +45,8 @@ class MailboxCommands(SessionBase):
                  f"* {len(msgs)} EXISTS\r\n".encode(), f"* {len(self.view.recent)} RECENT\r\n".encode(),
                  f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid\r\n".encode(),
                  f"* OK [UIDNEXT {box.uidnext}] Predicted next UID\r\n".encode(),
-                 f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest\r\n".encode()]
+                 f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest\r\n".encode(),
+                 f"* OK [MAILBOXID ({R.mailbox_id(box.guid)})] Ok\r\n".encode()]
         if unseen:
             lines.append(f"* OK [UNSEEN {unseen}] First unseen\r\n".encode())
         if qresync is not None and qresync["uidvalidity"] == box.uidvalidity:
@@ -76,8 +77,8 @@ class MailboxCommands(SessionBase):
     async def do_create(self, cmd: Command) -> Reply:
         name = cmd.args["mailbox"].rstrip("/")
         use = cmd.args["use"][0] if cmd.args["use"] else None
-        await self._op(folders.create_mailbox, self.ctx.meta, self.user, name, use)
-        return [], "CREATE completed"
+        guid = await self._op(folders.create_mailbox, self.ctx.meta, self.user, name, use)
+        return [], f"[MAILBOXID ({R.mailbox_id(guid)})] CREATE completed"  # RFC 8474 §4.1
 
     async def do_delete(self, cmd: Command) -> Reply:
         keys = await self._op(folders.delete_mailbox, self.ctx.meta, self.user, cmd.args["mailbox"])
@@ -177,7 +178,7 @@ class MailboxCommands(SessionBase):
         values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext,
                   "UIDVALIDITY": box.uidvalidity,
                   "UNSEEN": sum("\\Seen" not in m.flags for m in msgs), "HIGHESTMODSEQ": box.highestmodseq,
-                  "SIZE": sum(m.size for m in msgs)}
+                  "SIZE": sum(m.size for m in msgs), "MAILBOXID": f"({R.mailbox_id(box.guid)})"}
         items = " ".join(f"{i} {values[i]}" for i in wanted)
         return b"* STATUS " + R.astring(box.name) + f" ({items})\r\n".encode()
 

@@ -47,7 +47,8 @@ def parse_store(r: Reader) -> dict[str, Any]:
 
 
 FETCH_SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-                "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE", "PREVIEW"}
+                "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE", "PREVIEW",
+                "EMAILID", "THREADID"}
 FETCH_MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
                 "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
                 "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}

@@ -31,6 +31,11 @@ def _search_key(r: Reader) -> SearchKey:
         return SearchKey(word, (r.date(),))
     if word in ("KEYWORD", "UNKEYWORD"):
         return SearchKey(word, (r.flag(),))
+    if word in ("EMAILID", "THREADID"):  # RFC 8474 §6: objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+        oid = r.atom()
+        if len(oid) > 255 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in oid):
+            raise r.fail(f"Invalid object id {oid[:40]!r}")
+        return SearchKey(word, (oid,))
     if word == "MODSEQ":
         return SearchKey(word, (r.modseq(),))
     if word in ("LARGER", "SMALLER", "OLDER", "YOUNGER"):  # OLDER/YOUNGER: RFC 5032 WITHIN

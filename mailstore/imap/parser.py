@@ -174,7 +174,7 @@ def _lsub(r: Reader) -> dict[str, Any]:
             "status": None, "extended": False}
 
 
-STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"}
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE", "MAILBOXID"}
 
 
 def _status(r: Reader) -> dict[str, Any]:

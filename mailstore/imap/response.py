@@ -41,6 +41,16 @@ def literal8(data: bytes) -> bytes:
     return b"~{%d}\r\n" % len(data) + data
 
 
+def mailbox_id(guid: str) -> str:
+    """RFC 8474 MAILBOXID: the mailbox's GUID, which RENAME keeps (an objectid: letters and digits)."""
+    return "F" + guid
+
+
+def email_id(guid: str) -> str:
+    """RFC 8474 EMAILID: the message's GUID, which COPY and MOVE keep, as its object is shared."""
+    return "M" + guid
+
+
 def uid_set(uids: list[int]) -> str:
     """Sorted UIDs as a compact IMAP set: [2, 4, 5, 6] -> "2,4:6" (VANISHED, RFC 7162 §3.2.10)."""
     out: list[str] = []

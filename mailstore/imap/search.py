@@ -101,6 +101,10 @@ class SearchCommands(SessionBase):
             return _date_cmp(n[5:], datetime.fromtimestamp(m.saved, UTC).date(), key.args[0].date())
         if n == "SAVEDATESUPPORTED":  # every mailbox keeps save dates
             return True
+        if n == "EMAILID":  # RFC 8474 §6
+            return bool(key.args[0] == R.email_id(m.guid))
+        if n == "THREADID":  # no thread ids (FETCH THREADID is NIL): nothing matches
+            return False
         if n in _ADDRESS_FIELDS or n == "SUBJECT":
             needle = key.args[-1].decode("utf-8", "replace").lower() if isinstance(key.args[-1], bytes) else ""
             return needle in await self._envelope_text(m, n)

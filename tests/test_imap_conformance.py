@@ -448,7 +448,9 @@ def threadbox(servers):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("command", ["THREAD REFERENCES UTF-8 ALL", "UID THREAD REFERENCES UTF-8 ALL",
                                      "THREAD ORDEREDSUBJECT UTF-8 ALL", "THREAD REFERENCES UTF-8 SUBJECT plans",
-                                     "THREAD REFERENCES UTF-8 NOT SUBJECT loop"])
+                                     "THREAD REFERENCES UTF-8 NOT SUBJECT loop", "THREAD REFS UTF-8 ALL",
+                                     "UID THREAD REFS UTF-8 ALL", "THREAD REFS UTF-8 NOT SUBJECT loop",
+                                     "THREAD REFS UTF-8 SUBJECT plans"])
 def test_thread_as_dovecot(threadbox, command: str) -> None:  # type: ignore[no-untyped-def]
     theirs, ours = threadbox["dovecot"].cmd(command), threadbox["ours"].cmd(command)
     assert status(ours) == status(theirs)

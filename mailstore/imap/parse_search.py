@@ -115,7 +115,7 @@ def parse_thread(r: Reader) -> dict[str, Any]:
     """THREAD algorithm charset keys (RFC 5256 §4)."""
     r.sp()
     algorithm = r.atom().upper()
-    if algorithm not in ("ORDEREDSUBJECT", "REFERENCES"):
+    if algorithm not in ("ORDEREDSUBJECT", "REFERENCES", "REFS"):
         raise r.fail(f"Unknown threading algorithm {algorithm}")
     r.sp()
     charset = r.astring().decode("ascii", "replace").upper()

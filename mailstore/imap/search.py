@@ -183,7 +183,7 @@ class SearchCommands(SessionBase):
         parsed = await self._parsed([u for _, u in found if u in msgs], msgs)
         rows = [(i, u) for i, u in found if u in parsed]
         refs: dict[int, str | None] = {}
-        if cmd.args["algorithm"] == "REFERENCES" and rows:
+        if cmd.args["algorithm"] in ("REFERENCES", "REFS") and rows:
             bodies = await self.ctx.fs.get_many([msgs[u].object_key for _, u in rows])
             for (_, u), raw in zip(rows, bodies, strict=True):
                 field = R.section_bytes(raw, _fields_section(("REFERENCES",))).decode("utf-8", "replace")
@@ -193,8 +193,10 @@ class SearchCommands(SessionBase):
             env = json.loads(parsed[u][0])
             inputs.append(ThreadInput(u if uid else i, sent_date(env, msgs[u].internal_date), env[1], env[9],
                                       refs.get(u), env[8]))
-        tree = threading.references(inputs) if cmd.args["algorithm"] == "REFERENCES" \
-            else threading.ordered_subject(inputs)
+        if cmd.args["algorithm"] == "ORDEREDSUBJECT":
+            tree = threading.ordered_subject(inputs)
+        else:
+            tree = threading.references(inputs, algorithm=cmd.args["algorithm"])
         return [f"* THREAD {tree}\r\n".encode() if tree else b"* THREAD\r\n"], f"{cmd.name} completed"
 
     async def do_thread(self, cmd: Command) -> Reply:

@@ -103,7 +103,9 @@ def _link(parent: _Node, child: _Node) -> None:
     parent.children.append(child)
 
 
-def references(msgs: list[ThreadInput]) -> str:
+def references(msgs: list[ThreadInput], *, algorithm: str = "REFERENCES") -> str:
+    """REFERENCES (RFC 5256 §4.2), or Dovecot's REFS: the same parent links, no gathering by
+    subject, threads ordered by their latest message."""
     table: dict[str, _Node] = {}
     for m in sorted(msgs, key=lambda m: m.number):
         refs = _ids(m.references) or _ids(m.in_reply_to)[:1]
@@ -128,9 +130,19 @@ def references(msgs: list[ThreadInput]) -> str:
     roots = [n for n in table.values() if n.parent is None]
     roots = _prune(roots, top=True)
     _sort_tree(roots)
-    roots = _by_subject(roots)
-    _sort_tree(roots)
+    if algorithm == "REFS":
+        roots.sort(key=_latest)
+    else:
+        roots = _by_subject(roots)
+        _sort_tree(roots)
     return "".join(f"({_format(r)})" for r in roots)
+
+
+def _latest(node: _Node) -> tuple[float, int]:
+    """The sort key of the newest message of a thread."""
+    keys = [node.sort_key()] if node.msg is not None else []
+    keys += [_latest(c) for c in node.children]
+    return max(keys, default=(0.0, 0))
 
 
 def _prune(nodes: list[_Node], top: bool) -> list[_Node]:

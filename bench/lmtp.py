@@ -141,6 +141,14 @@ namespace inbox {
 """
 
 
+# COMPRESS=DEFLATE (RFC 4978) comes with Dovecot's imap_zlib plugin; the conformance tests compare it.
+IMAP_COMPRESS = """
+protocol imap {
+  mail_plugins = $mail_plugins imap_zlib
+}
+"""
+
+
 def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: bool = False):  # type: ignore[no-untyped-def]
     """A private Dovecot CE: LMTP (and IMAP when asked) on loopback; returns (port or (lmtp, imap), conf).
 
@@ -177,6 +185,7 @@ userdb {{
   args = {d}/passwd
 }}
 {NAMESPACE if like_ours else ""}
+{IMAP_COMPRESS if like_ours else ""}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import zlib
 from typing import Any
 
 Value = Any  # bytes | int | None | list[Value]
@@ -18,12 +19,52 @@ Value = Any  # bytes | int | None | list[Value]
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
 
 
+class _Inflating:
+    """The reading side after COMPRESS DEFLATE (RFC 4978): readline/read over inflated bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.z, self.buf = sock, zlib.decompressobj(-15), b""
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        self.buf += self.z.decompress(data)
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buf:
+            self._fill()
+        i = self.buf.index(b"\n") + 1
+        line, self.buf = self.buf[:i], self.buf[i:]
+        return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+
 class Raw:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.f = self.sock.makefile("rb")
+        self.f: Any = self.sock.makefile("rb")
         self.n = 0
         self.greeting = self._line()
+        self._deflate: Any = None
+
+    def send(self, data: bytes) -> None:
+        if self._deflate is not None:
+            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.sock.sendall(data)
+
+    def compress(self) -> list[bytes]:
+        """COMPRESS DEFLATE; on OK, everything after is deflated both ways."""
+        lines = self.cmd("COMPRESS DEFLATE")
+        if status(lines) == b"OK":
+            self.f = _Inflating(self.sock)
+            self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        return lines
 
     def _line(self) -> bytes:
         """One response line, literals included inline."""
@@ -44,15 +85,15 @@ class Raw:
         tag = f"t{self.n}".encode()
         raw = text.encode() if isinstance(text, str) else text
         pieces = re.split(rb"\x00LIT(8?)\x00", raw)  # a literal's place; LIT8: a literal8 (RFC 3516)
-        self.sock.sendall(tag + b" " + pieces[0])
+        self.send(tag + b" " + pieces[0])
         for eight, piece, lit in zip(pieces[1::2], pieces[2::2], literals, strict=True):
-            self.sock.sendall(b"~" * len(eight) + b"{%d}\r\n" % len(lit))
+            self.send(b"~" * len(eight) + b"{%d}\r\n" % len(lit))
             cont = self._line()
             if cont.startswith(tag + b" "):  # refused before the literal (Dovecot checks APPEND's mailbox first)
                 return [cont]
             assert cont.startswith(b"+"), cont
-            self.sock.sendall(lit + piece)
-        self.sock.sendall(b"\r\n")
+            self.send(lit + piece)
+        self.send(b"\r\n")
         lines = []
         while True:
             line = self._line()

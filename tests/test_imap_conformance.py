@@ -731,3 +731,41 @@ def test_preview_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
             assert fetch_items(o) == fetch_items(t), (cmd, t, o)
     for c in servers.values():
         c.cmd("UNSELECT")
+
+
+def test_compress_deflate_as_dovecot(servers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 4978 COMPRESS=DEFLATE (Dovecot's imap_zlib): an unknown mechanism is NO; after OK both
+    directions are raw DEFLATE, and commands, literals both ways (a 300 KB message) and IDLE work
+    as before; a second COMPRESS is NO [COMPRESSIONACTIVE]."""
+    ports = {k: c.sock.getpeername()[1] for k, c in servers.items()}
+    big = b"Subject: big\r\n\r\n" + b"".join(b"line %06d of a long message\r\n" % i for i in range(10000))
+    out: dict[str, list[list[bytes]]] = {}
+    for k, port in ports.items():
+        c = Raw(port)
+        c.cmd(f"LOGIN {USER} pw")
+        got = [c.cmd("COMPRESS X-GZIP"), c.compress(), c.cmd("COMPRESS DEFLATE"), c.cmd("CREATE zbox"),
+               c.cmd("APPEND zbox (\\Seen) \x00LIT\x00", big), c.cmd("SELECT zbox"),
+               c.cmd("FETCH 1 (FLAGS RFC822.SIZE BODY.PEEK[])")]
+        c.send(b"i1 IDLE\r\n")
+        got.append([c._line()])
+        c.send(b"DONE\r\n")
+        got.append([c._line()])
+        got.append(c.cmd("NOOP"))
+        c.close()
+        out[k] = got
+    for t, o in zip(out["dovecot"], out["ours"], strict=True):
+        assert same_status(status(o), status(t)), (t[-1], o[-1])
+        assert fetch_items(o) == fetch_items(t)
+    assert status(out["ours"][2]) == b"NO [COMPRESSIONACTIVE]"
+    assert fetch_items(out["ours"][6])[1][b"BODY[]"] == big
+    for c in servers.values():
+        c.cmd("DELETE zbox")
+    # Not DEFLATE after COMPRESS: the connection ends (no traceback, the server goes on).
+    c = Raw(ports["ours"])
+    c.cmd(f"LOGIN {USER} pw")
+    c.compress()
+    c.sock.sendall(b"\xff" * 64 + b"\r\n")
+    c.sock.settimeout(10)
+    assert c.sock.recv(1024) == b""
+    c.sock.close()
+    assert status(servers["ours"].cmd("NOOP")) == b"OK"

@@ -104,3 +104,12 @@ class AuthCommands(SessionBase):
             raise ImapBad("TLS is already active")
         self.start_tls = True
         return [], "Begin TLS negotiation now"
+
+    async def do_compress(self, cmd: Command) -> Reply:
+        """RFC 4978: DEFLATE from the byte after this OK, both ways, to the end of the connection."""
+        if self.compressed:
+            raise ImapNo("Compression is already active", "COMPRESSIONACTIVE")
+        if cmd.args["mechanism"] != "DEFLATE":
+            raise ImapNo(f"{cmd.args['mechanism']} compression is not supported")
+        self.compressed = self.start_deflate = True
+        return [], "DEFLATE active"

@@ -235,6 +235,11 @@ def _append_message(r: Reader) -> AppendMessage:
     return AppendMessage(tuple(flags), when, tuple(parts), binary, catenate=True)
 
 
+def _compress(r: Reader) -> dict[str, Any]:  # RFC 4978
+    r.sp()
+    return {"mechanism": r.atom().upper()}
+
+
 def _enable(r: Reader) -> dict[str, Any]:
     caps = []
     while r.maybe_sp():
@@ -270,7 +275,7 @@ _COMMANDS = {
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
     "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only, "RENAME": _rename,
     "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only, "LIST": _list, "LSUB": _lsub,
-    "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "ID": _id,
+    "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "COMPRESS": _compress, "ID": _id,
     "IDLE": _no_args, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
     "SEARCH": parse_search, "SORT": parse_sort, "THREAD": parse_thread,

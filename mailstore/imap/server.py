@@ -4,6 +4,8 @@ Everything protocol-shaped lives in parser.py and session.py; this loop only
 moves bytes, answers synchronizing literals with "+", and runs IDLE (RFC
 2177): the session's refresh is polled (the store is shared with other
 processes, LMTP included) and changes are pushed until the client sends DONE.
+After COMPRESS DEFLATE (RFC 4978) both directions go through raw DEFLATE
+(zlib, RFC 1951), each response flushed whole.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import zlib
 
 from .framing import CommandFramer, Framed, FramingError, NeedContinuation
 from .parser import parse_command
@@ -22,19 +25,81 @@ IDLE_POLL_SECONDS = 0.5
 IDLE_MAX_SECONDS = 30 * 60  # RFC 2177: clients re-issue IDLE at least every 29 minutes
 
 
+class Connection:
+    """The client's byte stream, inflated and deflated once COMPRESS DEFLATE is on."""
+
+    INFLATE_CHUNK = 1 << 20  # at most this much inflated per read: a small deflate bomb stays small
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._inflate: zlib._Decompress | None = None
+        self._deflate: zlib._Compress | None = None
+        self._pending = b""  # read past a line (read_line), handed out first
+
+    @property
+    def compressed(self) -> bool:
+        return self._deflate is not None
+
+    def start_deflate(self) -> None:
+        self._inflate = zlib.decompressobj(-15)  # RFC 4978 §3: raw DEFLATE, no zlib header
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+    async def read(self) -> bytes:
+        """What the client sent next (inflated); b"" at the end of the stream."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        while True:
+            if self._inflate is not None and self._inflate.unconsumed_tail:
+                return self._inflate.decompress(self._inflate.unconsumed_tail, self.INFLATE_CHUNK)
+            raw = await self.reader.read(65536)
+            if not raw or self._inflate is None:
+                return raw
+            data = self._inflate.decompress(raw, self.INFLATE_CHUNK)
+            if self._inflate.eof:  # the client ended its deflate stream: nothing can follow
+                return data or b""
+            if data:
+                return data
+
+    async def read_line(self, limit: int) -> bytes | None:
+        """One line, or None when it is longer than `limit` (the stream is then unusable)."""
+        buf = b""
+        while b"\n" not in buf:
+            if len(buf) > limit:
+                return None
+            chunk = await self.read()
+            if not chunk:
+                if not buf:
+                    raise asyncio.IncompleteReadError(b"", None)
+                return buf if len(buf) <= limit else None
+            buf += chunk
+        end = buf.index(b"\n") + 1
+        self._pending = buf[end:] + self._pending
+        return buf[:end] if end <= limit else None
+
+    def write(self, data: bytes) -> None:
+        if self._deflate is not None:
+            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+
 async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        *, implicit_tls: bool = False) -> None:
+    conn = Connection(reader, writer)
     peer = writer.get_extra_info("peername")
     session = Session(ctx, peer[0] if peer else "")
     session.secure = implicit_tls
     framer = CommandFramer(max_literal=ctx.max_append)
-    writer.write(session.greeting())
+    conn.write(session.greeting())
     if ctx.metrics is not None:
         ctx.metrics.sessions.inc()
         ctx.metrics.sessions_total.inc()
     try:
         while not session.logout:
-            data = await reader.read(65536)
+            data = await conn.read()
             if not data:
                 return
             events = framer.feed(data)
@@ -42,37 +107,37 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                 _ack_now(writer)
             for ev in events:
                 if isinstance(ev, NeedContinuation):
-                    writer.write(b"+ Ready for literal data\r\n")
+                    conn.write(b"+ Ready for literal data\r\n")
                 elif isinstance(ev, FramingError):
-                    writer.write(f"{ev.tag} BAD {ev.text}\r\n".encode())
+                    conn.write(f"{ev.tag} BAD {ev.text}\r\n".encode())
                     if ev.fatal:
-                        writer.write(b"* BYE Cannot resynchronise after that\r\n")
+                        conn.write(b"* BYE Cannot resynchronise after that\r\n")
                         return
                 elif isinstance(ev, Framed):
                     try:
                         cmd = parse_command(ev.data)
                     except ParseError as exc:
-                        writer.write(f"{exc.tag} BAD {exc.text}\r\n".encode())
+                        conn.write(f"{exc.tag} BAD {exc.text}\r\n".encode())
                         continue
                     if cmd.name == "IDLE" and session.user is not None:
                         if ctx.metrics is not None:
                             ctx.metrics.idling.inc()
                         try:
-                            await _idle(session, cmd.tag, reader, writer)
+                            await _idle(session, cmd.tag, conn)
                         finally:
                             if ctx.metrics is not None:
                                 ctx.metrics.idling.dec()
                         continue
-                    writer.write(await session.handle(cmd))
+                    conn.write(await session.handle(cmd))
                     if session.pending_auth is not None:  # AUTHENTICATE: read the answer to "+ "
-                        await writer.drain()
-                        line = await _read_line(reader, MAX_AUTH_LINE)
+                        await conn.drain()
+                        line = await conn.read_line(MAX_AUTH_LINE)
                         if line is None:
-                            writer.write(f"{session.pending_auth} BAD Line too long\r\n".encode())
+                            conn.write(f"{session.pending_auth} BAD Line too long\r\n".encode())
                             session.pending_auth = None
-                            writer.write(b"* BYE Cannot resynchronise after that\r\n")
+                            conn.write(b"* BYE Cannot resynchronise after that\r\n")
                             return
-                        writer.write(await session.finish_authenticate(session.pending_auth, line))
+                        conn.write(await session.finish_authenticate(session.pending_auth, line))
                     if session.start_tls:
                         # RFC 3501 §6.2.1: nothing the client sent before the handshake counts
                         await writer.drain()
@@ -80,15 +145,23 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                         await writer.start_tls(ctx.tls)
                         session.start_tls, session.secure = False, True
                         break
+                    if session.start_deflate:
+                        # RFC 4978 §3: compressed from the byte after the tagged OK; the client
+                        # sends nothing more until it has that OK, so nothing buffered is lost
+                        session.start_deflate = False
+                        await conn.drain()
+                        framer = CommandFramer(max_literal=ctx.max_append)
+                        conn.start_deflate()
+                        break
                     if session.logout:
                         break
-            await writer.drain()
-    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            await conn.drain()
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, zlib.error):
         pass
     except Exception:  # a fault of ours: the client is told, the log has the traceback
         log.exception("IMAP session from %s failed", session.peer)
         try:
-            writer.write(b"* BYE Internal error, closing\r\n")
+            conn.write(b"* BYE Internal error, closing\r\n")
         except (ConnectionError, RuntimeError):
             pass
     finally:
@@ -117,43 +190,30 @@ MAX_AUTH_LINE = 8192  # a SASL PLAIN answer is a few hundred bytes
 MAX_IDLE_LINE = 1024  # "DONE"
 
 
-async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
-    """One line from the client, or None when it is longer than `limit` (the stream is then unusable)."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError:
-        return None
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise
-        line = exc.partial
-    return None if len(line) > limit else line
-
-
-async def _idle(session: Session, tag: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"+ idling\r\n")
-    await writer.drain()
+async def _idle(session: Session, tag: str, conn: Connection) -> None:
+    conn.write(b"+ idling\r\n")
+    await conn.drain()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + IDLE_MAX_SECONDS
-    line_task = asyncio.ensure_future(_read_line(reader, MAX_IDLE_LINE))
+    line_task = asyncio.ensure_future(conn.read_line(MAX_IDLE_LINE))
     try:
         while loop.time() < deadline:
             done, _ = await asyncio.wait([line_task], timeout=IDLE_POLL_SECONDS)
             if done:
                 line = line_task.result()
                 if line is None:
-                    writer.write(f"{tag} BAD Line too long\r\n* BYE Cannot resynchronise after that\r\n".encode())
+                    conn.write(f"{tag} BAD Line too long\r\n* BYE Cannot resynchronise after that\r\n".encode())
                     session.logout = True
                 elif line.strip().upper() == b"DONE":
-                    writer.write(f"{tag} OK IDLE terminated\r\n".encode())
+                    conn.write(f"{tag} OK IDLE terminated\r\n".encode())
                 else:
-                    writer.write(f"{tag} BAD Expected DONE\r\n".encode())
+                    conn.write(f"{tag} BAD Expected DONE\r\n".encode())
                 return
             updates = await session.refresh()
             if updates:
-                writer.write(b"".join(updates))
-                await writer.drain()
-        writer.write(b"* BYE IDLE too long\r\n")
+                conn.write(b"".join(updates))
+                await conn.drain()
+        conn.write(b"* BYE IDLE too long\r\n")
     finally:
         if not line_task.done():
             line_task.cancel()

@@ -33,7 +33,7 @@ log = logging.getLogger("mailstore.imap")
 CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
                 "SPECIAL-USE CONDSTORE QRESYNC QUOTA APPENDLIMIT={limit} ESEARCH ESORT SEARCHRES WITHIN SORT "
                 "SORT=DISPLAY LIST-EXTENDED LIST-STATUS STATUS=SIZE SAVEDATE THREAD=ORDEREDSUBJECT THREAD=REFERENCES "
-                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID")
+                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE")
 
 
 class ImapNo(Exception):
@@ -136,6 +136,8 @@ class SessionBase:
         self.pending_auth: str | None = None  # tag of an AUTHENTICATE waiting for "+ " data
         self.secure = False  # on TLS (implicit, or after STARTTLS)
         self.start_tls = False  # the I/O loop upgrades the connection after this OK
+        self.start_deflate = False  # ... compresses it after this OK (RFC 4978)
+        self.compressed = False
         self.user: str | None = None
         self.view: SelectedView | None = None
         self.logout = False

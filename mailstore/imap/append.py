@@ -24,7 +24,7 @@ from ..message import parse as parse_message
 from . import imapurl
 from . import response as R
 from .reader import AppendMessage, Command
-from .state import ImapNo, Reply, SessionBase
+from .state import ImapBad, ImapNo, Reply, SessionBase
 
 
 @dataclass
@@ -80,6 +80,8 @@ class AppendCommands(SessionBase):
 
     async def _assemble(self, m: AppendMessage) -> _Ready:
         """The message's bytes: its literal, or its CATENATE parts joined."""
+        if m.utf8 and not self.utf8_accept:
+            raise ImapBad("UTF8 (...) needs ENABLE UTF8=ACCEPT first (RFC 9755 §4)")
         pieces = [p if isinstance(p, bytes) else await self._url_bytes(p) for p in m.parts]
         data = b"".join(pieces)
         if sum(map(len, pieces)) > self.ctx.max_append:

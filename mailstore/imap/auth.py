@@ -29,7 +29,7 @@ class AuthCommands(SessionBase):
     async def do_enable(self, cmd: Command) -> Reply:
         enabled: list[str] = []  # each extension we know, once; named again if on already (as Dovecot)
         for name in cmd.args["capabilities"]:
-            if name in enabled:
+            if name in (e.upper() for e in enabled):
                 continue
             if name == "CONDSTORE":
                 self.condstore = True
@@ -37,8 +37,15 @@ class AuthCommands(SessionBase):
             elif name == "QRESYNC":  # implies CONDSTORE (RFC 7162 §3.2.3)
                 self.qresync = self.condstore = True
                 enabled.append(name)
+            elif name == "IMAP4REV2":  # RFC 9051 §6.3.1: the client speaks IMAP4rev2 from here on
+                self.rev2 = True
+                enabled.append("IMAP4rev2")
+            elif name == "UTF8=ACCEPT":  # RFC 9755
+                self.utf8_accept = True
+                enabled.append(name)
         if self.view is not None:
             self.view.condstore = self.view.condstore or self.condstore
+            self.view.show_recent = not self.rev2
         if not enabled:  # nothing we know: no ENABLED line (as Dovecot)
             return [], "ENABLE completed"
         return [f"* ENABLED {' '.join(enabled)}\r\n".encode()], "ENABLE completed"

@@ -31,7 +31,7 @@ class MailboxCommands(SessionBase):
         condstore = bool(cmd.args.get("condstore") or self.condstore or qresync)
         self.condstore = condstore  # a CONDSTORE enabling command (RFC 7162 §3.1)
         self.view = SelectedView(box.id, box.name, readonly, [u for u, _ in msgs], dict(msgs),
-                                 box.highestmodseq, condstore)
+                                 box.highestmodseq, condstore, show_recent=not self.rev2)
         last = msgs[-1][0] + 1 if msgs else 1
         if readonly:  # EXAMINE shows \Recent without claiming it (RFC 3501 §6.3.2)
             first = self._read(self.ctx.meta.first_recent, box.id)
@@ -41,14 +41,20 @@ class MailboxCommands(SessionBase):
         self.view.keywords = self._read(self.ctx.meta.keywords, box.id) | {
             f for _, flags in msgs for f in flags if not f.startswith("\\")}
         unseen = next((i + 1 for i, (_, f) in enumerate(msgs) if "\\Seen" not in f), None)
-        lines = [*flag_lines(self.view.keywords, readonly),
-                 f"* {len(msgs)} EXISTS\r\n".encode(), f"* {len(self.view.recent)} RECENT\r\n".encode(),
-                 f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid\r\n".encode(),
+        lines = [*flag_lines(self.view.keywords, readonly), f"* {len(msgs)} EXISTS\r\n".encode()]
+        if not self.rev2:  # RFC 9051 Appendix E: no RECENT, no UNSEEN; a LIST of the mailbox instead
+            lines.append(f"* {len(self.view.recent)} RECENT\r\n".encode())
+        lines += [f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid\r\n".encode(),
                  f"* OK [UIDNEXT {box.uidnext}] Predicted next UID\r\n".encode(),
                  f"* OK [HIGHESTMODSEQ {box.highestmodseq}] Highest\r\n".encode(),
                  f"* OK [MAILBOXID ({R.mailbox_id(box.guid)})] Ok\r\n".encode()]
-        if unseen:
+        if unseen and not self.rev2:
             lines.append(f"* OK [UNSEEN {unseen}] First unseen\r\n".encode())
+        if self.rev2:  # RFC 9051 §6.3.2: the mailbox's LIST, with accurate attributes
+            boxes = dict(self._meta().conn().execute(
+                "SELECT name, special_use FROM mailboxes WHERE user_name=?", (self.user,)).fetchall())
+            attrs = _listed(boxes, lambda n: n == box.name).get(box.name, [])
+            lines.append(f'* LIST ({" ".join(attrs)}) "/" '.encode() + R.astring(self.name_out(box.name)) + b"\r\n")
         if qresync is not None and qresync["uidvalidity"] == box.uidvalidity:
             lines += self._resync(box.uidnext, qresync["modseq"], qresync["known"])
         mode = "READ-ONLY" if readonly else "READ-WRITE"
@@ -102,14 +108,15 @@ class MailboxCommands(SessionBase):
         ref, patterns = cmd.args["reference"], cmd.args["patterns"]
         if patterns == [""]:
             return [f'* {verb} (\\Noselect) "/" ""\r\n'.encode()], f"{verb} completed"
-        boxes = dict(self.ctx.meta.conn().execute(
-            "SELECT name, special_use FROM mailboxes WHERE user_name=?", (self.user,)).fetchall())
+        boxes = {self.name_out(name): special for name, special in self.ctx.meta.conn().execute(
+            "SELECT name, special_use FROM mailboxes WHERE user_name=?", (self.user,))}
+        # Names are matched as the client spells them: UTF-8 once it asked for UTF-8 (RFC 9051, RFC 9755)
         wanted = [_pattern(ref + p) for p in patterns]
 
         def matches(name: str) -> bool:
             return any(w.fullmatch(name) for w in wanted)
 
-        subs = self._read(folders.subscriptions, self.ctx.meta, self.user)
+        subs = {self.name_out(name) for name in self._read(folders.subscriptions, self.ctx.meta, self.user)}
         if cmd.args.get("extended"):
             return await self._list_extended(cmd, boxes, subs, matches), "LIST completed"
         found = _subscribed(subs, boxes, matches) if verb == "LSUB" else _listed(boxes, matches)
@@ -151,7 +158,7 @@ class MailboxCommands(SessionBase):
             extra = b' (CHILDINFO ("SUBSCRIBED"))' if name in childinfo else b""
             out.append(f'* LIST ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + extra + b"\r\n")
             if cmd.args.get("status") and name in boxes:
-                box = self._read(self.ctx.meta.mailbox, self.authed, name)
+                box = self._read(self.ctx.meta.mailbox, self.authed, self.name_in(name))
                 if box is not None:
                     out.append(self._status_line(box, cmd.args["status"]))
         return out
@@ -178,13 +185,14 @@ class MailboxCommands(SessionBase):
         values = {"MESSAGES": len(msgs), "RECENT": sum(m.uid >= first for m in msgs), "UIDNEXT": box.uidnext,
                   "UIDVALIDITY": box.uidvalidity,
                   "UNSEEN": sum("\\Seen" not in m.flags for m in msgs), "HIGHESTMODSEQ": box.highestmodseq,
-                  "SIZE": sum(m.size for m in msgs), "MAILBOXID": f"({R.mailbox_id(box.guid)})"}
+                  "SIZE": sum(m.size for m in msgs), "MAILBOXID": f"({R.mailbox_id(box.guid)})",
+                  "DELETED": sum("\\Deleted" in m.flags for m in msgs)}  # RFC 9051 §6.3.11
         items = " ".join(f"{i} {values[i]}" for i in wanted)
-        return b"* STATUS " + R.astring(box.name) + f" ({items})\r\n".encode()
+        return b"* STATUS " + R.astring(self.name_out(box.name)) + f" ({items})\r\n".encode()
 
     async def do_getquotaroot(self, cmd: Command) -> Reply:
         await self._box(cmd.args["mailbox"])
-        lines = [b"* QUOTAROOT " + R.astring(cmd.args["mailbox"]) + b' ""\r\n'] + await self._quota()
+        lines = [b"* QUOTAROOT " + R.astring(self.name_out(cmd.args["mailbox"])) + b' ""\r\n'] + await self._quota()
         return lines, "GETQUOTAROOT completed"
 
     async def do_getquota(self, cmd: Command) -> Reply:

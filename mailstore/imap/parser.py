@@ -174,7 +174,8 @@ def _lsub(r: Reader) -> dict[str, Any]:
             "status": None, "extended": False}
 
 
-STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE", "MAILBOXID"}
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE", "MAILBOXID",
+                "DELETED"}
 
 
 def _status(r: Reader) -> dict[str, Any]:
@@ -213,14 +214,21 @@ def _append_message(r: Reader) -> AppendMessage:
     if r.peek() in (b"{", b"~"):
         binary = r.peek() == b"~"
         return AppendMessage(tuple(flags), when, (r.literal(binary=True),), binary)
-    if r.atom().upper() != "CATENATE":
-        raise r.fail("APPEND needs the message as a literal or CATENATE")
+    kind = r.atom().upper()
+    if kind == "UTF8":
+        binary = r.d[r.i + 2:r.i + 3] == b"~"
+        return AppendMessage(tuple(flags), when, (_utf8_literal(r),), binary, utf8=True)
+    if kind != "CATENATE":
+        raise r.fail("APPEND needs the message as a literal, UTF8 (literal) or CATENATE")
     r.sp()
-    binary = False
+    binary = utf8 = False
 
     def cat_part() -> bytes | str:
-        nonlocal binary
+        nonlocal binary, utf8
         kind = r.atom().upper()
+        if kind == "UTF8":  # RFC 9755 §4: a text part with UTF-8 headers
+            utf8 = True
+            return _utf8_literal(r)
         r.sp()
         if kind == "URL":
             return r.astring().decode("utf-8", "replace")
@@ -232,7 +240,16 @@ def _append_message(r: Reader) -> AppendMessage:
     parts = r.paren_list(cat_part)
     if not parts:
         raise r.fail("Empty CATENATE list")
-    return AppendMessage(tuple(flags), when, tuple(parts), binary, catenate=True)
+    return AppendMessage(tuple(flags), when, tuple(parts), binary, catenate=True, utf8=utf8)
+
+
+def _utf8_literal(r: Reader) -> bytes:
+    """SP "(" literal8 ")" after UTF8 (RFC 9755 §4)."""
+    r.sp()
+    r.open()
+    data = r.literal(binary=True)
+    r.close()
+    return data
 
 
 def _compress(r: Reader) -> dict[str, Any]:  # RFC 4978

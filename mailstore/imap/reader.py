@@ -71,6 +71,7 @@ class AppendMessage:
     parts: tuple[bytes | str, ...]  # literal text, or the IMAP URL of stored text (CATENATE, RFC 4469)
     binary: bool = False  # some text came as a literal8 (RFC 3516)
     catenate: bool = False
+    utf8: bool = False  # sent as UTF8 (literal8): a message with UTF-8 headers (RFC 9755 §4)
 
 
 @dataclass(frozen=True, slots=True)

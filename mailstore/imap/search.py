@@ -23,6 +23,8 @@ class SearchCommands(SessionBase):
         """(sequence number, UID) of the messages the command's search keys match."""
         assert self.view is not None
         charset = cmd.args.get("charset")
+        if self.utf8_accept and (charset != "UTF-8" if cmd.name.endswith(("SORT", "THREAD")) else charset is not None):
+            raise ImapBad("With UTF8=ACCEPT, strings are UTF-8: no other CHARSET (RFC 9755 §3)")
         if charset not in (None, "UTF-8", "US-ASCII"):
             raise ImapNo(f"Charset {charset} is not supported", "BADCHARSET (UTF-8 US-ASCII)")
         v = self.view
@@ -44,6 +46,8 @@ class SearchCommands(SessionBase):
         v = self.view
         found = await self._found(cmd)
         returns = cmd.args.get("return")
+        if returns is None and self.rev2:  # RFC 9051 §6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH
+            returns = ["ALL"]
         # RFC 7162 §3.1.5: a search by MODSEQ tells the highest MODSEQ of what it found
         modseq = ""
         if found and _uses(cmd.args["keys"], "MODSEQ"):

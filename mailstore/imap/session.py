@@ -55,6 +55,10 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if handler is None:
                 raise ImapBad(f"{cmd.name} is not supported")
             self._check_state(cmd.name)
+            if self.utf8:
+                for key in ("mailbox", "old", "new"):
+                    if key in cmd.args:
+                        cmd.args[key] = self.name_in(cmd.args[key])
             lines, text = await handler(cmd)
             if self.pending_auth is not None:
                 return b"+ \r\n"  # AUTHENTICATE: the client's next line is the response
@@ -139,7 +143,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if not v.readonly:
                 first = await asyncio.to_thread(self.ctx.meta.claim_recent, v.box_id, new[-1] + 1)
                 v.recent.update(u for u in new if u >= first)
-        if len(v.recent) != recent_before:  # RECENT when the count changed (RFC 3501 §7.3.2)
+        if len(v.recent) != recent_before and v.show_recent:  # RECENT when the count changed (RFC 3501 §7.3.2)
             lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
         if expunges:  # withheld EXPUNGEs must be found again next time
             v.modseq = highest

@@ -22,6 +22,7 @@ from ..db import Mailbox, Message, MetaStore
 from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
+from . import mutf7
 from .reader import SequenceSet
 from .response import uid_set
 
@@ -30,10 +31,10 @@ Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
 
 log = logging.getLogger("mailstore.imap")
 
-CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
+CAPABILITIES = ("IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
                 "SPECIAL-USE CONDSTORE QRESYNC QUOTA APPENDLIMIT={limit} ESEARCH ESORT SEARCHRES WITHIN SORT "
                 "SORT=DISPLAY LIST-EXTENDED LIST-STATUS STATUS=SIZE SAVEDATE THREAD=ORDEREDSUBJECT THREAD=REFERENCES "
-                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE")
+                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE UTF8=ACCEPT")
 
 
 class ImapNo(Exception):
@@ -65,9 +66,11 @@ class SelectedView:
     keywords: set[str] = field(default_factory=set)  # announced in * FLAGS to this client
     saved: set[int] = field(default_factory=set)  # UIDs of SEARCH RETURN (SAVE): "$" (RFC 5182)
 
+    show_recent: bool = True  # IMAP4rev2 has no \\Recent and no RECENT (RFC 9051 Appendix E)
+
     def flags_of(self, uid: int, flags: tuple[str, ...]) -> tuple[str, ...]:
         """Flags as this client sees them: \\Recent added where this session holds it."""
-        return (*flags, "\\Recent") if uid in self.recent else flags
+        return (*flags, "\\Recent") if uid in self.recent and self.show_recent else flags
 
     def new_keywords(self, flags: tuple[str, ...] | list[str]) -> list[bytes]:
         """A new * FLAGS (and PERMANENTFLAGS) before a keyword this client has not seen
@@ -143,6 +146,28 @@ class SessionBase:
         self.logout = False
         self.condstore = False  # CONDSTORE enabled: FETCH responses carry UID and MODSEQ (RFC 7162 §3.1)
         self.qresync = False  # QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 §3.2)
+        self.rev2 = False  # ENABLE IMAP4rev2: RFC 9051's answers (RFC 9051 §6.3.1)
+        self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 9755)
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names go both ways as UTF-8, not modified UTF-7 (IMAP4rev2, or UTF8=ACCEPT)."""
+        return self.rev2 or self.utf8_accept
+
+    def name_in(self, wire: str) -> str:
+        """A mailbox name from the client as the store keeps it (modified UTF-7, RFC 3501 §5.1.3)."""
+        if wire.upper() == "INBOX" or not self.utf8:
+            return "INBOX" if wire.upper() == "INBOX" else wire
+        return mutf7.encode(wire)
+
+    def name_out(self, stored: str) -> str:
+        """A stored mailbox name as this client reads it."""
+        if not self.utf8:
+            return stored
+        try:
+            return mutf7.decode(stored)
+        except mutf7.MailboxNameError:  # made by a client that sent it raw: shown as it is
+            return stored
 
     @property
     def authed(self) -> str:

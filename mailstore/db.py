@@ -121,6 +121,24 @@ MIGRATIONS = [
     ALTER TABLE mailboxes ADD COLUMN expunge_log_from INTEGER NOT NULL DEFAULT 0;
     UPDATE mailboxes SET expunge_log_from = highestmodseq;
     """,
+    # 12: a mailbox id is never given again (AUTOINCREMENT): without it SQLite hands a deleted
+    # mailbox's id to the next one created, and whatever is keyed by id (the IMAP snapshot
+    # cache, a session that still has the old mailbox selected) took the new mailbox for the
+    # old one. SQLite's table rebuild; _migrate runs it with foreign keys off, then checks them.
+    """
+    CREATE TABLE mailboxes_new(
+        id INTEGER PRIMARY KEY AUTOINCREMENT, user_name TEXT NOT NULL, name TEXT NOT NULL,
+        guid TEXT NOT NULL UNIQUE, uidvalidity INTEGER NOT NULL, uidnext INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1, special_use TEXT, subscribed INTEGER NOT NULL DEFAULT 1,
+        first_recent INTEGER NOT NULL DEFAULT 1, expunge_log_from INTEGER NOT NULL DEFAULT 0,
+        UNIQUE(user_name, name));
+    INSERT INTO mailboxes_new(id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use,
+        subscribed, first_recent, expunge_log_from)
+        SELECT id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use, subscribed,
+        first_recent, expunge_log_from FROM mailboxes;
+    DROP TABLE mailboxes;
+    ALTER TABLE mailboxes_new RENAME TO mailboxes;
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
@@ -250,6 +268,9 @@ class MetaStore:
 
     def _migrate(self) -> None:
         c = self.conn()
+        # A migration may rebuild a table (SQLite's way to change one): foreign keys are off
+        # for the transaction (the pragma is a no-op inside one) and checked before it commits.
+        c.execute("PRAGMA foreign_keys=OFF")
         c.execute("BEGIN IMMEDIATE")
         try:
             version = c.execute("PRAGMA user_version").fetchone()[0]
@@ -258,10 +279,15 @@ class MetaStore:
                     if stmt.strip():
                         c.execute(stmt)
                 c.execute(f"PRAGMA user_version={i}")
+            broken = c.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise MetaError(f"a migration left rows without their parents: {broken[:5]}")
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
+        finally:
+            c.execute("PRAGMA foreign_keys=ON")
 
     def flags_conn(self) -> sqlite3.Connection:
         """A connection whose commits are atomic but not fsynced (synchronous=NORMAL).

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from cache import Fs, open_fs
+from mailstore import folders
 from mailstore.db import MetaStore
 from mailstore.imap.framing import CommandFramer, Framed
 from mailstore.imap.parser import parse_command
@@ -197,3 +198,20 @@ def test_objectid(ctx):
     assert b" OBJECTID" in out[13]
     with pytest.raises(ParseError):  # objectid = 1*255(ALPHA / DIGIT / "_" / "-")
         parse_command(b"b6 SEARCH EMAILID M.x")
+
+
+def test_a_mailbox_created_after_a_delete_is_not_the_deleted_one(ctx):
+    """Mailbox ids are never given again (migration 12): the IMAP snapshot cache is keyed by id, and
+    a new mailbox at the same MODSEQ as a deleted one with its id was answered from the old cache."""
+    def one_message(name: str, flags: tuple[str, ...]) -> None:
+        folders.create_mailbox(ctx.meta, "t@x.test", name)
+        box, uid = ctx.meta.reserve_uid("t@x.test", name)
+        ctx.meta.commit_message("t@x.test", box.id, uid, f"g-{name}", f"k-{name}", 10, 0.0, 0.0, [], [], flags)
+
+    one_message("Old", ("\\Seen", "$Old"))
+    old_id = ctx.meta.mailbox("t@x.test", "Old").id
+    out = run(ctx, b"a1 LOGIN t@x.test pw", b"a2 SELECT Old", b"a3 UNSELECT", b"a4 DELETE Old")
+    one_message("New", ())
+    out = run(ctx, b"b1 LOGIN t@x.test pw", b"b2 SELECT New", b"b3 FETCH 1 (FLAGS)")
+    assert out[2] == b"* 1 FETCH (FLAGS (\\Recent))\r\nb3 OK FETCH completed\r\n", out
+    assert ctx.meta.mailbox("t@x.test", "New").id > old_id

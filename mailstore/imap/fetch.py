@@ -104,6 +104,7 @@ class FetchCommands(SessionBase):
                 self.view.flags[u] = flags  # already shown: refresh must not report it again
                 if self.view.condstore:  # RFC 7162 §3.1: an implicit \Seen is a change the client hears of
                     lines.append(f"* {self.view.seq_of(u)} FETCH (UID {u} MODSEQ ({modseq}))\r\n".encode())
+            lines += await self.context_changes(list(done))
         if failed:
             raise ImapNo("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE", lines)
         if missing:  # RFC 2180 §4.1.2: what is left is answered, the rest is refused

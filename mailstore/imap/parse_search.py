@@ -4,6 +4,7 @@ THREAD RFC 5256, WITHIN RFC 5032, SAVEDATE RFC 8514)."""
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 from .reader import MAX_DEPTH, Reader, SearchKey
@@ -65,15 +66,35 @@ def _search_key(r: Reader) -> SearchKey:
     raise r.fail(f"Invalid search key {word}")
 
 
+def _returns(r: Reader, out: dict[str, Any]) -> None:
+    """[RETURN (option ...) SP]: RFC 4731 ESEARCH options; PARTIAL range and UPDATE are RFC 5267's."""
+    out["return"], out["partial"] = None, None
+    if r.d[r.i:r.i + 6].upper() != b"RETURN":
+        return
+    r.i += 6
+    r.sp()
+
+    def option() -> str:
+        name = r.atom().upper()
+        if name == "PARTIAL":  # partial-range = -?nz-number ":" -?nz-number, both of one sign
+            r.sp()
+            m = re.compile(rb"(-?)(\d{1,10}):(-?)(\d{1,10})").match(r.d, r.i)
+            if m is None or m.group(1) != m.group(3) or int(m.group(2)) == 0 or int(m.group(4)) == 0:
+                raise r.fail("Invalid PARTIAL range")
+            r.i = m.end()
+            sign = -1 if m.group(1) else 1
+            out["partial"] = (sign * int(m.group(2)), sign * int(m.group(4)))
+        return name
+
+    out["return"] = r.paren_list(option)
+    r.sp()
+
+
 def parse_search(r: Reader) -> dict[str, Any]:
-    returns: list[str] | None = None
+    out: dict[str, Any] = {}
     charset = None
     r.sp()
-    if r.d[r.i:r.i + 6].upper() == b"RETURN":  # RFC 4731 ESEARCH
-        r.i += 6
-        r.sp()
-        returns = r.paren_list(lambda: r.atom().upper())
-        r.sp()
+    _returns(r, out)
     if r.d[r.i:r.i + 7].upper() == b"CHARSET":
         r.i += 7
         r.sp()
@@ -82,7 +103,7 @@ def parse_search(r: Reader) -> dict[str, Any]:
     keys = [_search_key(r)]
     while r.maybe_sp():
         keys.append(_search_key(r))
-    return {"charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
+    return {**out, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
 
 
 SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
@@ -90,13 +111,9 @@ SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO"
 
 def parse_sort(r: Reader) -> dict[str, Any]:
     """SORT [RETURN (...)] (criteria) charset keys (RFC 5256; DISPLAYFROM/TO: RFC 5957; RETURN: ESORT)."""
-    returns: list[str] | None = None
+    out: dict[str, Any] = {}
     r.sp()
-    if r.d[r.i:r.i + 6].upper() == b"RETURN":
-        r.i += 6
-        r.sp()
-        returns = r.paren_list(lambda: r.atom().upper())
-        r.sp()
+    _returns(r, out)
     criteria = r.paren_list(lambda: r.atom().upper())
     if not criteria or any(c not in SORT_KEYS for c in criteria):
         raise r.fail("Invalid sort criteria")
@@ -108,7 +125,7 @@ def parse_sort(r: Reader) -> dict[str, Any]:
     keys = [_search_key(r)]
     while r.maybe_sp():
         keys.append(_search_key(r))
-    return {"criteria": criteria, "charset": charset, "keys": SearchKey("AND", tuple(keys)), "return": returns}
+    return {**out, "criteria": criteria, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
 
 
 def parse_thread(r: Reader) -> dict[str, Any]:

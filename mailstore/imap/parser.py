@@ -252,6 +252,15 @@ def _utf8_literal(r: Reader) -> bytes:
     return data
 
 
+def _cancelupdate(r: Reader) -> dict[str, Any]:  # RFC 5267 §4.2: CANCELUPDATE "tag" *(SP "tag")
+    tags = []
+    while r.maybe_sp():
+        tags.append(r.string().decode("ascii", "replace"))
+    if not tags:
+        raise r.fail("CANCELUPDATE needs the tags of searches")
+    return {"tags": tags}
+
+
 def _compress(r: Reader) -> dict[str, Any]:  # RFC 4978
     r.sp()
     return {"mechanism": r.atom().upper()}
@@ -292,7 +301,8 @@ _COMMANDS = {
     "AUTHENTICATE": _authenticate, "LOGIN": _login,
     "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only, "RENAME": _rename,
     "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only, "LIST": _list, "LSUB": _lsub,
-    "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "COMPRESS": _compress, "ID": _id,
+    "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "ID": _id,
+    "COMPRESS": _compress, "CANCELUPDATE": _cancelupdate,
     "IDLE": _no_args, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
     "SEARCH": parse_search, "SORT": parse_sort, "THREAD": parse_thread,

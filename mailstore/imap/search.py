@@ -14,7 +14,7 @@ from . import thread as threading
 from .reader import Command, SearchKey, Section, SequenceSet
 from .sort import key as sort_key
 from .sort import sent_date
-from .state import ImapBad, ImapNo, Reply, SelectedView, SessionBase
+from .state import ImapBad, ImapNo, Reply, SearchContext, SelectedView, SessionBase
 from .thread import ThreadInput
 
 
@@ -56,10 +56,59 @@ class SearchCommands(SessionBase):
         if returns is None:
             hits = "".join(f" {u if uid else i}" for i, u in found) + (f" ({modseq})" if modseq else "")
             return [f"* SEARCH{hits}\r\n".encode()], f"{cmd.name} completed"
-        lines = _esearch(cmd.tag, v, found, uid, returns)
+        lines = _esearch(cmd.tag, v, found, uid, returns, cmd.args.get("partial"))
         if lines and modseq:
             lines[0] = lines[0][:-2] + f" {modseq}\r\n".encode()
+        if "UPDATE" in returns:  # RFC 5267 §4: the result is kept and its changes reported
+            v.contexts[cmd.tag] = SearchContext(cmd.args["keys"], uid, {u for _, u in found})
         return lines, f"{cmd.name} completed"
+
+    async def do_cancelupdate(self, cmd: Command) -> Reply:
+        """RFC 5267 §4.2: stop reporting changes to the searches these tags started."""
+        assert self.view is not None
+        unknown = [t for t in cmd.args["tags"] if t not in self.view.contexts]
+        if unknown:
+            raise ImapNo(f"Unknown tag {unknown[0]}")
+        for tag in cmd.args["tags"]:
+            del self.view.contexts[tag]
+        return [], "CANCELUPDATE completed"
+
+    def context_removals(self, gone: list[int]) -> list[bytes]:
+        """REMOVEFROM for kept searches that held messages now expunged: sent before the EXPUNGEs,
+        while their sequence numbers still hold."""
+        v = self.view
+        if v is None or not v.contexts:
+            return []
+        lines = []
+        for tag, ctx in v.contexts.items():
+            hit = sorted(u for u in gone if u in ctx.uids)
+            ctx.uids.difference_update(hit)
+            if hit:
+                lines.append(_update_line(tag, ctx, "REMOVEFROM", hit if ctx.uid else [v.seq_of(u) for u in hit]))
+        return lines
+
+    async def context_changes(self, uids: list[int]) -> list[bytes]:
+        v = self.view
+        if v is None or not v.contexts or not uids:
+            return []
+        msgs = await self._messages(sorted(set(uids)))
+        lines = []
+        for tag, ctx in v.contexts.items():
+            added, removed = [], []
+            for u, m in sorted(msgs.items()):
+                if u not in v.flags:
+                    continue
+                hit = await self._matches(ctx.keys, m, v.seq_of(u))
+                if hit and u not in ctx.uids:
+                    added.append(u)
+                elif not hit and u in ctx.uids:
+                    removed.append(u)
+            ctx.uids.update(added)
+            ctx.uids.difference_update(removed)
+            for kind, which in (("REMOVEFROM", removed), ("ADDTO", added)):
+                if which:
+                    lines.append(_update_line(tag, ctx, kind, which if ctx.uid else [v.seq_of(u) for u in which]))
+        return lines
 
     async def _matches(self, key: SearchKey, m: Message, seq: int) -> bool:
         assert self.view is not None
@@ -175,7 +224,10 @@ class SearchCommands(SessionBase):
             values = {u: sort_key(c, envelopes[u], msgs[u].internal_date, msgs[u].size) for _, u in rows}
             ordered.sort(key=lambda r: values[r[1]], reverse=rev)
         if cmd.args.get("return") is not None:
-            return _esearch(cmd.tag, self.view, ordered, uid, cmd.args["return"]), f"{cmd.name} completed"
+            if "UPDATE" in cmd.args["return"]:  # CONTEXT=SORT (positions in the sort order) is not offered
+                raise ImapBad("RETURN (UPDATE) is for SEARCH only here (CONTEXT=SEARCH)")
+            return _esearch(cmd.tag, self.view, ordered, uid, cmd.args["return"], cmd.args.get("partial")), \
+                f"{cmd.name} completed"
         numbers = [u if uid else i for i, u in ordered]
         return [f"* SORT{''.join(f' {n}' for n in numbers)}\r\n".encode()], f"{cmd.name} completed"
 
@@ -226,10 +278,26 @@ def _uses(key: SearchKey, name: str) -> bool:
     return key.name == name or any(isinstance(a, SearchKey) and _uses(a, name) for a in key.args)
 
 
-def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bool, returns: list[str]) -> list[bytes]:
-    """SEARCH RETURN (...) (RFC 4731 ESEARCH; SAVE: RFC 5182 SEARCHRES).  RETURN () means ALL."""
+def _update_line(tag: str, ctx: SearchContext, kind: str, numbers: list[int]) -> bytes:
+    """An unsolicited ESEARCH for a kept search; position 0: "not known" (RFC 5267 §4.3, as Dovecot)."""
+    return f'* ESEARCH (TAG "{tag}"){" UID" if ctx.uid else ""} {kind} (0 {R.uid_set(sorted(numbers))})\r\n'.encode()
+
+
+def _partial(numbers: list[int], window: tuple[int, int]) -> list[int]:
+    """The results at positions lo..hi (1-based; negative counts from the last: RFC 5267 §4.4)."""
+    lo, hi = sorted(window, key=abs)
+    if lo > 0:
+        return numbers[lo - 1:hi]
+    n = len(numbers)
+    return numbers[max(n + hi, 0):max(n + lo + 1, 0)]
+
+
+def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bool, returns: list[str],
+             partial: tuple[int, int] | None = None) -> list[bytes]:
+    """SEARCH RETURN (...) (RFC 4731 ESEARCH; SAVE: RFC 5182 SEARCHRES; PARTIAL and UPDATE: RFC 5267).
+    RETURN () means ALL; RETURN (UPDATE) alone returns nothing yet."""
     wanted = set(returns) or {"ALL"}
-    unknown = wanted - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+    unknown = wanted - {"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE"}
     if unknown:
         raise ImapBad(f"Unknown RETURN option {sorted(unknown)[0]}")
     if "SAVE" in wanted:  # with MIN/MAX but neither ALL nor COUNT, only those are saved (RFC 5182 §2.4)
@@ -247,6 +315,10 @@ def _esearch(tag: str, view: SelectedView, found: list[tuple[int, int]], uid: bo
         parts.append(f"MAX {numbers[-1]}")
     if numbers and "ALL" in wanted:
         parts.append(f"ALL {R.uid_set(numbers)}")
+    if partial is not None:
+        window = _partial(numbers, partial)
+        shown = R.uid_set(window)
+        parts.append(f"PARTIAL ({partial[0]}:{partial[1]} {shown or 'NIL'})")
     if "COUNT" in wanted:
         parts.append(f"COUNT {len(numbers)}")
     return [(" ".join(parts) + "\r\n").encode()]

@@ -81,7 +81,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
     _ANY: ClassVar[frozenset[str]] = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "ENABLE"})
     _NOT_AUTH: ClassVar[frozenset[str]] = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
     _SELECTED: ClassVar[frozenset[str]] = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT",
-                                                     "THREAD", "FETCH",
+                                                     "THREAD", "FETCH", "CANCELUPDATE",
                                                      "STORE", "COPY", "MOVE"})
 
     def _check_state(self, name: str) -> None:
@@ -114,6 +114,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
         new = [u for u, _ in changed if u not in v.flags and u > last]
         if expunges and count != len(v.uids) + len(new):  # something vanished
             gone = self._read(self.ctx.meta.vanished, v.box_id, v.modseq, v.flags, count - len(new))
+            lines += self.context_removals(sorted(gone))  # RFC 5267: before the numbers shift
             for u in sorted(gone, reverse=True):  # highest first: numbers stay valid
                 i = v.seq_of(u)
                 if not self.qresync:
@@ -143,6 +144,7 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             if not v.readonly:
                 first = await asyncio.to_thread(self.ctx.meta.claim_recent, v.box_id, new[-1] + 1)
                 v.recent.update(u for u in new if u >= first)
+        lines += await self.context_changes([u for u, _ in flagged] + new)
         if len(v.recent) != recent_before and v.show_recent:  # RECENT when the count changed (RFC 3501 §7.3.2)
             lines.append(f"* {len(v.recent)} RECENT\r\n".encode())
         if expunges:  # withheld EXPUNGEs must be found again next time

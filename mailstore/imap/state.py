@@ -23,7 +23,7 @@ from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
 from . import mutf7
-from .reader import SequenceSet
+from .reader import SearchKey, SequenceSet
 from .response import uid_set
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ log = logging.getLogger("mailstore.imap")
 CAPABILITIES = ("IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
                 "SPECIAL-USE CONDSTORE QRESYNC QUOTA APPENDLIMIT={limit} ESEARCH ESORT SEARCHRES WITHIN SORT "
                 "SORT=DISPLAY LIST-EXTENDED LIST-STATUS STATUS=SIZE SAVEDATE THREAD=ORDEREDSUBJECT THREAD=REFERENCES "
-                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE UTF8=ACCEPT")
+                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE UTF8=ACCEPT CONTEXT=SEARCH")
 
 
 class ImapNo(Exception):
@@ -54,6 +54,15 @@ class ImapBad(Exception):
 
 
 @dataclass
+class SearchContext:
+    """A SEARCH RETURN (UPDATE) the client keeps (RFC 5267 §4): its result, kept up to date."""
+
+    keys: SearchKey
+    uid: bool  # UID SEARCH: updates name UIDs, else sequence numbers
+    uids: set[int]
+
+
+@dataclass
 class SelectedView:
     box_id: int
     name: str
@@ -65,6 +74,7 @@ class SelectedView:
     recent: set[int] = field(default_factory=set)  # \Recent in this session (RFC 3501 §2.3.2)
     keywords: set[str] = field(default_factory=set)  # announced in * FLAGS to this client
     saved: set[int] = field(default_factory=set)  # UIDs of SEARCH RETURN (SAVE): "$" (RFC 5182)
+    contexts: dict[str, SearchContext] = field(default_factory=dict)  # SEARCH RETURN (UPDATE), by tag
 
     show_recent: bool = True  # IMAP4rev2 has no \\Recent and no RECENT (RFC 9051 Appendix E)
 
@@ -274,6 +284,14 @@ class SessionBase:
         if self.ctx.tls is not None and not self.secure and self.user is None:
             caps += " STARTTLS"
         return caps + (" AUTH=PLAIN" if self.user is None else "")
+
+    async def context_changes(self, uids: list[int]) -> list[bytes]:
+        """ESEARCH ADDTO/REMOVEFROM for kept searches these changed messages enter or leave (search.py)."""
+        return []
+
+    def context_removals(self, gone: list[int]) -> list[bytes]:
+        """ESEARCH REMOVEFROM for kept searches that held these expunged messages (search.py)."""
+        return []
 
     async def _drop_objects(self, keys: list[str]) -> None:
         if keys:  # metadata is already gone: objects last (orphans are fine, dangling rows are not)

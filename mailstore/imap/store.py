@@ -57,6 +57,7 @@ class StoreCommands(SessionBase):
                 ms = f" MODSEQ ({modseq})" if self.view.condstore or cmd.args["unchangedsince"] is not None else ""
                 lines.append(f"* {self.view.seq_of(u)} FETCH (FLAGS ".encode()
                              + R.flag_list(self.view.flags_of(u, flags)) + f"{extra}{ms})\r\n".encode())
+        lines += await self.context_changes(list(done))  # kept searches hear of this client's changes too
         text = f"{cmd.name} completed"
         if refused:
             text = f"[MODIFIED {','.join(str(u if uid else self.view.seq_of(u)) for u in refused)}] " + text

@@ -6,6 +6,9 @@ NOOP.  After every step each client syncs (NOOP) and fetches everything; what it
 sees must equal the model: the same UIDs (ascending, never reused), the same
 flags, sequence numbers that are positions, every keyword announced in a
 FLAGS response before that client saw it used, and never BAD or SERVERBUG.
+A second test runs three clients in threads at once, each on its own
+messages, while a fourth stays in IDLE and must end with the same mailbox
+from the updates pushed to it alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import random
 import re
 import signal
+import threading
+import time
 
 import pytest
 
@@ -139,3 +144,132 @@ def test_three_clients_agree_with_the_model(port: int, seed: int) -> None:
             assert client.snapshot() == model, (seed, step, op)
     for c in clients:
         c.raw.close()
+
+
+class Idler:
+    """A client in IDLE (with QRESYNC, so updates carry UIDs) that keeps its own picture of the
+    mailbox from what the server pushes: EXISTS, VANISHED, FETCH (UID FLAGS), FLAGS."""
+
+    def __init__(self, port: int, box: str) -> None:
+        self.raw = Raw(port)
+        assert status(self.raw.cmd(f"LOGIN {USER} pw")).startswith(b"OK")
+        self.raw.cmd("ENABLE QRESYNC")
+        lines = self.raw.cmd(f"SELECT {box}")
+        self.keywords: set[str] = set()
+        self._flags(lines)
+        count = int(next(re.match(rb"\* (\d+) EXISTS", x).group(1) for x in lines if re.match(rb"\* \d+ EXISTS", x)))  # type: ignore[union-attr]
+        self.uids: list[int | None] = [None] * count  # by position; None until a FETCH names it
+        self.flags: dict[int, frozenset[str]] = {}
+        self.raw.send(b"i1 IDLE\r\n")
+        assert self.raw._line().startswith(b"+")
+        self.errors: list[bytes] = []
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _flags(self, lines: list[bytes]) -> None:
+        for line in lines:
+            if m := re.match(rb"\* FLAGS \(([^)]*)\)", line):
+                self.keywords = {f.decode() for f in m.group(1).split() if not f.startswith(b"\\")}
+
+    def _listen(self) -> None:
+        while True:
+            line = self.raw._line()
+            if line.startswith(b"i1 "):
+                return
+            if b"SERVERBUG" in line or line.startswith(b"* BAD") or line.startswith(b"* BYE"):
+                self.errors.append(line)
+            self._flags([line])
+            if m := re.match(rb"\* (\d+) EXISTS", line):
+                self.uids += [None] * (int(m.group(1)) - len(self.uids))
+            elif m := re.match(rb"\* VANISHED (?:\(EARLIER\) )?([\d:,]+)", line):
+                gone = set()
+                for part in m.group(1).split(b","):
+                    a, _, b = part.partition(b":")
+                    gone.update(range(int(a), int(b or a) + 1))
+                self.uids = [u for u in self.uids if u not in gone]
+                for u in gone:
+                    self.flags.pop(u, None)
+            elif m := re.match(rb"\* (\d+) FETCH \((.*)\)\r\n", line):
+                uid = int(re.search(rb"UID (\d+)", m.group(2)).group(1))  # type: ignore[union-attr]
+                flags = {f.decode() for f in re.search(rb"FLAGS \(([^)]*)\)", m.group(2)).group(1).split()  # type: ignore[union-attr]
+                         if f != b"\\Recent"}
+                if not {f for f in flags if not f.startswith("\\")} <= self.keywords:
+                    self.errors.append(b"keyword before FLAGS: " + line)
+                self.uids[int(m.group(1)) - 1] = uid
+                self.flags[uid] = frozenset(flags)
+
+    def done(self) -> None:
+        self.raw.send(b"DONE\r\n")
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+def test_clients_at_once_and_an_idler_agree_with_the_model(port: int) -> None:
+    """Three clients in three threads at once, each on its own messages (APPEND, STORE, UID EXPUNGE,
+    MOVE out, FETCH, SEARCH) so the end state does not depend on the interleaving, and a fourth in
+    IDLE the whole time: all four end with the model's mailbox, the idler from pushed updates alone."""
+    box = "concurrent"
+    setup = Client(port)
+    setup.cmd(f"CREATE {box}")
+    setup.cmd(f"CREATE {box}-out")
+    idler = Idler(port, box)
+    models: list[dict[int, frozenset[str]]] = [{} for _ in range(3)]
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            rng = random.Random(100 + n)
+            c = Client(port)
+            assert status(c.cmd(f"SELECT {box}")).startswith(b"OK")
+            mine = models[n]
+            for step in range(40):
+                op = rng.choice(["append", "append", "store", "store", "expunge", "move", "fetch", "search"])
+                if op == "append" or not mine:
+                    flags = rng.sample(SYSTEM + KEYWORDS, rng.randint(0, 2))
+                    lines = c.cmd(f"APPEND {box} ({' '.join(flags)}) \x00LIT\x00",
+                                  f"Subject: w{n} {step}\r\n\r\nx\r\n".encode())
+                    mine[int(re.search(rb"APPENDUID \d+ (\d+)", lines[-1]).group(1))] = frozenset(flags)  # type: ignore[union-attr]
+                elif op == "store":
+                    target = rng.choice(sorted(mine))
+                    flags = rng.sample(SYSTEM + KEYWORDS + ["\\Deleted"], rng.randint(1, 2))
+                    action = rng.choice(["+FLAGS", "-FLAGS", "FLAGS"])
+                    c.cmd(f"UID STORE {target} {action}.SILENT ({' '.join(flags)})")
+                    mine[target] = (mine[target] | set(flags) if action == "+FLAGS" else
+                                    mine[target] - set(flags) if action == "-FLAGS" else frozenset(flags))
+                elif op == "expunge":  # UIDPLUS: only this client's deleted messages
+                    doomed = [u for u, f in mine.items() if "\\Deleted" in f]
+                    if doomed:
+                        c.cmd(f"UID EXPUNGE {','.join(map(str, doomed))}")
+                        for u in doomed:
+                            del mine[u]
+                elif op == "move":
+                    target = rng.choice(sorted(mine))
+                    assert status(c.cmd(f"UID MOVE {target} {box}-out")).startswith(b"OK")
+                    del mine[target]
+                elif op == "fetch":
+                    c.cmd(f"UID FETCH {','.join(map(str, sorted(mine)))} (FLAGS BODY.PEEK[HEADER])")
+                else:
+                    c.cmd("UID SEARCH KEYWORD $Todo")
+            c.raw.close()
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert not failures, failures
+    model = {u: f for m in models for u, f in m.items()}
+    end = time.monotonic() + 10  # IDLE polls: the last changes arrive within a poll or two
+    while time.monotonic() < end and (len(idler.uids) != len(model) or idler.flags != {
+            u: f for u, f in model.items() if u in idler.flags}):
+        time.sleep(0.2)
+    idler.done()
+    assert not idler.errors, idler.errors
+    assert len(idler.uids) == len(model)
+    assert {u: f for u, f in idler.flags.items() if u in model} == {u: model[u] for u in idler.flags if u in model}
+    assert set(idler.flags) <= set(model)  # nothing it holds was expunged without a VANISHED
+    setup.cmd(f"SELECT {box}")
+    assert setup.snapshot() == model
+    setup.raw.close()

@@ -83,7 +83,7 @@ def parse_section(r: Reader) -> Section:
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
 
 
-def _fetch_att(r: Reader) -> FetchAttribute:
+def fetch_att(r: Reader) -> FetchAttribute:
     m = _FETCH_NAME.match(r.d, r.i)
     if not m:
         raise r.fail("Expected a fetch attribute")
@@ -121,14 +121,14 @@ def parse_fetch(r: Reader) -> dict[str, Any]:
     s = r.seqset()
     r.sp()
     if r.peek() == b"(":
-        atts = r.paren_list(lambda: _fetch_att(r))
+        atts = r.paren_list(lambda: fetch_att(r))
     else:
         m = _FETCH_NAME.match(r.d, r.i)
         if m and m.group().upper().decode() in FETCH_MACROS and r.d[m.end():m.end() + 1] in (b"", b" "):
             r.i = m.end()
             atts = [FetchAttribute(n) for n in FETCH_MACROS[m.group().upper().decode()]]
         else:
-            atts = [_fetch_att(r)]
+            atts = [fetch_att(r)]
     out: dict[str, Any] = {"set": s, "attributes": atts, "changedsince": None, "vanished": False}
     if r.maybe_sp():  # RFC 7162 modifiers: (CHANGEDSINCE n [VANISHED])
         if r.peek() != b"(":

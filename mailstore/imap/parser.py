@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .parse_fetch import parse_copy, parse_fetch, parse_store
+from .parse_fetch import fetch_att, parse_copy, parse_fetch, parse_store
 from .parse_search import parse_search, parse_sort, parse_thread
-from .reader import TAG_RE, AppendMessage, Command, ParseError, Reader
+from .reader import TAG_RE, AppendMessage, Command, EventGroup, FetchAttribute, ParseError, Reader
 
 
 def parse_command(data: bytes) -> Command:
@@ -261,6 +261,54 @@ def _cancelupdate(r: Reader) -> dict[str, Any]:  # RFC 5267 §4.2: CANCELUPDATE 
     return {"tags": tags}
 
 
+NOTIFY_FILTERS = {"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"}
+
+
+def _notify(r: Reader) -> dict[str, Any]:
+    """NOTIFY NONE / NOTIFY SET [STATUS] (filter events) ... (RFC 5465 §8)."""
+    r.sp()
+    word = r.atom().upper()
+    if word == "NONE":
+        return {"groups": None, "status": False}
+    if word != "SET":
+        raise r.fail("NOTIFY SET or NOTIFY NONE")
+    r.sp()
+    status = r.d[r.i:r.i + 6].upper() == b"STATUS"
+    if status:
+        r.i += 6
+        r.sp()
+    groups = [_event_group(r)]
+    while r.maybe_sp():
+        groups.append(_event_group(r))
+    return {"groups": groups, "status": status}
+
+
+def _event_group(r: Reader) -> EventGroup:
+    r.open()
+    kind = r.atom().upper()
+    if kind not in NOTIFY_FILTERS:
+        raise r.fail(f"Unknown NOTIFY filter {kind}")
+    names: list[str] = []
+    if kind in ("SUBTREE", "MAILBOXES"):
+        r.sp()
+        names = r.paren_list(r.mailbox) if r.peek() == b"(" else [r.mailbox()]
+    r.sp()
+    events: set[str] = set()
+    fetch: list[FetchAttribute] = []
+    if r.peek() == b"(":
+        def event() -> str:
+            name = r.atom().upper()
+            if name == "MESSAGENEW" and r.d[r.i:r.i + 2] == b" (":
+                r.sp()
+                fetch.extend(r.paren_list(lambda: fetch_att(r)))
+            return name
+        events = set(r.paren_list(event))
+    elif r.atom().upper() != "NONE":
+        raise r.fail("Expected events or NONE")
+    r.close()
+    return EventGroup(kind, tuple(names), frozenset(events), tuple(fetch))
+
+
 def _compress(r: Reader) -> dict[str, Any]:  # RFC 4978
     r.sp()
     return {"mechanism": r.atom().upper()}
@@ -302,7 +350,7 @@ _COMMANDS = {
     "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only, "RENAME": _rename,
     "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only, "LIST": _list, "LSUB": _lsub,
     "STATUS": _status, "APPEND": _append, "NAMESPACE": _no_args, "ENABLE": _enable, "ID": _id,
-    "COMPRESS": _compress, "CANCELUPDATE": _cancelupdate,
+    "COMPRESS": _compress, "CANCELUPDATE": _cancelupdate, "NOTIFY": _notify,
     "IDLE": _no_args, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
     "SEARCH": parse_search, "SORT": parse_sort, "THREAD": parse_thread,

@@ -75,6 +75,16 @@ class AppendMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class EventGroup:
+    """One "(filter events)" of NOTIFY SET (RFC 5465 §6)."""
+
+    filter: str  # SELECTED, SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE, MAILBOXES
+    mailboxes: tuple[str, ...]  # for SUBTREE and MAILBOXES
+    events: frozenset[str]  # upper case; empty for NONE
+    fetch: tuple[FetchAttribute, ...] = ()  # MessageNew (fetch-att ...), for the selected mailbox
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     tag: str
     name: str  # upper case; "UID FETCH" etc. for UID commands

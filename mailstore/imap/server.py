@@ -22,6 +22,7 @@ from .session import ImapContext, Session
 
 log = logging.getLogger("mailstore.imap")
 IDLE_POLL_SECONDS = 0.5
+NOTIFY_POLL_SECONDS = 1.0
 IDLE_MAX_SECONDS = 30 * 60  # RFC 2177: clients re-issue IDLE at least every 29 minutes
 
 
@@ -99,7 +100,10 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
         ctx.metrics.sessions_total.inc()
     try:
         while not session.logout:
-            data = await conn.read()
+            if session.notify is not None and not framer.mid_command:
+                data = await _read_notifying(session, conn)
+            else:
+                data = await conn.read()
             if not data:
                 return
             events = framer.feed(data)
@@ -190,6 +194,19 @@ MAX_AUTH_LINE = 8192  # a SASL PLAIN answer is a few hundred bytes
 MAX_IDLE_LINE = 1024  # "DONE"
 
 
+async def _read_notifying(session: Session, conn: Connection) -> bytes:
+    """The client's next bytes; meanwhile, every NOTIFY_POLL_SECONDS, what NOTIFY asked to hear (RFC 5465)."""
+    read = asyncio.ensure_future(conn.read())
+    while True:
+        done, _ = await asyncio.wait([read], timeout=NOTIFY_POLL_SECONDS)
+        if done:
+            return read.result()
+        updates = await session.notifications(quiet=True)
+        if updates:
+            conn.write(b"".join(updates))
+            await conn.drain()
+
+
 async def _idle(session: Session, tag: str, conn: Connection) -> None:
     conn.write(b"+ idling\r\n")
     await conn.drain()
@@ -210,6 +227,8 @@ async def _idle(session: Session, tag: str, conn: Connection) -> None:
                     conn.write(f"{tag} BAD Expected DONE\r\n".encode())
                 return
             updates = await session.refresh()
+            if session.notify is not None:
+                updates += session.other_notifications()
             if updates:
                 conn.write(b"".join(updates))
                 await conn.drain()

@@ -27,7 +27,8 @@ from .append import AppendCommands
 from .auth import AuthCommands
 from .fetch import FetchCommands
 from .mailboxes import MailboxCommands
-from .reader import Command
+from .notify import NotifyCommands
+from .reader import Command, SequenceSet
 from .search import SearchCommands
 from .state import ImapBad, ImapContext, ImapNo, Reply, SelectedView
 from .store import StoreCommands
@@ -37,7 +38,8 @@ log = logging.getLogger("mailstore.imap")
 __all__ = ["ImapBad", "ImapContext", "ImapNo", "Reply", "SelectedView", "Session"]
 
 
-class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, StoreCommands, SearchCommands):
+class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, StoreCommands, SearchCommands,
+              NotifyCommands):
     """One connection's session: dispatch to `do_<command>` of the command families, the state machine."""
 
     async def handle(self, cmd: Command) -> bytes:
@@ -68,6 +70,8 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
                         line.startswith(b"* VANISHED ") for line in more):
                     text = f"[HIGHESTMODSEQ {self.view.modseq}] {text}"  # where the client's resync starts
                 lines += more
+            if self.notify is not None and cmd.name != "NOTIFY":  # RFC 5465: other mailboxes too
+                lines += self.other_notifications()
             return b"".join(lines) + f"{cmd.tag} OK {text}\r\n".encode()
         except ImapNo as exc:
             code = f"[{exc.code}] " if exc.code else ""
@@ -96,6 +100,21 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             raise ImapBad(f"{name} needs authentication first")
         if (base in self._SELECTED or name.startswith("UID ")) and self.view is None:
             raise ImapBad(f"{name} needs a selected mailbox")
+
+    async def notifications(self, *, quiet: bool) -> list[bytes]:
+        """NOTIFY's updates (RFC 5465). `quiet`: the client is between commands, so the selected
+        mailbox's changes come only if a SELECTED group asked for them, and no EXPUNGE."""
+        lines: list[bytes] = []
+        selected = self.selected_group()
+        if quiet and self.view is not None and selected is not None and selected.events:
+            before = set(self.view.uids)
+            lines += await self.refresh(expunges=False)
+            new = [u for u in self.view.uids if u not in before]
+            if new and selected.fetch:  # MessageNew (fetch-att ...): the new messages' attributes
+                fetch = Command("*", "UID FETCH", {"set": SequenceSet(tuple((u, u) for u in new)),
+                                                   "attributes": list(selected.fetch)})
+                lines += (await self._fetch(fetch, uid=True))[0]
+        return lines + self.other_notifications()
 
     async def refresh(self, *, expunges: bool = True) -> list[bytes]:
         """Untagged updates for changes made elsewhere since this client last looked."""

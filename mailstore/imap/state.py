@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cache import Fs, FsError, NotFound
 
@@ -26,6 +26,9 @@ from . import mutf7
 from .reader import SearchKey, SequenceSet
 from .response import uid_set
 
+if TYPE_CHECKING:
+    from .notify import NotifyState
+
 T = TypeVar("T")
 Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
 
@@ -34,7 +37,8 @@ log = logging.getLogger("mailstore.imap")
 CAPABILITIES = ("IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN "
                 "SPECIAL-USE CONDSTORE QRESYNC QUOTA APPENDLIMIT={limit} ESEARCH ESORT SEARCHRES WITHIN SORT "
                 "SORT=DISPLAY LIST-EXTENDED LIST-STATUS STATUS=SIZE SAVEDATE THREAD=ORDEREDSUBJECT THREAD=REFERENCES "
-                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE UTF8=ACCEPT CONTEXT=SEARCH")
+                "THREAD=REFS BINARY MULTIAPPEND CATENATE PREVIEW OBJECTID COMPRESS=DEFLATE UTF8=ACCEPT "
+                "CONTEXT=SEARCH NOTIFY")
 
 
 class ImapNo(Exception):
@@ -156,6 +160,7 @@ class SessionBase:
         self.logout = False
         self.condstore = False  # CONDSTORE enabled: FETCH responses carry UID and MODSEQ (RFC 7162 §3.1)
         self.qresync = False  # QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 §3.2)
+        self.notify: NotifyState | None = None  # NOTIFY SET (RFC 5465): notify.py
         self.rev2 = False  # ENABLE IMAP4rev2: RFC 9051's answers (RFC 9051 §6.3.1)
         self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 9755)
 

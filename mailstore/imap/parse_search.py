@@ -90,6 +90,21 @@ def _returns(r: Reader, out: dict[str, Any]) -> None:
     r.sp()
 
 
+def _search_keys(r: Reader) -> SearchKey:
+    """1*(SP search-key), their AND (the first SP already read)."""
+    keys = [_search_key(r)]
+    while r.maybe_sp():
+        keys.append(_search_key(r))
+    return SearchKey("AND", tuple(keys))
+
+
+def _charset(r: Reader) -> str:
+    """A SORT/THREAD charset, then the SP before the search keys."""
+    charset = r.astring().decode("ascii", "replace").upper()
+    r.sp()
+    return charset
+
+
 def parse_search(r: Reader) -> dict[str, Any]:
     out: dict[str, Any] = {}
     charset = None
@@ -100,10 +115,7 @@ def parse_search(r: Reader) -> dict[str, Any]:
         r.sp()
         charset = r.astring().decode("ascii", "replace").upper()
         r.sp()
-    keys = [_search_key(r)]
-    while r.maybe_sp():
-        keys.append(_search_key(r))
-    return {**out, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
+    return {**out, "charset": charset, "keys": _search_keys(r)}
 
 
 SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
@@ -120,12 +132,7 @@ def parse_sort(r: Reader) -> dict[str, Any]:
     if criteria[-1] == "REVERSE" or any(a == b == "REVERSE" for a, b in itertools.pairwise(criteria)):
         raise r.fail("REVERSE must come before a sort key")
     r.sp()
-    charset = r.astring().decode("ascii", "replace").upper()
-    r.sp()
-    keys = [_search_key(r)]
-    while r.maybe_sp():
-        keys.append(_search_key(r))
-    return {**out, "criteria": criteria, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
+    return {**out, "criteria": criteria, "charset": _charset(r), "keys": _search_keys(r)}
 
 
 def parse_thread(r: Reader) -> dict[str, Any]:
@@ -135,11 +142,6 @@ def parse_thread(r: Reader) -> dict[str, Any]:
     if algorithm not in ("ORDEREDSUBJECT", "REFERENCES", "REFS"):
         raise r.fail(f"Unknown threading algorithm {algorithm}")
     r.sp()
-    charset = r.astring().decode("ascii", "replace").upper()
-    r.sp()
-    keys = [_search_key(r)]
-    while r.maybe_sp():
-        keys.append(_search_key(r))
-    return {"algorithm": algorithm, "charset": charset, "keys": SearchKey("AND", tuple(keys))}
+    return {"algorithm": algorithm, "charset": _charset(r), "keys": _search_keys(r)}
 
 

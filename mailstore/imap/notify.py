@@ -14,31 +14,13 @@ quiet (server.py); EXPUNGE still waits for a command or IDLE (RFC 3501 §7.4.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from .. import folders
 from . import response as R
 from .reader import Command, EventGroup
-from .state import ImapBad, ImapNo, Reply, SessionBase
+from .state import ImapBad, ImapNo, NotifyState, Reply, SessionBase, WatchedBox
 
 SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
 _SUPPORTED = {e.upper() for e in SUPPORTED}
-
-
-@dataclass
-class _Box:
-    name: str
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    box_id: int
-
-
-@dataclass
-class NotifyState:
-    groups: list[EventGroup]
-    boxes: dict[str, _Box] = field(default_factory=dict)  # guid -> what was last reported
-    subscribed: set[str] = field(default_factory=set)
 
 
 class NotifyCommands(SessionBase):
@@ -72,11 +54,11 @@ class NotifyCommands(SessionBase):
                     lines.append(self._notify_status(box))
         return lines, "NOTIFY completed"
 
-    def _notify_boxes(self) -> dict[str, _Box]:
+    def _notify_boxes(self) -> dict[str, WatchedBox]:
         rows = self._meta().conn().execute(
             "SELECT guid, name, uidvalidity, uidnext, highestmodseq, id FROM mailboxes WHERE user_name=?",
             (self.authed,))
-        return {guid: _Box(name, validity, uidnext, modseq, box_id)
+        return {guid: WatchedBox(name, validity, uidnext, modseq, box_id)
                 for guid, name, validity, uidnext, modseq, box_id in rows}
 
     def _events_for(self, name: str, state: NotifyState) -> frozenset[str]:
@@ -91,10 +73,10 @@ class NotifyCommands(SessionBase):
                 return g.events
         return frozenset()
 
-    def _selected(self, box: _Box) -> bool:
+    def _selected(self, box: WatchedBox) -> bool:
         return self.view is not None and self.view.box_id == box.box_id
 
-    def _notify_status(self, box: _Box) -> bytes:
+    def _notify_status(self, box: WatchedBox) -> bytes:
         messages, unseen = self._meta().conn().execute(
             "SELECT count(*), coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0) FROM messages "
             "WHERE mailbox_id=?", (box.box_id,)).fetchone()

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from cache import Fs, FsError, NotFound
 
@@ -23,11 +23,8 @@ from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
 from . import mutf7
-from .reader import SearchKey, SequenceSet
+from .reader import EventGroup, SearchKey, SequenceSet
 from .response import uid_set
-
-if TYPE_CHECKING:
-    from .notify import NotifyState
 
 T = TypeVar("T")
 Reply = tuple[list[bytes], str]  # untagged lines, and the text of the tagged OK
@@ -55,6 +52,26 @@ class ImapBad(Exception):
     def __init__(self, text: str, lines: list[bytes] | None = None) -> None:
         super().__init__(text)
         self.lines = lines or []
+
+
+@dataclass
+class WatchedBox:
+    """A mailbox as NOTIFY last reported it."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    box_id: int
+
+
+@dataclass
+class NotifyState:
+    """NOTIFY SET (RFC 5465): what the client asked for, and what it was last told (notify.py)."""
+
+    groups: list[EventGroup]
+    boxes: dict[str, WatchedBox] = field(default_factory=dict)  # guid -> what was last reported
+    subscribed: set[str] = field(default_factory=set)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The mailbox metadata store: users, mailboxes, messages (SQLite; PostgreSQL-ready SQL).
+"""The mailbox metadata store: users, mailboxes, messages (SQLite, or PostgreSQL: sqlbackend.py).
 
 Rules of this file's state:
 - SQLite in WAL mode with synchronous=FULL: a committed delivery is on disk.
@@ -13,18 +13,16 @@ Rules of this file's state:
   another process on the same host opens the store and finds its owner gone.
 - users.used_bytes is kept in the same transactions that add or remove messages.
 - The schema version is PRAGMA user_version; MIGRATIONS upgrade it in order.
-The SQL sticks to what PostgreSQL also runs (no SQLite-only syntax in queries)
-so a second backend can take the same statements.
+The SQL is what SQLite and PostgreSQL both run; where they differ (placeholders,
+write locking, durability, schema versions) is sqlbackend.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -35,6 +33,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from runtime.batching import BatchThread, Call, Outcome, call
+
+from .sqlbackend import Conn, NoLock, PostgresBackend, SqliteBackend, WriteLock, open_backend
 
 T = TypeVar("T")
 
@@ -147,7 +147,7 @@ SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk
                "Archive": "\\Archive"}
 
 
-def next_uidvalidity(c: sqlite3.Connection, user: str) -> int:
+def next_uidvalidity(c: Conn, user: str) -> int:
     """Inside a write transaction: a UIDVALIDITY this user's mailboxes never had.
 
     The clock (so values look like Dovecot's), but always above the last one
@@ -232,9 +232,10 @@ class NewMessage:
 class MetaStore:
     """One per process; a connection per thread (call it from worker threads)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def __init__(self, path: Path | str) -> None:
+        """`path`: a SQLite file, or a postgresql:// URL (its password from PGPASSFILE or ~/.pgpass)."""
+        self.backend: SqliteBackend | PostgresBackend = open_backend(path)
+        self.path: Path | None = self.backend.path if isinstance(self.backend, SqliteBackend) else None
         self._local = threading.local()
         self._migrate()
         self.drop_dead_reservations()
@@ -252,44 +253,19 @@ class MetaStore:
         with self._write() as c:
             return sum(c.execute("DELETE FROM pending WHERE owner=?", (o,)).rowcount for o in dead)
 
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
-        c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute(f"PRAGMA synchronous={synchronous}")
-        c.execute("PRAGMA busy_timeout=30000")
-        c.execute("PRAGMA foreign_keys=ON")
-        return c
-
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Conn:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = self._local.conn = self._connect("FULL")
+            c = self._local.conn = self.backend.connect(durable=True)
         return c
 
     def _migrate(self) -> None:
-        c = self.conn()
-        # A migration may rebuild a table (SQLite's way to change one): foreign keys are off
-        # for the transaction (the pragma is a no-op inside one) and checked before it commits.
-        c.execute("PRAGMA foreign_keys=OFF")
-        c.execute("BEGIN IMMEDIATE")
         try:
-            version = c.execute("PRAGMA user_version").fetchone()[0]
-            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for stmt in script.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-                c.execute(f"PRAGMA user_version={i}")
-            broken = c.execute("PRAGMA foreign_key_check").fetchall()
-            if broken:
-                raise MetaError(f"a migration left rows without their parents: {broken[:5]}")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        finally:
-            c.execute("PRAGMA foreign_keys=ON")
+            self.backend.migrate(self.conn(), MIGRATIONS)
+        except RuntimeError as exc:
+            raise MetaError(str(exc)) from None
 
-    def flags_conn(self) -> sqlite3.Connection:
+    def flags_conn(self) -> Conn:
         """A connection whose commits are atomic but not fsynced (synchronous=NORMAL).
 
         For flag changes (and \\Recent) only: the durability rule covers acknowledged mail (a
@@ -298,14 +274,17 @@ class MetaStore:
         """
         c = getattr(self._local, "flags_conn", None)
         if c is None:
-            c = self._local.flags_conn = self._connect("NORMAL")
+            c = self._local.flags_conn = self.backend.connect(durable=False)
         return c
 
     def _write_flags(self) -> _Txn:
-        lock = getattr(self._local, "lock", None)
+        return _Txn(self.flags_conn(), self._lock(), self.backend)
+
+    def _lock(self) -> WriteLock | NoLock:
+        lock: WriteLock | NoLock | None = getattr(self._local, "lock", None)
         if lock is None:
-            lock = self._local.lock = WriteLock(self.path)
-        return _Txn(self.flags_conn(), lock)
+            lock = self._local.lock = self.backend.write_lock()
+        return lock
 
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
         """(uid, flags) of visible rows changed after `modseq`, and the visible message count."""
@@ -348,15 +327,15 @@ class MetaStore:
         return gone
 
     @staticmethod
-    def log_expunged(c: sqlite3.Connection, mailbox_id: int, modseq: int, uids: list[int]) -> None:
+    def log_expunged(c: Conn, mailbox_id: int, modseq: int, uids: list[int]) -> None:
         """Inside a write transaction that removed `uids` and bumped the mailbox to `modseq`."""
         c.executemany("INSERT INTO expunged(mailbox_id, modseq, uid) VALUES (?,?,?)",
                       [(mailbox_id, modseq, u) for u in uids])
         cutoff = modseq - EXPUNGE_LOG_MODSEQS
         if cutoff > 0 and c.execute("DELETE FROM expunged WHERE mailbox_id=? AND modseq<?",
                                     (mailbox_id, cutoff)).rowcount:
-            c.execute("UPDATE mailboxes SET expunge_log_from = max(expunge_log_from, ?) WHERE id=?",
-                      (cutoff - 1, mailbox_id))
+            c.execute("UPDATE mailboxes SET expunge_log_from = CASE WHEN expunge_log_from > ? THEN expunge_log_from "
+                      "ELSE ? END WHERE id=?", (cutoff - 1, cutoff - 1, mailbox_id))
 
     def vanished_since(self, mailbox_id: int, modseq: int, ranges: list[tuple[int, int]]) -> list[int]:
         """UIDs within `ranges` (inclusive) that left the mailbox after `modseq` (QRESYNC): from
@@ -378,10 +357,7 @@ class MetaStore:
         return sorted(out)
 
     def _write(self) -> _Txn:
-        lock = getattr(self._local, "lock", None)
-        if lock is None:
-            lock = self._local.lock = WriteLock(self.path)
-        return _Txn(self.conn(), lock)
+        return _Txn(self.conn(), self._lock(), self.backend)
 
     # ------------------------------------------------------------------ users
 
@@ -394,7 +370,7 @@ class MetaStore:
                       (name, password_hash, quota_bytes, now))
             for box in ("INBOX", *SPECIAL_USE):
                 self._create_mailbox(c, name, box)
-                c.execute("INSERT OR IGNORE INTO subscriptions(user_name, name) VALUES (?,?)", (name, box))
+                c.execute("INSERT INTO subscriptions(user_name, name) VALUES (?,?) ON CONFLICT DO NOTHING", (name, box))
         return User(name, quota_bytes, 0, now)
 
     def get_user(self, name: str) -> User | None:
@@ -450,7 +426,8 @@ class MetaStore:
         with self._write() as c:
             if not c.execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone():
                 raise NoSuchUser(user)
-            c.execute("INSERT OR REPLACE INTO aliases(address, user_name) VALUES (?,?)", (address, user))
+            c.execute("INSERT INTO aliases(address, user_name) VALUES (?,?) "
+                      "ON CONFLICT(address) DO UPDATE SET user_name=excluded.user_name", (address, user))
 
     def resolve_alias(self, address: str) -> str | None:
         row = self.conn().execute("SELECT user_name FROM aliases WHERE address=?", (address,)).fetchone()
@@ -458,13 +435,13 @@ class MetaStore:
 
     # ------------------------------------------------------------------ mailboxes
 
-    def _create_mailbox(self, c: sqlite3.Connection, user: str, name: str, guid: str | None = None,
+    def _create_mailbox(self, c: Conn, user: str, name: str, guid: str | None = None,
                         uidvalidity: int | None = None) -> int:
-        cur = c.execute(
-            "INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use) VALUES (?,?,?,?,?)",
-            (user, name, guid or uuid.uuid4().hex, uidvalidity or next_uidvalidity(c, user), SPECIAL_USE.get(name)))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        box_id: int = c.execute(
+            "INSERT INTO mailboxes(user_name, name, guid, uidvalidity, special_use) VALUES (?,?,?,?,?) RETURNING id",
+            (user, name, guid or uuid.uuid4().hex, uidvalidity or next_uidvalidity(c, user),
+             SPECIAL_USE.get(name))).fetchone()[0]
+        return box_id
 
     def mailbox(self, user: str, name: str) -> Mailbox | None:
         row = self.conn().execute(
@@ -500,7 +477,7 @@ class MetaStore:
             return self.reserve_uids_tx(c, targets)
 
     @staticmethod
-    def reserve_uids_tx(c: sqlite3.Connection, targets: list[tuple[str, str]]) -> list[tuple[Mailbox, int]]:
+    def reserve_uids_tx(c: Conn, targets: list[tuple[str, str]]) -> list[tuple[Mailbox, int]]:
         out = []
         for user, mailbox in targets:
             row = c.execute("SELECT id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use "
@@ -530,7 +507,7 @@ class MetaStore:
             self.commit_messages_tx(c, rows, released)
 
     @classmethod
-    def commit_messages_tx(cls, c: sqlite3.Connection, rows: Sequence[NewMessage],
+    def commit_messages_tx(cls, c: Conn, rows: Sequence[NewMessage],
                            released: Sequence[tuple[int, int]]) -> None:
         modseqs: dict[int, int] = {}  # one transaction, one change per mailbox (RFC 7162 allows shared values)
         for row in rows:
@@ -539,16 +516,16 @@ class MetaStore:
             c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
 
     @staticmethod
-    def define_keywords(c: sqlite3.Connection, mailbox_id: int, flags: Iterable[str]) -> None:
+    def define_keywords(c: Conn, mailbox_id: int, flags: Iterable[str]) -> None:
         """Inside a write transaction: remember the keywords (not \\system flags) a mailbox has used."""
-        c.executemany("INSERT OR IGNORE INTO keywords(mailbox_id, name) VALUES (?,?)",
+        c.executemany("INSERT INTO keywords(mailbox_id, name) VALUES (?,?) ON CONFLICT DO NOTHING",
                       [(mailbox_id, f) for f in flags if not f.startswith("\\")])
 
     def keywords(self, mailbox_id: int) -> set[str]:
         return {n for n, in self.conn().execute("SELECT name FROM keywords WHERE mailbox_id=?", (mailbox_id,))}
 
     @staticmethod
-    def commit_one(c: sqlite3.Connection, m: NewMessage, modseqs: dict[int, int] | None = None) -> None:
+    def commit_one(c: Conn, m: NewMessage, modseqs: dict[int, int] | None = None) -> None:
         """Inside a write transaction: add the row, bump the mailbox's modseq and the user's usage.
         `modseqs` (mailbox id -> modseq) gives the messages of one transaction one modseq."""
         modseq = modseqs.get(m.mailbox_id) if modseqs is not None else None
@@ -587,7 +564,8 @@ class MetaStore:
             return below
         with self._write_flags() as c:  # \Recent is session state: no fsync for it
             first = c.execute("SELECT first_recent FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0]
-            c.execute("UPDATE mailboxes SET first_recent=max(first_recent, ?) WHERE id=?", (below, mailbox_id))
+            c.execute("UPDATE mailboxes SET first_recent = CASE WHEN first_recent > ? THEN first_recent ELSE ? END "
+                      "WHERE id=?", (below, below, mailbox_id))
         return first
 
     def visible_uid_limit(self, mailbox_id: int) -> int | None:
@@ -687,7 +665,7 @@ class MetaWriter:
 
     def __init__(self, meta: MetaStore) -> None:
         self.meta = meta
-        self._lock: WriteLock | None = None
+        self._lock: WriteLock | NoLock | None = None
         self._thread = BatchThread("meta-writer", self._run_batch, max_batch=512)
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -700,11 +678,11 @@ class MetaWriter:
     def _run_batch(self, calls: list[Call]) -> list[Outcome]:
         c = self.meta.conn()
         if self._lock is None:
-            self._lock = WriteLock(self.meta.path)
+            self._lock = self.meta.backend.write_lock()
         outcomes: list[Outcome] = []
         self._lock.acquire()  # other processes' writers: woken at once, never sleeping
         try:
-            c.execute("BEGIN IMMEDIATE")
+            self.meta.backend.begin_write(c)
             try:
                 for fn, args, _ in calls:
                     c.execute("SAVEPOINT op")
@@ -723,32 +701,19 @@ class MetaWriter:
         return outcomes
 
 
-class WriteLock:
-    """A blocking flock next to the database, taken around every write transaction.
-
-    SQLite's busy handler retries a locked BEGIN IMMEDIATE by sleeping (1, 2,
-    5, 10 ms...), so writers in several processes would oversleep each other's
-    short transactions; a flock waiter is woken the moment the holder lets go.
-    """
-
-    def __init__(self, db: Path) -> None:
-        self.fd = os.open(str(db) + ".write-lock", os.O_RDWR | os.O_CREAT, 0o600)
-
-    def acquire(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-
 class _Txn:
-    def __init__(self, conn: sqlite3.Connection, lock: WriteLock) -> None:
+    def __init__(self, conn: Conn, lock: WriteLock | NoLock, backend: SqliteBackend | PostgresBackend) -> None:
         self.c = conn
         self.lock = lock
+        self.backend = backend
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> Conn:
         self.lock.acquire()
-        self.c.execute("BEGIN IMMEDIATE")
+        try:
+            self.backend.begin_write(self.c)
+        except BaseException:
+            self.lock.release()
+            raise
         return self.c
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

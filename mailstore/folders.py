@@ -16,11 +16,11 @@ Rules:
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 
 from .db import SPECIAL_USE, Mailbox, MetaError, MetaStore, next_uidvalidity
+from .sqlbackend import Conn
 
 SEPARATOR = "/"
 
@@ -37,7 +37,7 @@ class CannotDelete(MetaError):
     pass
 
 
-def _box(c: sqlite3.Connection, user: str, name: str) -> Mailbox:
+def _box(c: Conn, user: str, name: str) -> Mailbox:
     row = c.execute("SELECT id, user_name, name, guid, uidvalidity, uidnext, highestmodseq, special_use "
                     "FROM mailboxes WHERE user_name=? AND name=?", (user, name)).fetchone()
     if row is None:
@@ -45,7 +45,7 @@ def _box(c: sqlite3.Connection, user: str, name: str) -> Mailbox:
     return Mailbox(*row)
 
 
-def _bump(c: sqlite3.Connection, mailbox_id: int) -> int:
+def _bump(c: Conn, mailbox_id: int) -> int:
     modseq: int = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
     c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
     return modseq
@@ -76,7 +76,7 @@ def delete_mailbox(meta: MetaStore, user: str, name: str) -> list[str]:
         c.execute("DELETE FROM pending WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM keywords WHERE mailbox_id=?", (box.id,))
         c.execute("DELETE FROM mailboxes WHERE id=?", (box.id,))
-        c.execute("UPDATE users SET used_bytes=max(0, used_bytes-?) WHERE name=?", (freed, user))
+        _release_quota(c, user, freed)
         return _unreferenced(c, keys)
 
 
@@ -107,7 +107,7 @@ def set_subscribed(meta: MetaStore, user: str, name: str, subscribed: bool) -> N
     with meta._write() as c:
         if subscribed:
             _box(c, user, name)
-            c.execute("INSERT OR IGNORE INTO subscriptions(user_name, name) VALUES (?,?)", (user, name))
+            c.execute("INSERT INTO subscriptions(user_name, name) VALUES (?,?) ON CONFLICT DO NOTHING", (user, name))
         else:
             c.execute("DELETE FROM subscriptions WHERE user_name=? AND name=?", (user, name))
 
@@ -165,7 +165,8 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
     with meta._write() as c:
         if uids is None:
             rows = c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? "
-                             "AND instr(flags, '\\Deleted') > 0 ORDER BY uid", (mailbox_id,)).fetchall()
+                             "AND ' ' || flags || ' ' LIKE '% \\Deleted %' ESCAPE '!' ORDER BY uid",
+                             (mailbox_id,)).fetchall()
         else:  # UID EXPUNGE: look at those rows only, not every \\Deleted one in the mailbox
             rows = []
             for i in range(0, len(uids), 500):
@@ -178,8 +179,7 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
             c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
         if chosen:
             MetaStore.log_expunged(c, mailbox_id, _bump(c, mailbox_id), [u for u, _, _ in chosen])
-            c.execute("UPDATE users SET used_bytes=max(0, used_bytes-?) WHERE name=?",
-                      (sum(s for _, _, s in chosen), user))
+            _release_quota(c, user, sum(s for _, _, s in chosen))
         return [u for u, _, _ in chosen], _unreferenced(c, list({k for _, k, _ in chosen}))
 
 
@@ -209,7 +209,8 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
             added += row[2]
             next_uid += 1
         c.execute("UPDATE mailboxes SET uidnext=? WHERE id=?", (next_uid, dst.id))
-        c.execute("INSERT OR IGNORE INTO keywords(mailbox_id, name) SELECT ?, name FROM keywords WHERE mailbox_id=?",
+        c.execute("INSERT INTO keywords(mailbox_id, name) SELECT ?, name FROM keywords WHERE mailbox_id=? "
+                  "ON CONFLICT DO NOTHING",
                   (dst.id, src_id))
         if move and pairs:
             for uid, _ in pairs:
@@ -227,5 +228,10 @@ def changed_since(meta: MetaStore, mailbox_id: int, modseq: int) -> list[tuple[i
     return [(u, tuple(f.split()), m) for u, f, m in rows]
 
 
-def _unreferenced(c: sqlite3.Connection, keys: list[str]) -> list[str]:
+def _release_quota(c: Conn, user: str, freed: int) -> None:
+    c.execute("UPDATE users SET used_bytes = CASE WHEN used_bytes > ? THEN used_bytes - ? ELSE 0 END WHERE name=?",
+              (freed, freed, user))
+
+
+def _unreferenced(c: Conn, keys: list[str]) -> list[str]:
     return [k for k in keys if not c.execute("SELECT 1 FROM messages WHERE object_key=? LIMIT 1", (k,)).fetchone()]

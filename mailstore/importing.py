@@ -23,7 +23,6 @@ import asyncio
 import fcntl
 import hashlib
 import os
-import sqlite3
 import sys
 import time
 import uuid
@@ -36,6 +35,7 @@ from cache import Fs, FsError
 
 from . import folders, layout, message
 from .db import MetaStore, MetaWriter, NewMessage
+from .sqlbackend import Conn
 
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 
@@ -284,7 +284,7 @@ class Importer:
         self.progress.bytes += len(data)
         self.progress.show()
 
-    def _commit(self, c: sqlite3.Connection, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int,
+    def _commit(self, c: Conn, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int,
                 guid: str, key: str, size: int, now: float, env: object, bs: object) -> None:
         """In the writer's transaction: the message row, and the source item it came from."""
         flags = tuple(f for f in m.flags if f != "\\Recent")

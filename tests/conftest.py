@@ -143,3 +143,36 @@ def bucket(s3) -> str:  # type: ignore[no-untyped-def]
     name = f"b{os.getpid()}-{_bucket_counter[0]}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+# ------------------------------------------------------------------ PostgreSQL (issue 15)
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """One private PostgreSQL for the whole session (runtime/postgres.py), removed at the end."""
+    import tempfile
+
+    from bench.lmtp import free_port
+    from runtime.postgres import PrivatePostgres
+    server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="mailstore-pg-")), free_port())
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata(request, tmp_path):  # type: ignore[no-untyped-def]
+    """Where a test's MetaStore lives: a SQLite file, or a fresh database of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield tmp_path / "meta.db"
+        return
+    import uuid
+
+    import psycopg
+    pg = request.getfixturevalue("postgres")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    yield pg.url(name)
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as c:
+        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

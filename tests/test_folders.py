@@ -10,8 +10,8 @@ from mailstore.users import hash_password
 
 
 @pytest.fixture
-def meta(tmp_path):  # type: ignore[no-untyped-def]
-    m = MetaStore(tmp_path / "meta.db")
+def meta(metadata):  # type: ignore[no-untyped-def]
+    m = MetaStore(metadata)  # each test on SQLite and on PostgreSQL
     m.add_user("u@x", hash_password("pw"))
     return m
 

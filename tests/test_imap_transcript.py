@@ -18,8 +18,8 @@ from mailstore.users import AddressPolicy, hash_password
 
 
 @pytest.fixture
-def ctx(tmp_path):  # type: ignore[no-untyped-def]
-    meta = MetaStore(tmp_path / "meta.db")
+def ctx(metadata):  # type: ignore[no-untyped-def]
+    meta = MetaStore(metadata)  # each transcript on SQLite and on PostgreSQL
     meta.add_user("t@x.test", hash_password("pw"))
     for i in range(3):
         box, uid = meta.reserve_uid("t@x.test", "INBOX")
@@ -139,8 +139,7 @@ def test_qresync_select_whether_or_not_the_expunge_log_reaches_back(ctx, log_kep
     def prune() -> None:
         c = ctx.meta.conn()
         c.execute("DELETE FROM expunged")
-        c.execute("UPDATE mailboxes SET expunge_log_from = highestmodseq")
-        c.commit()
+        c.execute("UPDATE mailboxes SET expunge_log_from = highestmodseq")  # autocommit on both backends
     box = ctx.meta.mailbox("t@x.test", "INBOX")
     steps = [(0, b"a1 LOGIN t@x.test pw"), (0, b"a2 ENABLE QRESYNC"), (0, b"a3 SELECT INBOX"),
              (0, b"a4 STORE 2 +FLAGS.SILENT (\\Deleted)"), (0, b"a5 EXPUNGE"), (0, b"a6 STORE 1 +FLAGS (\\Flagged)")]

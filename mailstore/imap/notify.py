@@ -78,8 +78,8 @@ class NotifyCommands(SessionBase):
 
     def _notify_status(self, box: WatchedBox) -> bytes:
         messages, unseen = self._meta().conn().execute(
-            "SELECT count(*), coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0) FROM messages "
-            "WHERE mailbox_id=?", (box.box_id,)).fetchone()
+            "SELECT count(*), coalesce(sum(CASE WHEN ' ' || flags || ' ' LIKE '% \\Seen %' ESCAPE '!' "
+            "THEN 0 ELSE 1 END), 0) FROM messages WHERE mailbox_id=?", (box.box_id,)).fetchone()
         return (b"* STATUS " + R.astring(self.name_out(box.name))
                 + f" (MESSAGES {messages} UIDNEXT {box.uidnext} UIDVALIDITY {box.uidvalidity} UNSEEN {unseen}"
                   f" HIGHESTMODSEQ {box.highestmodseq})\r\n".encode())

@@ -1,0 +1,235 @@
+"""The two places the metadata can live, and every difference between them (issue 15).
+
+MetaStore's SQL is written once, in what both SQLite and PostgreSQL run (`?`
+placeholders, `ON CONFLICT`, `RETURNING`, `CASE` instead of two-argument
+`max`).  What differs is here:
+
+| | SQLite (embedded, `./dev up`) | PostgreSQL (several shim hosts) |
+| --- | --- | --- |
+| placeholders | `?` | `?` rewritten to `%s` (and `%` to `%%`) |
+| a write transaction | `BEGIN IMMEDIATE` behind a flock | `BEGIN` + a transaction advisory lock |
+| durable / flags connections | synchronous FULL / NORMAL | synchronous_commit on / off |
+| schema | MIGRATIONS in order, `PRAGMA user_version` | their end state at once (`PG_SCHEMA`) |
+
+Writers are serialised on both, one transaction at a time, so the rules in
+db.py (UID reservations, MODSEQ, quotas) hold across processes and, on
+PostgreSQL, across hosts: the advisory lock is the database's, not a host's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA_VERSION_PG = 12  # the SQLite migration PG_SCHEMA matches
+_WRITE_LOCK_KEY = 0x6D61696C  # "mail": the advisory lock every metadata writer takes
+
+
+class Conn(Protocol):
+    """What MetaStore uses of a connection (sqlite3.Connection has it; PgConn adds it to psycopg)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+
+class WriteLock:
+    """A blocking flock next to the SQLite database, taken around every write transaction.
+
+    SQLite's busy handler retries a locked BEGIN IMMEDIATE by sleeping (1, 2,
+    5, 10 ms...), so writers in several processes would oversleep each other's
+    short transactions; a flock waiter is woken the moment the holder lets go.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.fd = os.open(str(db) + ".write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+class NoLock:
+    """PostgreSQL's writers wait on the advisory lock inside the transaction instead."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class SqliteBackend:
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def connect(self, *, durable: bool) -> Conn:
+        c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        c.execute("PRAGMA busy_timeout=30000")
+        c.execute("PRAGMA foreign_keys=ON")
+        return c
+
+    def write_lock(self) -> WriteLock | NoLock:
+        return WriteLock(self.path)
+
+    def begin_write(self, c: Conn) -> None:
+        c.execute("BEGIN IMMEDIATE")
+
+    def migrate(self, c: Conn, migrations: list[str]) -> None:
+        # A migration may rebuild a table (SQLite's way to change one): foreign keys are off
+        # for the transaction (the pragma is a no-op inside one) and checked before it commits.
+        c.execute("PRAGMA foreign_keys=OFF")
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(migrations[version:], start=version + 1):
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version={i}")
+            broken = c.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"a migration left rows without their parents: {broken[:5]}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        finally:
+            c.execute("PRAGMA foreign_keys=ON")
+
+
+@functools.lru_cache(maxsize=2048)
+def pg_sql(sql: str) -> str:
+    """MetaStore's SQL for psycopg: `?` placeholders become `%s`, a literal `%` becomes `%%`."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConn:
+    """A psycopg connection with sqlite3's calling convention (autocommit: BEGIN/COMMIT are ours)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.c = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        return self.c.execute(pg_sql(sql), tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any:
+        with self.c.cursor() as cur:
+            cur.executemany(pg_sql(sql), [tuple(p) for p in parameters])
+            return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg
+        return bool(self.c.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+
+class PostgresBackend:
+    """The metadata in PostgreSQL.  The URL names no password: libpq finds it (PGPASSFILE or
+    ~/.pgpass, a 0600 file), so it is never on a command line."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connect(self, *, durable: bool) -> Conn:
+        import psycopg
+        from psycopg.adapt import Loader
+
+        class Number(Loader):  # sum() and friends answer numeric: as int (or float) like SQLite
+            def load(self, data: Any) -> int | float:
+                text = bytes(data).decode()
+                return int(text) if text.lstrip("-").isdigit() else float(text)
+
+        c = psycopg.connect(self.url, autocommit=True)
+        c.adapters.register_loader("numeric", Number)
+        if not durable:  # flag changes: atomic, not waited for on disk (SQLite: synchronous=NORMAL)
+            c.execute("SET synchronous_commit = off")
+        return PgConn(c)
+
+    def write_lock(self) -> WriteLock | NoLock:
+        return NoLock()
+
+    def begin_write(self, c: Conn) -> None:
+        c.execute("BEGIN")
+        c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
+
+    def migrate(self, c: Conn, migrations: list[str]) -> None:
+        c.execute("BEGIN")
+        try:
+            c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version(version BIGINT NOT NULL)")
+            row = c.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                for stmt in PG_SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION_PG,))
+                version = SCHEMA_VERSION_PG
+            else:
+                version = row[0]
+            if version < len(migrations):  # every later migration must say how it runs here
+                raise RuntimeError(f"PostgreSQL schema {version} is older than {len(migrations)}: "
+                                   "a migration has no PostgreSQL form")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+
+def open_backend(spec: str | Path) -> SqliteBackend | PostgresBackend:
+    """A SQLite file path, or a postgresql:// URL."""
+    text = str(spec)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresBackend(text)
+    return SqliteBackend(Path(spec))
+
+
+# The SQLite schema after MIGRATIONS 1-12, as PostgreSQL spells it: 64-bit integers
+# (UIDs are unsigned 32-bit, MODSEQs 63-bit), double precision times, identity ids.
+PG_SCHEMA = """
+CREATE TABLE users(
+    name TEXT PRIMARY KEY, password TEXT NOT NULL, quota_bytes BIGINT NOT NULL DEFAULT 0,
+    used_bytes BIGINT NOT NULL DEFAULT 0, created DOUBLE PRECISION NOT NULL,
+    last_uidvalidity BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE aliases(address TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users(name));
+CREATE TABLE mailboxes(
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, user_name TEXT NOT NULL, name TEXT NOT NULL,
+    guid TEXT NOT NULL UNIQUE, uidvalidity BIGINT NOT NULL, uidnext BIGINT NOT NULL DEFAULT 1,
+    highestmodseq BIGINT NOT NULL DEFAULT 1, special_use TEXT, subscribed BIGINT NOT NULL DEFAULT 1,
+    first_recent BIGINT NOT NULL DEFAULT 1, expunge_log_from BIGINT NOT NULL DEFAULT 0,
+    UNIQUE(user_name, name));
+CREATE TABLE messages(
+    mailbox_id BIGINT NOT NULL REFERENCES mailboxes(id), uid BIGINT NOT NULL,
+    guid TEXT NOT NULL, object_key TEXT NOT NULL, size BIGINT NOT NULL,
+    internal_date DOUBLE PRECISION NOT NULL, saved DOUBLE PRECISION NOT NULL, flags TEXT NOT NULL DEFAULT '',
+    modseq BIGINT NOT NULL, envelope TEXT, bodystructure TEXT,
+    PRIMARY KEY(mailbox_id, uid));
+CREATE INDEX messages_by_key ON messages(object_key);
+CREATE INDEX messages_by_modseq ON messages(mailbox_id, modseq);
+CREATE TABLE pending(mailbox_id BIGINT NOT NULL, uid BIGINT NOT NULL, expires DOUBLE PRECISION NOT NULL,
+    owner TEXT, PRIMARY KEY(mailbox_id, uid));
+CREATE TABLE expunged(mailbox_id BIGINT NOT NULL, modseq BIGINT NOT NULL, uid BIGINT NOT NULL,
+    PRIMARY KEY(mailbox_id, modseq, uid));
+CREATE TABLE import_map(user_name TEXT NOT NULL, source TEXT NOT NULL, folder TEXT NOT NULL,
+    item TEXT NOT NULL, validity TEXT NOT NULL, mailbox_id BIGINT NOT NULL, uid BIGINT NOT NULL,
+    message_id TEXT, size BIGINT NOT NULL, PRIMARY KEY(user_name, source, folder, item));
+CREATE TABLE subscriptions(user_name TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(user_name, name));
+CREATE TABLE keywords(mailbox_id BIGINT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(mailbox_id, name))
+"""

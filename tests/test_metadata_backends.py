@@ -1,0 +1,76 @@
+"""The metadata store on both backends (issue 15): the same schema, and the UID rule across
+processes or hosts (several MetaStores at once, as several shim hosts would be)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import psycopg
+
+from mailstore.db import MetaStore
+from mailstore.users import hash_password
+
+
+def test_postgres_schema_is_sqlites(postgres, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """PG_SCHEMA is the end state of MIGRATIONS: the same tables and columns, in order."""
+    lite = MetaStore(tmp_path / "meta.db").conn()
+    tables = [n for n, in lite.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+                                       "ORDER BY name")]
+    expected = {t: [r[1] for r in lite.execute(f"PRAGMA table_info({t})")] for t in tables}
+    MetaStore(postgres.url())  # migrates the session's database
+    with psycopg.connect(postgres.url()) as c:
+        got = {t: [r[0] for r in c.execute("SELECT column_name FROM information_schema.columns "
+                                           "WHERE table_name=%s ORDER BY ordinal_position", (t,))] for t in tables}
+    assert got == expected
+
+
+def test_uids_across_stores_at_once(metadata) -> None:  # type: ignore[no-untyped-def]
+    """Four stores (processes, or hosts on PostgreSQL), four threads each, 15 deliveries a
+    thread into one mailbox: every UID once, in commit order, MODSEQs rising, the quota exact."""
+    stores = [MetaStore(metadata) for _ in range(4)]
+    stores[0].add_user("u@x", hash_password("pw"))
+    done: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def deliver(meta: MetaStore, n: int) -> None:
+        try:
+            for i in range(15):
+                box, uid = meta.reserve_uid("u@x", "INBOX")
+                meta.commit_message("u@x", box.id, uid, f"g{n}-{i}", f"k{n}-{i}", 10, 0.0, 0.0, [], [])
+                with lock:
+                    done.append((uid, n))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(stores[n % 4], n)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    uids = sorted(u for u, _ in done)
+    assert uids == list(range(1, 16 * 15 + 1))
+    meta = stores[0]
+    box = meta.mailbox("u@x", "INBOX")
+    assert box is not None
+    msgs = meta.messages(box.id)
+    assert [m.uid for m in msgs] == uids
+    modseqs = [m.modseq for m in msgs]
+    assert len(set(modseqs)) == len(modseqs) and box.highestmodseq == max(modseqs)
+    assert meta.get_user("u@x").used_bytes == 10 * len(uids)  # type: ignore[union-attr]
+
+
+def test_the_postgres_url_carries_no_password(postgres, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On a command line the store is named by a URL without the password: libpq reads it from
+    PGPASSFILE (a 0600 file)."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{postgres.port}:*:{postgres.user}:{postgres.password}\n")
+    os.chmod(passfile, 0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    url = f"postgresql://{postgres.user}@127.0.0.1:{postgres.port}/{postgres.database}"
+    meta = MetaStore(url)
+    assert meta.list_users() is not None
+    assert Path(passfile).stat().st_mode & 0o077 == 0

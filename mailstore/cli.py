@@ -37,7 +37,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    meta = MetaStore(Path(args.db))
+    meta = MetaStore(args.db)
     try:
         if args.action == "add":
             quota = parse_size(args.quota) if args.quota else 0
@@ -80,7 +80,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     max_size = parse_size(args.max_size)
 
     async def main(sock: socket.socket | None = None) -> None:
-        meta = MetaStore(Path(args.db))
+        meta = MetaStore(args.db)
         fs = open_fs(args.fs)
         deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size)
         if args.metrics_listen:
@@ -108,7 +108,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from runtime import prefork
 
-        MetaStore(Path(args.db))  # migrate once, before forking
+        MetaStore(args.db)  # migrate once, before forking
         sock = prefork.bind(host, int(port))
         real = sock.getsockname()[1]
         prefork.run(sock, args.workers, serve, {"event": "listening", "lmtp": f"{host}:{real}", "port": real})
@@ -144,7 +144,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         fs = open_fs(args.fs)
-        ctx = ImapContext(MetaStore(Path(args.db)), fs, AddressPolicy(args.domain, args.delimiter),
+        ctx = ImapContext(MetaStore(args.db), fs, AddressPolicy(args.domain, args.delimiter),
                           parse_size(args.max_append), tls=tls)
         if args.metrics_listen:
             from . import metrics
@@ -184,7 +184,7 @@ def _on_store(args: argparse.Namespace, label: str, unit: str,
     async def main() -> dict[str, int]:
         fs = open_fs(args.fs)
         try:
-            return await work(MetaStore(Path(args.db)), fs, show)
+            return await work(MetaStore(args.db), fs, show)
         finally:
             await fs.close()
     result = asyncio.run(main())
@@ -218,13 +218,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         source = sources.MaildirSource(Path(args.source))
     else:
         source = sources.MboxSource(Path(args.source), args.folder)
-    meta = MetaStore(Path(args.db))
+    meta = MetaStore(args.db)
     user = args.to.lower()
     if meta.get_user(user) is None:
         print(f"mailstore import: no user {user} (mailstore user add)", file=sys.stderr)
         return 1
     progress = importing.ImportProgress(enabled=not args.quiet)
-    lock = importing.ImportLock(Path(args.db), user, source.id)
+    lock = importing.import_lock(meta, user, source.id)
     if not lock.acquire():
         print(f"mailstore import: another import of {source.id} into {user} is running", file=sys.stderr)
         return 75
@@ -277,7 +277,8 @@ def register(sub: Subcommands) -> None:
 
 def _store(p: argparse.ArgumentParser, *, fs: bool = True) -> None:
     """--db and --fs: where mail metadata and objects live."""
-    p.add_argument("--db", required=True, help="the metadata database (SQLite file)")
+    p.add_argument("--db", required=True,
+                   help="the metadata: a SQLite file, or postgresql://user@host:port/db (password from PGPASSFILE)")
     if fs:
         p.add_argument("--fs", required=True, help="fs URL of the objects (s3:... or fscache:...), or @FILE with it")
 

@@ -29,13 +29,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from cache import Fs, FsError
 
 from . import folders, layout, message
 from .db import MetaStore, MetaWriter, NewMessage
-from .sqlbackend import Conn
+from .sqlbackend import Conn, PostgresBackend
 
 DEFAULT_MAX_SIZE = 50 * 1024 * 1024
 
@@ -118,6 +118,38 @@ class ImportLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class PgImportLock:
+    """ImportLock on PostgreSQL: a session advisory lock, on its own connection, held for the
+    run; PostgreSQL lets go of it when the connection (the process, the host) is gone."""
+
+    def __init__(self, url: str, user: str, source: str) -> None:
+        self.url = url
+        self.key = int.from_bytes(hashlib.sha256(f"import\0{user}\0{source}".encode()).digest()[:8], "big",
+                                  signed=True)
+        self.conn: Any = None
+
+    def acquire(self) -> bool:
+        import psycopg
+        self.conn = psycopg.connect(self.url, autocommit=True)
+        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+        if not got:
+            self.release()
+        return bool(got)
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def import_lock(meta: MetaStore, user: str, source: str) -> ImportLock | PgImportLock:
+    """One import per (user, source) at a time, wherever the metadata is."""
+    if meta.path is None:
+        assert isinstance(meta.backend, PostgresBackend)
+        return PgImportLock(meta.backend.url, user, source)
+    return ImportLock(meta.path, user, source)
 
 
 class ImportProgress:

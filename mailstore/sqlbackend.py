@@ -133,6 +133,9 @@ class PgConn:
             cur.executemany(pg_sql(sql), [tuple(p) for p in parameters])
             return cur
 
+    def close(self) -> None:
+        self.c.close()
+
     @property
     def in_transaction(self) -> bool:
         import psycopg

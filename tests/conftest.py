@@ -156,8 +156,31 @@ def postgres():  # type: ignore[no-untyped-def]
     from runtime.postgres import PrivatePostgres
     server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="mailstore-pg-")), free_port())
     server.start()
+    # The commands the tests run name the store by a URL without the password; libpq reads
+    # it from PGPASSFILE, as an operator's hosts would.
+    passfile = server.root / "pgpass"
+    passfile.write_text(f"127.0.0.1:{server.port}:*:{server.user}:{server.password}\n")
+    passfile.chmod(0o600)
+    os.environ["PGPASSFILE"] = str(passfile)
     yield server
+    os.environ.pop("PGPASSFILE", None)
     server.remove()
+
+
+def new_metadata(request, base: Path) -> str:  # type: ignore[no-untyped-def]
+    """A fresh metadata store for a test module: a SQLite file under `base`, or (when the
+    request's param is "postgresql") a new database of the session's PostgreSQL, as a URL
+    without its password."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return str(base / "meta.db")
+    import uuid
+
+    import psycopg
+    pg = request.getfixturevalue("postgres")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{name}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

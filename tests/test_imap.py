@@ -9,14 +9,17 @@ import time
 
 import pytest
 
+from conftest import new_metadata
+from mailstore.db import MetaStore
 from test_lmtp import DOMAIN, Shim
 
 USER = f"ivy@{DOMAIN}"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
-    shim = Shim(tmp_path_factory.mktemp("imap"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("imap")
+    shim = Shim(base, metadata=new_metadata(request, base))
     shim.add_user(USER)
     proc, info = shim.start_imap()
     port = info["port"]
@@ -301,7 +304,6 @@ def test_aioimaplib(stack):
 def test_envelope_parsed_by_an_older_version_is_parsed_again(stack):
     """Migration 10 empties the parsed ENVELOPE/BODYSTRUCTURE: the first FETCH (or SEARCH FROM)
     parses the object again and keeps the result."""
-    import sqlite3
 
     shim, port = stack
     m = login(port)
@@ -309,14 +311,12 @@ def test_envelope_parsed_by_an_older_version_is_parsed_again(stack):
     before = m.fetch("1:*", "(ENVELOPE BODYSTRUCTURE)")[1]
     found = m.search(None, "FROM", "s2@example.org")[1]
     assert found != [b""]
-    db = sqlite3.connect(shim.db)
+    db = MetaStore(shim.db).conn()  # either backend; autocommit
     inbox = "mailbox_id=(SELECT id FROM mailboxes WHERE user_name=? AND name='INBOX')"
     db.execute(f"UPDATE messages SET envelope=NULL, bodystructure=NULL WHERE {inbox}", (USER,))
-    db.commit()
     assert m.fetch("1:*", "(ENVELOPE BODYSTRUCTURE)")[1] == before
     assert db.execute(f"SELECT count(*) FROM messages WHERE envelope IS NULL AND {inbox}", (USER,)).fetchone()[0] == 0
     db.execute(f"UPDATE messages SET envelope=NULL, bodystructure=NULL WHERE {inbox}", (USER,))
-    db.commit()
     assert m.search(None, "FROM", "s2@example.org")[1] == found
     db.close()
     m.logout()

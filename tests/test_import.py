@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -23,8 +22,10 @@ import pytest
 
 from bench.lmtp import start_dovecot, stop_all
 from conftest import BIN
-from mailstore.importing import ImportLock
+from mailstore.importing import import_lock
 from mailstore.sources import ImapUrl
+from conftest import new_metadata
+from mailstore.db import MetaStore
 from test_lmtp import Shim
 
 SRC, DST = "src@example.com", "dst@example.com"
@@ -137,12 +138,13 @@ def run_import(shim: Shim, *args: str, user: str = DST) -> tuple[int, dict, str]
     return out.returncode, json.loads(last), out.stderr
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def env(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     # Dovecot's unprivileged processes must reach their files: not under pytest's 0700 base
     work = Path(tempfile.mkdtemp(prefix="mailstore-import-"))
     source = Source(work)
-    shim = Shim(tmp_path_factory.mktemp("import") / "shim")
+    base = tmp_path_factory.mktemp("import")
+    shim = Shim(base / "shim", metadata=new_metadata(request, base))
     shim.add_user(DST)
     proc, info = shim.start_imap()
     yield source, shim, info["port"]
@@ -211,11 +213,8 @@ def test_imap_import_then_incremental_then_resume(env):
 
 
 def imported(shim: Shim, folder: str) -> int:
-    c = sqlite3.connect(shim.db)
-    try:
-        return c.execute("SELECT count(*) FROM import_map WHERE folder=?", (folder,)).fetchone()[0]  # type: ignore[no-any-return]
-    finally:
-        c.close()
+    c = MetaStore(shim.db).conn()  # either backend
+    return c.execute("SELECT count(*) FROM import_map WHERE folder=?", (folder,)).fetchone()[0]  # type: ignore[no-any-return]
 
 
 def test_uidvalidity_change_matches_by_message_id_and_size(env):
@@ -322,7 +321,7 @@ def test_ctrl_c_and_a_gateway_restart_midway_then_resume(env):
     source, shim, our_port = env
     source.fill("Outage", 120)
     # one import per user and source at a time
-    lock = ImportLock(shim.db, DST, ImapUrl.parse(source.url()).id)
+    lock = import_lock(MetaStore(shim.db), DST, ImapUrl.parse(source.url()).id)  # a flock, or PostgreSQL's
     assert lock.acquire()
     code, _, err = run_import(shim, "imap", "--from", source.url())
     lock.release()

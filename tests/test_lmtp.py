@@ -21,8 +21,9 @@ from urllib.parse import quote
 import pytest
 
 from cache import open_fs
-from conftest import BIN, GatewayProcess, client, create_key, mailstore
+from conftest import BIN, GatewayProcess, client, create_key, mailstore, new_metadata
 from mailstore import layout
+from mailstore.db import MetaStore
 
 DOMAIN = "example.com"
 
@@ -36,7 +37,8 @@ def free_port() -> int:
 class Shim:
     """A gateway, a metadata database with users, and an LMTP server process."""
 
-    def __init__(self, base: Path, *, max_size: str = "50M", gw_port: int | None = None) -> None:
+    def __init__(self, base: Path, *, max_size: str = "50M", gw_port: int | None = None,
+                 metadata: str | None = None) -> None:
         self.base = base
         self.gw_data = base / "gw"
         self.key = create_key(self.gw_data)
@@ -44,7 +46,7 @@ class Shim:
         self.gateway: GatewayProcess | None = None
         self.start_gateway()
         client(self.gateway.endpoint, self.key).create_bucket(Bucket="mail")  # type: ignore[union-attr]
-        self.db = base / "meta.db"
+        self.db = metadata or str(base / "meta.db")  # a SQLite file, or a postgresql:// URL
         url = (f"fscache:64M:{base / 'cache'}:s3:http://{self.key.access_key}:{quote(self.key.secret, safe='')}"
                f"@127.0.0.1:{self.gw_port}/?bucket=mail&absolute_timeout=3s&timeout=2s")
         # As the appliance does: the URL (it holds the S3 secret) in a 0600 file, never in argv.
@@ -75,7 +77,7 @@ class Shim:
         mailstore("user", "add", "--db", str(self.db), name, "--password", "pw", *extra)
 
     def rows(self, user: str) -> list[tuple]:  # type: ignore[type-arg]
-        c = sqlite3.connect(self.db)
+        c = MetaStore(self.db).conn()
         try:
             return c.execute("SELECT b.name, b.guid, b.uidvalidity, m.uid, m.guid, m.object_key, m.size "
                              "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_name=? "
@@ -112,9 +114,10 @@ def _gateway_on(data: Path, port: int) -> GatewayProcess:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):  # type: ignore[no-untyped-def]
-    s = Shim(tmp_path_factory.mktemp("shim"), max_size="200K")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shim(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("shim")
+    s = Shim(base, max_size="200K", metadata=new_metadata(request, base))
     for u in ("alice", "bob", "carol"):
         s.add_user(f"{u}@{DOMAIN}")
     s.add_user(f"tiny@{DOMAIN}", "--quota", "2K")

@@ -150,6 +150,9 @@ def cmd_imap(args: argparse.Namespace) -> int:
             from . import metrics
 
             ctx.metrics = metrics.serve(args.metrics_listen, fs=fs, imap=True)
+        from .changes import ChangeFeed
+        ctx.changes = ChangeFeed(ctx.meta)  # PostgreSQL: LISTEN for changes made on any host
+        ctx.changes.start()
         server = await start_imap(ctx, host, int(port))
         real = server.sockets[0].getsockname()[1]
         info = {"event": "listening", "imap": f"{host}:{real}", "port": real}
@@ -169,6 +172,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
         await stop.wait()
         for srv in servers:
             srv.close()
+        await ctx.changes.close()
         await fs.close()
 
     _install_uvloop()

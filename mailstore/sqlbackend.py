@@ -190,6 +190,8 @@ class PostgresBackend:
             if version < len(migrations):  # every later migration must say how it runs here
                 raise RuntimeError(f"PostgreSQL schema {version} is older than {len(migrations)}: "
                                    "a migration has no PostgreSQL form")
+            for stmt in PG_TRIGGERS:  # made again on every open: idempotent
+                c.execute(stmt)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -203,6 +205,19 @@ def open_backend(spec: str | Path) -> SqliteBackend | PostgresBackend:
         return PostgresBackend(text)
     return SqliteBackend(Path(spec))
 
+
+# Every change to a mailbox moves its HIGHESTMODSEQ: that commit tells every host which
+# mailbox changed (mailstore/changes.py LISTENs), so IDLE on another host wakes at once.
+PG_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION mailstore_notify() RETURNS trigger AS $$
+    BEGIN
+        PERFORM pg_notify('mailstore_changes', NEW.id::text);
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS mailboxes_changed ON mailboxes",
+    """CREATE TRIGGER mailboxes_changed AFTER UPDATE OF highestmodseq ON mailboxes FOR EACH ROW
+    WHEN (NEW.highestmodseq IS DISTINCT FROM OLD.highestmodseq) EXECUTE FUNCTION mailstore_notify()""",
+]
 
 # The SQLite schema after MIGRATIONS 1-12, as PostgreSQL spells it: 64-bit integers
 # (UIDs are unsigned 32-bit, MODSEQs 63-bit), double precision times, identity ids.

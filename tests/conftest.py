@@ -167,11 +167,11 @@ def postgres():  # type: ignore[no-untyped-def]
     server.remove()
 
 
-def new_metadata(request, base: Path) -> str:  # type: ignore[no-untyped-def]
+def new_metadata(request, base: Path, kind: str | None = None) -> str:  # type: ignore[no-untyped-def]
     """A fresh metadata store for a test module: a SQLite file under `base`, or (when the
     request's param is "postgresql") a new database of the session's PostgreSQL, as a URL
     without its password."""
-    if getattr(request, "param", "sqlite") == "sqlite":
+    if (kind or getattr(request, "param", "sqlite")) == "sqlite":
         return str(base / "meta.db")
     import uuid
 

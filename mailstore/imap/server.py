@@ -213,10 +213,19 @@ async def _idle(session: Session, tag: str, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + IDLE_MAX_SECONDS
     line_task = asyncio.ensure_future(conn.read_line(MAX_IDLE_LINE))
+    feed = session.ctx.changes
     try:
         while loop.time() < deadline:
-            done, _ = await asyncio.wait([line_task], timeout=IDLE_POLL_SECONDS)
-            if done:
+            # Look again when the store says the mailbox changed (PostgreSQL: LISTEN, every
+            # host), or after the poll interval (SQLite: one host, asking is cheap).
+            box = session.view.box_id if session.view is not None else None
+            waiter = asyncio.ensure_future(feed.wait(box) if feed is not None else asyncio.sleep(IDLE_POLL_SECONDS))
+            try:
+                done, _ = await asyncio.wait([line_task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+            if line_task in done:
                 line = line_task.result()
                 if line is None:
                     conn.write(f"{tag} BAD Line too long\r\n* BYE Cannot resynchronise after that\r\n".encode())

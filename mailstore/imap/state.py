@@ -138,6 +138,7 @@ class ImapContext:
     throttle: LoginLimiter = field(default_factory=LoginLimiter)
     tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
     metrics: Any = None  # mailstore.metrics.ImapMetrics, when /metrics is served
+    changes: Any = None  # mailstore.changes.ChangeFeed: when to look again during IDLE (None: poll)
     # mailbox id -> (modseq, [(uid, flags)]): the last (uid, flags) list any session of
     # this process loaded, brought up to date by modseq deltas instead of reloaded.
     snapshots: dict[int, tuple[int, list[tuple[int, tuple[str, ...]]]]] = field(default_factory=dict)

@@ -1,0 +1,133 @@
+"""Two shim "hosts" on one PostgreSQL and one S3 store (issue 15): separate processes, ports and
+cache directories, as two machines would run them; what one does, the other sees."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import re
+import signal
+import smtplib
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, new_metadata
+from imapdiff import Raw, status
+from mailstore.db import MetaStore
+from test_lmtp import DOMAIN, Shim
+
+USER = f"twohosts@{DOMAIN}"
+OTHER = f"other@{DOMAIN}"
+
+
+class Host:
+    """LMTP and IMAP processes of one more host: the same metadata and bucket, its own cache."""
+
+    def __init__(self, base: Path, shim: Shim) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        url = Path(shim.fs[1:]).read_text().replace(str(shim.base / "cache"), str(base / "cache"))
+        fs_file = base / "fs.url"
+        fs_file.write_text(url)
+        fs_file.chmod(0o600)
+        self.procs: list[subprocess.Popen[str]] = []
+        common = ["--db", str(shim.db), "--fs", f"@{fs_file}", "--listen", "127.0.0.1:0", "--domain", DOMAIN]
+        self.lmtp_port = self._start(base / "lmtp.log", "lmtp", *common)
+        self.imap_port = self._start(base / "imap.log", "imap", *common)
+
+    def _start(self, log: Path, *args: str) -> int:
+        proc = subprocess.Popen([str(BIN / "mailstore"), *args], stdout=subprocess.PIPE,
+                                stderr=open(log, "w"), text=True)  # noqa: SIM115 - the process writes it
+        assert proc.stdout is not None
+        self.procs.append(proc)
+        return int(json.loads(proc.stdout.readline())["port"])
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def hosts(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("hosts")  # the point of several hosts: one shared PostgreSQL
+    shim = Shim(base / "a", metadata=new_metadata(request, base, "postgresql"))  # host A: gateway, LMTP ...
+    shim.add_user(USER)
+    shim.add_user(OTHER)
+    imap_a, info = shim.start_imap()  # ... and IMAP
+    b = Host(base / "b", shim)
+    yield shim, info["port"], b
+    imap_a.send_signal(signal.SIGTERM)
+    imap_a.wait(timeout=30)
+    b.stop()
+    shim.stop()
+
+
+def test_deliveries_through_both_hosts_at_once(hosts) -> None:  # type: ignore[no-untyped-def]
+    """8 connections, 4 to each host, delivering to the same two mailboxes at once: every
+    message once, UIDs unique and increasing in each mailbox."""
+    shim, _, b = hosts
+
+    def send(n: int) -> list[str]:
+        port = shim.port if n % 2 else b.lmtp_port
+        sent = []
+        c = smtplib.LMTP("127.0.0.1", port)
+        for i in range(15):
+            mid = f"<h{n}-{i}@example.org>"
+            for rcpt in (USER, OTHER):  # one recipient a transaction: smtplib reads one LMTP reply
+                c.sendmail("s@example.org", [rcpt], f"Message-ID: {mid}\r\nSubject: {n} {i}\r\n\r\nx\r\n")
+            sent.append(mid)
+        c.quit()
+        return sent
+
+    with ThreadPoolExecutor(8) as pool:
+        sent = [m for batch in pool.map(send, range(8)) for m in batch]
+    meta = MetaStore(shim.db)
+    for user in (USER, OTHER):
+        box = meta.mailbox(user, "INBOX")
+        assert box is not None
+        msgs = meta.messages(box.id)
+        assert [m.uid for m in msgs] == list(range(1, len(sent) + 1))  # no gaps, none twice
+    m = imaplib.IMAP4("127.0.0.1", b.imap_port)  # read back through host B: each Message-ID once
+    m.login(USER, "pw")
+    m.select("INBOX")
+    data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")[1]
+    got = sorted(re.search(rb"<[^>]+>", d[1]).group().decode() for d in data if isinstance(d, tuple))  # type: ignore[union-attr]
+    assert got == sorted(sent)
+    m.logout()
+
+
+def test_idle_on_one_host_hears_the_other(hosts) -> None:  # type: ignore[no-untyped-def]
+    """A session in IDLE on host A learns of a message delivered through host B, and of an
+    EXPUNGE made on host B, from PostgreSQL's NOTIFY (mailstore/changes.py)."""
+    shim, port_a, b = hosts
+    listeners = MetaStore(shim.db).conn().execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN mailstore_changes'").fetchone()[0]
+    assert listeners == 2  # one per IMAP process (host): the wake-up is a NOTIFY, not a poll
+    a = Raw(port_a)
+    assert status(a.cmd(f"LOGIN {OTHER} pw")).startswith(b"OK")
+    exists = int(re.search(rb"\* (\d+) EXISTS", b"".join(a.cmd("SELECT INBOX"))).group(1))  # type: ignore[union-attr]
+    a.send(b"i1 IDLE\r\n")
+    assert a._line().startswith(b"+")
+    a.sock.settimeout(5)  # the push, not the 10 s safety poll
+    c = smtplib.LMTP("127.0.0.1", b.lmtp_port)
+    c.sendmail("s@example.org", [OTHER], "Subject: through B\r\n\r\nx\r\n")
+    c.quit()
+    assert a._line() == f"* {exists + 1} EXISTS\r\n".encode()
+    other = Raw(b.imap_port)  # host B expunges the first message
+    other.cmd(f"LOGIN {OTHER} pw")
+    other.cmd("SELECT INBOX")
+    other.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.cmd("EXPUNGE")
+    lines: list[bytes] = []
+    while b"* 1 EXPUNGE\r\n" not in lines:  # the \Deleted flag comes first, then the EXPUNGE
+        lines.append(a._line())  # (a read timeout here fails the test)
+        assert len(lines) < 10, lines
+    a.send(b"DONE\r\n")
+    while not (line := a._line()).startswith(b"i1 "):
+        pass
+    assert line.startswith(b"i1 OK")
+    other.close()

@@ -212,6 +212,30 @@ def cmd_gc(args: argparse.Namespace) -> int:
         meta, fs, grace, [args.user.lower()] if args.user else None, show))
 
 
+def cmd_metadata_copy(args: argparse.Namespace) -> int:
+    """Copy all mail metadata between stores (SQLite <-> PostgreSQL), then verify it."""
+    from . import metacopy
+
+    if args.source == args.target:
+        print("mailstore metadata copy: --from and --to are the same store", file=sys.stderr)
+        return 2
+    shown: dict[str, int] = {}
+
+    def progress(table: str, rows: int) -> None:
+        if not args.quiet and shown.get(table) != rows:
+            shown[table] = rows
+            print(f"{table}: {rows} rows", file=sys.stderr, flush=True)
+
+    try:
+        counts = metacopy.copy(MetaStore(args.source), MetaStore(args.target), progress)
+    except metacopy.CopyMismatch as exc:
+        print(f"mailstore metadata copy: the copy differs from the source: {exc} (run it again to resume)",
+              file=sys.stderr)
+        return 1
+    print(json.dumps({"verified": True, "rows": counts}))
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from . import importing, sources
 
@@ -275,7 +299,8 @@ if TYPE_CHECKING:  # argparse's class is generic only to type checkers
 
 def register(sub: Subcommands) -> None:
     """The mail shim's subcommands of `mailstore` (assembled by appliance.cli)."""
-    for add in (_user_parser, _lmtp_parser, _imap_parser, _import_parsers, _reindex_parser, _gc_parser):
+    for add in (_user_parser, _lmtp_parser, _imap_parser, _import_parsers, _reindex_parser, _gc_parser,
+                _metadata_parser):
         add(sub)
 
 
@@ -363,6 +388,17 @@ def _reindex_parser(sub: Subcommands) -> None:
     _store(p)
     p.add_argument("user")
     p.set_defaults(fn=cmd_reindex)
+
+
+def _metadata_parser(sub: Subcommands) -> None:
+    md = sub.add_parser("metadata", help="the mail metadata store itself")
+    ms = md.add_subparsers(dest="action", required=True)
+    p = ms.add_parser("copy", help="copy all of it to another store (SQLite <-> PostgreSQL), verified, resumable")
+    p.add_argument("--from", dest="source", required=True,
+                   help="a SQLite file or postgresql://user@host:port/db (passwords from PGPASSFILE)")
+    p.add_argument("--to", dest="target", required=True, help="the same forms")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_metadata_copy)
 
 
 def _gc_parser(sub: Subcommands) -> None:

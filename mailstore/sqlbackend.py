@@ -90,6 +90,11 @@ class SqliteBackend:
     def begin_write(self, c: Conn) -> None:
         c.execute("BEGIN IMMEDIATE")
 
+    def ids_above(self, c: Conn, table: str, top: int) -> None:
+        """The table's AUTOINCREMENT goes on above `top` (ids copied in: metacopy.py)."""
+        if c.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (top, table)).rowcount == 0:
+            c.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, top))
+
     def migrate(self, c: Conn, migrations: list[str]) -> None:
         # A migration may rebuild a table (SQLite's way to change one): foreign keys are off
         # for the transaction (the pragma is a no-op inside one) and checked before it commits.
@@ -172,6 +177,10 @@ class PostgresBackend:
     def begin_write(self, c: Conn) -> None:
         c.execute("BEGIN")
         c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
+
+    def ids_above(self, c: Conn, table: str, top: int) -> None:
+        """The table's identity goes on above `top` (ids copied in: metacopy.py)."""
+        c.execute("SELECT setval(pg_get_serial_sequence(?, 'id'), ?, true)", (table, max(top, 1)))
 
     def migrate(self, c: Conn, migrations: list[str]) -> None:
         c.execute("BEGIN")

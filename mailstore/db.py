@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from runtime.batching import BatchThread, Call, Outcome, call
 
 from .sqlbackend import Conn, NoLock, PostgresBackend, SqliteBackend, WriteLock, open_backend
+from .sqlbackend import StoreUnavailable as StoreUnavailable  # what any call raises while the database is away
 
 T = TypeVar("T")
 
@@ -255,7 +256,7 @@ class MetaStore:
 
     def conn(self) -> Conn:
         c = getattr(self._local, "conn", None)
-        if c is None:
+        if c is None or getattr(c, "broken", False):  # PostgreSQL restarted: connect again
             c = self._local.conn = self.backend.connect(durable=True)
         return c
 
@@ -273,7 +274,7 @@ class MetaStore:
         same trade Dovecot makes, and it costs no fsync per command.
         """
         c = getattr(self._local, "flags_conn", None)
-        if c is None:
+        if c is None or getattr(c, "broken", False):
             c = self._local.flags_conn = self.backend.connect(durable=False)
         return c
 
@@ -693,7 +694,7 @@ class MetaWriter:
                     outcomes.append((ok, value))
                 c.execute("COMMIT")
             except BaseException:
-                if c.in_transaction:
+                if c.in_transaction and not getattr(c, "broken", False):  # a lost connection took it along
                     c.execute("ROLLBACK")
                 raise
         finally:
@@ -719,6 +720,9 @@ class _Txn:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                self.c.execute("COMMIT")
+            elif not getattr(self.c, "broken", False):  # a lost connection rolled it back already
+                self.c.execute("ROLLBACK")
         finally:
             self.lock.release()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from cache import Fs, FsError
 
 from . import layout, message
-from .db import Mailbox, MetaStore, MetaWriter, NewMessage, User
+from .db import Mailbox, MetaStore, MetaWriter, NewMessage, StoreUnavailable, User
 from .users import AddressPolicy, resolve
 
 log = logging.getLogger("mailstore.delivery")
@@ -81,8 +81,13 @@ class Deliverer:
         return user, (self.meta.get_user(user) if user is not None else None)
 
     async def recipient(self, address: str) -> str:
-        """The user of an RCPT TO address (raises UnknownUser or OverQuota)."""
-        user, u = await asyncio.to_thread(self._lookup, address)
+        """The user of an RCPT TO address (raises UnknownUser, OverQuota or StorageUnavailable)."""
+        try:
+            user, u = await asyncio.to_thread(self._lookup, address)
+        except StoreUnavailable as exc:  # the metadata database is away: the MTA retries later
+            log.warning("recipient lookup for %s: %s", address, exc)
+            self._count(StorageUnavailable())
+            raise StorageUnavailable() from None
         if user is None:
             self._count(UnknownUser())
             raise UnknownUser()
@@ -129,7 +134,11 @@ class Deliverer:
         env, body = await asyncio.to_thread(_parsed_json, data)
         replies: list[str | None] = [None] * len(recipients)
         wanted: list[int] = []
-        users = await asyncio.to_thread(self.meta.get_users, [u for _, u in recipients])
+        try:
+            users = await asyncio.to_thread(self.meta.get_users, [u for _, u in recipients])
+        except StoreUnavailable as exc:
+            log.warning("quota lookup: %s", exc)
+            return [self._fail(StorageUnavailable()) for _ in recipients]
         for i, (_, user) in enumerate(recipients):
             u = users.get(user)
             size = len(message.stored_bytes(data, mail_from, recipients[i][0]))

@@ -18,6 +18,7 @@ PostgreSQL, across hosts: the advisory lock is the database's, not a host's.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
@@ -28,6 +29,10 @@ from typing import Any, Protocol
 
 SCHEMA_VERSION_PG = 12  # the SQLite migration PG_SCHEMA matches
 _WRITE_LOCK_KEY = 0x6D61696C  # "mail": the advisory lock every metadata writer takes
+
+
+class StoreUnavailable(Exception):
+    """The metadata database cannot be reached (PostgreSQL down or restarting): try again later."""
 
 
 class Conn(Protocol):
@@ -127,16 +132,42 @@ def pg_sql(sql: str) -> str:
 class PgConn:
     """A psycopg connection with sqlite3's calling convention (autocommit: BEGIN/COMMIT are ours)."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, backend: PostgresBackend) -> None:
         self.c = conn
+        self.backend = backend
+        self.generation = backend.generation
+        self.lost = False
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        return self.c.execute(pg_sql(sql), tuple(parameters))
+        import psycopg
+        try:
+            return self.c.execute(pg_sql(sql), tuple(parameters))
+        except psycopg.OperationalError as exc:  # the server went away: a temporary failure
+            raise self._lose(exc) from None
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any:
-        with self.c.cursor() as cur:
-            cur.executemany(pg_sql(sql), [tuple(p) for p in parameters])
-            return cur
+        import psycopg
+        try:
+            with self.c.cursor() as cur:
+                cur.executemany(pg_sql(sql), [tuple(p) for p in parameters])
+                return cur
+        except psycopg.OperationalError as exc:
+            raise self._lose(exc) from None
+
+    def _lose(self, exc: Exception) -> StoreUnavailable:
+        """This connection is done for (a restart, a network cut): the next use makes a new one, and so
+        do the other threads' connections made before (they went the same way, unnoticed yet)."""
+        self.lost = True
+        if self.generation == self.backend.generation:
+            self.backend.generation += 1
+        with contextlib.suppress(Exception):
+            self.c.close()
+        return StoreUnavailable(str(exc).strip())
+
+    @property
+    def broken(self) -> bool:
+        """Lost (a server restart): MetaStore makes a new connection in its place."""
+        return bool(self.lost or self.generation != self.backend.generation or self.c.closed or self.c.broken)
 
     def close(self) -> None:
         self.c.close()
@@ -155,6 +186,7 @@ class PostgresBackend:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.generation = 0  # moves on when a connection is lost: every older one is made again
 
     def connect(self, *, durable: bool) -> Conn:
         import psycopg
@@ -165,11 +197,14 @@ class PostgresBackend:
                 text = bytes(data).decode()
                 return int(text) if text.lstrip("-").isdigit() else float(text)
 
-        c = psycopg.connect(self.url, autocommit=True)
+        try:
+            c = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(str(exc).strip()) from None
         c.adapters.register_loader("numeric", Number)
         if not durable:  # flag changes: atomic, not waited for on disk (SQLite: synchronous=NORMAL)
             c.execute("SET synchronous_commit = off")
-        return PgConn(c)
+        return PgConn(c, self)
 
     def write_lock(self) -> WriteLock | NoLock:
         return NoLock()

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import ClassVar
 
+from ..db import StoreUnavailable
 from . import response as R
 from .append import AppendCommands
 from .auth import AuthCommands
@@ -78,6 +79,9 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
             return b"".join(exc.lines) + f"{cmd.tag} NO {code}{exc.text}\r\n".encode()
         except ImapBad as exc:
             return b"".join(exc.lines) + f"{cmd.tag} BAD {exc}\r\n".encode()
+        except StoreUnavailable as exc:  # PostgreSQL away: a temporary failure, not a bug
+            log.warning("%s: metadata unavailable: %s", cmd.name, exc)
+            return f"{cmd.tag} NO [UNAVAILABLE] Mail metadata temporarily unavailable\r\n".encode()
         except Exception:  # a bug must not cost the client its connection
             log.exception("%s failed", cmd.name)
             return f"{cmd.tag} NO [SERVERBUG] Internal error\r\n".encode()

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .lmtp import MESSAGE, cpu_seconds, dovecot_pids, start_dovecot, start_ours, stop_all
+from .lmtp import MESSAGE, cpu_seconds, dovecot_pids, postgres_pids, start_dovecot, start_ours, start_postgres, stop_all
 from .s3 import BIN
 
 USER = "user0@example.com"
@@ -78,17 +78,23 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=3, help="load runs per server, taking turns")
+    ap.add_argument("--metadata", choices=["sqlite", "postgresql"], default="sqlite",
+                    help="where our mail metadata lives (PostgreSQL: a private cluster; its CPU counts as ours)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailstore-imapbench-"))
     procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
     conf = None
+    pg = None
     try:
-        lmtp_port, procs = start_ours(work, [USER])
+        db = str(work / "meta.db")
+        if args.metadata == "postgresql":
+            pg = start_postgres(work)
+            db = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{pg.database}"
+        lmtp_port, procs = start_ours(work, [USER], db)
         gw = procs[0]
-        db = work / "meta.db"
         lmtp_cmd = subprocess.run(["ps", "-o", "args=", "-p", str(procs[1].pid)], capture_output=True, text=True).stdout
         fs = lmtp_cmd.split("--fs ", 1)[1].split(" ", 1)[0]
-        imap = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", str(db), "--fs", fs, "--listen",
+        imap = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", db, "--fs", fs, "--listen",
                                  "127.0.0.1:0", "--domain", "example.com"], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         procs.append(imap)
@@ -98,7 +104,7 @@ def main() -> int:
         d_lmtp, d_imap = dport
         fill(lmtp_port, args.messages)
         fill(d_lmtp, args.messages)
-        servers = (("mailstore", our_imap, lambda: [imap.pid, gw.pid]),
+        servers = (("mailstore", our_imap, lambda: [imap.pid, gw.pid, *postgres_pids(pg)]),
                    ("dovecot", d_imap, lambda: dovecot_pids(conf)))
         for _, port, pids in servers:
             run_load(port, 1, 3, pids)  # warm caches and connections
@@ -107,6 +113,8 @@ def main() -> int:
             for name, port, pids in servers:
                 runs[name].append(run_load(port, args.clients, args.rounds, pids))
     finally:
+        if pg is not None:
+            pg.stop()
         stop_all(procs, conf, work)
     print(f"{'server':<11}{'commands/s':>12}{'commands/CPU-s':>16}   (median of {args.repeat}; each run's per-CPU)")
     medians = {}

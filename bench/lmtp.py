@@ -91,7 +91,27 @@ async def load(port: int, users: list[str], messages: int, connections: int) -> 
     return time.perf_counter() - t0, lat, bad
 
 
-def start_ours(work: Path, users: list[str]) -> tuple[int, list[subprocess.Popen]]:  # type: ignore[type-arg]
+def start_postgres(work: Path):  # type: ignore[no-untyped-def]
+    """A private PostgreSQL for the metadata (issue 15); the shim finds its password in PGPASSFILE."""
+    from runtime.postgres import PrivatePostgres
+    os.chmod(work, 0o755)  # the server runs as the postgres user: it must reach its directory
+    pg = PrivatePostgres(work / "pg", free_port())
+    pg.start()
+    passfile = work / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg.port}:*:{pg.user}:{pg.password}\n")
+    passfile.chmod(0o600)
+    os.environ["PGPASSFILE"] = str(passfile)
+    return pg
+
+
+def postgres_pids(pg) -> list[int]:  # type: ignore[no-untyped-def]
+    """The postmaster (its backends are its children, counted with it): the metadata's CPU is ours."""
+    return _children(pg.proc.pid) if pg is not None and pg.proc is not None else []
+
+
+def start_ours(work: Path, users: list[str], db: str | None = None) -> tuple[int, list[subprocess.Popen]]:  # type: ignore[type-arg]
+    """Gateway + LMTP; `db` the metadata (a postgresql:// URL), else a SQLite file in `work`."""
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "gw"
     key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name", "b"],
                                     capture_output=True, text=True, check=True).stdout)
@@ -100,7 +120,7 @@ def start_ours(work: Path, users: list[str]) -> tuple[int, list[subprocess.Popen
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert gw.stdout is not None
     hostport = json.loads(gw.stdout.readline())["endpoint"].split("//", 1)[1]
-    db = work / "meta.db"
+    db = db or str(work / "meta.db")
     for u in users:
         subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password", "pw"],
                        check=True, capture_output=True)
@@ -240,6 +260,8 @@ def main() -> int:
     ap.add_argument("--recipients", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lmtp-workers", type=int, default=3, help="mailstore lmtp --workers (Dovecot forks per connection)")
+    ap.add_argument("--metadata", choices=["sqlite", "postgresql", "both"], default="sqlite",
+                    help="where our mail metadata lives; both: two of ours side by side (issue 15)")
     args = ap.parse_args()
     global LMTP_WORKERS
     LMTP_WORKERS = args.lmtp_workers
@@ -248,10 +270,21 @@ def main() -> int:
     procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
     conf = None
     rows = []
+    pg = None
     try:
-        ours, procs = start_ours(work, users)
+        targets = []
+        for kind in (["sqlite", "postgresql"] if args.metadata == "both" else [args.metadata]):
+            url = None
+            if kind == "postgresql":
+                pg = start_postgres(work)
+                url = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{pg.database}"
+            port, started = start_ours(work / kind, users, url)
+            procs += started
+            name = "mailstore" if args.metadata != "both" else f"ms+{kind[:6]}"
+            targets.append((name, port, lambda started=started, kind=kind: [p.pid for p in started] + (
+                postgres_pids(pg) if kind == "postgresql" else [])))
         theirs, conf = start_dovecot(work, users)
-        targets = [("mailstore", ours, lambda: [p.pid for p in procs]), ("dovecot", theirs, lambda: dovecot_pids(conf))]
+        targets.append(("dovecot", theirs, lambda: dovecot_pids(conf)))
         results: dict[str, list[tuple[float, float, float, float, int]]] = {}
         for _ in range(args.rounds):  # the servers take turns: the machine is shared and noisy
             for name, port, pids in targets:
@@ -264,14 +297,17 @@ def main() -> int:
             med = sorted(rs)[len(rs) // 2]
             rows.append((name, *med, [round(r[0]) for r in rs]))
     finally:
+        if pg is not None:
+            pg.stop()
         stop_all(procs, conf, work)
     print(f"{'server':<11}{'msgs/s':>8}{'deliveries/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k deliv':>16}{'errors':>8}  rounds")
     base = next(r[1] for r in rows if r[0] == "dovecot")
     for name, rate, p50, p99, cpu, bad, rounds in rows:
         print(f"{name:<11}{rate:>8.0f}{rate * args.recipients:>14.0f}{p50:>8.1f}{p99:>8.1f}{cpu:>16.2f}{bad:>8}  {rounds}")
-    mine = next(r[1] for r in rows if r[0] == "mailstore")
-    print(f"\nmailstore / dovecot: {mine / base:.2f}x messages/s "
-          f"({args.connections} connections, {args.recipients} recipients, 8 KB)")
+    for name, mine, *_ in rows:
+        if name != "dovecot":
+            print(f"\n{name} / dovecot: {mine / base:.2f}x messages/s "
+                  f"({args.connections} connections, {args.recipients} recipients, 8 KB)")
     return 0
 
 

@@ -92,6 +92,10 @@ class PrivatePostgres:
         with os.fdopen(fd, "w") as f:
             f.write(self.password + "\n")
         self._own(pwfile)
+        if self._as_owner and subprocess.run([*self._as_owner, "test", "-r", str(pwfile)]).returncode != 0:
+            pwfile.unlink(missing_ok=True)
+            raise PostgresError(f"the postgres user cannot reach {self.root}: every directory above it must "
+                                "be searchable by it (chmod o+x)")
         try:
             subprocess.run([*self._as_owner, str(bindir() / "initdb"), "-D", str(self.data), "-U", self.user,
                             "--pwfile", str(pwfile), "-A", "scram-sha-256", "-E", "UTF8", "--locale", "C"],

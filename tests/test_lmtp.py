@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from cache import open_fs
-from conftest import BIN, GatewayProcess, client, create_key, mailstore, new_metadata
+from conftest import BIN, GatewayProcess, Key, client, create_key, mailstore, new_metadata
 from mailstore import layout
 from mailstore.db import MetaStore
 
@@ -38,17 +38,24 @@ class Shim:
     """A gateway, a metadata database with users, and an LMTP server process."""
 
     def __init__(self, base: Path, *, max_size: str = "50M", gw_port: int | None = None,
-                 metadata: str | None = None) -> None:
+                 metadata: str | None = None, s3: tuple[str, Key] | None = None) -> None:
+        """`s3`: (host:port, key) of another S3 store (SeaweedFS) with a bucket "mail", instead of
+        a gateway of our own."""
         self.base = base
+        base.mkdir(parents=True, exist_ok=True)
         self.gw_data = base / "gw"
-        self.key = create_key(self.gw_data)
-        self.gw_port = gw_port or free_port()
         self.gateway: GatewayProcess | None = None
-        self.start_gateway()
-        client(self.gateway.endpoint, self.key).create_bucket(Bucket="mail")  # type: ignore[union-attr]
+        if s3 is None:
+            self.key = create_key(self.gw_data)
+            self.gw_port = gw_port or free_port()
+            self.start_gateway()
+            client(self.gateway.endpoint, self.key).create_bucket(Bucket="mail")  # type: ignore[union-attr]
+            hostport = f"127.0.0.1:{self.gw_port}"
+        else:
+            hostport, self.key = s3
         self.db = metadata or str(base / "meta.db")  # a SQLite file, or a postgresql:// URL
         url = (f"fscache:64M:{base / 'cache'}:s3:http://{self.key.access_key}:{quote(self.key.secret, safe='')}"
-               f"@127.0.0.1:{self.gw_port}/?bucket=mail&absolute_timeout=3s&timeout=2s")
+               f"@{hostport}/?bucket=mail&absolute_timeout=3s&timeout=2s")
         # As the appliance does: the URL (it holds the S3 secret) in a 0600 file, never in argv.
         fs_file = base / "fs.url"
         fs_file.write_text(url)

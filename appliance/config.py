@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_TOML = """\
 # mailstore appliance configuration, read by `mailstore up`.
@@ -34,6 +35,10 @@ max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 
 [dashboard]
 listen = "{dashboard}"           # the ops dashboard (admin login in DATA_DIR/secrets.json)
 interval = 5                          # seconds between its scrapes of every part
+
+[metadata]
+url = ""        # "": SQLite in DATA_DIR/meta.db; or "postgresql://user@host:port/db" (several hosts)
+passfile = ""   # PostgreSQL's password, as libpq reads it (a 0600 PGPASSFILE): never in the url
 """
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
@@ -42,6 +47,11 @@ DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 24
 
 class ConfigError(ValueError):
     pass
+
+
+def metadata(cfg: ApplianceConfig, data_dir: Path) -> str:
+    """Where the mail metadata lives: what every `--db` of the appliance's parts gets."""
+    return cfg.metadata_url or str(data_dir / "meta.db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,8 @@ class ApplianceConfig:
     dashboard: str
     dashboard_interval: float
     max_recipients: int = 100
+    metadata_url: str = ""  # "": DATA_DIR/meta.db
+    metadata_passfile: str = ""
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -79,7 +91,7 @@ def load(data_dir: Path) -> ApplianceConfig:
         raise ConfigError(f"{path}: {exc}") from None
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
              "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics", "max_recipients"},
-             "dashboard": {"listen", "interval"}}
+             "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile"}}
     for section, values in doc.items():
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
@@ -108,11 +120,19 @@ def load(data_dir: Path) -> ApplianceConfig:
     if isinstance(max_recipients, bool) or not isinstance(max_recipients, int) or \
             not 1 <= max_recipients <= 100_000:
         raise ConfigError(f"{path}: [mail] max_recipients must be a whole number from 1 to 100000")
+    url, passfile = value("metadata", "url"), value("metadata", "passfile")
+    if not isinstance(url, str) or (url and not url.startswith(("sqlite:///", "postgresql://"))):
+        raise ConfigError(f"{path}: [metadata] url must be empty, sqlite:///PATH or postgresql://user@host:port/db")
+    if url.startswith("postgresql://") and urlsplit(url).password is not None:
+        raise ConfigError(f"{path}: [metadata] url must not hold the password (it would be on command lines): "
+                          "put it in the passfile")
+    if not isinstance(passfile, str):
+        raise ConfigError(f"{path}: [metadata] passfile must be a path")
     cfg = ApplianceConfig(text("s3", "listen"), (gateways[0], gateways[1]), text("s3", "lb_stats"),
                           text("s3", "bucket"), text("s3", "region"), text("mail", "lmtp"), text("mail", "imap"),
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
-                          max_recipients)
+                          max_recipients, url, passfile)
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
             host, _, port = addr.rpartition(":")

@@ -46,7 +46,7 @@ class Sources:
     gateways: list[str]  # base URLs
     lb_stats: str  # HAProxy stats URL (CSV at ;csv)
     shim_metrics: dict[str, str]  # "lmtp"/"imap" -> /metrics URL
-    meta_db: Path
+    meta_db: str  # a SQLite file or a postgresql:// URL ([metadata] url)
     user: str
     password: str
 
@@ -178,14 +178,27 @@ class Collector:
         return s
 
     def _users(self) -> list[dict[str, Any]]:
+        db = str(self.src.meta_db)
+        if db.startswith("postgresql://"):
+            return self._users_pg(db)
         try:
-            c = sqlite3.connect(f"file:{self.src.meta_db}?mode=ro", uri=True, timeout=2)
+            c = sqlite3.connect(f"file:{db.removeprefix('sqlite://')}?mode=ro", uri=True, timeout=2)
             try:
                 rows = c.execute("SELECT name, used_bytes, quota_bytes FROM users ORDER BY used_bytes DESC, name "
                                  "LIMIT 10").fetchall()
             finally:
                 c.close()
         except sqlite3.Error:
+            return []
+        return [{"user": n, "used_bytes": u, "quota_bytes": q} for n, u, q in rows]
+
+    def _users_pg(self, url: str) -> list[dict[str, Any]]:
+        import psycopg
+        try:
+            with psycopg.connect(url, connect_timeout=2) as c:
+                rows = c.execute("SELECT name, used_bytes, quota_bytes FROM users ORDER BY used_bytes DESC, name "
+                                 "LIMIT 10").fetchall()
+        except psycopg.Error:
             return []
         return [{"user": n, "used_bytes": u, "quota_bytes": q} for n, u, q in rows]
 
@@ -341,13 +354,13 @@ class Dashboard:
 
 def sources_from(data_dir: Path) -> tuple[Sources, str]:
     """The appliance's own config and secrets: what to scrape, who may sign in, where to listen."""
-    from .config import load
+    from .config import load, metadata
 
     cfg = load(data_dir)
     sec = json.loads((data_dir / "secrets.json").read_text())
     return Sources([f"http://{g}" for g in cfg.gateways], f"http://{cfg.lb_stats}/stats",
                    {"lmtp": f"http://{cfg.lmtp_metrics}/metrics", "imap": f"http://{cfg.imap_metrics}/metrics"},
-                   data_dir / "meta.db", sec["dashboard"]["user"], sec["dashboard"]["password"]), cfg.dashboard
+                   metadata(cfg, data_dir), sec["dashboard"]["user"], sec["dashboard"]["password"]), cfg.dashboard
 
 
 def run(data_dir: Path, interval: float = 5.0) -> int:

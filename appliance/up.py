@@ -32,7 +32,7 @@ from typing import TypedDict
 
 from gateway.filemodes import too_open
 
-from .config import ApplianceConfig, load
+from .config import ApplianceConfig, load, metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
@@ -79,7 +79,7 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig) -> Secrets:
     finally:
         engine.close()
     user, password = f"test@{cfg.domain}", secrets.token_urlsafe(12)
-    meta = MetaStore(data_dir / "meta.db")
+    meta = MetaStore(metadata(cfg, data_dir))
     if meta.get_user(user) is None:
         meta.add_user(user, hash_password(password))
     found = {"admin": {"access_key": admin.access_key, "secret_key": admin.secret},
@@ -121,7 +121,7 @@ def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets) -> list[Part]:
     fs_file = data_dir / "shim-fs.url"
     _write_private_text(fs_file, fs + "\n")
     fs = f"@{fs_file}"
-    db = str(data_dir / "meta.db")
+    db = metadata(cfg, data_dir)
     lmtp = Part("lmtp", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", cfg.lmtp, "--domain", cfg.domain,
                          "--max-recipients", str(cfg.max_recipients),
                          "--metrics-listen", cfg.lmtp_metrics])
@@ -243,6 +243,8 @@ def run(data_dir: Path) -> int:
     for problem in too_open(data_dir):
         print(f"mailstore: warning: other users may read the data: {problem}", file=sys.stderr)
     cfg = load(data_dir)
+    if cfg.metadata_passfile:  # libpq finds PostgreSQL's password there, in every part (they inherit it)
+        os.environ["PGPASSFILE"] = cfg.metadata_passfile
     from gateway.engine.local import LocalEngine
     from gateway.engine.recovery import IndexUnusable
 

@@ -247,6 +247,8 @@ def open_backend(spec: str | Path) -> SqliteBackend | PostgresBackend:
     text = str(spec)
     if text.startswith(("postgresql://", "postgres://")):
         return PostgresBackend(text)
+    if text.startswith("sqlite:///"):  # the URL form of mailstore.toml's [metadata] url
+        return SqliteBackend(Path(text.removeprefix("sqlite://")))
     return SqliteBackend(Path(spec))
 
 

@@ -26,6 +26,7 @@ import pytest
 from botocore.config import Config
 
 from appliance.config import default_text
+from conftest import new_metadata
 from conftest import BIN, ROOT, GatewayProcess, Key, client, create_key
 from gateway.config import GatewayConfig
 
@@ -140,11 +141,15 @@ def test_a_request_past_the_timeout_gets_request_timeout(tmp_path):
 # ------------------------------------------------------------------ the whole appliance
 
 class Appliance:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, metadata: tuple[str, str] | None = None) -> None:
+        """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR)."""
         names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard")
         ports = dict(zip(names, free_ports(len(names))))
         data.mkdir(parents=True, mode=0o700)
-        (data / "mailstore.toml").write_text(default_text(ports).replace("interval = 5 ", "interval = 1 "))
+        toml = default_text(ports).replace("interval = 5 ", "interval = 1 ")
+        if metadata is not None:
+            toml = toml.replace('url = ""', f'url = "{metadata[0]}"').replace('passfile = ""', f'passfile = "{metadata[1]}"')
+        (data / "mailstore.toml").write_text(toml)
         (data / "mailstore.toml").chmod(0o600)  # as `mailstore up` writes it
         self.data, self.ports = data, ports
         self.out = open(data.parent / "up.out", "w+")
@@ -388,3 +393,30 @@ def test_ctrl_c_stops_every_part(appliance):
     assert "mailstore: stopped" in appliance.log()
     for name, pid in pids.items():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), name
+
+
+def test_up_with_the_metadata_in_postgresql(postgres, request, tmp_path):  # type: ignore[no-untyped-def]
+    """[metadata] url = "postgresql://..." (issue 15): every part of `mailstore up` keeps the mail
+    metadata there (its password from the passfile, on no command line), mail goes in and out."""
+    import psycopg
+    url = new_metadata(request, tmp_path, "postgresql")
+    a = Appliance(tmp_path / "data", (url, os.environ["PGPASSFILE"]))
+    try:
+        ep = a.endpoints
+        user = ep["user"]
+        lmtp = smtplib.LMTP(ep["lmtp"]["host"], ep["lmtp"]["port"])
+        assert lmtp.sendmail("a@example.org", [user["name"]], b"Subject: kept in PostgreSQL\r\n\r\nhi\r\n") == {}
+        lmtp.quit()
+        imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+        imap.login(user["name"], user["password"])
+        assert imap.select("INBOX")[1] == [b"1"]
+        imap.logout()
+        with psycopg.connect(postgres.url(url.rsplit("/", 1)[1])) as c:
+            assert c.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+            assert c.execute("SELECT name FROM users").fetchall() == [(user["name"],)]
+        assert not (tmp_path / "data" / "meta.db").exists()
+        for pid in a.pids().values():
+            args = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert postgres.password.encode() not in args
+    finally:
+        assert a.stop() == 0

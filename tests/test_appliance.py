@@ -81,6 +81,23 @@ def test_shipped_haproxy_cfg_is_valid_and_its_timeouts_are_ordered():
     assert "retry-on conn-failure" in text and "option redispatch" in text
 
 
+def test_shipped_mail_fronts_are_valid_beside_the_s3_config():
+    """packaging/haproxy-mail.cfg: TCP fronts for LMTP and IMAP over two shim hosts (issue 15),
+    loaded beside haproxy.cfg; checks that expect each protocol's greeting."""
+    env = {**os.environ, "MAILSTORE_S3_BIND": "127.0.0.1:18000", "MAILSTORE_GW1": "127.0.0.1:18001",
+           "MAILSTORE_GW2": "127.0.0.1:18002", "MAILSTORE_LB_STATS": "127.0.0.1:18404",
+           "MAILSTORE_LMTP_BIND": "127.0.0.1:19024", "MAILSTORE_IMAP_BIND": "127.0.0.1:19143",
+           "MAILSTORE_LMTP1": "127.0.0.1:19025", "MAILSTORE_LMTP2": "127.0.0.1:19026",
+           "MAILSTORE_IMAP1": "127.0.0.1:19144", "MAILSTORE_IMAP2": "127.0.0.1:19145"}
+    mail_cfg = HAPROXY_CFG.parent / "haproxy-mail.cfg"
+    out = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CFG), "-f", str(mail_cfg)], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "Warning" not in out.stdout + out.stderr, out.stdout + out.stderr
+    text = mail_cfg.read_text()
+    assert "tcp-check expect string 220" in text and 'tcp-check expect string "* OK"' in text
+    assert "timeout client 31m" in text  # IDLE lasts up to 29 minutes between renewals
+
+
 # ------------------------------------------------------------------ one gateway: health and drain
 
 def test_health_ready_drain_and_signed_requests_stay_s3(tmp_path):

@@ -3,8 +3,10 @@ cache directories, as two machines would run them; what one does, the other sees
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
+import os
 import re
 import signal
 import smtplib
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.lmtp import free_port
 from conftest import BIN, Key, client, new_metadata
+from conftest import mailstore as mailstore_cmd
 from imapdiff import Raw, status
 from mailstore.db import MetaStore
 from test_lmtp import DOMAIN, Shim
@@ -155,3 +159,74 @@ def test_idle_on_one_host_hears_the_other(hosts) -> None:  # type: ignore[no-unt
         pass
     assert line.startswith(b"i1 OK")
     other.close()
+
+
+MAIL_HAPROXY = Path(__file__).resolve().parent.parent / "packaging" / "haproxy-mail.cfg"
+
+
+def test_a_host_killed_during_a_burst_through_haproxy(hosts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """HAProxy's TCP fronts (packaging/haproxy-mail.cfg) over both hosts' LMTP and IMAP; host B's
+    LMTP is killed -9 in the middle of a burst.  Senders retry as an MTA does (a cut connection or
+    a 4xx: again, through the front): every message arrives, and more than once only where a
+    transaction was cut after its commit and before its 250 (LMTP is at-least-once)."""
+    shim, port_a, b = hosts
+    ports = {k: free_port() for k in ("lmtp", "imap")}
+    env = {**os.environ, "MAILSTORE_LMTP_BIND": f"127.0.0.1:{ports['lmtp']}",
+           "MAILSTORE_IMAP_BIND": f"127.0.0.1:{ports['imap']}",
+           "MAILSTORE_LMTP1": f"127.0.0.1:{shim.port}", "MAILSTORE_LMTP2": f"127.0.0.1:{b.lmtp_port}",
+           "MAILSTORE_IMAP1": f"127.0.0.1:{port_a}", "MAILSTORE_IMAP2": f"127.0.0.1:{b.imap_port}"}
+    glob = tmp_path / "global.cfg"
+    glob.write_text("global\n    log stdout format raw local0 notice\n")
+    lb = subprocess.Popen(["haproxy", "-db", "-f", str(glob), "-f", str(MAIL_HAPROXY)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    user = f"burst-{time.monotonic_ns()}@{DOMAIN}"
+    mailstore_cmd("user", "add", "--db", str(shim.db), user, "--password", "pw")
+    cut = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # the fronts are up when a greeting comes through
+            try:
+                smtplib.LMTP("127.0.0.1", ports["lmtp"]).quit()
+                break
+            except (OSError, smtplib.SMTPException):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+
+        def send(n: int) -> None:
+            for i in range(25):
+                text = f"Message-ID: <b{n}-{i}@example.org>\r\nSubject: burst\r\n\r\nx\r\n"
+                for _ in range(100):  # an MTA's retry, quickened
+                    try:
+                        c = smtplib.LMTP("127.0.0.1", ports["lmtp"], timeout=10)
+                        try:
+                            c.sendmail("s@example.org", [user], text)
+                            break
+                        finally:
+                            with contextlib.suppress(OSError, smtplib.SMTPException):
+                                c.quit()
+                    except smtplib.SMTPServerDisconnected:
+                        cut.append(n)  # maybe after the commit: this one may arrive twice
+                    except (OSError, smtplib.SMTPException):
+                        pass
+                    time.sleep(0.1)
+                else:
+                    raise AssertionError(f"<b{n}-{i}> never delivered")
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(send, n) for n in range(4)]
+            time.sleep(1.0)
+            b.procs[0].send_signal(signal.SIGKILL)  # host B's LMTP, mid-burst
+            for f in futures:
+                f.result()
+        m = imaplib.IMAP4("127.0.0.1", ports["imap"])  # through the IMAP front
+        m.login(user, "pw")
+        m.select("INBOX")
+        data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")[1]
+        got = [re.search(rb"<[^>]+>", d[1]).group().decode() for d in data if isinstance(d, tuple)]  # type: ignore[union-attr]
+        m.logout()
+        want = {f"<b{n}-{i}@example.org>" for n in range(4) for i in range(25)}
+        assert set(got) == want  # nothing lost
+        assert len(got) - len(want) <= len(cut)  # twice only where a transaction was cut
+    finally:
+        lb.send_signal(signal.SIGTERM)
+        lb.wait(timeout=30)

@@ -21,7 +21,7 @@ from mailstore import cli as mailstore_cli
 def cmd_up(args: argparse.Namespace) -> int:
     from . import up
 
-    return up.run(Path(args.data_dir))
+    return up.run(Path(args.data_dir), args.hosts)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole appliance from DATA_DIR/mailstore.toml (made on first run)")
     up.add_argument("--data-dir", default="data")
+    up.add_argument("--hosts", type=int, choices=[1, 2], default=1,
+                    help="shim hosts to run (2: on PostgreSQL, behind HAProxy's LMTP and IMAP fronts)")
     up.set_defaults(fn=cmd_up)
     dash = sub.add_parser("dashboard", help="run the ops dashboard of the appliance in DATA_DIR")
     dash.add_argument("--data-dir", default="data")

@@ -39,10 +39,11 @@ interval = 5                          # seconds between its scrapes of every par
 [metadata]
 url = ""        # "": SQLite in DATA_DIR/meta.db; or "postgresql://user@host:port/db" (several hosts)
 passfile = ""   # PostgreSQL's password, as libpq reads it (a 0600 PGPASSFILE): never in the url
+private = "{postgres}"   # `mailstore up --hosts 2` without a url: its own PostgreSQL, here
 """
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
-                 "lmtp_metrics": 9124, "imap_metrics": 9143, "dashboard": 8080}
+                 "lmtp_metrics": 9124, "imap_metrics": 9143, "dashboard": 8080, "postgres": 5433}
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,7 @@ class ApplianceConfig:
     max_recipients: int = 100
     metadata_url: str = ""  # "": DATA_DIR/meta.db
     metadata_passfile: str = ""
+    private_postgres: str = "127.0.0.1:5433"  # --hosts 2 without a url: the appliance's own cluster
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -91,7 +93,7 @@ def load(data_dir: Path) -> ApplianceConfig:
         raise ConfigError(f"{path}: {exc}") from None
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
              "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics", "max_recipients"},
-             "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile"}}
+             "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"}}
     for section, values in doc.items():
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
@@ -132,8 +134,9 @@ def load(data_dir: Path) -> ApplianceConfig:
                           text("s3", "bucket"), text("s3", "region"), text("mail", "lmtp"), text("mail", "imap"),
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
-                          max_recipients, url, passfile)
-    for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways"):
+                          max_recipients, url, passfile, text("metadata", "private"))
+    for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
+                 "private_postgres"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():

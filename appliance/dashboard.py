@@ -16,6 +16,7 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import secrets
 import signal
 import sqlite3
@@ -360,7 +361,8 @@ def sources_from(data_dir: Path) -> tuple[Sources, str]:
     sec = json.loads((data_dir / "secrets.json").read_text())
     return Sources([f"http://{g}" for g in cfg.gateways], f"http://{cfg.lb_stats}/stats",
                    {"lmtp": f"http://{cfg.lmtp_metrics}/metrics", "imap": f"http://{cfg.imap_metrics}/metrics"},
-                   metadata(cfg, data_dir), sec["dashboard"]["user"], sec["dashboard"]["password"]), cfg.dashboard
+                   os.environ.get("MAILSTORE_METADATA") or metadata(cfg, data_dir),  # set by `mailstore up`
+                   sec["dashboard"]["user"], sec["dashboard"]["password"]), cfg.dashboard
 
 
 def run(data_dir: Path, interval: float = 5.0) -> int:

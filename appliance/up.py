@@ -36,6 +36,7 @@ from .config import ApplianceConfig, load, metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
+HAPROXY_MAIL_CFG = ROOT / "packaging" / "haproxy-mail.cfg"  # TCP fronts over several shim hosts
 BIN = Path(sys.executable).parent
 
 
@@ -54,7 +55,7 @@ class Part:
     restarts: int = 0
 
 
-def _first_run(data_dir: Path, cfg: ApplianceConfig) -> Secrets:
+def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str) -> Secrets:
     """Keys, bucket and test user, made once; their secrets, on every run."""
     path = data_dir / "secrets.json"
     if path.exists():
@@ -79,7 +80,7 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig) -> Secrets:
     finally:
         engine.close()
     user, password = f"test@{cfg.domain}", secrets.token_urlsafe(12)
-    meta = MetaStore(metadata(cfg, data_dir))
+    meta = MetaStore(db)
     if meta.get_user(user) is None:
         meta.add_user(user, hash_password(password))
     found = {"admin": {"access_key": admin.access_key, "secret_key": admin.secret},
@@ -103,7 +104,12 @@ def _write_private_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets) -> list[Part]:
+def _shifted(addr: str, by: int) -> str:
+    host, _, port = addr.rpartition(":")
+    return f"{host}:{int(port) + by}"
+
+
+def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: int = 1) -> list[Part]:
     mailstore = str(BIN / "mailstore")
     engine = str(data_dir / "engine")
     gateways = [Part(f"gateway{i}", [mailstore, "gateway", "--data-dir", engine, "--listen", addr,
@@ -113,23 +119,40 @@ def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets) -> list[Part]:
                    env={"MAILSTORE_S3_BIND": cfg.s3_listen, "MAILSTORE_GW1": cfg.gateways[0],
                         "MAILSTORE_GW2": cfg.gateways[1], "MAILSTORE_LB_STATS": cfg.lb_stats},
                    announces=False)
+    if hosts > 1:  # the LMTP and IMAP addresses become HAProxy's TCP fronts over the shim hosts
+        haproxy.argv[3:3] = ["-f", str(HAPROXY_MAIL_CFG)]
+        haproxy.env.update({"MAILSTORE_LMTP_BIND": cfg.lmtp, "MAILSTORE_IMAP_BIND": cfg.imap})
+        for k in (1, 2):
+            haproxy.env[f"MAILSTORE_LMTP{k}"] = _shifted(cfg.lmtp, 10 * k)
+            haproxy.env[f"MAILSTORE_IMAP{k}"] = _shifted(cfg.imap, 10 * k)
     shim = sec["shim"]
-    fs = (f"fscache:{cfg.cache_size}:{data_dir / 'cache'}:s3:http://{shim['access_key']}:{shim['secret_key']}"
-          f"@{cfg.s3_listen}/?bucket={cfg.bucket}")
-    # The URL holds the shim's S3 secret: the processes read it from a 0600 file,
-    # never from their command line (which every local user sees in ps).
-    fs_file = data_dir / "shim-fs.url"
-    _write_private_text(fs_file, fs + "\n")
-    fs = f"@{fs_file}"
-    db = metadata(cfg, data_dir)
-    lmtp = Part("lmtp", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", cfg.lmtp, "--domain", cfg.domain,
-                         "--max-recipients", str(cfg.max_recipients),
-                         "--metrics-listen", cfg.lmtp_metrics])
-    imap = Part("imap", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", cfg.imap, "--domain", cfg.domain,
-                         "--metrics-listen", cfg.imap_metrics])
+    shims: list[Part] = []
+    for k in range(1, hosts + 1):
+        # One host: the configured addresses. Several: host k 10*k ports above them (the
+        # configured ones are HAProxy's fronts), each with its own cache; host 1 keeps the
+        # configured metrics addresses (the dashboard reads them), host 2 10 above.
+        suffix = "" if hosts == 1 else str(k)
+        cache = data_dir / ("cache" if hosts == 1 else f"cache{k}")
+        fs = (f"fscache:{cfg.cache_size}:{cache}:s3:http://{shim['access_key']}:{shim['secret_key']}"
+              f"@{cfg.s3_listen}/?bucket={cfg.bucket}")
+        # The URL holds the shim's S3 secret: the processes read it from a 0600 file,
+        # never from their command line (which every local user sees in ps).
+        fs_file = data_dir / f"shim-fs{suffix}.url"
+        _write_private_text(fs_file, fs + "\n")
+        fs = f"@{fs_file}"
+        lmtp_at, imap_at = (cfg.lmtp, cfg.imap) if hosts == 1 else (_shifted(cfg.lmtp, 10 * k),
+                                                                    _shifted(cfg.imap, 10 * k))
+        metrics_by = 10 * (k - 1)
+        shims.append(Part(f"lmtp{suffix}", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", lmtp_at,
+                                            "--domain", cfg.domain, "--max-recipients", str(cfg.max_recipients),
+                                            "--metrics-listen", _shifted(cfg.lmtp_metrics, metrics_by)]))
+        shims.append(Part(f"imap{suffix}", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", imap_at,
+                                            "--domain", cfg.domain,
+                                            "--metrics-listen", _shifted(cfg.imap_metrics, metrics_by)]))
     dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
-                                   str(cfg.dashboard_interval)])
-    return [*gateways, haproxy, lmtp, imap, dashboard]
+                                   str(cfg.dashboard_interval)],
+                     env={"MAILSTORE_METADATA": db})  # the store this run uses (also a private PostgreSQL)
+    return [*gateways, haproxy, *shims, dashboard]
 
 
 class Supervisor:
@@ -177,14 +200,18 @@ class Supervisor:
     def stop(self, deadline: float = 30.0) -> None:
         """The shim first (no new mail), then the balancer, then the gateways."""
         self.stopping = True
-        order = [p for p in self.parts if p.name in ("imap", "lmtp", "dashboard")] + \
+        order = [p for p in self.parts if p.name.startswith(("imap", "lmtp", "dashboard"))] + \
                 [p for p in self.parts if p.name == "haproxy"] + \
-                [p for p in self.parts if p.name.startswith("gateway")]
+                [p for p in self.parts if p.name.startswith("gateway")] + \
+                [p for p in self.parts if p.name == "postgres"]  # the metadata last
         for part in order:
             if part.proc is None or part.proc.poll() is not None:
                 continue
-            # the gateways stop at once (SIGINT; in-flight requests finish); SIGTERM would drain
-            part.proc.send_signal(signal.SIGINT if part.name.startswith("gateway") else signal.SIGTERM)
+            if part.name == "postgres":  # its group: runuser and the server (fast shutdown)
+                os.killpg(part.proc.pid, signal.SIGINT)
+            else:
+                # the gateways stop at once (SIGINT; in-flight requests finish); SIGTERM would drain
+                part.proc.send_signal(signal.SIGINT if part.name.startswith("gateway") else signal.SIGTERM)
             try:
                 part.proc.wait(timeout=deadline)
             except subprocess.TimeoutExpired:
@@ -238,7 +265,45 @@ def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
             "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
 
 
-def run(data_dir: Path) -> int:
+def _private_postgres(data_dir: Path, cfg: ApplianceConfig) -> tuple[Part, str]:
+    """`--hosts 2` without a [metadata] url: the appliance's own PostgreSQL (runtime/postgres.py),
+    run as a part; the shim's URL names no password, the parts find it in DATA_DIR/pgpass (0600)."""
+    import hashlib
+
+    from runtime.postgres import PrivatePostgres
+    if os.geteuid() == 0:  # the server runs as the postgres user, who cannot enter a 0700 DATA_DIR
+        tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        root = Path("/var/lib/postgresql") / f"mailstore-{tag}"
+    else:
+        root = data_dir / "postgres"
+    host, _, port = cfg.private_postgres.rpartition(":")
+    pg = PrivatePostgres(root, int(port))
+    pg.init()
+    passfile = data_dir / "pgpass"
+    _write_private_text(passfile, f"{host}:{port}:*:{pg.user}:{pg.password}\n")
+    os.environ["PGPASSFILE"] = str(passfile)
+    return Part("postgres", pg.command(), announces=False), f"postgresql://{pg.user}@{host}:{port}/{pg.database}"
+
+
+def _wait_postgres(url: str, timeout: float = 60.0) -> None:
+    """Until the private cluster takes connections; its database made the first time."""
+    import psycopg
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    database = url.rsplit("/", 1)[1]
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=2) as c:
+                if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+                    c.execute(f'CREATE DATABASE "{database}"')
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > end:
+                raise RuntimeError(f"the private PostgreSQL did not start within {timeout:g}s") from None
+            time.sleep(0.2)
+
+
+def run(data_dir: Path, hosts: int = 1) -> int:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for problem in too_open(data_dir):
         print(f"mailstore: warning: other users may read the data: {problem}", file=sys.stderr)
@@ -253,15 +318,24 @@ def run(data_dir: Path) -> int:
     except IndexUnusable as exc:
         print(f"mailstore: {exc}", file=sys.stderr)
         return 4
-    sec = _first_run(data_dir, cfg)
-    sup = Supervisor(data_dir, _parts(data_dir, cfg, sec))
+    db = metadata(cfg, data_dir)
+    sup = Supervisor(data_dir, [])
     got_signal: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: got_signal.append(signum))
     try:
+        if hosts > 1 and not db.startswith("postgresql://"):  # several hosts share one PostgreSQL
+            pg_part, db = _private_postgres(data_dir, cfg)
+            sup.parts.append(pg_part)
+            sup.start(pg_part)
+            _wait_postgres(db)
+        sec = _first_run(data_dir, cfg, db)
+        sup.parts += _parts(data_dir, cfg, sec, db, hosts)
         for part in sup.parts:
             if got_signal:
                 break
+            if part.proc is not None:  # the private PostgreSQL, already up
+                continue
             sup.start(part)
             if part.name == "haproxy":
                 _wait_ready(cfg.lb_stats)

@@ -158,9 +158,10 @@ def test_a_request_past_the_timeout_gets_request_timeout(tmp_path):
 # ------------------------------------------------------------------ the whole appliance
 
 class Appliance:
-    def __init__(self, data: Path, metadata: tuple[str, str] | None = None) -> None:
+    def __init__(self, data: Path, metadata: tuple[str, str] | None = None, hosts: int = 1) -> None:
         """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR)."""
-        names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard")
+        names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard",
+                 "postgres")
         ports = dict(zip(names, free_ports(len(names))))
         data.mkdir(parents=True, mode=0o700)
         toml = default_text(ports).replace("interval = 5 ", "interval = 1 ")
@@ -170,8 +171,8 @@ class Appliance:
         (data / "mailstore.toml").chmod(0o600)  # as `mailstore up` writes it
         self.data, self.ports = data, ports
         self.out = open(data.parent / "up.out", "w+")
-        self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data)], stdout=self.out,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data), "--hosts", str(hosts)],
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
         while not (data / "endpoints.json").exists():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log()
@@ -437,3 +438,57 @@ def test_up_with_the_metadata_in_postgresql(postgres, request, tmp_path):  # typ
             assert postgres.password.encode() not in args
     finally:
         assert a.stop() == 0
+
+
+def test_up_with_two_hosts_on_a_private_postgresql(tmp_path):  # type: ignore[no-untyped-def]
+    """`mailstore up --hosts 2` (issue 15): its own PostgreSQL, two shim hosts with their own caches,
+    HAProxy's LMTP and IMAP fronts on the configured addresses; one host's LMTP killed -9, the mail
+    still comes in through the other (and the supervisor starts it again)."""
+    import contextlib
+    import hashlib
+    import shutil
+
+    import psycopg
+    data = tmp_path / "data"
+    a = Appliance(data, hosts=2)
+    try:
+        pids = a.pids()
+        assert {"postgres", "lmtp1", "imap1", "lmtp2", "imap2", "haproxy"} <= set(pids)
+        ep, user = a.endpoints, a.endpoints["user"]
+        assert ep["lmtp"] == {"host": "127.0.0.1", "port": a.ports["lmtp"]}  # the front
+
+        def deliver(n: int) -> None:
+            for _ in range(100):  # as an MTA retries
+                try:
+                    lmtp = smtplib.LMTP(ep["lmtp"]["host"], ep["lmtp"]["port"], timeout=10)
+                    lmtp.sendmail("a@example.org", [user["name"]], f"Message-ID: <h{n}@x>\r\n\r\nx\r\n")
+                    lmtp.quit()
+                    return
+                except (OSError, smtplib.SMTPException):
+                    time.sleep(0.2)
+            raise AssertionError(f"message {n} never delivered")
+
+        for n in range(10):
+            deliver(n)
+        os.kill(pids["lmtp2"], signal.SIGKILL)
+        for n in range(10, 20):
+            deliver(n)
+        imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])  # through the IMAP front
+        imap.login(user["name"], user["password"])
+        assert imap.select("INBOX")[1] == [b"20"]
+        imap.logout()
+        passfile = data / "pgpass"
+        assert oct(passfile.stat().st_mode & 0o777) == "0o600"
+        host, port = "127.0.0.1", a.ports["postgres"]
+        pg_user, password = passfile.read_text().strip().rsplit(":", 2)[1:]
+        with psycopg.connect(f"postgresql://{pg_user}@{host}:{port}/mailstore", password=password) as c:
+            assert c.execute("SELECT count(*) FROM messages").fetchone() == (20,)
+        for pid in a.pids().values():
+            with contextlib.suppress(FileNotFoundError):  # lmtp2 may be between its kill and restart
+                assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        assert a.stop() == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pids["postgres"], 0)
+        tag = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+        shutil.rmtree(Path("/var/lib/postgresql") / f"mailstore-{tag}", ignore_errors=True)

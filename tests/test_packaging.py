@@ -6,6 +6,7 @@ as the fscache tier reads it.  (haproxy.cfg: tests/test_appliance.py.)"""
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shlex
 import shutil
@@ -82,3 +83,21 @@ def test_dovecot_obox_snippet_parses_as_fscache_url():
     spec = parse(url.replace("%4Nu", "x"))
     assert isinstance(spec, FsCacheUrl)
     assert spec.parent.bucket == "mail" and spec.parent.port == DEFAULT_PORTS["s3"] and spec.parent.region
+
+
+def test_the_several_hosts_haproxy_dropin_loads_both_fronts(tmp_path):
+    """mailstore-hosts.conf.example: haproxy -f on a directory with the S3 and mail configs,
+    every variable they use set (issue 15)."""
+    text = (PACKAGING / "systemd" / "haproxy.service.d" / "mailstore-hosts.conf.example").read_text()
+    env = dict(re.findall(r"^Environment=(\w+)=(\S+)$", text, re.MULTILINE))
+    used = set(re.findall(r"\$\{(\w+)\}", (PACKAGING / "haproxy.cfg").read_text()
+                          + (PACKAGING / "haproxy-mail.cfg").read_text()))
+    assert used <= set(env)
+    conf = tmp_path / "mailstore.d"
+    conf.mkdir()
+    shutil.copy(PACKAGING / "haproxy.cfg", conf / "10-s3.cfg")
+    shutil.copy(PACKAGING / "haproxy-mail.cfg", conf / "20-mail.cfg")
+    loopback = {k: re.sub(r"^[\d.]+", "127.0.0.1", v) for k, v in env.items() if k != "CONFIG"}
+    out = subprocess.run(["haproxy", "-c", "-f", str(conf)], env={**os.environ, **loopback},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -40,6 +40,8 @@ from .sqlbackend import StoreUnavailable as StoreUnavailable  # what any call ra
 T = TypeVar("T")
 
 RESERVATION_SECONDS = 300.0
+STALE_RESERVATION_SECONDS = 10.0  # older: ask whether its owner still lives
+REAP_INTERVAL_SECONDS = 2.0
 
 MIGRATIONS = [
     """
@@ -238,17 +240,27 @@ class MetaStore:
         self.backend: SqliteBackend | PostgresBackend = open_backend(path)
         self.path: Path | None = self.backend.path if isinstance(self.backend, SqliteBackend) else None
         self._local = threading.local()
+        self._last_reap = 0.0
         self._migrate()
+        if isinstance(self.backend, PostgresBackend):
+            self.backend.hold_liveness(_owner())
         self.drop_dead_reservations()
 
     def drop_dead_reservations(self) -> int:
-        """Reservations of processes on this host that no longer run: their UIDs were never
-        committed (their objects, if stored, are orphans for gc); keeping them would hide
-        the mailbox's later mail until they expire."""
-        host = socket.gethostname()
-        owners = [o for o, in self.conn().execute("SELECT DISTINCT owner FROM pending WHERE owner LIKE ?",
-                                                  (host + ":%",))]
-        dead = [o for o in owners if not _alive(int(o.rsplit(":", 1)[1]))]
+        """Reservations of processes that no longer run: their UIDs were never committed (their
+        objects, if stored, are orphans for gc); keeping them would hide the mailbox's later
+        mail until they expire.  On SQLite, this host's processes (by PID); on PostgreSQL, any
+        host's (by the liveness lock each process holds)."""
+        self._last_reap = time.monotonic()
+        if isinstance(self.backend, PostgresBackend):
+            c = self.conn()
+            owners = [o for o, in c.execute("SELECT DISTINCT owner FROM pending WHERE owner IS NOT NULL")]
+            dead = [o for o in owners if o != _owner() and not self.backend.owner_alive(c, o)]
+        else:
+            host = socket.gethostname()
+            owners = [o for o, in self.conn().execute("SELECT DISTINCT owner FROM pending WHERE owner LIKE ?",
+                                                      (host + ":%",))]
+            dead = [o for o in owners if not _alive(int(o.rsplit(":", 1)[1]))]
         if not dead:
             return 0
         with self._write() as c:
@@ -570,10 +582,20 @@ class MetaStore:
         return first
 
     def visible_uid_limit(self, mailbox_id: int) -> int | None:
-        """Messages with uid below this are complete and in order (None: no limit)."""
-        row = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=? AND expires>?",
-                                  (mailbox_id, time.time())).fetchone()
+        """Messages with uid below this are complete and in order (None: no limit).
+
+        A reservation lives as long as storing one object takes; one older than
+        STALE_RESERVATION_SECONDS may belong to a process (or host) that died mid-delivery,
+        so its owner is checked (at most every REAP_INTERVAL_SECONDS) before it hides newer mail."""
+        now = time.time()
+        row = self.conn().execute("SELECT min(uid), min(expires) FROM pending WHERE mailbox_id=? AND expires>?",
+                                  (mailbox_id, now)).fetchone()
         limit: int | None = row[0]
+        if limit is not None and row[1] - RESERVATION_SECONDS < now - STALE_RESERVATION_SECONDS \
+                and time.monotonic() - self._last_reap > REAP_INTERVAL_SECONDS and self.drop_dead_reservations():
+            row = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=? AND expires>?",
+                                      (mailbox_id, now)).fetchone()
+            limit = row[0]
         return limit
 
     def messages(self, mailbox_id: int) -> list[Message]:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 SCHEMA_VERSION_PG = 12  # the SQLite migration PG_SCHEMA matches
 _WRITE_LOCK_KEY = 0x6D61696C  # "mail": the advisory lock every metadata writer takes
+_LIVENESS: dict[tuple[str, str], Any] = {}  # (url, owner) -> the connection holding the owner's lock
 
 
 class StoreUnavailable(Exception):
@@ -212,6 +213,32 @@ class PostgresBackend:
     def begin_write(self, c: Conn) -> None:
         c.execute("BEGIN")
         c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
+
+    def hold_liveness(self, owner: str) -> None:
+        """While this process lives, a session advisory lock named after it is held, on a connection of
+        its own: PostgreSQL lets go of it the moment the process (or its host) is gone, so any host
+        can tell a dead owner's UID reservations from a slow one's (db.py drop_dead_reservations)."""
+        import psycopg
+        if (self.url, owner) in _LIVENESS:  # one lock per process and database, however many stores
+            return
+        try:
+            c = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            # try, never wait: taken already means this process holds it (a store opened by
+            # another URL of the same database)
+            row = c.execute("SELECT pg_try_advisory_lock(1, hashtext(%s))", (owner,)).fetchone()
+            if row is not None and row[0]:
+                _LIVENESS[(self.url, owner)] = c
+            else:
+                c.close()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(str(exc).strip()) from None
+
+    def owner_alive(self, c: Conn, owner: str) -> bool:
+        """Does the process that made `owner`'s reservations still hold its liveness lock?"""
+        if not c.execute("SELECT pg_try_advisory_lock(1, hashtext(?))", (owner,)).fetchone()[0]:
+            return True
+        c.execute("SELECT pg_advisory_unlock(1, hashtext(?))", (owner,))
+        return False
 
     def ids_above(self, c: Conn, table: str, top: int) -> None:
         """The table's identity goes on above `top` (ids copied in: metacopy.py)."""

@@ -74,3 +74,33 @@ def test_the_postgres_url_carries_no_password(postgres, tmp_path, monkeypatch) -
     meta = MetaStore(url)
     assert meta.list_users() is not None
     assert Path(passfile).stat().st_mode & 0o077 == 0
+
+
+def test_a_dead_owners_reservation_stops_hiding_mail(metadata) -> None:  # type: ignore[no-untyped-def]
+    """A process (or host) that died between reserving a UID and committing it: once the
+    reservation is STALE_RESERVATION_SECONDS old, readers ask whether its owner lives (SQLite: this
+    host's PID; PostgreSQL: the owner's liveness lock, any host) and drop it; a live owner's stays."""
+    import socket
+    import time
+
+    from mailstore import db
+    meta = MetaStore(metadata)
+    meta.add_user("u@x", hash_password("pw"))
+    box = meta.mailbox("u@x", "INBOX")
+    assert box is not None
+    dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
+    owner = f"{socket.gethostname()}:{dead_pid}" if meta.path is not None else f"gone-host:{dead_pid}"
+    old = time.time() + db.RESERVATION_SECONDS - db.STALE_RESERVATION_SECONDS - 5
+    with meta._write() as c:
+        c.execute("INSERT INTO pending(mailbox_id, uid, expires, owner) VALUES (?,?,?,?)", (box.id, 1, old, owner))
+        c.execute("UPDATE mailboxes SET uidnext=2 WHERE id=?", (box.id,))
+    b, uid = meta.reserve_uid("u@x", "INBOX")  # a live delivery after it
+    meta.commit_message("u@x", b.id, uid, "g", "k", 10, 0.0, 0.0, [], [])
+    meta._last_reap = 0.0
+    assert meta.visible_uid_limit(box.id) is None  # the dead owner's UID 1 no longer hides UID 2
+    assert [m.uid for m in meta.messages(box.id)] == [2]
+    mine = db._owner()  # a live owner's old reservation is kept
+    with meta._write() as c:
+        c.execute("INSERT INTO pending(mailbox_id, uid, expires, owner) VALUES (?,?,?,?)", (box.id, 3, old, mine))
+    meta._last_reap = 0.0
+    assert meta.visible_uid_limit(box.id) == 3

@@ -264,7 +264,18 @@ class MetaStore:
         if not dead:
             return 0
         with self._write() as c:
-            return sum(c.execute("DELETE FROM pending WHERE owner=?", (o,)).rowcount for o in dead)
+            boxes = {b for o in dead for b, in c.execute("SELECT DISTINCT mailbox_id FROM pending WHERE owner=?", (o,))}
+            dropped: int = sum(c.execute("DELETE FROM pending WHERE owner=?", (o,)).rowcount for o in dead)
+            self.bump_visibility(c, boxes)
+            return dropped
+
+    @staticmethod
+    def bump_visibility(c: Conn, mailbox_ids: Iterable[int]) -> None:
+        """Inside a write transaction that dropped UID reservations: the mail above them becomes
+        visible without any message changing, so HIGHESTMODSEQ moves on for every reader keyed on
+        it (the IMAP snapshot cache, sessions' refresh, IDLE woken by NOTIFY on PostgreSQL)."""
+        for box_id in sorted(set(mailbox_ids)):
+            c.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id=?", (box_id,))
 
     def conn(self) -> Conn:
         c = getattr(self._local, "conn", None)
@@ -506,7 +517,8 @@ class MetaStore:
 
     def release_uid(self, mailbox_id: int, uid: int) -> None:
         with self._write() as c:
-            c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+            if c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid)).rowcount:
+                self.bump_visibility(c, [mailbox_id])
 
     def commit_message(self, user: str, mailbox_id: int, uid: int, guid: str, object_key: str, size: int,
                        internal_date: float, saved: float, envelope: object, bodystructure: object,
@@ -525,8 +537,9 @@ class MetaStore:
         modseqs: dict[int, int] = {}  # one transaction, one change per mailbox (RFC 7162 allows shared values)
         for row in rows:
             cls.commit_one(c, row, modseqs)
-        for mailbox_id, uid in released:
-            c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
+        dropped = [mailbox_id for mailbox_id, uid in released
+                   if c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid)).rowcount]
+        cls.bump_visibility(c, dropped)
 
     @staticmethod
     def define_keywords(c: Conn, mailbox_id: int, flags: Iterable[str]) -> None:

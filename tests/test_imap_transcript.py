@@ -214,3 +214,20 @@ def test_a_mailbox_created_after_a_delete_is_not_the_deleted_one(ctx):
     out = run(ctx, b"b1 LOGIN t@x.test pw", b"b2 SELECT New", b"b3 FETCH 1 (FLAGS)")
     assert out[2] == b"* 1 FETCH (FLAGS (\\Recent))\r\nb3 OK FETCH completed\r\n", out
     assert ctx.meta.mailbox("t@x.test", "New").id > old_id
+
+
+def test_mail_hidden_behind_a_dropped_reservation_shows_up(ctx):
+    """A UID reserved and then released (a failed delivery, or a dead host's reservation reaped)
+    uncovers the mail above it without any message changing: HIGHESTMODSEQ moves on, so the
+    snapshot cache and the sessions keyed on it see that mail (it once stayed hidden until the
+    next delivery)."""
+    folders.create_mailbox(ctx.meta, "t@x.test", "Stale")
+    first, uid1 = ctx.meta.reserve_uid("t@x.test", "Stale")  # in flight...
+    box, uid2 = ctx.meta.reserve_uid("t@x.test", "Stale")
+    ctx.meta.commit_message("t@x.test", box.id, uid2, "g-stale", "k-stale", 10, 0.0, 0.0, [], [])
+    out = run(ctx, b"a1 LOGIN t@x.test pw", b"a2 SELECT Stale")
+    assert b"* 0 EXISTS\r\n" in out[1]  # UID 2 waits for UID 1 (never a higher UID first)
+    ctx.meta.release_uid(first.id, uid1)  # ...and given up
+    out = run(ctx, b"b1 LOGIN t@x.test pw", b"b2 SELECT Stale", b"b3 FETCH 1 (UID)")
+    assert b"* 1 EXISTS\r\n" in out[1]
+    assert out[2] == b"* 1 FETCH (UID 2)\r\nb3 OK FETCH completed\r\n"

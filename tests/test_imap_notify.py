@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import re
 import select
-import signal
 import time
 
 import pytest
 
 from imapdiff import Raw, status
-from test_lmtp import DOMAIN, Shim
+from test_lmtp import DOMAIN, imap_server
 
 USER = f"notify@{DOMAIN}"
 
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):  # type: ignore[no-untyped-def]
-    shim = Shim(tmp_path_factory.mktemp("notify"))
-    shim.add_user(USER)
-    proc, info = shim.start_imap()
-    yield info["port"]
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    shim.stop()
+    with imap_server(tmp_path_factory.mktemp("notify"), USER) as p:
+        yield p
 
 
 def client(port: int) -> Raw:

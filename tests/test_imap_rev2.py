@@ -8,30 +8,24 @@ answers (the rest of the suite, and the Dovecot comparisons, check those).
 from __future__ import annotations
 
 import re
-import signal
 
 import pytest
 
 from imapdiff import Raw, status
-from test_lmtp import DOMAIN, Shim
+from test_lmtp import DOMAIN, imap_server
 
 USER = f"rev2@{DOMAIN}"
 
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):  # type: ignore[no-untyped-def]
-    shim = Shim(tmp_path_factory.mktemp("rev2"))
-    shim.add_user(USER)
-    proc, info = shim.start_imap()
-    c = Raw(info["port"])
-    c.cmd(f"LOGIN {USER} pw")
-    for i in range(3):
-        c.cmd("APPEND INBOX \x00LIT\x00", f"Subject: m{i}\r\nFrom: a@example.org\r\n\r\nbody {i}\r\n".encode())
-    c.close()
-    yield info["port"]
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    shim.stop()
+    with imap_server(tmp_path_factory.mktemp("rev2"), USER) as p:
+        c = Raw(p)
+        c.cmd(f"LOGIN {USER} pw")
+        for i in range(3):
+            c.cmd("APPEND INBOX \x00LIT\x00", f"Subject: m{i}\r\nFrom: a@example.org\r\n\r\nbody {i}\r\n".encode())
+        c.close()
+        yield p
 
 
 def session(port: int, *enable: str) -> Raw:

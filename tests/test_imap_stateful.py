@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import random
 import re
-import signal
 import threading
 import time
 
 import pytest
 
 from imapdiff import Raw, status
-from test_lmtp import DOMAIN, Shim
+from test_lmtp import DOMAIN, imap_server
 
 USER = f"model@{DOMAIN}"
 KEYWORDS = ["$Work", "$Todo", "Later", "$Label1"]
@@ -67,13 +66,8 @@ class Client:
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):  # type: ignore[no-untyped-def]
-    shim = Shim(tmp_path_factory.mktemp("stateful"))
-    shim.add_user(USER)
-    proc, info = shim.start_imap()
-    yield info["port"]
-    proc.send_signal(signal.SIGINT)
-    proc.wait()
-    shim.stop()
+    with imap_server(tmp_path_factory.mktemp("stateful"), USER) as p:
+        yield p
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
@@ -98,6 +99,20 @@ class Shim:
         self.log.close()
         if self.gateway is not None:
             self.gateway.stop()
+
+
+@contextlib.contextmanager
+def imap_server(base: Path, user: str) -> Iterator[int]:
+    """A gateway, LMTP and IMAP process with one user (password "pw"): the IMAP port; all stopped after."""
+    shim = Shim(base)
+    shim.add_user(user)
+    proc, info = shim.start_imap()
+    try:
+        yield int(info["port"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        shim.stop()
 
 
 def _gateway_on(data: Path, port: int) -> GatewayProcess:

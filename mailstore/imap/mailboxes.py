@@ -54,7 +54,7 @@ class MailboxCommands(SessionBase):
             boxes = dict(self._meta().conn().execute(
                 "SELECT name, special_use FROM mailboxes WHERE user_name=?", (self.user,)).fetchall())
             attrs = _listed(boxes, lambda n: n == box.name).get(box.name, [])
-            lines.append(f'* LIST ({" ".join(attrs)}) "/" '.encode() + R.astring(self.name_out(box.name)) + b"\r\n")
+            lines.append(R.list_line("LIST", attrs, self.name_out(box.name)))
         if qresync is not None and qresync["uidvalidity"] == box.uidvalidity:
             lines += self._resync(box.uidnext, qresync["modseq"], qresync["known"])
         mode = "READ-ONLY" if readonly else "READ-WRITE"
@@ -120,8 +120,7 @@ class MailboxCommands(SessionBase):
         if cmd.args.get("extended"):
             return await self._list_extended(cmd, boxes, subs, matches), "LIST completed"
         found = _subscribed(subs, boxes, matches) if verb == "LSUB" else _listed(boxes, matches)
-        out = [f'* {verb} ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + b"\r\n"
-               for name, attrs in sorted(found.items())]
+        out = [R.list_line(verb, attrs, name) for name, attrs in sorted(found.items())]
         return out, f"{verb} completed"
 
     async def _list_extended(self, cmd: Command, boxes: dict[str, str | None], subs: set[str],
@@ -156,7 +155,7 @@ class MailboxCommands(SessionBase):
             if show_special and special:
                 attrs.append(special)
             extra = b' (CHILDINFO ("SUBSCRIBED"))' if name in childinfo else b""
-            out.append(f'* LIST ({" ".join(attrs)}) "/" '.encode() + R.astring(name) + extra + b"\r\n")
+            out.append(R.list_line("LIST", attrs, name, extra))
             if cmd.args.get("status") and name in boxes:
                 box = self._read(self.ctx.meta.mailbox, self.authed, self.name_in(name))
                 if box is not None:

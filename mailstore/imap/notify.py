@@ -84,9 +84,6 @@ class NotifyCommands(SessionBase):
                 + f" (MESSAGES {messages} UIDNEXT {box.uidnext} UIDVALIDITY {box.uidvalidity} UNSEEN {unseen}"
                   f" HIGHESTMODSEQ {box.highestmodseq})\r\n".encode())
 
-    def _list_line(self, attrs: str, name: str, extra: bytes = b"") -> bytes:
-        return f'* LIST ({attrs}) "/" '.encode() + R.astring(self.name_out(name)) + extra + b"\r\n"
-
     def selected_group(self) -> EventGroup | None:
         if self.notify is None:
             return None
@@ -106,19 +103,19 @@ class NotifyCommands(SessionBase):
             events = self._events_for(box.name, state)
             if was is None:
                 if "MAILBOXNAME" in events:
-                    lines.append(self._list_line("", box.name))
+                    lines.append(R.list_line("LIST", (), self.name_out(box.name)))
             elif was.name != box.name and "MAILBOXNAME" in events | self._events_for(was.name, state):
                 oldname = b' ("OLDNAME" (' + R.astring(self.name_out(was.name)) + b"))"  # RFC 5465 §5.4
-                lines.append(self._list_line("", box.name, oldname))
+                lines.append(R.list_line("LIST", (), self.name_out(box.name), oldname))
             if (was is not None and was.highestmodseq != box.highestmodseq and not self._selected(box)
                     and events & {"MESSAGENEW", "MESSAGEEXPUNGE", "FLAGCHANGE"}):
                 lines.append(self._notify_status(box))
         for guid, was in sorted(old.items(), key=lambda kv: kv[1].name):
             if guid not in now and "MAILBOXNAME" in self._events_for(was.name, state):
-                lines.append(self._list_line("\\NonExistent", was.name))
+                lines.append(R.list_line("LIST", ("\\NonExistent",), self.name_out(was.name)))
         for name in sorted(subscribed ^ state.subscribed):
             if "SUBSCRIPTIONCHANGE" in self._events_for(name, state) | self._events_for(name, NotifyState(
                     state.groups, subscribed=subscribed)):
-                lines.append(self._list_line("\\Subscribed" if name in subscribed else "", name))
+                lines.append(R.list_line("LIST", ("\\Subscribed",) if name in subscribed else (), self.name_out(name)))
         state.boxes, state.subscribed = now, subscribed
         return lines

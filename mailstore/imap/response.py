@@ -51,6 +51,11 @@ def email_id(guid: str) -> str:
     return "M" + guid
 
 
+def list_line(verb: str, attrs: list[str] | tuple[str, ...], name: str, extra: bytes = b"") -> bytes:
+    """* LIST (or LSUB) (attributes) "/" name [extended data] (RFC 3501 §7.2.2, RFC 5258)."""
+    return f'* {verb} ({" ".join(attrs)}) "/" '.encode() + astring(name) + extra + b"\r\n"
+
+
 def uid_set(uids: list[int]) -> str:
     """Sorted UIDs as a compact IMAP set: [2, 4, 5, 6] -> "2,4:6" (VANISHED, RFC 7162 §3.2.10)."""
     out: list[str] = []

@@ -313,7 +313,9 @@ class LocalEngine:
         return sorted(out, key=lambda u: (u.key, u.initiated))
 
     async def create_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
-        upload_id = secrets.token_urlsafe(24)
+        # Hex: a URL-safe base64 id may begin with "-", which command-line clients (the AWS CLI's
+        # --upload-id) read as an option; AWS's own ids never do.
+        upload_id = secrets.token_hex(24)
         stored = ObjectMeta(0, '""', time.time(), meta.content_type, meta.headers,
                             {**meta.user, "\x00key": key}, meta.checksums)
         await self._run(Txn([Write(MPU, f"u/{bucket}/{upload_id}", stored)],

@@ -170,6 +170,12 @@ class NoSuchUser(MetaError):
     pass
 
 
+class ReservationLost(StoreUnavailable):
+    """A delivery's UID reservation was dropped (its owner looked dead, or it expired) before
+    the commit: readers may have moved past that UID, so it cannot be committed any more.
+    Nothing is acknowledged; the sender tries again (LMTP 451, APPEND NO [UNAVAILABLE])."""
+
+
 class UserExists(MetaError):
     pass
 
@@ -247,35 +253,50 @@ class MetaStore:
         self.drop_dead_reservations()
 
     def drop_dead_reservations(self) -> int:
-        """Reservations of processes that no longer run: their UIDs were never committed (their
-        objects, if stored, are orphans for gc); keeping them would hide the mailbox's later
-        mail until they expire.  On SQLite, this host's processes (by PID); on PostgreSQL, any
-        host's (by the liveness lock each process holds)."""
+        """Reservations of processes that no longer run, and expired ones: their UIDs were never
+        committed (their objects, if stored, are orphans for gc); keeping them would hide the
+        mailbox's later mail.  Owners are checked on this host by PID on SQLite, on any host by
+        the liveness lock each process holds on PostgreSQL."""
         self._last_reap = time.monotonic()
+        c = self.conn()
         if isinstance(self.backend, PostgresBackend):
-            c = self.conn()
             owners = [o for o, in c.execute("SELECT DISTINCT owner FROM pending WHERE owner IS NOT NULL")]
             dead = [o for o in owners if o != _owner() and not self.backend.owner_alive(c, o)]
         else:
             host = socket.gethostname()
-            owners = [o for o, in self.conn().execute("SELECT DISTINCT owner FROM pending WHERE owner LIKE ?",
-                                                      (host + ":%",))]
+            owners = [o for o, in c.execute("SELECT DISTINCT owner FROM pending WHERE owner LIKE ?", (host + ":%",))]
             dead = [o for o in owners if not _alive(int(o.rsplit(":", 1)[1]))]
-        if not dead:
+        now = time.time()
+        if not dead and not c.execute("SELECT 1 FROM pending WHERE expires<=? LIMIT 1", (now,)).fetchone():
             return 0
         with self._write() as c:
-            boxes = {b for o in dead for b, in c.execute("SELECT DISTINCT mailbox_id FROM pending WHERE owner=?", (o,))}
-            dropped: int = sum(c.execute("DELETE FROM pending WHERE owner=?", (o,)).rowcount for o in dead)
-            self.bump_visibility(c, boxes)
-            return dropped
+            doomed: list[tuple[int, int]] = []
+            for o in dead:
+                doomed += c.execute("SELECT mailbox_id, uid FROM pending WHERE owner=?", (o,)).fetchall()
+            doomed += c.execute("SELECT mailbox_id, uid FROM pending WHERE expires<=?", (now,)).fetchall()
+            dropped = [(b, u) for b, u in sorted(set(doomed))
+                       if c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (b, u)).rowcount]
+            self.uncover(c, dropped)
+            return len(dropped)
 
     @staticmethod
-    def bump_visibility(c: Conn, mailbox_ids: Iterable[int]) -> None:
-        """Inside a write transaction that dropped UID reservations: the mail above them becomes
-        visible without any message changing, so HIGHESTMODSEQ moves on for every reader keyed on
-        it (the IMAP snapshot cache, sessions' refresh, IDLE woken by NOTIFY on PostgreSQL)."""
-        for box_id in sorted(set(mailbox_ids)):
-            c.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id=?", (box_id,))
+    def uncover(c: Conn, dropped: Iterable[tuple[int, int]], modseqs: dict[int, int] | None = None) -> None:
+        """Inside a write transaction that dropped or committed the reservations `dropped`
+        ((mailbox id, uid) pairs): the rows above a reservation were hidden from readers
+        (visible_uid_limit), and whatever happened to them meanwhile (a flag change by the
+        session that appended them, a COPY in) went by every reader keyed on HIGHESTMODSEQ:
+        IDLE, NOOP, CHANGEDSINCE, QRESYNC.  They get the MODSEQ of this change, so those readers
+        see them now.  `modseqs`: mailbox id -> this transaction's MODSEQ where it has one."""
+        lowest: dict[int, int] = {}
+        for box_id, uid in dropped:
+            lowest[box_id] = min(uid, lowest.get(box_id, uid))
+        for box_id, uid in sorted(lowest.items()):
+            modseq = modseqs.get(box_id) if modseqs is not None else None
+            if modseq is None:
+                modseq = c.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id=? "
+                                   "RETURNING highestmodseq", (box_id,)).fetchone()[0]
+            c.execute("UPDATE messages SET modseq=? WHERE mailbox_id=? AND uid>? AND modseq<?",
+                      (modseq, box_id, uid, modseq))
 
     def conn(self) -> Conn:
         c = getattr(self._local, "conn", None)
@@ -518,7 +539,7 @@ class MetaStore:
     def release_uid(self, mailbox_id: int, uid: int) -> None:
         with self._write() as c:
             if c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid)).rowcount:
-                self.bump_visibility(c, [mailbox_id])
+                self.uncover(c, [(mailbox_id, uid)])
 
     def commit_message(self, user: str, mailbox_id: int, uid: int, guid: str, object_key: str, size: int,
                        internal_date: float, saved: float, envelope: object, bodystructure: object,
@@ -537,9 +558,9 @@ class MetaStore:
         modseqs: dict[int, int] = {}  # one transaction, one change per mailbox (RFC 7162 allows shared values)
         for row in rows:
             cls.commit_one(c, row, modseqs)
-        dropped = [mailbox_id for mailbox_id, uid in released
+        dropped = [(mailbox_id, uid) for mailbox_id, uid in released
                    if c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (mailbox_id, uid)).rowcount]
-        cls.bump_visibility(c, dropped)
+        cls.uncover(c, dropped, modseqs)
 
     @staticmethod
     def define_keywords(c: Conn, mailbox_id: int, flags: Iterable[str]) -> None:
@@ -568,7 +589,9 @@ class MetaStore:
         c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, m.mailbox_id))
         MetaStore.define_keywords(c, m.mailbox_id, m.flags)
         c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (m.size, m.user))
-        c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid))
+        if not c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid)).rowcount:
+            raise ReservationLost(f"the reservation of UID {m.uid} in mailbox {m.mailbox_id} was dropped")
+        MetaStore.uncover(c, [(m.mailbox_id, m.uid)], {m.mailbox_id: modseq})
 
     def set_parsed(self, mailbox_id: int, uid: int, envelope: str, bodystructure: str) -> None:
         """Store a message's ENVELOPE/BODYSTRUCTURE parsed again (a cache of the object: no fsync)."""
@@ -599,16 +622,15 @@ class MetaStore:
 
         A reservation lives as long as storing one object takes; one older than
         STALE_RESERVATION_SECONDS may belong to a process (or host) that died mid-delivery,
-        so its owner is checked (at most every REAP_INTERVAL_SECONDS) before it hides newer mail."""
-        now = time.time()
-        row = self.conn().execute("SELECT min(uid), min(expires) FROM pending WHERE mailbox_id=? AND expires>?",
-                                  (mailbox_id, now)).fetchone()
+        so its owner is checked (at most every REAP_INTERVAL_SECONDS) before it hides newer mail,
+        and one past RESERVATION_SECONDS is dropped by the same reaper (never merely skipped: the
+        mail it uncovers gets a new MODSEQ, see uncover)."""
+        row = self.conn().execute("SELECT min(uid), min(expires) FROM pending WHERE mailbox_id=?",
+                                  (mailbox_id,)).fetchone()
         limit: int | None = row[0]
-        if limit is not None and row[1] - RESERVATION_SECONDS < now - STALE_RESERVATION_SECONDS \
+        if limit is not None and row[1] - RESERVATION_SECONDS < time.time() - STALE_RESERVATION_SECONDS \
                 and time.monotonic() - self._last_reap > REAP_INTERVAL_SECONDS and self.drop_dead_reservations():
-            row = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=? AND expires>?",
-                                      (mailbox_id, now)).fetchone()
-            limit = row[0]
+            limit = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=?", (mailbox_id,)).fetchone()[0]
         return limit
 
     def messages(self, mailbox_id: int) -> list[Message]:

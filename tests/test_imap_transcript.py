@@ -231,3 +231,45 @@ def test_mail_hidden_behind_a_dropped_reservation_shows_up(ctx):
     out = run(ctx, b"b1 LOGIN t@x.test pw", b"b2 SELECT Stale", b"b3 FETCH 1 (UID)")
     assert b"* 1 EXISTS\r\n" in out[1]
     assert out[2] == b"* 1 FETCH (UID 2)\r\nb3 OK FETCH completed\r\n"
+
+
+def test_changes_to_mail_hidden_behind_a_reservation_reach_every_reader(ctx):
+    """A session appends UID 2 and changes its flags while UID 1 is still in flight, so UID 2 is
+    hidden from other readers (never a higher UID first) while its MODSEQ goes by them.  When
+    UID 1 commits, a session that kept NOOPing sees both with their flags, and a CONDSTORE client
+    asking for changes since the HIGHESTMODSEQ it saw meanwhile gets UID 2 too.  (Found by the
+    concurrent IMAP test: an IDLE client kept UID 2's old flags for good.)"""
+    folders.create_mailbox(ctx.meta, "t@x.test", "Late")
+    first, uid1 = ctx.meta.reserve_uid("t@x.test", "Late")  # in flight...
+    box, uid2 = ctx.meta.reserve_uid("t@x.test", "Late")
+    ctx.meta.commit_message("t@x.test", box.id, uid2, "g-2", "k-2", 10, 0.0, 0.0, [], [], ("\\Draft",))
+
+    async def go() -> list[bytes]:
+        await _on_this_loop(ctx)
+        s = Session(ctx, "127.0.0.1")
+        out = []
+
+        async def say(line: bytes) -> None:
+            for ev in CommandFramer().feed(line + b"\r\n"):
+                assert isinstance(ev, Framed)
+                out.append(await s.handle(parse_command(ev.data)))
+
+        await say(b"a1 LOGIN t@x.test pw")
+        await say(b"a2 SELECT Late (CONDSTORE)")
+        folders.store_flags(ctx.meta, box.id, [uid2], "FLAGS", ["\\Flagged"])  # the appender's STORE
+        await say(b"a3 NOOP")
+        ctx.meta.commit_message("t@x.test", first.id, uid1, "g-1", "k-1", 10, 0.0, 0.0, [], [])
+        await say(b"a4 NOOP")
+        await say(b"a5 FETCH 1:* (UID FLAGS)")
+        await ctx.fs.close()
+        return out
+
+    out = asyncio.run(go())
+    assert b"* 0 EXISTS\r\n" in out[1]
+    assert out[2] == b"a3 OK NOOP completed\r\n"  # UID 2 still hidden: nothing to say yet
+    assert b"* 2 EXISTS\r\n" in out[3], out[3]
+    assert out[4].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))\r\n"), out[4]
+    seen_meanwhile = ctx.meta.highestmodseq(box.id) - 1  # what a3 saw: UID 1's commit came after
+    out = run(ctx, b"b1 LOGIN t@x.test pw", b"b2 SELECT Late",
+              f"b3 FETCH 1:* (UID FLAGS) (CHANGEDSINCE {seen_meanwhile})".encode())
+    assert b"UID 2 " in out[2], out[2]

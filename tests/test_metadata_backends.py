@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from mailstore.db import MetaStore
 from mailstore.users import hash_password
@@ -28,7 +29,9 @@ def test_postgres_schema_is_sqlites(postgres, tmp_path) -> None:  # type: ignore
 
 def test_uids_across_stores_at_once(metadata) -> None:  # type: ignore[no-untyped-def]
     """Four stores (processes, or hosts on PostgreSQL), four threads each, 15 deliveries a
-    thread into one mailbox: every UID once, in commit order, MODSEQs rising, the quota exact."""
+    thread into one mailbox: every UID once, in commit order, MODSEQs never falling in UID order
+    (a UID committed after a higher one gives that one its MODSEQ: see MetaStore.uncover), the
+    quota exact."""
     stores = [MetaStore(metadata) for _ in range(4)]
     stores[0].add_user("u@x", hash_password("pw"))
     done: list[tuple[int, int]] = []
@@ -59,7 +62,8 @@ def test_uids_across_stores_at_once(metadata) -> None:  # type: ignore[no-untype
     msgs = meta.messages(box.id)
     assert [m.uid for m in msgs] == uids
     modseqs = [m.modseq for m in msgs]
-    assert len(set(modseqs)) == len(modseqs) and box.highestmodseq == max(modseqs)
+    assert modseqs == sorted(modseqs) and box.highestmodseq == max(modseqs)
+    assert len(set(modseqs)) > 1
     assert meta.get_user("u@x").used_bytes == 10 * len(uids)  # type: ignore[union-attr]
 
 
@@ -104,3 +108,29 @@ def test_a_dead_owners_reservation_stops_hiding_mail(metadata) -> None:  # type:
         c.execute("INSERT INTO pending(mailbox_id, uid, expires, owner) VALUES (?,?,?,?)", (box.id, 3, old, mine))
     meta._last_reap = 0.0
     assert meta.visible_uid_limit(box.id) == 3
+
+
+def test_an_expired_reservation_is_dropped_and_cannot_be_committed(metadata) -> None:  # type: ignore[no-untyped-def]
+    """A reservation past RESERVATION_SECONDS (its owner alive but stuck) is dropped by the reaper,
+    never merely skipped: the mail above it gets a new MODSEQ, and the late commit of that UID is
+    refused (ReservationLost, a StoreUnavailable: LMTP 451, APPEND NO) instead of putting a UID
+    below mail that readers have already seen."""
+    import time
+
+    from mailstore import db
+    meta = MetaStore(metadata)
+    meta.add_user("u@x", hash_password("pw"))
+    box, late = meta.reserve_uid("u@x", "INBOX")
+    b, uid = meta.reserve_uid("u@x", "INBOX")
+    meta.commit_message("u@x", b.id, uid, "g", "k", 10, 0.0, 0.0, [], [])
+    assert meta.visible_uid_limit(box.id) == late  # UID 2 waits for UID 1
+    before = meta.messages_by_uid(box.id, [uid])[uid].modseq
+    with meta._write() as c:  # time passes: the reservation expires
+        c.execute("UPDATE pending SET expires=? WHERE mailbox_id=? AND uid=?", (time.time() - 1, box.id, late))
+    meta._last_reap = 0.0
+    assert meta.visible_uid_limit(box.id) is None
+    assert meta.messages_by_uid(box.id, [uid])[uid].modseq > before == meta.highestmodseq(box.id) - 1
+    with pytest.raises(db.ReservationLost):
+        meta.commit_message("u@x", box.id, late, "g2", "k2", 10, 0.0, 0.0, [], [])
+    assert [m.uid for m in meta.messages(box.id)] == [uid]
+    assert isinstance(db.ReservationLost("x"), db.StoreUnavailable)

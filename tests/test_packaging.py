@@ -22,7 +22,7 @@ from conftest import ROOT
 
 PACKAGING = ROOT / "packaging"
 UNITS = sorted((PACKAGING / "systemd").glob("mailstore-*.service"))
-EXAMPLE_ENV = {"GATEWAY_LISTEN": "127.0.0.1:8001",
+EXAMPLE_ENV = {"GATEWAY_LISTEN": "127.0.0.1:8001", "MAILSTORE_METADATA": "/var/lib/mailstore/meta.db",
                "MAILSTORE_FS": "fscache:1G:/var/cache/mailstore:s3:http://K:S@127.0.0.1:8000/?bucket=mail"}
 
 
@@ -101,3 +101,50 @@ def test_the_several_hosts_haproxy_dropin_loads_both_fronts(tmp_path):
     out = subprocess.run(["haproxy", "-c", "-f", str(conf)], env={**os.environ, **loopback},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", ["lmtp", "imap"])
+def test_shim_units_run_on_postgresql_from_the_metadata_env_file(name, request, tmp_path):
+    """A shim host of a cluster: the unit's own command line, with MAILSTORE_METADATA and PGPASSFILE
+    from /etc/mailstore/metadata.env as systemd reads it, runs against a real PostgreSQL; the
+    URL on the command line (what `ps` shows) carries no password."""
+    import json
+
+    from conftest import BIN, new_metadata
+    from mailstore.db import MetaStore
+    from mailstore.users import hash_password
+    url = new_metadata(request, tmp_path, "postgresql")
+    MetaStore(url).add_user("u@example.com", hash_password("pw"))
+    env_file = tmp_path / "metadata.env"  # what the operator writes, in systemd's EnvironmentFile syntax
+    env_file.write_text(f"# the shared metadata\nMAILSTORE_METADATA={url}\nPGPASSFILE={os.environ['PGPASSFILE']}\n")
+    u = unit(PACKAGING / "systemd" / f"mailstore-{name}.service")
+    env = {"PATH": os.environ["PATH"]}
+    env.update(k.split("=", 1) for k in [u["Service"]["Environment"]])  # the SQLite default ...
+    env.update(line.split("=", 1) for line in env_file.read_text().splitlines()  # ... overridden
+               if line and not line.startswith("#"))
+    fs_file = tmp_path / "fs.url"
+    fs_file.write_text("s3:http://k:s@127.0.0.1:9/?bucket=mail")  # storage is not what this test is about
+    fs_file.chmod(0o600)
+    line = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], u["Service"]["ExecStart"])
+    assert url in line and not re.search(r"://[^/@\s]+:[^/@\s]+@", line)
+    argv = shlex.split(line)
+    argv[0] = str(BIN / "mailstore")
+    argv[argv.index("--fs") + 1] = f"@{fs_file}"
+    for flag in ("--listen", "--metrics-listen"):
+        argv[argv.index(flag) + 1] = "127.0.0.1:0"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(json.loads(proc.stdout.readline())["port"])
+        import socket
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            greeting = s.recv(200)
+        assert greeting.startswith(b"220 " if name == "lmtp" else b"* OK"), greeting
+        if name == "imap":  # any host authenticates any user: the user lives in PostgreSQL
+            import imaplib
+            m = imaplib.IMAP4("127.0.0.1", port)
+            assert m.login("u@example.com", "pw")[0] == "OK"
+            m.logout()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

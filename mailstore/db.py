@@ -8,9 +8,10 @@ Rules of this file's state:
   immutable object (reindex restores it), then *commits* the message row and
   drops the reservation.  UIDs are therefore strictly increasing in reservation
   order across processes.  A reader shows only messages below the lowest live
-  reservation (`visible_uid_limit`), so no client ever sees UID n+1 before n;
-  a reservation left by a crashed process expires, or is dropped at once when
-  another process on the same host opens the store and finds its owner gone.
+  reservation (VISIBLE, inside the same statement as the rows: one snapshot),
+  so no client ever sees UID n+1 before n; a reservation left by a crashed
+  process or host is reaped (`visible_uid_limit`), and what it uncovers gets a
+  new MODSEQ (`uncover`).
 - users.used_bytes is kept in the same transactions that add or remove messages.
 - The schema version is PRAGMA user_version; MIGRATIONS upgrade it in order.
 The SQL is what SQLite and PostgreSQL both run; where they differ (placeholders,
@@ -214,6 +215,11 @@ class Message:
 
 
 MESSAGE_COLUMNS = "mailbox_id, uid, guid, object_key, size, internal_date, saved, flags, modseq"
+# Rows below the mailbox's lowest reservation, judged in the statement's own snapshot: a limit
+# read by one statement and used in the next lets through a UID n+1 committed in between while
+# n (reserved in between too) is still in flight.
+# Its one parameter is the mailbox id again (a subquery run once, not once per row).
+VISIBLE = "uid < COALESCE((SELECT min(uid) FROM pending WHERE mailbox_id=?), 4611686018427387904)"
 
 
 def _message(r: tuple[Any, ...]) -> Message:
@@ -332,28 +338,28 @@ class MetaStore:
         return lock
 
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
-        """(uid, flags) of visible rows changed after `modseq`, and the visible message count."""
-        limit = self.visible_uid_limit(mailbox_id)
-        cap = limit if limit is not None else 1 << 62
-        c = self.conn()
-        rows = c.execute("SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND uid < ? ORDER BY uid",
-                         (mailbox_id, modseq, cap)).fetchall()
-        count = c.execute("SELECT count(*) FROM messages WHERE mailbox_id=? AND uid < ?",
-                          (mailbox_id, cap)).fetchone()[0]
-        return [(u, tuple(f.split()) if f else ()) for u, f in rows], count
+        """(uid, flags) of visible rows changed after `modseq`, and the visible message count: one
+        statement, so both come from one snapshot."""
+        self.visible_uid_limit(mailbox_id)  # reaps what a dead owner left
+        rows = self.conn().execute(
+            f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND {VISIBLE} "
+            f"UNION ALL SELECT 0, CAST(count(*) AS TEXT) FROM messages WHERE mailbox_id=? AND {VISIBLE}",
+            (mailbox_id, modseq, mailbox_id, mailbox_id, mailbox_id)).fetchall()
+        count = next(int(f) for u, f in rows if u == 0)  # UIDs start at 1
+        return sorted((u, tuple(f.split()) if f else ()) for u, f in rows if u != 0), count
 
     def uid_flags(self, mailbox_id: int) -> list[tuple[int, tuple[str, ...]]]:
         """(uid, flags) of the visible messages: what SELECT needs, nothing more."""
-        limit = self.visible_uid_limit(mailbox_id)
-        rows = self.conn().execute("SELECT uid, flags FROM messages WHERE mailbox_id=? AND uid < ? ORDER BY uid",
-                                   (mailbox_id, limit if limit is not None else 1 << 62))
+        self.visible_uid_limit(mailbox_id)
+        rows = self.conn().execute(f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND {VISIBLE} ORDER BY uid",
+                                   (mailbox_id, mailbox_id))
         return [(u, tuple(f.split()) if f else ()) for u, f in rows]
 
     def visible_uids(self, mailbox_id: int) -> set[int]:
         """The UIDs of the visible messages: enough to tell which ones were expunged."""
-        limit = self.visible_uid_limit(mailbox_id)
-        rows = self.conn().execute("SELECT uid FROM messages WHERE mailbox_id=? AND uid < ?",
-                                   (mailbox_id, limit if limit is not None else 1 << 62))
+        self.visible_uid_limit(mailbox_id)
+        rows = self.conn().execute(f"SELECT uid FROM messages WHERE mailbox_id=? AND {VISIBLE}",
+                                   (mailbox_id, mailbox_id))
         return {u for u, in rows}
 
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
@@ -393,8 +399,8 @@ class MetaStore:
         log_from, uidnext = row
         if modseq >= log_from:
             return sorted(u for u in self.expunged_since(mailbox_id, modseq) if any(a <= u <= b for a, b in ranges))
+        limit = self.visible_uid_limit(mailbox_id)  # before the rows: what is below it then is there now, or gone
         present = self.visible_uids(mailbox_id)
-        limit = self.visible_uid_limit(mailbox_id)
         top = min(uidnext, limit) if limit is not None else uidnext
         out: set[int] = set()
         for a, b in ranges:
@@ -634,10 +640,10 @@ class MetaStore:
         return limit
 
     def messages(self, mailbox_id: int) -> list[Message]:
-        limit = self.visible_uid_limit(mailbox_id)
+        self.visible_uid_limit(mailbox_id)
         rows = self.conn().execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id=? AND uid < ? ORDER BY uid",
-            (mailbox_id, limit if limit is not None else 1 << 62))
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id=? AND {VISIBLE} ORDER BY uid",
+            (mailbox_id, mailbox_id))
         return [_message(r) for r in rows]
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> dict[int, Message]:

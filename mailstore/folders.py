@@ -221,13 +221,6 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
         return dst.uidvalidity, pairs, []
 
 
-def changed_since(meta: MetaStore, mailbox_id: int, modseq: int) -> list[tuple[int, tuple[str, ...], int]]:
-    """(uid, flags, modseq) of messages changed after `modseq` (CONDSTORE FETCH ... CHANGEDSINCE)."""
-    rows = meta.conn().execute("SELECT uid, flags, modseq FROM messages WHERE mailbox_id=? AND modseq>? ORDER BY uid",
-                               (mailbox_id, modseq)).fetchall()
-    return [(u, tuple(f.split()), m) for u, f, m in rows]
-
-
 def _release_quota(c: Conn, user: str, freed: int) -> None:
     c.execute("UPDATE users SET used_bytes = CASE WHEN used_bytes > ? THEN used_bytes - ? ELSE 0 END WHERE name=?",
               (freed, freed, user))

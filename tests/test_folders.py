@@ -67,8 +67,8 @@ def test_flags_modseq_and_unchangedsince(meta):
     assert done[1][0] == ("\\Seen",) and done[1][1] > ms
     done, refused = folders.store_flags(meta, box.id, [1, 2], "FLAGS", ["\\Flagged"], unchangedsince=ms)
     assert refused == [1] and done[2][0] == ("\\Flagged",)  # 1 changed after ms: CONDSTORE refuses it
-    changed = folders.changed_since(meta, box.id, ms)
-    assert [c[0] for c in changed] == [1, 2]
+    changed, count = meta.changes_since(box.id, ms)
+    assert [u for u, _ in changed] == [1, 2] and count == 3
 
 
 def test_copy_shares_objects_and_expunge_frees_only_unreferenced(meta):

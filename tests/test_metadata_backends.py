@@ -134,3 +134,29 @@ def test_an_expired_reservation_is_dropped_and_cannot_be_committed(metadata) -> 
         meta.commit_message("u@x", box.id, late, "g2", "k2", 10, 0.0, 0.0, [], [])
     assert [m.uid for m in meta.messages(box.id)] == [uid]
     assert isinstance(db.ReservationLost("x"), db.StoreUnavailable)
+
+
+def test_a_reader_never_sees_a_uid_before_a_lower_one_in_flight(metadata, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The visibility limit is judged in the same statement as the rows it limits: once it was read
+    by one statement and used in the next, and UIDs 1 and 2 reserved (2 also committed) in between
+    showed 2 while 1 was still in flight."""
+    meta = MetaStore(metadata)
+    other = MetaStore(metadata)  # another process, or host
+    meta.add_user("u@x", hash_password("pw"))
+    box = meta.mailbox("u@x", "INBOX")
+    assert box is not None
+    real = MetaStore.visible_uid_limit
+
+    def then_the_other_delivers(self: MetaStore, mailbox_id: int) -> int | None:
+        limit = real(self, mailbox_id)
+        if self is meta:
+            other.reserve_uid("u@x", "INBOX")  # UID 1, in flight
+            b, uid = other.reserve_uid("u@x", "INBOX")
+            other.commit_message("u@x", b.id, uid, f"g{uid}", f"k{uid}", 10, 0.0, 0.0, [], [])
+        return limit
+
+    monkeypatch.setattr(MetaStore, "visible_uid_limit", then_the_other_delivers)
+    assert meta.changes_since(box.id, 0) == ([], 0)
+    assert meta.uid_flags(box.id) == []
+    assert meta.visible_uids(box.id) == set()
+    assert meta.messages(box.id) == []

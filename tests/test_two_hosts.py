@@ -168,7 +168,9 @@ def test_a_host_killed_during_a_burst_through_haproxy(hosts, tmp_path) -> None: 
     """HAProxy's TCP fronts (packaging/haproxy-mail.cfg) over both hosts' LMTP and IMAP, a real
     Postfix delivering a burst through the LMTP front, and host B's LMTP killed -9 in the middle of
     it: Postfix retries (through the front, so the other host) and every message arrives; more
-    than once only where a transaction was cut after its commit (LMTP is at-least-once)."""
+    than once only where a transaction was cut after its commit (LMTP is at-least-once).  IMAP
+    clients connected through the front before (some on host B, killed with it) connect again
+    and all see the same mailbox, UID for UID."""
     shim, port_a, b = hosts
     ports = {k: free_port() for k in ("lmtp", "imap")}
     env = {**os.environ, "MAILSTORE_LMTP_BIND": f"127.0.0.1:{ports['lmtp']}",
@@ -191,6 +193,12 @@ def test_a_host_killed_during_a_burst_through_haproxy(hosts, tmp_path) -> None: 
             except (OSError, smtplib.SMTPException):
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
+        sessions = []  # IMAP clients through the front, spread over both hosts (leastconn)
+        for _ in range(4):
+            m = imaplib.IMAP4("127.0.0.1", ports["imap"])
+            m.login(user, "pw")
+            m.select("INBOX")
+            sessions.append(m)
         mta = Postfix(ports["lmtp"])  # Postfix's lmtp transport: the HAProxy front
         smtp = smtplib.SMTP("127.0.0.1", mta.smtp_port)
         want = set()
@@ -198,8 +206,9 @@ def test_a_host_killed_during_a_burst_through_haproxy(hosts, tmp_path) -> None: 
             mid = f"<b{i}@example.org>"
             smtp.sendmail("s@example.org", [user], f"Message-ID: {mid}\r\nSubject: burst {i}\r\n\r\nx\r\n")
             want.add(mid)
-            if i == 30:
-                b.procs[0].send_signal(signal.SIGKILL)  # host B's LMTP, mid-burst
+            if i == 30:  # host B, mid-burst
+                for p in b.procs:
+                    p.send_signal(signal.SIGKILL)
         smtp.quit()
         meta = MetaStore(shim.db)
         deadline = time.monotonic() + 120
@@ -211,12 +220,26 @@ def test_a_host_killed_during_a_burst_through_haproxy(hosts, tmp_path) -> None: 
             assert time.monotonic() < deadline, (count, mta.maillog()[-1500:])
             mta.flush()
             time.sleep(1)
-        m = imaplib.IMAP4("127.0.0.1", ports["imap"])  # a new session through the IMAP front
-        m.login(user, "pw")
-        m.select("INBOX")
-        data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")[1]
-        got = [re.search(rb"<[^>]+>", d[1]).group().decode() for d in data if isinstance(d, tuple)]  # type: ignore[union-attr]
-        m.logout()
+        views = []
+        reconnected = 0
+        for m in [*sessions, None]:  # the sessions of before, and a new one
+            try:
+                if m is None:
+                    raise imaplib.IMAP4.abort("a new session")
+                m.noop()  # a session on host B finds its connection gone...
+            except (imaplib.IMAP4.abort, OSError):
+                reconnected += m is not None
+                m = imaplib.IMAP4("127.0.0.1", ports["imap"])  # ... and its client connects again
+                m.login(user, "pw")
+                m.select("INBOX")
+            data = m.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")[1]
+            views.append([(int(re.search(rb"UID (\d+)", d[0]).group(1)),  # type: ignore[union-attr]
+                           re.search(rb"<[^>]+>", d[1]).group().decode())  # type: ignore[union-attr]
+                          for d in data if isinstance(d, tuple)])
+            m.logout()
+        assert 0 < reconnected < len(sessions)  # some were on the killed host, some on the other
+        assert all(v == views[-1] for v in views)  # every client sees one mailbox, UIDs and all
+        got = [mid for _, mid in views[-1]]
         assert set(got) == want, mta.maillog()[-4000:]  # nothing lost
         lost_replies = mta.maillog().count("lost connection") + mta.maillog().count("Connection reset")
         assert len(got) - len(want) <= max(lost_replies, 0)  # twice only where a transaction was cut

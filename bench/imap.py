@@ -63,11 +63,12 @@ def client_run(port: int, rounds: int, seed: int) -> int:
     return commands + 1
 
 
-def run_load(port: int, clients: int, rounds: int, pids) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def run_load(ports: list[int], clients: int, rounds: int, pids) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """`clients` imaplib clients, spread over `ports` (several shim hosts) in turn."""
     c0 = cpu_seconds(pids())
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        total = sum(pool.map(lambda i: client_run(port, rounds, i), range(clients)))
+        total = sum(pool.map(lambda i: client_run(ports[i % len(ports)], rounds, i), range(clients)))
     secs = time.perf_counter() - t0
     return total / secs, total / max(cpu_seconds(pids()) - c0, 1e-6)
 
@@ -80,7 +81,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="load runs per server, taking turns")
     ap.add_argument("--metadata", choices=["sqlite", "postgresql"], default="sqlite",
                     help="where our mail metadata lives (PostgreSQL: a private cluster; its CPU counts as ours)")
+    ap.add_argument("--hosts", choices=["1", "2", "both"], default="1",
+                    help="our IMAP servers on the one PostgreSQL, clients spread over them (needs postgresql)")
     args = ap.parse_args()
+    counts = [1, 2] if args.hosts == "both" else [int(args.hosts)]
+    if counts != [1] and args.metadata != "postgresql":
+        ap.error("--hosts 2 needs --metadata postgresql (several hosts share one PostgreSQL)")
     work = Path(tempfile.mkdtemp(prefix="mailstore-imapbench-"))
     procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
     conf = None
@@ -90,42 +96,50 @@ def main() -> int:
         if args.metadata == "postgresql":
             pg = start_postgres(work)
             db = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{pg.database}"
-        lmtp_port, procs = start_ours(work, [USER], db)
+        lmtp_ports, procs = start_ours(work, [USER], db)
         gw = procs[0]
         lmtp_cmd = subprocess.run(["ps", "-o", "args=", "-p", str(procs[1].pid)], capture_output=True, text=True).stdout
         fs = lmtp_cmd.split("--fs ", 1)[1].split(" ", 1)[0]
-        imap = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", db, "--fs", fs, "--listen",
-                                 "127.0.0.1:0", "--domain", "example.com"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        procs.append(imap)
-        assert imap.stdout is not None
-        our_imap = json.loads(imap.stdout.readline())["port"]
+        imaps, our_ports = [], []
+        for n in range(max(counts)):  # host n+1: its own IMAP server and cache
+            host_fs = fs if n == 0 else fs.replace(str(work / "cache"), str(work / f"cache{n + 1}"), 1)
+            imap = subprocess.Popen([str(BIN / "mailstore"), "imap", "--db", db, "--fs", host_fs, "--listen",
+                                     "127.0.0.1:0", "--domain", "example.com"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            procs.append(imap)
+            assert imap.stdout is not None
+            our_ports.append(json.loads(imap.stdout.readline())["port"])
+            imaps.append(imap)
         dport, conf = start_dovecot(work, [USER], imap=True)
         d_lmtp, d_imap = dport
-        fill(lmtp_port, args.messages)
+        fill(lmtp_ports[0], args.messages)
         fill(d_lmtp, args.messages)
-        servers = (("mailstore", our_imap, lambda: [imap.pid, gw.pid, *postgres_pids(pg)]),
-                   ("dovecot", d_imap, lambda: dovecot_pids(conf)))
-        for _, port, pids in servers:
-            run_load(port, 1, 3, pids)  # warm caches and connections
+        servers = [(f"mailstore x{n}" if len(counts) > 1 or n > 1 else "mailstore", our_ports[:n],
+                    lambda n=n: [*(p.pid for p in imaps[:n]), gw.pid, *postgres_pids(pg)]) for n in counts]
+        servers.append(("dovecot", [d_imap], lambda: dovecot_pids(conf)))
+        for _, ports, pids in servers:
+            run_load(ports, 1, 3, pids)  # warm caches and connections
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in servers}
         for _ in range(args.repeat):  # the servers take turns: a noisy minute hits both
-            for name, port, pids in servers:
-                runs[name].append(run_load(port, args.clients, args.rounds, pids))
+            for name, ports, pids in servers:
+                runs[name].append(run_load(ports, args.clients, args.rounds, pids))
     finally:
         if pg is not None:
             pg.stop()
         stop_all(procs, conf, work)
-    print(f"{'server':<11}{'commands/s':>12}{'commands/CPU-s':>16}   (median of {args.repeat}; each run's per-CPU)")
+    print(f"{'server':<14}{'commands/s':>12}{'commands/CPU-s':>16}   (median of {args.repeat}; each run's per-CPU)")
     medians = {}
     for name, rs in runs.items():
         rate, per_cpu = statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)
         medians[name] = per_cpu
-        print(f"{name:<11}{rate:>12.0f}{per_cpu:>16.0f}   {' '.join(f'{r[1]:.0f}' for r in rs)}")
-    ratios = [a[1] / b[1] for a, b in zip(runs["mailstore"], runs["dovecot"])]
-    print(f"\nmailstore / dovecot: {medians['mailstore'] / medians['dovecot']:.2f}x commands per server CPU-second "
-          f"({args.clients} clients, {args.messages} messages; turn by turn "
-          f"{' '.join(f'{r:.2f}' for r in ratios)})")
+        print(f"{name:<14}{rate:>12.0f}{per_cpu:>16.0f}   {' '.join(f'{r[1]:.0f}' for r in rs)}")
+    for name in runs:
+        if name == "dovecot":
+            continue
+        ratios = [a[1] / b[1] for a, b in zip(runs[name], runs["dovecot"])]
+        print(f"\n{name} / dovecot: {medians[name] / medians['dovecot']:.2f}x commands per server CPU-second "
+              f"({args.clients} clients, {args.messages} messages; turn by turn "
+              f"{' '.join(f'{r:.2f}' for r in ratios)})")
     return 0
 
 

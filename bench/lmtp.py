@@ -55,13 +55,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-async def load(port: int, users: list[str], messages: int, connections: int) -> tuple[float, list[float], int]:
+async def load(ports: list[int], users: list[str], messages: int, connections: int) -> tuple[float, list[float], int]:
+    """`connections` LMTP clients, spread over `ports` (several shim hosts) in turn."""
     counter = iter(range(messages))
     lat: list[float] = []
     bad = 0
     deadline = time.monotonic() + 60
 
-    async def conn() -> None:
+    async def conn(port: int) -> None:
         nonlocal bad
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await reader.readline()
@@ -87,7 +88,7 @@ async def load(port: int, users: list[str], messages: int, connections: int) -> 
         writer.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(conn() for _ in range(connections)))
+    await asyncio.gather(*(conn(ports[i % len(ports)]) for i in range(connections)))
     return time.perf_counter() - t0, lat, bad
 
 
@@ -104,13 +105,24 @@ def start_postgres(work: Path):  # type: ignore[no-untyped-def]
     return pg
 
 
+def new_database(pg, name: str) -> str:  # type: ignore[no-untyped-def]
+    """A fresh database in the private PostgreSQL, as a URL without the password."""
+    import psycopg
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{name}"
+
+
 def postgres_pids(pg) -> list[int]:  # type: ignore[no-untyped-def]
     """The postmaster (its backends are its children, counted with it): the metadata's CPU is ours."""
     return _children(pg.proc.pid) if pg is not None and pg.proc is not None else []
 
 
-def start_ours(work: Path, users: list[str], db: str | None = None) -> tuple[int, list[subprocess.Popen]]:  # type: ignore[type-arg]
-    """Gateway + LMTP; `db` the metadata (a postgresql:// URL), else a SQLite file in `work`."""
+def start_ours(work: Path, users: list[str], db: str | None = None,
+               hosts: int = 1) -> tuple[list[int], list[subprocess.Popen]]:  # type: ignore[type-arg]
+    """Gateway + LMTP; `db` the metadata (a postgresql:// URL), else a SQLite file in `work`.
+    `hosts` > 1: more LMTP servers on the same metadata and bucket, each with its own cache (shim
+    hosts, as `mailstore up --hosts 2` runs them).  Returns the LMTP ports and the processes."""
     work.mkdir(parents=True, exist_ok=True)
     data = work / "gw"
     key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name", "b"],
@@ -124,13 +136,18 @@ def start_ours(work: Path, users: list[str], db: str | None = None) -> tuple[int
     for u in users:
         subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password", "pw"],
                        check=True, capture_output=True)
-    fs = f"fscache:256M:{work / 'cache'}:s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
-    lmtp = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(db), "--fs", fs, "--listen", "127.0.0.1:0",
-                             "--workers", str(LMTP_WORKERS),
-                             "--domain", "example.com"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert lmtp.stdout is not None
-    port = json.loads(lmtp.stdout.readline())["port"]
-    return port, [gw, lmtp]
+    s3 = f"s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
+    procs = [gw]
+    ports = []
+    for n in range(hosts):
+        fs = f"fscache:256M:{work / ('cache' if n == 0 else f'cache{n + 1}')}:{s3}"
+        lmtp = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(db), "--fs", fs, "--listen", "127.0.0.1:0",
+                                 "--workers", str(LMTP_WORKERS), "--domain", "example.com"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert lmtp.stdout is not None
+        ports.append(json.loads(lmtp.stdout.readline())["port"])
+        procs.append(lmtp)
+    return ports, procs
 
 
 NAMESPACE = """
@@ -262,6 +279,9 @@ def main() -> int:
     ap.add_argument("--lmtp-workers", type=int, default=3, help="mailstore lmtp --workers (Dovecot forks per connection)")
     ap.add_argument("--metadata", choices=["sqlite", "postgresql", "both"], default="sqlite",
                     help="where our mail metadata lives; both: two of ours side by side (issue 15)")
+    ap.add_argument("--hosts", choices=["1", "2", "both"], default="1",
+                    help="shim hosts (LMTP servers on one PostgreSQL, connections spread over them); "
+                         "2 and both need PostgreSQL metadata")
     args = ap.parse_args()
     global LMTP_WORKERS
     LMTP_WORKERS = args.lmtp_workers
@@ -273,23 +293,31 @@ def main() -> int:
     pg = None
     try:
         targets = []
-        for kind in (["sqlite", "postgresql"] if args.metadata == "both" else [args.metadata]):
+        kinds = ["sqlite", "postgresql"] if args.metadata == "both" else [args.metadata]
+        counts = [1, 2] if args.hosts == "both" else [int(args.hosts)]
+        if counts != [1] and "postgresql" not in kinds:
+            ap.error("--hosts 2 needs --metadata postgresql (several hosts share one PostgreSQL)")
+        for kind, hosts in [(k, h) for k in kinds for h in counts if k == "postgresql" or h == 1]:
             url = None
             if kind == "postgresql":
-                pg = start_postgres(work)
+                if pg is None:
+                    pg = start_postgres(work)
                 url = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{pg.database}"
-            port, started = start_ours(work / kind, users, url)
+                if hosts > 1 or len(counts) > 1:  # each setup its own database
+                    url = new_database(pg, f"bench_{hosts}")
+            ports, started = start_ours(work / f"{kind}{hosts}", users, url, hosts)
             procs += started
             name = "mailstore" if args.metadata != "both" else f"ms+{kind[:6]}"
-            targets.append((name, port, lambda started=started, kind=kind: [p.pid for p in started] + (
+            name += f" x{hosts}" if len(counts) > 1 or hosts > 1 else ""
+            targets.append((name, ports, lambda started=started, kind=kind: [p.pid for p in started] + (
                 postgres_pids(pg) if kind == "postgresql" else [])))
         theirs, conf = start_dovecot(work, users)
-        targets.append(("dovecot", theirs, lambda: dovecot_pids(conf)))
+        targets.append(("dovecot", [theirs], lambda: dovecot_pids(conf)))
         results: dict[str, list[tuple[float, float, float, float, int]]] = {}
         for _ in range(args.rounds):  # the servers take turns: the machine is shared and noisy
-            for name, port, pids in targets:
+            for name, ports, pids in targets:
                 c0 = cpu_seconds(pids())
-                secs, lat, bad = asyncio.run(load(port, users, args.messages, args.connections))
+                secs, lat, bad = asyncio.run(load(ports, users, args.messages, args.connections))
                 cpu = cpu_seconds(pids()) - c0
                 n = len(lat)
                 results.setdefault(name, []).append((n / secs, pct(lat, 0.5), pct(lat, 0.99), cpu / max(n * len(users), 1) * 1000, bad))
@@ -300,10 +328,10 @@ def main() -> int:
         if pg is not None:
             pg.stop()
         stop_all(procs, conf, work)
-    print(f"{'server':<11}{'msgs/s':>8}{'deliveries/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k deliv':>16}{'errors':>8}  rounds")
+    print(f"{'server':<14}{'msgs/s':>8}{'deliveries/s':>14}{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k deliv':>16}{'errors':>8}  rounds")
     base = next(r[1] for r in rows if r[0] == "dovecot")
     for name, rate, p50, p99, cpu, bad, rounds in rows:
-        print(f"{name:<11}{rate:>8.0f}{rate * args.recipients:>14.0f}{p50:>8.1f}{p99:>8.1f}{cpu:>16.2f}{bad:>8}  {rounds}")
+        print(f"{name:<14}{rate:>8.0f}{rate * args.recipients:>14.0f}{p50:>8.1f}{p99:>8.1f}{cpu:>16.2f}{bad:>8}  {rounds}")
     for name, mine, *_ in rows:
         if name != "dovecot":
             print(f"\n{name} / dovecot: {mine / base:.2f}x messages/s "

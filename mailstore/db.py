@@ -286,6 +286,13 @@ class MetaStore:
             return len(dropped)
 
     @staticmethod
+    def bump_modseq(c: Conn, mailbox_id: int) -> int:
+        """Inside a write transaction: the mailbox's next MODSEQ, taken (one statement)."""
+        modseq: int = c.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id=? "
+                                "RETURNING highestmodseq", (mailbox_id,)).fetchone()[0]
+        return modseq
+
+    @staticmethod
     def uncover(c: Conn, dropped: Iterable[tuple[int, int]], modseqs: dict[int, int] | None = None) -> None:
         """Inside a write transaction that dropped or committed the reservations `dropped`
         ((mailbox id, uid) pairs): the rows above a reservation were hidden from readers
@@ -299,8 +306,7 @@ class MetaStore:
         for box_id, uid in sorted(lowest.items()):
             modseq = modseqs.get(box_id) if modseqs is not None else None
             if modseq is None:
-                modseq = c.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id=? "
-                                   "RETURNING highestmodseq", (box_id,)).fetchone()[0]
+                modseq = MetaStore.bump_modseq(c, box_id)
             c.execute("UPDATE messages SET modseq=? WHERE mailbox_id=? AND uid>? AND modseq<?",
                       (modseq, box_id, uid, modseq))
 
@@ -340,7 +346,7 @@ class MetaStore:
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
         """(uid, flags) of visible rows changed after `modseq`, and the visible message count: one
         statement, so both come from one snapshot."""
-        self.visible_uid_limit(mailbox_id)  # reaps what a dead owner left
+        self.reap_now_and_then()  # what a dead owner left
         rows = self.conn().execute(
             f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND {VISIBLE} "
             f"UNION ALL SELECT 0, CAST(count(*) AS TEXT) FROM messages WHERE mailbox_id=? AND {VISIBLE}",
@@ -350,14 +356,14 @@ class MetaStore:
 
     def uid_flags(self, mailbox_id: int) -> list[tuple[int, tuple[str, ...]]]:
         """(uid, flags) of the visible messages: what SELECT needs, nothing more."""
-        self.visible_uid_limit(mailbox_id)
+        self.reap_now_and_then()
         rows = self.conn().execute(f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND {VISIBLE} ORDER BY uid",
                                    (mailbox_id, mailbox_id))
         return [(u, tuple(f.split()) if f else ()) for u, f in rows]
 
     def visible_uids(self, mailbox_id: int) -> set[int]:
         """The UIDs of the visible messages: enough to tell which ones were expunged."""
-        self.visible_uid_limit(mailbox_id)
+        self.reap_now_and_then()
         rows = self.conn().execute(f"SELECT uid FROM messages WHERE mailbox_id=? AND {VISIBLE}",
                                    (mailbox_id, mailbox_id))
         return {u for u, in rows}
@@ -583,7 +589,7 @@ class MetaStore:
         `modseqs` (mailbox id -> modseq) gives the messages of one transaction one modseq."""
         modseq = modseqs.get(m.mailbox_id) if modseqs is not None else None
         if modseq is None:
-            modseq = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (m.mailbox_id,)).fetchone()[0] + 1
+            modseq = MetaStore.bump_modseq(c, m.mailbox_id)
             if modseqs is not None:
                 modseqs[m.mailbox_id] = modseq
         env = m.envelope if isinstance(m.envelope, str) else json.dumps(m.envelope)
@@ -592,7 +598,6 @@ class MetaStore:
                   " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                   (m.mailbox_id, m.uid, m.guid, m.object_key, m.size, m.internal_date, m.saved, " ".join(m.flags),
                    modseq, env, bs))
-        c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, m.mailbox_id))
         MetaStore.define_keywords(c, m.mailbox_id, m.flags)
         c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (m.size, m.user))
         if not c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid)).rowcount:
@@ -631,16 +636,23 @@ class MetaStore:
         so its owner is checked (at most every REAP_INTERVAL_SECONDS) before it hides newer mail,
         and one past RESERVATION_SECONDS is dropped by the same reaper (never merely skipped: the
         mail it uncovers gets a new MODSEQ, see uncover)."""
-        row = self.conn().execute("SELECT min(uid), min(expires) FROM pending WHERE mailbox_id=?",
-                                  (mailbox_id,)).fetchone()
-        limit: int | None = row[0]
-        if limit is not None and row[1] - RESERVATION_SECONDS < time.time() - STALE_RESERVATION_SECONDS \
-                and time.monotonic() - self._last_reap > REAP_INTERVAL_SECONDS and self.drop_dead_reservations():
-            limit = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=?", (mailbox_id,)).fetchone()[0]
+        self.reap_now_and_then()
+        limit: int | None = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=?",
+                                                (mailbox_id,)).fetchone()[0]
         return limit
 
+    def reap_now_and_then(self) -> None:
+        """Before a read of visible mail, at most every REAP_INTERVAL_SECONDS: if any reservation is
+        STALE_RESERVATION_SECONDS old, drop_dead_reservations asks whether its owner lives."""
+        if time.monotonic() - self._last_reap <= REAP_INTERVAL_SECONDS:
+            return
+        self._last_reap = time.monotonic()
+        oldest = self.conn().execute("SELECT min(expires) FROM pending").fetchone()[0]  # in flight only: few rows
+        if oldest is not None and oldest - RESERVATION_SECONDS < time.time() - STALE_RESERVATION_SECONDS:
+            self.drop_dead_reservations()
+
     def messages(self, mailbox_id: int) -> list[Message]:
-        self.visible_uid_limit(mailbox_id)
+        self.reap_now_and_then()
         rows = self.conn().execute(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id=? AND {VISIBLE} ORDER BY uid",
             (mailbox_id, mailbox_id))

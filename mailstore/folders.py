@@ -45,12 +45,6 @@ def _box(c: Conn, user: str, name: str) -> Mailbox:
     return Mailbox(*row)
 
 
-def _bump(c: Conn, mailbox_id: int) -> int:
-    modseq: int = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()[0] + 1
-    c.execute("UPDATE mailboxes SET highestmodseq=? WHERE id=?", (modseq, mailbox_id))
-    return modseq
-
-
 def create_mailbox(meta: MetaStore, user: str, name: str, special_use: str | None = None) -> str:
     """Create the mailbox; returns its GUID."""
     guid = uuid.uuid4().hex
@@ -92,7 +86,7 @@ def rename_mailbox(meta: MetaStore, user: str, old: str, new: str) -> None:
             dst = _box(c, user, new)
             moved = [u for u, in c.execute("SELECT uid FROM messages WHERE mailbox_id=?", (src.id,))]
             c.execute("UPDATE messages SET mailbox_id=? WHERE mailbox_id=?", (dst.id, src.id))
-            MetaStore.log_expunged(c, src.id, _bump(c, src.id), moved)
+            MetaStore.log_expunged(c, src.id, MetaStore.bump_modseq(c, src.id), moved)
             return
         c.execute("UPDATE mailboxes SET name=? WHERE id=?", (new, src.id))
         prefix = old + SEPARATOR
@@ -149,7 +143,7 @@ def store_flags(meta: MetaStore, mailbox_id: int, uids: list[int], action: str, 
                 done[uid] = (tuple(current), row[1])
                 continue
             if modseq is None:
-                modseq = _bump(c, mailbox_id)
+                modseq = MetaStore.bump_modseq(c, mailbox_id)
             c.execute("UPDATE messages SET flags=?, modseq=? WHERE mailbox_id=? AND uid=?",
                       (" ".join(new), modseq, mailbox_id, uid))
             done[uid] = (tuple(new), modseq)
@@ -178,7 +172,7 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
         for uid, _, _ in chosen:
             c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
         if chosen:
-            MetaStore.log_expunged(c, mailbox_id, _bump(c, mailbox_id), [u for u, _, _ in chosen])
+            MetaStore.log_expunged(c, mailbox_id, MetaStore.bump_modseq(c, mailbox_id), [u for u, _, _ in chosen])
             _release_quota(c, user, sum(s for _, _, s in chosen))
         return [u for u, _, _ in chosen], _unreferenced(c, list({k for _, k, _ in chosen}))
 
@@ -194,7 +188,7 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
         dst = _box(c, user, dst_name)
         pairs: list[tuple[int, int]] = []
         next_uid = dst.uidnext
-        modseq = _bump(c, dst.id)
+        modseq = MetaStore.bump_modseq(c, dst.id)
         added = 0
         saved = time.time()  # saved into this mailbox now (RFC 8514 SAVEDATE)
         for uid in sorted(uids):
@@ -215,7 +209,7 @@ def copy_messages(meta: MetaStore, user: str, src_id: int, uids: list[int], dst_
         if move and pairs:
             for uid, _ in pairs:
                 c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (src_id, uid))
-            MetaStore.log_expunged(c, src_id, _bump(c, src_id), [u for u, _ in pairs])
+            MetaStore.log_expunged(c, src_id, MetaStore.bump_modseq(c, src_id), [u for u, _ in pairs])
         elif added:
             c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (added, user))
         return dst.uidvalidity, pairs, []

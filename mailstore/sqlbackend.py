@@ -146,6 +146,14 @@ class PgConn:
         except psycopg.OperationalError as exc:  # the server went away: a temporary failure
             raise self._lose(exc) from None
 
+    def script(self, sql: str) -> None:
+        """Several statements without parameters, in one round trip (the simple query protocol)."""
+        import psycopg
+        try:
+            self.c.execute(sql)
+        except psycopg.OperationalError as exc:
+            raise self._lose(exc) from None
+
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any:
         import psycopg
         try:
@@ -211,8 +219,8 @@ class PostgresBackend:
         return NoLock()
 
     def begin_write(self, c: Conn) -> None:
-        c.execute("BEGIN")
-        c.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
+        assert isinstance(c, PgConn)
+        c.script(f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY:d})")  # one round trip, not two
 
     def hold_liveness(self, owner: str) -> None:
         """While this process lives, a session advisory lock named after it is held, on a connection of

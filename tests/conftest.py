@@ -167,6 +167,22 @@ def postgres():  # type: ignore[no-untyped-def]
     server.remove()
 
 
+# ------------------------------------------------------------------ Ceph (issue 16)
+
+@pytest.fixture(scope="session")
+def ceph():  # type: ignore[no-untyped-def]
+    """One throw-away Ceph cluster for the whole session (runtime/ceph.py), removed at the end."""
+    import tempfile
+
+    from runtime.ceph import PrivateCeph
+    cluster = PrivateCeph(Path(tempfile.mkdtemp(prefix="mailstore-ceph-")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
 def new_metadata(request, base: Path, kind: str | None = None) -> str:  # type: ignore[no-untyped-def]
     """A fresh metadata store for a test module: a SQLite file under `base`, or (when the
     request's param is "postgresql") a new database of the session's PostgreSQL, as a URL

@@ -1,0 +1,435 @@
+"""Objects on Ceph RADOS through librados (issue 16): any number of gateways on any number of
+hosts, all state in the cluster.
+
+Layout, designed for small immutable mail objects:
+
+- **Data objects** (data pool): one per stored version, named `<bucket id>.<random>`,
+  never overwritten. Each holds one self-describing record (records.py: bucket, key,
+  metadata, CRC32 of header and body), written whole by one exclusive-create
+  `write_full`, so the data, its metadata and its checksum land in one atomic RADOS
+  write. Every read verifies the checksums.
+- **The bucket index** (index pool): OMAP entries sharded over `shards` objects
+  `<bucket id>.<n>` (n = CRC32 of the key mod shards, fixed when the bucket is made). An
+  entry maps the key to its data object and its metadata (`{"o": oid, "m": meta}`), so
+  HEAD and LIST read the index alone. The index is the truth: a key exists when its entry
+  does.
+- **Buckets** (metadata pool): OMAP entries of the object `buckets`, name -> `{"id",
+  "owner", "created", "shards"}`.
+
+Write order: the data object first, then the index entry, so a crash leaves an orphan
+(a data object no entry names; `sweep` removes it), never an entry without its data.
+Every index change is one compound operation on one shard object that compares the
+entry it replaces (`omap_cmp` EQ the value read, or EQ "" for "absent"), so two gateways
+never race in a read-then-write: If-None-Match, If-Match, overwrites and deletes are
+atomic per key. A data object that lost such a race is removed at once.
+
+librados calls back on its own threads; `_aio` resolves an asyncio future on the loop
+from there, so one gateway keeps many operations in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import records
+from .model import (
+    BucketAlreadyExists,
+    BucketNotEmpty,
+    Conditions,
+    CorruptRecord,
+    EngineUnavailable,
+    ListEntry,
+    ListPage,
+    NoSuchBucket,
+    NoSuchKey,
+    ObjectMeta,
+    PreconditionFailed,
+)
+
+BUCKETS = "buckets"  # the metadata pool's object whose OMAP lists the buckets
+DEFAULT_SHARDS = 16
+ECANCELED = 125  # an omap_cmp that did not hold
+ENOENT = 2
+EEXIST = 17
+MAX_READ = 64 << 20  # data objects stay below this (larger bodies: striping, to come)
+CAS_ATTEMPTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RadosBucket:
+    name: str
+    id: str
+    owner: str
+    created: float
+    shards: int
+
+    def shard(self, key: str) -> str:
+        return f"{self.id}.{zlib.crc32(key.encode()) % self.shards}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An object as the index names it."""
+
+    oid: str
+    meta: ObjectMeta
+    raw: str  # the entry's exact text, for the next compare-and-swap
+
+
+class RadosStore:
+    """One connection to the cluster (librados is thread-safe; one per gateway process)."""
+
+    def __init__(self, conffile: str, user: str, keyring: str, *, data_pool: str, index_pool: str,
+                 meta_pool: str) -> None:
+        import rados
+        self._rados = rados
+        self.cluster = rados.Rados(conffile=conffile, name=user, conf={"keyring": keyring})
+        try:
+            self.cluster.connect(timeout=30)
+            self.data = self.cluster.open_ioctx(data_pool)
+            self.index = self.cluster.open_ioctx(index_pool)
+            self.meta = self.cluster.open_ioctx(meta_pool)
+        except rados.Error as exc:
+            self.cluster.shutdown()
+            raise EngineUnavailable(f"RADOS: {exc}") from None
+        self._buckets: dict[str, RadosBucket] = {}
+
+    def close(self) -> None:
+        for io in (self.data, self.index, self.meta):
+            io.close()
+        self.cluster.shutdown()
+
+    # ------------------------------------------------------------------ librados on the loop
+
+    async def _aio(self, start: Callable[[Callable[..., None]], Any]) -> tuple[int, Any]:
+        """Start an asynchronous librados call with a completion callback; its return value
+        (negative errno or >= 0) and, for reads, its data, resolved on this loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
+
+        def done(completion: Any, data: Any = None) -> None:  # on a librados thread
+            rv = completion.get_return_value()
+
+            def resolve() -> None:
+                if not fut.done():  # the caller may have been cancelled meanwhile
+                    fut.set_result((rv, data))
+            loop.call_soon_threadsafe(resolve)
+
+        try:
+            start(done)
+        except self._rados.Error as exc:
+            raise EngineUnavailable(f"RADOS: {exc}") from None
+        return await fut
+
+    async def _write(self, io: Any, oid: str, build: Callable[[Any], None]) -> int:
+        """One compound write operation on `oid`; its return value (0, or -errno)."""
+        op = io.create_write_op()
+        try:
+            build(op)
+            rv, _ = await self._aio(lambda cb: io.operate_aio_write_op(op, oid, oncomplete=cb))
+        finally:
+            io.release_write_op(op)
+        return rv
+
+    async def _omap_get(self, io: Any, oid: str, keys: tuple[str, ...]) -> dict[str, bytes]:
+        op = io.create_read_op()
+        try:
+            it, _ = io.get_omap_vals_by_keys(op, keys)
+            rv, _ = await self._aio(lambda cb: io.operate_aio_read_op(op, oid, oncomplete=cb))
+            if rv == -ENOENT:
+                raise FileNotFoundError(oid)
+            _check(rv, f"reading the index {oid}")
+            return dict(it)
+        finally:
+            io.release_read_op(op)
+
+    async def _omap_page(self, io: Any, oid: str, after: str, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        op = io.create_read_op()
+        try:
+            it, _ = io.get_omap_vals(op, after, prefix, limit)
+            rv, _ = await self._aio(lambda cb: io.operate_aio_read_op(op, oid, oncomplete=cb))
+            if rv == -ENOENT:
+                raise FileNotFoundError(oid)
+            _check(rv, f"listing the index {oid}")
+            return list(it)
+        finally:
+            io.release_read_op(op)
+
+    # ------------------------------------------------------------------ buckets
+
+    async def create_bucket(self, name: str, owner: str, shards: int = DEFAULT_SHARDS) -> RadosBucket:
+        """Its index shards first, then its entry (exclusive: a second create fails), so a
+        listed bucket always has its shards."""
+        b = RadosBucket(name, secrets.token_hex(8), owner, time.time(), shards)
+        for n in range(shards):
+            _check(await self._write(self.index, f"{b.id}.{n}",
+                                     lambda op: op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)), "a new shard")
+        value = json.dumps({"id": b.id, "owner": owner, "created": b.created, "shards": shards})
+
+        def register(op: Any) -> None:
+            op.new(self._rados.LIBRADOS_CREATE_IDEMPOTENT)
+            op.omap_cmp(name, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            self.meta.set_omap(op, (name,), (value.encode(),))
+
+        rv = await self._write(self.meta, BUCKETS, register)
+        if rv == -ECANCELED:
+            await self._remove_shards(b)
+            raise BucketAlreadyExists(name)
+        _check(rv, "registering the bucket")
+        self._buckets[name] = b
+        return b
+
+    async def bucket(self, name: str) -> RadosBucket:
+        """The bucket (cached: a bucket's id and shard count never change)."""
+        b = self._buckets.get(name)
+        if b is not None:
+            return b
+        try:
+            got = await self._omap_get(self.meta, BUCKETS, (name,))
+        except FileNotFoundError:
+            raise NoSuchBucket(name) from None
+        if name not in got:
+            raise NoSuchBucket(name)
+        d = json.loads(got[name])
+        b = self._buckets[name] = RadosBucket(name, d["id"], d["owner"], d["created"], d["shards"])
+        return b
+
+    async def list_buckets(self) -> list[RadosBucket]:
+        out: list[RadosBucket] = []
+        after = ""
+        while True:
+            try:
+                page = await self._omap_page(self.meta, BUCKETS, after, "", 1000)
+            except FileNotFoundError:
+                return out
+            for name, raw in page:
+                d = json.loads(raw)
+                out.append(RadosBucket(name, d["id"], d["owner"], d["created"], d["shards"]))
+            if len(page) < 1000:
+                return out
+            after = page[-1][0]
+
+    async def delete_bucket(self, name: str) -> None:
+        b = await self.bucket(name)
+        for n in range(b.shards):
+            if await self._omap_page(self.index, f"{b.id}.{n}", "", "", 1):
+                raise BucketNotEmpty(name)
+        raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
+        if raw is None:
+            raise NoSuchBucket(name)
+
+        def unregister(op: Any) -> None:
+            op.omap_cmp(name, raw.decode(), self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            self.meta.remove_omap_keys(op, (name,))
+
+        rv = await self._write(self.meta, BUCKETS, unregister)
+        if rv == -ECANCELED:
+            raise NoSuchBucket(name)
+        _check(rv, "removing the bucket")
+        self._buckets.pop(name, None)
+        await self._remove_shards(b)
+
+    async def _remove_shards(self, b: RadosBucket) -> None:
+        for n in range(b.shards):
+            shard = f"{b.id}.{n}"
+            rv, _ = await self._aio(lambda cb: self.index.aio_remove(shard, oncomplete=cb))  # noqa: B023 - awaited here
+            if rv not in (0, -ENOENT):
+                _check(rv, "removing a shard")
+
+    # ------------------------------------------------------------------ objects
+
+    async def _entry(self, b: RadosBucket, key: str) -> Stored | None:
+        try:
+            got = await self._omap_get(self.index, b.shard(key), (key,))
+        except FileNotFoundError:
+            raise NoSuchBucket(b.name) from None
+        raw = got.get(key)
+        if raw is None:
+            return None
+        text = raw.decode()
+        d = json.loads(text)
+        return Stored(d["o"], ObjectMeta.from_json(d["m"]), text)
+
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
+        """From the index alone: one RADOS read."""
+        entry = await self._entry(await self.bucket(bucket), key)
+        if entry is None:
+            raise NoSuchKey(key)
+        return entry.meta
+
+    async def get(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes]:
+        """The index entry, then the data object, its checksums verified (a mismatch is
+        CorruptRecord, never bytes)."""
+        b = await self.bucket(bucket)
+        entry = await self._entry(b, key)
+        if entry is None:
+            raise NoSuchKey(key)
+        oid = entry.oid
+        rv, data = await self._aio(lambda cb: self.data.aio_read(oid, MAX_READ, 0, cb))
+        if rv == -ENOENT:  # deleted or overwritten since the index was read: read it again
+            return await self.get(bucket, key)
+        _check(rv, f"reading {oid}")
+        rec = records.decode(bytes(data))
+        if rec.namespace != bucket or rec.key != key:
+            raise CorruptRecord(f"{oid} holds {rec.namespace}/{rec.key}, not {bucket}/{key}")
+        assert rec.meta is not None
+        return rec.meta, rec.body
+
+    async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
+                  cond: Conditions | None = None) -> None:
+        """The data object (exclusive create of a new name), then the index entry swapped in
+        by one compare-and-swap on its shard; the data it replaced is removed after."""
+        b = await self.bucket(bucket)
+        cond = cond or Conditions()
+        oid = f"{b.id}.{secrets.token_hex(12)}"
+        meta_text = records.meta_json(meta)
+        record = records.encode(records.PUT, 0, bucket, key, meta_text, None, (), body)
+
+        def create(op: Any) -> None:
+            op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)
+            op.write_full(record)
+
+        _check(await self._write(self.data, oid, create), "writing the object")
+        value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'
+        try:
+            current: Stored | None = None  # mail keys are new: first try "absent", no read
+            if cond.if_match is not None:
+                current = await self._entry(b, key)
+                _check_match(current, cond, key)
+            for _ in range(CAS_ATTEMPTS):
+                rv = await self._swap(b, key, current.raw if current is not None else "", value)
+                if rv == 0:
+                    break
+                if rv != -ECANCELED:
+                    _check(rv, "updating the index")
+                current = await self._entry(b, key)  # someone else's entry is there (now)
+                if cond.if_none_match_any and current is not None:
+                    raise PreconditionFailed(key)
+                if cond.if_match is not None:
+                    _check_match(current, cond, key)
+            else:
+                raise EngineUnavailable(f"{bucket}/{key}: the index kept changing")
+        except BaseException:
+            await self._remove_data(oid)
+            raise
+        if current is not None:
+            await self._remove_data(current.oid)
+
+    async def _swap(self, b: RadosBucket, key: str, expected: str, value: str | None) -> int:
+        """Set (or remove, value None) the entry if it is still `expected` ("" = absent)."""
+        def build(op: Any) -> None:
+            op.omap_cmp(key, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            if value is None:
+                self.index.remove_omap_keys(op, (key,))
+            else:
+                self.index.set_omap(op, (key,), (value.encode(),))
+
+        rv = await self._write(self.index, b.shard(key), build)
+        if rv == -ENOENT:
+            raise NoSuchBucket(b.name)
+        return rv
+
+    async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
+        """The entry out (compare-and-swap), then its data; False when there was none."""
+        b = await self.bucket(bucket)
+        cond = cond or Conditions()
+        for _ in range(CAS_ATTEMPTS):
+            current = await self._entry(b, key)
+            if cond.if_match is not None:
+                _check_match(current, cond, key)
+            if current is None:
+                return False
+            rv = await self._swap(b, key, current.raw, None)
+            if rv == 0:
+                await self._remove_data(current.oid)
+                return True
+            if rv != -ECANCELED:
+                _check(rv, "updating the index")
+        raise EngineUnavailable(f"{bucket}/{key}: the index kept changing")
+
+    async def _remove_data(self, oid: str) -> None:
+        """Best effort: what stays behind is an orphan for the sweep."""
+        try:
+            await self._aio(lambda cb: self.data.aio_remove(oid, oncomplete=cb))
+        except EngineUnavailable:
+            pass
+
+    # ------------------------------------------------------------------ listing
+
+    async def list_objects(self, bucket: str, prefix: str, delimiter: str, marker: str | None,
+                           max_keys: int) -> ListPage:
+        """One page of an S3 listing: a batch from every shard at once, merged in key order
+        (UTF-8 bytes, as OMAP and S3 sort). Only keys up to the smallest last key of a full
+        batch are certain to be complete; the next round starts there. With a delimiter,
+        every shard restarts after a rolled-up prefix, so its keys are never read."""
+        b = await self.bucket(bucket)
+        entries: list[ListEntry] = []
+        prefixes: list[str] = []
+        if max_keys <= 0:
+            return ListPage(entries, prefixes, False, None)
+        after = marker or ""
+        if after and delimiter and after.startswith(prefix):
+            i = after.find(delimiter, len(prefix))
+            if i >= 0:  # the marker is a prefix already rolled up: skip what it covers
+                after = _past(after[: i + len(delimiter)])
+        batch = min(max_keys + 1, 1000)
+        last: str | None = None
+        while True:
+            try:
+                pages = await asyncio.gather(*(self._omap_page(self.index, f"{b.id}.{n}", after, prefix, batch)
+                                               for n in range(b.shards)))
+            except FileNotFoundError:
+                raise NoSuchBucket(bucket) from None
+            full = [p[-1][0].encode() for p in pages if len(p) == batch]
+            limit = min(full) if full else None
+            resume: str | None = None
+            for key, raw in sorted((kv for p in pages for kv in p), key=lambda kv: kv[0].encode()):
+                kb = key.encode()
+                if limit is not None and kb > limit:
+                    break
+                cp = None
+                if delimiter:
+                    i = key.find(delimiter, len(prefix))
+                    if i >= 0:
+                        cp = key[: i + len(delimiter)]
+                        if prefixes and prefixes[-1] == cp:
+                            continue
+                if len(entries) + len(prefixes) >= max_keys:
+                    return ListPage(entries, prefixes, True, last)
+                if cp is not None:
+                    prefixes.append(cp)
+                    last = cp
+                    resume = _past(cp)
+                    break
+                m = json.loads(raw)["m"]
+                entries.append(ListEntry(key, m["s"], m["e"], m["t"]))
+                last = key
+            if resume is None:
+                if limit is None:
+                    return ListPage(entries, prefixes, False, None)
+                resume = limit.decode()
+            after = resume
+
+
+def _past(cp: str) -> str:
+    """A start-after that skips every key beginning with `cp` (U+10FFFF sorts last in UTF-8)."""
+    return cp + "\U0010ffff"
+
+
+def _check(rv: int, what: str) -> None:
+    if rv < 0:
+        raise EngineUnavailable(f"RADOS: {what} failed: errno {-rv}")
+
+
+def _check_match(current: Stored | None, cond: Conditions, key: str) -> None:
+    if current is None:
+        raise NoSuchKey(key)  # AWS: If-Match on a missing key is 404
+    if cond.if_match not in ("*", current.meta.etag, current.meta.etag.strip('"')):
+        raise PreconditionFailed(key)

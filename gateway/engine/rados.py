@@ -133,7 +133,9 @@ class RadosStore:
         op = io.create_write_op()
         try:
             build(op)
-            rv, _ = await self._aio(lambda cb: io.operate_aio_write_op(op, oid, oncomplete=cb))
+            # mtime: the binding would send 0 (the epoch) rather than "now"; the sweep reads it
+            rv, _ = await self._aio(lambda cb: io.operate_aio_write_op(op, oid, oncomplete=cb,
+                                                                      mtime=int(time.time())))
         finally:
             io.release_write_op(op)
         return rv

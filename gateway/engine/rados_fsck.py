@@ -1,0 +1,164 @@
+"""Checking and repairing the RADOS layout (rados.py): the orphan sweep, the index check
+against the data pool, and a bucket index rebuilt from the data objects alone.
+
+Blocking (librados's synchronous calls): for the admin CLI, or a thread.
+
+- **sweep**: a data object that no index entry names is an orphan: a PUT cut between its
+  two writes, the loser of a race, data whose removal failed, or a deleted bucket's. It
+  is removed once older than `min_age`, since a younger one may belong to a PUT between
+  its data write and its index swap.
+- **check**: every index entry's data object exists and (deep) holds that bucket and
+  key with good checksums.
+- **rebuild**: a bucket's index made again from its data objects (each record names its
+  bucket and key): per key, the newest record; entries already present are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import records
+from .model import CorruptRecord, ObjectMeta
+from .rados import RadosBucket, RadosStore
+
+HEAD_READ = 64 << 10
+
+
+@dataclass
+class FsckReport:
+    scanned: int = 0
+    removed: list[str] = field(default_factory=list)
+    too_young: int = 0
+    dangling: list[tuple[str, str]] = field(default_factory=list)  # (bucket, key)
+    corrupt: list[str] = field(default_factory=list)
+    restored: int = 0
+
+
+def _header(store: RadosStore, oid: str) -> records.Record:
+    """The record's prefix and header (checksummed), without its body."""
+    head = store.data.read(oid, HEAD_READ, 0)
+    p = records.decode_prefix(head)
+    if records.PREFIX_SIZE + p.hlen > len(head):
+        head = store.data.read(oid, records.PREFIX_SIZE + p.hlen, 0)
+    h = json.loads(records.check_header(head, p))
+    meta = ObjectMeta.from_json(h["m"]) if "m" in h else None
+    return records.Record(p.kind, p.seq, h["b"], h["k"], meta, h.get("p"), (), b"")
+
+
+def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
+    """(key, data object) of every index entry of a bucket, shard by shard."""
+    import rados
+    for n in range(b.shards):
+        after = ""
+        while True:
+            with rados.ReadOpCtx() as op:
+                it, _ = store.index.get_omap_vals(op, after, "", 1000)
+                store.index.operate_read_op(op, f"{b.id}.{n}")
+                page = list(it)
+            for key, raw in page:
+                yield key, json.loads(raw)["o"]
+            if len(page) < 1000:
+                break
+            after = page[-1][0]
+
+
+def _named(store: RadosStore, b: RadosBucket, key: str) -> str | None:
+    import rados
+    with rados.ReadOpCtx() as op:
+        it, _ = store.index.get_omap_vals_by_keys(op, (key,))
+        store.index.operate_read_op(op, b.shard(key))
+        got = dict(it)
+    return json.loads(got[key])["o"] if key in got else None
+
+
+def sweep(store: RadosStore, buckets: list[RadosBucket], min_age: float = 3600.0) -> FsckReport:
+    """Remove the data objects no index entry names, older than `min_age` seconds."""
+    import rados
+    report = FsckReport()
+    by_id = {b.id: b for b in buckets}
+    now = time.time()
+    for obj in store.data.list_objects():
+        oid = obj.key
+        report.scanned += 1
+        try:
+            _, mtime = store.data.stat(oid)
+        except rados.ObjectNotFound:
+            continue  # removed meanwhile
+        if now - time.mktime(mtime) < min_age:
+            report.too_young += 1
+            continue
+        b = by_id.get(oid.split(".", 1)[0])
+        if b is not None:
+            try:
+                rec = _header(store, oid)
+            except CorruptRecord:
+                report.corrupt.append(oid)  # never removed silently: fsck reports it
+                continue
+            except rados.ObjectNotFound:
+                continue
+            if rec.namespace == b.name and _named(store, b, rec.key) == oid:
+                continue
+        store.data.remove_object(oid)
+        report.removed.append(oid)
+    return report
+
+
+def check(store: RadosStore, buckets: list[RadosBucket], *, deep: bool = False) -> FsckReport:
+    """Every entry's data object is there (deep: and holds that key, checksums good)."""
+    import rados
+    report = FsckReport()
+    for b in buckets:
+        for key, oid in _entries(store, b):
+            report.scanned += 1
+            try:
+                if deep:
+                    rec = records.decode(store.data.read(oid, store.data.stat(oid)[0], 0))
+                    if (rec.namespace, rec.key) != (b.name, key):
+                        report.corrupt.append(oid)
+                else:
+                    store.data.stat(oid)
+            except rados.ObjectNotFound:
+                report.dangling.append((b.name, key))
+            except CorruptRecord:
+                report.corrupt.append(oid)
+    return report
+
+
+def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
+    """The bucket's index from its data objects: per key the newest record (by its mtime),
+    set where the index has no entry."""
+    import rados
+    report = FsckReport()
+    newest: dict[str, tuple[float, str, str]] = {}  # key -> (mtime, oid, meta text)
+    for obj in store.data.list_objects():
+        if not obj.key.startswith(b.id + "."):
+            continue
+        report.scanned += 1
+        try:
+            rec = _header(store, obj.key)
+        except CorruptRecord:
+            report.corrupt.append(obj.key)
+            continue
+        if rec.namespace != b.name or rec.meta is None:
+            continue
+        if rec.key not in newest or rec.meta.mtime > newest[rec.key][0]:
+            newest[rec.key] = (rec.meta.mtime, obj.key, records.meta_json(rec.meta))
+    for n in range(b.shards):  # the shards, where the index pool lost them
+        with rados.WriteOpCtx() as op:
+            op.new(rados.LIBRADOS_CREATE_IDEMPOTENT)
+            store.index.operate_write_op(op, f"{b.id}.{n}")
+    for key, (_, oid, meta_text) in sorted(newest.items()):
+        value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'.encode()
+        with rados.WriteOpCtx() as op:
+            op.omap_cmp(key, "", rados.LIBRADOS_CMPXATTR_OP_EQ)  # an entry that is there stays
+            store.index.set_omap(op, (key,), (value,))
+            try:
+                store.index.operate_write_op(op, b.shard(key))
+                report.restored += 1
+            except OSError as exc:
+                if getattr(exc, "errno", None) != 125:  # ECANCELED: the entry exists
+                    raise
+    return report

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import records
 from .model import CorruptRecord, ObjectMeta
-from .rados import RadosBucket, RadosStore
+from .rados import BUCKETS, RadosBucket, RadosStore
 
 HEAD_READ = 64 << 10
 
@@ -74,11 +74,33 @@ def _named(store: RadosStore, b: RadosBucket, key: str) -> str | None:
     return json.loads(got[key])["o"] if key in got else None
 
 
-def sweep(store: RadosStore, buckets: list[RadosBucket], min_age: float = 3600.0) -> FsckReport:
-    """Remove the data objects no index entry names, older than `min_age` seconds."""
+def buckets(store: RadosStore) -> list[RadosBucket]:
+    """Every bucket, as the metadata pool lists them."""
+    import rados
+    out: list[RadosBucket] = []
+    after = ""
+    while True:
+        with rados.ReadOpCtx() as op:
+            it, _ = store.meta.get_omap_vals(op, after, "", 1000)
+            try:
+                store.meta.operate_read_op(op, BUCKETS)
+            except rados.ObjectNotFound:
+                return out
+            page = list(it)
+        for name, raw in page:
+            d = json.loads(raw)
+            out.append(RadosBucket(name, d["id"], d["owner"], d["created"], d["shards"]))
+        if len(page) < 1000:
+            return out
+        after = page[-1][0]
+
+
+def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
+    """Remove the data objects no index entry names (of every bucket, and of buckets that
+    are gone), older than `min_age` seconds."""
     import rados
     report = FsckReport()
-    by_id = {b.id: b for b in buckets}
+    by_id = {b.id: b for b in buckets(store)}
     now = time.time()
     for obj in store.data.list_objects():
         oid = obj.key

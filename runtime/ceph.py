@@ -254,6 +254,43 @@ osd_memory_target = 1073741824
         path.chmod(0o600)
         return path
 
+    def start_rgw(self, port: int, timeout: float = 120.0) -> tuple[str, str]:
+        """Ceph's own S3 gateway (radosgw, beast frontend) on 127.0.0.1:`port`, the peer the RADOS
+        engine is measured against; an S3 user made for it. Returns (access key, secret)."""
+        name = "client.rgw.x"
+        if not self.keyring(name).exists():
+            self._new_keyring(name, "--cap", "mon", "allow rw", "--cap", "osd", "allow rwx", "--cap", "mgr", "allow rw")
+            self.ceph("auth", "import", "-i", str(self.keyring(name)))
+        (self.root / "rgw").mkdir(exist_ok=True)
+        self._spawn("rgw.x", "radosgw", "-n", name, "--rgw_frontends", f"beast endpoint=127.0.0.1:{port}",
+                    "--rgw_data", str(self.root / "rgw"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # it makes its pools, then listens
+            if self.procs["rgw.x"].poll() is not None:
+                raise CephError(f"radosgw exited: {self.log_tail('rgw.x')}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.5)
+        else:
+            raise CephError(f"radosgw did not listen within {timeout:g}s: {self.log_tail('rgw.x')}")
+        admin = ["radosgw-admin", "-c", str(self.conf), "-n", ADMIN]
+        try:
+            user = json.loads(self._run(*admin, "user", "info", "--uid", "bench"))
+        except CephError:
+            user = json.loads(self._run(*admin, "user", "create", "--uid", "bench", "--display-name", "bench"))
+        key = user["keys"][0]
+        return key["access_key"], key["secret_key"]
+
+    def osd_ops(self) -> dict[str, int]:
+        """The OSDs' client operation counters (reads, writes, read-modify-writes), summed."""
+        total = {"op_r": 0, "op_w": 0, "op_rw": 0}
+        for n in range(self.osds):
+            dump = json.loads(self._run("ceph", "--admin-daemon", str(self.root / "run" / f"osd.{n}.asok"),
+                                        "perf", "dump"))
+            for k in total:
+                total[k] += int(dump["osd"][k])
+        return total
+
     def log_tail(self, name: str, size: int = 2000) -> str:
         text = ""
         for f in (self.root / "log" / f"{name}.stderr", self.root / "log" / f"{name}.log"):
@@ -279,8 +316,8 @@ osd_memory_target = 1073741824
         self._spawn(f"osd.{n}", "ceph-osd", "-i", str(n))
 
     def stop(self) -> None:
-        """OSDs first, then the manager, the monitor last; by PID."""
-        for name in sorted(self.procs, key=lambda n: ("osd", "mgr", "mon").index(n.split(".")[0])):
+        """radosgw and the OSDs first, then the manager, the monitor last; by PID."""
+        for name in sorted(self.procs, key=lambda n: ("rgw", "osd", "mgr", "mon").index(n.split(".")[0])):
             self.stop_daemon(name)
 
     def remove(self) -> None:

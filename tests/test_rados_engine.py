@@ -15,6 +15,7 @@ from gateway.engine.model import (
     BucketNotEmpty,
     Conditions,
     CorruptRecord,
+    EngineUnavailable,
     NoSuchBucket,
     NoSuchKey,
     ObjectMeta,
@@ -239,6 +240,8 @@ def test_sweep_check_and_rebuild(pools) -> None:  # type: ignore[no-untyped-def]
     assert victim is not None
     store.data.remove_object(victim)
     assert rados_fsck.check(store, [b]).dangling == [("b-fsck", "m/3")]
+    with pytest.raises(EngineUnavailable):  # a bounded retry, then a 503, never a hang
+        asyncio.run(store.get("b-fsck", "m/3"))
     # The index pool lost: rebuilt from the data, the newest version of m/0 wins.
     for n in range(b.shards):
         store.index.remove_object(f"{b.id}.{n}")

@@ -270,13 +270,18 @@ class RadosStore:
         """The index entry, then the data object, its checksums verified (a mismatch is
         CorruptRecord, never bytes)."""
         b = await self.bucket(bucket)
-        entry = await self._entry(b, key)
-        if entry is None:
-            raise NoSuchKey(key)
-        oid = entry.oid
-        rv, data = await self._aio(lambda cb: self.data.aio_read(oid, MAX_READ, 0, cb))
-        if rv == -ENOENT:  # deleted or overwritten since the index was read: read it again
-            return await self.get(bucket, key)
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._entry(b, key)
+            if entry is None:
+                raise NoSuchKey(key)
+            oid = entry.oid
+            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, MAX_READ, 0, cb))  # noqa: B023
+            if rv != -ENOENT:
+                break
+            # deleted or overwritten since the index was read: read the index again (an entry
+            # whose data stays missing is damage, which `check` reports)
+        else:
+            raise EngineUnavailable(f"{bucket}/{key}: the index names {oid}, which is missing")
         _check(rv, f"reading {oid}")
         rec = records.decode(bytes(data))
         if rec.namespace != bucket or rec.key != key:

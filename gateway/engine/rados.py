@@ -7,7 +7,8 @@ Layout, designed for small immutable mail objects:
   never overwritten. Each holds one self-describing record (records.py: bucket, key,
   metadata, CRC32 of header and body), written whole by one exclusive-create
   `write_full`, so the data, its metadata and its checksum land in one atomic RADOS
-  write. Every read verifies the checksums.
+  write. Every read verifies the checksums. A body over STRIPE (4 MiB) goes to tail
+  objects `<head>.t<n>` (a CRC32 per MiB each), written before the head that lists them.
 - **The bucket index** (index pool): OMAP entries sharded over `shards` objects
   `<bucket id>.<n>` (n = CRC32 of the key mod shards, fixed when the bucket is made). An
   entry maps the key to its data object and its metadata (`{"o": oid, "m": meta}`), so
@@ -40,6 +41,8 @@ from typing import Any
 
 from . import records
 from .model import (
+    BLOCK_SIZE,
+    BlobRef,
     BucketAlreadyExists,
     BucketNotEmpty,
     Conditions,
@@ -58,7 +61,8 @@ DEFAULT_SHARDS = 16
 ECANCELED = 125  # an omap_cmp that did not hold
 ENOENT = 2
 EEXIST = 17
-MAX_READ = 64 << 20  # data objects stay below this (larger bodies: striping, to come)
+STRIPE = 4 << 20  # a body above this goes to tail objects of this size, listed in the head
+HEAD_MAX = STRIPE + (1 << 20)  # a head object is never larger: its record, with the body inline or not
 CAS_ATTEMPTS = 16
 
 
@@ -275,7 +279,7 @@ class RadosStore:
             if entry is None:
                 raise NoSuchKey(key)
             oid = entry.oid
-            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, MAX_READ, 0, cb))  # noqa: B023
+            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, HEAD_MAX, 0, cb))  # noqa: B023
             if rv != -ENOENT:
                 break
             # deleted or overwritten since the index was read: read the index again (an entry
@@ -287,7 +291,20 @@ class RadosStore:
         if rec.namespace != bucket or rec.key != key:
             raise CorruptRecord(f"{oid} holds {rec.namespace}/{rec.key}, not {bucket}/{key}")
         assert rec.meta is not None
-        return rec.meta, rec.body
+        if not rec.blobs:
+            return rec.meta, rec.body
+        pieces = await asyncio.gather(*(self._read_tail(ref) for ref in rec.blobs))
+        return rec.meta, b"".join(pieces)
+
+    async def _read_tail(self, ref: BlobRef) -> bytes:
+        """A tail object, its CRC32 per BLOCK_SIZE verified."""
+        rv, data = await self._aio(lambda cb: self.data.aio_read(ref.blob_id, ref.size, 0, cb))
+        _check(rv, f"reading {ref.blob_id}")
+        data = bytes(data)
+        crcs = tuple(zlib.crc32(data[i:i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE))
+        if len(data) != ref.size or crcs != ref.crcs:
+            raise CorruptRecord(f"tail {ref.blob_id} failed its checksum")
+        return data
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
                   cond: Conditions | None = None) -> None:
@@ -297,13 +314,18 @@ class RadosStore:
         cond = cond or Conditions()
         oid = f"{b.id}.{secrets.token_hex(12)}"
         meta_text = records.meta_json(meta)
-        record = records.encode(records.PUT, 0, bucket, key, meta_text, None, (), body)
-
-        def create(op: Any) -> None:
-            op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)
-            op.write_full(record)
-
-        _check(await self._write(self.data, oid, create), "writing the object")
+        tails: tuple[BlobRef, ...] = ()
+        try:
+            if len(body) > STRIPE:  # the tails first: a head never names a tail not written
+                tails = tuple(await asyncio.gather(*(
+                    self._write_tail(f"{oid}.t{n}", body[i:i + STRIPE])
+                    for n, i in enumerate(range(0, len(body), STRIPE)))))
+            record = records.encode(records.PUT, 0, bucket, key, meta_text, None, tails, b"" if tails else body)
+            _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, record)),
+                   "writing the object")
+        except BaseException:
+            await self._remove_data(oid, len(body))
+            raise
         value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'
         try:
             current: Stored | None = None  # mail keys are new: first try "absent", no read
@@ -324,10 +346,15 @@ class RadosStore:
             else:
                 raise EngineUnavailable(f"{bucket}/{key}: the index kept changing")
         except BaseException:
-            await self._remove_data(oid)
+            await self._remove_data(oid, len(body))
             raise
         if current is not None:
-            await self._remove_data(current.oid)
+            await self._remove_data(current.oid, current.meta.size)
+
+    async def _write_tail(self, oid: str, piece: bytes) -> BlobRef:
+        _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, piece)), "writing a tail")
+        crcs = tuple(zlib.crc32(piece[i:i + BLOCK_SIZE]) for i in range(0, len(piece), BLOCK_SIZE))
+        return BlobRef(oid, len(piece), crcs)
 
     async def _swap(self, b: RadosBucket, key: str, expected: str, value: str | None) -> int:
         """Set (or remove, value None) the entry if it is still `expected` ("" = absent)."""
@@ -355,18 +382,21 @@ class RadosStore:
                 return False
             rv = await self._swap(b, key, current.raw, None)
             if rv == 0:
-                await self._remove_data(current.oid)
+                await self._remove_data(current.oid, current.meta.size)
                 return True
             if rv != -ECANCELED:
                 _check(rv, "updating the index")
         raise EngineUnavailable(f"{bucket}/{key}: the index kept changing")
 
-    async def _remove_data(self, oid: str) -> None:
-        """Best effort: what stays behind is an orphan for the sweep."""
-        try:
-            await self._aio(lambda cb: self.data.aio_remove(oid, oncomplete=cb))
-        except EngineUnavailable:
-            pass
+    async def _remove_data(self, oid: str, size: int) -> None:
+        """The data object and its tails (a body of `size` bytes); best effort: what stays
+        behind is an orphan for the sweep."""
+        names = [oid] + ([f"{oid}.t{n}" for n in range((size + STRIPE - 1) // STRIPE)] if size > STRIPE else [])
+        for name in names:
+            try:
+                await self._aio(lambda cb: self.data.aio_remove(name, oncomplete=cb))  # noqa: B023 - awaited here
+            except EngineUnavailable:
+                pass
 
     # ------------------------------------------------------------------ listing
 
@@ -423,6 +453,12 @@ class RadosStore:
                     return ListPage(entries, prefixes, False, None)
                 resume = limit.decode()
             after = resume
+
+
+def _create(op: Any, rados: Any, data: bytes) -> None:
+    """A new object written whole: exclusive create, so a name is never written twice."""
+    op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+    op.write_full(data)
 
 
 def _past(cp: str) -> str:

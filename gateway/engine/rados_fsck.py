@@ -16,12 +16,14 @@ Blocking (librados's synchronous calls): for the admin CLI, or a thread.
 from __future__ import annotations
 
 import json
+import re
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import records
-from .model import CorruptRecord, ObjectMeta
+from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
 from .rados import BUCKETS, RadosBucket, RadosStore
 
 HEAD_READ = 64 << 10
@@ -46,6 +48,12 @@ def _header(store: RadosStore, oid: str) -> records.Record:
     h = json.loads(records.check_header(head, p))
     meta = ObjectMeta.from_json(h["m"]) if "m" in h else None
     return records.Record(p.kind, p.seq, h["b"], h["k"], meta, h.get("p"), (), b"")
+
+
+def _head_of(oid: str) -> str:
+    """The head object a tail (`<head>.t<n>`) belongs to; a head is its own."""
+    m = re.fullmatch(r"(.+)\.t\d+", oid)
+    return m.group(1) if m else oid
 
 
 def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
@@ -113,15 +121,16 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
             report.too_young += 1
             continue
         b = by_id.get(oid.split(".", 1)[0])
+        head = _head_of(oid)  # a tail belongs to its head object
         if b is not None:
             try:
-                rec = _header(store, oid)
+                rec = _header(store, head)
             except CorruptRecord:
                 report.corrupt.append(oid)  # never removed silently: fsck reports it
                 continue
             except rados.ObjectNotFound:
-                continue
-            if rec.namespace == b.name and _named(store, b, rec.key) == oid:
+                rec = None  # a tail whose head is gone
+            if rec is not None and rec.namespace == b.name and _named(store, b, rec.key) == head:
                 continue
         store.data.remove_object(oid)
         report.removed.append(oid)
@@ -138,6 +147,11 @@ def check(store: RadosStore, buckets: list[RadosBucket], *, deep: bool = False) 
             try:
                 if deep:
                     rec = records.decode(store.data.read(oid, store.data.stat(oid)[0], 0))
+                    for ref in rec.blobs:  # the tails, block by block
+                        data = store.data.read(ref.blob_id, ref.size, 0)
+                        if tuple(zlib.crc32(data[i:i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE)) \
+                                != ref.crcs:
+                            raise CorruptRecord(ref.blob_id)
                     if (rec.namespace, rec.key) != (b.name, key):
                         report.corrupt.append(oid)
                 else:
@@ -156,8 +170,8 @@ def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
     report = FsckReport()
     newest: dict[str, tuple[float, str, str]] = {}  # key -> (mtime, oid, meta text)
     for obj in store.data.list_objects():
-        if not obj.key.startswith(b.id + "."):
-            continue
+        if not obj.key.startswith(b.id + ".") or _head_of(obj.key) != obj.key:
+            continue  # another bucket's, or a tail
         report.scanned += 1
         try:
             rec = _header(store, obj.key)

@@ -288,3 +288,26 @@ def test_large_objects_are_striped_into_tails(pools) -> None:  # type: ignore[no
         assert f"{b.id}.cut.t0" in rados_fsck.sweep(store, min_age=0).removed
     asyncio.run(go())
     store.close()
+
+
+def test_shared_records_change_by_compare_and_swap(pools) -> None:  # type: ignore[no-untyped-def]
+    """Access keys and the like, seen by every gateway at once; two gateways creating the same
+    record: one wins; a stale update is refused."""
+    a, b = open_store(pools), open_store(pools)
+
+    async def go() -> None:
+        assert await a.record("keys", "AK1") is None
+        won = await asyncio.gather(a.swap_record("keys", "AK1", None, '{"s":"one"}'),
+                                   b.swap_record("keys", "AK1", None, '{"s":"two"}'))
+        assert sorted(won) == [False, True]
+        current = await b.record("keys", "AK1")
+        assert current in ('{"s":"one"}', '{"s":"two"}')
+        assert await a.swap_record("keys", "AK1", current, '{"s":"three"}')
+        assert not await b.swap_record("keys", "AK1", current, None)  # stale: refused
+        await a.swap_record("keys", "AK2", None, "{}")
+        assert [k for k, _ in await b.records("keys")] == ["AK1", "AK2"]
+        assert await b.swap_record("keys", "AK1", '{"s":"three"}', None)
+        assert await a.record("keys", "AK1") is None
+    asyncio.run(go())
+    a.close()
+    b.close()

@@ -15,7 +15,8 @@ Layout, designed for small immutable mail objects:
   HEAD and LIST read the index alone. The index is the truth: a key exists when its entry
   does.
 - **Buckets** (metadata pool): OMAP entries of the object `buckets`, name -> `{"id",
-  "owner", "created", "shards"}`.
+  "owner", "created", "shards"}`. Other shared records (access keys, policies, multipart
+  uploads) are OMAP entries of `ns.<namespace>` there, changed by compare-and-swap.
 
 Write order: the data object first, then the index entry, so a crash leaves an orphan
 (a data object no entry names; `sweep` removes it), never an entry without its data.
@@ -248,6 +249,48 @@ class RadosStore:
             rv, _ = await self._aio(lambda cb: self.index.aio_remove(shard, oncomplete=cb))  # noqa: B023 - awaited here
             if rv not in (0, -ENOENT):
                 _check(rv, "removing a shard")
+
+    # ------------------------------------------------------------------ records in the metadata pool
+
+    async def record(self, namespace: str, name: str) -> str | None:
+        """A small record (an access key, a policy, a multipart upload) shared by every
+        gateway: the OMAP entry `name` of the metadata pool's object `ns.<namespace>`."""
+        try:
+            got = await self._omap_get(self.meta, f"ns.{namespace}", (name,))
+        except FileNotFoundError:
+            return None
+        raw = got.get(name)
+        return raw.decode() if raw is not None else None
+
+    async def records(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        after = ""
+        while True:
+            try:
+                page = await self._omap_page(self.meta, f"ns.{namespace}", after, prefix, 1000)
+            except FileNotFoundError:
+                return out
+            out += [(k, v.decode()) for k, v in page]
+            if len(page) < 1000:
+                return out
+            after = page[-1][0]
+
+    async def swap_record(self, namespace: str, name: str, expected: str | None, value: str | None) -> bool:
+        """Set (value) or remove (None) the record if it is still `expected` (None: absent), in
+        one compare-and-swap; False when another gateway changed it first."""
+        def build(op: Any) -> None:
+            op.new(self._rados.LIBRADOS_CREATE_IDEMPOTENT)
+            op.omap_cmp(name, expected or "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            if value is None:
+                self.meta.remove_omap_keys(op, (name,))
+            else:
+                self.meta.set_omap(op, (name,), (value.encode(),))
+
+        rv = await self._write(self.meta, f"ns.{namespace}", build)
+        if rv == -ECANCELED:
+            return False
+        _check(rv, f"updating {namespace}/{name}")
+        return True
 
     # ------------------------------------------------------------------ objects
 

@@ -226,7 +226,10 @@ if TYPE_CHECKING:  # argparse's class is generic only to type checkers
 
 def register(sub: Subcommands) -> None:
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
-    for add in (_gateway_parser, _key_parsers, _usage_parser, _bucket_parsers, _fsck_parser, _compact_parser):
+    from . import rados_cli
+
+    for add in (_gateway_parser, _key_parsers, _usage_parser, _bucket_parsers, _fsck_parser, _compact_parser,
+                rados_cli.register):
         add(sub)
 
 

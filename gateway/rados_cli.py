@@ -1,0 +1,105 @@
+"""`mailstore rados ...`: buckets, the orphan sweep, the index check and the index rebuild on
+a Ceph cluster holding the RADOS layout (gateway/engine/rados.py).
+
+The cluster is named by a ceph.conf, a cephx user and that user's keyring file (the key
+never on the command line), and the three pools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from .engine import rados_fsck
+from .engine.model import EngineError
+from .engine.rados import DEFAULT_SHARDS, RadosStore
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def open_store(args: argparse.Namespace) -> RadosStore:
+    return RadosStore(args.ceph_conf, args.ceph_user, args.keyring, data_pool=args.data_pool,
+                      index_pool=args.index_pool, meta_pool=args.meta_pool)
+
+
+def cmd_rados(args: argparse.Namespace) -> int:
+    try:
+        store = open_store(args)
+    except EngineError as exc:
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run(store, args)
+    except EngineError as exc:
+        print(f"mailstore: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def _run(store: RadosStore, args: argparse.Namespace) -> int:
+    if args.action == "bucket-create":
+        b = asyncio.run(store.create_bucket(args.name, args.owner, args.shards))
+        print(json.dumps({"bucket": b.name, "id": b.id, "shards": b.shards}))
+        return 0
+    buckets = rados_fsck.buckets(store)
+    if args.action == "bucket-list":
+        print(json.dumps([{"bucket": b.name, "id": b.id, "owner": b.owner, "created": b.created,
+                           "shards": b.shards} for b in buckets], indent=2))
+        return 0
+    if args.action == "sweep":
+        rep = rados_fsck.sweep(store, args.min_age)
+        print(json.dumps({"scanned": rep.scanned, "removed": len(rep.removed), "too_young": rep.too_young,
+                          "corrupt": rep.corrupt[:100]}, indent=2))
+        return 0 if not rep.corrupt else 1
+    chosen = [b for b in buckets if args.bucket in (None, b.name)]
+    if args.bucket is not None and not chosen:
+        print(f"mailstore: no bucket {args.bucket!r}", file=sys.stderr)
+        return 1
+    if args.action == "check":
+        rep = rados_fsck.check(store, chosen, deep=args.deep)
+        ok = not rep.dangling and not rep.corrupt
+        print(json.dumps({"result": "ok" if ok else "problems", "entries": rep.scanned,
+                          "dangling": rep.dangling[:100], "corrupt": rep.corrupt[:100]}, indent=2))
+        return 0 if ok else 1
+    restored = 0
+    corrupt: list[str] = []
+    for b in chosen:  # rebuild
+        rep = rados_fsck.rebuild(store, b)
+        restored += rep.restored
+        corrupt += rep.corrupt
+    print(json.dumps({"restored": restored, "corrupt": corrupt[:100]}, indent=2))
+    return 0
+
+
+def register(sub: Subcommands) -> None:
+    rados = sub.add_parser("rados", help="the RADOS layout on a Ceph cluster: buckets, sweep, check, rebuild")
+    rsub = rados.add_subparsers(dest="action", required=True)
+    parsers = {
+        "bucket-create": rsub.add_parser("bucket-create", help="a new bucket and its index shards"),
+        "bucket-list": rsub.add_parser("bucket-list"),
+        "sweep": rsub.add_parser("sweep", help="remove data objects no index entry names"),
+        "check": rsub.add_parser("check", help="every index entry's data is there (--deep: and sound)"),
+        "rebuild": rsub.add_parser("rebuild", help="make buckets' index entries again from their data objects"),
+    }
+    for p in parsers.values():
+        p.add_argument("--ceph-conf", default="/etc/ceph/ceph.conf")
+        p.add_argument("--ceph-user", default="client.mailstore", help="the cephx user (client.NAME)")
+        p.add_argument("--keyring", default="/etc/ceph/ceph.client.mailstore.keyring",
+                       help="that user's keyring file (0600)")
+        p.add_argument("--data-pool", default="mailstore-data")
+        p.add_argument("--index-pool", default="mailstore-index")
+        p.add_argument("--meta-pool", default="mailstore-meta")
+    parsers["bucket-create"].add_argument("name")
+    parsers["bucket-create"].add_argument("--owner", default="admin")
+    parsers["bucket-create"].add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                                          help="index shards (fixed for the bucket's life)")
+    parsers["sweep"].add_argument("--min-age", type=float, default=3600.0,
+                                  help="seconds: younger data objects may be a PUT in flight")
+    parsers["check"].add_argument("--deep", action="store_true", help="also read every record and tail")
+    for name in ("check", "rebuild"):
+        parsers[name].add_argument("--bucket", help="only this bucket")
+    rados.set_defaults(fn=cmd_rados)

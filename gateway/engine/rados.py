@@ -75,6 +75,11 @@ class RadosBucket:
     created: float
     shards: int
 
+    @classmethod
+    def from_json(cls, name: str, raw: bytes) -> RadosBucket:
+        d = json.loads(raw)
+        return cls(name, d["id"], d["owner"], d["created"], d["shards"])
+
     def shard(self, key: str) -> str:
         return f"{self.id}.{zlib.crc32(key.encode()) % self.shards}"
 
@@ -145,29 +150,39 @@ class RadosStore:
             io.release_write_op(op)
         return rv
 
-    async def _omap_get(self, io: Any, oid: str, keys: tuple[str, ...]) -> dict[str, bytes]:
+    async def _omap_read(self, io: Any, oid: str, ask: Callable[[Any], Any]) -> list[tuple[str, bytes]]:
+        """One read operation of OMAP entries (`ask` adds it to the op and returns the
+        iterator it fills); FileNotFoundError when the object does not exist."""
         op = io.create_read_op()
         try:
-            it, _ = io.get_omap_vals_by_keys(op, keys)
+            it = ask(op)
             rv, _ = await self._aio(lambda cb: io.operate_aio_read_op(op, oid, oncomplete=cb))
             if rv == -ENOENT:
                 raise FileNotFoundError(oid)
-            _check(rv, f"reading the index {oid}")
-            return dict(it)
-        finally:
-            io.release_read_op(op)
-
-    async def _omap_page(self, io: Any, oid: str, after: str, prefix: str, limit: int) -> list[tuple[str, bytes]]:
-        op = io.create_read_op()
-        try:
-            it, _ = io.get_omap_vals(op, after, prefix, limit)
-            rv, _ = await self._aio(lambda cb: io.operate_aio_read_op(op, oid, oncomplete=cb))
-            if rv == -ENOENT:
-                raise FileNotFoundError(oid)
-            _check(rv, f"listing the index {oid}")
+            _check(rv, f"reading the OMAP of {oid}")
             return list(it)
         finally:
             io.release_read_op(op)
+
+    async def _omap_get(self, io: Any, oid: str, keys: tuple[str, ...]) -> dict[str, bytes]:
+        return dict(await self._omap_read(io, oid, lambda op: io.get_omap_vals_by_keys(op, keys)[0]))
+
+    async def _omap_page(self, io: Any, oid: str, after: str, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        return await self._omap_read(io, oid, lambda op: io.get_omap_vals(op, after, prefix, limit)[0])
+
+    async def _omap_all(self, io: Any, oid: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        """Every entry (under `prefix`), a page at a time; none when the object is missing."""
+        out: list[tuple[str, bytes]] = []
+        after = ""
+        while True:
+            try:
+                page = await self._omap_page(io, oid, after, prefix, 1000)
+            except FileNotFoundError:
+                return out
+            out += page
+            if len(page) < 1000:
+                return out
+            after = page[-1][0]
 
     # ------------------------------------------------------------------ buckets
 
@@ -204,24 +219,11 @@ class RadosStore:
             raise NoSuchBucket(name) from None
         if name not in got:
             raise NoSuchBucket(name)
-        d = json.loads(got[name])
-        b = self._buckets[name] = RadosBucket(name, d["id"], d["owner"], d["created"], d["shards"])
+        b = self._buckets[name] = RadosBucket.from_json(name, got[name])
         return b
 
     async def list_buckets(self) -> list[RadosBucket]:
-        out: list[RadosBucket] = []
-        after = ""
-        while True:
-            try:
-                page = await self._omap_page(self.meta, BUCKETS, after, "", 1000)
-            except FileNotFoundError:
-                return out
-            for name, raw in page:
-                d = json.loads(raw)
-                out.append(RadosBucket(name, d["id"], d["owner"], d["created"], d["shards"]))
-            if len(page) < 1000:
-                return out
-            after = page[-1][0]
+        return [RadosBucket.from_json(name, raw) for name, raw in await self._omap_all(self.meta, BUCKETS)]
 
     async def delete_bucket(self, name: str) -> None:
         b = await self.bucket(name)
@@ -263,17 +265,7 @@ class RadosStore:
         return raw.decode() if raw is not None else None
 
     async def records(self, namespace: str, prefix: str = "") -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        after = ""
-        while True:
-            try:
-                page = await self._omap_page(self.meta, f"ns.{namespace}", after, prefix, 1000)
-            except FileNotFoundError:
-                return out
-            out += [(k, v.decode()) for k, v in page]
-            if len(page) < 1000:
-                return out
-            after = page[-1][0]
+        return [(k, v.decode()) for k, v in await self._omap_all(self.meta, f"ns.{namespace}", prefix)]
 
     async def swap_record(self, namespace: str, name: str, expected: str | None, value: str | None) -> bool:
         """Set (value) or remove (None) the record if it is still `expected` (None: absent), in

@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import records
 from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
@@ -58,19 +59,9 @@ def _head_of(oid: str) -> str:
 
 def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
     """(key, data object) of every index entry of a bucket, shard by shard."""
-    import rados
     for n in range(b.shards):
-        after = ""
-        while True:
-            with rados.ReadOpCtx() as op:
-                it, _ = store.index.get_omap_vals(op, after, "", 1000)
-                store.index.operate_read_op(op, f"{b.id}.{n}")
-                page = list(it)
-            for key, raw in page:
-                yield key, json.loads(raw)["o"]
-            if len(page) < 1000:
-                break
-            after = page[-1][0]
+        for key, raw in _omap_all(store.index, f"{b.id}.{n}"):
+            yield key, json.loads(raw)["o"]
 
 
 def _named(store: RadosStore, b: RadosBucket, key: str) -> str | None:
@@ -82,25 +73,27 @@ def _named(store: RadosStore, b: RadosBucket, key: str) -> str | None:
     return json.loads(got[key])["o"] if key in got else None
 
 
-def buckets(store: RadosStore) -> list[RadosBucket]:
-    """Every bucket, as the metadata pool lists them."""
+def _omap_all(io: Any, oid: str) -> Iterator[tuple[str, bytes]]:
+    """Every OMAP entry of an object, a page at a time (none when it is missing)."""
     import rados
-    out: list[RadosBucket] = []
     after = ""
     while True:
         with rados.ReadOpCtx() as op:
-            it, _ = store.meta.get_omap_vals(op, after, "", 1000)
+            it, _ = io.get_omap_vals(op, after, "", 1000)
             try:
-                store.meta.operate_read_op(op, BUCKETS)
+                io.operate_read_op(op, oid)
             except rados.ObjectNotFound:
-                return out
+                return
             page = list(it)
-        for name, raw in page:
-            d = json.loads(raw)
-            out.append(RadosBucket(name, d["id"], d["owner"], d["created"], d["shards"]))
+        yield from page
         if len(page) < 1000:
-            return out
+            return
         after = page[-1][0]
+
+
+def buckets(store: RadosStore) -> list[RadosBucket]:
+    """Every bucket, as the metadata pool lists them."""
+    return [RadosBucket.from_json(name, raw) for name, raw in _omap_all(store.meta, BUCKETS)]
 
 
 def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:

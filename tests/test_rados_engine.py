@@ -353,3 +353,44 @@ def test_the_rados_cli(pools) -> None:  # type: ignore[no-untyped-def]
     assert cli("check", "--bucket", "b-cli")[0] == 0
     assert cli("check", "--bucket", "nope")[0] == 1
     store.close()
+
+
+def test_a_put_racing_a_bucket_delete_is_refused_not_lost(pools) -> None:  # type: ignore[no-untyped-def]
+    """Gateway B's PUT lands between gateway A's emptiness check of a shard and the bucket's
+    removal: it must be refused (NoSuchBucket), never acknowledged and then deleted with the
+    bucket. A delete that finds the bucket not empty opens its shards again."""
+    import zlib
+    a, b = open_store(pools), open_store(pools)
+    key = next(f"sneaky{i}" for i in range(100) if zlib.crc32(f"sneaky{i}".encode()) % 2 == 0)  # shard 0
+
+    async def go() -> None:
+        await a.create_bucket("b-del-race", "admin", shards=2)
+        await b.bucket("b-del-race")  # B knows the bucket (cached), as a busy gateway would
+        real = a._omap_page
+        raced: list[str] = []
+
+        async def check_then_put(io, oid, after, prefix, limit):  # type: ignore[no-untyped-def]
+            got = await real(io, oid, after, prefix, limit)
+            if io is a.index and oid.endswith(".0") and not raced:  # shard 0 was just found empty
+                try:
+                    await b.put("b-del-race", key, meta(b"s"), b"s")
+                    raced.append("acknowledged")
+                except NoSuchBucket:
+                    raced.append("refused")
+            return got
+
+        a._omap_page = check_then_put  # type: ignore[method-assign]
+        await a.delete_bucket("b-del-race")
+        a._omap_page = real  # type: ignore[method-assign]
+        assert raced == ["refused"]
+        with pytest.raises(NoSuchBucket):
+            await b.head("b-del-race", key)
+        await a.create_bucket("b-del-busy", "admin", shards=2)
+        await a.put("b-del-busy", "k", meta(b"k"), b"k")
+        with pytest.raises(BucketNotEmpty):
+            await a.delete_bucket("b-del-busy")
+        await b.put("b-del-busy", "after", meta(b"y"), b"y")  # open again
+        assert [e.key for e in (await b.list_objects("b-del-busy", "", "", None, 10)).entries] == ["after", "k"]
+    asyncio.run(go())
+    a.close()
+    b.close()

@@ -9,11 +9,12 @@ Layout, designed for small immutable mail objects:
   `write_full`, so the data, its metadata and its checksum land in one atomic RADOS
   write. Every read verifies the checksums. A body over STRIPE (4 MiB) goes to tail
   objects `<head>.t<n>` (a CRC32 per MiB each), written before the head that lists them.
-- **The bucket index** (index pool): OMAP entries sharded over `shards` objects
+- **The bucket index** (index pool): OMAP entries `k<key>` sharded over `shards` objects
   `<bucket id>.<n>` (n = CRC32 of the key mod shards, fixed when the bucket is made). An
   entry maps the key to its data object and its metadata (`{"o": oid, "m": meta}`), so
   HEAD and LIST read the index alone. The index is the truth: a key exists when its entry
-  does.
+  does. While a bucket is being deleted its shards carry a CLOSED mark that every index
+  swap requires absent, so no PUT lands in a bucket that is going away.
 - **Buckets** (metadata pool): OMAP entries of the object `buckets`, name -> `{"id",
   "owner", "created", "shards"}`. Other shared records (access keys, policies, multipart
   uploads) are OMAP entries of `ns.<namespace>` there, changed by compare-and-swap.
@@ -65,6 +66,10 @@ EEXIST = 17
 STRIPE = 4 << 20  # a body above this goes to tail objects of this size, listed in the head
 HEAD_MAX = STRIPE + (1 << 20)  # a head object is never larger: its record, with the body inline or not
 CAS_ATTEMPTS = 16
+# Index entries are "k" + the S3 key, so the shard's own marks never meet a key: CLOSED, set
+# while the bucket is being deleted, sorts before every entry.
+ENTRY = "k"
+CLOSED = "!closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +231,18 @@ class RadosStore:
         return [RadosBucket.from_json(name, raw) for name, raw in await self._omap_all(self.meta, BUCKETS)]
 
     async def delete_bucket(self, name: str) -> None:
+        """Every shard closed first (CLOSED: each PUT's index swap requires it absent), then
+        checked empty, so a PUT racing the delete either lands before (and the bucket is not
+        empty) or is refused: an acknowledged object never goes with its bucket."""
         b = await self.bucket(name)
-        for n in range(b.shards):
-            if await self._omap_page(self.index, f"{b.id}.{n}", "", "", 1):
+        shards = [f"{b.id}.{n}" for n in range(b.shards)]
+        for shard in shards:
+            _check(await self._write(self.index, shard, lambda op: self.index.set_omap(op, (CLOSED,), (b"1",))),
+                   "closing a shard")
+        for shard in shards:
+            if await self._omap_page(self.index, shard, "", ENTRY, 1):
+                for again in shards:  # not empty: open them again
+                    await self._write(self.index, again, lambda op: self.index.remove_omap_keys(op, (CLOSED,)))
                 raise BucketNotEmpty(name)
         raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
         if raw is None:
@@ -288,10 +302,13 @@ class RadosStore:
 
     async def _entry(self, b: RadosBucket, key: str) -> Stored | None:
         try:
-            got = await self._omap_get(self.index, b.shard(key), (key,))
+            got = await self._omap_get(self.index, b.shard(key), (ENTRY + key, CLOSED))
         except FileNotFoundError:
+            self._buckets.pop(b.name, None)  # deleted (maybe made again): read it afresh next time
             raise NoSuchBucket(b.name) from None
-        raw = got.get(key)
+        if CLOSED in got:
+            raise NoSuchBucket(b.name)
+        raw = got.get(ENTRY + key)
         if raw is None:
             return None
         text = raw.decode()
@@ -394,14 +411,16 @@ class RadosStore:
     async def _swap(self, b: RadosBucket, key: str, expected: str, value: str | None) -> int:
         """Set (or remove, value None) the entry if it is still `expected` ("" = absent)."""
         def build(op: Any) -> None:
-            op.omap_cmp(key, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            op.omap_cmp(ENTRY + key, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            op.omap_cmp(CLOSED, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # the bucket is not being deleted
             if value is None:
-                self.index.remove_omap_keys(op, (key,))
+                self.index.remove_omap_keys(op, (ENTRY + key,))
             else:
-                self.index.set_omap(op, (key,), (value.encode(),))
+                self.index.set_omap(op, (ENTRY + key,), (value.encode(),))
 
         rv = await self._write(self.index, b.shard(key), build)
         if rv == -ENOENT:
+            self._buckets.pop(b.name, None)
             raise NoSuchBucket(b.name)
         return rv
 
@@ -447,22 +466,22 @@ class RadosStore:
         if max_keys <= 0:
             return ListPage(entries, prefixes, False, None)
         after = marker or ""
-        if after and delimiter and after.startswith(prefix):
-            i = after.find(delimiter, len(prefix))
+        if marker and delimiter and marker.startswith(prefix):
+            i = marker.find(delimiter, len(prefix))
             if i >= 0:  # the marker is a prefix already rolled up: skip what it covers
-                after = _past(after[: i + len(delimiter)])
+                after = _past(marker[: i + len(delimiter)])
         batch = min(max_keys + 1, 1000)
         last: str | None = None
         while True:
             try:
-                pages = await asyncio.gather(*(self._omap_page(self.index, f"{b.id}.{n}", after, prefix, batch)
-                                               for n in range(b.shards)))
+                pages = await asyncio.gather(*(self._omap_page(self.index, f"{b.id}.{n}", ENTRY + after,
+                                                               ENTRY + prefix, batch) for n in range(b.shards)))
             except FileNotFoundError:
                 raise NoSuchBucket(bucket) from None
-            full = [p[-1][0].encode() for p in pages if len(p) == batch]
+            full = [p[-1][0][1:].encode() for p in pages if len(p) == batch]
             limit = min(full) if full else None
             resume: str | None = None
-            for key, raw in sorted((kv for p in pages for kv in p), key=lambda kv: kv[0].encode()):
+            for key, raw in sorted(((k[1:], v) for p in pages for k, v in p), key=lambda kv: kv[0].encode()):
                 kb = key.encode()
                 if limit is not None and kb > limit:
                     break

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import records
 from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
-from .rados import BUCKETS, RadosBucket, RadosStore
+from .rados import BUCKETS, ENTRY, RadosBucket, RadosStore
 
 HEAD_READ = 64 << 10
 
@@ -60,17 +60,18 @@ def _head_of(oid: str) -> str:
 def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
     """(key, data object) of every index entry of a bucket, shard by shard."""
     for n in range(b.shards):
-        for key, raw in _omap_all(store.index, f"{b.id}.{n}"):
-            yield key, json.loads(raw)["o"]
+        for name, raw in _omap_all(store.index, f"{b.id}.{n}"):
+            if name.startswith(ENTRY):
+                yield name[len(ENTRY):], json.loads(raw)["o"]
 
 
 def _named(store: RadosStore, b: RadosBucket, key: str) -> str | None:
     import rados
     with rados.ReadOpCtx() as op:
-        it, _ = store.index.get_omap_vals_by_keys(op, (key,))
+        it, _ = store.index.get_omap_vals_by_keys(op, (ENTRY + key,))
         store.index.operate_read_op(op, b.shard(key))
         got = dict(it)
-    return json.loads(got[key])["o"] if key in got else None
+    return json.loads(got[ENTRY + key])["o"] if ENTRY + key in got else None
 
 
 def _omap_all(io: Any, oid: str) -> Iterator[tuple[str, bytes]]:
@@ -182,8 +183,8 @@ def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
     for key, (_, oid, meta_text) in sorted(newest.items()):
         value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'.encode()
         with rados.WriteOpCtx() as op:
-            op.omap_cmp(key, "", rados.LIBRADOS_CMPXATTR_OP_EQ)  # an entry that is there stays
-            store.index.set_omap(op, (key,), (value,))
+            op.omap_cmp(ENTRY + key, "", rados.LIBRADOS_CMPXATTR_OP_EQ)  # an entry that is there stays
+            store.index.set_omap(op, (ENTRY + key,), (value,))
             try:
                 store.index.operate_write_op(op, b.shard(key))
                 report.restored += 1

@@ -7,7 +7,9 @@ sparse file, loopback). On it, Ceph's radosgw (beast frontend) with its own pool
 our layout (gateway/engine/rados.py) with its data, index and metadata pools. For each
 of PUT, GET, HEAD and LIST (100 keys under a prefix) it prints ops/s, p50/p99 and the
 RADOS operations the OSD executed per request (its op_r/op_w/op_rw counters), the two
-taking turns --rounds times (medians).
+taking turns --rounds times (medians). Our bucket is made as for mail (16 index shards,
+chosen by the first two path components, as `<hash>/<user>/` in obox's layout), so a LIST
+under `tag/nn/` asks one shard; RGW's asks all of its 11.
 
 Until the gateway's handlers run on the RADOS engine, "ours" is the store driven
 directly from asyncio (no HTTP, no SigV4), while RGW is driven over S3 by the same
@@ -86,7 +88,7 @@ def main() -> int:
         rgw_key = cluster.start_rgw(rgw_port)
         endpoint = f"http://127.0.0.1:{rgw_port}"
         asyncio.run(ensure_bucket(endpoint, rgw_key, 60))
-        asyncio.run(store.create_bucket(BUCKET, "bench"))
+        asyncio.run(store.create_bucket(BUCKET, "bench", depth=2))  # as for mail: a LIST under a/b/ asks one shard
         cluster.wait_clean()
         for r in range(args.rounds):
             for op in OPS:

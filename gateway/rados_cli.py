@@ -42,13 +42,13 @@ def cmd_rados(args: argparse.Namespace) -> int:
 
 def _run(store: RadosStore, args: argparse.Namespace) -> int:
     if args.action == "bucket-create":
-        b = asyncio.run(store.create_bucket(args.name, args.owner, args.shards))
-        print(json.dumps({"bucket": b.name, "id": b.id, "shards": b.shards}))
+        b = asyncio.run(store.create_bucket(args.name, args.owner, args.shards, args.shard_depth))
+        print(json.dumps({"bucket": b.name, "id": b.id, "shards": b.shards, "depth": b.depth}))
         return 0
     buckets = rados_fsck.buckets(store)
     if args.action == "bucket-list":
         print(json.dumps([{"bucket": b.name, "id": b.id, "owner": b.owner, "created": b.created,
-                           "shards": b.shards} for b in buckets], indent=2))
+                           "shards": b.shards, "depth": b.depth} for b in buckets], indent=2))
         return 0
     if args.action == "sweep":
         rep = rados_fsck.sweep(store, args.min_age)
@@ -97,6 +97,9 @@ def register(sub: Subcommands) -> None:
     parsers["bucket-create"].add_argument("--owner", default="admin")
     parsers["bucket-create"].add_argument("--shards", type=int, default=DEFAULT_SHARDS,
                                           help="index shards (fixed for the bucket's life)")
+    parsers["bucket-create"].add_argument("--shard-depth", type=int, default=0,
+                                          help="choose a key's shard by its first N path components "
+                                               "(2 for obox's <hash>/<user>/...: a user's LIST asks one shard)")
     parsers["sweep"].add_argument("--min-age", type=float, default=3600.0,
                                   help="seconds: younger data objects may be a PUT in flight")
     parsers["check"].add_argument("--deep", action="store_true", help="also read every record and tail")

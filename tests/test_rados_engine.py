@@ -183,21 +183,37 @@ def model_page(keys: list[str], prefix: str, delimiter: str, marker: str | None,
     return entries, prefixes, False, None
 
 
-def test_listing_merges_the_shards_as_s3_lists(pools) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("depth", [0, 2])
+def test_listing_merges_the_shards_as_s3_lists(pools, depth) -> None:  # type: ignore[no-untyped-def]
+    """Shards chosen by the whole key (0), or by the first two path components (2, mail: a
+    LIST under `<a>/<b>/` asks one shard, counted)."""
     store = open_store(pools)
     rng = random.Random(7)
     keys = sorted({f"{rng.choice(['a', 'b', 'ü', 'user1'])}/{rng.choice(['cur', 'new', 'x'])}/"
                    f"{rng.randint(0, 60)}" for _ in range(150)} | {"top1", "top2", "a/", "zz/é"})
 
     async def go() -> None:
-        await store.create_bucket("b-list", "admin", shards=5)
-        await asyncio.gather(*(store.put("b-list", k, meta(b"."), b".") for k in keys))
+        bucket = f"b-list-{depth}"
+        await store.create_bucket(bucket, "admin", shards=5, depth=depth)
+        await asyncio.gather(*(store.put(bucket, k, meta(b"."), b".") for k in keys))
+        asked: list[str] = []
+        real = store._omap_page
+
+        async def counted(io, oid, after, prefix, limit):  # type: ignore[no-untyped-def]
+            asked.append(oid)
+            return await real(io, oid, after, prefix, limit)
+
+        store._omap_page = counted  # type: ignore[method-assign]
+        await store.list_objects(bucket, "user1/cur/", "/", None, 100)
+        assert len(set(asked)) == (1 if depth == 2 else 5)
         for prefix, delimiter, max_keys in [("", "", 1000), ("", "/", 1000), ("a/", "/", 1000), ("", "", 7),
                                             ("", "/", 2), ("user1/", "", 5), ("user1/c", "/", 3),
-                                            ("nothing", "/", 10), ("", "x/", 4)]:
+                                            ("nothing", "/", 10), ("", "x/", 4), ("", "", 40), ("", "", 150),
+                                            ("user1/", "/", 1), ("user1/cur/", "/", 3), ("a/x/", "", 2),
+                                            ("ü/new/", "/", 1000)]:
             marker: str | None = None
             while True:  # page through as a client does
-                page = await store.list_objects("b-list", prefix, delimiter, marker, max_keys)
+                page = await store.list_objects(bucket, prefix, delimiter, marker, max_keys)
                 want = model_page(keys, prefix, delimiter, marker, max_keys)
                 got = ([e.key for e in page.entries], page.prefixes, page.truncated, page.next_marker)
                 assert got == want, (prefix, delimiter, marker, max_keys)

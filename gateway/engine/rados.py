@@ -74,19 +74,40 @@ CLOSED = "!closed"
 
 @dataclass(frozen=True, slots=True)
 class RadosBucket:
+    """`depth`: a key's shard is chosen by its first `depth` path components ("/"), or by
+    the whole key when 0. For mail, 2 puts one user's keys (`<hash>/<user>/...`, obox's
+    layout) in one shard, so a LIST under a user's prefix asks one shard, not all."""
+
     name: str
     id: str
     owner: str
     created: float
     shards: int
+    depth: int = 0
 
     @classmethod
     def from_json(cls, name: str, raw: bytes) -> RadosBucket:
         d = json.loads(raw)
-        return cls(name, d["id"], d["owner"], d["created"], d["shards"])
+        return cls(name, d["id"], d["owner"], d["created"], d["shards"], d.get("depth", 0))
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "owner": self.owner, "created": self.created, "shards": self.shards,
+                           "depth": self.depth})
+
+    def _part(self, key: str) -> str:
+        if self.depth and key.count("/") >= self.depth:
+            return "/".join(key.split("/", self.depth)[: self.depth])
+        return key
 
     def shard(self, key: str) -> str:
-        return f"{self.id}.{zlib.crc32(key.encode()) % self.shards}"
+        return f"{self.id}.{zlib.crc32(self._part(key).encode()) % self.shards}"
+
+    def shards_for(self, prefix: str) -> list[str]:
+        """The shards that can hold keys under `prefix`: one when the prefix fixes the
+        components the shard is chosen by, else all."""
+        if self.depth and prefix.count("/") >= self.depth:
+            return [self.shard(prefix)]
+        return [f"{self.id}.{n}" for n in range(self.shards)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +212,15 @@ class RadosStore:
 
     # ------------------------------------------------------------------ buckets
 
-    async def create_bucket(self, name: str, owner: str, shards: int = DEFAULT_SHARDS) -> RadosBucket:
+    async def create_bucket(self, name: str, owner: str, shards: int = DEFAULT_SHARDS,
+                            depth: int = 0) -> RadosBucket:
         """Its index shards first, then its entry (exclusive: a second create fails), so a
         listed bucket always has its shards."""
-        b = RadosBucket(name, secrets.token_hex(8), owner, time.time(), shards)
+        b = RadosBucket(name, secrets.token_hex(8), owner, time.time(), shards, depth)
         for n in range(shards):
             _check(await self._write(self.index, f"{b.id}.{n}",
                                      lambda op: op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)), "a new shard")
-        value = json.dumps({"id": b.id, "owner": owner, "created": b.created, "shards": shards})
+        value = b.to_json()
 
         def register(op: Any) -> None:
             op.new(self._rados.LIBRADOS_CREATE_IDEMPOTENT)
@@ -470,12 +492,15 @@ class RadosStore:
             i = marker.find(delimiter, len(prefix))
             if i >= 0:  # the marker is a prefix already rolled up: skip what it covers
                 after = _past(marker[: i + len(delimiter)])
-        batch = min(max_keys + 1, 1000)
+        # Keys hash evenly over the shards: twice a shard's share of the page is usually
+        # enough in one round, and the `limit` rule below fetches more where it is not.
+        shards = b.shards_for(prefix)
+        batch = min(max(8, 2 * (max_keys + 1) // len(shards) + 1), max_keys + 1, 1000)
         last: str | None = None
         while True:
             try:
-                pages = await asyncio.gather(*(self._omap_page(self.index, f"{b.id}.{n}", ENTRY + after,
-                                                               ENTRY + prefix, batch) for n in range(b.shards)))
+                pages = await asyncio.gather(*(self._omap_page(self.index, shard, ENTRY + after, ENTRY + prefix,
+                                                               batch) for shard in shards))
             except FileNotFoundError:
                 raise NoSuchBucket(bucket) from None
             full = [p[-1][0][1:].encode() for p in pages if len(p) == batch]

@@ -407,6 +407,12 @@ def test_a_put_racing_a_bucket_delete_is_refused_not_lost(pools) -> None:  # typ
             await a.delete_bucket("b-del-busy")
         await b.put("b-del-busy", "after", meta(b"y"), b"y")  # open again
         assert [e.key for e in (await b.list_objects("b-del-busy", "", "", None, 10)).entries] == ["after", "k"]
+        await a.create_bucket("b-del-twice", "admin", shards=2)  # two deletes at once: one does it
+        results = await asyncio.gather(a.delete_bucket("b-del-twice"), b.delete_bucket("b-del-twice"),
+                                       return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) in (["EngineUnavailable", "NoneType"],
+                                                             ["NoSuchBucket", "NoneType"]), results
+        assert "b-del-twice" not in {x.name for x in await a.list_buckets()}
     asyncio.run(go())
     a.close()
     b.close()

@@ -253,33 +253,50 @@ class RadosStore:
         return [RadosBucket.from_json(name, raw) for name, raw in await self._omap_all(self.meta, BUCKETS)]
 
     async def delete_bucket(self, name: str) -> None:
-        """Every shard closed first (CLOSED: each PUT's index swap requires it absent), then
-        checked empty, so a PUT racing the delete either lands before (and the bucket is not
-        empty) or is refused: an acknowledged object never goes with its bucket."""
+        """One deleter at a time (the bucket's entry swapped to a "deleting" copy), then every
+        shard closed (CLOSED: each PUT's index swap requires it absent), then checked empty:
+        a PUT racing the delete either landed before (BucketNotEmpty, and everything is
+        opened again) or is refused. An acknowledged object never goes with its bucket."""
         b = await self.bucket(name)
-        shards = [f"{b.id}.{n}" for n in range(b.shards)]
-        for shard in shards:
-            _check(await self._write(self.index, shard, lambda op: self.index.set_omap(op, (CLOSED,), (b"1",))),
-                   "closing a shard")
-        for shard in shards:
-            if await self._omap_page(self.index, shard, "", ENTRY, 1):
-                for again in shards:  # not empty: open them again
-                    await self._write(self.index, again, lambda op: self.index.remove_omap_keys(op, (CLOSED,)))
-                raise BucketNotEmpty(name)
         raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
         if raw is None:
             raise NoSuchBucket(name)
-
-        def unregister(op: Any) -> None:
-            op.omap_cmp(name, raw.decode(), self._rados.LIBRADOS_CMPXATTR_OP_EQ)
-            self.meta.remove_omap_keys(op, (name,))
-
-        rv = await self._write(self.meta, BUCKETS, unregister)
-        if rv == -ECANCELED:
-            raise NoSuchBucket(name)
-        _check(rv, "removing the bucket")
+        if json.loads(raw).get("deleting"):
+            raise EngineUnavailable(f"{name}: another delete of this bucket is in progress")
+        mine = raw.decode()[:-1] + ', "deleting": true}'
+        if not await self._swap_bucket(name, raw.decode(), mine):
+            raise EngineUnavailable(f"{name}: the bucket changed while it was being deleted")
+        shards = [f"{b.id}.{n}" for n in range(b.shards)]
+        try:
+            for shard in shards:
+                _check(await self._write(self.index, shard,
+                                         lambda op: self.index.set_omap(op, (CLOSED,), (b"1",))), "closing a shard")
+            for shard in shards:
+                if await self._omap_page(self.index, shard, "", ENTRY, 1):
+                    raise BucketNotEmpty(name)
+            if not await self._swap_bucket(name, mine, None):
+                raise EngineUnavailable(f"{name}: the bucket changed while it was being deleted")
+        except BaseException:  # not deleted: open it again, as it was
+            for shard in shards:
+                await self._write(self.index, shard, lambda op: self.index.remove_omap_keys(op, (CLOSED,)))
+            await self._swap_bucket(name, mine, raw.decode())
+            raise
         self._buckets.pop(name, None)
         await self._remove_shards(b)
+
+    async def _swap_bucket(self, name: str, expected: str, value: str | None) -> bool:
+        def build(op: Any) -> None:
+            op.omap_cmp(name, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            if value is None:
+                self.meta.remove_omap_keys(op, (name,))
+            else:
+                self.meta.set_omap(op, (name,), (value.encode(),))
+
+        rv = await self._write(self.meta, BUCKETS, build)
+        if rv == -ECANCELED:
+            return False
+        _check(rv, f"updating the bucket {name}")
+        return True
 
     async def _remove_shards(self, b: RadosBucket) -> None:
         for n in range(b.shards):

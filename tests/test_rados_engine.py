@@ -416,3 +416,28 @@ def test_a_put_racing_a_bucket_delete_is_refused_not_lost(pools) -> None:  # typ
     asyncio.run(go())
     a.close()
     b.close()
+
+
+def test_a_bucket_made_again_elsewhere_and_a_large_header(pools) -> None:  # type: ignore[no-untyped-def]
+    """Gateway B has the bucket cached when gateway A deletes it and makes it again (a new id):
+    B's next requests find the new one, not NoSuchBucket. A record whose header is larger than
+    a GET's first read comes back whole (a second read)."""
+    a, b = open_store(pools), open_store(pools)
+
+    async def go() -> None:
+        await a.create_bucket("b-again", "admin", shards=2)
+        await b.put("b-again", "old", meta(b"1"), b"1")  # B caches the bucket
+        assert await a.delete("b-again", "old")
+        await a.delete_bucket("b-again")
+        await a.create_bucket("b-again", "admin", shards=3)
+        await b.put("b-again", "new", meta(b"2"), b"2")
+        assert (await b.get("b-again", "new"))[1] == b"2"
+        assert [e.key for e in (await b.list_objects("b-again", "", "", None, 10)).entries] == ["new"]
+        assert (await b.bucket("b-again")).shards == 3
+        big = meta(b"body", **{f"h{i}": "v" * 1000 for i in range(30)})  # a 30 KB header
+        await a.put("b-again", "big-header", big, b"body")
+        got_meta, got = await b.get("b-again", "big-header")
+        assert got == b"body" and got_meta.user == big.user
+    asyncio.run(go())
+    a.close()
+    b.close()

@@ -37,9 +37,9 @@ import json
 import secrets
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import records
 from .model import (
@@ -58,6 +58,7 @@ from .model import (
     PreconditionFailed,
 )
 
+T = TypeVar("T")
 BUCKETS = "buckets"  # the metadata pool's object whose OMAP lists the buckets
 DEFAULT_SHARDS = 16
 ECANCELED = 125  # an omap_cmp that did not hold
@@ -65,6 +66,7 @@ ENOENT = 2
 EEXIST = 17
 STRIPE = 4 << 20  # a body above this goes to tail objects of this size, listed in the head
 HEAD_MAX = STRIPE + (1 << 20)  # a head object is never larger: its record, with the body inline or not
+HEADER_ROOM = 16 << 10  # what a GET reads beyond the body for the record's prefix and header
 CAS_ATTEMPTS = 16
 # Index entries are "k" + the S3 key, so the shard's own marks never meet a key: CLOSED, set
 # while the bucket is being deleted, sorts before every entry.
@@ -354,9 +356,25 @@ class RadosStore:
         d = json.loads(text)
         return Stored(d["o"], ObjectMeta.from_json(d["m"]), text)
 
+    async def _with_bucket(self, name: str, operation: Callable[[RadosBucket], Awaitable[T]]) -> T:
+        """Run `operation` on the bucket; when its shards are gone, the cached bucket may be one
+        deleted and made again by another gateway: read it afresh and run it once more."""
+        b = await self.bucket(name)
+        try:
+            return await operation(b)
+        except NoSuchBucket:
+            self._buckets.pop(name, None)
+            fresh = await self.bucket(name)  # NoSuchBucket when it is really gone
+            if fresh.id == b.id:
+                raise
+            return await operation(fresh)
+
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         """From the index alone: one RADOS read."""
-        entry = await self._entry(await self.bucket(bucket), key)
+        return await self._with_bucket(bucket, lambda b: self._head(b, key))
+
+    async def _head(self, b: RadosBucket, key: str) -> ObjectMeta:
+        entry = await self._entry(b, key)
         if entry is None:
             raise NoSuchKey(key)
         return entry.meta
@@ -364,23 +382,34 @@ class RadosStore:
     async def get(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes]:
         """The index entry, then the data object, its checksums verified (a mismatch is
         CorruptRecord, never bytes)."""
-        b = await self.bucket(bucket)
+        return await self._with_bucket(bucket, lambda b: self._get(b, key))
+
+    async def _get(self, b: RadosBucket, key: str) -> tuple[ObjectMeta, bytes]:
         for _ in range(CAS_ATTEMPTS):
             entry = await self._entry(b, key)
             if entry is None:
                 raise NoSuchKey(key)
             oid = entry.oid
-            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, HEAD_MAX, 0, cb))  # noqa: B023
+            # librados fills a buffer of the length asked: ask for about what the record holds
+            want = HEADER_ROOM + (entry.meta.size if entry.meta.size <= STRIPE else 0)
+            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, want, 0, cb))  # noqa: B023
             if rv != -ENOENT:
                 break
             # deleted or overwritten since the index was read: read the index again (an entry
             # whose data stays missing is damage, which `check` reports)
         else:
-            raise EngineUnavailable(f"{bucket}/{key}: the index names {oid}, which is missing")
+            raise EngineUnavailable(f"{b.name}/{key}: the index names {oid}, which is missing")
         _check(rv, f"reading {oid}")
-        rec = records.decode(bytes(data))
-        if rec.namespace != bucket or rec.key != key:
-            raise CorruptRecord(f"{oid} holds {rec.namespace}/{rec.key}, not {bucket}/{key}")
+        data = bytes(data)
+        total = records.decode_prefix(data).total
+        if total > len(data) == want:  # a header larger than HEADER_ROOM: the rest in a second read
+            rv, more = await self._aio(lambda cb: self.data.aio_read(oid, min(total, HEAD_MAX) - len(data),
+                                                                     len(data), cb))
+            _check(rv, f"reading {oid}")
+            data += bytes(more)
+        rec = records.decode(data)
+        if rec.namespace != b.name or rec.key != key:
+            raise CorruptRecord(f"{oid} holds {rec.namespace}/{rec.key}, not {b.name}/{key}")
         assert rec.meta is not None
         if not rec.blobs:
             return rec.meta, rec.body
@@ -401,7 +430,9 @@ class RadosStore:
                   cond: Conditions | None = None) -> None:
         """The data object (exclusive create of a new name), then the index entry swapped in
         by one compare-and-swap on its shard; the data it replaced is removed after."""
-        b = await self.bucket(bucket)
+        return await self._with_bucket(bucket, lambda b: self._put(b, key, meta, body, cond))
+
+    async def _put(self, b: RadosBucket, key: str, meta: ObjectMeta, body: bytes, cond: Conditions | None) -> None:
         cond = cond or Conditions()
         oid = f"{b.id}.{secrets.token_hex(12)}"
         meta_text = records.meta_json(meta)
@@ -411,7 +442,7 @@ class RadosStore:
                 tails = tuple(await asyncio.gather(*(
                     self._write_tail(f"{oid}.t{n}", body[i:i + STRIPE])
                     for n, i in enumerate(range(0, len(body), STRIPE)))))
-            record = records.encode(records.PUT, 0, bucket, key, meta_text, None, tails, b"" if tails else body)
+            record = records.encode(records.PUT, 0, b.name, key, meta_text, None, tails, b"" if tails else body)
             _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, record)),
                    "writing the object")
         except BaseException:
@@ -435,7 +466,7 @@ class RadosStore:
                 if cond.if_match is not None:
                     _check_match(current, cond, key)
             else:
-                raise EngineUnavailable(f"{bucket}/{key}: the index kept changing")
+                raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
         except BaseException:
             await self._remove_data(oid, len(body))
             raise
@@ -465,7 +496,9 @@ class RadosStore:
 
     async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
         """The entry out (compare-and-swap), then its data; False when there was none."""
-        b = await self.bucket(bucket)
+        return await self._with_bucket(bucket, lambda b: self._delete(b, key, cond))
+
+    async def _delete(self, b: RadosBucket, key: str, cond: Conditions | None) -> bool:
         cond = cond or Conditions()
         for _ in range(CAS_ATTEMPTS):
             current = await self._entry(b, key)
@@ -479,7 +512,7 @@ class RadosStore:
                 return True
             if rv != -ECANCELED:
                 _check(rv, "updating the index")
-        raise EngineUnavailable(f"{bucket}/{key}: the index kept changing")
+        raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
 
     async def _remove_data(self, oid: str, size: int) -> None:
         """The data object and its tails (a body of `size` bytes); best effort: what stays
@@ -499,7 +532,10 @@ class RadosStore:
         (UTF-8 bytes, as OMAP and S3 sort). Only keys up to the smallest last key of a full
         batch are certain to be complete; the next round starts there. With a delimiter,
         every shard restarts after a rolled-up prefix, so its keys are never read."""
-        b = await self.bucket(bucket)
+        return await self._with_bucket(bucket, lambda b: self._list(b, prefix, delimiter, marker, max_keys))
+
+    async def _list(self, b: RadosBucket, prefix: str, delimiter: str, marker: str | None,
+                    max_keys: int) -> ListPage:
         entries: list[ListEntry] = []
         prefixes: list[str] = []
         if max_keys <= 0:
@@ -519,7 +555,7 @@ class RadosStore:
                 pages = await asyncio.gather(*(self._omap_page(self.index, shard, ENTRY + after, ENTRY + prefix,
                                                                batch) for shard in shards))
             except FileNotFoundError:
-                raise NoSuchBucket(bucket) from None
+                raise NoSuchBucket(b.name) from None
             full = [p[-1][0][1:].encode() for p in pages if len(p) == batch]
             limit = min(full) if full else None
             resume: str | None = None

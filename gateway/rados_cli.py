@@ -1,4 +1,4 @@
-"""`mailstore rados ...`: buckets, the orphan sweep, the index check and the index rebuild on
+"""`mailstore rados ...`: buckets, resharding, the orphan sweep, the index check and the index rebuild on
 a Ceph cluster holding the RADOS layout (gateway/engine/rados.py).
 
 The cluster is named by a ceph.conf, a cephx user and that user's keyring file (the key
@@ -45,6 +45,10 @@ def _run(store: RadosStore, args: argparse.Namespace) -> int:
         b = asyncio.run(store.create_bucket(args.name, args.owner, args.shards, args.shard_depth))
         print(json.dumps({"bucket": b.name, "id": b.id, "shards": b.shards, "depth": b.depth}))
         return 0
+    if args.action == "reshard":
+        b = asyncio.run(store.reshard(args.name, args.shards, args.shard_depth))
+        print(json.dumps({"bucket": b.name, "shards": b.shards, "depth": b.depth}))
+        return 0
     buckets = rados_fsck.buckets(store)
     if args.action == "bucket-list":
         print(json.dumps([{"bucket": b.name, "id": b.id, "owner": b.owner, "created": b.created,
@@ -84,6 +88,7 @@ def register(sub: Subcommands) -> None:
         "sweep": rsub.add_parser("sweep", help="remove data objects no index entry names"),
         "check": rsub.add_parser("check", help="every index entry's data is there (--deep: and sound)"),
         "rebuild": rsub.add_parser("rebuild", help="make buckets' index entries again from their data objects"),
+        "reshard": rsub.add_parser("reshard", help="move a bucket's index to a new number of shards"),
     }
     for p in parsers.values():
         p.add_argument("--ceph-conf", default="/etc/ceph/ceph.conf")
@@ -100,6 +105,9 @@ def register(sub: Subcommands) -> None:
     parsers["bucket-create"].add_argument("--shard-depth", type=int, default=0,
                                           help="choose a key's shard by its first N path components "
                                                "(2 for obox's <hash>/<user>/...: a user's LIST asks one shard)")
+    parsers["reshard"].add_argument("name")
+    parsers["reshard"].add_argument("--shards", type=int, required=True)
+    parsers["reshard"].add_argument("--shard-depth", type=int, help="a new shard depth (default: keep it)")
     parsers["sweep"].add_argument("--min-age", type=float, default=3600.0,
                                   help="seconds: younger data objects may be a PUT in flight")
     parsers["check"].add_argument("--deep", action="store_true", help="also read every record and tail")

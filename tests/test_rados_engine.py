@@ -368,6 +368,10 @@ def test_the_rados_cli(pools) -> None:  # type: ignore[no-untyped-def]
     assert rc == 0 and out["restored"] == 4, out  # type: ignore[index]
     assert cli("check", "--bucket", "b-cli")[0] == 0
     assert cli("check", "--bucket", "nope")[0] == 1
+    rc, out = cli("reshard", "b-cli", "--shards", "4", "--shard-depth", "1")
+    assert rc == 0 and (out["shards"], out["depth"]) == (4, 1), out  # type: ignore[index]
+    rc, out = cli("check", "--bucket", "b-cli", "--deep")
+    assert rc == 0 and out["entries"] == 4, out  # type: ignore[index]
     store.close()
 
 
@@ -438,6 +442,49 @@ def test_a_bucket_made_again_elsewhere_and_a_large_header(pools) -> None:  # typ
         await a.put("b-again", "big-header", big, b"body")
         got_meta, got = await b.get("b-again", "big-header")
         assert got == b"body" and got_meta.user == big.user
+    asyncio.run(go())
+    a.close()
+    b.close()
+
+
+def test_reshard(pools) -> None:  # type: ignore[no-untyped-def]
+    """A bucket's index moved from 2 shards by whole key to 5 by depth 2: every object and the
+    listing as before; while it moves, another gateway's PUT answers 503 (EngineUnavailable)
+    and its GET goes on; afterwards, that gateway (holding the old index) writes to the new one."""
+    a, b = open_store(pools), open_store(pools)
+    keys = [f"h{i % 3}/user{i % 4}/cur/{i}" for i in range(60)]
+
+    async def go() -> None:
+        await a.create_bucket("b-reshard", "admin", shards=2)
+        await asyncio.gather(*(a.put("b-reshard", k, meta(k.encode()), k.encode()) for k in keys))
+        await b.head("b-reshard", keys[0])  # B holds the old index
+        real = a._write
+        during: list[str] = []
+
+        async def write_then_race(io, oid, build):  # type: ignore[no-untyped-def]
+            rv = await real(io, oid, build)
+            if io is a.index and oid == f"{old_id}.1" and not during:  # both old shards marked now
+                try:
+                    await b.put("b-reshard", "late", meta(b"l"), b"l")
+                    during.append("put went through")
+                except EngineUnavailable:
+                    during.append("put refused")
+                during.append((await b.get("b-reshard", keys[5]))[1].decode())
+            return rv
+
+        old_id = (await a.bucket("b-reshard")).id
+        a._write = write_then_race  # type: ignore[method-assign]
+        new = await a.reshard("b-reshard", 5, depth=2)
+        a._write = real  # type: ignore[method-assign]
+        assert during == ["put refused", keys[5]], during
+        assert (new.shards, new.depth) == (5, 2)
+        page = await b.list_objects("b-reshard", "", "", None, 1000)
+        assert [e.key for e in page.entries] == sorted(keys, key=lambda k: k.encode())
+        assert (await b.list_objects("b-reshard", "h1/user1/", "/", None, 100)).prefixes == ["h1/user1/cur/"]
+        await b.put("b-reshard", "late", meta(b"l"), b"l")  # through the new index
+        for k in keys:
+            assert (await b.get("b-reshard", k))[1] == k.encode()
+        assert (await b.bucket("b-reshard")).shards == 5
     asyncio.run(go())
     a.close()
     b.close()

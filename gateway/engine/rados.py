@@ -72,6 +72,7 @@ CAS_ATTEMPTS = 16
 # while the bucket is being deleted, sorts before every entry.
 ENTRY = "k"
 CLOSED = "!closed"
+RESHARDING = "!resharding"  # set while the entries move to new shards: writes wait (503), reads go on
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,20 +82,27 @@ class RadosBucket:
     layout) in one shard, so a LIST under a user's prefix asks one shard, not all."""
 
     name: str
-    id: str
+    id: str  # names its data objects, for good
     owner: str
     created: float
     shards: int
     depth: int = 0
+    index_id: str = ""  # names its index shards: a new one after each reshard ("" = id)
 
     @classmethod
     def from_json(cls, name: str, raw: bytes) -> RadosBucket:
         d = json.loads(raw)
-        return cls(name, d["id"], d["owner"], d["created"], d["shards"], d.get("depth", 0))
+        return cls(name, d["id"], d["owner"], d["created"], d["shards"], d.get("depth", 0), d.get("index", ""))
 
     def to_json(self) -> str:
-        return json.dumps({"id": self.id, "owner": self.owner, "created": self.created, "shards": self.shards,
-                           "depth": self.depth})
+        d: dict[str, object] = {"id": self.id, "owner": self.owner, "created": self.created, "shards": self.shards,
+                                "depth": self.depth}
+        if self.index_id:
+            d["index"] = self.index_id
+        return json.dumps(d)
+
+    def all_shards(self) -> list[str]:
+        return [f"{self.index_id or self.id}.{n}" for n in range(self.shards)]
 
     def _part(self, key: str) -> str:
         if self.depth and key.count("/") >= self.depth:
@@ -102,14 +110,14 @@ class RadosBucket:
         return key
 
     def shard(self, key: str) -> str:
-        return f"{self.id}.{zlib.crc32(self._part(key).encode()) % self.shards}"
+        return f"{self.index_id or self.id}.{zlib.crc32(self._part(key).encode()) % self.shards}"
 
     def shards_for(self, prefix: str) -> list[str]:
         """The shards that can hold keys under `prefix`: one when the prefix fixes the
         components the shard is chosen by, else all."""
         if self.depth and prefix.count("/") >= self.depth:
             return [self.shard(prefix)]
-        return [f"{self.id}.{n}" for n in range(self.shards)]
+        return self.all_shards()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +227,7 @@ class RadosStore:
         """Its index shards first, then its entry (exclusive: a second create fails), so a
         listed bucket always has its shards."""
         b = RadosBucket(name, secrets.token_hex(8), owner, time.time(), shards, depth)
-        for n in range(shards):
-            _check(await self._write(self.index, f"{b.id}.{n}",
-                                     lambda op: op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)), "a new shard")
+        await self._new_shards(b)
         value = b.to_json()
 
         def register(op: Any) -> None:
@@ -263,12 +269,12 @@ class RadosStore:
         raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
         if raw is None:
             raise NoSuchBucket(name)
-        if json.loads(raw).get("deleting"):
-            raise EngineUnavailable(f"{name}: another delete of this bucket is in progress")
+        if json.loads(raw).get("deleting") or json.loads(raw).get("resharding"):
+            raise EngineUnavailable(f"{name}: being deleted or resharded already")
         mine = raw.decode()[:-1] + ', "deleting": true}'
         if not await self._swap_bucket(name, raw.decode(), mine):
             raise EngineUnavailable(f"{name}: the bucket changed while it was being deleted")
-        shards = [f"{b.id}.{n}" for n in range(b.shards)]
+        shards = b.all_shards()
         try:
             for shard in shards:
                 _check(await self._write(self.index, shard,
@@ -300,9 +306,63 @@ class RadosStore:
         _check(rv, f"updating the bucket {name}")
         return True
 
+    async def reshard(self, name: str, shards: int, depth: int | None = None) -> RadosBucket:
+        """Move the bucket's index to `shards` new shards (and a new shard depth): one at a
+        time (the entry swapped to a "resharding" copy); the old shards marked RESHARDING,
+        which every index swap requires absent, so writes answer 503 meanwhile and reads go
+        on; the entries copied; the bucket entry swapped to the new index; the old shards
+        removed. Gateways holding the old index find its shards gone and read the bucket
+        afresh. The data objects do not move."""
+        self._buckets.pop(name, None)
+        b = await self.bucket(name)
+        raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
+        if raw is None:
+            raise NoSuchBucket(name)
+        if json.loads(raw).get("deleting") or json.loads(raw).get("resharding"):
+            raise EngineUnavailable(f"{name}: being deleted or resharded already")
+        mine = raw.decode()[:-1] + ', "resharding": true}'
+        if not await self._swap_bucket(name, raw.decode(), mine):
+            raise EngineUnavailable(f"{name}: the bucket changed meanwhile")
+        new = RadosBucket(name, b.id, b.owner, b.created, shards, b.depth if depth is None else depth,
+                          secrets.token_hex(8))
+        try:
+            await self._new_shards(new)
+            for shard in b.all_shards():
+                _check(await self._write(self.index, shard,
+                                         lambda op: self.index.set_omap(op, (RESHARDING,), (b"1",))), "marking")
+            for shard in b.all_shards():
+                after = ""
+                while True:
+                    page = await self._omap_page(self.index, shard, after, ENTRY, 1000)
+                    moving: dict[str, list[tuple[str, bytes]]] = {}
+                    for k, v in page:
+                        moving.setdefault(new.shard(k[len(ENTRY):]), []).append((k, v))
+                    for target, kvs in moving.items():
+                        keys, values = tuple(k for k, _ in kvs), tuple(v for _, v in kvs)
+                        _check(await self._write(self.index, target, lambda op: self.index.set_omap(
+                            op, keys, values)), "copying entries")  # noqa: B023 - awaited here
+                    if len(page) < 1000:
+                        break
+                    after = page[-1][0]
+            if not await self._swap_bucket(name, mine, new.to_json()):
+                raise EngineUnavailable(f"{name}: the bucket changed meanwhile")
+        except BaseException:  # as it was: the old shards open, the new ones gone
+            for shard in b.all_shards():
+                await self._write(self.index, shard, lambda op: self.index.remove_omap_keys(op, (RESHARDING,)))
+            await self._swap_bucket(name, mine, raw.decode())
+            await self._remove_shards(new)
+            raise
+        await self._remove_shards(b)
+        self._buckets[name] = new
+        return new
+
+    async def _new_shards(self, b: RadosBucket) -> None:
+        for shard in b.all_shards():
+            _check(await self._write(self.index, shard, lambda op: op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)),
+                   "a new shard")
+
     async def _remove_shards(self, b: RadosBucket) -> None:
-        for n in range(b.shards):
-            shard = f"{b.id}.{n}"
+        for shard in b.all_shards():
             rv, _ = await self._aio(lambda cb: self.index.aio_remove(shard, oncomplete=cb))  # noqa: B023 - awaited here
             if rv not in (0, -ENOENT):
                 _check(rv, "removing a shard")
@@ -341,14 +401,19 @@ class RadosStore:
 
     # ------------------------------------------------------------------ objects
 
-    async def _entry(self, b: RadosBucket, key: str) -> Stored | None:
+    async def _entry(self, b: RadosBucket, key: str, *, writing: bool = False) -> Stored | None:
+        """The key's entry. `writing`: for a write that will swap it, which a closed shard
+        refuses (NoSuchBucket while the bucket is deleted, EngineUnavailable while it is
+        resharded; reads go on meanwhile)."""
         try:
-            got = await self._omap_get(self.index, b.shard(key), (ENTRY + key, CLOSED))
+            got = await self._omap_get(self.index, b.shard(key), (ENTRY + key, CLOSED, RESHARDING))
         except FileNotFoundError:
             self._buckets.pop(b.name, None)  # deleted (maybe made again): read it afresh next time
             raise NoSuchBucket(b.name) from None
         if CLOSED in got:
             raise NoSuchBucket(b.name)
+        if writing and RESHARDING in got:
+            raise EngineUnavailable(f"{b.name} is being resharded: try again")
         raw = got.get(ENTRY + key)
         if raw is None:
             return None
@@ -365,7 +430,7 @@ class RadosStore:
         except NoSuchBucket:
             self._buckets.pop(name, None)
             fresh = await self.bucket(name)  # NoSuchBucket when it is really gone
-            if fresh.id == b.id:
+            if fresh == b:
                 raise
             return await operation(fresh)
 
@@ -452,7 +517,7 @@ class RadosStore:
         try:
             current: Stored | None = None  # mail keys are new: first try "absent", no read
             if cond.if_match is not None:
-                current = await self._entry(b, key)
+                current = await self._entry(b, key, writing=True)
                 _check_match(current, cond, key)
             for _ in range(CAS_ATTEMPTS):
                 rv = await self._swap(b, key, current.raw if current is not None else "", value)
@@ -460,7 +525,7 @@ class RadosStore:
                     break
                 if rv != -ECANCELED:
                     _check(rv, "updating the index")
-                current = await self._entry(b, key)  # someone else's entry is there (now)
+                current = await self._entry(b, key, writing=True)  # someone else's entry is there (now)
                 if cond.if_none_match_any and current is not None:
                     raise PreconditionFailed(key)
                 if cond.if_match is not None:
@@ -483,6 +548,7 @@ class RadosStore:
         def build(op: Any) -> None:
             op.omap_cmp(ENTRY + key, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
             op.omap_cmp(CLOSED, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # the bucket is not being deleted
+            op.omap_cmp(RESHARDING, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # ... nor resharded
             if value is None:
                 self.index.remove_omap_keys(op, (ENTRY + key,))
             else:
@@ -501,7 +567,7 @@ class RadosStore:
     async def _delete(self, b: RadosBucket, key: str, cond: Conditions | None) -> bool:
         cond = cond or Conditions()
         for _ in range(CAS_ATTEMPTS):
-            current = await self._entry(b, key)
+            current = await self._entry(b, key, writing=True)
             if cond.if_match is not None:
                 _check_match(current, cond, key)
             if current is None:

@@ -59,8 +59,8 @@ def _head_of(oid: str) -> str:
 
 def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
     """(key, data object) of every index entry of a bucket, shard by shard."""
-    for n in range(b.shards):
-        for name, raw in _omap_all(store.index, f"{b.id}.{n}"):
+    for shard in b.all_shards():
+        for name, raw in _omap_all(store.index, shard):
             if name.startswith(ENTRY):
                 yield name[len(ENTRY):], json.loads(raw)["o"]
 
@@ -176,10 +176,10 @@ def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
             continue
         if rec.key not in newest or rec.meta.mtime > newest[rec.key][0]:
             newest[rec.key] = (rec.meta.mtime, obj.key, records.meta_json(rec.meta))
-    for n in range(b.shards):  # the shards, where the index pool lost them
+    for shard in b.all_shards():  # the shards, where the index pool lost them
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_IDEMPOTENT)
-            store.index.operate_write_op(op, f"{b.id}.{n}")
+            store.index.operate_write_op(op, shard)
     for key, (_, oid, meta_text) in sorted(newest.items()):
         value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'.encode()
         with rados.WriteOpCtx() as op:

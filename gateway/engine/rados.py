@@ -14,7 +14,8 @@ Layout, designed for small immutable mail objects:
   entry maps the key to its data object and its metadata (`{"o": oid, "m": meta}`), so
   HEAD and LIST read the index alone. The index is the truth: a key exists when its entry
   does. While a bucket is being deleted its shards carry a CLOSED mark that every index
-  swap requires absent, so no PUT lands in a bucket that is going away.
+  swap requires absent, so no PUT lands in a bucket that is going away; while its index
+  moves to new shards (`reshard`), a RESHARDING mark holds writes back the same way.
 - **Buckets** (metadata pool): OMAP entries of the object `buckets`, name -> `{"id",
   "owner", "created", "shards"}`. Other shared records (access keys, policies, multipart
   uploads) are OMAP entries of `ns.<namespace>` there, changed by compare-and-swap.

@@ -266,32 +266,45 @@ class RadosStore:
         shard closed (CLOSED: each PUT's index swap requires it absent), then checked empty:
         a PUT racing the delete either landed before (BucketNotEmpty, and everything is
         opened again) or is refused. An acknowledged object never goes with its bucket."""
-        b = await self.bucket(name)
-        raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
-        if raw is None:
-            raise NoSuchBucket(name)
-        if json.loads(raw).get("deleting") or json.loads(raw).get("resharding"):
-            raise EngineUnavailable(f"{name}: being deleted or resharded already")
-        mine = raw.decode()[:-1] + ', "deleting": true}'
-        if not await self._swap_bucket(name, raw.decode(), mine):
-            raise EngineUnavailable(f"{name}: the bucket changed while it was being deleted")
+        b, raw, mine = await self._claim(name, "deleting")
         shards = b.all_shards()
         try:
-            for shard in shards:
-                _check(await self._write(self.index, shard,
-                                         lambda op: self.index.set_omap(op, (CLOSED,), (b"1",))), "closing a shard")
+            await self._mark(shards, CLOSED, True)
             for shard in shards:
                 if await self._omap_page(self.index, shard, "", ENTRY, 1):
                     raise BucketNotEmpty(name)
             if not await self._swap_bucket(name, mine, None):
                 raise EngineUnavailable(f"{name}: the bucket changed while it was being deleted")
         except BaseException:  # not deleted: open it again, as it was
-            for shard in shards:
-                await self._write(self.index, shard, lambda op: self.index.remove_omap_keys(op, (CLOSED,)))
-            await self._swap_bucket(name, mine, raw.decode())
+            await self._mark(shards, CLOSED, False)
+            await self._swap_bucket(name, mine, raw)
             raise
         self._buckets.pop(name, None)
         await self._remove_shards(b)
+
+    async def _claim(self, name: str, flag: str) -> tuple[RadosBucket, str, str]:
+        """One delete or reshard at a time: the bucket's entry swapped to a copy flagged
+        `flag`. Returns the bucket, its entry as it was and the flagged copy."""
+        b = await self.bucket(name)
+        got = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
+        if got is None:
+            raise NoSuchBucket(name)
+        raw = got.decode()
+        if json.loads(raw).get("deleting") or json.loads(raw).get("resharding"):
+            raise EngineUnavailable(f"{name}: being deleted or resharded already")
+        mine = raw[:-1] + f', "{flag}": true}}'
+        if not await self._swap_bucket(name, raw, mine):
+            raise EngineUnavailable(f"{name}: the bucket changed meanwhile")
+        return b, raw, mine
+
+    async def _mark(self, shards: list[str], mark: str, on: bool) -> None:
+        """Set (or take away) a mark on index shards; taking away is best effort."""
+        for shard in shards:
+            if on:
+                _check(await self._write(self.index, shard, lambda op: self.index.set_omap(op, (mark,), (b"1",))),
+                       f"marking {shard}")
+            else:
+                await self._write(self.index, shard, lambda op: self.index.remove_omap_keys(op, (mark,)))
 
     async def _swap_bucket(self, name: str, expected: str, value: str | None) -> bool:
         def build(op: Any) -> None:
@@ -315,22 +328,12 @@ class RadosStore:
         removed. Gateways holding the old index find its shards gone and read the bucket
         afresh. The data objects do not move."""
         self._buckets.pop(name, None)
-        b = await self.bucket(name)
-        raw = (await self._omap_get(self.meta, BUCKETS, (name,))).get(name)
-        if raw is None:
-            raise NoSuchBucket(name)
-        if json.loads(raw).get("deleting") or json.loads(raw).get("resharding"):
-            raise EngineUnavailable(f"{name}: being deleted or resharded already")
-        mine = raw.decode()[:-1] + ', "resharding": true}'
-        if not await self._swap_bucket(name, raw.decode(), mine):
-            raise EngineUnavailable(f"{name}: the bucket changed meanwhile")
+        b, raw, mine = await self._claim(name, "resharding")
         new = RadosBucket(name, b.id, b.owner, b.created, shards, b.depth if depth is None else depth,
                           secrets.token_hex(8))
         try:
             await self._new_shards(new)
-            for shard in b.all_shards():
-                _check(await self._write(self.index, shard,
-                                         lambda op: self.index.set_omap(op, (RESHARDING,), (b"1",))), "marking")
+            await self._mark(b.all_shards(), RESHARDING, True)
             for shard in b.all_shards():
                 after = ""
                 while True:
@@ -348,9 +351,8 @@ class RadosStore:
             if not await self._swap_bucket(name, mine, new.to_json()):
                 raise EngineUnavailable(f"{name}: the bucket changed meanwhile")
         except BaseException:  # as it was: the old shards open, the new ones gone
-            for shard in b.all_shards():
-                await self._write(self.index, shard, lambda op: self.index.remove_omap_keys(op, (RESHARDING,)))
-            await self._swap_bucket(name, mine, raw.decode())
+            await self._mark(b.all_shards(), RESHARDING, False)
+            await self._swap_bucket(name, mine, raw)
             await self._remove_shards(new)
             raise
         await self._remove_shards(b)

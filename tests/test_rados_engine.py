@@ -488,3 +488,26 @@ def test_reshard(pools) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(go())
     a.close()
     b.close()
+
+
+def test_requests_cancelled_in_flight(pools) -> None:  # type: ignore[no-untyped-def]
+    """Requests cancelled while librados still works on them (a client that hung up): the
+    operations are released only when librados is done with them, so nothing is freed under
+    it, and the store goes on serving."""
+    store = open_store(pools)
+
+    async def go() -> None:
+        await store.create_bucket("b-cancel", "admin", shards=4)
+        for round_ in range(5):
+            tasks = [asyncio.create_task(store.put("b-cancel", f"c{round_}/{i}", meta(b"x" * 5000), b"x" * 5000))
+                     for i in range(60)]
+            tasks += [asyncio.create_task(store.list_objects("b-cancel", "", "", None, 50)) for _ in range(20)]
+            await asyncio.sleep(0.005 * round_)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(1)  # the completions of what was cancelled arrive and release
+        await store.put("b-cancel", "after", meta(b"ok"), b"ok")
+        assert (await store.get("b-cancel", "after"))[1] == b"ok"
+    asyncio.run(go())
+    store.close()

@@ -64,6 +64,7 @@ BUCKETS = "buckets"  # the metadata pool's object whose OMAP lists the buckets
 DEFAULT_SHARDS = 16
 ECANCELED = 125  # an omap_cmp that did not hold
 ENOENT = 2
+EIO = 5
 EEXIST = 17
 STRIPE = 4 << 20  # a body above this goes to tail objects of this size, listed in the head
 HEAD_MAX = STRIPE + (1 << 20)  # a head object is never larger: its record, with the body inline or not
@@ -155,9 +156,15 @@ class RadosStore:
 
     # ------------------------------------------------------------------ librados on the loop
 
-    async def _aio(self, start: Callable[[Callable[..., None]], Any]) -> tuple[int, Any]:
+    async def _aio(self, start: Callable[[Callable[..., None]], Any],
+                   finish: Callable[[int], Any] | None = None) -> tuple[int, Any]:
         """Start an asynchronous librados call with a completion callback; its return value
-        (negative errno or >= 0) and, for reads, its data, resolved on this loop."""
+        (negative errno or >= 0) and, for reads, its data, resolved on this loop.
+
+        `finish(rv)` runs on the loop when librados is done with the operation, whether or not
+        the caller still waits (a cancelled request): it collects what the operation filled
+        and releases it, so an operation is never freed while librados still uses it. What
+        it returns takes the place of the data."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
 
@@ -165,13 +172,21 @@ class RadosStore:
             rv = completion.get_return_value()
 
             def resolve() -> None:
+                try:
+                    result = (rv, finish(rv) if finish is not None else data)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller, if it still waits
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    return
                 if not fut.done():  # the caller may have been cancelled meanwhile
-                    fut.set_result((rv, data))
+                    fut.set_result(result)
             loop.call_soon_threadsafe(resolve)
 
         try:
             start(done)
         except self._rados.Error as exc:
+            if finish is not None:
+                finish(-EIO)
             raise EngineUnavailable(f"RADOS: {exc}") from None
         return await fut
 
@@ -180,11 +195,12 @@ class RadosStore:
         op = io.create_write_op()
         try:
             build(op)
-            # mtime: the binding would send 0 (the epoch) rather than "now"; the sweep reads it
-            rv, _ = await self._aio(lambda cb: io.operate_aio_write_op(op, oid, oncomplete=cb,
-                                                                      mtime=int(time.time())))
-        finally:
+        except BaseException:
             io.release_write_op(op)
+            raise
+        # mtime: the binding would send 0 (the epoch) rather than "now"; the sweep reads it
+        rv, _ = await self._aio(lambda cb: io.operate_aio_write_op(op, oid, oncomplete=cb, mtime=int(time.time())),
+                                lambda rv: io.release_write_op(op))
         return rv
 
     async def _omap_read(self, io: Any, oid: str, ask: Callable[[Any], Any]) -> list[tuple[str, bytes]]:
@@ -193,13 +209,22 @@ class RadosStore:
         op = io.create_read_op()
         try:
             it = ask(op)
-            rv, _ = await self._aio(lambda cb: io.operate_aio_read_op(op, oid, oncomplete=cb))
-            if rv == -ENOENT:
-                raise FileNotFoundError(oid)
-            _check(rv, f"reading the OMAP of {oid}")
-            return list(it)
-        finally:
+        except BaseException:
             io.release_read_op(op)
+            raise
+
+        def collect(rv: int) -> list[tuple[str, bytes]]:
+            try:
+                return list(it) if rv >= 0 else []
+            finally:
+                io.release_read_op(op)
+
+        rv, entries = await self._aio(lambda cb: io.operate_aio_read_op(op, oid, oncomplete=cb), collect)
+        if rv == -ENOENT:
+            raise FileNotFoundError(oid)
+        _check(rv, f"reading the OMAP of {oid}")
+        result: list[tuple[str, bytes]] = entries
+        return result
 
     async def _omap_get(self, io: Any, oid: str, keys: tuple[str, ...]) -> dict[str, bytes]:
         return dict(await self._omap_read(io, oid, lambda op: io.get_omap_vals_by_keys(op, keys)[0]))

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .engine import rados_fsck
@@ -79,6 +80,15 @@ def _run(store: RadosStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(lowest: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().lstrip("-").isdigit() else None
+        if value is None or value < lowest:
+            raise argparse.ArgumentTypeError(f"a whole number of at least {lowest}, not {text!r}")
+        return value
+    return parse
+
+
 def register(sub: Subcommands) -> None:
     rados = sub.add_parser("rados", help="the RADOS layout on a Ceph cluster: buckets, sweep, check, rebuild")
     rsub = rados.add_subparsers(dest="action", required=True)
@@ -100,14 +110,14 @@ def register(sub: Subcommands) -> None:
         p.add_argument("--meta-pool", default="mailstore-meta")
     parsers["bucket-create"].add_argument("name")
     parsers["bucket-create"].add_argument("--owner", default="admin")
-    parsers["bucket-create"].add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+    parsers["bucket-create"].add_argument("--shards", type=_count(1), default=DEFAULT_SHARDS,
                                           help="index shards (fixed for the bucket's life)")
-    parsers["bucket-create"].add_argument("--shard-depth", type=int, default=0,
+    parsers["bucket-create"].add_argument("--shard-depth", type=_count(0), default=0,
                                           help="choose a key's shard by its first N path components "
                                                "(2 for obox's <hash>/<user>/...: a user's LIST asks one shard)")
     parsers["reshard"].add_argument("name")
-    parsers["reshard"].add_argument("--shards", type=int, required=True)
-    parsers["reshard"].add_argument("--shard-depth", type=int, help="a new shard depth (default: keep it)")
+    parsers["reshard"].add_argument("--shards", type=_count(1), required=True)
+    parsers["reshard"].add_argument("--shard-depth", type=_count(0), help="a new shard depth (default: keep it)")
     parsers["sweep"].add_argument("--min-age", type=float, default=3600.0,
                                   help="seconds: younger data objects may be a PUT in flight")
     parsers["check"].add_argument("--deep", action="store_true", help="also read every record and tail")

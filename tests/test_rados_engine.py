@@ -368,6 +368,19 @@ def test_the_rados_cli(pools) -> None:  # type: ignore[no-untyped-def]
     assert rc == 0 and out["restored"] == 4, out  # type: ignore[index]
     assert cli("check", "--bucket", "b-cli")[0] == 0
     assert cli("check", "--bucket", "nope")[0] == 1
+    for wrong in (["--ceph-conf", "/nonexistent/ceph.conf"], ["--data-pool", "no-such-pool"],
+                  ["--keyring", "/nonexistent/keyring"]):  # a careless operator: a precise error, no traceback
+        args = list(common)
+        args[args.index(wrong[0]) + 1] = wrong[1]
+        done = subprocess.run([str(BIN / "mailstore"), "rados", "bucket-list", *args], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith("mailstore: RADOS"), done.stderr
+        assert "Traceback" not in done.stderr
+    for bad in (["bucket-create", "b-zero", "--shards", "0"], ["reshard", "b-cli", "--shards", "-3"],
+                ["bucket-create", "b-neg", "--shard-depth", "-1"]):
+        done = subprocess.run([str(BIN / "mailstore"), "rados", *bad, *common], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and "a whole number of at least" in done.stderr, done.stderr
     rc, out = cli("reshard", "b-cli", "--shards", "4", "--shard-depth", "1")
     assert rc == 0 and (out["shards"], out["depth"]) == (4, 1), out  # type: ignore[index]
     rc, out = cli("check", "--bucket", "b-cli", "--deep")

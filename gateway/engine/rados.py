@@ -138,13 +138,16 @@ class RadosStore:
                  meta_pool: str) -> None:
         import rados
         self._rados = rados
-        self.cluster = rados.Rados(conffile=conffile, name=user, conf={"keyring": keyring})
+        try:
+            self.cluster = rados.Rados(conffile=conffile, name=user, conf={"keyring": keyring})
+        except rados.Error as exc:  # a missing or unreadable ceph.conf
+            raise EngineUnavailable(f"RADOS: reading {conffile}: {exc}") from None
         try:
             self.cluster.connect(timeout=30)
             self.data = self.cluster.open_ioctx(data_pool)
             self.index = self.cluster.open_ioctx(index_pool)
             self.meta = self.cluster.open_ioctx(meta_pool)
-        except rados.Error as exc:
+        except rados.Error as exc:  # no such pool, a wrong key, a cluster that does not answer
             self.cluster.shutdown()
             raise EngineUnavailable(f"RADOS: {exc}") from None
         self._buckets: dict[str, RadosBucket] = {}
@@ -252,6 +255,8 @@ class RadosStore:
                             depth: int = 0) -> RadosBucket:
         """Its index shards first, then its entry (exclusive: a second create fails), so a
         listed bucket always has its shards."""
+        if shards < 1 or depth < 0:
+            raise ValueError(f"a bucket needs at least one shard and a depth of 0 or more: {shards}, {depth}")
         b = RadosBucket(name, secrets.token_hex(8), owner, time.time(), shards, depth)
         await self._new_shards(b)
         value = b.to_json()
@@ -352,6 +357,8 @@ class RadosStore:
         on; the entries copied; the bucket entry swapped to the new index; the old shards
         removed. Gateways holding the old index find its shards gone and read the bucket
         afresh. The data objects do not move."""
+        if shards < 1 or (depth is not None and depth < 0):
+            raise ValueError(f"a bucket needs at least one shard and a depth of 0 or more: {shards}, {depth}")
         self._buckets.pop(name, None)
         b, raw, mine = await self._claim(name, "resharding")
         new = RadosBucket(name, b.id, b.owner, b.created, shards, b.depth if depth is None else depth,

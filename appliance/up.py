@@ -64,19 +64,25 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str) -> Secrets:
             found["dashboard"] = {"user": "admin", "password": secrets.token_urlsafe(12)}
             _write_private(path, found)
         return found
+    from gateway.engine.api import Engine
     from gateway.engine.local import LocalEngine
-    from gateway.keys import KeyStore
+    from gateway.engine.local_api import run_on
+    from gateway.keys import AccessKey, KeyStore
     from gateway.policy import preset
     from mailstore.db import MetaStore
     from mailstore.users import hash_password
 
+    async def first_keys(engine: Engine) -> tuple[AccessKey, AccessKey]:
+        keys = KeyStore(engine)
+        admin = await keys.create("admin", admin=True)
+        shim = await keys.create("mail-shim", admin=False, policy=preset(f"bucket:{cfg.bucket}"))
+        if not await engine.bucket_exists(cfg.bucket):
+            await engine.create_bucket(cfg.bucket, admin.access_key)
+        return admin, shim
+
     engine = LocalEngine(data_dir / "engine")
     try:
-        keys = KeyStore(engine)
-        admin = keys.create_sync("admin", admin=True)
-        shim = keys.create_sync("mail-shim", admin=False, policy=preset(f"bucket:{cfg.bucket}"))
-        if not engine.bucket_exists(cfg.bucket):
-            engine.run_sync(engine.create_bucket_txn(cfg.bucket, admin.access_key))
+        admin, shim = run_on(engine, first_keys)
     finally:
         engine.close()
     user, password = f"test@{cfg.domain}", secrets.token_urlsafe(12)

@@ -31,6 +31,7 @@ from pathlib import Path
 from gateway.engine.commit import Txn, Write
 from gateway.engine.local import LocalEngine
 from gateway.engine.model import ObjectMeta
+from gateway.engine.local_api import run_on
 from gateway.keys import KeyStore
 
 from .s3 import BIN, build, read_response
@@ -53,7 +54,7 @@ def user_keys(u: int, per_box: int) -> list[str]:
 def fill(root: Path, per_box: int) -> tuple[str, str]:
     engine = LocalEngine(root)
     try:
-        key = KeyStore(engine).create_sync("bench")
+        key = run_on(engine, lambda g: KeyStore(g).create("bench"))
         engine.run_sync(engine.create_bucket_txn("mail", key.access_key))
         meta = ObjectMeta(64, '"00000000000000000000000000000000"', time.time())
         t0 = time.perf_counter()

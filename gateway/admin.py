@@ -25,7 +25,7 @@ from aiohttp import web
 from .auth import Principal
 from .body import Expectations, receive
 from .context import Gateway, valid_bucket_name
-from .engine.local import LocalEngine
+from .engine.api import Engine
 from .engine.model import BucketAlreadyExists, BucketNotEmpty, NoSuchBucket
 from .policy import Policy, PolicyError, preset
 from .s3.errors import S3Error
@@ -54,7 +54,7 @@ async def _body(gw: Gateway, request: web.BaseRequest, principal: Principal) -> 
         raise S3Error("AccessDenied", "Admin requests must sign their body (x-amz-content-sha256)")
     exp = Expectations.from_request(request, principal.payload_hash, principal.chunk_seed)
     try:
-        raw = (await receive(request, exp, gw.engine.data, run=gw.run_blocking, max_size=MAX_BODY)).data
+        raw = (await receive(request, exp, gw.engine, run=gw.run_blocking, max_size=MAX_BODY)).data
     except S3Error as exc:
         if exc.code == "EntityTooLarge":
             raise AdminError(413, "TooLarge", "admin requests are at most 64 KiB") from None
@@ -88,7 +88,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
     method = request.method
     keys = gw.keys
     if parts == ["keys"] and method == "GET":
-        return _json([k.describe() for k in keys.list()])
+        return _json([k.describe() for k in await keys.list()])
     if parts == ["keys"] and method == "POST":
         doc = await _body(gw, request, principal)
         name = str(doc.get("name", "")).strip()
@@ -98,16 +98,14 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         admin = bool(doc.get("admin", policy is None))
         if not admin and policy is None:
             raise AdminError(400, "InvalidArgument", "a key that is not an administrator needs a policy or preset")
-        key, txn = keys.create_txn(name, admin=admin, policy=policy)
-        await gw.engine._run(txn)
+        key = await keys.create(name, admin=admin, policy=policy)
         return _json({**key.describe(), "SecretAccessKey": key.secret}, 201)
     if len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
-        res = await gw.engine._run(keys.delete_txn(parts[1]))
-        if res[0] is None:
+        if not await keys.delete(parts[1]):
             raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
         return web.Response(status=204)
     if len(parts) == 3 and parts[0] == "keys" and parts[2] == "policy" and method == "PUT":
-        current = keys.get(parts[1])
+        current = await keys.get(parts[1])
         if current is None:
             raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}")
         doc = await _body(gw, request, principal)
@@ -115,15 +113,16 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         admin = bool(doc.get("admin", False))
         if not admin and policy is None:
             raise AdminError(400, "InvalidArgument", "give a policy, a preset, or admin: true")
-        await gw.engine._run(keys.set_policy_txn(current, None if admin else policy, admin))
+        try:
+            fresh = await keys.set_policy(current.access_key, None if admin else policy, admin)
+        except KeyError:
+            raise AdminError(404, "NoSuchKey", f"no access key {parts[1]}") from None
         gw.auth.forget(current.access_key)
-        fresh = keys.get(current.access_key)
-        assert fresh is not None
         return _json(fresh.describe())
     if parts == ["buckets"] and method == "GET":
-        per_bucket = await gw.run_blocking(usage, gw.engine, None)
+        per_bucket = await usage(gw.engine, None)
         return _json([{"Name": b.name, "Created": int(b.created), **_totals(per_bucket.get(b.name))}
-                      for b in gw.engine.list_buckets()])
+                      for b in await gw.engine.list_buckets()])
     if parts == ["buckets"] and method == "POST":
         name = str((await _body(gw, request, principal)).get("name", ""))
         if not valid_bucket_name(name):
@@ -143,11 +142,11 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         return web.Response(status=204)
     if parts == ["usage"] and method == "GET":
         bucket = request.query.get("bucket")
-        if bucket is not None and not gw.engine.bucket_exists(bucket):
+        if bucket is not None and not await gw.engine.bucket_exists(bucket):
             raise AdminError(404, "NoSuchBucket", f"no bucket {bucket}")
-        return _json({"buckets": await gw.run_blocking(usage, gw.engine, bucket)})
+        return _json({"buckets": await usage(gw.engine, bucket)})
     if parts == ["status"] and method == "GET":
-        return _json({"engine": gw.engine.index.stats(), "metrics": gw.engine.metrics,
+        return _json({"engine": await gw.engine.stats(), "metrics": gw.engine.metrics,
                       "access_denials": gw.access.denials, "operations": gw.counters})
     raise AdminError(404, "NotFound", f"no admin endpoint {method} {path}")
 
@@ -156,12 +155,12 @@ def _totals(u: dict[str, Any] | None) -> dict[str, int]:
     return {"Objects": u["objects"], "Bytes": u["bytes"]} if u else {"Objects": 0, "Bytes": 0}
 
 
-def usage(engine: LocalEngine, bucket: str | None) -> dict[str, Any]:
-    """Per bucket: totals and per first-level prefix (blocking: one pass over the index)."""
-    names = [bucket] if bucket else [b.name for b in engine.list_buckets()]
+async def usage(engine: Engine, bucket: str | None) -> dict[str, Any]:
+    """Per bucket: totals and per first-level prefix (one pass over each bucket's index)."""
+    names = [bucket] if bucket else [b.name for b in await engine.list_buckets()]
     out: dict[str, Any] = {}
     for name in names:
-        prefixes = engine.index.usage_by_prefix(name)
+        prefixes = await engine.usage_by_prefix(name)
         out[name] = {"objects": sum(n for n, _ in prefixes.values()),
                      "bytes": sum(b for _, b in prefixes.values()),
                      "prefixes": {p: {"objects": n, "bytes": b} for p, (n, b) in sorted(prefixes.items())}}

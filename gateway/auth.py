@@ -43,19 +43,19 @@ class Authenticator:
         """Drop a cached key at once (this process changed it)."""
         self._cache.pop(access_key, None)
 
-    def lookup(self, access_key: str) -> AccessKey:
+    async def lookup(self, access_key: str) -> AccessKey:
         now = self.clock()
         hit = self._cache.get(access_key)
         if hit is None or now - hit[0] > KEY_CACHE_SECONDS:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            hit = (now, self.keys.get(access_key))
+            hit = (now, await self.keys.get(access_key))
             self._cache[access_key] = hit
         if hit[1] is None:
             raise S3Error("InvalidAccessKeyId", extra={"AWSAccessKeyId": access_key})
         return hit[1]
 
-    def authenticate(self, method: str, raw_path: str, pairs: list[tuple[str, str]],
+    async def authenticate(self, method: str, raw_path: str, pairs: list[tuple[str, str]],
                      query: Mapping[str, str], headers: CIMultiDictProxy[str],
                      vhost_bucket: str | None = None) -> Principal:
         """`pairs` is the decoded query in wire order, `query` the same as a mapping;
@@ -69,16 +69,16 @@ class Authenticator:
                 signed = sigv4.parse_authorization_header(
                     authz, amz_date, headers.get("x-amz-content-sha256", ""))
             elif authz.startswith("AWS "):
-                return self._v2_header(authz, method, raw_path, pairs, headers, vhost_bucket)
+                return await self._v2_header(authz, method, raw_path, pairs, headers, vhost_bucket)
             else:
                 raise S3Error("AccessDenied", "Unsupported Authorization type")
         elif "X-Amz-Signature" in query or "X-Amz-Algorithm" in query:
             signed = sigv4.parse_presigned_query(dict(query))
         elif "Signature" in query and "AWSAccessKeyId" in query:
-            return self._v2_query(query, method, raw_path, pairs, headers, vhost_bucket)
+            return await self._v2_query(query, method, raw_path, pairs, headers, vhost_bucket)
         else:
             raise S3Error("AccessDenied", "Anonymous access is not allowed")
-        key = self.lookup(signed.credential.access_key)
+        key = await self.lookup(signed.credential.access_key)
         sigv4.check_time(signed, self.clock())
         for required in ("host",):
             if required not in signed.signed_headers:
@@ -97,10 +97,10 @@ class Authenticator:
 
     # ------------------------------------------------------------ Signature V2
 
-    def _v2_header(self, authz: str, method: str, raw_path: str, pairs: list[tuple[str, str]],
+    async def _v2_header(self, authz: str, method: str, raw_path: str, pairs: list[tuple[str, str]],
                    headers: CIMultiDictProxy[str], vhost_bucket: str | None) -> Principal:
         akid, claimed = sigv2.parse_header(authz)
-        key = self.lookup(akid)
+        key = await self.lookup(akid)
         when_text = headers.get("x-amz-date") or headers.get("date")
         when = parse_any_date(when_text) if when_text else None
         if when is None:
@@ -113,9 +113,9 @@ class Authenticator:
                                   for r in sigv2.resource_forms(raw_path, vhost_bucket, pairs)], claimed)
         return Principal(key, sigv4.UNSIGNED_PAYLOAD, presigned=False)
 
-    def _v2_query(self, query: Mapping[str, str], method: str, raw_path: str, pairs: list[tuple[str, str]],
+    async def _v2_query(self, query: Mapping[str, str], method: str, raw_path: str, pairs: list[tuple[str, str]],
                   headers: CIMultiDictProxy[str], vhost_bucket: str | None) -> Principal:
-        key = self.lookup(query["AWSAccessKeyId"])
+        key = await self.lookup(query["AWSAccessKeyId"])
         expires = query.get("Expires", "")
         expires_at = numbers.decimal(expires)
         if expires_at is None:

@@ -14,16 +14,15 @@ import base64
 import binascii
 import hashlib
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from aiohttp import StreamReader, web
 from awscrt import checksums as crt_checksums
 
-from .engine.local import INLINE_MAX
+from .engine.api import Engine, RunBlocking, Stager
 from .engine.model import BlobRef
-from .engine.segments import BlobWriter, DataDir
 from .s3 import numbers
 from .s3.chunked import AwsChunkedDecoder, ChunkSigner
 from .s3.errors import S3Error
@@ -35,15 +34,6 @@ READ_CHUNK = 1 << 20
 # x-amz-checksum-<name>: how to compute it.  crc32c and crc64nvme arrive with
 # the streaming and checksum work of the compatibility issue.
 CHECKSUMS: dict[str, Callable[[], _Digest]] = {}
-
-
-T = TypeVar("T")
-
-
-class RunBlocking(Protocol):
-    """How blocking work leaves the event loop (Gateway.run_blocking)."""
-
-    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
 
 class _Digest(Protocol):
@@ -173,8 +163,8 @@ class Expectations:
 
 @dataclass(slots=True)
 class Received:
-    data: bytes  # the body when inline; b"" when it went to a blob
-    blob: BlobRef | None
+    data: bytes  # the body when inline; b"" when it was staged
+    blobs: tuple[BlobRef, ...]  # the staged pieces (the engine's stager), in order
     size: int
     md5_hex: str
     checksums: dict[str, str]  # verified, base64, to store with the object
@@ -215,27 +205,27 @@ class _Digests:
         return out
 
 
-async def receive(request: web.BaseRequest, exp: Expectations, data_dir: DataDir, *,
-                  run: RunBlocking, force_blob: bool = False,
+async def receive(request: web.BaseRequest, exp: Expectations, engine: Engine, bucket: str = "", *,
+                  run: RunBlocking, upload: str | None = None, force_blob: bool = False,
                   max_size: int = MAX_PUT_SIZE) -> Received:
-    """Read the whole body; inline when small, else streamed to a new blob file.
-
-    `run(fn, *args)` runs blocking work off the event loop.
-    """
+    """Read the whole body; in memory up to the engine's inline_max, else streamed to its
+    stager (`force_blob`: staged whatever its size, as parts are). Large bodies are
+    digested on a worker thread (`run`), so the loop keeps serving meanwhile."""
     digests = _Digests(exp)
     content = request.content
     decoder = (AwsChunkedDecoder(signer=exp.chunk_signer, expect_trailer=exp.expect_trailer)
                if exp.aws_chunked else None)
-    if decoder is None and not force_blob and exp.length is not None and exp.length <= INLINE_MAX:
+    inline_max = engine.inline_max
+    if decoder is None and not force_blob and exp.length is not None and exp.length <= inline_max:
         try:
             data = await content.readexactly(exp.length) if exp.length else b""
         except asyncio.IncompleteReadError:
             raise S3Error("IncompleteBody") from None
         digests.update(data)
-        return Received(data, None, len(data), digests.md5.hexdigest(), digests.verify(exp))
-    # Unknown length or large: buffer up to INLINE_MAX, then spill to a blob.
+        return Received(data, (), len(data), digests.md5.hexdigest(), digests.verify(exp))
+    # Unknown length or large: buffer up to inline_max, then spill to the stager.
     buf = bytearray()
-    writer: BlobWriter | None = None
+    stager: Stager | None = None
     total = 0
     try:
         async for chunk in _pieces(content, decoder):
@@ -244,31 +234,33 @@ async def receive(request: web.BaseRequest, exp: Expectations, data_dir: DataDir
                 raise S3Error("EntityTooLarge")
             if exp.length is not None and total > exp.length:
                 raise S3Error("InvalidRequest", "The body is longer than Content-Length")
-            if writer is None:
+            if stager is None:
                 buf += chunk
-                if len(buf) > INLINE_MAX or force_blob:
-                    writer = await run(BlobWriter, data_dir)
+                if len(buf) > inline_max or force_blob:
+                    stager = await engine.stager(bucket, upload)
                     first, buf = bytes(buf), bytearray()
-                    await run(_absorb, writer, digests, first)
+                    await run(digests.update, first)
+                    await stager.write(first)
             else:
-                await run(_absorb, writer, digests, chunk)
+                await run(digests.update, chunk)
+                await stager.write(chunk)
         if exp.length is not None and total != exp.length:
             raise S3Error("IncompleteBody")
         trailers = decoder.trailers if decoder is not None else None
-        if writer is None:
+        if stager is None:
+            data = bytes(buf)
+            digests.update(data)
             if force_blob:
-                writer = await run(BlobWriter, data_dir)
-                await run(_absorb, writer, digests, bytes(buf))
+                stager = await engine.stager(bucket, upload)
+                await stager.write(data)
             else:
-                data = bytes(buf)
-                digests.update(data)
-                return Received(data, None, len(data), digests.md5.hexdigest(), digests.verify(exp, trailers))
-        ref = await run(writer.finish)
+                return Received(data, (), len(data), digests.md5.hexdigest(), digests.verify(exp, trailers))
         checksums = digests.verify(exp, trailers)
-        return Received(b"", ref, ref.size, digests.md5.hexdigest(), checksums)
+        blobs = await stager.finish()
+        return Received(b"", blobs, total, digests.md5.hexdigest(), checksums)
     except BaseException:
-        if writer is not None:
-            await run(writer.discard)
+        if stager is not None:
+            await stager.discard()
         raise
 
 
@@ -285,13 +277,3 @@ async def _pieces(content: StreamReader, decoder: AwsChunkedDecoder | None) -> A
                 yield piece
     if decoder is not None:
         decoder.finish()
-
-
-def _absorb(writer: BlobWriter, digests: _Digests, chunk: bytes) -> None:
-    digests.update(chunk)
-    writer.write(chunk)
-
-
-def discard_blob(data_dir: DataDir, ref: BlobRef | None) -> None:
-    if ref is not None:
-        data_dir.blob_path(ref.blob_id).unlink(missing_ok=True)

@@ -11,17 +11,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.progress import Progress
 
-from .config import GatewayConfig, parse_bytes, parse_listen
+from .config import GatewayConfig, RadosSettings, parse_bytes, parse_listen
+from .engine.api import Engine
 from .engine.local import EngineLock, EngineLocked, LocalEngine
+from .engine.local_api import run_on
 from .engine.recovery import IndexUnusable
 
 
@@ -32,7 +33,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     domains = tuple(args.base_domain) if args.base_domain else ("s3.localhost",)
     if args.workers < 1:
         raise ValueError("--workers must be at least 1")
-    run(GatewayConfig(Path(args.data_dir), host, port, args.region, domains,
+    rados = None
+    if args.engine == "rados":
+        from .rados_cli import settings
+
+        rados = settings(args)
+    elif not args.data_dir:
+        raise ValueError("the local engine needs --data-dir DIR (or give --engine rados)")
+    run(GatewayConfig(Path(args.data_dir or "."), host, port, args.region, domains, rados=rados,
                       compaction=not args.no_compaction, max_inflight=args.max_inflight,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, min_free_bytes=parse_bytes(args.min_free),
@@ -112,34 +120,41 @@ def cmd_key(args: argparse.Namespace) -> int:
         return 0
     if not args.data_dir:
         raise ValueError("give --data-dir DIR (local) or --endpoint URL (admin API)")
-    engine = LocalEngine(Path(args.data_dir), writer=args.action != "list")
-    try:
+    body = _policy_args(args) if args.action in ("create", "set-policy") else {}
+    policy = (preset(str(body["preset"])) if "preset" in body else
+              Policy.parse(json.dumps(body["policy"])) if "policy" in body else None)
+
+    async def act(engine: Engine) -> int:
         keys = KeyStore(engine)
-        body = _policy_args(args) if args.action in ("create", "set-policy") else {}
-        policy = (preset(str(body["preset"])) if "preset" in body else
-                  Policy.parse(json.dumps(body["policy"])) if "policy" in body else None)
         if args.action == "create":
-            key = keys.create_sync(args.name, admin=policy is None, policy=policy)
+            key = await keys.create(args.name, admin=policy is None, policy=policy)
             print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
         elif args.action == "list":
-            for k in keys.list():
+            for k in await keys.list():
                 print(json.dumps(k.describe()))
         elif args.action == "delete":
-            if engine.run_sync(keys.delete_txn(args.key_id))[0] is None:
+            if not await keys.delete(args.key_id):
                 print(f"mailstore: no such key: {args.key_id}", file=sys.stderr)
                 return 1
         elif args.action == "set-policy":
-            current = keys.get(args.key_id)
-            if current is None:
+            try:
+                fresh = await keys.set_policy(args.key_id, policy, policy is None)
+            except KeyError:
                 print(f"mailstore: no such key: {args.key_id}", file=sys.stderr)
                 return 1
-            engine.run_sync(keys.set_policy_txn(current, policy, policy is None))
-            fresh = keys.get(args.key_id)
-            assert fresh is not None
             print(json.dumps(fresh.describe()))
+        return 0
+
+    return _on_local(args, act, writer=args.action != "list")
+
+
+def _on_local(args: argparse.Namespace, act: Callable[[Engine], Coroutine[Any, Any, int]], *, writer: bool) -> int:
+    """Run `act` on the data directory's engine (as a gateway would see it), then close it."""
+    engine = LocalEngine(Path(args.data_dir), writer=writer)
+    try:
+        return run_on(engine, act)
     finally:
         engine.close()
-    return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -148,11 +163,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     else:
         from .admin import usage
 
-        engine = LocalEngine(Path(args.data_dir), writer=False)
-        try:
-            out = {"buckets": usage(engine, args.bucket)}
-        finally:
-            engine.close()
+        async def act(engine: Engine) -> int:
+            print(json.dumps({"buckets": await usage(engine, args.bucket)}, indent=2))
+            return 0
+
+        return _on_local(args, act, writer=False)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -161,26 +176,26 @@ def cmd_bucket(args: argparse.Namespace) -> int:
     from .context import valid_bucket_name
     from .engine.model import EngineError
 
-    engine = LocalEngine(Path(args.data_dir), writer=args.action != "list")
-    try:
+    if args.action != "list" and not valid_bucket_name(args.name):
+        print(f"mailstore: invalid bucket name: {args.name}", file=sys.stderr)
+        return 2
+
+    async def act(engine: Engine) -> int:
         if args.action == "list":
-            for b in engine.list_buckets():
+            for b in await engine.list_buckets():
                 print(b.name)
             return 0
-        if not valid_bucket_name(args.name):
-            print(f"mailstore: invalid bucket name: {args.name}", file=sys.stderr)
-            return 2
         try:
             if args.action == "create":
-                engine.run_sync(engine.create_bucket_txn(args.name, "admin"))
+                await engine.create_bucket(args.name, "admin")
             else:
-                asyncio.run(engine.delete_bucket(args.name))
+                await engine.delete_bucket(args.name)
         except EngineError as exc:
             print(f"mailstore: {args.action} {args.name}: {type(exc).__name__}", file=sys.stderr)
             return 1
-    finally:
-        engine.close()
-    return 0
+        return 0
+
+    return _on_local(args, act, writer=args.action != "list")
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -234,8 +249,12 @@ def register(sub: Subcommands) -> None:
 
 
 def _gateway_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("gateway", help="run one S3 gateway on a local engine")
-    p.add_argument("--data-dir", required=True)
+    from .rados_cli import cluster_args
+
+    p = sub.add_parser("gateway", help="run one S3 gateway (on a local engine, or on a Ceph cluster)")
+    p.add_argument("--engine", choices=("local", "rados"), default="local",
+                   help="local: objects in --data-dir; rados: objects on the Ceph cluster named below")
+    p.add_argument("--data-dir", help="the local engine's data directory")
     p.add_argument("--listen", default="127.0.0.1:8000")
     p.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
     p.add_argument("--region", default="us-east-1")
@@ -255,6 +274,10 @@ def _gateway_parser(sub: Subcommands) -> None:
                    help="after SIGTERM, seconds of 404 on /health/ready before the listener closes")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
                    help="then seconds for in-flight requests to finish")
+    g = p.add_argument_group("--engine rados")
+    cluster_args(g)
+    g.add_argument("--master-key", default=str(RadosSettings().master_key),
+                   help="the 32-byte file that seals access-key secrets, the same on every gateway (0600)")
     p.set_defaults(fn=cmd_gateway)
 
 

@@ -8,8 +8,23 @@ from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
+class RadosSettings:
+    """A Ceph cluster as the engine (gateway/engine/rados_api.py): its ceph.conf, a cephx user
+    and its keyring file (the key never on a command line), the three pools, and the master
+    key that seals access-key secrets (the same 32 bytes on every gateway host, 0600)."""
+
+    conf: str = "/etc/ceph/ceph.conf"
+    user: str = "client.mailstore"
+    keyring: str = "/etc/ceph/ceph.client.mailstore.keyring"
+    data_pool: str = "mailstore-data"
+    index_pool: str = "mailstore-index"
+    meta_pool: str = "mailstore-meta"
+    master_key: Path = Path("/etc/mailstore/master.key")
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    data_dir: Path
+    data_dir: Path  # the local engine's data directory (unused on RADOS)
     host: str = "127.0.0.1"
     port: int = 8000
     region: str = "us-east-1"
@@ -30,6 +45,7 @@ class GatewayConfig:
     idle_timeout: float = 75.0  # an idle keep-alive connection is closed after this
     drain_grace: float = 3.0  # after SIGTERM: answer 404 on ready this long before closing the listener
     drain_timeout: float = 20.0  # then in-flight requests have this long to finish
+    rados: RadosSettings | None = None  # objects on this Ceph cluster instead of data_dir
 
     def __post_init__(self) -> None:
         if not (0 <= self.port < 65536):

@@ -8,11 +8,9 @@ root (server.py) and holds no per-request state but the in-flight count.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
@@ -20,7 +18,7 @@ from multidict import CIMultiDictProxy, MultiDict
 from .access import Access
 from .auth import Authenticator, Principal
 from .config import GatewayConfig
-from .engine.local import LocalEngine
+from .engine.api import Engine, ThreadRunner
 from .keys import KeyStore
 
 if TYPE_CHECKING:
@@ -65,21 +63,17 @@ class S3Request:
 class Gateway:
     """Everything a handler needs, built once by the composition root."""
 
-    def __init__(self, config: GatewayConfig, engine: LocalEngine) -> None:
+    def __init__(self, config: GatewayConfig, engine: Engine, runner: ThreadRunner) -> None:
         self.config = config
         self.engine = engine
+        self.run_blocking = runner  # the one place blocking work (blob I/O, big copies) leaves the loop
         self.keys = KeyStore(engine)
         self.auth = Authenticator(self.keys)
         self.access = Access()
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-io")
         self.counters: dict[str, int] = {}
         self.inflight = 0
         self.draining = False  # SIGTERM: /health/ready answers 404 and connections are not kept alive
         self.compactor: Compactor | None = None  # set by the composition root when compaction runs here
-
-    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """The one place blocking work (blob I/O, big copies, listings) leaves the loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
 Handler = Callable[[Gateway, S3Request], Awaitable[web.StreamResponse]]

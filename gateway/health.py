@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 from aiohttp import web
 
@@ -29,24 +30,28 @@ def is_check(request: web.BaseRequest, raw_path: str, raw_query: str) -> bool:
             and "Signature" not in raw_query)
 
 
-def readiness(gw: Gateway) -> dict[str, str | int | bool]:
-    """Blocking (an engine query and a statvfs): what /health/ready reports."""
+async def readiness(gw: Gateway) -> dict[str, str | int | bool]:
+    """What /health/ready reports: the engine answers and, on a local engine, its disk is
+    writable with room left."""
     checks: dict[str, str | int | bool] = {}
     try:
-        gw.engine.bucket_exists("health-probe")
+        await gw.engine.probe()
         checks["engine"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready", with its reason
         checks["engine"] = f"failed: {type(exc).__name__}: {exc}"
-    data_dir = gw.config.data_dir
-    checks["data_dir_writable"] = os.access(data_dir, os.W_OK)
+    if gw.engine.kind == "local":
+        checks.update(await gw.run_blocking(_disk, gw.config.data_dir))
+        checks["min_free_bytes"] = gw.config.min_free_bytes
+    checks["draining"] = gw.draining
+    return checks
+
+
+def _disk(data_dir: Path) -> dict[str, str | int | bool]:
     try:
         free = shutil.disk_usage(data_dir).free
     except OSError:
         free = 0
-    checks["free_bytes"] = free
-    checks["min_free_bytes"] = gw.config.min_free_bytes
-    checks["draining"] = gw.draining
-    return checks
+    return {"data_dir_writable": os.access(data_dir, os.W_OK), "free_bytes": free}
 
 
 async def respond(gw: Gateway, request: web.BaseRequest, raw_path: str) -> web.Response:
@@ -54,9 +59,9 @@ async def respond(gw: Gateway, request: web.BaseRequest, raw_path: str) -> web.R
     if raw_path == "/health/live":
         status, body = 200, {"status": "live"}
     else:
-        checks = await gw.run_blocking(readiness, gw)
-        ok = (checks["engine"] == "ok" and checks["data_dir_writable"]
-              and int(checks["free_bytes"]) >= gw.config.min_free_bytes)
+        checks = await readiness(gw)
+        ok = checks["engine"] == "ok" and (gw.engine.kind != "local" or (
+            bool(checks["data_dir_writable"]) and int(checks["free_bytes"]) >= gw.config.min_free_bytes))
         if gw.draining:
             status, state = 404, "draining"
         else:

@@ -1,10 +1,11 @@
 """Access keys: who may sign requests, their policies, their secrets (encrypted).
 
-Keys live in the engine (namespace ~sys, "key/<access key id>"), so every
-gateway on a data directory sees the same keys at once.  A secret is stored
-encrypted with AES-256-GCM under the data directory's master key
-(`master.key`, 32 random bytes, mode 0600, made on first use), with the access
-key id as associated data so a ciphertext cannot be moved to another key.  The
+Keys are shared engine records (api.Engine.record), so every gateway of a store
+sees the same keys.  A secret is stored encrypted with AES-256-GCM under the
+store's master key (local engine: the data directory's `master.key`, 32 random
+bytes, mode 0600, made on first use; RADOS: a file every gateway host holds), with
+the access key id as associated data so a ciphertext cannot be moved to another
+key.  The
 secret is shown once, at creation.
 
 A key is either an administrator (may do everything, including bucket and key
@@ -14,18 +15,16 @@ management) or limited by its policy (deny by default).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .engine.commit import Guard, Txn, Write
-from .engine.local import LocalEngine
-from .engine.model import SYS, ObjectMeta, PreconditionFailed
+from .engine.api import Engine
 from .policy import Policy
+
+NAMESPACE = "key"  # the engine records that hold access keys (local engine: ~sys "key/<id>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,35 +46,12 @@ class AccessKey:
         return out
 
 
-def master_key(root: Path) -> bytes:
-    """The data directory's master key, made once (safely, if processes race)."""
-    path = root / "master.key"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        tmp = root / f".master.key.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if another process made it first: then use theirs
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        data = path.read_bytes()
-    if len(data) != 32:
-        raise ValueError(f"{path} is not a 32-byte key")
-    return data
-
-
 class KeyStore:
-    def __init__(self, engine: LocalEngine) -> None:
+    """Access keys as shared engine records (namespace "key"), changed by compare-and-swap."""
+
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._aead = AESGCM(master_key(engine.data.root))
+        self._aead = AESGCM(engine.master_key())
 
     def _seal(self, akid: str, secret: str) -> str:
         nonce = secrets.token_bytes(12)
@@ -85,48 +61,53 @@ class KeyStore:
         raw = base64.b64decode(sealed)
         return self._aead.decrypt(raw[:12], raw[12:], akid.encode()).decode()
 
-    def _from_user(self, akid: str, u: dict[str, str], mtime: float) -> AccessKey:
+    def _from_fields(self, akid: str, u: dict[str, str]) -> AccessKey:
         secret = self._open(akid, u["secret_enc"]) if "secret_enc" in u else u["secret"]
         policy = Policy.parse(u["policy"]) if u.get("policy") else None
-        return AccessKey(akid, secret, u.get("name", ""), u.get("admin") == "1", mtime, policy)
+        return AccessKey(akid, secret, u.get("name", ""), u.get("admin") == "1", float(u["created"]), policy)
 
-    def get(self, akid: str) -> AccessKey | None:
-        info = self.engine.index.get(SYS, f"key/{akid}")
-        return self._from_user(akid, info.meta.user, info.meta.mtime) if info else None
+    async def get(self, akid: str) -> AccessKey | None:
+        fields = await self.engine.record(NAMESPACE, akid)
+        return self._from_fields(akid, fields) if fields is not None else None
 
-    def list(self) -> list[AccessKey]:
-        return [self._from_user(i.key.removeprefix("key/"), i.meta.user, i.meta.mtime)
-                for i in self.engine.index.scan(SYS, "key/", None, 1_000_000)]
+    async def list(self) -> list[AccessKey]:
+        return [self._from_fields(akid, fields) for akid, fields in await self.engine.records(NAMESPACE)]
 
-    def _record(self, akid: str, secret: str, name: str, admin: bool, policy: Policy | None,
-                created: float) -> ObjectMeta:
-        user = {"secret_enc": self._seal(akid, secret), "name": name, "admin": "1" if admin else "0"}
+    def _fields(self, akid: str, secret: str, name: str, admin: bool, policy: Policy | None,
+                created: float) -> dict[str, str]:
+        fields = {"secret_enc": self._seal(akid, secret), "name": name, "admin": "1" if admin else "0",
+                  "created": repr(created)}
         if policy is not None:
-            user["policy"] = policy.text
-        return ObjectMeta(0, '""', created, user=user)
+            fields["policy"] = policy.text
+        return fields
 
-    def create_txn(self, name: str, *, admin: bool, policy: Policy | None) -> tuple[AccessKey, Txn]:
+    async def create(self, name: str, *, admin: bool = True, policy: Policy | None = None) -> AccessKey:
         if not admin and policy is None:
             raise ValueError("a key that is not an administrator needs a policy")
-        akid = "MS" + secrets.token_hex(9).upper()
-        secret = secrets.token_urlsafe(30)
-        now = time.time()
-        txn = Txn([Write(SYS, f"key/{akid}", self._record(akid, secret, name, admin, policy, now))],
-                  [Guard("absent", SYS, f"key/{akid}", PreconditionFailed)])
-        return AccessKey(akid, secret, name, admin, now, policy), txn
+        while True:
+            akid = "MS" + secrets.token_hex(9).upper()
+            secret = secrets.token_urlsafe(30)
+            now = time.time()
+            if await self.engine.swap_record(NAMESPACE, akid, None,
+                                             self._fields(akid, secret, name, admin, policy, now)):
+                return AccessKey(akid, secret, name, admin, now, policy)
 
-    def create_sync(self, name: str, *, admin: bool = True, policy: Policy | None = None) -> AccessKey:
-        key, txn = self.create_txn(name, admin=admin, policy=policy)
-        self.engine.run_sync(txn)
-        return key
+    async def set_policy(self, akid: str, policy: Policy | None, admin: bool) -> AccessKey:
+        """The key's new policy (or administrator); KeyError when the key is gone."""
+        while True:
+            current = await self.engine.record(NAMESPACE, akid)
+            if current is None:
+                raise KeyError(akid)
+            key = self._from_fields(akid, current)
+            fields = self._fields(akid, key.secret, key.name, admin, policy, key.created)
+            if await self.engine.swap_record(NAMESPACE, akid, current, fields):
+                return AccessKey(akid, key.secret, key.name, admin, key.created, policy)
 
-    def set_policy_txn(self, key: AccessKey, policy: Policy | None, admin: bool) -> Txn:
-        meta = self._record(key.access_key, key.secret, key.name, admin, policy, key.created)
-        info = self.engine.index.get(SYS, f"key/{key.access_key}")
-        assert info is not None
-        return Txn([Write(SYS, f"key/{key.access_key}", meta)],
-                   [Guard("seq", SYS, f"key/{key.access_key}", PreconditionFailed, info.seq)])
-
-    @staticmethod
-    def delete_txn(akid: str) -> Txn:
-        return Txn([Write(SYS, f"key/{akid}", None)])
+    async def delete(self, akid: str) -> bool:
+        """True when the key existed."""
+        while True:
+            current = await self.engine.record(NAMESPACE, akid)
+            if current is None:
+                return False
+            if await self.engine.swap_record(NAMESPACE, akid, current, None):
+                return True

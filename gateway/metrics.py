@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 from .compact import DEAD_RATIO
 from .context import Gateway
+from .engine.local import LocalEngine
+from .engine.local_api import LocalGateway
 
 prometheus_client.disable_created_metrics()
 
@@ -51,7 +53,8 @@ class GatewayMetrics:
                                     "data directory's disk (or quota) is full", registry=r)
         self._children: dict[tuple[str, int], tuple[Counter, Histogram, Counter, Counter]] = {}
         r.register(_EngineCollector(gw))
-        gw.engine.batch_observers.append(self._batch)
+        if isinstance(gw.engine, LocalGateway):
+            gw.engine.local.batch_observers.append(self._batch)
 
     def _batch(self, n: int, seconds: float, sync_seconds: float) -> None:  # the committer's thread
         self.batch_size.observe(n)
@@ -89,7 +92,21 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         gw = self.gw
-        st = gw.engine.index.stats()
+        if isinstance(gw.engine, LocalGateway):
+            yield from self._local(gw.engine.local)
+        yield CounterMetricFamily("mailstore_engine_checksum_errors", "Records or blobs that failed their checksum "
+                                  "on read", value=gw.engine.metrics["checksum_errors"])
+        yield CounterMetricFamily("mailstore_s3_policy_denials", "Requests a key's policy refused",
+                                  value=gw.access.denials)
+        draining = GaugeMetricFamily("mailstore_gateway_draining", "1 while the gateway drains after SIGTERM")
+        draining.add_metric([], 1 if gw.draining else 0)
+        yield draining
+        yield GaugeMetricFamily("mailstore_s3_inflight_requests", "Requests in flight", value=gw.inflight)
+
+    def _local(self, engine: LocalEngine) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """The local engine's index, segments, compaction and disk."""
+        gw = self.gw
+        st = engine.index.stats()
         yield GaugeMetricFamily("mailstore_engine_objects", "Objects stored (all buckets)", value=st["objects"])
         yield GaugeMetricFamily("mailstore_engine_object_bytes", "Bytes of stored objects", value=st["bytes"])
         yield GaugeMetricFamily("mailstore_engine_data_files", "Segment files", value=st["segments"])
@@ -104,10 +121,6 @@ class _EngineCollector(Collector):
             free = total = 0
         yield GaugeMetricFamily("mailstore_disk_free_bytes", "Free bytes on the data directory's disk", value=free)
         yield GaugeMetricFamily("mailstore_disk_size_bytes", "Size of the data directory's disk", value=total)
-        yield CounterMetricFamily("mailstore_engine_checksum_errors", "Records or blobs that failed their checksum "
-                                  "on read", value=gw.engine.metrics["checksum_errors"])
-        yield CounterMetricFamily("mailstore_s3_policy_denials", "Requests a key's policy refused",
-                                  value=gw.access.denials)
         comp = gw.compactor.stats if gw.compactor is not None else {}
         yield CounterMetricFamily("mailstore_compaction_runs", "Compaction passes", value=comp.get("runs", 0))
         yield CounterMetricFamily("mailstore_compaction_segments", "Segments compacted",
@@ -115,11 +128,7 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily("mailstore_compaction_reclaimed_bytes", "Bytes reclaimed by compaction",
                                   value=comp.get("bytes_reclaimed", 0))
         ratio_limit = gw.compactor.dead_ratio if gw.compactor is not None else DEAD_RATIO
-        pending = gw.engine.index.conn.execute(
+        pending = engine.index.conn.execute(
             "SELECT count(*) FROM segments WHERE sealed=1 AND size>0 AND dead>=size*?", (ratio_limit,)).fetchone()[0]
         yield GaugeMetricFamily("mailstore_compaction_pending_segments", "Sealed segments due for compaction",
                                 value=pending)
-        draining = GaugeMetricFamily("mailstore_gateway_draining", "1 while the gateway drains after SIGTERM")
-        draining.add_metric([], 1 if gw.draining else 0)
-        yield draining
-        yield GaugeMetricFamily("mailstore_s3_inflight_requests", "Requests in flight", value=gw.inflight)

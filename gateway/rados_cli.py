@@ -11,8 +11,10 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import RadosSettings
 from .engine import rados_fsck
 from .engine.model import EngineError
 from .engine.rados import DEFAULT_SHARDS, RadosStore
@@ -27,6 +29,14 @@ def open_store(args: argparse.Namespace) -> RadosStore:
 
 
 def cmd_rados(args: argparse.Namespace) -> int:
+    if args.action == "master-key":
+        from .engine.rados_api import make_master_key
+        try:
+            make_master_key(Path(args.path))
+        except FileExistsError:
+            print(f"mailstore: {args.path} exists: a master key is never replaced", file=sys.stderr)
+            return 2
+        return 0
     try:
         store = open_store(args)
     except EngineError as exc:
@@ -45,6 +55,16 @@ def _run(store: RadosStore, args: argparse.Namespace) -> int:
     if args.action == "bucket-create":
         b = asyncio.run(store.create_bucket(args.name, args.owner, args.shards, args.shard_depth))
         print(json.dumps({"bucket": b.name, "id": b.id, "shards": b.shards, "depth": b.depth}))
+        return 0
+    if args.action == "key-create":
+        from .engine.rados_api import RadosGateway
+        from .keys import KeyStore
+        from .policy import preset
+
+        keys = KeyStore(RadosGateway(store, Path(args.master_key)))
+        policy = preset(args.preset) if args.preset else None
+        key = asyncio.run(keys.create(args.name, admin=policy is None, policy=policy))
+        print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
         return 0
     if args.action == "reshard":
         b = asyncio.run(store.reshard(args.name, args.shards, args.shard_depth))
@@ -89,6 +109,22 @@ def _count(lowest: int) -> Callable[[str], int]:
     return parse
 
 
+def cluster_args(p: argparse._ActionsContainer) -> None:
+    """Which cluster, as which cephx user, and which pools (RadosSettings' defaults)."""
+    d = RadosSettings()
+    p.add_argument("--ceph-conf", default=d.conf)
+    p.add_argument("--ceph-user", default=d.user, help="the cephx user (client.NAME)")
+    p.add_argument("--keyring", default=d.keyring, help="that user's keyring file (0600)")
+    p.add_argument("--data-pool", default=d.data_pool)
+    p.add_argument("--index-pool", default=d.index_pool)
+    p.add_argument("--meta-pool", default=d.meta_pool)
+
+
+def settings(args: argparse.Namespace) -> RadosSettings:
+    return RadosSettings(args.ceph_conf, args.ceph_user, args.keyring, args.data_pool, args.index_pool,
+                         args.meta_pool, Path(args.master_key))
+
+
 def register(sub: Subcommands) -> None:
     rados = sub.add_parser("rados", help="the RADOS layout on a Ceph cluster: buckets, sweep, check, rebuild")
     rsub = rados.add_subparsers(dest="action", required=True)
@@ -99,15 +135,15 @@ def register(sub: Subcommands) -> None:
         "check": rsub.add_parser("check", help="every index entry's data is there (--deep: and sound)"),
         "rebuild": rsub.add_parser("rebuild", help="make buckets' index entries again from their data objects"),
         "reshard": rsub.add_parser("reshard", help="move a bucket's index to a new number of shards"),
+        "key-create": rsub.add_parser("key-create", help="an access key for the gateways (the secret, once)"),
     }
+    mk = rsub.add_parser("master-key", help="make the 32-byte master key file (0600) to copy to every gateway host")
+    mk.add_argument("path")
+    parsers["key-create"].add_argument("name")
+    parsers["key-create"].add_argument("--preset", help="a typical policy (default: an administrator key)")
+    parsers["key-create"].add_argument("--master-key", default=str(RadosSettings().master_key))
     for p in parsers.values():
-        p.add_argument("--ceph-conf", default="/etc/ceph/ceph.conf")
-        p.add_argument("--ceph-user", default="client.mailstore", help="the cephx user (client.NAME)")
-        p.add_argument("--keyring", default="/etc/ceph/ceph.client.mailstore.keyring",
-                       help="that user's keyring file (0600)")
-        p.add_argument("--data-pool", default="mailstore-data")
-        p.add_argument("--index-pool", default="mailstore-index")
-        p.add_argument("--meta-pool", default="mailstore-meta")
+        cluster_args(p)
     parsers["bucket-create"].add_argument("name")
     parsers["bucket-create"].add_argument("--owner", default="admin")
     parsers["bucket-create"].add_argument("--shards", type=_count(1), default=DEFAULT_SHARDS,

@@ -16,7 +16,9 @@ from runtime import prefork
 from .app import build_server
 from .compact import Compactor
 from .config import GatewayConfig, ssl_context
+from .engine.api import Engine, ThreadRunner
 from .engine.local import LocalEngine
+from .engine.local_api import LocalGateway
 from .filemodes import too_open
 
 log = logging.getLogger("gateway")
@@ -33,11 +35,15 @@ def install_uvloop() -> None:
 async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None,
                 sock: socket.socket | None = None, announce: bool = True) -> None:
     """Serve until SIGINT/SIGTERM; on `sock` when given (a worker), else bind config's address."""
-    engine = LocalEngine(config.data_dir)
-    for problem in too_open(config.data_dir):
-        log.warning("other users may read the data: %s", problem)
-    compactor = Compactor(engine, interval=config.compaction_interval) if config.compaction else None
-    server, gateway = build_server(config, engine)
+    threads = ThreadRunner()
+    engine = open_engine(config, threads)
+    compactor = None
+    if isinstance(engine, LocalGateway):
+        for problem in too_open(config.data_dir):
+            log.warning("other users may read the data: %s", problem)
+        if config.compaction:
+            compactor = Compactor(engine.local, interval=config.compaction_interval)
+    server, gateway = build_server(config, engine, threads)
     gateway.compactor = compactor
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
@@ -53,7 +59,7 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
     host = f"[{config.host}]" if ":" in config.host else config.host
     scheme = "https" if tls is not None else "http"
     info = {"event": "listening", "endpoint": f"{scheme}://{host}:{port}", "port": port,
-            "data_dir": str(config.data_dir)}
+            "engine": engine.kind, "data_dir": str(config.data_dir) if engine.kind == "local" else None}
     if ready is not None:
         ready.update(info)
     if announce:
@@ -81,8 +87,27 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
         if compactor is not None:
             compactor.stop()
         await runner.cleanup()
-        gateway.pool.shutdown(wait=True)
+        threads.shutdown()
         engine.close()
+
+
+def open_engine(config: GatewayConfig, runner: ThreadRunner) -> Engine:
+    """The engine the configuration names: the local data directory, or a Ceph cluster."""
+    if config.rados is not None:
+        from .engine.rados import RadosStore
+        from .engine.rados_api import RadosGateway
+
+        r = config.rados
+        store = RadosStore(r.conf, r.user, r.keyring, data_pool=r.data_pool, index_pool=r.index_pool,
+                           meta_pool=r.meta_pool)
+        engine = RadosGateway(store, r.master_key)
+        try:
+            engine.master_key()  # refuse to start without it, not at the first request
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+    return LocalGateway(LocalEngine(config.data_dir), runner)
 
 
 def run(config: GatewayConfig, workers: int = 1) -> None:

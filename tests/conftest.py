@@ -36,11 +36,15 @@ def create_key(data_dir: Path, name: str = "test") -> Key:
 
 
 class GatewayProcess:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, engine: list[str] | None = None) -> None:
+        """`engine`: the arguments naming the engine, in place of `--data-dir data_dir`
+        (whose parent then only holds the log)."""
         self.data_dir = data_dir
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir.parent / f"gateway-{os.getpid()}-{time.monotonic_ns()}.log", "w+")
+        where = engine if engine is not None else ["--data-dir", str(data_dir)]
         self.proc = subprocess.Popen(
-            [str(BIN / "mailstore"), "gateway", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", *extra],
+            [str(BIN / "mailstore"), "gateway", *where, "--listen", "127.0.0.1:0", *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         assert self.proc.stdout is not None
@@ -51,6 +55,7 @@ class GatewayProcess:
         info = json.loads(line)
         self.endpoint: str = info["endpoint"]
         self.port: int = info["port"]
+        self.engine: str = info["engine"]
 
     def stop(self, sig: int = signal.SIGINT) -> None:  # SIGTERM would drain first (health.py)
         if self.proc.poll() is None:
@@ -118,13 +123,25 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def key(data_dir: Path) -> Key:
-    return create_key(data_dir)
+def engine_kind() -> str:
+    """The engine under the module's gateway; a module runs on both with
+    `engine_kind = both_engines` (the S3 suite does)."""
+    return "local"
+
+
+@pytest.fixture(scope="module", params=["local", "rados"])
+def both_engines(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def gateway(data_dir: Path, key: Key):  # type: ignore[no-untyped-def]
-    gw = GatewayProcess(data_dir)
+def key(engine_kind: str, data_dir: Path, request: pytest.FixtureRequest) -> Key:
+    return engine_key(engine_kind, data_dir, request)
+
+
+@pytest.fixture(scope="module")
+def gateway(engine_kind: str, data_dir: Path, key: Key, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    gw = engine_gateway(engine_kind, data_dir, request)
     yield gw
     gw.stop()
 
@@ -181,6 +198,50 @@ def ceph():  # type: ignore[no-untyped-def]
         yield cluster
     finally:
         cluster.remove()
+
+
+@dataclass
+class RadosCluster:
+    """Pools, a cephx user limited to them and a master key on the session's cluster: what an
+    operator sets up once for every gateway host (README: "Gateways on Ceph RADOS")."""
+
+    args: list[str]  # `mailstore gateway --engine rados ...` / `mailstore rados ...` cluster arguments
+    master_key: Path
+
+    def gateway_args(self) -> list[str]:
+        return ["--engine", "rados", *self.args, "--master-key", str(self.master_key)]
+
+    def create_key(self, name: str = "test") -> Key:
+        out = json.loads(mailstore("rados", "key-create", name, *self.args, "--master-key",
+                                   str(self.master_key)).stdout)
+        return Key(out["AccessKeyId"], out["SecretAccessKey"])
+
+
+@pytest.fixture(scope="session")
+def rados_cluster(ceph, tmp_path_factory: pytest.TempPathFactory) -> RadosCluster:  # type: ignore[no-untyped-def]
+    pools = {"--data-pool": "gw-data", "--index-pool": "gw-index", "--meta-pool": "gw-meta"}
+    for pool in pools.values():
+        ceph.create_pool(pool)
+    keyring = ceph.create_user("client.gateways", list(pools.values()))
+    master = tmp_path_factory.mktemp("rados") / "master.key"
+    mailstore("rados", "master-key", str(master))
+    args = ["--ceph-conf", str(ceph.conf), "--ceph-user", "client.gateways", "--keyring", str(keyring)]
+    return RadosCluster(args + [a for kv in pools.items() for a in kv], master)
+
+
+def engine_key(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> Key:
+    """A fresh administrator key on the engine of `kind` ("local": in data_dir)."""
+    if kind == "rados":
+        cluster: RadosCluster = request.getfixturevalue("rados_cluster")
+        return cluster.create_key()
+    return create_key(data_dir)
+
+
+def engine_gateway(kind: str, data_dir: Path, request: pytest.FixtureRequest, *extra: str) -> GatewayProcess:
+    if kind == "rados":
+        cluster: RadosCluster = request.getfixturevalue("rados_cluster")
+        return GatewayProcess(data_dir, *extra, engine=cluster.gateway_args())
+    return GatewayProcess(data_dir, *extra)
 
 
 def new_metadata(request, base: Path, kind: str | None = None) -> str:  # type: ignore[no-untyped-def]

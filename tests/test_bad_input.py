@@ -20,6 +20,12 @@ from conftest import client
 from gateway.s3 import sigv4
 
 
+@pytest.fixture(scope="module")
+def engine_kind(both_engines: str) -> str:
+    """Every test here runs on the local engine and on Ceph RADOS."""
+    return both_engines
+
+
 def _hostport(endpoint: str) -> tuple[str, int]:
     u = urlparse(endpoint)
     return u.hostname or "127.0.0.1", u.port or 80

@@ -13,6 +13,12 @@ import urllib3
 
 from conftest import client
 
+
+@pytest.fixture(scope="module")
+def engine_kind(both_engines: str) -> str:
+    """Every test here runs on the local engine and on Ceph RADOS."""
+    return both_engines
+
 AWS = "/usr/bin/aws"  # Debian's AWS CLI v2 (a pip-installed v1 may shadow `aws` on PATH)
 
 

@@ -27,6 +27,7 @@ from gateway import fsck
 from gateway.engine.local import LocalEngine
 from gateway.engine.model import ObjectMeta
 from gateway.engine.recovery import IndexUnusable
+from gateway.engine.local_api import LocalGateway, run_on
 from gateway.keys import KeyStore
 from gateway.policy import preset
 
@@ -83,7 +84,6 @@ e.close()
 def snapshot(root: Path) -> dict[str, object]:
     e = LocalEngine(root, writer=False)
     try:
-        keys = KeyStore(e)
         page = e.list_objects("mail", "", "", None, 100_000)
         objects = {}
         for entry in page.entries:
@@ -92,7 +92,7 @@ def snapshot(root: Path) -> dict[str, object]:
                                   b"".join(e.iter_body(info, 0, info.meta.size)))
         return {"buckets": [b.name for b in e.list_buckets()],
                 "keys": {k.access_key: (k.name, k.secret, k.admin, k.describe().get("Policy"))
-                         for k in keys.list()},
+                         for k in run_on(e, lambda g: KeyStore(g).list())},
                 "objects": objects}
     finally:
         e.close()
@@ -108,9 +108,11 @@ def base(root: Path) -> tuple[dict[str, bytes], list[str]]:
     """A store with keys (one scoped by a policy), a bucket, overwrites, a delete and a blob."""
     e = LocalEngine(root)
     try:
-        keys = KeyStore(e)
-        keys.create_sync("admin")
-        keys.create_sync("shim", admin=False, policy=preset("bucket:mail"))
+        async def make(g: LocalGateway) -> None:
+            await KeyStore(g).create("admin")
+            await KeyStore(g).create("shim", admin=False, policy=preset("bucket:mail"))
+
+        run_on(e, make)
     finally:
         e.close()
     names = [f"u/{i}" for i in range(30)] + ["u/big"]

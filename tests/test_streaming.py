@@ -12,18 +12,24 @@ import zlib
 import botocore.exceptions
 import pytest
 
-from conftest import GatewayProcess, client, create_key, make_tls_cert
+from conftest import client, engine_gateway, engine_key, make_tls_cert
 from gateway.s3 import sigv4
 from gateway.s3.chunked import ChunkSigner
 
 
 @pytest.fixture(scope="module")
-def tls_gateway(tmp_path_factory):  # type: ignore[no-untyped-def]
+def engine_kind(both_engines: str) -> str:
+    """Every test here runs on the local engine and on Ceph RADOS."""
+    return both_engines
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(tmp_path_factory, request, engine_kind):  # type: ignore[no-untyped-def]
     base = tmp_path_factory.mktemp("tls")
     cert, key_file = make_tls_cert(base / "tls")
     data = base / "data"
-    key = create_key(data)
-    gw = GatewayProcess(data, "--tls-cert", str(cert), "--tls-key", str(key_file))
+    key = engine_key(engine_kind, data, request)
+    gw = engine_gateway(engine_kind, data, request, "--tls-cert", str(cert), "--tls-key", str(key_file))
     assert gw.endpoint.startswith("https://")
     client(gw.endpoint, key, verify=str(cert)).create_bucket(Bucket="tls")
     yield gw, key, str(cert)

@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import botocore.exceptions
 import pytest
 
-from conftest import GatewayProcess, client, create_key, mailstore
+from conftest import GatewayProcess, client, create_key, engine_gateway, engine_key, mailstore
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["local", "rados"])
+def pair(tmp_path_factory, request):  # type: ignore[no-untyped-def]
+    """Two gateways on one store: one data directory, or (as two hosts would) one Ceph cluster."""
     data = tmp_path_factory.mktemp("pair") / "data"
-    key = create_key(data)
-    a, b = GatewayProcess(data), GatewayProcess(data)
+    key = engine_key(request.param, data, request)
+    a, b = engine_gateway(request.param, data, request), engine_gateway(request.param, data, request)
     yield client(a.endpoint, key), client(b.endpoint, key)
     a.stop()
     b.stop()

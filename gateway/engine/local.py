@@ -17,12 +17,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from hashlib import md5
 from pathlib import Path
 from typing import Self
 
 from . import records
+from .api import Bucket, EntityTooSmall, InvalidPartOrder, Part, Upload, choose_parts
 from .commit import GroupCommitter, Guard, Txn, Write
 from .index import IndexReader, connect
 from .model import (
@@ -48,33 +47,31 @@ from .segments import DataDir, SegmentGone, SegmentReader, WriteLock, read_blob_
 log = logging.getLogger(__name__)
 
 INLINE_MAX = 1 << 20  # bodies up to this size live inside the segment record
-MIN_PART_SIZE = 5 << 20  # AWS: every part but the last is at least 5 MiB
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    name: str
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    upload_id: str
-    bucket: str
-    key: str
-    meta: ObjectMeta  # what the completed object will carry
-    initiated: float
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    number: int
-    size: int
-    etag: str
-    mtime: float
-    blob: BlobRef
-    seq: int
+def master_key(root: Path) -> bytes:
+    """The data directory's master key, made once (safely, if processes race)."""
+    path = root / "master.key"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        tmp = root / f".master.key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another process made it first: then use theirs
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        data = path.read_bytes()
+    if len(data) != 32:
+        raise ValueError(f"{path} is not a 32-byte key")
+    return data
 
 
 class EngineLocked(Exception):
@@ -323,7 +320,7 @@ class LocalEngine:
         return upload_id
 
     def list_parts(self, upload_id: str) -> list[Part]:
-        return [Part(int(i.key.rsplit("/", 1)[1]), i.meta.size, i.meta.etag, i.meta.mtime, i.blobs[0], i.seq)
+        return [Part(int(i.key.rsplit("/", 1)[1]), i.meta.size, i.meta.etag, i.meta.mtime, i.blobs, i.seq)
                 for i in self.index.scan(MPU, f"p/{upload_id}/", None, 100_000)]
 
     async def put_part(self, bucket: str, upload_id: str, number: int, blob: BlobRef, etag: str) -> None:
@@ -342,24 +339,9 @@ class LocalEngine:
         """Stitch parts into one object without copying: it references their blobs."""
         upload = self.get_upload(bucket, upload_id)
         parts = {p.number: p for p in self.list_parts(upload_id)}
-        numbers = [n for n, _ in chosen]
-        if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
-            raise InvalidPartOrder()
-        used: list[Part] = []
-        for n, etag in chosen:
-            p = parts.get(n)
-            if p is None or p.etag.strip('"') != etag.strip('"'):
-                raise InvalidPart(n)
-            used.append(p)
-        for p in used[:-1]:
-            if p.size < MIN_PART_SIZE:
-                raise EntityTooSmall(p.number)
-        digest = md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in used)).hexdigest()
-        meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
-                          upload.meta.content_type, upload.meta.headers, upload.meta.user,
-                          {}, len(used))
+        used, meta = choose_parts(parts, chosen, upload)
         used_numbers = {p.number for p in used}
-        writes = [Write(bucket, upload.key, meta, blobs=tuple(p.blob for p in used))]
+        writes = [Write(bucket, upload.key, meta, blobs=tuple(b for p in used for b in p.blobs))]
         guards = [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket),
                   Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]
         for p in parts.values():
@@ -371,11 +353,5 @@ class LocalEngine:
         return meta
 
 
-class InvalidPartOrder(InvalidPart):
-    pass
-
-
-class EntityTooSmall(InvalidPart):
-    pass
-
-
+__all__ = ["INLINE_MAX", "Bucket", "EngineLock", "EngineLocked", "EntityTooSmall", "InvalidPartOrder",
+           "LocalEngine", "Part", "Upload", "master_key"]

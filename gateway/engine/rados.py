@@ -58,9 +58,11 @@ from .model import (
     ObjectMeta,
     PreconditionFailed,
 )
+from .records import Record
 
 T = TypeVar("T")
 BUCKETS = "buckets"  # the metadata pool's object whose OMAP lists the buckets
+UPLOADS = "uploads"  # records namespace "uploads.<bucket id>": the bucket's multipart uploads in progress
 DEFAULT_SHARDS = 16
 ECANCELED = 125  # an omap_cmp that did not hold
 ENOENT = 2
@@ -434,6 +436,12 @@ class RadosStore:
         _check(rv, f"updating {namespace}/{name}")
         return True
 
+    async def remove_record_object(self, namespace: str) -> None:
+        """The object holding a namespace's records (when it is empty and done with)."""
+        rv, _ = await self._aio(lambda cb: self.meta.aio_remove(f"ns.{namespace}", oncomplete=cb))
+        if rv not in (0, -ENOENT):
+            _check(rv, f"removing {namespace}")
+
     # ------------------------------------------------------------------ objects
 
     async def _entry(self, b: RadosBucket, key: str, *, writing: bool = False) -> Stored | None:
@@ -485,10 +493,31 @@ class RadosStore:
         return await self._with_bucket(bucket, lambda b: self._get(b, key))
 
     async def _get(self, b: RadosBucket, key: str) -> tuple[ObjectMeta, bytes]:
-        for _ in range(CAS_ATTEMPTS):
+        entry = await self._entry(b, key)
+        if entry is None:
+            raise NoSuchKey(key)
+        rec = await self.read_record(b, key, entry)
+        assert rec.meta is not None
+        if not rec.blobs:
+            return rec.meta, rec.body
+        pieces = await asyncio.gather(*(self.read_tail(ref) for ref in rec.blobs))
+        return rec.meta, b"".join(pieces)
+
+    async def locate(self, bucket: str, key: str) -> tuple[RadosBucket, Stored]:
+        """The object's bucket and index entry (NoSuchBucket, NoSuchKey): one RADOS read."""
+        async def find(b: RadosBucket) -> tuple[RadosBucket, Stored]:
             entry = await self._entry(b, key)
             if entry is None:
                 raise NoSuchKey(key)
+            return b, entry
+
+        return await self._with_bucket(bucket, find)
+
+    async def read_record(self, b: RadosBucket, key: str, entry: Stored) -> Record:
+        """The record of the data object an entry names (prefix, header and inline body,
+        checksums verified; tails are read apart). An object removed since the entry was
+        read (overwritten, deleted) sends us back to the index for the current one."""
+        for _ in range(CAS_ATTEMPTS):
             oid = entry.oid
             # librados fills a buffer of the length asked: ask for about what the record holds
             want = HEADER_ROOM + (entry.meta.size if entry.meta.size <= STRIPE else 0)
@@ -497,6 +526,10 @@ class RadosStore:
                 break
             # deleted or overwritten since the index was read: read the index again (an entry
             # whose data stays missing is damage, which `check` reports)
+            fresh = await self._entry(b, key)
+            if fresh is None:
+                raise NoSuchKey(key)
+            entry = fresh
         else:
             raise EngineUnavailable(f"{b.name}/{key}: the index names {oid}, which is missing")
         _check(rv, f"reading {oid}")
@@ -510,13 +543,9 @@ class RadosStore:
         rec = records.decode(data)
         if rec.namespace != b.name or rec.key != key:
             raise CorruptRecord(f"{oid} holds {rec.namespace}/{rec.key}, not {b.name}/{key}")
-        assert rec.meta is not None
-        if not rec.blobs:
-            return rec.meta, rec.body
-        pieces = await asyncio.gather(*(self._read_tail(ref) for ref in rec.blobs))
-        return rec.meta, b"".join(pieces)
+        return rec
 
-    async def _read_tail(self, ref: BlobRef) -> bytes:
+    async def read_tail(self, ref: BlobRef) -> bytes:
         """A tail object, its CRC32 per BLOCK_SIZE verified."""
         rv, data = await self._aio(lambda cb: self.data.aio_read(ref.blob_id, ref.size, 0, cb))
         _check(rv, f"reading {ref.blob_id}")
@@ -527,26 +556,37 @@ class RadosStore:
         return data
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
-                  cond: Conditions | None = None) -> None:
+                  cond: Conditions | None = None, *, head: str | None = None,
+                  tails: tuple[BlobRef, ...] = ()) -> None:
         """The data object (exclusive create of a new name), then the index entry swapped in
-        by one compare-and-swap on its shard; the data it replaced is removed after."""
-        return await self._with_bucket(bucket, lambda b: self._put(b, key, meta, body, cond))
+        by one compare-and-swap on its shard; the data it replaced is removed after.
 
-    async def _put(self, b: RadosBucket, key: str, meta: ObjectMeta, body: bytes, cond: Conditions | None) -> None:
+        `tails`: a body already staged as tail objects (`new_oid`'s `<head>.t<n>`, or a
+        multipart upload's parts), with `head` the name they were staged for."""
+        return await self._with_bucket(bucket, lambda b: self._put(b, key, meta, body, cond, head, tails))
+
+    def new_oid(self, b: RadosBucket, name: str | None = None) -> str:
+        """A data object's name: `<bucket id>.<random>` (or `.<name>`, an upload's)."""
+        return f"{b.id}.{name or secrets.token_hex(12)}"
+
+    async def _put(self, b: RadosBucket, key: str, meta: ObjectMeta, body: bytes, cond: Conditions | None,
+                   head: str | None, tails: tuple[BlobRef, ...]) -> None:
         cond = cond or Conditions()
-        oid = f"{b.id}.{secrets.token_hex(12)}"
+        oid = head or self.new_oid(b)
         meta_text = records.meta_json(meta)
-        tails: tuple[BlobRef, ...] = ()
+        staged = bool(tails)
         try:
             if len(body) > STRIPE:  # the tails first: a head never names a tail not written
                 tails = tuple(await asyncio.gather(*(
-                    self._write_tail(f"{oid}.t{n}", body[i:i + STRIPE])
+                    self.write_tail(f"{oid}.t{n}", body[i:i + STRIPE])
                     for n, i in enumerate(range(0, len(body), STRIPE)))))
             record = records.encode(records.PUT, 0, b.name, key, meta_text, None, tails, b"" if tails else body)
-            _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, record)),
-                   "writing the object")
+            rv = await self._write(self.data, oid, lambda op: _create(op, self._rados, record))
+            if rv == -EEXIST and staged:
+                raise PreconditionFailed(f"{oid} was written already")
+            _check(rv, "writing the object")
         except BaseException:
-            await self._remove_data(oid, len(body))
+            await self.remove_data(oid, () if staged else tails)
             raise
         value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'
         try:
@@ -568,12 +608,12 @@ class RadosStore:
             else:
                 raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
         except BaseException:
-            await self._remove_data(oid, len(body))
+            await self.remove_data(oid, () if staged else tails)
             raise
         if current is not None:
-            await self._remove_data(current.oid, current.meta.size)
+            await self._remove_object(current)
 
-    async def _write_tail(self, oid: str, piece: bytes) -> BlobRef:
+    async def write_tail(self, oid: str, piece: bytes) -> BlobRef:
         _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, piece)), "writing a tail")
         crcs = tuple(zlib.crc32(piece[i:i + BLOCK_SIZE]) for i in range(0, len(piece), BLOCK_SIZE))
         return BlobRef(oid, len(piece), crcs)
@@ -609,17 +649,33 @@ class RadosStore:
                 return False
             rv = await self._swap(b, key, current.raw, None)
             if rv == 0:
-                await self._remove_data(current.oid, current.meta.size)
+                await self._remove_object(current)
                 return True
             if rv != -ECANCELED:
                 _check(rv, "updating the index")
         raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
 
-    async def _remove_data(self, oid: str, size: int) -> None:
-        """The data object and its tails (a body of `size` bytes); best effort: what stays
-        behind is an orphan for the sweep."""
-        names = [oid] + ([f"{oid}.t{n}" for n in range((size + STRIPE - 1) // STRIPE)] if size > STRIPE else [])
-        for name in names:
+    async def _remove_object(self, entry: Stored) -> None:
+        """An object the index no longer names, and its tails (listed in its header when it
+        may have any); best effort: what stays behind is an orphan for the sweep."""
+        tails: tuple[BlobRef, ...] = ()
+        if entry.meta.size > STRIPE or entry.meta.parts:
+            rv, data = await self._aio(lambda cb: self.data.aio_read(entry.oid, HEADER_ROOM, 0, cb))
+            if rv >= 0:
+                try:
+                    p = records.decode_prefix(bytes(data))
+                    if records.PREFIX_SIZE + p.hlen > len(data):
+                        _, data = await self._aio(lambda cb: self.data.aio_read(
+                            entry.oid, records.PREFIX_SIZE + p.hlen, 0, cb))
+                    header = json.loads(records.check_header(bytes(data), p))
+                    tails = tuple(BlobRef.from_json(t) for t in header.get("bl", ()))
+                except (CorruptRecord, ValueError, KeyError):
+                    pass  # a damaged head: its tails stay for the sweep
+        await self.remove_data(entry.oid, tails)
+
+    async def remove_data(self, oid: str, tails: tuple[BlobRef, ...] = ()) -> None:
+        """Data objects, best effort (what stays behind is an orphan for the sweep)."""
+        for name in [oid] + [t.blob_id for t in tails]:
             try:
                 await self._aio(lambda cb: self.data.aio_remove(name, oncomplete=cb))  # noqa: B023 - awaited here
             except EngineUnavailable:

@@ -16,7 +16,6 @@ Blocking (librados's synchronous calls): for the admin CLI, or a thread.
 from __future__ import annotations
 
 import json
-import re
 import time
 import zlib
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 
 from . import records
 from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
-from .rados import BUCKETS, ENTRY, RadosBucket, RadosStore
+from .rados import BUCKETS, ENTRY, UPLOADS, RadosBucket, RadosStore
 
 HEAD_READ = 64 << 10
 
@@ -52,9 +51,10 @@ def _header(store: RadosStore, oid: str) -> records.Record:
 
 
 def _head_of(oid: str) -> str:
-    """The head object a tail (`<head>.t<n>`) belongs to; a head is its own."""
-    m = re.fullmatch(r"(.+)\.t\d+", oid)
-    return m.group(1) if m else oid
+    """The head object a data object belongs to: heads are `<bucket id>.<name>`, and every
+    other data object is named after its head (tails `<head>.t<n>`, a multipart upload's
+    parts `<bucket id>.<upload id>.<part>.t<n>`, whose object is `<bucket id>.<upload id>`)."""
+    return ".".join(oid.split(".", 2)[:2])
 
 
 def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
@@ -103,6 +103,7 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
     import rados
     report = FsckReport()
     by_id = {b.id: b for b in buckets(store)}
+    open_uploads = {bid: {name for name, _ in _omap_all(store.meta, f"ns.{UPLOADS}.{bid}")} for bid in by_id}
     now = time.time()
     for obj in store.data.list_objects():
         oid = obj.key
@@ -117,6 +118,8 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
         b = by_id.get(oid.split(".", 1)[0])
         head = _head_of(oid)  # a tail belongs to its head object
         if b is not None:
+            if head.split(".", 1)[1] in open_uploads[b.id]:
+                continue  # a part of an upload in progress
             try:
                 rec = _header(store, head)
             except CorruptRecord:

@@ -31,7 +31,7 @@ def _owner(r: S3Request) -> str:
 async def list_buckets(gw: Gateway, r: S3Request) -> web.StreamResponse:
     buckets = "".join(
         f"<Bucket>{xml.elem('Name', b.name)}{xml.elem('CreationDate', xml.iso8601(b.created))}</Bucket>"
-        for b in gw.engine.list_buckets()
+        for b in await gw.engine.list_buckets()
     )
     return _xml("ListAllMyBucketsResult", f"{_owner(r)}<Buckets>{buckets}</Buckets>")
 
@@ -41,7 +41,7 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if not valid_bucket_name(r.bucket):
         raise S3Error("InvalidBucketName", extra={"BucketName": r.bucket})
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
-    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
     location = xml.parse_location_constraint(got.data)
     if location and location != gw.config.region:
         raise S3Error("InvalidLocationConstraint",
@@ -61,13 +61,13 @@ async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def head_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    gw.engine.get_bucket(r.bucket)
+    await gw.engine.get_bucket(r.bucket)
     return web.Response(headers={"x-amz-bucket-region": gw.config.region})
 
 
 async def get_bucket_location(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    gw.engine.get_bucket(r.bucket)
+    await gw.engine.get_bucket(r.bucket)
     # AWS answers an empty constraint for us-east-1.
     region = "" if gw.config.region == "us-east-1" else gw.config.region
     return web.Response(body=(f'{xml.HEADER}<LocationConstraint xmlns="{xml.NS}">{xml.esc(region)}'
@@ -76,13 +76,13 @@ async def get_bucket_location(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def get_bucket_versioning(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    gw.engine.get_bucket(r.bucket)
+    await gw.engine.get_bucket(r.bucket)
     return _xml("VersioningConfiguration", "")
 
 
 async def get_bucket_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    gw.engine.get_bucket(r.bucket)
+    await gw.engine.get_bucket(r.bucket)
     return acl_response(r)
 
 
@@ -121,8 +121,7 @@ async def _page(gw: Gateway, r: S3Request, marker: str | None, max_keys: int) ->
     assert r.bucket
     prefix = r.query.get("prefix", "")
     delimiter = r.query.get("delimiter", "")
-    return await gw.run_blocking(gw.engine.list_objects, r.bucket, prefix, delimiter, marker, max_keys) \
-        if max_keys > 100 else gw.engine.list_objects(r.bucket, prefix, delimiter, marker, max_keys)
+    return await gw.engine.list_objects(r.bucket, prefix, delimiter, marker, max_keys)
 
 
 def _contents(page: ListPage, enc: Encode, owner: str) -> str:

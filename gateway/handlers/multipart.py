@@ -1,16 +1,17 @@
 """Multipart upload: Create, UploadPart, UploadPartCopy, Complete, Abort, ListParts, ListMultipartUploads.
 
-Parts are written as blob files; Complete stitches the object out of the part
-blobs without copying a byte (ETag: MD5 of the part MD5s, "-N").
+Parts are staged by the engine (blob files; RADOS tail objects); Complete stitches
+the object out of the parts' pieces without copying a byte (ETag: MD5 of the part
+MD5s, "-N").
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..body import Expectations, discard_blob, receive
+from ..body import Expectations, receive
 from ..context import Gateway, S3Request
-from ..engine.local import Upload
+from ..engine.api import Upload
 from ..engine.model import BlobRef
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
@@ -25,10 +26,10 @@ def _xml(root: str, body: str) -> web.Response:
     return web.Response(body=xml.document(root, body), content_type="application/xml")
 
 
-def _upload(gw: Gateway, r: S3Request) -> Upload:
+async def _upload(gw: Gateway, r: S3Request) -> Upload:
     assert r.bucket and r.key
-    gw.engine.get_bucket(r.bucket)
-    upload = gw.engine.get_upload(r.bucket, r.query["uploadId"])
+    await gw.engine.get_bucket(r.bucket)
+    upload = await gw.engine.get_upload(r.bucket, r.query["uploadId"])
     if upload.key != r.key:
         raise S3Error("NoSuchUpload")
     return upload
@@ -49,32 +50,33 @@ def _part_number(r: S3Request) -> int:
 
 async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
     number = _part_number(r)
-    _upload(gw, r)
+    await _upload(gw, r)
     if "x-amz-copy-source" in r.headers:
         return await upload_part_copy(gw, r, number)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
-    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, force_blob=True)
-    assert got.blob is not None
+    assert r.bucket
+    got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking, upload=r.query["uploadId"],
+                        force_blob=True)
     etag = f'"{got.md5_hex}"'
-    await _store_part(gw, r, number, got.blob, etag)
+    await _store_part(gw, r, number, got.blobs, etag)
     headers = {"ETag": etag}
     for name, v in got.checksums.items():
         headers[f"x-amz-checksum-{name}"] = v
     return web.Response(headers=headers)
 
 
-async def _store_part(gw: Gateway, r: S3Request, number: int, blob: BlobRef, etag: str) -> None:
+async def _store_part(gw: Gateway, r: S3Request, number: int, blobs: tuple[BlobRef, ...], etag: str) -> None:
     assert r.bucket
     try:
-        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blob, etag)
+        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blobs, etag)
     except BaseException:
-        discard_blob(gw.engine.data, blob)
+        await gw.engine.discard(blobs)
         raise
 
 
 async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.StreamResponse:
     sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
-    src = gw.engine.head(sb, sk)
+    src = await gw.engine.head(sb, sk)
     if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
         raise S3Error("PreconditionFailed")
     start, end = 0, src.meta.size
@@ -84,17 +86,18 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.Stream
         if rng is None:
             raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
         start, end = rng.start, rng.end + 1
-    _, blobs, md5_hex = await copy_body(gw, src, start, end, force_blob=True)
+    assert r.bucket
+    _, blobs, md5_hex = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"])
     etag = f'"{md5_hex}"'
-    await _store_part(gw, r, number, blobs[0], etag)
+    await _store_part(gw, r, number, blobs, etag)
     return _xml("CopyPartResult", xml.elem("LastModified", xml.iso8601(src.meta.mtime)) + xml.elem("ETag", etag))
 
 
 async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    _upload(gw, r)
+    await _upload(gw, r)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
-    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
     parts = xml.parse_complete_multipart(got.data)
     meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts])
     host = r.headers.get("host", "")
@@ -105,16 +108,16 @@ async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def abort_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    _upload(gw, r)
+    await _upload(gw, r)
     await gw.engine.abort_upload(r.bucket, r.query["uploadId"])
     return web.Response(status=204)
 
 
 async def list_parts(gw: Gateway, r: S3Request) -> web.StreamResponse:
-    upload = _upload(gw, r)
+    upload = await _upload(gw, r)
     max_parts = min(numbers.argument(r.query.get("max-parts", "1000"), "max-parts"), 1000)
     marker = numbers.argument(r.query.get("part-number-marker", "0") or "0", "part-number-marker")
-    parts = [p for p in gw.engine.list_parts(upload.upload_id) if p.number > marker]
+    parts = [p for p in await gw.engine.list_parts(upload.bucket, upload.upload_id) if p.number > marker]
     shown = parts[:max_parts]
     truncated = len(parts) > max_parts
     k = r.principal.key
@@ -134,7 +137,7 @@ async def list_parts(gw: Gateway, r: S3Request) -> web.StreamResponse:
 async def list_uploads(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     prefix = r.query.get("prefix", "")
-    uploads = [u for u in gw.engine.list_uploads(r.bucket) if u.key.startswith(prefix)]
+    uploads = [u for u in await gw.engine.list_uploads(r.bucket) if u.key.startswith(prefix)]
     key_marker = r.query.get("key-marker", "")
     id_marker = r.query.get("upload-id-marker", "")
     if key_marker:

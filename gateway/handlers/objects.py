@@ -7,11 +7,10 @@ import time
 
 from aiohttp import web
 
-from ..body import Expectations, discard_blob, receive
+from ..body import Expectations, receive
 from ..context import Gateway, S3Request
-from ..engine.local import INLINE_MAX
-from ..engine.model import BlobRef, Conditions, CorruptRecord, ObjectInfo, ObjectMeta
-from ..engine.segments import BlobWriter
+from ..engine.api import Found
+from ..engine.model import BlobRef, Conditions, CorruptRecord, ObjectMeta
 from ..policy import arn
 from ..s3 import xml
 from ..s3.errors import S3Error
@@ -74,7 +73,7 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False) -> dict[str
     return out
 
 
-def _preconditions(r: S3Request, info: ObjectInfo) -> web.Response | None:
+def _preconditions(r: S3Request, info: Found) -> web.Response | None:
     """412 as an error; 304 as the response to send; None to go on."""
     status = evaluate_preconditions(r.headers, info.meta.etag, info.meta.mtime)
     if status == 412:
@@ -87,7 +86,7 @@ def _preconditions(r: S3Request, info: ObjectInfo) -> web.Response | None:
 
 async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    info = gw.engine.head(r.bucket, r.key)
+    info = await gw.engine.head(r.bucket, r.key)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED")
@@ -104,7 +103,7 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     if "partNumber" in r.query:
         raise S3Error("NotImplemented", "GetObject by partNumber is not supported yet")
-    info = gw.engine.head(r.bucket, r.key)
+    info = await gw.engine.head(r.bucket, r.key)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     size = info.meta.size
@@ -120,24 +119,24 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         status = 206
         span = rng
         headers["Content-Range"] = rng.content_range(size)
-    if not info.blobs:
-        body = gw.engine.read_inline(info) if size <= 131072 else await gw.run_blocking(gw.engine.read_inline, info)
+    if not gw.engine.streamed(info):
+        body = await gw.engine.read(info)
         if span is not None and status == 206:
             body = body[span.start:span.end + 1]
         return web.Response(status=status, body=body, headers=headers)
-    # Blob-backed: stream verified blocks; a checksum failure mid-stream aborts
-    # the connection, so the client sees a truncated body, never wrong bytes.
+    # Streamed: verified pieces; a checksum failure mid-stream aborts the
+    # connection, so the client sees a truncated body, never wrong bytes.
     assert span is not None
     headers["Content-Length"] = str(span.length)
     resp = web.StreamResponse(status=status, headers=headers)
-    it = gw.engine.iter_body(info, span.start, span.end + 1)
-    first = await gw.run_blocking(next, it, None)  # fail before the status line if block 0 is bad
+    it = gw.engine.stream(info, span.start, span.end + 1)
+    first = await anext(it, None)  # fail before the status line if the first piece is bad
     await resp.prepare(r.request)
     piece = first
     try:
         while piece is not None:
             await resp.write(piece)
-            piece = await gw.run_blocking(next, it, None)
+            piece = await anext(it, None)
     except CorruptRecord:
         # Headers are out: the only honest move left is to cut the connection,
         # so the client sees a short body (an error), never wrong bytes.
@@ -165,12 +164,12 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     cond = _conditions(r)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
-    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking)
+    got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking)
     meta = ObjectMeta(got.size, f'"{got.md5_hex}"', m.mtime, m.content_type, m.headers, m.user, got.checksums)
     try:
-        await gw.engine.put(r.bucket, r.key, meta, got.data, (got.blob,) if got.blob else (), cond)
+        await gw.engine.put(r.bucket, r.key, meta, got.data, got.blobs, cond)
     except BaseException:
-        discard_blob(gw.engine.data, got.blob)
+        await gw.engine.discard(got.blobs)
         raise
     headers = {"ETag": meta.etag}
     for name, v in got.checksums.items():
@@ -178,37 +177,30 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     return web.Response(headers=headers)
 
 
-async def copy_body(gw: Gateway, src: ObjectInfo, start: int, end: int,
-                    force_blob: bool = False) -> tuple[bytes, tuple[BlobRef, ...], str]:
-    """The bytes [start, end) of src as a new body (inline or a new blob) and their MD5."""
-    length = end - start
-    if not src.blobs and not force_blob:
-        data = gw.engine.read_inline(src)[start:end]
+async def copy_body(gw: Gateway, src: Found, start: int, end: int, bucket: str,
+                    upload: str | None = None) -> tuple[bytes, tuple[BlobRef, ...], str]:
+    """The bytes [start, end) of src as a new body (in memory, or staged in `bucket`; always
+    staged for a part of `upload`) and their MD5."""
+    if end - start <= gw.engine.inline_max and upload is None:
+        data = ((await gw.engine.read(src))[start:end] if not gw.engine.streamed(src)
+                else b"".join([piece async for piece in gw.engine.stream(src, start, end)]))
         return data, (), hashlib.md5(data).hexdigest()
-
-    def copy() -> tuple[bytes, tuple[BlobRef, ...], str]:
-        if length <= INLINE_MAX and not force_blob:
-            data = b"".join(gw.engine.iter_body(src, start, end))
-            return data, (), hashlib.md5(data).hexdigest()
-        w = BlobWriter(gw.engine.data)
-        h = hashlib.md5()
-        try:
-            pieces = (gw.engine.read_inline(src)[start:end],) if not src.blobs else gw.engine.iter_body(src, start, end)
-            for piece in pieces:
-                h.update(piece)
-                w.write(piece)
-            return b"", (w.finish(),), h.hexdigest()
-        except BaseException:
-            w.discard()
-            raise
-
-    return await gw.run_blocking(copy)
+    h = hashlib.md5()
+    stager = await gw.engine.stager(bucket, upload)
+    try:
+        async for piece in gw.engine.stream(src, start, end):
+            await gw.run_blocking(h.update, piece)
+            await stager.write(piece)
+        return b"", await stager.finish(), h.hexdigest()
+    except BaseException:
+        await stager.discard()
+        raise
 
 
 async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
-    src = gw.engine.head(sb, sk)
+    src = await gw.engine.head(sb, sk)
     if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
         raise S3Error("PreconditionFailed")
     directive = r.headers.get("x-amz-metadata-directive", "COPY").upper()
@@ -218,7 +210,7 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                       "object to itself without changing the object's metadata, storage class, website "
                       "redirect location or encryption attributes.")
-    data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size)
+    data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size, r.bucket)
     etag = f'"{md5_hex}"'
     if directive == "REPLACE":
         meta = meta_from_request(r, src.meta.size, etag, {})
@@ -228,8 +220,7 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     try:
         await gw.engine.put(r.bucket, r.key, meta, data, blobs, _conditions(r))
     except BaseException:
-        for b in blobs:
-            discard_blob(gw.engine.data, b)
+        await gw.engine.discard(blobs)
         raise
     body = xml.document("CopyObjectResult", xml.elem("LastModified", xml.iso8601(meta.mtime))
                         + xml.elem("ETag", meta.etag))
@@ -249,9 +240,9 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5")
     if exp.length is not None and exp.length > xml.MAX_XML_BODY:
         raise S3Error("MalformedXML", "The XML body is larger than this operation accepts")
-    got = await receive(r.request, exp, gw.engine.data, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
     req = xml.parse_delete(got.data)
-    if not gw.engine.bucket_exists(r.bucket):
+    if not await gw.engine.bucket_exists(r.bucket):
         raise S3Error("NoSuchBucket")
     errors: dict[str, tuple[str, str]] = {}
     for k in req.keys:
@@ -272,7 +263,7 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def get_object_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    gw.engine.head(r.bucket, r.key)
+    await gw.engine.head(r.bucket, r.key)
     return acl_response(r)
 
 

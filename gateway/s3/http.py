@@ -164,7 +164,10 @@ def header_value(text: str, name: str) -> str:
 
 
 def decode_path(raw_path: str) -> str:
-    """The percent-decoded path; InvalidURI when its bytes are not UTF-8 (never replacement characters)."""
+    """The percent-decoded path; InvalidURI when its bytes are not UTF-8 (never replacement
+    characters) or hold NUL. AWS takes NUL in a key, but no listing can show it (XML 1.0 has
+    no NUL) and Ceph's OMAP keys, which index RADOS buckets, end at one: refused alike on
+    every engine, before anything is stored."""
     if "%" not in raw_path and raw_path.isascii():
         return raw_path
     try:
@@ -172,5 +175,7 @@ def decode_path(raw_path: str) -> str:
         path.encode()  # raw non-UTF-8 bytes arrive as surrogates
     except UnicodeError:
         raise S3Error("InvalidURI", "The object key is not valid UTF-8") from None
+    if "\x00" in path:
+        raise S3Error("InvalidURI", "The object key may not contain NUL (%00)")
     return path
 

@@ -23,6 +23,7 @@ from .config import GatewayConfig, RadosSettings, parse_bytes, parse_listen
 from .engine.api import Engine
 from .engine.local import EngineLock, EngineLocked, LocalEngine
 from .engine.local_api import run_on
+from .engine.model import EngineUnavailable
 from .engine.recovery import IndexUnusable
 
 
@@ -362,6 +363,9 @@ def run_command(args: argparse.Namespace) -> int:
     except IndexUnusable as exc:
         print(f"mailstore: {exc}", file=sys.stderr)
         return 4
+    except EngineUnavailable as exc:  # a cluster that does not answer, a missing master key
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:  # PolicyError too
         print(f"mailstore: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ class RadosSettings:
     index_pool: str = "mailstore-index"
     meta_pool: str = "mailstore-meta"
     master_key: Path = Path("/etc/mailstore/master.key")
+    namespace: str = ""  # a RADOS namespace in the pools: several stores on one set of pools
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def open_store(args: argparse.Namespace) -> RadosStore:
     return RadosStore(args.ceph_conf, args.ceph_user, args.keyring, data_pool=args.data_pool,
-                      index_pool=args.index_pool, meta_pool=args.meta_pool)
+                      index_pool=args.index_pool, meta_pool=args.meta_pool, namespace=args.namespace)
 
 
 def cmd_rados(args: argparse.Namespace) -> int:
@@ -59,10 +59,11 @@ def _run(store: RadosStore, args: argparse.Namespace) -> int:
     if args.action == "key-create":
         from .engine.rados_api import RadosGateway
         from .keys import KeyStore
-        from .policy import preset
+        from .policy import Policy, preset
 
         keys = KeyStore(RadosGateway(store, Path(args.master_key)))
-        policy = preset(args.preset) if args.preset else None
+        policy = (preset(args.preset) if args.preset else
+                  Policy.parse(Path(args.policy).read_text()) if args.policy else None)
         key = asyncio.run(keys.create(args.name, admin=policy is None, policy=policy))
         print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
         return 0
@@ -118,11 +119,13 @@ def cluster_args(p: argparse._ActionsContainer) -> None:
     p.add_argument("--data-pool", default=d.data_pool)
     p.add_argument("--index-pool", default=d.index_pool)
     p.add_argument("--meta-pool", default=d.meta_pool)
+    p.add_argument("--namespace", default=d.namespace,
+                   help="a RADOS namespace in the pools (several stores on one set of pools)")
 
 
 def settings(args: argparse.Namespace) -> RadosSettings:
     return RadosSettings(args.ceph_conf, args.ceph_user, args.keyring, args.data_pool, args.index_pool,
-                         args.meta_pool, Path(args.master_key))
+                         args.meta_pool, Path(args.master_key), args.namespace)
 
 
 def register(sub: Subcommands) -> None:
@@ -140,7 +143,9 @@ def register(sub: Subcommands) -> None:
     mk = rsub.add_parser("master-key", help="make the 32-byte master key file (0600) to copy to every gateway host")
     mk.add_argument("path")
     parsers["key-create"].add_argument("name")
-    parsers["key-create"].add_argument("--preset", help="a typical policy (default: an administrator key)")
+    limit = parsers["key-create"].add_mutually_exclusive_group()
+    limit.add_argument("--preset", help="a typical policy (default: an administrator key)")
+    limit.add_argument("--policy", help="an IAM-style JSON policy file limiting the key")
     parsers["key-create"].add_argument("--master-key", default=str(RadosSettings().master_key))
     for p in parsers.values():
         cluster_args(p)

@@ -99,7 +99,7 @@ def open_engine(config: GatewayConfig, runner: ThreadRunner) -> Engine:
 
         r = config.rados
         store = RadosStore(r.conf, r.user, r.keyring, data_pool=r.data_pool, index_pool=r.index_pool,
-                           meta_pool=r.meta_pool)
+                           meta_pool=r.meta_pool, namespace=r.namespace)
         engine = RadosGateway(store, r.master_key)
         try:
             engine.master_key()  # refuse to start without it, not at the first request
@@ -135,5 +135,6 @@ def run_workers(config: GatewayConfig, workers: int) -> None:
     port = sock.getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
     scheme = "https" if config.tls_cert else "http"
+    kind = "rados" if config.rados is not None else "local"
     prefork.run(sock, workers, child, {"event": "listening", "endpoint": f"{scheme}://{host}:{port}", "port": port,
-                                       "data_dir": str(config.data_dir)})
+                                       "engine": kind, "data_dir": str(config.data_dir) if kind == "local" else None})

@@ -207,6 +207,25 @@ class RadosCluster:
 
     args: list[str]  # `mailstore gateway --engine rados ...` / `mailstore rados ...` cluster arguments
     master_key: Path
+    namespace: str = ""
+
+    def within(self, namespace: str) -> RadosCluster:
+        """The same pools, another store: its own RADOS namespace."""
+        return RadosCluster([*self.args, "--namespace", namespace], self.master_key, namespace)
+
+    def ioctx(self, conn: object, pool: str = "--data-pool"):  # type: ignore[no-untyped-def]
+        args = dict(zip(self.args[::2], self.args[1::2], strict=True))
+        io = conn.open_ioctx(args[pool])  # type: ignore[attr-defined]
+        io.set_namespace(self.namespace)
+        return io
+
+    def connect(self):  # type: ignore[no-untyped-def]
+        import rados
+
+        args = dict(zip(self.args[::2], self.args[1::2], strict=True))
+        conn = rados.Rados(conffile=args["--ceph-conf"], name=args["--ceph-user"], conf={"keyring": args["--keyring"]})
+        conn.connect(timeout=30)
+        return conn
 
     def gateway_args(self) -> list[str]:
         return ["--engine", "rados", *self.args, "--master-key", str(self.master_key)]
@@ -229,17 +248,23 @@ def rados_cluster(ceph, tmp_path_factory: pytest.TempPathFactory) -> RadosCluste
     return RadosCluster(args + [a for kv in pools.items() for a in kv], master)
 
 
+@pytest.fixture(scope="module")
+def rados_store(rados_cluster: RadosCluster, request: pytest.FixtureRequest) -> RadosCluster:
+    """The module's own store on the session's pools (a RADOS namespace per module)."""
+    return rados_cluster.within(request.module.__name__.rsplit(".", 1)[-1])
+
+
 def engine_key(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> Key:
     """A fresh administrator key on the engine of `kind` ("local": in data_dir)."""
     if kind == "rados":
-        cluster: RadosCluster = request.getfixturevalue("rados_cluster")
+        cluster: RadosCluster = request.getfixturevalue("rados_store")
         return cluster.create_key()
     return create_key(data_dir)
 
 
 def engine_gateway(kind: str, data_dir: Path, request: pytest.FixtureRequest, *extra: str) -> GatewayProcess:
     if kind == "rados":
-        cluster: RadosCluster = request.getfixturevalue("rados_cluster")
+        cluster: RadosCluster = request.getfixturevalue("rados_store")
         return GatewayProcess(data_dir, *extra, engine=cluster.gateway_args())
     return GatewayProcess(data_dir, *extra)
 

@@ -33,25 +33,34 @@ def key_from(out: str) -> Key:
     return Key(d["AccessKeyId"], d["SecretAccessKey"])
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["local", "rados"])
+def pair(tmp_path_factory, request):  # type: ignore[no-untyped-def]
     base = tmp_path_factory.mktemp("acl")
     data = base / "data"
-    admin = create_key(data, "admin")
     policy_file = base / "custom.json"
     policy_file.write_text(json.dumps(CUSTOM_POLICY))
-    keys = {"admin": admin}
-    for name, args in (("dovecot", ["--preset", "bucket:mail"]), ("backup", ["--preset", "read-only:*"]),
-                       ("tenant", ["--preset", "prefix:mail/t1/"]), ("custom", ["--policy", str(policy_file)])):
-        keys[name] = key_from(mailstore("key", "create", "--data-dir", str(data), "--name", name, *args).stdout)
-    a, b = GatewayProcess(data), GatewayProcess(data)
-    s3 = client(a.endpoint, admin)
+    limits = (("dovecot", ["--preset", "bucket:mail"]), ("backup", ["--preset", "read-only:*"]),
+              ("tenant", ["--preset", "prefix:mail/t1/"]), ("custom", ["--policy", str(policy_file)]))
+    if request.param == "rados":
+        cluster = request.getfixturevalue("rados_store")
+        keys = {"admin": cluster.create_key("admin")}
+        for name, args in limits:
+            keys[name] = key_from(mailstore("rados", "key-create", name, *args, *cluster.args,
+                                            "--master-key", str(cluster.master_key)).stdout)
+        a, b = (GatewayProcess(data, engine=cluster.gateway_args()) for _ in range(2))
+    else:
+        keys = {"admin": create_key(data, "admin")}
+        for name, args in limits:
+            keys[name] = key_from(mailstore("key", "create", "--data-dir", str(data), "--name", name, *args).stdout)
+        a, b = GatewayProcess(data), GatewayProcess(data)
+    s3 = client(a.endpoint, keys["admin"])
     for bucket in ("mail", "other"):
         s3.create_bucket(Bucket=bucket)
     for k in ("t1/a", "t2/a", "top"):
         s3.put_object(Bucket="mail", Key=k, Body=b"seed")
     s3.put_object(Bucket="other", Key="x", Body=b"seed")
-    yield {"a": a, "b": b, "keys": keys, "data": data}
+    yield {"a": a, "b": b, "keys": keys, "data": data, "engine": request.param,
+           "store": request.getfixturevalue("rados_store") if request.param == "rados" else None}
     a.stop()
     b.stop()
 
@@ -176,11 +185,35 @@ def test_presigned_urls_carry_the_signers_limits(pair):
 
 
 def test_secrets_are_encrypted_at_rest(pair):
-    raw = b"".join(p.read_bytes() for p in (pair["data"] / "segments").glob("*.seg"))
-    raw += (pair["data"] / "index.db").read_bytes()
+    if pair["engine"] == "rados":  # every record of the metadata pool
+        cluster = pair["store"]
+        conn = cluster.connect()
+        try:
+            io = cluster.ioctx(conn, "--meta-pool")
+            raw = b""
+            for o in io.list_objects():
+                with rados_read_op() as op:
+                    it, _ = io.get_omap_vals(op, "", "", 100_000)
+                    io.operate_read_op(op, o.key)
+                    raw += b"".join(k.encode() + v for k, v in it)
+            io.close()
+        finally:
+            conn.shutdown()
+        assert b"secret_enc" in raw  # the keys were read
+        master = cluster.master_key
+    else:
+        raw = b"".join(p.read_bytes() for p in (pair["data"] / "segments").glob("*.seg"))
+        raw += (pair["data"] / "index.db").read_bytes()
+        master = pair["data"] / "master.key"
     for k in pair["keys"].values():
         assert k.secret.encode() not in raw
-    assert (pair["data"] / "master.key").stat().st_mode & 0o777 == 0o600
+    assert master.stat().st_mode & 0o777 == 0o600
+
+
+def rados_read_op():  # type: ignore[no-untyped-def]
+    import rados
+
+    return rados.ReadOpCtx()
 
 
 def test_admin_api_and_cli_over_http(pair):

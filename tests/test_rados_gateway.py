@@ -26,8 +26,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def cluster(rados_cluster: RadosCluster) -> RadosCluster:
-    return rados_cluster
+def cluster(rados_store: RadosCluster) -> RadosCluster:
+    return rados_store
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +40,10 @@ def gateway(cluster: RadosCluster, tmp_path, *extra: str) -> GatewayProcess:  # 
 
 
 def data_objects(cluster: RadosCluster) -> set[str]:
-    out = mailstore("rados", "bucket-list", *cluster.args).stdout  # the cluster answers
-    assert out
-    import rados
-
-    args = dict(zip(cluster.args[::2], cluster.args[1::2], strict=True))
-    conn = rados.Rados(conffile=args["--ceph-conf"], name=args["--ceph-user"], conf={"keyring": args["--keyring"]})
-    conn.connect(timeout=30)
+    """The data objects of this module's store (its namespace of the data pool)."""
+    conn = cluster.connect()
     try:
-        io = conn.open_ioctx(args["--data-pool"])
+        io = cluster.ioctx(conn)
         try:
             return {o.key for o in io.list_objects()}
         finally:
@@ -112,40 +107,41 @@ def test_multipart_objects_and_open_uploads_survive_the_sweep(cluster, admin, tm
 
 
 def test_a_gateway_killed_in_a_write_storm_loses_nothing_acknowledged(cluster, admin, tmp_path):  # type: ignore[no-untyped-def]
-    """kill -9 of a gateway while 8 clients write small and large objects: everything it
-    acknowledged reads back byte for byte through another gateway; the sweep then removes
-    only what no entry names, and the deep check is clean."""
-    gw = gateway(cluster, tmp_path)
-    s3 = client(gw.endpoint, admin)
-    s3.create_bucket(Bucket="storm")
+    """kill -9 of a gateway while 8 clients write small and large objects, three rounds:
+    everything it acknowledged reads back byte for byte through another gateway; the sweep
+    then removes only what no entry names, and the deep check is clean."""
     acked: dict[str, str] = {}
     lock = threading.Lock()
-    stop = threading.Event()
+    client(gateway_once(cluster, tmp_path), admin).create_bucket(Bucket="storm")
+    for round_ in range(3):
+        gw = gateway(cluster, tmp_path)
+        stop = threading.Event()
+        before = len(acked)
 
-    def writer(n: int) -> None:
-        c = client(gw.endpoint, admin)
-        i = 0
-        while not stop.is_set() and i < 400:
-            key = f"u{n}/m{i}"
-            body = os.urandom(7 * MiB if i % 25 == 7 else 200 + i)
-            try:
-                c.put_object(Bucket="storm", Key=key, Body=body)
-            except Exception:  # noqa: BLE001 - the gateway died under it: not acknowledged
-                return
-            with lock:
-                acked[key] = hashlib.md5(body).hexdigest()
-            i += 1
+        def writer(n: int) -> None:
+            c = client(gw.endpoint, admin)  # noqa: B023 - this round's gateway
+            i = 0
+            while not stop.is_set() and i < 400:  # noqa: B023
+                key = f"r{round_}/u{n}/m{i}"  # noqa: B023
+                body = os.urandom(7 * MiB if i % 25 == 7 else 200 + i)
+                try:
+                    c.put_object(Bucket="storm", Key=key, Body=body)
+                except Exception:  # noqa: BLE001 - the gateway died under it: not acknowledged
+                    return
+                with lock:
+                    acked[key] = hashlib.md5(body).hexdigest()
+                i += 1
 
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(writer, n) for n in range(8)]
-        deadline = time.monotonic() + 60
-        while len(acked) < 150 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        gw.kill9()
-        stop.set()
-        for f in futures:
-            f.result()
-    assert len(acked) >= 150
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(writer, n) for n in range(8)]
+            deadline = time.monotonic() + 60
+            while len(acked) - before < 100 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            gw.kill9()
+            stop.set()
+            for f in futures:
+                f.result()
+        assert len(acked) - before >= 100
     other = gateway(cluster, tmp_path)
     try:
         s3 = client(other.endpoint, admin)
@@ -161,9 +157,26 @@ def test_a_gateway_killed_in_a_write_storm_loses_nothing_acknowledged(cluster, a
         assert deep_check(cluster, "storm")["result"] == "ok"
         listed = {o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="storm")
                   for o in p.get("Contents", [])}
-        assert set(acked) <= listed and len(listed - set(acked)) <= 8  # at most one unacknowledged PUT per client
+        assert set(acked) <= listed and len(listed - set(acked)) <= 3 * 8  # one unacknowledged PUT per client
     finally:
         other.stop()
+
+
+def gateway_once(cluster: RadosCluster, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """The endpoint of a gateway stopped as soon as this test is done with it."""
+    gw = gateway(cluster, tmp_path)
+    _started.append(gw)
+    return gw.endpoint
+
+
+_started: list[GatewayProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_started():  # type: ignore[no-untyped-def]
+    yield
+    while _started:
+        _started.pop().stop()
 
 
 def test_an_osd_restarted_under_load_through_the_gateway(ceph, cluster, admin, tmp_path):  # type: ignore[no-untyped-def]

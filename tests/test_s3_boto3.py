@@ -403,15 +403,10 @@ def test_the_engine_is_the_one_asked_for(gateway, engine_kind, s3, bucket, reque
     body = os.urandom(3000)
     s3.put_object(Bucket=bucket, Key="where/am/i", Body=body)
     if engine_kind == "rados":
-        import rados
-
-        cluster = request.getfixturevalue("rados_cluster")
-        args = dict(zip(cluster.args[::2], cluster.args[1::2], strict=True))
-        conn = rados.Rados(conffile=args["--ceph-conf"], name=args["--ceph-user"],
-                           conf={"keyring": args["--keyring"]})
-        conn.connect(timeout=30)
+        cluster = request.getfixturevalue("rados_store")
+        conn = cluster.connect()
         try:
-            io = conn.open_ioctx(args["--data-pool"])
+            io = cluster.ioctx(conn)
             found = [o.key for o in io.list_objects() if body in io.read(o.key, 1 << 20)]
             io.close()
         finally:

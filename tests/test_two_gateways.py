@@ -68,6 +68,30 @@ def test_concurrent_writers_on_both(pair):
     assert b.get_object(Bucket="shared", Key="mix/00301")["Body"].read() == b"301"
 
 
+def test_concurrent_conditional_puts_through_both_have_one_winner(pair):
+    """If-None-Match: * on one key through both gateways at once, 20 rounds: exactly one
+    201/200 per round, every other 412, and the object is the winner's."""
+    a, b = pair
+    for round_ in range(20):
+        key = f"race/{round_}"
+        bodies = {i: f"{round_}-{i}".encode() for i in range(8)}
+
+        def put(i: int) -> int:
+            cl = a if i % 2 else b
+            try:
+                cl.put_object(Bucket="shared", Key=key, Body=bodies[i], IfNoneMatch="*")
+                return i
+            except botocore.exceptions.ClientError as exc:
+                assert exc.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict")
+                return -1
+
+        with ThreadPoolExecutor(8) as pool:
+            winners = [i for i in pool.map(put, range(8)) if i >= 0]
+        assert len(winners) == 1, winners
+        for cl in pair:
+            assert cl.get_object(Bucket="shared", Key=key)["Body"].read() == bodies[winners[0]]
+
+
 def test_workers_share_one_socket_and_die_with_parent(tmp_path):
     """`--workers 2`: one endpoint, consistent across workers; kill -9 of the parent ends all."""
     import socket

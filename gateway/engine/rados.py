@@ -137,7 +137,9 @@ class RadosStore:
     """One connection to the cluster (librados is thread-safe; one per gateway process)."""
 
     def __init__(self, conffile: str, user: str, keyring: str, *, data_pool: str, index_pool: str,
-                 meta_pool: str) -> None:
+                 meta_pool: str, namespace: str = "") -> None:
+        """`namespace`: a RADOS namespace in all three pools, so several stores (tenants, test
+        runs) share pools without seeing each other; cephx can confine a user to it."""
         import rados
         self._rados = rados
         try:
@@ -149,6 +151,8 @@ class RadosStore:
             self.data = self.cluster.open_ioctx(data_pool)
             self.index = self.cluster.open_ioctx(index_pool)
             self.meta = self.cluster.open_ioctx(meta_pool)
+            for io in (self.data, self.index, self.meta):
+                io.set_namespace(namespace)
         except rados.Error as exc:  # no such pool, a wrong key, a cluster that does not answer
             self.cluster.shutdown()
             raise EngineUnavailable(f"RADOS: {exc}") from None

@@ -143,7 +143,20 @@ def acked_after_stale_copy(root: Path, tmp: Path) -> dict[str, bytes]:
     return {n: body(n) for n in more}
 
 
+def checkpointed(root: Path) -> None:
+    """Every committed page in index.db itself: damage to the file then hits live pages (a page
+    still in index.db-wal would be read from there, and the index would rightly be usable)."""
+    import sqlite3
+
+    conn = sqlite3.connect(root / "index.db")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
+
+
 def corrupt_random(root: Path) -> None:
+    checkpointed(root)
     raw = bytearray((root / "index.db").read_bytes())
     for i in range(4096, len(raw), 997):
         raw[i] ^= 0x5A
@@ -152,6 +165,7 @@ def corrupt_random(root: Path) -> None:
 
 
 def truncate_half(root: Path) -> None:
+    checkpointed(root)
     p = root / "index.db"
     os.truncate(p, p.stat().st_size // 2)
 

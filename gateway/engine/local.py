@@ -110,6 +110,8 @@ class LocalEngine:
         self.data.create()
         self._lock = EngineLock(root, exclusive=exclusive)
         self._local = threading.local()
+        self._opened: list[tuple[IndexReader, SegmentReader]] = []  # every thread's readers, closed by close()
+        self._opened_lock = threading.Lock()
         try:
             check_index_file(self.data)
             boot = connect(self.data.index_path)
@@ -138,6 +140,13 @@ class LocalEngine:
             observe(n, seconds, sync_seconds)
 
     def close(self) -> None:
+        """Readers first, then the committer: its connection is then the index's last, and SQLite
+        checkpoints the WAL into index.db as it closes."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for index, segments in opened:
+            index.conn.close()
+            segments.close()
         if self.committer is not None:
             self.committer.close()
             self.committer = None
@@ -150,6 +159,8 @@ class LocalEngine:
         if r is None:
             r = (IndexReader(connect(self.data.index_path, readonly=True)), SegmentReader(self.data))
             self._local.r = r
+            with self._opened_lock:
+                self._opened.append(r)
         return r
 
     @property

@@ -21,7 +21,7 @@ from mailstore import cli as mailstore_cli
 def cmd_up(args: argparse.Namespace) -> int:
     from . import up
 
-    return up.run(Path(args.data_dir), args.hosts)
+    return up.run(Path(args.data_dir), args.hosts, args.engine)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="data")
     up.add_argument("--hosts", type=int, choices=[1, 2], default=1,
                     help="shim hosts to run (2: on PostgreSQL, behind HAProxy's LMTP and IMAP fronts)")
+    up.add_argument("--engine", choices=("local", "rados"),
+                    help="where the gateways keep objects (default: [engine] kind in mailstore.toml); rados "
+                         "without a ceph_conf there starts the appliance's own Ceph cluster in DATA_DIR/ceph")
     up.set_defaults(fn=cmd_up)
     dash = sub.add_parser("dashboard", help="run the ops dashboard of the appliance in DATA_DIR")
     dash.add_argument("--data-dir", default="data")

@@ -8,7 +8,7 @@ names them.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,6 +40,17 @@ interval = 5                          # seconds between its scrapes of every par
 url = ""        # "": SQLite in DATA_DIR/meta.db; or "postgresql://user@host:port/db" (several hosts)
 passfile = ""   # PostgreSQL's password, as libpq reads it (a 0600 PGPASSFILE): never in the url
 private = "{postgres}"   # `mailstore up --hosts 2` without a url: its own PostgreSQL, here
+
+[engine]
+kind = "local"     # "local": objects in DATA_DIR/engine; "rados": on a Ceph cluster (`mailstore up --engine rados`)
+ceph_conf = ""     # "": with kind "rados", the appliance's own single-host cluster in DATA_DIR/ceph
+ceph_user = "client.mailstore"   # the cephx user of the gateways
+keyring = ""       # its keyring file (0600); "": /etc/ceph/ceph.<user>.keyring (own cluster: its own)
+data_pool = "mailstore-data"
+index_pool = "mailstore-index"   # OMAP: put it on fast media (README: "Gateways on Ceph RADOS")
+meta_pool = "mailstore-meta"
+namespace = ""     # a RADOS namespace in the pools (several stores on one set of pools)
+master_key = ""    # "": DATA_DIR/master.key, made on first run (the same file on every gateway host)
 """
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
@@ -74,6 +85,8 @@ class ApplianceConfig:
     metadata_url: str = ""  # "": DATA_DIR/meta.db
     metadata_passfile: str = ""
     private_postgres: str = "127.0.0.1:5433"  # --hosts 2 without a url: the appliance's own cluster
+    engine: str = "local"  # "local" or "rados"
+    rados: dict[str, str] = field(default_factory=dict)  # [engine]'s other keys, as written
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -93,7 +106,9 @@ def load(data_dir: Path) -> ApplianceConfig:
         raise ConfigError(f"{path}: {exc}") from None
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
              "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics", "max_recipients"},
-             "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"}}
+             "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
+             "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
+                        "namespace", "master_key"}}
     for section, values in doc.items():
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
@@ -130,11 +145,24 @@ def load(data_dir: Path) -> ApplianceConfig:
                           "put it in the passfile")
     if not isinstance(passfile, str):
         raise ConfigError(f"{path}: [metadata] passfile must be a path")
+    kind = value("engine", "kind")
+    if kind not in ("local", "rados"):
+        raise ConfigError(f"{path}: [engine] kind must be \"local\" or \"rados\"")
+    rados: dict[str, str] = {}
+    for name in ("ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool", "namespace",
+                 "master_key"):
+        v = value("engine", name)
+        if not isinstance(v, str):
+            raise ConfigError(f"{path}: [engine] {name} must be a string")
+        rados[name] = v
+    for name in ("ceph_user", "data_pool", "index_pool", "meta_pool"):
+        if not rados[name]:
+            raise ConfigError(f"{path}: [engine] {name} must be a non-empty string")
     cfg = ApplianceConfig(text("s3", "listen"), (gateways[0], gateways[1]), text("s3", "lb_stats"),
                           text("s3", "bucket"), text("s3", "region"), text("mail", "lmtp"), text("mail", "imap"),
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
-                          max_recipients, url, passfile, text("metadata", "private"))
+                          max_recipients, url, passfile, text("metadata", "private"), str(kind), rados)
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
                  "private_postgres"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):

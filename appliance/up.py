@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from gateway.config import RadosSettings
 from gateway.filemodes import too_open
+from gateway.rados_cli import rados_argv
+from runtime.ceph import PrivateCeph
 
-from .config import ApplianceConfig, load, metadata
+from .config import ApplianceConfig, ConfigError, load, metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
@@ -55,18 +58,22 @@ class Part:
     restarts: int = 0
 
 
-def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str) -> Secrets:
+def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str, rados: RadosSettings | None) -> Secrets:
     """Keys, bucket and test user, made once; their secrets, on every run."""
     path = data_dir / "secrets.json"
+    kind = "rados" if rados is not None else "local"
     if path.exists():
         found: Secrets = json.loads(path.read_text())
         if "dashboard" not in found:  # made by an older version
             found["dashboard"] = {"user": "admin", "password": secrets.token_urlsafe(12)}
             _write_private(path, found)
+        made_on = found.get("engine", {}).get("kind", "local")
+        if made_on != kind:
+            raise ConfigError(f"{data_dir}'s keys and bucket are on the {made_on} engine, not {kind}: "
+                              f"use another data directory for the {kind} engine")
         return found
     from gateway.engine.api import Engine
-    from gateway.engine.local import LocalEngine
-    from gateway.engine.local_api import run_on
+    from gateway.engine.rados_api import RadosGateway
     from gateway.keys import AccessKey, KeyStore
     from gateway.policy import preset
     from mailstore.db import MetaStore
@@ -77,14 +84,33 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str) -> Secrets:
         admin = await keys.create("admin", admin=True)
         shim = await keys.create("mail-shim", admin=False, policy=preset(f"bucket:{cfg.bucket}"))
         if not await engine.bucket_exists(cfg.bucket):
-            await engine.create_bucket(cfg.bucket, admin.access_key)
+            if isinstance(engine, RadosGateway):  # obox's <hash>/<user>/...: one user's listing, one shard
+                await engine.store.create_bucket(cfg.bucket, admin.access_key, shards=16, depth=2)
+            else:
+                await engine.create_bucket(cfg.bucket, admin.access_key)
         return admin, shim
 
-    engine = LocalEngine(data_dir / "engine")
-    try:
-        admin, shim = run_on(engine, first_keys)
-    finally:
-        engine.close()
+    if rados is not None:
+        import asyncio
+
+        from gateway.engine.rados import RadosStore
+
+        gw = RadosGateway(RadosStore(rados.conf, rados.user, rados.keyring, data_pool=rados.data_pool,
+                                     index_pool=rados.index_pool, meta_pool=rados.meta_pool,
+                                     namespace=rados.namespace), rados.master_key)
+        try:
+            admin, shim = asyncio.run(first_keys(gw))
+        finally:
+            gw.close()
+    else:
+        from gateway.engine.local import LocalEngine
+        from gateway.engine.local_api import run_on
+
+        engine = LocalEngine(data_dir / "engine")
+        try:
+            admin, shim = run_on(engine, first_keys)
+        finally:
+            engine.close()
     user, password = f"test@{cfg.domain}", secrets.token_urlsafe(12)
     meta = MetaStore(db)
     if meta.get_user(user) is None:
@@ -92,7 +118,8 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str) -> Secrets:
     found = {"admin": {"access_key": admin.access_key, "secret_key": admin.secret},
              "shim": {"access_key": shim.access_key, "secret_key": shim.secret},
              "user": {"name": user, "password": password},
-             "dashboard": {"user": "admin", "password": secrets.token_urlsafe(12)}}
+             "dashboard": {"user": "admin", "password": secrets.token_urlsafe(12)},
+             "engine": {"kind": kind}}
     _write_private(path, found)
     return found
 
@@ -115,11 +142,11 @@ def _shifted(addr: str, by: int) -> str:
     return f"{host}:{int(port) + by}"
 
 
-def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: int = 1) -> list[Part]:
+def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: int = 1,
+           rados: RadosSettings | None = None) -> list[Part]:
     mailstore = str(BIN / "mailstore")
-    engine = str(data_dir / "engine")
-    gateways = [Part(f"gateway{i}", [mailstore, "gateway", "--data-dir", engine, "--listen", addr,
-                                      "--region", cfg.region])
+    engine = ["--data-dir", str(data_dir / "engine")] if rados is None else ["--engine", "rados", *rados_argv(rados)]
+    gateways = [Part(f"gateway{i}", [mailstore, "gateway", *engine, "--listen", addr, "--region", cfg.region])
                 for i, addr in enumerate(cfg.gateways, 1)]
     haproxy = Part("haproxy", [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", str(HAPROXY_CFG), "-db"],
                    env={"MAILSTORE_S3_BIND": cfg.s3_listen, "MAILSTORE_GW1": cfg.gateways[0],
@@ -309,7 +336,30 @@ def _wait_postgres(url: str, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-def run(data_dir: Path, hosts: int = 1) -> int:
+def _rados(data_dir: Path, cfg: ApplianceConfig) -> tuple[RadosSettings, PrivateCeph | None]:
+    """The cluster [engine] names, or (no ceph_conf) the appliance's own in DATA_DIR/ceph,
+    started here with its pools and the gateways' cephx user; the master key made once."""
+    from gateway.engine.rados_api import make_master_key
+
+    r = cfg.rados
+    master = Path(r["master_key"]) if r["master_key"] else data_dir / "master.key"
+    if not r["master_key"] and not master.exists():
+        make_master_key(master)
+    pools = (r["data_pool"], r["index_pool"], r["meta_pool"])
+    own = None
+    if r["ceph_conf"]:
+        conf, keyring = r["ceph_conf"], r["keyring"] or f"/etc/ceph/ceph.{r['ceph_user']}.keyring"
+    else:
+        own = PrivateCeph(data_dir / "ceph")
+        print(f"mailstore: starting the appliance's own Ceph cluster in {own.root} ...", flush=True)
+        own.start()
+        for pool in pools:
+            own.create_pool(pool)
+        conf, keyring = str(own.conf), str(own.create_user(r["ceph_user"], list(pools)))
+    return RadosSettings(conf, r["ceph_user"], keyring, *pools, master, r["namespace"]), own
+
+
+def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for problem in too_open(data_dir):
         print(f"mailstore: warning: other users may read the data: {problem}", file=sys.stderr)
@@ -319,13 +369,17 @@ def run(data_dir: Path, hosts: int = 1) -> int:
     from gateway.engine.local import LocalEngine
     from gateway.engine.recovery import IndexUnusable
 
-    try:  # the gateways would refuse (and be restarted for ever): say it once, here
-        LocalEngine(data_dir / "engine", writer=False).close()
-    except IndexUnusable as exc:
-        print(f"mailstore: {exc}", file=sys.stderr)
-        return 4
+    kind = engine or cfg.engine
+    if kind == "local":
+        try:  # the gateways would refuse (and be restarted for ever): say it once, here
+            LocalEngine(data_dir / "engine", writer=False).close()
+        except IndexUnusable as exc:
+            print(f"mailstore: {exc}", file=sys.stderr)
+            return 4
     db = metadata(cfg, data_dir)
     sup = Supervisor(data_dir, [])
+    rados: RadosSettings | None = None
+    own_ceph: PrivateCeph | None = None
     got_signal: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: got_signal.append(signum))
@@ -335,8 +389,10 @@ def run(data_dir: Path, hosts: int = 1) -> int:
             sup.parts.append(pg_part)
             sup.start(pg_part)
             _wait_postgres(db)
-        sec = _first_run(data_dir, cfg, db)
-        sup.parts += _parts(data_dir, cfg, sec, db, hosts)
+        if kind == "rados":
+            rados, own_ceph = _rados(data_dir, cfg)
+        sec = _first_run(data_dir, cfg, db, rados)
+        sup.parts += _parts(data_dir, cfg, sec, db, hosts, rados)
         for part in sup.parts:
             if got_signal:
                 break
@@ -366,5 +422,7 @@ def run(data_dir: Path, hosts: int = 1) -> int:
             time.sleep(0.3)
     finally:
         sup.stop()
+        if own_ceph is not None:
+            own_ceph.stop()
     print("mailstore: stopped", flush=True)
     return 0

@@ -128,6 +128,13 @@ def settings(args: argparse.Namespace) -> RadosSettings:
                          args.meta_pool, Path(args.master_key), args.namespace)
 
 
+def rados_argv(r: RadosSettings) -> list[str]:
+    """The command-line arguments naming a cluster and its master key (the inverse of `settings`)."""
+    return ["--ceph-conf", r.conf, "--ceph-user", r.user, "--keyring", r.keyring, "--data-pool", r.data_pool,
+            "--index-pool", r.index_pool, "--meta-pool", r.meta_pool, "--namespace", r.namespace,
+            "--master-key", str(r.master_key)]
+
+
 def register(sub: Subcommands) -> None:
     rados = sub.add_parser("rados", help="the RADOS layout on a Ceph cluster: buckets, sweep, check, rebuild")
     rsub = rados.add_subparsers(dest="action", required=True)

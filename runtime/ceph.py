@@ -52,9 +52,20 @@ class PrivateCeph:
         self.root = root
         self.osds = osds
         self.osd_size_gib = osd_size_gib
-        self.mon_port = mon_port or _free_port()
         self.conf = root / "ceph.conf"
+        self.mon_port = mon_port or self._made_port() or _free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}  # daemon name ("mon.a", "osd.0") -> process
+
+    def _made_port(self) -> int | None:
+        """The monitor's port of a cluster made before (its monmap holds it for good)."""
+        try:
+            text = self.conf.read_text()
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("mon_host = v2:127.0.0.1:"):
+                return int(line.rsplit(":", 1)[1])
+        return None
 
     # ------------------------------------------------------------------ paths
 

@@ -158,12 +158,14 @@ def test_a_request_past_the_timeout_gets_request_timeout(tmp_path):
 # ------------------------------------------------------------------ the whole appliance
 
 class Appliance:
-    def __init__(self, data: Path, metadata: tuple[str, str] | None = None, hosts: int = 1) -> None:
-        """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR)."""
+    def __init__(self, data: Path, metadata: tuple[str, str] | None = None, hosts: int = 1,
+                 engine: str | None = None, ports: dict[str, int] | None = None) -> None:
+        """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR);
+        `engine`: `mailstore up --engine`; `ports`: those of an earlier run of the same DATA_DIR."""
         names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard",
                  "postgres")
-        ports = dict(zip(names, free_ports(len(names))))
-        data.mkdir(parents=True, mode=0o700)
+        ports = ports or dict(zip(names, free_ports(len(names))))
+        data.mkdir(parents=True, mode=0o700, exist_ok=True)
         toml = default_text(ports).replace("interval = 5 ", "interval = 1 ")
         if metadata is not None:
             toml = toml.replace('url = ""', f'url = "{metadata[0]}"').replace('passfile = ""', f'passfile = "{metadata[1]}"')
@@ -171,9 +173,11 @@ class Appliance:
         (data / "mailstore.toml").chmod(0o600)  # as `mailstore up` writes it
         self.data, self.ports = data, ports
         self.out = open(data.parent / "up.out", "w+")
-        self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data), "--hosts", str(hosts)],
+        (data / "endpoints.json").unlink(missing_ok=True)
+        self.proc = subprocess.Popen([str(BIN / "mailstore"), "up", "--data-dir", str(data), "--hosts", str(hosts),
+                                      *(["--engine", engine] if engine else [])],
                                      stdout=self.out, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + (300 if engine == "rados" else 60)  # rados: its own Ceph cluster first
         while not (data / "endpoints.json").exists():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log()
             time.sleep(0.1)
@@ -492,3 +496,49 @@ def test_up_with_two_hosts_on_a_private_postgresql(tmp_path):  # type: ignore[no
             os.kill(pids["postgres"], 0)
         tag = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
         shutil.rmtree(Path("/var/lib/postgresql") / f"mailstore-{tag}", ignore_errors=True)
+
+
+def test_up_on_its_own_ceph_cluster(tmp_path):  # type: ignore[no-untyped-def]
+    """`mailstore up --engine rados` with nothing configured (issue 16): the appliance makes and
+    starts its own single-host Ceph cluster in DATA_DIR/ceph, the gateways keep every object
+    there, mail goes in over LMTP and out over IMAP; stopped and started again, the cluster
+    and the mail are still there, and nothing of it was left running in between."""
+    data = tmp_path / "data"
+    a = Appliance(data, engine="rados")
+    try:
+        ep = a.endpoints
+        user = ep["user"]
+        message = b"From: a@example.org\r\nSubject: kept in RADOS\r\n\r\nhello ceph\r\n"
+        lmtp = smtplib.LMTP(ep["lmtp"]["host"], ep["lmtp"]["port"])
+        assert lmtp.sendmail("a@example.org", [user["name"]], message) == {}
+        lmtp.quit()
+        gw_args = Path(f"/proc/{a.pids()['gateway1']}/cmdline").read_bytes().split(b"\0")
+        assert b"--engine" in gw_args and b"rados" in gw_args and b"--data-dir" not in gw_args
+        assert not (data / "engine").exists()
+        assert (data / "ceph" / "ceph.conf").exists() and (data / "master.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert a.stop() == 0
+    assert not subprocess.run(["pgrep", "-f", str(data / "ceph")], capture_output=True).stdout
+    b = Appliance(data, engine="rados", ports=a.ports)
+    try:
+        ep = b.endpoints
+        imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+        imap.login(ep["user"]["name"], ep["user"]["password"])
+        assert imap.select("INBOX")[1] == [b"1"]
+        body = imap.fetch("1", "(BODY.PEEK[])")[1][0][1]
+        assert body.endswith(message)
+        imap.logout()
+        listed = b.s3().list_objects_v2(Bucket=ep["s3"]["bucket"])["Contents"]
+        assert len(listed) == 1
+        # the bucket is laid out for mail: a user's listing asks one of its index shards
+        buckets = json.loads(subprocess.run(
+            [str(BIN / "mailstore"), "rados", "bucket-list", "--ceph-conf", str(data / "ceph" / "ceph.conf"),
+             "--keyring", str(data / "ceph" / "keys" / "client.mailstore.keyring")],
+            capture_output=True, text=True, check=True, timeout=120).stdout)
+        assert [(x["bucket"], x["depth"]) for x in buckets] == [("mail", 2)]
+    finally:
+        assert b.stop() == 0
+    assert not subprocess.run(["pgrep", "-f", str(data / "ceph")], capture_output=True).stdout
+    again = subprocess.run([str(BIN / "mailstore"), "up", "--data-dir", str(data), "--engine", "local"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "rados engine, not local" in again.stderr

@@ -202,6 +202,12 @@ def cmd_bucket(args: argparse.Namespace) -> int:
 def cmd_fsck(args: argparse.Namespace) -> int:
     from . import fsck
 
+    if args.engine == "rados":
+        from .rados_cli import fsck as rados_fsck
+
+        return rados_fsck(args)
+    if not args.data_dir:
+        raise ValueError("the local engine needs --data-dir DIR (or give --engine rados)")
     root = Path(args.data_dir)
     # Exclusive: no gateway may write while we read everything (or swap the index).
     # No recovery either: fsck reads the files as they are, whatever the index says.
@@ -339,10 +345,20 @@ def _bucket_parsers(sub: Subcommands) -> None:
 
 
 def _fsck_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("fsck", help="verify every checksum and the index (gateways stopped)")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--rebuild-index", action="store_true", help="rebuild the index from the data files alone")
+    from .rados_cli import cluster_args
+
+    p = sub.add_parser("fsck", help="verify every checksum and the index (local: gateways stopped)")
+    p.add_argument("--engine", choices=("local", "rados"), default="local")
+    p.add_argument("--data-dir", help="the local engine's data directory")
+    p.add_argument("--rebuild-index", action="store_true",
+                   help="rebuild the index from the data files alone (rados: of --bucket, or of every bucket)")
     p.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("--engine rados (gateways may run meanwhile)")
+    cluster_args(g)
+    g.add_argument("--bucket", help="only this bucket")
+    g.add_argument("--sweep", action="store_true", help="also remove data objects no index entry names")
+    g.add_argument("--min-age", type=float, default=3600.0,
+                   help="seconds: the sweep leaves younger objects (a PUT may be between its two writes)")
     p.set_defaults(fn=cmd_fsck)
 
 

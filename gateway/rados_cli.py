@@ -101,6 +101,39 @@ def _run(store: RadosStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def fsck(args: argparse.Namespace) -> int:
+    """`mailstore fsck --engine rados`: every index entry's data object read and verified (record
+    and tails), `--sweep` the orphans, `--rebuild-index` the index from the data objects.
+    Exit 1 when something is dangling or corrupt."""
+    try:
+        store = open_store(args)
+    except EngineError as exc:
+        print(f"mailstore: {exc}", file=sys.stderr)
+        return 2
+    try:
+        chosen = [b for b in rados_fsck.buckets(store) if args.bucket in (None, b.name)]
+        if args.bucket is not None and not chosen:
+            print(f"mailstore: no bucket {args.bucket!r}", file=sys.stderr)
+            return 1
+        out: dict[str, object] = {}
+        if args.rebuild_index:
+            reps = [rados_fsck.rebuild(store, b) for b in chosen]
+            out["restored"] = sum(r.restored for r in reps)
+        rep = rados_fsck.check(store, chosen, deep=True)
+        problems = [f"dangling: {b}/{k}" for b, k in rep.dangling] + [f"corrupt: {o}" for o in rep.corrupt]
+        if args.sweep:
+            swept = rados_fsck.sweep(store, args.min_age)
+            out.update(swept=len(swept.removed), too_young=swept.too_young)
+            problems += [f"corrupt: {o}" for o in swept.corrupt]
+        ok = not problems
+        print(json.dumps({"result": "ok" if ok else "problems", "engine": "rados",
+                          "buckets": [b.name for b in chosen], "entries": rep.scanned, **out,
+                          "problems": problems[:100], "problem_count": len(problems)}, indent=2))
+        return 0 if ok else 1
+    finally:
+        store.close()
+
+
 def _count(lowest: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text) if text.strip().lstrip("-").isdigit() else None

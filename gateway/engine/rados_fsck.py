@@ -191,7 +191,7 @@ def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
             try:
                 store.index.operate_write_op(op, b.shard(key))
                 report.restored += 1
-            except OSError as exc:
-                if getattr(exc, "errno", None) != 125:  # ECANCELED: the entry exists
+            except rados.Error as exc:  # the binding's own OSError, not the builtin
+                if abs(getattr(exc, "errno", 0) or 0) != 125:  # ECANCELED: the entry exists and stays
                     raise
     return report

@@ -37,13 +37,19 @@ def cmd_rados(args: argparse.Namespace) -> int:
             print(f"mailstore: {args.path} exists: a master key is never replaced", file=sys.stderr)
             return 2
         return 0
+    return on_store(args, _run)
+
+
+def on_store(args: argparse.Namespace, act: Callable[[RadosStore, argparse.Namespace], int]) -> int:
+    """Run `act` on the cluster the arguments name: exit 2 when it cannot be reached (a missing
+    ceph.conf, keyring or pool), 1 on an engine error, with one line and no traceback."""
     try:
         store = open_store(args)
     except EngineError as exc:
         print(f"mailstore: {exc}", file=sys.stderr)
         return 2
     try:
-        return _run(store, args)
+        return act(store, args)
     except EngineError as exc:
         print(f"mailstore: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -105,33 +111,29 @@ def fsck(args: argparse.Namespace) -> int:
     """`mailstore fsck --engine rados`: every index entry's data object read and verified (record
     and tails), `--sweep` the orphans, `--rebuild-index` the index from the data objects.
     Exit 1 when something is dangling or corrupt."""
-    try:
-        store = open_store(args)
-    except EngineError as exc:
-        print(f"mailstore: {exc}", file=sys.stderr)
-        return 2
-    try:
-        chosen = [b for b in rados_fsck.buckets(store) if args.bucket in (None, b.name)]
-        if args.bucket is not None and not chosen:
-            print(f"mailstore: no bucket {args.bucket!r}", file=sys.stderr)
-            return 1
-        out: dict[str, object] = {}
-        if args.rebuild_index:
-            reps = [rados_fsck.rebuild(store, b) for b in chosen]
-            out["restored"] = sum(r.restored for r in reps)
-        rep = rados_fsck.check(store, chosen, deep=True)
-        problems = [f"dangling: {b}/{k}" for b, k in rep.dangling] + [f"corrupt: {o}" for o in rep.corrupt]
-        if args.sweep:
-            swept = rados_fsck.sweep(store, args.min_age)
-            out.update(swept=len(swept.removed), too_young=swept.too_young)
-            problems += [f"corrupt: {o}" for o in swept.corrupt]
-        ok = not problems
-        print(json.dumps({"result": "ok" if ok else "problems", "engine": "rados",
-                          "buckets": [b.name for b in chosen], "entries": rep.scanned, **out,
-                          "problems": problems[:100], "problem_count": len(problems)}, indent=2))
-        return 0 if ok else 1
-    finally:
-        store.close()
+    return on_store(args, _fsck)
+
+
+def _fsck(store: RadosStore, args: argparse.Namespace) -> int:
+    chosen = [b for b in rados_fsck.buckets(store) if args.bucket in (None, b.name)]
+    if args.bucket is not None and not chosen:
+        print(f"mailstore: no bucket {args.bucket!r}", file=sys.stderr)
+        return 1
+    out: dict[str, object] = {}
+    if args.rebuild_index:
+        reps = [rados_fsck.rebuild(store, b) for b in chosen]
+        out["restored"] = sum(r.restored for r in reps)
+    rep = rados_fsck.check(store, chosen, deep=True)
+    problems = [f"dangling: {b}/{k}" for b, k in rep.dangling] + [f"corrupt: {o}" for o in rep.corrupt]
+    if args.sweep:
+        swept = rados_fsck.sweep(store, args.min_age)
+        out.update(swept=len(swept.removed), too_young=swept.too_young)
+        problems += [f"corrupt: {o}" for o in swept.corrupt]
+    ok = not problems
+    print(json.dumps({"result": "ok" if ok else "problems", "engine": "rados",
+                      "buckets": [b.name for b in chosen], "entries": rep.scanned, **out,
+                      "problems": problems[:100], "problem_count": len(problems)}, indent=2))
+    return 0 if ok else 1
 
 
 def _count(lowest: int) -> Callable[[str], int]:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
+from runtime.keyfile import write_new_key
+
 from . import records
 from .api import Bucket, EntityTooSmall, InvalidPartOrder, Part, Upload, choose_parts
 from .commit import GroupCommitter, Guard, Txn, Write
@@ -56,12 +58,7 @@ def master_key(root: Path) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         tmp = root / f".master.key.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_key(tmp)
         try:
             os.link(tmp, path)  # fails if another process made it first: then use theirs
         except FileExistsError:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import stat
 import time
@@ -28,6 +27,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runtime.keyfile import write_new_key
 
 from .api import Bucket, Found, Part, Upload, choose_parts
 from .model import (
@@ -362,9 +363,4 @@ def _text(fields: dict[str, str] | None) -> str | None:
 
 def make_master_key(path: Path) -> None:
     """A new master key file (0600); refuses to replace one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(32))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new_key(path)

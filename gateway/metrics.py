@@ -23,6 +23,7 @@ from .compact import DEAD_RATIO
 from .context import Gateway
 from .engine.local import LocalEngine
 from .engine.local_api import LocalGateway
+from .engine.rados_api import RadosGateway
 
 prometheus_client.disable_created_metrics()
 
@@ -94,6 +95,13 @@ class _EngineCollector(Collector):
         gw = self.gw
         if isinstance(gw.engine, LocalGateway):
             yield from self._local(gw.engine.local)
+        if isinstance(gw.engine, RadosGateway):
+            ops = gw.engine.ops
+            yield CounterMetricFamily("mailstore_rados_operations", "RADOS operations completed", value=ops["done"])
+            yield CounterMetricFamily("mailstore_rados_operation_errors", "RADOS operations that failed (not "
+                                      "the ENOENT/ECANCELED/EEXIST answers the layout asks for)", value=ops["failed"])
+            yield GaugeMetricFamily("mailstore_rados_operations_inflight", "RADOS operations in flight",
+                                    value=ops["started"] - ops["done"])
         yield CounterMetricFamily("mailstore_engine_checksum_errors", "Records or blobs that failed their checksum "
                                   "on read", value=gw.engine.metrics["checksum_errors"])
         yield CounterMetricFamily("mailstore_s3_policy_denials", "Requests a key's policy refused",

@@ -343,8 +343,14 @@ def test_fsck_on_rados_names_damage_and_repairs_what_it_can(cluster, admin, tmp_
         code, rep = fsck()
         assert code == 1 and rep["problem_count"] == 2, rep
         assert "dangling: fsck-me/lost" in rep["problems"] and any(p.startswith("corrupt:") for p in rep["problems"])
-        with pytest.raises(botocore.exceptions.ClientError):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
             s3.get_object(Bucket="fsck-me", Key="flipped")["Body"].read()
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500  # never the flipped bytes
+        metrics = urllib3.PoolManager().request("GET", f"{gw.endpoint}/metrics").data.decode()
+        errors = next(ln for ln in metrics.splitlines() if ln.startswith("mailstore_engine_checksum_errors_total "))
+        assert float(errors.split()[1]) >= 1  # counted, so the dashboard alerts on it
+        ops = next(line for line in metrics.splitlines() if line.startswith("mailstore_rados_operations_total "))
+        assert float(ops.split()[1]) > 8
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="fsck-me")["Contents"]] == ["flipped", "good", "lost"]
         code, rep = fsck("--rebuild-index", "--sweep", "--min-age", "0")
         assert rep["restored"] == 1 and rep["swept"] >= 1 and code == 1  # the damage stays named

@@ -157,6 +157,7 @@ class RadosStore:
             self.cluster.shutdown()
             raise EngineUnavailable(f"RADOS: {exc}") from None
         self._buckets: dict[str, RadosBucket] = {}
+        self.ops = {"started": 0, "done": 0, "failed": 0}  # RADOS operations, counted on the loop
 
     def close(self) -> None:
         for io in (self.data, self.index, self.meta):
@@ -176,11 +177,16 @@ class RadosStore:
         it returns takes the place of the data."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
+        ops = self.ops
+        ops["started"] += 1
 
         def done(completion: Any, data: Any = None) -> None:  # on a librados thread
             rv = completion.get_return_value()
 
             def resolve() -> None:
+                ops["done"] += 1
+                if rv < 0 and rv not in (-ENOENT, -ECANCELED, -EEXIST):  # not the answers the layout asks for
+                    ops["failed"] += 1
                 try:
                     result = (rv, finish(rv) if finish is not None else data)
                 except Exception as exc:  # noqa: BLE001 - handed to the caller, if it still waits
@@ -194,6 +200,8 @@ class RadosStore:
         try:
             start(done)
         except self._rados.Error as exc:
+            ops["done"] += 1
+            ops["failed"] += 1
             if finish is not None:
                 finish(-EIO)
             raise EngineUnavailable(f"RADOS: {exc}") from None

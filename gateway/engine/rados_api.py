@@ -19,11 +19,13 @@ lives on a gateway host but the ceph.conf, the keyring and the master key (the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from .model import (
     BlobRef,
     BucketNotEmpty,
     Conditions,
+    CorruptRecord,
     EngineUnavailable,
     ListPage,
     NoSuchBucket,
@@ -44,6 +47,8 @@ from .model import (
 from .rados import ENTRY, STRIPE, UPLOADS, RadosBucket, RadosStore, Stored
 
 CAS_ATTEMPTS = 16
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,7 @@ class RadosGateway:
         self.store = store
         self.master_key_file = master_key_file
         self.metrics: dict[str, Any] = {"checksum_errors": 0}
+        self.ops = store.ops  # RADOS operations by outcome, for /metrics
 
     def close(self) -> None:
         self.store.close()
@@ -146,24 +152,37 @@ class RadosGateway:
 
     async def read(self, found: Found) -> bytes:
         assert isinstance(found, RadosFound)
-        rec = await self.store.read_record(found.bucket, found.key, found.entry)
-        if not rec.blobs:
-            return rec.body
-        return b"".join(await asyncio.gather(*(self.store.read_tail(ref) for ref in rec.blobs)))
+        with self._counting(found):
+            rec = await self.store.read_record(found.bucket, found.key, found.entry)
+            if not rec.blobs:
+                return rec.body
+            return b"".join(await asyncio.gather(*(self.store.read_tail(ref) for ref in rec.blobs)))
 
     async def stream(self, found: Found, start: int, end: int) -> AsyncIterator[bytes]:
         assert isinstance(found, RadosFound)
-        rec = await self.store.read_record(found.bucket, found.key, found.entry)
-        if not rec.blobs:
-            yield rec.body[start:end]
-            return
-        pos = 0
-        for ref in rec.blobs:  # one tail (at most STRIPE bytes) at a time, verified before sent
-            lo, hi = max(start - pos, 0), min(end - pos, ref.size)
-            if lo < hi:
-                data = await self.store.read_tail(ref)
-                yield data[lo:hi]
-            pos += ref.size
+        with self._counting(found):
+            rec = await self.store.read_record(found.bucket, found.key, found.entry)
+            if not rec.blobs:
+                yield rec.body[start:end]
+                return
+            pos = 0
+            for ref in rec.blobs:  # one tail (at most STRIPE bytes) at a time, verified before sent
+                lo, hi = max(start - pos, 0), min(end - pos, ref.size)
+                if lo < hi:
+                    data = await self.store.read_tail(ref)
+                    yield data[lo:hi]
+                pos += ref.size
+
+    @contextlib.contextmanager
+    def _counting(self, found: RadosFound) -> Iterator[None]:
+        """A record or tail that fails its checksum is counted and logged (the dashboard alerts on
+        it) before the error reaches the request, which never gets the bytes."""
+        try:
+            yield
+        except CorruptRecord:
+            self.metrics["checksum_errors"] += 1
+            log.error("checksum error reading %s/%s (%s)", found.bucket.name, found.key, found.entry.oid)
+            raise
 
     async def list_objects(self, bucket: str, prefix: str, delimiter: str, marker: str | None,
                            max_keys: int) -> ListPage:

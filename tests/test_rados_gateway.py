@@ -359,3 +359,47 @@ def test_fsck_on_rados_names_damage_and_repairs_what_it_can(cluster, admin, tmp_
         assert f"{b.id}.{'0' * 24}" not in data_objects(cluster)
     finally:
         gw.stop()
+
+
+def test_an_upload_cut_short_or_failing_its_digest_leaves_no_tails(cluster, admin, tmp_path):  # type: ignore[no-untyped-def]
+    """A 20 MiB PUT whose client hangs up after 13 MiB (three tails staged), and one whose
+    Content-MD5 does not match: nothing is stored, and every staged tail is gone again."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from gateway.s3 import sigv4
+
+    gw = gateway(cluster, tmp_path)
+    try:
+        s3 = client(gw.endpoint, admin)
+        s3.create_bucket(Bucket="cut-short")
+        before = data_objects(cluster)
+        host = urlsplit(gw.endpoint).netloc
+        size = 20 * MiB
+        headers = {"Host": host, "Content-Length": str(size)}
+        headers.update(sigv4.sign_headers("PUT", "/cut-short/big", [], headers, admin.access_key, admin.secret))
+        url = urlsplit(gw.endpoint)
+        assert url.hostname is not None and url.port is not None
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(("PUT /cut-short/big HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                          + "\r\n").encode())
+            chunk = os.urandom(MiB)
+            for _ in range(13):
+                sock.sendall(chunk)
+            deadline = time.monotonic() + 30
+            while len(data_objects(cluster) - before) < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)  # the tails being staged
+            assert len(data_objects(cluster) - before) >= 3
+        deadline = time.monotonic() + 30
+        while data_objects(cluster) - before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert data_objects(cluster) - before == set(), "the hang-up's staged tails were removed"
+        body = os.urandom(9 * MiB)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.put_object(Bucket="cut-short", Key="bad", Body=body,
+                          ContentMD5="1B2M2Y8AsgTpgAmY7PhCfg==")  # the MD5 of nothing
+        assert e.value.response["Error"]["Code"] == "BadDigest"
+        assert data_objects(cluster) - before == set()
+        assert "Contents" not in s3.list_objects_v2(Bucket="cut-short")
+    finally:
+        gw.stop()

@@ -6,7 +6,9 @@ import hashlib
 import io
 from pathlib import Path
 
-from conftest import GatewayProcess, client, create_key
+import pytest
+
+from conftest import client, engine_gateway, engine_key
 
 SIZE = 300 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -50,10 +52,11 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def test_300mib_put_and_get_stream_in_bounded_memory(tmp_path):
+@pytest.mark.parametrize("engine", ["local", "rados"])
+def test_300mib_put_and_get_stream_in_bounded_memory(tmp_path, engine, request):
     data = tmp_path / "data"
-    key = create_key(data)
-    gw = GatewayProcess(data)
+    key = engine_key(engine, data, request)
+    gw = engine_gateway(engine, data, request)
     try:
         s3 = client(gw.endpoint, key)
         s3.create_bucket(Bucket="bundles")
@@ -76,7 +79,26 @@ def test_300mib_put_and_get_stream_in_bounded_memory(tmp_path):
         src.seek(SIZE - 10)
         assert part == src.read(10)
         assert rss_mb(gw.proc.pid) < 200, "the gateway must stream, not buffer, large bodies"
+        if engine == "rados":
+            store = request.getfixturevalue("rados_store")
+            conn = store.connect()
+            try:
+                io = store.ioctx(conn)
+                tails = [o.key for o in io.list_objects() if ".t" in o.key]
+                io.close()
+            finally:
+                conn.shutdown()
+            assert len(tails) >= SIZE // (4 * CHUNK)  # striped into 4 MiB tails
         s3.delete_object(Bucket="bundles", Key=key_name)
-        assert not list((data / "blobs").glob("*/*.blob")), "deleting the object frees its blob"
+        if engine == "local":
+            assert not list((data / "blobs").glob("*/*.blob")), "deleting the object frees its blob"
+        else:
+            conn = store.connect()
+            try:
+                io = store.ioctx(conn)
+                assert not [o.key for o in io.list_objects()], "deleting the object frees its head and tails"
+                io.close()
+            finally:
+                conn.shutdown()
     finally:
         gw.stop()

@@ -403,3 +403,62 @@ def test_an_upload_cut_short_or_failing_its_digest_leaves_no_tails(cluster, admi
         assert "Contents" not in s3.list_objects_v2(Bucket="cut-short")
     finally:
         gw.stop()
+
+
+def test_a_completion_that_died_midway_is_finished_by_the_sweep(cluster, admin, tmp_path):  # type: ignore[no-untyped-def]
+    """A gateway that dies inside CompleteMultipartUpload leaves the upload "completing". The
+    sweep finishes it: before its index swap, records and tails go and the bucket can be
+    deleted; after it, the records go and the object stays whole."""
+    import asyncio
+
+    from gateway.engine.rados import UPLOADS, RadosStore
+
+    gw = gateway(cluster, tmp_path)
+    args = dict(zip(cluster.args[::2], cluster.args[1::2], strict=True))
+    store = RadosStore(args["--ceph-conf"], args["--ceph-user"], args["--keyring"], data_pool=args["--data-pool"],
+                       index_pool=args["--index-pool"], meta_pool=args["--meta-pool"], namespace=args["--namespace"])
+    try:
+        s3 = client(gw.endpoint, admin)
+        s3.create_bucket(Bucket="died")
+        before = data_objects(cluster)
+        part = os.urandom(5 * MiB + 1)
+
+        def upload(key: str) -> tuple[str, str]:
+            uid = s3.create_multipart_upload(Bucket="died", Key=key)["UploadId"]
+            etag = s3.upload_part(Bucket="died", Key=key, UploadId=uid, PartNumber=1, Body=part)["ETag"]
+            return uid, etag
+
+        def as_if_dying(uid: str) -> None:  # what _close_upload wrote just before the gateway died
+            async def go() -> None:
+                b = await store.bucket("died")
+                raw = await store.record(f"{UPLOADS}.{b.id}", uid)
+                if raw is None:  # completed: its record was dropped; put it back as the crash left it
+                    raw = json.dumps({"key": "whole", "meta": {"s": 0, "e": '""', "t": 0.0, "c": "x"},
+                                      "initiated": 0.0, "state": "open"})
+                    assert await store.swap_record(f"{UPLOADS}.{b.id}", uid, None, raw)
+                d = {**json.loads(raw), "state": "completing", "since": time.time() - 10}
+                assert await store.swap_record(f"{UPLOADS}.{b.id}", uid, raw, json.dumps(d))
+            asyncio.run(go())
+
+        cut, _ = upload("cut")
+        as_if_dying(cut)
+        whole, etag = upload("whole")
+        s3.complete_multipart_upload(Bucket="died", Key="whole", UploadId=whole,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+        as_if_dying(whole)
+        assert s3.list_multipart_uploads(Bucket="died").get("Uploads") is None  # neither is open
+        rep = sweep(cluster)
+        assert rep["corrupt"] == []
+        assert s3.get_object(Bucket="died", Key="whole")["Body"].read() == part
+        left = data_objects(cluster) - before
+        assert left and all(o.split(".")[1] == whole for o in left), left  # only the object's head and tail
+        s3.delete_object(Bucket="died", Key="whole")
+        assert data_objects(cluster) - before == set()
+        s3.delete_bucket(Bucket="died")
+
+        async def records_left() -> list[object]:
+            return [await store.record(f"parts.{u}", "00001") for u in (cut, whole)]
+        assert asyncio.run(records_left()) == [None, None]
+    finally:
+        store.close()
+        gw.stop()

@@ -137,7 +137,7 @@ class RadosGateway:
 
     async def delete_bucket(self, name: str) -> None:
         b = await self._fresh(name)
-        if await self.store.records(f"{UPLOADS}.{b.id}"):
+        if any(json.loads(raw)["state"] == "open" for _, raw in await self.store.records(f"{UPLOADS}.{b.id}")):
             raise BucketNotEmpty(name)  # AWS: uploads in progress keep a bucket
         await self.store.delete_bucket(name)
 
@@ -286,7 +286,7 @@ class RadosGateway:
         if d["state"] != "open":
             raise NoSuchUpload(upload_id)
         if not await self.store.swap_record(f"{UPLOADS}.{b.id}", upload_id, raw,
-                                            json.dumps({**d, "state": "completing"})):
+                                            json.dumps({**d, "state": "completing", "since": time.time()})):
             raise NoSuchUpload(upload_id)  # aborted or completed meanwhile
 
     async def _forget_upload(self, b: RadosBucket, upload_id: str, parts: list[Part]) -> None:

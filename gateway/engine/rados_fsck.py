@@ -103,8 +103,8 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
     import rados
     report = FsckReport()
     by_id = {b.id: b for b in buckets(store)}
-    open_uploads = {bid: {name for name, _ in _omap_all(store.meta, f"ns.{UPLOADS}.{bid}")} for bid in by_id}
     now = time.time()
+    open_uploads = {bid: _live_uploads(store, bid, now, min_age, report) for bid in by_id}
     for obj in store.data.list_objects():
         oid = obj.key
         report.scanned += 1
@@ -132,6 +132,34 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
         store.data.remove_object(oid)
         report.removed.append(oid)
     return report
+
+
+def _live_uploads(store: RadosStore, bid: str, now: float, min_age: float, report: FsckReport) -> set[str]:
+    """A bucket's multipart uploads whose data objects must stay. A completion that died midway
+    (its record "completing" for longer than `min_age`) is finished here: its records go, and
+    with them the protection of whatever no index entry names, which this sweep then removes;
+    an object the completion did put in the index keeps its head and tails."""
+    import rados
+    live = set()
+    for name, raw in _omap_all(store.meta, f"ns.{UPLOADS}.{bid}"):
+        d = json.loads(raw)
+        if d.get("state") != "completing" or now - d.get("since", now) < min_age:
+            live.add(name)
+            continue
+        try:
+            store.meta.remove_object(f"ns.parts.{name}")
+        except rados.ObjectNotFound:
+            pass
+        with rados.WriteOpCtx() as op:
+            op.omap_cmp(name, raw.decode(), rados.LIBRADOS_CMPXATTR_OP_EQ)
+            store.meta.remove_omap_keys(op, (name,))
+            try:
+                store.meta.operate_write_op(op, f"ns.{UPLOADS}.{bid}")
+            except rados.Error:
+                live.add(name)  # changed meanwhile: leave it to the next sweep
+                continue
+        report.removed.append(f"upload {name}")
+    return live
 
 
 def check(store: RadosStore, buckets: list[RadosBucket], *, deep: bool = False) -> FsckReport:

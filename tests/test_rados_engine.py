@@ -524,3 +524,48 @@ def test_requests_cancelled_in_flight(pools) -> None:  # type: ignore[no-untyped
         assert (await store.get("b-cancel", "after"))[1] == b"ok"
     asyncio.run(go())
     store.close()
+
+
+def test_delete_many_batches_per_shard_and_falls_back_when_an_entry_changes(pools) -> None:  # type: ignore[no-untyped-def]
+    """DeleteObjects: keys present, absent and named twice; the index operations counted on the
+    OSD are per shard, not per key; a key overwritten by another gateway between the batch's
+    read and its swap sends that batch back to one delete per key, and nothing is left over."""
+    ceph = pools[0]
+    a, b = open_store(pools), open_store(pools)
+
+    async def go() -> None:
+        await a.create_bucket("b-many", "admin", shards=4)
+        keys = [f"m/{i:04d}" for i in range(300)]
+        for k in keys:
+            await a.put("b-many", k, meta(k.encode()), k.encode())
+        before = data_objects(a)
+        ops0 = sum(ceph.osd_ops().values())
+        got = await a.delete_many("b-many", [*keys[:200], "absent", keys[0]])
+        ops = sum(ceph.osd_ops().values()) - ops0
+        assert got == [True] * 200 + [False, True]
+        assert ops < 200 + 2 * 4 + 20, ops  # one per data object, about two per shard
+        assert len(before - data_objects(a)) == 200
+        # another gateway overwrites one key between the batch's read and its swap
+        real_write = a._write
+        raced: list[str] = []
+        target = (await a.bucket("b-many")).shard(keys[250])
+
+        async def write(io, oid, build):  # type: ignore[no-untyped-def]
+            if io is a.index and oid == target and not raced:  # that key's batch, after its read
+                raced.append(oid)
+                await b.put("b-many", keys[250], meta(b"new"), b"new")
+            return await real_write(io, oid, build)
+
+        a._write = write  # type: ignore[method-assign]
+        assert await a.delete_many("b-many", keys[200:]) == [True] * 100
+        a._write = real_write  # type: ignore[method-assign]
+        assert raced
+        page = await a.list_objects("b-many", "", "", None, 1000)
+        assert page.entries == [] and not {o for o in data_objects(a) if o.startswith((await a.bucket("b-many")).id)}
+        await a.delete_bucket("b-many")
+
+    try:
+        asyncio.run(go())
+    finally:
+        a.close()
+        b.close()

@@ -72,6 +72,7 @@ STRIPE = 4 << 20  # a body above this goes to tail objects of this size, listed 
 HEAD_MAX = STRIPE + (1 << 20)  # a head object is never larger: its record, with the body inline or not
 HEADER_ROOM = 16 << 10  # what a GET reads beyond the body for the record's prefix and header
 CAS_ATTEMPTS = 16
+DELETE_BATCH = 200  # entries removed by one compound index operation (DeleteObjects)
 # Index entries are "k" + the S3 key, so the shard's own marks never meet a key: CLOSED, set
 # while the bucket is being deleted, sorts before every entry.
 ENTRY = "k"
@@ -666,6 +667,68 @@ class RadosStore:
             if rv != -ECANCELED:
                 _check(rv, "updating the index")
         raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
+        """DeleteObjects (obox's expunge): per index shard, the entries read in one operation and
+        removed in one compound operation that compares each (so a key changed meanwhile fails
+        the batch, whose keys are then deleted one by one); then the data. A thousand keys cost
+        two operations per shard touched and one per object, not three per key."""
+        return await self._with_bucket(bucket, lambda b: self._delete_many(b, keys))
+
+    async def _delete_many(self, b: RadosBucket, keys: list[str]) -> list[bool]:
+        by_shard: dict[str, list[str]] = {}
+        for key in dict.fromkeys(keys):  # a key named twice is deleted once
+            by_shard.setdefault(b.shard(key), []).append(key)
+        gone: dict[str, bool] = {}
+        removing: list[Stored] = []
+
+        async def batch(shard: str, chunk: list[str]) -> None:
+            try:
+                got = await self._omap_get(self.index, shard, (*(ENTRY + k for k in chunk), CLOSED, RESHARDING))
+            except FileNotFoundError:
+                self._buckets.pop(b.name, None)
+                raise NoSuchBucket(b.name) from None
+            if CLOSED in got:
+                raise NoSuchBucket(b.name)
+            if RESHARDING in got:
+                raise EngineUnavailable(f"{b.name} is being resharded: try again")
+            present = {k: got[ENTRY + k].decode() for k in chunk if ENTRY + k in got}
+            gone.update((k, False) for k in chunk if k not in present)
+            if not present:
+                return
+
+            def build(op: Any) -> None:
+                for k, raw in present.items():
+                    op.omap_cmp(ENTRY + k, raw, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+                op.omap_cmp(CLOSED, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+                op.omap_cmp(RESHARDING, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+                self.index.remove_omap_keys(op, tuple(ENTRY + k for k in present))
+
+            rv = await self._write(self.index, shard, build)
+            if rv == 0:
+                for k, raw in present.items():
+                    d = json.loads(raw)
+                    removing.append(Stored(d["o"], ObjectMeta.from_json(d["m"]), raw))
+                    gone[k] = True
+                return
+            if rv == -ENOENT:
+                self._buckets.pop(b.name, None)
+                raise NoSuchBucket(b.name)
+            if rv != -ECANCELED:
+                _check(rv, "updating the index")
+            for k in present:  # something changed meanwhile: key by key, each with its own swap
+                gone[k] = await self._delete(b, k, None)
+
+        await asyncio.gather(*(batch(shard, ks[i:i + DELETE_BATCH]) for shard, ks in by_shard.items()
+                               for i in range(0, len(ks), DELETE_BATCH)))
+        limit = asyncio.Semaphore(32)
+
+        async def remove(entry: Stored) -> None:
+            async with limit:
+                await self._remove_object(entry)
+
+        await asyncio.gather(*(remove(e) for e in removing))
+        return [gone[k] for k in keys]
 
     async def _remove_object(self, entry: Stored) -> None:
         """An object the index no longer names, and its tails (listed in its header when it

@@ -207,13 +207,7 @@ class RadosGateway:
 
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
         await self._fresh(bucket)  # NoSuchBucket before anything, as one request
-        sem = asyncio.Semaphore(32)
-
-        async def one(key: str) -> bool:
-            async with sem:
-                return await self.store.delete(bucket, key)
-
-        return list(await asyncio.gather(*(one(k) for k in keys)))
+        return await self.store.delete_many(bucket, keys)
 
     # ------------------------------------------------------------ multipart
 

@@ -5,6 +5,7 @@ against a model of S3's rules."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
 
@@ -569,3 +570,28 @@ def test_delete_many_batches_per_shard_and_falls_back_when_an_entry_changes(pool
     finally:
         a.close()
         b.close()
+
+
+def test_a_staged_put_whose_tail_was_swept_is_refused(pools) -> None:  # type: ignore[no-untyped-def]
+    """A body staged as tails (a long upload) whose first tail a sweep removed meanwhile: the
+    PUT is refused (503) and names nothing, instead of acknowledging an object it cannot serve."""
+    store = open_store(pools)
+
+    async def go() -> None:
+        b = await store.create_bucket("b-staged", "admin", shards=2)
+        head = store.new_oid(b)
+        body = os.urandom(9 << 20)
+        tails = tuple([await store.write_tail(f"{head}.t{n}", body[i:i + (4 << 20)])
+                       for n, i in enumerate(range(0, len(body), 4 << 20))])
+        store.data.remove_object(tails[0].blob_id)  # the sweep's doing
+        with pytest.raises(EngineUnavailable, match="is gone"):
+            await store.put("b-staged", "long", meta(body), b"", head=head, tails=tails)
+        with pytest.raises(NoSuchKey):
+            await store.head("b-staged", "long")
+        assert head not in data_objects(store)
+        await store.delete_bucket("b-staged")
+
+    try:
+        asyncio.run(go())
+    finally:
+        store.close()

@@ -593,6 +593,14 @@ class RadosStore:
                 tails = tuple(await asyncio.gather(*(
                     self.write_tail(f"{oid}.t{n}", body[i:i + STRIPE])
                     for n, i in enumerate(range(0, len(body), STRIPE)))))
+            if staged:  # a long upload's early tails may have met a sweep: never name a missing one
+                limit = asyncio.Semaphore(64)
+
+                async def exists(t: BlobRef) -> None:
+                    async with limit:
+                        await self._tail_exists(t)
+
+                await asyncio.gather(*(exists(t) for t in tails))
             record = records.encode(records.PUT, 0, b.name, key, meta_text, None, tails, b"" if tails else body)
             rv = await self._write(self.data, oid, lambda op: _create(op, self._rados, record))
             if rv == -EEXIST and staged:
@@ -630,6 +638,13 @@ class RadosStore:
         _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, piece)), "writing a tail")
         crcs = tuple(zlib.crc32(piece[i:i + BLOCK_SIZE]) for i in range(0, len(piece), BLOCK_SIZE))
         return BlobRef(oid, len(piece), crcs)
+
+    async def _tail_exists(self, ref: BlobRef) -> None:
+        rv, _ = await self._aio(lambda cb: self.data.aio_read(ref.blob_id, 1, 0, cb))
+        if rv == -ENOENT:
+            raise EngineUnavailable(f"the staged tail {ref.blob_id} is gone (a sweep with a --min-age shorter "
+                                    "than this upload?): the upload is refused, try again")
+        _check(rv, f"reading {ref.blob_id}")
 
     async def _swap(self, b: RadosBucket, key: str, expected: str, value: str | None) -> int:
         """Set (or remove, value None) the entry if it is still `expected` ("" = absent)."""

@@ -86,6 +86,28 @@ class Connection:
     async def drain(self) -> None:
         await self.writer.drain()
 
+    async def close(self) -> None:
+        """Close without destroying the last words. Closing a socket that holds unread input
+        makes the kernel answer with RST, which can discard a BYE still in the client's
+        receive buffer (a client sending a 2 MB line we refused saw only a reset). So: send
+        what is queued, end our side (FIN), and swallow the client's remaining bytes for a
+        moment (bounded in time and size) before closing."""
+        try:
+            await asyncio.wait_for(self.writer.drain(), LINGER_SECONDS)
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            loop = asyncio.get_running_loop()
+            deadline, swallowed = loop.time() + LINGER_SECONDS, 0
+            while swallowed < LINGER_BYTES and (left := deadline - loop.time()) > 0:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+                if not data:
+                    break
+                swallowed += len(data)
+        except (TimeoutError, ConnectionError, OSError, RuntimeError):
+            pass
+        finally:
+            self.writer.close()
+
 
 async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        *, implicit_tls: bool = False) -> None:
@@ -171,7 +193,7 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
     finally:
         if ctx.metrics is not None:
             ctx.metrics.sessions.dec()
-        writer.close()
+        await conn.close()
 
 
 def _ack_now(writer: asyncio.StreamWriter) -> None:
@@ -190,6 +212,8 @@ def _ack_now(writer: asyncio.StreamWriter) -> None:
             pass
 
 
+LINGER_SECONDS = 2.0  # closing: how long the client's remaining input is swallowed (Connection.close)
+LINGER_BYTES = 8 << 20  # ...and how much of it
 MAX_AUTH_LINE = 8192  # a SASL PLAIN answer is a few hundred bytes
 MAX_IDLE_LINE = 1024  # "DONE"
 

@@ -96,7 +96,8 @@ def test_three_clients_agree_with_the_model(port: int, seed: int) -> None:
             target = rng.choice(uids)
             action = rng.choice(["+FLAGS", "-FLAGS", "FLAGS"])
             flags = rng.sample(SYSTEM + KEYWORDS + ["\\Deleted"], rng.randint(1, 3))
-            c.cmd(f"UID STORE {target} {action} ({' '.join(flags)})")
+            stored = c.cmd(f"UID STORE {target} {action} ({' '.join(flags)})")
+            assert status(stored).startswith(b"OK"), (target, action, flags, stored)  # else the model lies
             if action == "+FLAGS":
                 model[target] = model[target] | set(flags)
             elif action == "-FLAGS":
@@ -227,13 +228,15 @@ def test_clients_at_once_and_an_idler_agree_with_the_model(port: int) -> None:
                     target = rng.choice(sorted(mine))
                     flags = rng.sample(SYSTEM + KEYWORDS + ["\\Deleted"], rng.randint(1, 2))
                     action = rng.choice(["+FLAGS", "-FLAGS", "FLAGS"])
-                    c.cmd(f"UID STORE {target} {action}.SILENT ({' '.join(flags)})")
+                    stored = c.cmd(f"UID STORE {target} {action}.SILENT ({' '.join(flags)})")
+                    assert status(stored).startswith(b"OK"), (target, action, flags, stored)  # else the model lies
                     mine[target] = (mine[target] | set(flags) if action == "+FLAGS" else
                                     mine[target] - set(flags) if action == "-FLAGS" else frozenset(flags))
                 elif op == "expunge":  # UIDPLUS: only this client's deleted messages
                     doomed = [u for u, f in mine.items() if "\\Deleted" in f]
                     if doomed:
-                        c.cmd(f"UID EXPUNGE {','.join(map(str, doomed))}")
+                        gone = c.cmd(f"UID EXPUNGE {','.join(map(str, doomed))}")
+                        assert status(gone).startswith(b"OK"), (doomed, gone)
                         for u in doomed:
                             del mine[u]
                 elif op == "move":

@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def main() -> int:
         for s in servers:
             s.stop()
         cluster.remove()
+        shutil.rmtree(work, ignore_errors=True)  # the master key, the gateway's log
     print(f"{args.concurrency} concurrent, {args.ops} ops a phase, median of {args.rounds} alternating rounds; "
           f"ours: {args.workers} gateway process(es); RSS (max): " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
     print("CPU in microseconds per request: the server's processes, the OSD's, and this client's")

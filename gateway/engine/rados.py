@@ -289,11 +289,13 @@ class RadosStore:
         self._buckets[name] = b
         return b
 
-    async def bucket(self, name: str) -> RadosBucket:
-        """The bucket (cached: a bucket's id and shard count never change)."""
-        b = self._buckets.get(name)
+    async def bucket(self, name: str, *, fresh: bool = False) -> RadosBucket:
+        """The bucket (cached: a bucket's id and shard count never change; `fresh`: read it again,
+        since another gateway may have deleted it, or deleted and made it again)."""
+        b = None if fresh else self._buckets.get(name)
         if b is not None:
             return b
+        self._buckets.pop(name, None)
         try:
             got = await self._omap_get(self.meta, BUCKETS, (name,))
         except FileNotFoundError:
@@ -772,6 +774,13 @@ class RadosStore:
                 pass
 
     # ------------------------------------------------------------------ listing
+
+    async def entries(self, b: RadosBucket) -> list[tuple[str, bytes]]:
+        """Every index entry of a bucket, (key, raw value), shard by shard: for admin queries."""
+        out: list[tuple[str, bytes]] = []
+        for shard in b.all_shards():
+            out += [(name[len(ENTRY):], raw) for name, raw in await self._omap_all(self.index, shard, ENTRY)]
+        return out
 
     async def list_objects(self, bucket: str, prefix: str, delimiter: str, marker: str | None,
                            max_keys: int) -> ListPage:

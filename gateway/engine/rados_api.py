@@ -44,7 +44,7 @@ from .model import (
     NoSuchUpload,
     ObjectMeta,
 )
-from .rados import ENTRY, STRIPE, UPLOADS, RadosBucket, RadosStore, Stored
+from .rados import STRIPE, UPLOADS, RadosBucket, RadosStore, Stored
 
 CAS_ATTEMPTS = 16
 
@@ -115,8 +115,7 @@ class RadosGateway:
 
     async def _fresh(self, name: str) -> RadosBucket:
         """The bucket as the metadata pool has it now (another gateway may have deleted it)."""
-        self.store._buckets.pop(name, None)
-        return await self.store.bucket(name)
+        return await self.store.bucket(name, fresh=True)
 
     async def bucket_exists(self, name: str) -> bool:
         try:
@@ -358,12 +357,10 @@ class RadosGateway:
     async def usage_by_prefix(self, bucket: str) -> dict[str, tuple[int, int]]:
         b = await self._fresh(bucket)
         out: dict[str, tuple[int, int]] = {}
-        for shard in b.all_shards():
-            for name, raw in await self.store._omap_all(self.store.index, shard, ENTRY):
-                key = name[len(ENTRY):]
-                p = key[: key.index("/") + 1] if "/" in key else ""
-                n, size = out.get(p, (0, 0))
-                out[p] = (n + 1, size + json.loads(raw)["m"]["s"])
+        for key, raw in await self.store.entries(b):
+            p = key[: key.index("/") + 1] if "/" in key else ""
+            n, size = out.get(p, (0, 0))
+            out[p] = (n + 1, size + json.loads(raw)["m"]["s"])
         return out
 
     async def probe(self) -> None:

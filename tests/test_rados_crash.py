@@ -72,7 +72,7 @@ def test_a_writer_killed_during_a_put_storm_loses_nothing_acknowledged(pools) ->
     swept = rados_fsck.sweep(store, min_age=0)
     named = set()
     for b in rados_fsck.buckets(store):
-        named |= {oid for _, oid in rados_fsck._entries(store, b)}
+        named |= {e.oid for _, e in rados_fsck._entries(store, b)}
     left = {o.key for o in store.data.list_objects()}
     crash_ids = {asyncio.run(store.bucket(f"crash-{r}")).id for r in range(3)}
     mine = {o for o in left if o.split(".", 1)[0] in crash_ids}

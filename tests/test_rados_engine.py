@@ -255,7 +255,7 @@ def test_sweep_check_and_rebuild(pools) -> None:  # type: ignore[no-untyped-def]
     # Data lost under an entry (an operator removed it by hand): the check names it.
     victim = rados_fsck._named(store, b, "m/3")
     assert victim is not None
-    store.data.remove_object(victim)
+    store.data.remove_object(victim.oid)
     assert rados_fsck.check(store, [b]).dangling == [("b-fsck", "m/3")]
     with pytest.raises(EngineUnavailable):  # a bounded retry, then a 503, never a hang
         asyncio.run(store.get("b-fsck", "m/3"))
@@ -355,7 +355,7 @@ def test_the_rados_cli(pools) -> None:  # type: ignore[no-untyped-def]
     assert cli("check", "--bucket", "b-cli", "--deep")[0] == 0
     b = asyncio.run(store.bucket("b-cli"))
     from gateway.engine import rados_fsck
-    store.data.remove_object(rados_fsck._named(store, b, "k2"))  # type: ignore[arg-type]
+    store.data.remove_object(rados_fsck._named(store, b, "k2").oid)  # type: ignore[union-attr]
     rc, out = cli("check", "--bucket", "b-cli")
     assert rc == 1 and out["dangling"] == [["b-cli", "k2"]], out  # type: ignore[index]
     store.data.write_full(f"{b.id}.orphan", b"not even a record")

@@ -331,7 +331,7 @@ def test_fsck_on_rados_names_damage_and_repairs_what_it_can(cluster, admin, tmp_
                 store.index.remove_omap_keys(op, ("kunindexed",))
                 store.index.operate_write_op(op, b.shard("unindexed"))
             _, good = asyncio.run(store.locate("fsck-me", "good"))  # an orphan: a copy no entry names
-            store.data.write_full(f"{b.id}.{'0' * 24}", store.data.read(good.oid, 1 << 20, 0))
+            store.data.write_full(f"{b.id}.pack-{'0' * 24}", store.data.read(good.oid, 1 << 20, 0))
         finally:
             store.close()
 

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import records
+from . import rados_group, records
 from .model import (
     BLOCK_SIZE,
     BlobRef,
@@ -58,6 +58,7 @@ from .model import (
     ObjectMeta,
     PreconditionFailed,
 )
+from .rados_group import PACK_NAME, GroupCommit
 from .records import Record
 
 T = TypeVar("T")
@@ -73,6 +74,11 @@ HEAD_MAX = STRIPE + (1 << 20)  # a head object is never larger: its record, with
 HEADER_ROOM = 16 << 10  # what a GET reads beyond the body for the record's prefix and header
 CAS_ATTEMPTS = 16
 DELETE_BATCH = 200  # entries removed by one compound index operation (DeleteObjects)
+PACKED_MAX = 1 << 20  # a body up to this goes into a pack (rados_group.py) with the others of its flush
+PACK_BYTES = 4 << 20  # a pack holds up to this many bytes of records ...
+PACK_COUNT = 64  # ... and up to this many records
+SWAP_BATCH = 64  # index swaps of one shard in one compound operation
+READ_BATCH = 64  # index entries of one shard read by one operation
 # Index entries are "k" + the S3 key, so the shard's own marks never meet a key: CLOSED, set
 # while the bucket is being deleted, sorts before every entry.
 ENTRY = "k"
@@ -132,6 +138,13 @@ class Stored:
     oid: str
     meta: ObjectMeta
     raw: str  # the entry's exact text, for the next compare-and-swap
+    at: int = -1  # in a pack (rados_group.py): the record's offset and length there
+    size: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Stored:
+        d = json.loads(text)
+        return cls(d["o"], ObjectMeta.from_json(d["m"]), text, d.get("a", -1), d.get("n", 0))
 
 
 class RadosStore:
@@ -154,11 +167,34 @@ class RadosStore:
             self.meta = self.cluster.open_ioctx(meta_pool)
             for io in (self.data, self.index, self.meta):
                 io.set_namespace(namespace)
+            self._zero_swapped = self._zero_order()
         except rados.Error as exc:  # no such pool, a wrong key, a cluster that does not answer
             self.cluster.shutdown()
             raise EngineUnavailable(f"RADOS: {exc}") from None
         self._buckets: dict[str, RadosBucket] = {}
+        # group commit (rados_group.py): a pack writer per bucket, an index writer and reader per shard
+        self._packers: dict[str, GroupCommit[tuple[str, bytes], tuple[str, int, int]]] = {}
+        self._swappers: dict[str, GroupCommit[tuple[str, str, str | None], int]] = {}
+        self._readers: dict[str, GroupCommit[str, dict[str, bytes]]] = {}
         self.ops = {"started": 0, "done": 0, "failed": 0}  # RADOS operations, counted on the loop
+
+    def _zero_order(self) -> bool:
+        """Whether this python-rados passes WriteOp.zero's offset and length to librados swapped,
+        as Debian 12's does (a zero of length 0 then fails an assertion in the OSD): found out
+        on a scratch object with a zero that is harmless either way."""
+        name = f"probe.zero.{secrets.token_hex(8)}"
+        self.data.write_full(name, b"\1" * 300)
+        try:
+            with self._rados.WriteOpCtx() as op:
+                op.zero(50, 100)  # right: bytes 50-149 zeroed; swapped: 100-149
+                self.data.operate_write_op(op, name)
+            return bool(self.data.read(name, 1, 60) != b"\0")
+        finally:
+            self.data.remove_object(name)
+
+    def zero(self, op: Any, at: int, size: int) -> None:
+        """Zero `size` bytes at `at` in a write operation (see _zero_order)."""
+        op.zero(*((size, at) if self._zero_swapped else (at, size)))
 
     def close(self) -> None:
         for io in (self.data, self.index, self.meta):
@@ -464,7 +500,7 @@ class RadosStore:
         refuses (NoSuchBucket while the bucket is deleted, EngineUnavailable while it is
         resharded; reads go on meanwhile)."""
         try:
-            got = await self._omap_get(self.index, b.shard(key), (ENTRY + key, CLOSED, RESHARDING))
+            got = await self._read_entries(b.shard(key), ENTRY + key)
         except FileNotFoundError:
             self._buckets.pop(b.name, None)  # deleted (maybe made again): read it afresh next time
             raise NoSuchBucket(b.name) from None
@@ -475,9 +511,7 @@ class RadosStore:
         raw = got.get(ENTRY + key)
         if raw is None:
             return None
-        text = raw.decode()
-        d = json.loads(text)
-        return Stored(d["o"], ObjectMeta.from_json(d["m"]), text)
+        return Stored.parse(raw.decode())
 
     async def _with_bucket(self, name: str, operation: Callable[[RadosBucket], Awaitable[T]]) -> T:
         """Run `operation` on the bucket; when its shards are gone, the cached bucket may be one
@@ -533,20 +567,45 @@ class RadosStore:
         checksums verified; tails are read apart). An object removed since the entry was
         read (overwritten, deleted) sends us back to the index for the current one."""
         for _ in range(CAS_ATTEMPTS):
-            oid = entry.oid
-            # librados fills a buffer of the length asked: ask for about what the record holds
-            want = HEADER_ROOM + (entry.meta.size if entry.meta.size <= STRIPE else 0)
-            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, want, 0, cb))  # noqa: B023
-            if rv != -ENOENT:
-                break
+            damage: CorruptRecord | None = None
+            try:
+                rec = await self._read_at(entry)
+            except FileNotFoundError:
+                pass
+            except CorruptRecord as exc:
+                if entry.at < 0:
+                    raise
+                # a pack's slot is zeroed when its object is overwritten or deleted: when the
+                # index names another object now, that is what happened since it was read
+                damage = exc
+            else:
+                if rec.namespace != b.name or rec.key != key:
+                    raise CorruptRecord(f"{entry.oid} holds {rec.namespace}/{rec.key}, not {b.name}/{key}")
+                return rec
             # deleted or overwritten since the index was read: read the index again (an entry
             # whose data stays missing is damage, which `check` reports)
             fresh = await self._entry(b, key)
             if fresh is None:
                 raise NoSuchKey(key)
+            if damage is not None and fresh.raw == entry.raw:  # still named: the slot is damaged
+                raise damage
             entry = fresh
-        else:
-            raise EngineUnavailable(f"{b.name}/{key}: the index names {oid}, which is missing")
+        raise EngineUnavailable(f"{b.name}/{key}: the index names {entry.oid}, which is missing")
+
+    async def _read_at(self, entry: Stored) -> Record:
+        """The record an entry names, checksums verified; FileNotFoundError when its object is gone."""
+        oid = entry.oid
+        if entry.at >= 0:
+            rv, data = await self._aio(lambda cb: self.data.aio_read(oid, entry.size, entry.at, cb))
+            if rv == -ENOENT:
+                raise FileNotFoundError(oid)
+            _check(rv, f"reading {oid}")
+            return records.decode(bytes(data))
+        # librados fills a buffer of the length asked: ask for about what the record holds
+        want = HEADER_ROOM + (entry.meta.size if entry.meta.size <= STRIPE else 0)
+        rv, data = await self._aio(lambda cb: self.data.aio_read(oid, want, 0, cb))
+        if rv == -ENOENT:
+            raise FileNotFoundError(oid)
         _check(rv, f"reading {oid}")
         data = bytes(data)
         total = records.decode_prefix(data).total
@@ -555,10 +614,7 @@ class RadosStore:
                                                                      len(data), cb))
             _check(rv, f"reading {oid}")
             data += bytes(more)
-        rec = records.decode(data)
-        if rec.namespace != b.name or rec.key != key:
-            raise CorruptRecord(f"{oid} holds {rec.namespace}/{rec.key}, not {b.name}/{key}")
-        return rec
+        return records.decode(data)
 
     async def read_tail(self, ref: BlobRef) -> bytes:
         """A tail object, its CRC32 per BLOCK_SIZE verified."""
@@ -590,6 +646,8 @@ class RadosStore:
         oid = head or self.new_oid(b)
         meta_text = records.meta_json(meta)
         staged = bool(tails)
+        packed = not staged and head is None and len(body) <= PACKED_MAX
+        at = size = -1
         try:
             if len(body) > STRIPE:  # the tails first: a head never names a tail not written
                 tails = tuple(await asyncio.gather(*(
@@ -604,14 +662,19 @@ class RadosStore:
 
                 await asyncio.gather(*(exists(t) for t in tails))
             record = records.encode(records.PUT, 0, b.name, key, meta_text, None, tails, b"" if tails else body)
-            rv = await self._write(self.data, oid, lambda op: _create(op, self._rados, record))
-            if rv == -EEXIST and staged:
-                raise PreconditionFailed(f"{oid} was written already")
-            _check(rv, "writing the object")
+            if packed:
+                oid, at, size = await self._pack(b, key, record)
+            else:
+                rv = await self._write(self.data, oid, lambda op: _create(op, self._rados, record))
+                if rv == -EEXIST and staged:
+                    raise PreconditionFailed(f"{oid} was written already")
+                _check(rv, "writing the object")
         except BaseException:
-            await self.remove_data(oid, () if staged else tails)
+            if not packed:  # (a pack that failed is not there; one whose answer was lost is the sweep's)
+                await self.remove_data(oid, () if staged else tails)
             raise
-        value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'
+        where = f',"a":{at},"n":{size}' if packed else ""
+        value = f'{{"o":{json.dumps(oid)}{where},"m":{meta_text}}}'
         try:
             current: Stored | None = None  # mail keys are new: first try "absent", no read
             if cond.if_match is not None:
@@ -631,10 +694,76 @@ class RadosStore:
             else:
                 raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
         except BaseException:
-            await self.remove_data(oid, () if staged else tails)
+            if packed:
+                await self._release([(oid, at, size)])
+            else:
+                await self.remove_data(oid, () if staged else tails)
             raise
         if current is not None:
             await self._remove_object(current)
+
+    # ------------------------------------------------------------------ group commit
+
+    def _group(self, table: dict[str, GroupCommit[Any, Any]], name: str,
+               flush: Callable[[list[Any]], Awaitable[list[Any]]], limit: Callable[[list[Any], Any], bool],
+               ) -> GroupCommit[Any, Any]:
+        """The batcher of `name` in `table`, made when first needed and dropped when idle."""
+        group = table.get(name)
+        if group is None:
+            def idle() -> None:
+                if table.get(name) is made:
+                    del table[name]
+
+            made = group = table[name] = GroupCommit(flush, limit, idle)
+        return group
+
+    async def _pack(self, b: RadosBucket, key: str, record: bytes) -> tuple[str, int, int]:
+        """The record written in a pack with the others of its flush: (pack, offset, length)."""
+        def fits(batch: list[tuple[str, bytes]], item: tuple[str, bytes]) -> bool:
+            return len(batch) < PACK_COUNT and sum(len(r) for _, r in batch) + len(item[1]) <= PACK_BYTES
+
+        group = self._group(self._packers, b.id, lambda items: self._write_pack(b, items), fits)
+        result: tuple[str, int, int] = await group.submit((key, record))
+        return result
+
+    async def _write_pack(self, b: RadosBucket, items: list[tuple[str, bytes]]) -> list[tuple[str, int, int]]:
+        oid = f"{b.id}.{PACK_NAME}{secrets.token_hex(12)}"
+        data, slots = rados_group.pack(items)
+
+        def build(op: Any) -> None:
+            _create(op, self._rados, data)
+            op.execute("refcount", "set", rados_group.refcount_set(slots))
+
+        _check(await self._write(self.data, oid, build), "writing a pack")
+        return [(oid, s.at, s.size) for s in slots]
+
+    async def _release(self, slots: list[tuple[str, int, int]]) -> None:
+        """Pack slots (pack, offset, length) no entry names any more, best effort (what stays
+        is the sweep's): each zeroed (BlueStore frees the space) and its reference dropped, by
+        one operation; the last reference's removes the pack. One slot per operation: the
+        refcount class reads the references as they were before the operation."""
+        async def release(oid: str, at: int, size: int) -> None:
+            def build(op: Any) -> None:
+                self.zero(op, at, size)
+                op.execute("refcount", "put", rados_group.refcount_put(at))
+
+            try:
+                await self._write(self.data, oid, build)
+            except EngineUnavailable:
+                pass
+
+        await asyncio.gather(*(release(*slot) for slot in slots))
+
+    async def _read_entries(self, shard: str, name: str) -> dict[str, bytes]:
+        """OMAP entry `name` of a shard with the shard's marks, read with the others asked meanwhile;
+        FileNotFoundError when the shard is gone."""
+        async def flush(names: list[str]) -> list[dict[str, bytes]]:
+            got = await self._omap_get(self.index, shard, (*dict.fromkeys(names), CLOSED, RESHARDING))
+            return [got] * len(names)
+
+        group = self._group(self._readers, shard, flush, lambda batch, _: len(batch) < READ_BATCH)
+        got: dict[str, bytes] = await group.submit(name)
+        return got
 
     async def write_tail(self, oid: str, piece: bytes) -> BlobRef:
         _check(await self._write(self.data, oid, lambda op: _create(op, self._rados, piece)), "writing a tail")
@@ -649,21 +778,37 @@ class RadosStore:
         _check(rv, f"reading {ref.blob_id}")
 
     async def _swap(self, b: RadosBucket, key: str, expected: str, value: str | None) -> int:
-        """Set (or remove, value None) the entry if it is still `expected` ("" = absent)."""
-        def build(op: Any) -> None:
-            op.omap_cmp(ENTRY + key, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
-            op.omap_cmp(CLOSED, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # the bucket is not being deleted
-            op.omap_cmp(RESHARDING, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # ... nor resharded
-            if value is None:
-                self.index.remove_omap_keys(op, (ENTRY + key,))
-            else:
-                self.index.set_omap(op, (ENTRY + key,), (value.encode(),))
+        """Set (or remove, value None) the entry if it is still `expected` ("" = absent), in one
+        compound operation with the other swaps of its shard asked meanwhile."""
+        shard = b.shard(key)
 
-        rv = await self._write(self.index, b.shard(key), build)
+        def fits(batch: list[tuple[str, str, str | None]], item: tuple[str, str, str | None]) -> bool:
+            return len(batch) < SWAP_BATCH and all(k != item[0] for k, _, _ in batch)  # a key once a batch
+
+        group = self._group(self._swappers, shard, lambda items: self._swap_batch(shard, items), fits)
+        rv: int = await group.submit((key, expected, value))
         if rv == -ENOENT:
             self._buckets.pop(b.name, None)
             raise NoSuchBucket(b.name)
         return rv
+
+    async def _swap_batch(self, shard: str, items: list[tuple[str, str, str | None]]) -> list[int]:
+        def build(op: Any) -> None:
+            for key, expected, _ in items:
+                op.omap_cmp(ENTRY + key, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            op.omap_cmp(CLOSED, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # the bucket is not being deleted
+            op.omap_cmp(RESHARDING, "", self._rados.LIBRADOS_CMPXATTR_OP_EQ)  # ... nor resharded
+            sets = [(ENTRY + key, value.encode()) for key, _, value in items if value is not None]
+            gone = tuple(ENTRY + key for key, _, value in items if value is None)
+            if sets:
+                self.index.set_omap(op, tuple(k for k, _ in sets), tuple(v for _, v in sets))
+            if gone:
+                self.index.remove_omap_keys(op, gone)
+
+        rv = await self._write(self.index, shard, build)
+        if rv == -ECANCELED and len(items) > 1:  # a compare failed, which one is not said: each alone
+            return [rv for [rv] in await asyncio.gather(*(self._swap_batch(shard, [item]) for item in items))]
+        return [rv] * len(items)
 
     async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
         """The entry out (compare-and-swap), then its data; False when there was none."""
@@ -724,8 +869,7 @@ class RadosStore:
             rv = await self._write(self.index, shard, build)
             if rv == 0:
                 for k, raw in present.items():
-                    d = json.loads(raw)
-                    removing.append(Stored(d["o"], ObjectMeta.from_json(d["m"]), raw))
+                    removing.append(Stored.parse(raw))
                     gone[k] = True
                 return
             if rv == -ENOENT:
@@ -750,6 +894,9 @@ class RadosStore:
     async def _remove_object(self, entry: Stored) -> None:
         """An object the index no longer names, and its tails (listed in its header when it
         may have any); best effort: what stays behind is an orphan for the sweep."""
+        if entry.at >= 0:
+            await self._release([(entry.oid, entry.at, entry.size)])
+            return
         tails: tuple[BlobRef, ...] = ()
         if entry.meta.size > STRIPE or entry.meta.parts:
             rv, data = await self._aio(lambda cb: self.data.aio_read(entry.oid, HEADER_ROOM, 0, cb))

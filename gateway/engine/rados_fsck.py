@@ -11,6 +11,10 @@ Blocking (librados's synchronous calls): for the admin CLI, or a thread.
   key with good checksums.
 - **rebuild**: a bucket's index made again from its data objects (each record names its
   bucket and key): per key, the newest record; entries already present are kept.
+
+Packs (rados_group.py) hold many records: the sweep removes a pack when no entry names any
+of its slots, and zeroes a slot no entry names in a pack that stays (a PUT cut between the
+pack's write and its index swap); check and rebuild read the slots an entry or the table names.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import records
+from . import rados_group, records
 from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
-from .rados import BUCKETS, ENTRY, UPLOADS, RadosBucket, RadosStore
+from .rados import BUCKETS, ENTRY, UPLOADS, RadosBucket, RadosStore, Stored
 
 HEAD_READ = 64 << 10
 
@@ -57,21 +61,56 @@ def _head_of(oid: str) -> str:
     return ".".join(oid.split(".", 2)[:2])
 
 
-def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, str]]:
-    """(key, data object) of every index entry of a bucket, shard by shard."""
+def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, Stored]]:
+    """(key, entry) of every index entry of a bucket, shard by shard."""
     for shard in b.all_shards():
         for name, raw in _omap_all(store.index, shard):
             if name.startswith(ENTRY):
-                yield name[len(ENTRY):], json.loads(raw)["o"]
+                yield name[len(ENTRY):], Stored.parse(raw.decode())
 
 
-def _named(store: RadosStore, b: RadosBucket, key: str) -> str | None:
+def _named(store: RadosStore, b: RadosBucket, key: str) -> Stored | None:
     import rados
     with rados.ReadOpCtx() as op:
         it, _ = store.index.get_omap_vals_by_keys(op, (ENTRY + key,))
         store.index.operate_read_op(op, b.shard(key))
         got = dict(it)
-    return json.loads(got[ENTRY + key])["o"] if ENTRY + key in got else None
+    return Stored.parse(got[ENTRY + key].decode()) if ENTRY + key in got else None
+
+
+def _table(store: RadosStore, oid: str) -> list[rados_group.Slot]:
+    """A pack's slots (CorruptRecord when its table is damaged)."""
+    need, slots = rados_group.read_table(store.data.read(oid, HEAD_READ, 0))
+    if not slots:
+        need, slots = rados_group.read_table(store.data.read(oid, need, 0))
+    return slots
+
+
+def _sweep_pack(store: RadosStore, b: RadosBucket, oid: str, report: FsckReport) -> None:
+    """The slots no entry names are released (zeroed, their references dropped: the last one
+    removes the pack)."""
+    try:
+        slots = _table(store, oid)
+    except CorruptRecord:
+        report.corrupt.append(oid)
+        return
+    dead = []
+    for slot in slots:
+        entry = _named(store, b, slot.key)
+        if entry is None or (entry.oid, entry.at) != (oid, slot.at):
+            dead.append(slot)
+    if len(dead) == len(slots):
+        store.data.remove_object(oid)
+        report.removed.append(oid)
+        return
+    import rados
+    orphans = [s for s in dead if not rados_group.zeroed(store.data.read(oid, records.PREFIX_SIZE, s.at))]
+    for s in orphans:  # one slot per operation (see RadosStore._release)
+        with rados.WriteOpCtx() as op:
+            store.zero(op, s.at, s.size)
+            op.execute("refcount", "put", rados_group.refcount_put(s.at))
+            store.data.operate_write_op(op, oid)
+        report.removed.append(f"{oid}@{s.at}")
 
 
 def _omap_all(io: Any, oid: str) -> Iterator[tuple[str, bytes]]:
@@ -117,6 +156,9 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
             continue
         b = by_id.get(oid.split(".", 1)[0])
         head = _head_of(oid)  # a tail belongs to its head object
+        if b is not None and rados_group.is_pack(oid):
+            _sweep_pack(store, b, oid, report)
+            continue
         if b is not None:
             if head.split(".", 1)[1] in open_uploads[b.id]:
                 continue  # a part of an upload in progress
@@ -127,7 +169,8 @@ def sweep(store: RadosStore, min_age: float = 3600.0) -> FsckReport:
                 continue
             except rados.ObjectNotFound:
                 rec = None  # a tail whose head is gone
-            if rec is not None and rec.namespace == b.name and _named(store, b, rec.key) == head:
+            named = _named(store, b, rec.key) if rec is not None and rec.namespace == b.name else None
+            if named is not None and named.oid == head:
                 continue
         store.data.remove_object(oid)
         report.removed.append(oid)
@@ -167,10 +210,15 @@ def check(store: RadosStore, buckets: list[RadosBucket], *, deep: bool = False) 
     import rados
     report = FsckReport()
     for b in buckets:
-        for key, oid in _entries(store, b):
+        for key, entry in _entries(store, b):
+            oid = entry.oid
             report.scanned += 1
             try:
-                if deep:
+                if deep and entry.at >= 0:
+                    rec = records.decode(store.data.read(oid, entry.size, entry.at))
+                    if (rec.namespace, rec.key) != (b.name, key):
+                        report.corrupt.append(f"{oid}@{entry.at}")
+                elif deep:
                     rec = records.decode(store.data.read(oid, store.data.stat(oid)[0], 0))
                     for ref in rec.blobs:  # the tails, block by block
                         data = store.data.read(ref.blob_id, ref.size, 0)
@@ -193,26 +241,38 @@ def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
     set where the index has no entry."""
     import rados
     report = FsckReport()
-    newest: dict[str, tuple[float, str, str]] = {}  # key -> (mtime, oid, meta text)
+    newest: dict[str, tuple[float, str, str]] = {}  # key -> (mtime, the entry's "o" and where, meta text)
+
+    def found(rec: records.Record, where: str) -> None:
+        if rec.namespace != b.name or rec.meta is None:
+            return
+        if rec.key not in newest or rec.meta.mtime > newest[rec.key][0]:
+            newest[rec.key] = (rec.meta.mtime, where, records.meta_json(rec.meta))
+
     for obj in store.data.list_objects():
         if not obj.key.startswith(b.id + ".") or _head_of(obj.key) != obj.key:
             continue  # another bucket's, or a tail
         report.scanned += 1
         try:
-            rec = _header(store, obj.key)
+            if not rados_group.is_pack(obj.key):
+                found(_header(store, obj.key), json.dumps(obj.key))
+                continue
+            for slot in _table(store, obj.key):
+                data = store.data.read(obj.key, slot.size, slot.at)
+                if rados_group.zeroed(data):
+                    continue  # released: overwritten or deleted
+                try:
+                    found(records.decode(data), f'{json.dumps(obj.key)},"a":{slot.at},"n":{slot.size}')
+                except CorruptRecord:
+                    report.corrupt.append(f"{obj.key}@{slot.at}")
         except CorruptRecord:
             report.corrupt.append(obj.key)
-            continue
-        if rec.namespace != b.name or rec.meta is None:
-            continue
-        if rec.key not in newest or rec.meta.mtime > newest[rec.key][0]:
-            newest[rec.key] = (rec.meta.mtime, obj.key, records.meta_json(rec.meta))
     for shard in b.all_shards():  # the shards, where the index pool lost them
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_IDEMPOTENT)
             store.index.operate_write_op(op, shard)
-    for key, (_, oid, meta_text) in sorted(newest.items()):
-        value = f'{{"o":{json.dumps(oid)},"m":{meta_text}}}'.encode()
+    for key, (_, where, meta_text) in sorted(newest.items()):
+        value = f'{{"o":{where},"m":{meta_text}}}'.encode()
         with rados.WriteOpCtx() as op:
             op.omap_cmp(ENTRY + key, "", rados.LIBRADOS_CMPXATTR_OP_EQ)  # an entry that is there stays
             store.index.set_omap(op, (ENTRY + key,), (value,))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.header
 import email.utils
 import hashlib
 import ssl as ssl_mod
@@ -94,10 +95,20 @@ def _error_from(status: int, body: bytes, what: str) -> FsError:
     return FsError(text, code=code, status=status)
 
 
+def _metadata(value: str) -> str:
+    """A user metadata value as sent: S3 returns a non-ASCII one RFC 2047 encoded."""
+    if not (value.startswith("=?") and value.endswith("?=")):
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, UnicodeDecodeError, ValueError):
+        return value
+
+
 def _stat(key: str, headers: Mapping[str, str]) -> ObjectStat:
     lm = headers.get("Last-Modified")
     mtime = email.utils.parsedate_to_datetime(lm).timestamp() if lm else 0.0
-    meta = {k[len(META):].lower(): v for k, v in headers.items() if k.lower().startswith(META)}
+    meta = {k[len(META):].lower(): _metadata(v) for k, v in headers.items() if k.lower().startswith(META)}
     return ObjectStat(key, int(headers.get("Content-Length", "0")), headers.get("ETag", ""), mtime,
                       headers.get("Content-Type", ""), meta)
 

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDict
+from multidict import CIMultiDictProxy, MultiDict
 
 from . import admin, health
 from .config import GatewayConfig
@@ -71,6 +71,20 @@ def refuse_unsupported(headers: Any) -> None:
         if name in headers:
             raise S3Error("NotImplemented", "Server-side encryption is not supported yet",
                           extra={"Header": name})
+
+
+
+def preflight(headers: CIMultiDictProxy[str]) -> None:
+    """A CORS preflight (OPTIONS; AWS S3 API Reference, "OPTIONS object"), which is never signed.
+    No bucket here has a CORS configuration, so one that names its origin and method is
+    refused as AWS refuses what no CORS rule allows (403); one that does not is a bad request."""
+    if not headers.get("origin"):
+        raise S3Error("BadRequest", "Insufficient information. Origin request header needed.")
+    if not headers.get("access-control-request-method"):
+        raise S3Error("BadRequest", "Invalid Access-Control-Request-Method: null")
+    raise S3Error("AccessForbidden", "CORSResponse: This CORS request is not allowed. This is usually because the "
+                  "evalution of Origin, request method / Access-Control-Request-Method or "
+                  "Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.")
 
 
 class Dispatcher:
@@ -174,6 +188,9 @@ class Dispatcher:
         op, code = "Unknown", None
         try:
             bucket, key, vhost = self.locate(request, raw_path)
+            if request.method == "OPTIONS":
+                op = "PreflightRequest"
+                preflight(request.headers)
             pairs = parse_query(raw_query)
             query = MultiDict(pairs)
             principal = await self.gw.auth.authenticate(request.method, raw_path, pairs, query, request.headers,

@@ -29,13 +29,22 @@ T = TypeVar("T")
 _BUCKET_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
 
 
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
 def valid_bucket_name(name: str) -> bool:
-    """AWS bucket naming rules (general purpose buckets)."""
+    """AWS's naming rules for general purpose buckets (S3 User Guide, "Bucket naming rules"):
+    3-63 characters of a-z, 0-9, "." and "-"; every dot-separated label begins and ends with
+    a letter or digit (so no "..", ".-" or "-."); not an IPv4 address; none of the reserved
+    prefixes and suffixes."""
     if name in _VALID_SEEN:
         return True
-    ok = (3 <= len(name) <= 63 and set(name) <= _BUCKET_CHARS and name[0].isalnum()
-            and name[-1].isalnum() and ".." not in name and not name.startswith("xn--")
-            and not all(p.isdigit() for p in name.split(".")))
+    labels = name.split(".")
+    ok = (3 <= len(name) <= 63 and set(name) <= _BUCKET_CHARS
+          and all(label and label[0].isalnum() and label[-1].isalnum() for label in labels)
+          and not (len(labels) == 4 and all(label.isdigit() for label in labels))
+          and not name.startswith(_RESERVED_PREFIXES) and not name.endswith(_RESERVED_SUFFIXES))
     if ok and len(_VALID_SEEN) < 10_000:
         _VALID_SEEN.add(name)
     return ok

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import botocore.exceptions
 import pytest
 import urllib3
-from urllib.parse import unquote_plus
+from urllib.parse import unquote
 
 from conftest import client
 
@@ -306,9 +306,9 @@ def test_listing_pagination_prefix_delimiter(s3, bucket):
     r = s3.list_objects_v2(Bucket=bucket, StartAfter="user2/mailboxes/box3/msg197", MaxKeys=5)
     assert [o["Key"] for o in r["Contents"]] == ["user2/mailboxes/box3/msg198", "user2/mailboxes/box3/msg199", "z é ü/ä"]
     r = s3.list_objects(Bucket=bucket, Prefix="z", EncodingType="url")
-    # Asked for explicitly, botocore leaves the url encoding to the caller.
-    assert [o["Key"] for o in r["Contents"]] == ["z+%C3%A9+%C3%BC/%C3%A4"]
-    assert unquote_plus(r["Contents"][0]["Key"]) == "z é ü/ä"
+    # Asked for explicitly, botocore leaves the url encoding to the caller: RFC 3986, as AWS
+    assert [o["Key"] for o in r["Contents"]] == ["z%20%C3%A9%20%C3%BC/%C3%A4"]
+    assert unquote(r["Contents"][0]["Key"]) == "z é ü/ä"
     r = s3.list_objects_v2(Bucket=bucket, Prefix="nothing/")
     assert r["KeyCount"] == 0 and "Contents" not in r
     r = s3.list_objects_v2(Bucket=bucket, Prefix="user0/", MaxKeys=0)
@@ -331,9 +331,7 @@ def test_buckets(s3):
     assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     s3.head_bucket(Bucket=name)
     assert s3.get_bucket_location(Bucket=name)["LocationConstraint"] is None
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        s3.create_bucket(Bucket=name)
-    assert code(e.value) == "BucketAlreadyOwnedByYou"
+    s3.create_bucket(Bucket=name)  # AWS, CreateBucket: yours already, in us-east-1: 200
     s3.put_object(Bucket=name, Key="x", Body=b"1")
     with pytest.raises(botocore.exceptions.ClientError) as e:
         s3.delete_bucket(Bucket=name)

@@ -52,6 +52,7 @@ class ThreadRunner(RunBlocking):
 class Bucket:
     name: str
     created: float
+    owner: str = ""  # the access key that made it
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +87,25 @@ def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
                  upload: Upload) -> tuple[list[Part], ObjectMeta]:
     """The parts a CompleteMultipartUpload names, checked as AWS checks them (ascending,
     each uploaded with that ETag, all but the last at least 5 MiB), and the object's
-    metadata (ETag: MD5 of the parts' MD5s, "-N")."""
+    metadata (ETag: MD5 of the parts' MD5s, "-N"). A part named twice in a row is one part
+    (each naming must carry its ETag)."""
     numbers = [n for n, _ in chosen]
-    if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+    if numbers != sorted(numbers):
         raise InvalidPartOrder()
     used: list[Part] = []
     for n, etag in chosen:
         p = parts.get(n)
         if p is None or p.etag.strip('"') != etag.strip('"'):
             raise InvalidPart(n)
-        used.append(p)
+        if not used or used[-1].number != n:
+            used.append(p)
     for p in used[:-1]:
         if p.size < MIN_PART_SIZE:
             raise EntityTooSmall(p.number)
     digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in used)).hexdigest()
     meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
-                      upload.meta.content_type, upload.meta.headers, upload.meta.user, {}, len(used))
+                      upload.meta.content_type, upload.meta.headers, upload.meta.user, {}, len(used),
+                      tuple(p.size for p in used), upload.upload_id)
     return used, meta
 
 
@@ -155,7 +159,7 @@ class Engine(Protocol):
     async def discard(self, blobs: tuple[BlobRef, ...]) -> None: ...
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
                   blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> None: ...
-    async def delete(self, bucket: str, key: str) -> bool: ...
+    async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool: ...
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]: ...
 
     # multipart
@@ -166,7 +170,8 @@ class Engine(Protocol):
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
                        etag: str) -> None: ...
     async def abort_upload(self, bucket: str, upload_id: str) -> None: ...
-    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]]) -> ObjectMeta: ...
+    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
+                              cond: Conditions | None = None) -> ObjectMeta: ...
 
     # small shared records (access keys): field maps changed by compare-and-swap
     async def record(self, namespace: str, name: str) -> dict[str, str] | None: ...

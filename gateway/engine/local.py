@@ -10,6 +10,7 @@ threads.  Writes go to the group committer and are awaited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -34,6 +35,8 @@ from .model import (
     BucketNotEmpty,
     Conditions,
     CorruptRecord,
+    EngineError,
+    EngineUnavailable,
     InvalidPart,
     ListPage,
     NoSuchBucket,
@@ -196,10 +199,10 @@ class LocalEngine:
         info = self.index.get(SYS, f"bucket/{name}")
         if info is None:
             raise NoSuchBucket(name)
-        return Bucket(name, info.meta.mtime)
+        return Bucket(name, info.meta.mtime, info.meta.user.get("owner", ""))
 
     def list_buckets(self) -> list[Bucket]:
-        return [Bucket(i.key.removeprefix("bucket/"), i.meta.mtime)
+        return [Bucket(i.key.removeprefix("bucket/"), i.meta.mtime, i.meta.user.get("owner", ""))
                 for i in self.index.scan(SYS, "bucket/", None, 1_000_000)]
 
     def create_bucket_txn(self, name: str, owner: str) -> Txn:
@@ -211,12 +214,36 @@ class LocalEngine:
         await self._run(self.create_bucket_txn(name, owner))
 
     async def delete_bucket(self, name: str) -> None:
-        await self._run(Txn(
-            [Write(SYS, f"bucket/{name}", None)],
-            [Guard("exists", SYS, f"bucket/{name}", NoSuchBucket),
-             Guard("empty", name, "", BucketNotEmpty),
-             Guard("empty", MPU, f"u/{name}/", BucketNotEmpty)],
-        ))
+        """The bucket, with its multipart uploads in progress and their parts (AWS: only objects
+        keep a bucket), in one transaction; an upload begun meanwhile goes right after."""
+        for _ in range(16):
+            writes, guards = self._upload_removal(name)
+            try:
+                await self._run(Txn([Write(SYS, f"bucket/{name}", None), *writes],
+                                    [Guard("exists", SYS, f"bucket/{name}", NoSuchBucket),
+                                     Guard("empty", name, "", BucketNotEmpty), *guards]))
+                break
+            except _Changed:
+                continue  # an upload completed or aborted meanwhile
+        else:
+            raise EngineUnavailable(f"{name}: its uploads kept changing")
+        for _ in range(16):  # begun between our read and our commit: no bucket to finish in now
+            writes, guards = self._upload_removal(name)
+            if not writes:
+                return
+            with contextlib.suppress(_Changed):
+                await self._run(Txn(writes, guards))
+
+    def _upload_removal(self, bucket: str) -> tuple[list[Write], list[Guard]]:
+        writes: list[Write] = []
+        guards: list[Guard] = []
+        for u in self.index.scan(MPU, f"u/{bucket}/", None, 100_000):
+            upload_id = u.key.rsplit("/", 1)[1]
+            for p in self.index.scan(MPU, f"p/{upload_id}/", None, 100_000):
+                writes.append(Write(MPU, p.key, None))
+            writes.append(Write(MPU, u.key, None))
+            guards.append(Guard("seq", MPU, u.key, _Changed, u.seq))
+        return writes, guards
 
     # ------------------------------------------------------------ objects: reads
 
@@ -272,26 +299,47 @@ class LocalEngine:
 
     # ------------------------------------------------------------ objects: writes
 
-    def put_txn(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
-                blobs: tuple[BlobRef, ...], cond: Conditions | None = None) -> Txn:
+    def _guards(self, bucket: str, key: str, cond: Conditions | None) -> list[Guard]:
+        """The bucket exists, and `cond` holds: checked here on the current object, then held
+        by a guard that the object is still that one when the write commits (_Changed if
+        not: the caller decides again)."""
         guards = [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]
-        if cond is not None:
+        if cond is None:
+            return guards
+        if not cond.needs_current():
             if cond.if_none_match_any:
                 guards.append(Guard("absent", bucket, key, PreconditionFailed))
-            if cond.if_match is not None:
-                guards.append(Guard("etag", bucket, key, PreconditionFailed, cond.if_match))
-        return Txn([Write(bucket, key, meta, body, blobs)], guards)
+            return guards
+        info = self.index.get(bucket, key)
+        if info is None:
+            self._require_bucket(bucket)
+        cond.check(info.meta if info is not None else None, key)
+        guards.append(Guard("seq", bucket, key, _Changed, info.seq) if info is not None
+                      else Guard("absent", bucket, key, _Changed))
+        return guards
+
+    async def _guarded(self, make: Callable[[list[Guard]], Txn], bucket: str, key: str,
+                       cond: Conditions | None) -> list[int | None]:
+        for _ in range(16):
+            try:
+                return await self._run(make(self._guards(bucket, key, cond)))
+            except _Changed:
+                continue  # written meanwhile: decide on the new current object
+        raise EngineUnavailable(f"{bucket}/{key} kept changing")
+
+    def put_txn(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
+                blobs: tuple[BlobRef, ...], cond: Conditions | None = None) -> Txn:
+        return Txn([Write(bucket, key, meta, body, blobs)], self._guards(bucket, key, cond))
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
                   blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> int:
-        seq = (await self._run(self.put_txn(bucket, key, meta, body, blobs, cond)))[0]
+        seq = (await self._guarded(lambda g: Txn([Write(bucket, key, meta, body, blobs)], g), bucket, key, cond))[0]
         assert seq is not None
         return seq
 
-    async def delete(self, bucket: str, key: str) -> bool:
+    async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
         """True when something was deleted (S3 answers 204 either way)."""
-        res = await self._run(Txn([Write(bucket, key, None)],
-                                  [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
+        res = await self._guarded(lambda g: Txn([Write(bucket, key, None)], g), bucket, key, cond)
         return res[0] is not None
 
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
@@ -342,24 +390,32 @@ class LocalEngine:
         writes.append(Write(MPU, f"u/{bucket}/{upload_id}", None))
         await self._run(Txn(writes, [Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]))
 
-    async def complete_upload(self, bucket: str, upload_id: str,
-                              chosen: list[tuple[int, str]]) -> ObjectMeta:
-        """Stitch parts into one object without copying: it references their blobs."""
+    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
+                              cond: Conditions | None = None) -> ObjectMeta:
+        """Stitch parts into one object without copying: it references their blobs. `cond`: the
+        If-Match / If-None-Match of the request, on the object it makes."""
         upload = self.get_upload(bucket, upload_id)
         parts = {p.number: p for p in self.list_parts(upload_id)}
         used, meta = choose_parts(parts, chosen, upload)
         used_numbers = {p.number for p in used}
-        writes = [Write(bucket, upload.key, meta, blobs=tuple(b for p in used for b in p.blobs))]
-        guards = [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket),
-                  Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]
-        for p in parts.values():
-            writes.append(Write(MPU, f"p/{upload_id}/{p.number:05d}", None,
-                                release_prev_blobs=p.number not in used_numbers))
-            guards.append(Guard("seq", MPU, f"p/{upload_id}/{p.number:05d}", InvalidPart, p.seq))
-        writes.append(Write(MPU, f"u/{bucket}/{upload_id}", None))
-        await self._run(Txn(writes, guards))
+
+        def txn(guards: list[Guard]) -> Txn:
+            writes = [Write(bucket, upload.key, meta, blobs=tuple(b for p in used for b in p.blobs))]
+            guards = [*guards, Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]
+            for p in parts.values():
+                writes.append(Write(MPU, f"p/{upload_id}/{p.number:05d}", None,
+                                    release_prev_blobs=p.number not in used_numbers))
+                guards.append(Guard("seq", MPU, f"p/{upload_id}/{p.number:05d}", InvalidPart, p.seq))
+            writes.append(Write(MPU, f"u/{bucket}/{upload_id}", None))
+            return Txn(writes, guards)
+
+        await self._guarded(txn, bucket, upload.key, cond)
         return meta
 
+
+
+class _Changed(EngineError):
+    """A guarded object changed between the read that decided and the commit."""
 
 __all__ = ["INLINE_MAX", "Bucket", "EngineLock", "EngineLocked", "EntityTooSmall", "InvalidPartOrder",
            "LocalEngine", "Part", "Upload", "master_key"]

@@ -112,8 +112,8 @@ class LocalGateway:
                   blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> None:
         await self.local.put(bucket, key, meta, body, blobs, cond)
 
-    async def delete(self, bucket: str, key: str) -> bool:
-        return await self.local.delete(bucket, key)
+    async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
+        return await self.local.delete(bucket, key, cond)
 
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
         return await self.local.delete_many(bucket, keys)
@@ -140,8 +140,9 @@ class LocalGateway:
     async def abort_upload(self, bucket: str, upload_id: str) -> None:
         await self.local.abort_upload(bucket, upload_id)
 
-    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]]) -> ObjectMeta:
-        return await self.local.complete_upload(bucket, upload_id, chosen)
+    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
+                              cond: Conditions | None = None) -> ObjectMeta:
+        return await self.local.complete_upload(bucket, upload_id, chosen, cond)
 
     # ------------------------------------------------------------ shared records
 

@@ -47,6 +47,8 @@ class ObjectMeta:
     user: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* (name without prefix)
     checksums: dict[str, str] = field(default_factory=dict)  # crc32 -> base64 ...
     parts: int = 0
+    part_sizes: tuple[int, ...] = ()  # a multipart object's, in order (GET ?partNumber=N)
+    upload: str = ""  # the multipart upload it was completed from (a repeated Complete answers 200)
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {"s": self.size, "e": self.etag, "t": self.mtime, "c": self.content_type}
@@ -58,12 +60,17 @@ class ObjectMeta:
             d["x"] = self.checksums
         if self.parts:
             d["p"] = self.parts
+        if self.part_sizes:
+            d["ps"] = list(self.part_sizes)
+        if self.upload:
+            d["mp"] = self.upload
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ObjectMeta:  # a header or index value, checksummed JSON
         return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
-                   d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0))
+                   d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0), tuple(d.get("ps", ())),
+                   d.get("mp", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +110,38 @@ class ListPage:
 
 @dataclass(frozen=True, slots=True)
 class Conditions:
-    """Conditional write: If-None-Match: * and/or If-Match: etag."""
+    """A conditional write or delete (AWS S3 User Guide, "Conditional requests"): If-None-Match
+    "*" (the key must be absent) or ETags (none may be the current one), If-Match "*" (the
+    key must exist) or an ETag, and for deletes the size and the last-modified time."""
 
     if_none_match_any: bool = False
     if_match: str | None = None
+    if_none_match: tuple[str, ...] = ()  # ETags, unquoted
+    size: int | None = None
+    mtime: int | None = None  # epoch seconds
+
+    def needs_current(self) -> bool:
+        """Whether the current object must be read to decide (If-None-Match: * needs no read)."""
+        return self.if_match is not None or bool(self.if_none_match) or self.size is not None \
+            or self.mtime is not None
+
+    def check(self, current: ObjectMeta | None, key: str) -> None:
+        """NoSuchKey when a condition needs an object that is not there (AWS answers a
+        conditional write or delete of a missing key 404), PreconditionFailed when one does
+        not hold; nothing when all hold."""
+        if current is None:
+            if self.if_match is not None or self.size is not None or self.mtime is not None:
+                raise NoSuchKey(key)
+            return
+        etag = current.etag.strip('"')
+        if self.if_none_match_any or etag in self.if_none_match:
+            raise PreconditionFailed(key)
+        if self.if_match not in (None, "*") and self.if_match.strip('"') != etag:
+            raise PreconditionFailed(key)
+        if self.size is not None and self.size != current.size:
+            raise PreconditionFailed(key)
+        if self.mtime is not None and self.mtime != int(current.mtime):
+            raise PreconditionFailed(key)
 
 
 # ------------------------------------------------------------------ errors

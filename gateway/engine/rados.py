@@ -677,9 +677,9 @@ class RadosStore:
         value = f'{{"o":{json.dumps(oid)}{where},"m":{meta_text}}}'
         try:
             current: Stored | None = None  # mail keys are new: first try "absent", no read
-            if cond.if_match is not None:
+            if cond.needs_current():
                 current = await self._entry(b, key, writing=True)
-                _check_match(current, cond, key)
+                cond.check(current.meta if current is not None else None, key)
             for _ in range(CAS_ATTEMPTS):
                 rv = await self._swap(b, key, current.raw if current is not None else "", value)
                 if rv == 0:
@@ -687,10 +687,7 @@ class RadosStore:
                 if rv != -ECANCELED:
                     _check(rv, "updating the index")
                 current = await self._entry(b, key, writing=True)  # someone else's entry is there (now)
-                if cond.if_none_match_any and current is not None:
-                    raise PreconditionFailed(key)
-                if cond.if_match is not None:
-                    _check_match(current, cond, key)
+                cond.check(current.meta if current is not None else None, key)
             else:
                 raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
         except BaseException:
@@ -818,8 +815,7 @@ class RadosStore:
         cond = cond or Conditions()
         for _ in range(CAS_ATTEMPTS):
             current = await self._entry(b, key, writing=True)
-            if cond.if_match is not None:
-                _check_match(current, cond, key)
+            cond.check(current.meta if current is not None else None, key)
             if current is None:
                 return False
             rv = await self._swap(b, key, current.raw, None)
@@ -1005,9 +1001,3 @@ def _check(rv: int, what: str) -> None:
     if rv < 0:
         raise EngineUnavailable(f"RADOS: {what} failed: errno {-rv}")
 
-
-def _check_match(current: Stored | None, cond: Conditions, key: str) -> None:
-    if current is None:
-        raise NoSuchKey(key)  # AWS: If-Match on a missing key is 404
-    if cond.if_match not in ("*", current.meta.etag, current.meta.etag.strip('"')):
-        raise PreconditionFailed(key)

@@ -35,7 +35,6 @@ from runtime.keyfile import write_new_key
 from .api import Bucket, Found, Part, Upload, choose_parts
 from .model import (
     BlobRef,
-    BucketNotEmpty,
     Conditions,
     CorruptRecord,
     EngineUnavailable,
@@ -126,19 +125,29 @@ class RadosGateway:
 
     async def get_bucket(self, name: str) -> Bucket:
         b = await self._fresh(name)
-        return Bucket(b.name, b.created)
+        return Bucket(b.name, b.created, b.owner)
 
     async def list_buckets(self) -> list[Bucket]:
-        return sorted((Bucket(b.name, b.created) for b in await self.store.list_buckets()), key=lambda b: b.name)
+        return sorted((Bucket(b.name, b.created, b.owner) for b in await self.store.list_buckets()),
+                      key=lambda b: b.name)
 
     async def create_bucket(self, name: str, owner: str) -> None:
         await self.store.create_bucket(name, owner)
 
     async def delete_bucket(self, name: str) -> None:
+        """The bucket with its multipart uploads in progress (AWS: only objects keep a bucket):
+        each aborted first (an upload being completed is left to finish, and its object then
+        keeps the bucket); an upload begun meanwhile is forgotten with the bucket's records, its
+        parts' tails swept as a gone bucket's."""
         b = await self._fresh(name)
-        if any(json.loads(raw)["state"] == "open" for _, raw in await self.store.records(f"{UPLOADS}.{b.id}")):
-            raise BucketNotEmpty(name)  # AWS: uploads in progress keep a bucket
+        for upload_id, raw in await self.store.records(f"{UPLOADS}.{b.id}"):
+            if json.loads(raw)["state"] == "open":
+                with contextlib.suppress(NoSuchUpload):
+                    await self.abort_upload(name, upload_id)
         await self.store.delete_bucket(name)
+        for upload_id, _ in await self.store.records(f"{UPLOADS}.{b.id}"):
+            await self.store.remove_record_object(f"parts.{upload_id}")
+        await self.store.remove_record_object(f"{UPLOADS}.{b.id}")
 
     # ------------------------------------------------------------ objects
 
@@ -201,8 +210,8 @@ class RadosGateway:
         head = blobs[0].blob_id.rsplit(".", 1)[0] if blobs else None  # staged as <head>.t<n>
         await self.store.put(bucket, key, meta, body, cond, head=head, tails=blobs)
 
-    async def delete(self, bucket: str, key: str) -> bool:
-        return await self.store.delete(bucket, key)
+    async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
+        return await self.store.delete(bucket, key, cond)
 
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
         await self._fresh(bucket)  # NoSuchBucket before anything, as one request
@@ -298,7 +307,8 @@ class RadosGateway:
             await self.discard(p.blobs)
         await self._forget_upload(b, upload_id, parts)
 
-    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]]) -> ObjectMeta:
+    async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
+                              cond: Conditions | None = None) -> ObjectMeta:
         b, upload, d, raw = await self._upload(bucket, upload_id)
         if d["state"] != "open":
             raise NoSuchUpload(upload_id)
@@ -306,7 +316,7 @@ class RadosGateway:
         used, meta = choose_parts(parts, chosen, upload)  # InvalidPart etc. before anything changes
         await self._close_upload(b, upload_id, raw, d)
         try:
-            await self.store.put(bucket, upload.key, meta, b"", None, head=self.store.new_oid(b, upload_id),
+            await self.store.put(bucket, upload.key, meta, b"", cond, head=self.store.new_oid(b, upload_id),
                                  tails=tuple(t for p in used for t in p.blobs))
         except BaseException:
             # back to "open": the client may retry the completion (or abort)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from urllib.parse import quote_plus
+from urllib.parse import quote
 
 from aiohttp import web
 
 from ..body import Expectations, receive
 from ..context import Gateway, S3Request, valid_bucket_name
-from ..engine.model import BucketAlreadyExists, ListPage
+from ..engine.model import BucketAlreadyExists, ListPage, NoSuchBucket
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from .objects import acl_response
 
 MAX_KEYS = 1000
+MAX_BUCKETS = 10_000  # ListBuckets' page: AWS's default and largest
 
 
 def _xml(root: str, body: str) -> web.Response:
@@ -29,11 +30,27 @@ def _owner(r: S3Request) -> str:
 
 
 async def list_buckets(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """ListBuckets (AWS S3 API Reference, "ListBuckets"): `prefix`, `bucket-region`, and pages of
+    `max-buckets` (1-10,000) continued by an opaque `continuation-token`."""
+    prefix = r.query.get("prefix", "")
+    limit = MAX_BUCKETS
+    if "max-buckets" in r.query:
+        limit = numbers.argument(r.query["max-buckets"], "max-buckets", low=1, high=MAX_BUCKETS,
+                                 message="Argument max-buckets must be an integer between 1 and 10000")
+    after = _untoken(r.query["continuation-token"]) if r.query.get("continuation-token") else ""
+    region = r.query.get("bucket-region")
+    found = [b for b in await gw.engine.list_buckets()
+             if b.name.startswith(prefix) and b.name > after and region in (None, gw.config.region)]
+    shown = found[:limit]
     buckets = "".join(
-        f"<Bucket>{xml.elem('Name', b.name)}{xml.elem('CreationDate', xml.iso8601(b.created))}</Bucket>"
-        for b in await gw.engine.list_buckets()
-    )
-    return _xml("ListAllMyBucketsResult", f"{_owner(r)}<Buckets>{buckets}</Buckets>")
+        f"<Bucket>{xml.elem('Name', b.name)}{xml.elem('CreationDate', xml.iso8601(b.created))}"
+        f"{xml.elem('BucketRegion', gw.config.region)}</Bucket>" for b in shown)
+    body = f"<Buckets>{buckets}</Buckets>{_owner(r)}"
+    if len(found) > limit:
+        body += xml.elem("ContinuationToken", _token(shown[-1].name))
+    if "prefix" in r.query:
+        body += xml.elem("Prefix", prefix)
+    return _xml("ListAllMyBucketsResult", body)
 
 
 async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
@@ -49,7 +66,15 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     try:
         await gw.engine.create_bucket(r.bucket, r.principal.key.access_key)
     except BucketAlreadyExists:
-        raise S3Error("BucketAlreadyOwnedByYou", extra={"BucketName": r.bucket}) from None
+        try:
+            owner = (await gw.engine.get_bucket(r.bucket)).owner
+        except NoSuchBucket:  # deleted meanwhile: the name was taken when we asked
+            owner = ""
+        if owner != r.principal.key.access_key:
+            raise S3Error("BucketAlreadyExists", extra={"BucketName": r.bucket}) from None
+        if gw.config.region != "us-east-1":
+            raise S3Error("BucketAlreadyOwnedByYou", extra={"BucketName": r.bucket}) from None
+        # AWS, CreateBucket: in us-east-1 a bucket you own already is made "again": 200
     return web.Response(headers={"Location": f"/{r.bucket}"})
 
 
@@ -114,7 +139,7 @@ def _encoder(r: S3Request) -> Encode:
     if enc != "url":
         raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
                       extra={"ArgumentName": "encoding-type", "ArgumentValue": enc})
-    return lambda s: quote_plus(s, safe="/")
+    return lambda s: quote(s, safe="/")  # RFC 3986: a space is %20, "+" is %2B
 
 
 async def _page(gw: Gateway, r: S3Request, marker: str | None, max_keys: int) -> ListPage:
@@ -137,9 +162,13 @@ def _prefixes(page: ListPage, enc: Encode) -> str:
     return "".join(f"<CommonPrefixes>{xml.elem('Prefix', enc(p))}</CommonPrefixes>" for p in page.prefixes)
 
 
-def _common(r: S3Request, enc: Encode, max_keys: int) -> str:
-    parts = [xml.elem("Name", r.bucket), xml.elem("Prefix", enc(r.query.get("prefix", "")))]
-    if "delimiter" in r.query:
+def _common(r: S3Request, enc: Encode, max_keys: int, *, encode_prefix: bool = True) -> str:
+    """Name, Prefix, Delimiter, MaxKeys, EncodingType. ListObjects (V1) never encodes its Prefix
+    (botocore, which asks V1 listings for url encoding unasked, decodes every other field
+    but that one); an empty Delimiter is no delimiter, and is not echoed."""
+    prefix = r.query.get("prefix", "")
+    parts = [xml.elem("Name", r.bucket), xml.elem("Prefix", enc(prefix) if encode_prefix else prefix)]
+    if r.query.get("delimiter"):
         parts.append(xml.elem("Delimiter", enc(r.query["delimiter"])))
     parts.append(xml.elem("MaxKeys", max_keys))
     if "encoding-type" in r.query:
@@ -152,7 +181,7 @@ async def list_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
     max_keys = _max_keys(r)
     marker = r.query.get("marker") or None
     page = await _page(gw, r, marker, max_keys)
-    body = [_common(r, enc, max_keys), xml.elem("Marker", enc(marker or "")),
+    body = [_common(r, enc, max_keys, encode_prefix=False), xml.elem("Marker", enc(marker or "")),
             xml.elem("IsTruncated", page.truncated)]
     if page.truncated and page.next_marker is not None:
         body.append(xml.elem("NextMarker", enc(page.next_marker)))

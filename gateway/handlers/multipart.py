@@ -12,12 +12,12 @@ from aiohttp import web
 from ..body import Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Upload
-from ..engine.model import BlobRef
+from ..engine.model import BlobRef, NoSuchKey, NoSuchUpload
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
-from ..s3.http import evaluate_preconditions, parse_range
+from ..s3.http import evaluate_preconditions
 from ..s3.ops import parse_copy_source
-from .objects import copy_body, meta_from_request
+from .objects import copy_body, meta_from_request, write_conditions
 
 MAX_PART_NUMBER = 10000
 
@@ -82,10 +82,7 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.Stream
     start, end = 0, src.meta.size
     spec = r.headers.get("x-amz-copy-source-range")
     if spec is not None:
-        rng = parse_range(spec, src.meta.size)
-        if rng is None:
-            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
-        start, end = rng.start, rng.end + 1
+        start, end = _copy_range(spec, src.meta.size)
     assert r.bucket
     _, blobs, md5_hex = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"])
     etag = f'"{md5_hex}"'
@@ -93,17 +90,53 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.Stream
     return _xml("CopyPartResult", xml.elem("LastModified", xml.iso8601(src.meta.mtime)) + xml.elem("ETag", etag))
 
 
+def _copy_range(spec: str, size: int) -> tuple[int, int]:
+    """x-amz-copy-source-range `bytes=first-last` as [start, end): InvalidArgument when it is not
+    of that form, InvalidRange when it reaches past the source (AWS, UploadPartCopy)."""
+    unit, _, span = spec.strip().partition("=")
+    first, dash, last = span.partition("-")
+    a, b = numbers.decimal(first.strip()), numbers.decimal(last.strip())
+    if unit != "bytes" or not dash or a is None or b is None or a > b:
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last "
+                      "where first and last are the zero-based offsets of the first and last bytes to copy",
+                      extra={"ArgumentName": "x-amz-copy-source-range", "ArgumentValue": spec[:64]})
+    if b >= size:
+        raise S3Error("InvalidRange", f"The specified copy range is outside the source object's size ({size})",
+                      extra={"RangeRequested": spec[:64], "ActualObjectSize": str(size)})
+    return a, b + 1
+
+
 async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    await _upload(gw, r)
-    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
-    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
-    parts = xml.parse_complete_multipart(got.data)
-    meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts])
+    cond = write_conditions(r)
+    try:
+        await _upload(gw, r)
+        exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
+        got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+        parts = xml.parse_complete_multipart(got.data)
+        meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts],
+                                               cond)
+    except (NoSuchUpload, S3Error) as exc:
+        if isinstance(exc, S3Error) and exc.code != "NoSuchUpload":
+            raise
+        # Completed already? AWS answers a repeated Complete with the same result while the object
+        # it made is still there.
+        try:
+            done = (await gw.engine.head(r.bucket, r.key)).meta
+        except NoSuchKey:
+            raise exc from None
+        if done.upload != r.query["uploadId"]:
+            raise
+        return _completed(r, done.etag)
+    return _completed(r, meta.etag)
+
+
+def _completed(r: S3Request, etag: str) -> web.Response:
+    assert r.bucket and r.key
     host = r.headers.get("host", "")
     return _xml("CompleteMultipartUploadResult",
                 xml.elem("Location", f"http://{host}/{r.bucket}/{r.key}") + xml.elem("Bucket", r.bucket)
-                + xml.elem("Key", r.key) + xml.elem("ETag", meta.etag))
+                + xml.elem("Key", r.key) + xml.elem("ETag", etag))
 
 
 async def abort_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import email.errors
+import email.header
+import email.utils
 import hashlib
 import time
+from datetime import datetime
 
 from aiohttp import web
 
 from ..body import Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Found
-from ..engine.model import BlobRef, Conditions, CorruptRecord, ObjectMeta
+from ..engine.model import BlobRef, Conditions, CorruptRecord, NoSuchKey, ObjectMeta, PreconditionFailed
 from ..policy import arn
-from ..s3 import xml
+from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from ..s3.http import ByteRange, evaluate_preconditions, header_value, http_date, parse_range
 from ..s3.ops import parse_copy_source
@@ -39,22 +44,51 @@ def meta_from_request(r: S3Request, size: int, etag: str, checksums: dict[str, s
         if lname.startswith("x-amz-meta-"):
             short = lname[11:]
             header_value(value, name)
-            user[short] = value if short not in user else f"{user[short]},{value}"
+            text = metadata_in(value)
+            user[short] = text if short not in user else f"{user[short]},{text}"
             total += len(short) + len(value)
     if total > MAX_USER_METADATA:
         raise S3Error("MetadataTooLarge", extra={"MaxSizeAllowed": str(MAX_USER_METADATA)})
     stored = {k: h[k] for k in STORED_HEADERS if k in h}
     if "content-encoding" in stored:  # aws-chunked is transport framing, not the object's encoding
-        kept = [e for e in stored["content-encoding"].split(",") if e.strip().lower() != "aws-chunked"]
-        if kept:
-            stored["content-encoding"] = ",".join(e.strip() for e in kept)
-        else:
+        codings = stored["content-encoding"].split(",")
+        kept = [e for e in codings if e.strip().lower() != "aws-chunked"]
+        if not kept:
             del stored["content-encoding"]
+        elif len(kept) < len(codings):  # otherwise the value stays exactly as sent
+            stored["content-encoding"] = ",".join(kept).strip()
     ctype = h.get("content-type") or "binary/octet-stream"
     return ObjectMeta(size, etag, time.time(), ctype, stored, user, checksums)
 
 
-def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False) -> dict[str, str]:
+def metadata_in(value: str) -> str:
+    """A user metadata value as AWS stores it (S3 User Guide, "Working with object metadata"):
+    RFC 2047 encoded-words decoded; other non-ASCII bytes read as UTF-8, or else ISO-8859-1
+    (what Python's http.client sends). aiohttp hands the header's bytes over as UTF-8 with
+    surrogate escapes."""
+    raw = value.encode("utf-8", "surrogateescape")
+    if raw.isascii():
+        if "=?" not in value:
+            return value
+        try:
+            return str(email.header.make_header(email.header.decode_header(value)))
+        except (email.errors.HeaderParseError, LookupError, UnicodeDecodeError, ValueError):
+            return value  # not an encoded-word after all: kept as sent
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def metadata_out(value: str) -> str:
+    """A stored user metadata value as AWS returns it: as is when ASCII, else RFC 2047
+    encoded (B, UTF-8), so a value sent encoded comes back exactly as sent."""
+    if value.isascii():
+        return value
+    return f"=?UTF-8?B?{base64.b64encode(value.encode()).decode()}?="
+
+
+def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number: bool = False) -> dict[str, str]:
     out = {
         "ETag": meta.etag,
         "Last-Modified": http_date(meta.mtime),
@@ -64,8 +98,8 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False) -> dict[str
     for k, v in meta.headers.items():
         out[k.title()] = v
     for k, v in meta.user.items():
-        out[f"x-amz-meta-{k}"] = v
-    if meta.parts:
+        out[f"x-amz-meta-{k}"] = metadata_out(v)
+    if meta.parts and part_number:  # AWS sends it only to a request by partNumber
         out["x-amz-mp-parts-count"] = str(meta.parts)
     if checksum_mode:
         for name, v in meta.checksums.items():
@@ -84,13 +118,35 @@ def _preconditions(r: S3Request, info: Found) -> web.Response | None:
     return None
 
 
+def _requested(r: S3Request, meta: ObjectMeta) -> ByteRange | None:
+    """The span a GET or HEAD asks for: its Range, or the part `?partNumber=N` names (AWS,
+    GetObject: a ranged GET of that part; an object not uploaded in parts is its own part 1)."""
+    if "partNumber" not in r.query:
+        return parse_range(r.headers.get("range"), meta.size)
+    n = numbers.argument(r.query["partNumber"], "partNumber", low=1, high=10_000,
+                         message="Part number must be an integer between 1 and 10000, inclusive")
+    if "range" in r.headers:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+    if meta.parts and not meta.part_sizes:
+        raise S3Error("NotImplemented", "This object was completed before its part sizes were kept")
+    sizes = meta.part_sizes or (meta.size,)
+    if n > len(sizes):
+        raise S3Error("InvalidPart", f"The object has {len(sizes)} part(s), not {n}",
+                      extra={"PartNumber": str(n)})
+    if not meta.parts:
+        return None  # the whole object, as a plain GET answers it
+    start = sum(sizes[:n - 1])
+    return ByteRange(start, start + sizes[n - 1] - 1)
+
+
 async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     info = await gw.engine.head(r.bucket, r.key)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
-    headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED")
-    rng = parse_range(r.headers.get("range"), info.meta.size)
+    headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED",
+                             part_number="partNumber" in r.query)
+    rng = _requested(r, info.meta)
     if rng is not None:
         headers["Content-Range"] = rng.content_range(info.meta.size)
         headers["Content-Length"] = str(rng.length)
@@ -101,15 +157,13 @@ async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    if "partNumber" in r.query:
-        raise S3Error("NotImplemented", "GetObject by partNumber is not supported yet")
     info = await gw.engine.head(r.bucket, r.key)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     size = info.meta.size
-    rng = parse_range(r.headers.get("range"), size)
+    rng = _requested(r, info.meta)
     headers = object_headers(info.meta, checksum_mode=(
-        rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"))
+        rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"), part_number="partNumber" in r.query)
     for param, header in RESPONSE_OVERRIDES.items():
         if param in r.query:
             headers[header] = header_value(r.query[param], param)
@@ -147,21 +201,47 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     return resp
 
 
-def _conditions(r: S3Request) -> Conditions | None:
+def write_conditions(r: S3Request) -> Conditions | None:
+    """If-None-Match ("*" or ETags) and If-Match ("*" or an ETag) of a PutObject, CopyObject
+    or CompleteMultipartUpload (AWS S3 User Guide, "Conditional writes")."""
     inm = r.headers.get("if-none-match")
     im = r.headers.get("if-match")
     if inm is None and im is None:
         return None
-    if inm is not None and inm.strip() != "*":
-        raise S3Error("NotImplemented", "If-None-Match on PUT accepts only '*'")
-    return Conditions(if_none_match_any=inm is not None, if_match=im.strip().strip('"') if im else None)
+    etags = tuple(e.strip().removeprefix("W/").strip('"') for e in (inm or "").split(",") if e.strip())
+    return Conditions(if_none_match_any="*" in etags, if_match=im.strip().strip('"') if im else None,
+                      if_none_match=tuple(e for e in etags if e != "*"))
+
+
+def delete_conditions(r: S3Request) -> Conditions | None:
+    """If-Match, x-amz-if-match-size and x-amz-if-match-last-modified-time of a DeleteObject."""
+    im = r.headers.get("if-match")
+    size = r.headers.get("x-amz-if-match-size")
+    when = r.headers.get("x-amz-if-match-last-modified-time")
+    if im is None and size is None and when is None:
+        return None
+    return Conditions(if_match=im.strip().strip('"') if im else None,
+                      size=numbers.argument(size, "x-amz-if-match-size") if size is not None else None,
+                      mtime=_timestamp(when, "x-amz-if-match-last-modified-time") if when is not None else None)
+
+
+def _timestamp(text: str, name: str) -> int:
+    """An HTTP date (RFC 7231) or an ISO 8601 time, as epoch seconds."""
+    try:
+        return int(email.utils.parsedate_to_datetime(text).timestamp())
+    except (TypeError, ValueError):
+        pass
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        raise S3Error("InvalidArgument", f"{name} is not a date", extra={"ArgumentName": name}) from None
 
 
 async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     if "x-amz-copy-source" in r.headers:
         return await copy_object(gw, r)
-    cond = _conditions(r)
+    cond = write_conditions(r)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
     got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking)
@@ -218,7 +298,7 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         s = src.meta
         meta = ObjectMeta(s.size, etag, time.time(), s.content_type, s.headers, s.user, s.checksums)
     try:
-        await gw.engine.put(r.bucket, r.key, meta, data, blobs, _conditions(r))
+        await gw.engine.put(r.bucket, r.key, meta, data, blobs, write_conditions(r))
     except BaseException:
         await gw.engine.discard(blobs)
         raise
@@ -229,7 +309,7 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 async def delete_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    await gw.engine.delete(r.bucket, r.key)
+    await gw.engine.delete(r.bucket, r.key, delete_conditions(r))
     return web.Response(status=204)
 
 
@@ -250,7 +330,15 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
             errors[k] = ("KeyTooLongError", "Your key is too long")
         elif not gw.access.allows(r.principal.key, "s3:DeleteObject", arn(r.bucket, k)):
             errors[k] = ("AccessDenied", "Access Denied")
-    await gw.engine.delete_many(r.bucket, [k for k in req.keys if k not in errors])
+    for k, c in req.conditions.items():  # <ETag>, <Size>, <LastModifiedTime>: each on its own
+        if k not in errors:
+            try:
+                await gw.engine.delete(r.bucket, k, Conditions(if_match=c.etag, size=c.size, mtime=c.mtime))
+            except PreconditionFailed:
+                errors[k] = ("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+            except NoSuchKey:
+                errors[k] = ("NoSuchKey", "The specified key does not exist.")
+    await gw.engine.delete_many(r.bucket, [k for k in req.keys if k not in errors and k not in req.conditions])
     parts = []
     for k in req.keys:
         if k in errors:

@@ -9,9 +9,10 @@ shape is MalformedXML.
 
 from __future__ import annotations
 
+import email.utils
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape as _escape
 
@@ -86,6 +87,15 @@ def parse_xml(body: bytes) -> ET.Element:
 class DeleteRequest:
     keys: list[str]
     quiet: bool
+    conditions: dict[str, DeleteCondition] = field(default_factory=dict)  # the keys given any
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteCondition:
+    """An <Object>'s <ETag>, <Size> and <LastModifiedTime> (epoch seconds) in DeleteObjects."""
+    etag: str | None
+    size: int | None
+    mtime: int | None
 
 
 def parse_delete(body: bytes) -> DeleteRequest:
@@ -93,6 +103,7 @@ def parse_delete(body: bytes) -> DeleteRequest:
     if root.tag != "Delete":
         raise S3Error("MalformedXML")
     keys: list[str] = []
+    conditions: dict[str, DeleteCondition] = {}
     quiet = False
     for child in root:
         if child.tag == "Quiet":
@@ -102,11 +113,35 @@ def parse_delete(body: bytes) -> DeleteRequest:
             if key is None:
                 raise S3Error("MalformedXML", "Each Object needs a Key")
             keys.append(key)
+            etag, size, when = child.findtext("ETag"), child.findtext("Size"), child.findtext("LastModifiedTime")
+            if etag is not None or size is not None or when is not None:
+                conditions[key] = DeleteCondition(etag.strip().strip('"') if etag is not None else None,
+                                                  _number(size, "Size") if size is not None else None,
+                                                  _instant(when) if when is not None else None)
     if not keys:
         raise S3Error("MalformedXML", "The Delete element needs at least one Object")
     if len(keys) > 1000:
         raise S3Error("MalformedXML", "DeleteObjects accepts at most 1000 keys")
-    return DeleteRequest(keys, quiet)
+    return DeleteRequest(keys, quiet, conditions)
+
+
+def _number(text: str, name: str) -> int:
+    n = decimal(text.strip())
+    if n is None:
+        raise S3Error("MalformedXML", f"{name} must be a non-negative integer")
+    return n
+
+
+def _instant(text: str) -> int:
+    """A time as the SDKs send it (the model says RFC 822, as botocore does), or ISO 8601."""
+    try:
+        return int(email.utils.parsedate_to_datetime(text.strip()).timestamp())
+    except (TypeError, ValueError):
+        pass
+    try:
+        return int(datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        raise S3Error("MalformedXML", "LastModifiedTime must be an RFC 822 or ISO 8601 time") from None
 
 
 @dataclass(frozen=True, slots=True)

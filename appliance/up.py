@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from gateway.accounts import owner_field
 from gateway.config import RadosSettings
 from gateway.filemodes import too_open
 from gateway.rados_cli import rados_argv
@@ -85,9 +86,9 @@ def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str, rados: RadosSettin
         shim = await keys.create("mail-shim", admin=False, policy=preset(f"bucket:{cfg.bucket}"))
         if not await engine.bucket_exists(cfg.bucket):
             if isinstance(engine, RadosGateway):  # obox's <hash>/<user>/...: one user's listing, one shard
-                await engine.store.create_bucket(cfg.bucket, admin.access_key, shards=16, depth=2)
+                await engine.store.create_bucket(cfg.bucket, owner_field(""), shards=16, depth=2)
             else:
-                await engine.create_bucket(cfg.bucket, admin.access_key)
+                await engine.create_bucket(cfg.bucket, owner_field(""))
         return admin, shim
 
     if rados is not None:

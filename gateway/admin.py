@@ -1,15 +1,19 @@
 """The admin API: keys, policies, buckets and usage, as JSON over HTTP.
 
 Served by every gateway under /_admin/ ("_" can never start a bucket name),
-signed like any S3 request (SigV4 or V2) and open to administrator keys only.
-The CLI (`mailstore ... --endpoint URL`) and the dashboard use it.
+signed like any S3 request (SigV4 or V2) and open to the operator's administrator keys
+only (an account's administrator keys are administrators of their buckets, not of the
+appliance). The CLI (`mailstore ... --endpoint URL`) and the dashboard use it.
 
+    GET    /_admin/accounts                  every account (the operator's first)
+    POST   /_admin/accounts                  {"name"} -> the account and its canonical id
+    DELETE /_admin/accounts/<name>           refused while it has keys or buckets
     GET    /_admin/keys                      every key, without secrets
-    POST   /_admin/keys                      {"name", "admin"?, "policy"? | "preset"?} -> the secret, once
+    POST   /_admin/keys                      {"name", "account"?, "admin"?, "policy"? | "preset"?} -> the secret, once
     DELETE /_admin/keys/<id>
     PUT    /_admin/keys/<id>/policy          {"policy"? | "preset"? | "admin": true}
-    GET    /_admin/buckets                   buckets with object count and bytes
-    POST   /_admin/buckets                   {"name"}
+    GET    /_admin/buckets                   buckets with owner, object count and bytes
+    POST   /_admin/buckets                   {"name", "account"?}
     DELETE /_admin/buckets/<name>
     GET    /_admin/usage[?bucket=NAME]       per bucket and per first-level prefix
     GET    /_admin/status                    engine state
@@ -22,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .accounts import AccountError, account_of, owner_field
 from .auth import Principal
 from .body import Expectations, receive
 from .context import Gateway, valid_bucket_name
@@ -81,12 +86,30 @@ def _policy_from(doc: dict[str, Any]) -> Policy | None:
 
 
 async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Principal) -> web.Response:
-    if not principal.key.admin:
+    if not principal.key.operator:
         gw.access.denials += 1
-        raise AdminError(403, "AccessDenied", "the admin API is for administrator keys")
+        raise AdminError(403, "AccessDenied", "the admin API is for the operator's administrator keys")
     parts = [p for p in path[len(PREFIX):].split("/") if p]
     method = request.method
     keys = gw.keys
+    if parts == ["accounts"] and method == "GET":
+        return _json([a.describe() for a in await gw.accounts.list()])
+    if parts == ["accounts"] and method == "POST":
+        try:
+            account = await gw.accounts.create(str((await _body(gw, request, principal)).get("name", "")))
+        except AccountError as exc:
+            raise AdminError(409 if "exists" in str(exc) else 400, "InvalidAccount", str(exc)) from None
+        return _json(account.describe(), 201)
+    if len(parts) == 2 and parts[0] == "accounts" and method == "DELETE":
+        name = parts[1]
+        owned = [b for b in await gw.engine.list_buckets() if account_of(b.owner) == name]
+        members = [k for k in await keys.list() if k.account == name]
+        try:
+            if not await gw.accounts.delete(name, keys=len(members), buckets=len(owned)):
+                raise AdminError(404, "NoSuchAccount", f"no account {name}")
+        except AccountError as exc:
+            raise AdminError(409, "AccountNotEmpty", str(exc)) from None
+        return web.Response(status=204)
     if parts == ["keys"] and method == "GET":
         return _json([k.describe() for k in await keys.list()])
     if parts == ["keys"] and method == "POST":
@@ -98,7 +121,8 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         admin = bool(doc.get("admin", policy is None))
         if not admin and policy is None:
             raise AdminError(400, "InvalidArgument", "a key that is not an administrator needs a policy or preset")
-        key = await keys.create(name, admin=admin, policy=policy)
+        member = await _account(gw, doc)
+        key = await keys.create(name, admin=admin, policy=policy, account=member)
         return _json({**key.describe(), "SecretAccessKey": key.secret}, 201)
     if len(parts) == 2 and parts[0] == "keys" and method == "DELETE":
         if not await keys.delete(parts[1]):
@@ -121,14 +145,16 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         return _json(fresh.describe())
     if parts == ["buckets"] and method == "GET":
         per_bucket = await usage(gw.engine, None)
-        return _json([{"Name": b.name, "Created": int(b.created), **_totals(per_bucket.get(b.name))}
+        return _json([{"Name": b.name, "Owner": (await gw.accounts.known(account_of(b.owner))).display,
+                       "Created": int(b.created), **_totals(per_bucket.get(b.name))}
                       for b in await gw.engine.list_buckets()])
     if parts == ["buckets"] and method == "POST":
-        name = str((await _body(gw, request, principal)).get("name", ""))
+        doc = await _body(gw, request, principal)
+        name = str(doc.get("name", ""))
         if not valid_bucket_name(name):
             raise AdminError(400, "InvalidBucketName", f"not a valid bucket name: {name!r}")
         try:
-            await gw.engine.create_bucket(name, principal.key.access_key)
+            await gw.engine.create_bucket(name, owner_field(await _account(gw, doc)))
         except BucketAlreadyExists:
             raise AdminError(409, "BucketAlreadyExists", f"bucket {name} exists") from None
         return _json({"Name": name}, 201)
@@ -149,6 +175,16 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         return _json({"engine": await gw.engine.stats(), "metrics": gw.engine.metrics,
                       "access_denials": gw.access.denials, "operations": gw.counters})
     raise AdminError(404, "NotFound", f"no admin endpoint {method} {path}")
+
+
+async def _account(gw: Gateway, doc: dict[str, Any]) -> str:
+    """The account a request body names ("account"; the operator's when absent), which must exist."""
+    name = str(doc.get("account", ""))
+    if name == "operator":
+        name = ""
+    if await gw.accounts.get(name) is None:
+        raise AdminError(404, "NoSuchAccount", f"no account {name}")
+    return name
 
 
 def _totals(u: dict[str, Any] | None) -> dict[str, int]:

@@ -17,11 +17,13 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
 from . import admin, health
+from .accounts import account_of
 from .config import GatewayConfig
 from .context import Gateway, Handler, S3Request, valid_bucket_name
 from .engine import model as m
 from .engine.api import Engine, EntityTooSmall, InvalidPartOrder, ThreadRunner
 from .handlers import HANDLERS
+from .keys import AccessKey
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics
 from .s3 import numbers, xml
@@ -73,6 +75,11 @@ def refuse_unsupported(headers: Any) -> None:
                           extra={"Header": name})
 
 
+
+# Operations whose engine call refuses to act on a bucket found owned by another account than
+# the one it had (rados.py `_with_bucket`), so the permission check may use a cached owner.
+CACHED_OWNER_OPS = frozenset({"GetObject", "HeadObject", "PutObject", "DeleteObject", "DeleteObjects",
+                              "ListObjects", "ListObjectsV2", "ListObjectVersions"})
 
 def preflight(headers: CIMultiDictProxy[str]) -> None:
     """A CORS preflight (OPTIONS; AWS S3 API Reference, "OPTIONS object"), which is never signed.
@@ -165,6 +172,22 @@ class Dispatcher:
             resp.force_close()  # the balancer must not reuse this connection
         return resp
 
+    async def _owned(self, key: AccessKey, op: str, bucket: str | None, copy_source: tuple[str, str] | None) -> None:
+        """Deny by default across accounts: the bucket (and a copy's source bucket) must be the
+        key's account's; another account's is AccessDenied, whatever the key's policy says. A
+        bucket that does not exist is left to the operation (NoSuchBucket)."""
+        names = [bucket] if bucket is not None and op != "CreateBucket" else []
+        if copy_source is not None:
+            names.append(copy_source[0])
+        for name in names:
+            try:
+                owner = await self.gw.engine.bucket_owner(name, fresh=op not in CACHED_OWNER_OPS)
+            except m.NoSuchBucket:
+                continue
+            if account_of(owner) != key.account:
+                self.gw.access.denials += 1
+                raise S3Error("AccessDenied")
+
     async def _sweep(self) -> None:
         """Cancel requests running past --request-timeout (handle() answers them RequestTimeout).
 
@@ -211,6 +234,7 @@ class Dispatcher:
             if "x-amz-copy-source" in request.headers and op in ("PutObject", "UploadPart"):
                 copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
             self.gw.access.authorize(principal.key, op, bucket, key, query, copy_source)
+            await self._owned(principal.key, op, bucket, copy_source)
             refuse_unsupported(request.headers)
             handler = self.handlers[op]
             if request.headers.get("expect", "").lower() == "100-continue" and request.version >= (1, 1):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.progress import Progress
 
+from .accounts import AccountError, AccountStore, account_of, owner_field
 from .config import GatewayConfig, RadosSettings, parse_bytes, parse_listen
 from .engine.api import Engine
 from .engine.local import EngineLock, EngineLocked, LocalEngine
@@ -102,13 +103,52 @@ def _policy_args(args: argparse.Namespace) -> dict[str, object]:
     return {"admin": True}
 
 
+def cmd_account(args: argparse.Namespace) -> int:
+    """mailstore account create NAME | list | delete NAME (--data-dir, or --endpoint)."""
+    from .keys import KeyStore
+
+    if args.endpoint:
+        if args.action == "create":
+            print(json.dumps(_admin_call(args, "POST", "/_admin/accounts", {"name": args.name})))
+        elif args.action == "list":
+            for a in _admin_call(args, "GET", "/_admin/accounts"):
+                print(json.dumps(a))
+        else:
+            _admin_call(args, "DELETE", f"/_admin/accounts/{args.name}")
+        return 0
+    if not args.data_dir:
+        raise ValueError("give --data-dir DIR (local) or --endpoint URL (admin API)")
+
+    async def act(engine: Engine) -> int:
+        accounts = AccountStore(engine)
+        try:
+            if args.action == "create":
+                print(json.dumps((await accounts.create(args.name)).describe()))
+            elif args.action == "list":
+                for a in await accounts.list():
+                    print(json.dumps(a.describe()))
+            else:
+                members = [k for k in await KeyStore(engine).list() if k.account == args.name]
+                owned = [b for b in await engine.list_buckets() if account_of(b.owner) == args.name]
+                if not await accounts.delete(args.name, keys=len(members), buckets=len(owned)):
+                    print(f"mailstore: no such account: {args.name}", file=sys.stderr)
+                    return 1
+        except AccountError as exc:
+            print(f"mailstore: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _on_local(args, act, writer=args.action != "list")
+
+
 def cmd_key(args: argparse.Namespace) -> int:
     from .keys import KeyStore
     from .policy import Policy, preset
 
     if args.endpoint:
         if args.action == "create":
-            out = _admin_call(args, "POST", "/_admin/keys", {"name": args.name, **_policy_args(args)})
+            out = _admin_call(args, "POST", "/_admin/keys", {"name": args.name, "account": args.account,
+                                                             **_policy_args(args)})
             print(json.dumps({"AccessKeyId": out["AccessKeyId"], "SecretAccessKey": out["SecretAccessKey"]}))
         elif args.action == "list":
             for k in _admin_call(args, "GET", "/_admin/keys"):
@@ -128,7 +168,11 @@ def cmd_key(args: argparse.Namespace) -> int:
     async def act(engine: Engine) -> int:
         keys = KeyStore(engine)
         if args.action == "create":
-            key = await keys.create(args.name, admin=policy is None, policy=policy)
+            account = "" if args.account == "operator" else args.account
+            if await AccountStore(engine).get(account) is None:
+                print(f"mailstore: no such account: {args.account}", file=sys.stderr)
+                return 1
+            key = await keys.create(args.name, admin=policy is None, policy=policy, account=account)
             print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
         elif args.action == "list":
             for k in await keys.list():
@@ -188,7 +232,7 @@ def cmd_bucket(args: argparse.Namespace) -> int:
             return 0
         try:
             if args.action == "create":
-                await engine.create_bucket(args.name, "admin")
+                await engine.create_bucket(args.name, owner_field(""))
             else:
                 await engine.delete_bucket(args.name)
         except EngineError as exc:
@@ -250,8 +294,8 @@ def register(sub: Subcommands) -> None:
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
     from . import rados_cli
 
-    for add in (_gateway_parser, _key_parsers, _usage_parser, _bucket_parsers, _fsck_parser, _compact_parser,
-                rados_cli.register):
+    for add in (_gateway_parser, _account_parsers, _key_parsers, _usage_parser, _bucket_parsers, _fsck_parser,
+                _compact_parser, rados_cli.register):
         add(sub)
 
 
@@ -307,6 +351,17 @@ def _limits(p: argparse.ArgumentParser) -> None:
     g.add_argument("--admin", action="store_true", help="an administrator key (the default)")
 
 
+def _account_parsers(sub: Subcommands) -> None:
+    account = sub.add_parser("account", help="manage accounts (the owners of buckets)")
+    asub = account.add_subparsers(dest="action", required=True)
+    for action in ("create", "list", "delete"):
+        p = asub.add_parser(action)
+        _where(p)
+        if action != "list":
+            p.add_argument("name", metavar="NAME")
+    account.set_defaults(fn=cmd_account)
+
+
 def _key_parsers(sub: Subcommands) -> None:
     key = sub.add_parser("key", help="manage access keys", formatter_class=argparse.RawTextHelpFormatter)
     ksub = key.add_subparsers(dest="action", required=True)
@@ -314,6 +369,7 @@ def _key_parsers(sub: Subcommands) -> None:
                              help="new key; prints its secret once")
     _where(create)
     create.add_argument("--name", required=True)
+    create.add_argument("--account", default="", help="the account it belongs to (default: the operator's)")
     _limits(create)
     _where(ksub.add_parser("list"))
     delete = ksub.add_parser("delete")

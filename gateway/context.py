@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
 from .access import Access
+from .accounts import AccountStore
 from .auth import Authenticator, Principal
 from .config import GatewayConfig
 from .engine.api import Engine, ThreadRunner
@@ -77,6 +78,7 @@ class Gateway:
         self.engine = engine
         self.run_blocking = runner  # the one place blocking work (blob I/O, big copies) leaves the loop
         self.keys = KeyStore(engine)
+        self.accounts = AccountStore(engine)
         self.auth = Authenticator(self.keys)
         self.access = Access()
         self.counters: dict[str, int] = {}

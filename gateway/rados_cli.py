@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .accounts import AccountStore, owner_field
 from .config import RadosSettings
 from .engine import rados_fsck
 from .engine.model import EngineError
@@ -59,7 +60,7 @@ def on_store(args: argparse.Namespace, act: Callable[[RadosStore, argparse.Names
 
 def _run(store: RadosStore, args: argparse.Namespace) -> int:
     if args.action == "bucket-create":
-        b = asyncio.run(store.create_bucket(args.name, args.owner, args.shards, args.shard_depth))
+        b = asyncio.run(store.create_bucket(args.name, owner_field(args.account), args.shards, args.shard_depth))
         print(json.dumps({"bucket": b.name, "id": b.id, "shards": b.shards, "depth": b.depth}))
         return 0
     if args.action == "key-create":
@@ -67,10 +68,14 @@ def _run(store: RadosStore, args: argparse.Namespace) -> int:
         from .keys import KeyStore
         from .policy import Policy, preset
 
-        keys = KeyStore(RadosGateway(store, Path(args.master_key)))
+        engine = RadosGateway(store, Path(args.master_key))
+        keys = KeyStore(engine)
         policy = (preset(args.preset) if args.preset else
                   Policy.parse(Path(args.policy).read_text()) if args.policy else None)
-        key = asyncio.run(keys.create(args.name, admin=policy is None, policy=policy))
+        if asyncio.run(AccountStore(engine).get(args.account)) is None:
+            print(f"mailstore: no such account: {args.account}", file=sys.stderr)
+            return 1
+        key = asyncio.run(keys.create(args.name, admin=policy is None, policy=policy, account=args.account))
         print(json.dumps({"AccessKeyId": key.access_key, "SecretAccessKey": key.secret}))
         return 0
     if args.action == "reshard":
@@ -189,10 +194,11 @@ def register(sub: Subcommands) -> None:
     limit.add_argument("--preset", help="a typical policy (default: an administrator key)")
     limit.add_argument("--policy", help="an IAM-style JSON policy file limiting the key")
     parsers["key-create"].add_argument("--master-key", default=str(RadosSettings().master_key))
+    parsers["key-create"].add_argument("--account", default="", help="the account it belongs to (the operator's)")
     for p in parsers.values():
         cluster_args(p)
     parsers["bucket-create"].add_argument("name")
-    parsers["bucket-create"].add_argument("--owner", default="admin")
+    parsers["bucket-create"].add_argument("--account", default="", help="the account that owns it (the operator's)")
     parsers["bucket-create"].add_argument("--shards", type=_count(1), default=DEFAULT_SHARDS,
                                           help="index shards (fixed for the bucket's life)")
     parsers["bucket-create"].add_argument("--shard-depth", type=_count(0), default=0,

@@ -65,6 +65,15 @@ def pair(tmp_path_factory, request):  # type: ignore[no-untyped-def]
     b.stop()
 
 
+def _admin_get(pair, path: str):  # type: ignore[no-untyped-def]
+    """A GET of the admin API with the operator's key, signed by the test's own SigV4."""
+    from test_bad_input import request, signed
+    gw = pair["b"]
+    r = request(gw, "GET", path, headers=signed(gw, pair["keys"]["admin"], "GET", path))
+    assert r.status == 200, r.data
+    return json.loads(r.data)
+
+
 def attempt(fn) -> str:  # type: ignore[no-untyped-def]
     try:
         fn()
@@ -252,3 +261,75 @@ def test_admin_api_and_cli_over_http(pair):
     bad = subprocess.run([str(BIN / "mailstore"), "key", "create", *ep, "--name", "x", "--policy",
                           str(Path(__file__))], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "not JSON" in bad.stderr
+
+
+def test_accounts_own_their_buckets(pair):
+    """Issue 17, accounts: an account's keys see and use only its buckets (ListBuckets, every
+    object and bucket operation, a copy's source); another's is AccessDenied whatever the key's
+    policy, and its name is BucketAlreadyExists. The operator's administrator manages accounts
+    and keys but owns none of theirs. Made through one gateway, used through the other."""
+    env = {**os.environ, "MAILSTORE_ACCESS_KEY": pair["keys"]["admin"].access_key,
+           "MAILSTORE_SECRET_KEY": pair["keys"]["admin"].secret}
+    ep = ["--endpoint", pair["b"].endpoint]
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, env=env,
+                              check=check, timeout=60)
+
+    alpha = json.loads(cli("account", "create", *ep, "alpha").stdout)
+    beta = json.loads(cli("account", "create", *ep, "beta").stdout)
+    assert len(alpha["CanonicalId"]) == 64 and alpha["CanonicalId"] != beta["CanonicalId"]
+    assert cli("account", "create", *ep, "alpha", check=False).returncode == 2  # exists
+    names = [json.loads(line)["Name"] for line in cli("account", "list", *ep).stdout.splitlines()]
+    assert names[0] == "operator" and {"alpha", "beta"} <= set(names)
+    a_admin = key_from(cli("key", "create", *ep, "--name", "a-admin", "--account", "alpha").stdout)
+    b_admin = key_from(cli("key", "create", *ep, "--name", "b-admin", "--account", "beta").stdout)
+    a_reader = key_from(cli("key", "create", *ep, "--name", "a-reader", "--account", "alpha",
+                            "--preset", "read-only:*").stdout)
+    assert cli("key", "create", *ep, "--name", "x", "--account", "nobody", check=False).returncode == 2
+    a, b, reader = (client(pair["a"].endpoint, k) for k in (a_admin, b_admin, a_reader))
+    operator = client(pair["a"].endpoint, pair["keys"]["admin"])
+
+    a.create_bucket(Bucket="alpha-mail")
+    a.put_object(Bucket="alpha-mail", Key="m1", Body=b"alpha's mail")
+    b.create_bucket(Bucket="beta-mail")
+    listed = a.list_buckets()
+    assert [x["Name"] for x in listed["Buckets"]] == ["alpha-mail"]
+    assert listed["Owner"] == {"ID": alpha["CanonicalId"], "DisplayName": "alpha"}
+    assert a.get_bucket_acl(Bucket="alpha-mail")["Owner"]["ID"] == alpha["CanonicalId"]
+    assert [x["Name"] for x in b.list_buckets()["Buckets"]] == ["beta-mail"]
+    assert "alpha-mail" not in [x["Name"] for x in operator.list_buckets()["Buckets"]]
+    for who in (b, operator):  # another account, administrator or not
+        for call in (lambda s: s.get_object(Bucket="alpha-mail", Key="m1"),
+                     lambda s: s.head_object(Bucket="alpha-mail", Key="m1"),
+                     lambda s: s.put_object(Bucket="alpha-mail", Key="m2", Body=b"x"),
+                     lambda s: s.delete_object(Bucket="alpha-mail", Key="m1"),
+                     lambda s: s.list_objects_v2(Bucket="alpha-mail"),
+                     lambda s: s.delete_bucket(Bucket="alpha-mail"),
+                     lambda s: s.create_multipart_upload(Bucket="alpha-mail", Key="mp"),
+                     lambda s: s.get_bucket_acl(Bucket="alpha-mail")):
+            assert attempt(lambda: call(who)) in ("AccessDenied", "403")  # noqa: B023 (HEAD: no body)
+    assert attempt(lambda: b.copy_object(Bucket="beta-mail", Key="stolen",
+                                         CopySource={"Bucket": "alpha-mail", "Key": "m1"})) == "AccessDenied"
+    assert attempt(lambda: b.create_bucket(Bucket="alpha-mail")) == "BucketAlreadyExists"
+    assert attempt(lambda: a.get_object(Bucket="mail", Key="top")) == "AccessDenied"  # the operator's
+    # within alpha, a key's policy still limits it
+    assert reader.get_object(Bucket="alpha-mail", Key="m1")["Body"].read() == b"alpha's mail"
+    assert attempt(lambda: reader.put_object(Bucket="alpha-mail", Key="m3", Body=b"x")) == "AccessDenied"
+    # the admin API is the operator's: an account's administrator gets 403
+    env_a = {**env, "MAILSTORE_ACCESS_KEY": a_admin.access_key, "MAILSTORE_SECRET_KEY": a_admin.secret}
+    res = subprocess.run([str(BIN / "mailstore"), "account", "list", *ep], capture_output=True, text=True,
+                         env=env_a, timeout=60)
+    assert res.returncode == 2 and "AccessDenied" in res.stderr
+    buckets = {x["Name"]: x["Owner"] for x in _admin_get(pair, "/_admin/buckets")}
+    assert buckets["alpha-mail"] == "alpha" and buckets["mail"] == "operator"
+    # an account with keys or buckets stays
+    res = cli("account", "delete", *ep, "alpha", check=False)
+    assert res.returncode == 2 and "AccountNotEmpty" in res.stderr
+    a.delete_object(Bucket="alpha-mail", Key="m1")
+    a.delete_bucket(Bucket="alpha-mail")
+    for k in (a_admin, a_reader):
+        cli("key", "delete", *ep, k.access_key)
+    cli("account", "delete", *ep, "alpha")
+    assert "alpha" not in [json.loads(line)["Name"] for line in cli("account", "list", *ep).stdout.splitlines()]
+    b.delete_bucket(Bucket="beta-mail")

@@ -52,7 +52,7 @@ class ThreadRunner(RunBlocking):
 class Bucket:
     name: str
     created: float
-    owner: str = ""  # the access key that made it
+    owner: str = ""  # "account:<name>" (accounts.py), or the access key that made it before accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +138,12 @@ class Engine(Protocol):
     # buckets
     async def bucket_exists(self, name: str) -> bool: ...
     async def get_bucket(self, name: str) -> Bucket: ...
+
+    async def bucket_owner(self, name: str, *, fresh: bool) -> str:
+        """Who owns the bucket, for the permission check of every request (NoSuchBucket). Not
+        `fresh`: possibly as cached, for operations whose engine call refuses to go on when the
+        bucket it finds is owned by another (RADOS: `_with_bucket`)."""
+        ...
     async def list_buckets(self) -> list[Bucket]: ...
     async def create_bucket(self, name: str, owner: str) -> None: ...
     async def delete_bucket(self, name: str) -> None: ...

@@ -515,14 +515,16 @@ class RadosStore:
 
     async def _with_bucket(self, name: str, operation: Callable[[RadosBucket], Awaitable[T]]) -> T:
         """Run `operation` on the bucket; when its shards are gone, the cached bucket may be one
-        deleted and made again by another gateway: read it afresh and run it once more."""
+        deleted and made again by another gateway: read it afresh and run it once more, unless
+        another account owns it now (the request was allowed for the owner it had: NoSuchBucket,
+        and the next request is decided on the new owner)."""
         b = await self.bucket(name)
         try:
             return await operation(b)
         except NoSuchBucket:
             self._buckets.pop(name, None)
             fresh = await self.bucket(name)  # NoSuchBucket when it is really gone
-            if fresh == b:
+            if fresh == b or fresh.owner != b.owner:
                 raise
             return await operation(fresh)
 

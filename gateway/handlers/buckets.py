@@ -9,12 +9,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..accounts import account_of, owner_field
 from ..body import Expectations, receive
 from ..context import Gateway, S3Request, valid_bucket_name
 from ..engine.model import BucketAlreadyExists, ListPage, NoSuchBucket
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
-from .objects import acl_response
+from .objects import acl_response, owner_xml
 
 MAX_KEYS = 1000
 MAX_BUCKETS = 10_000  # ListBuckets' page: AWS's default and largest
@@ -22,11 +23,6 @@ MAX_BUCKETS = 10_000  # ListBuckets' page: AWS's default and largest
 
 def _xml(root: str, body: str) -> web.Response:
     return web.Response(body=xml.document(root, body), content_type="application/xml")
-
-
-def _owner(r: S3Request) -> str:
-    k = r.principal.key
-    return xml.owner(k.access_key, k.name or k.access_key)
 
 
 async def list_buckets(gw: Gateway, r: S3Request) -> web.StreamResponse:
@@ -39,13 +35,14 @@ async def list_buckets(gw: Gateway, r: S3Request) -> web.StreamResponse:
                                  message="Argument max-buckets must be an integer between 1 and 10000")
     after = _untoken(r.query["continuation-token"]) if r.query.get("continuation-token") else ""
     region = r.query.get("bucket-region")
-    found = [b for b in await gw.engine.list_buckets()
-             if b.name.startswith(prefix) and b.name > after and region in (None, gw.config.region)]
+    mine = r.principal.key.account
+    found = [b for b in await gw.engine.list_buckets() if account_of(b.owner) == mine
+             and b.name.startswith(prefix) and b.name > after and region in (None, gw.config.region)]
     shown = found[:limit]
     buckets = "".join(
         f"<Bucket>{xml.elem('Name', b.name)}{xml.elem('CreationDate', xml.iso8601(b.created))}"
         f"{xml.elem('BucketRegion', gw.config.region)}</Bucket>" for b in shown)
-    body = f"<Buckets>{buckets}</Buckets>{_owner(r)}"
+    body = f"<Buckets>{buckets}</Buckets>{await owner_xml(gw, r)}"
     if len(found) > limit:
         body += xml.elem("ContinuationToken", _token(shown[-1].name))
     if "prefix" in r.query:
@@ -64,13 +61,13 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidLocationConstraint",
                       f"The specified location-constraint is not valid: this is {gw.config.region}")
     try:
-        await gw.engine.create_bucket(r.bucket, r.principal.key.access_key)
+        await gw.engine.create_bucket(r.bucket, owner_field(r.principal.key.account))
     except BucketAlreadyExists:
         try:
             owner = (await gw.engine.get_bucket(r.bucket)).owner
         except NoSuchBucket:  # deleted meanwhile: the name was taken when we asked
             owner = ""
-        if owner != r.principal.key.access_key:
+        if owner != owner_field(r.principal.key.account):
             raise S3Error("BucketAlreadyExists", extra={"BucketName": r.bucket}) from None
         if gw.config.region != "us-east-1":
             raise S3Error("BucketAlreadyOwnedByYou", extra={"BucketName": r.bucket}) from None
@@ -108,7 +105,7 @@ async def get_bucket_versioning(gw: Gateway, r: S3Request) -> web.StreamResponse
 async def get_bucket_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     await gw.engine.get_bucket(r.bucket)
-    return acl_response(r)
+    return await acl_response(gw, r)
 
 
 # ------------------------------------------------------------------ listings
@@ -185,7 +182,7 @@ async def list_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
             xml.elem("IsTruncated", page.truncated)]
     if page.truncated and page.next_marker is not None:
         body.append(xml.elem("NextMarker", enc(page.next_marker)))
-    body.append(_contents(page, enc, _owner(r)))
+    body.append(_contents(page, enc, await owner_xml(gw, r)))
     body.append(_prefixes(page, enc))
     return _xml("ListBucketResult", "".join(body))
 
@@ -209,7 +206,7 @@ async def list_objects_v2(gw: Gateway, r: S3Request) -> web.StreamResponse:
     start_after = r.query.get("start-after") or None
     marker = _untoken(token) if token is not None else start_after
     page = await _page(gw, r, marker, max_keys)
-    owner = _owner(r) if r.query.get("fetch-owner") == "true" else ""
+    owner = await owner_xml(gw, r) if r.query.get("fetch-owner") == "true" else ""
     body = [_common(r, enc, max_keys), xml.elem("KeyCount", len(page.entries) + len(page.prefixes)),
             xml.elem("IsTruncated", page.truncated)]
     if token is not None:
@@ -229,7 +226,7 @@ async def list_object_versions(gw: Gateway, r: S3Request) -> web.StreamResponse:
     max_keys = _max_keys(r)
     marker = r.query.get("key-marker") or None
     page = await _page(gw, r, marker, max_keys)
-    owner = _owner(r)
+    owner = await owner_xml(gw, r)
     body = [_common(r, enc, max_keys), xml.elem("KeyMarker", enc(marker or "")),
             xml.elem("VersionIdMarker", r.query.get("version-id-marker", "")),
             xml.elem("IsTruncated", page.truncated)]

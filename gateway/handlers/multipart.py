@@ -17,7 +17,7 @@ from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from ..s3.http import evaluate_preconditions
 from ..s3.ops import parse_copy_source
-from .objects import copy_body, meta_from_request, write_conditions
+from .objects import copy_body, meta_from_request, owner_xml, write_conditions
 
 MAX_PART_NUMBER = 10000
 
@@ -156,7 +156,7 @@ async def list_parts(gw: Gateway, r: S3Request) -> web.StreamResponse:
     k = r.principal.key
     body = [xml.elem("Bucket", r.bucket), xml.elem("Key", r.key), xml.elem("UploadId", upload.upload_id),
             f"<Initiator>{xml.elem('ID', k.access_key)}{xml.elem('DisplayName', k.name)}</Initiator>",
-            xml.owner(k.access_key, k.name), "<StorageClass>STANDARD</StorageClass>",
+            await owner_xml(gw, r), "<StorageClass>STANDARD</StorageClass>",
             xml.elem("PartNumberMarker", marker), xml.elem("MaxParts", max_parts),
             xml.elem("IsTruncated", truncated)]
     if truncated and shown:
@@ -184,9 +184,10 @@ async def list_uploads(gw: Gateway, r: S3Request) -> web.StreamResponse:
             xml.elem("MaxUploads", max_uploads), xml.elem("IsTruncated", truncated)]
     if truncated and shown:
         body.append(xml.elem("NextKeyMarker", shown[-1].key) + xml.elem("NextUploadIdMarker", shown[-1].upload_id))
+    owner = await owner_xml(gw, r)
     for u in shown:
         body.append(f"<Upload>{xml.elem('Key', u.key)}{xml.elem('UploadId', u.upload_id)}"
                     f"<Initiator>{xml.elem('ID', k.access_key)}{xml.elem('DisplayName', k.name)}</Initiator>"
-                    f"{xml.owner(k.access_key, k.name)}<StorageClass>STANDARD</StorageClass>"
+                    f"{owner}<StorageClass>STANDARD</StorageClass>"
                     f"{xml.elem('Initiated', xml.iso8601(u.initiated))}</Upload>")
     return _xml("ListMultipartUploadsResult", "".join(body))

@@ -352,14 +352,22 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
 async def get_object_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     await gw.engine.head(r.bucket, r.key)
-    return acl_response(r)
+    return await acl_response(gw, r)
 
 
-def acl_response(r: S3Request) -> web.Response:
-    owner_id = r.principal.key.access_key
-    body = (xml.owner(owner_id, r.principal.key.name or owner_id)
+async def owner_xml(gw: Gateway, r: S3Request) -> str:
+    """<Owner> of what the request touches: its account, which owns every bucket it may reach."""
+    account = await gw.accounts.known(r.principal.key.account)
+    return xml.owner(account.canonical_id, account.display)
+
+
+async def acl_response(gw: Gateway, r: S3Request) -> web.Response:
+    """The owner's FULL_CONTROL, the only grant there is (canned ACL "private")."""
+    account = await gw.accounts.known(r.principal.key.account)
+    body = (xml.owner(account.canonical_id, account.display)
             + "<AccessControlList><Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\""
-            f" xsi:type=\"CanonicalUser\">{xml.elem('ID', owner_id)}</Grantee>"
+            f" xsi:type=\"CanonicalUser\">{xml.elem('ID', account.canonical_id)}"
+            f"{xml.elem('DisplayName', account.display)}</Grantee>"
             "<Permission>FULL_CONTROL</Permission></Grant></AccessControlList>")
     return web.Response(body=xml.document("AccessControlPolicy", body), content_type="application/xml")
 

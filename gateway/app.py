@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
 from . import admin, health
+from .access import ANONYMOUS_ACCOUNT, Decision, Target
 from .accounts import account_of
 from .config import GatewayConfig
 from .context import Gateway, Handler, S3Request, valid_bucket_name
@@ -75,6 +76,20 @@ def refuse_unsupported(headers: Any) -> None:
                           extra={"Header": name})
 
 
+
+CANNED_ACLS = ("private", "bucket-owner-full-control")  # what an owner-only bucket means anyway
+
+
+def refuse_acls(op: str, headers: Any) -> None:
+    """ACLs are off, as on every AWS bucket made since 2023 (Object Ownership "bucket owner
+    enforced"): only the canned ACLs that say what is true pass; a grant is refused."""
+    acl = headers.get("x-amz-acl")
+    if (acl is None or acl in CANNED_ACLS) and not any(h.lower().startswith("x-amz-grant-") for h in headers):
+        return
+    if op == "CreateBucket":
+        raise S3Error("InvalidBucketAclWithObjectOwnership",
+                      "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting")
+    raise S3Error("AccessControlListNotSupported", "The bucket does not allow ACLs")
 
 # Operations whose engine call refuses to act on a bucket found owned by another account than
 # the one it had (rados.py `_with_bucket`), so the permission check may use a cached owner.
@@ -172,21 +187,27 @@ class Dispatcher:
             resp.force_close()  # the balancer must not reuse this connection
         return resp
 
-    async def _owned(self, key: AccessKey, op: str, bucket: str | None, copy_source: tuple[str, str] | None) -> None:
-        """Deny by default across accounts: the bucket (and a copy's source bucket) must be the
-        key's account's; another account's is AccessDenied, whatever the key's policy says. A
-        bucket that does not exist is left to the operation (NoSuchBucket)."""
+    async def _decision(self, request: web.BaseRequest, key: AccessKey, op: str, bucket: str | None,
+                        copy_source: tuple[str, str] | None) -> Decision:
+        """What access.py decides on: the buckets the request touches (owner, policy), who the
+        key is to a bucket policy, and the request's condition keys. A bucket that does not
+        exist is left to the operation (NoSuchBucket)."""
         names = [bucket] if bucket is not None and op != "CreateBucket" else []
         if copy_source is not None:
             names.append(copy_source[0])
+        targets: dict[str, Target] = {}
         for name in names:
             try:
-                owner = await self.gw.engine.bucket_owner(name, fresh=op not in CACHED_OWNER_OPS)
+                b = await self.gw.engine.bucket_info(name, fresh=op not in CACHED_OWNER_OPS)
             except m.NoSuchBucket:
                 continue
-            if account_of(owner) != key.account:
-                self.gw.access.denials += 1
-                raise S3Error("AccessDenied")
+            targets[name] = Target(account_of(b.owner), await self.gw.bucket_policies.get(name, b.created))
+        who: frozenset[str] = frozenset()
+        if key.account != ANONYMOUS_ACCOUNT:
+            account = await self.gw.accounts.known(key.account)
+            who = frozenset({account.display, account.canonical_id})
+        context = {"aws:SourceIp": request.remote or "", "aws:SecureTransport": "true" if request.secure else "false"}
+        return self.gw.access.decision(key, who, targets, context)
 
     async def _sweep(self) -> None:
         """Cancel requests running past --request-timeout (handle() answers them RequestTimeout).
@@ -233,15 +254,16 @@ class Dispatcher:
             copy_source = None
             if "x-amz-copy-source" in request.headers and op in ("PutObject", "UploadPart"):
                 copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
-            self.gw.access.authorize(principal.key, op, bucket, key, query, copy_source)
-            await self._owned(principal.key, op, bucket, copy_source)
+            decision = await self._decision(request, principal.key, op, bucket, copy_source)
+            decision.authorize(op, bucket, key, query, copy_source)
             refuse_unsupported(request.headers)
+            refuse_acls(op, request.headers)
             handler = self.handlers[op]
             if request.headers.get("expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 # Only now, authenticated and routed, may the client send its body.
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 request.writer.output_size = 0
-            resp = await handler(self.gw, S3Request(request, bucket, key, query, principal, rid, op))
+            resp = await handler(self.gw, S3Request(request, bucket, key, query, principal, rid, op, decision))
             self.gw.counters[op] = self.gw.counters.get(op, 0) + 1
         except S3Error as exc:
             resp, code = self.error_response(request, exc, bucket, key, rid), exc.code

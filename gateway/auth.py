@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
+from .access import ANONYMOUS
 from .keys import AccessKey, KeyStore
 from .s3 import numbers, sigv2, sigv4
 from .s3.chunked import ChunkSigner
@@ -76,8 +77,8 @@ class Authenticator:
             signed = sigv4.parse_presigned_query(dict(query))
         elif "Signature" in query and "AWSAccessKeyId" in query:
             return await self._v2_query(query, method, raw_path, pairs, headers, vhost_bucket)
-        else:
-            raise S3Error("AccessDenied", "Anonymous access is not allowed")
+        else:  # anonymous: only what a bucket policy grants "*" (access.py)
+            return Principal(ANONYMOUS, sigv4.UNSIGNED_PAYLOAD, False)
         key = await self.lookup(signed.credential.access_key)
         sigv4.check_time(signed, self.clock())
         for required in ("host",):

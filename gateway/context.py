@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, TypeVar
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
-from .access import Access
+from .access import Access, Decision
 from .accounts import AccountStore
 from .auth import Authenticator, Principal
+from .bucket_policies import BucketPolicies
 from .config import GatewayConfig
 from .engine.api import Engine, ThreadRunner
 from .keys import KeyStore
@@ -64,6 +65,10 @@ class S3Request:
     principal: Principal
     request_id: str
     op: str
+    decision: Decision | None = None  # its permissions (DeleteObjects asks per key)
+
+    def allows(self, action: str, resource: str) -> bool:
+        return self.decision is not None and self.decision.allows(action, resource)
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -79,6 +84,7 @@ class Gateway:
         self.run_blocking = runner  # the one place blocking work (blob I/O, big copies) leaves the loop
         self.keys = KeyStore(engine)
         self.accounts = AccountStore(engine)
+        self.bucket_policies = BucketPolicies(engine)
         self.auth = Authenticator(self.keys)
         self.access = Access()
         self.counters: dict[str, int] = {}

@@ -17,6 +17,7 @@ after AWS's "Actions, resources, and condition keys for Amazon S3".
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -25,8 +26,10 @@ from functools import lru_cache
 
 ARN_PREFIX = "arn:aws:s3:::"
 CONDITION_OPERATORS = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike",
-                       "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"}
-CONDITION_KEYS = {"s3:prefix", "s3:delimiter", "s3:max-keys", "aws:username"}
+                       "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase", "IpAddress", "NotIpAddress", "Bool"}
+CONDITION_KEYS = {"s3:prefix", "s3:delimiter", "s3:max-keys", "aws:username", "aws:SourceIp",
+                  "aws:SecureTransport"}
+ANYONE = "*"  # a bucket policy's Principal "*": every account, and anonymous requests
 
 
 class PolicyError(ValueError):
@@ -58,6 +61,15 @@ class Condition:
             return False
         actual = context[self.key]
         op = self.operator
+        if op.endswith("IpAddress"):
+            try:
+                address = ipaddress.ip_address(actual)
+                hit = any(address in ipaddress.ip_network(v, strict=False) for v in self.values)
+            except ValueError:
+                return False
+            return not hit if op.startswith("Not") else hit
+        if op == "Bool":
+            return actual.lower() in (v.lower() for v in self.values)
         if op.startswith(("StringEquals", "StringNotEquals")):
             fold = op.endswith("IgnoreCase")
             hit = any((v.lower() == actual.lower()) if fold else v == actual for v in self.values)
@@ -72,8 +84,12 @@ class Statement:
     actions: tuple[str, ...]
     resources: tuple[str, ...]
     conditions: tuple[Condition, ...] = ()
+    principals: tuple[str, ...] | None = None  # a bucket policy's: ANYONE, or accounts
 
-    def applies(self, action: str, resource: str, context: Mapping[str, str]) -> bool:
+    def applies(self, action: str, resource: str, context: Mapping[str, str],
+                who: frozenset[str] = frozenset()) -> bool:
+        if self.principals is not None and ANYONE not in self.principals and who.isdisjoint(self.principals):
+            return False
         return (any(_pattern(a, True).fullmatch(action) for a in self.actions)
                 and any(_pattern(r, False).fullmatch(resource) for r in self.resources)
                 and all(c.matches(context) for c in self.conditions))
@@ -85,7 +101,9 @@ class Policy:
     text: str  # the document as given, to show back
 
     @classmethod
-    def parse(cls, text: str) -> Policy:
+    def parse(cls, text: str, *, bucket: str | None = None) -> Policy:
+        """An identity policy (a key's), or with `bucket` that bucket's policy: every statement
+        names its Principal, and every resource lies within the bucket."""
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -107,9 +125,11 @@ class Policy:
             where = f"Statement[{i}]"
             if not isinstance(st, dict):
                 raise PolicyError(f"{where} must be an object")
-            unknown = set(st) - {"Sid", "Effect", "Action", "Resource", "Condition"}
+            unknown = set(st) - {"Sid", "Effect", "Action", "Resource", "Condition"} - (
+                {"Principal"} if bucket is not None else set())
             if unknown:
                 raise PolicyError(f"{where}: unsupported elements {sorted(unknown)}")
+            principals = _principals(st.get("Principal"), where) if bucket is not None else None
             effect = st.get("Effect")
             if effect not in ("Allow", "Deny"):
                 raise PolicyError(f'{where}.Effect must be "Allow" or "Deny"')
@@ -121,6 +141,9 @@ class Policy:
             for r in resources:
                 if r != "*" and not r.startswith(ARN_PREFIX):
                     raise PolicyError(f"{where}.Resource {r!r} must be \"*\" or start with {ARN_PREFIX}")
+                if bucket is not None and r not in (arn(bucket), ) and not r.startswith(arn(bucket) + "/"):
+                    raise PolicyError(f"{where}.Resource {r!r}: a bucket policy covers only {arn(bucket)} "
+                                      "and its objects")
             conditions = []
             for op, pairs in (st.get("Condition") or {}).items():
                 if op not in CONDITION_OPERATORS:
@@ -131,18 +154,38 @@ class Policy:
                     if k not in CONDITION_KEYS:
                         raise PolicyError(f"{where}.Condition.{op}: unsupported key {k}")
                     conditions.append(Condition(op, k, _as_list(v, f"{where}.Condition.{op}.{k}")))
-            out.append(Statement(effect, actions, resources, tuple(conditions)))
+            out.append(Statement(effect, actions, resources, tuple(conditions), principals))
         return cls(tuple(out), text)
 
-    def allows(self, action: str, resource: str, context: Mapping[str, str] | None = None) -> bool:
+    def decide(self, action: str, resource: str, context: Mapping[str, str] | None = None,
+               who: frozenset[str] = frozenset()) -> str | None:
+        """"Deny" (an explicit deny, which always wins), "Allow", or None (nothing says)."""
         ctx = context or {}
         allowed = False
         for st in self.statements:
-            if st.applies(action, resource, ctx):
+            if st.applies(action, resource, ctx, who):
                 if st.effect == "Deny":
-                    return False  # an explicit deny always wins
+                    return "Deny"
                 allowed = True
-        return allowed
+        return "Allow" if allowed else None
+
+    def allows(self, action: str, resource: str, context: Mapping[str, str] | None = None) -> bool:
+        return self.decide(action, resource, context) == "Allow"
+
+
+def _principals(value: object, where: str) -> tuple[str, ...]:
+    """A bucket policy statement's Principal: "*", {"AWS": ...} or {"CanonicalUser": ...}; an
+    account as its name, its canonical id, or arn:aws:iam::ACCOUNT:root."""
+    if value == ANYONE:
+        return (ANYONE,)
+    if not isinstance(value, dict) or not value or set(value) - {"AWS", "CanonicalUser"}:
+        raise PolicyError(f'{where}.Principal must be "*" or {{"AWS": ...}} / {{"CanonicalUser": ...}}')
+    out = []
+    for kind, names in value.items():
+        for name in _as_list(names, f"{where}.Principal.{kind}"):
+            m = re.fullmatch(r"arn:aws:iam::([^:]+):root", name)
+            out.append(m.group(1) if m else name)
+    return tuple(out)
 
 
 # ------------------------------------------------------------------ what each operation needs
@@ -164,11 +207,16 @@ _BUCKET_ACTIONS = {
     "GetBucketAcl": "s3:GetBucketAcl",
     "CreateBucket": "s3:CreateBucket",
     "DeleteBucket": "s3:DeleteBucket",
+    "GetBucketPolicy": "s3:GetBucketPolicy",
+    "PutBucketPolicy": "s3:PutBucketPolicy",
+    "DeleteBucketPolicy": "s3:DeleteBucketPolicy",
+    "PutBucketAcl": "s3:PutBucketAcl",
 }
 _OBJECT_ACTIONS = {
     "GetObject": "s3:GetObject",
     "HeadObject": "s3:GetObject",
     "GetObjectAcl": "s3:GetObjectAcl",
+    "PutObjectAcl": "s3:PutObjectAcl",
     "PutObject": "s3:PutObject",
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",

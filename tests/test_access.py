@@ -333,3 +333,90 @@ def test_accounts_own_their_buckets(pair):
     cli("account", "delete", *ep, "alpha")
     assert "alpha" not in [json.loads(line)["Name"] for line in cli("account", "list", *ep).stdout.splitlines()]
     b.delete_bucket(Bucket="beta-mail")
+
+
+def test_bucket_policies_grant_across_accounts(pair):
+    """Issue 17, bucket policies (API Reference, PutBucketPolicy; IAM User Guide, "Policy
+    evaluation logic"): another account reaches a bucket only when the bucket policy names it
+    and its own key allows it; an explicit Deny in either wins; anonymous requests only what
+    the policy grants "*"; the policy is the owner's alone to read and change; a bucket made
+    again starts without one. Canned ACLs other than private are refused."""
+    env = {**os.environ, "MAILSTORE_ACCESS_KEY": pair["keys"]["admin"].access_key,
+           "MAILSTORE_SECRET_KEY": pair["keys"]["admin"].secret}
+    ep = ["--endpoint", pair["b"].endpoint]
+
+    def cli(*args: str) -> str:
+        return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, env=env,
+                              check=True, timeout=60).stdout
+
+    cli("account", "create", *ep, "gamma")
+    delta = json.loads(cli("account", "create", *ep, "delta"))
+    g_key = key_from(cli("key", "create", *ep, "--name", "g", "--account", "gamma"))
+    d_key = key_from(cli("key", "create", *ep, "--name", "d", "--account", "delta"))
+    d_narrow = key_from(cli("key", "create", *ep, "--name", "d-narrow", "--account", "delta",
+                            "--preset", "bucket:delta-own"))
+    g, d, narrow = (client(pair["a"].endpoint, k) for k in (g_key, d_key, d_narrow))
+    g_b = client(pair["b"].endpoint, g_key)
+    d_b = client(pair["b"].endpoint, d_key)
+    g.create_bucket(Bucket="gamma-share")
+    for k in ("pub/x", "priv/y", "anon/z"):
+        g.put_object(Bucket="gamma-share", Key=k, Body=k.encode())
+    assert attempt(lambda: d.get_object(Bucket="gamma-share", Key="pub/x")) == "AccessDenied"
+    assert attempt(lambda: g.get_bucket_policy(Bucket="gamma-share")) == "NoSuchBucketPolicy"
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::delta:root"}, "Action": "s3:GetObject",
+         "Resource": "arn:aws:s3:::gamma-share/pub/*"},
+        {"Effect": "Allow", "Principal": {"CanonicalUser": delta["CanonicalId"]}, "Action": "s3:ListBucket",
+         "Resource": "arn:aws:s3:::gamma-share", "Condition": {"StringLike": {"s3:prefix": "pub/*"}}},
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::gamma-share/anon/*",
+         "Condition": {"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}}},
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject", "Resource": "arn:aws:s3:::gamma-share/*"}]}
+    g.put_bucket_policy(Bucket="gamma-share", Policy=json.dumps(policy))
+    assert json.loads(g.get_bucket_policy(Bucket="gamma-share")["Policy"]) == policy
+    assert d.get_object(Bucket="gamma-share", Key="pub/x")["Body"].read() == b"pub/x"  # same gateway: at once
+    assert attempt(lambda: d.get_object(Bucket="gamma-share", Key="priv/y")) == "AccessDenied"
+    assert [o["Key"] for o in d.list_objects_v2(Bucket="gamma-share", Prefix="pub/")["Contents"]] == ["pub/x"]
+    assert attempt(lambda: d.list_objects_v2(Bucket="gamma-share")) == "AccessDenied"
+    assert attempt(lambda: d.put_object(Bucket="gamma-share", Key="pub/new", Body=b"x")) == "AccessDenied"
+    assert attempt(lambda: narrow.get_object(Bucket="gamma-share", Key="pub/x")) == "AccessDenied"  # its own key: no
+    assert attempt(lambda: d.get_bucket_policy(Bucket="gamma-share")) == "AccessDenied"  # the owner's alone
+    assert attempt(lambda: d.delete_bucket_policy(Bucket="gamma-share")) == "AccessDenied"
+    assert attempt(lambda: g.delete_object(Bucket="gamma-share", Key="priv/y")) == "AccessDenied"  # Deny wins
+    http = urllib3.PoolManager()
+    r = http.request("GET", f"{pair['a'].endpoint}/gamma-share/anon/z", retries=False)
+    assert r.status == 200 and r.data == b"anon/z"  # anonymous, from 127.0.0.1
+    assert http.request("GET", f"{pair['a'].endpoint}/gamma-share/pub/x", retries=False).status == 403
+    assert http.request("PUT", f"{pair['a'].endpoint}/gamma-share/anon/w", body=b"x", retries=False).status == 403
+    assert http.request("GET", f"{pair['a'].endpoint}/", retries=False).status == 403  # no ListBuckets
+    # through the other gateway, within its 2 s cache
+    import time
+    time.sleep(2.5)
+    assert d_b.get_object(Bucket="gamma-share", Key="pub/x")["Body"].read() == b"pub/x"
+    # malformed: a resource outside the bucket, a principal that is not one
+    for bad in ({**policy, "Statement": [{**policy["Statement"][0], "Resource": "arn:aws:s3:::other/*"}]},
+                {**policy, "Statement": [{**policy["Statement"][0], "Principal": ["x"]}]}):
+        assert attempt(lambda: g.put_bucket_policy(Bucket="gamma-share",  # noqa: B023
+                                                   Policy=json.dumps(bad))) == "MalformedPolicy"
+    g_b.delete_bucket_policy(Bucket="gamma-share")
+    time.sleep(2.5)
+    assert attempt(lambda: d.get_object(Bucket="gamma-share", Key="pub/x")) == "AccessDenied"
+    # made again: no policy carried over (the Deny on DeleteObject lifted first)
+    g.delete_objects(Bucket="gamma-share", Delete={"Objects": [{"Key": k} for k in ("pub/x", "priv/y", "anon/z")]})
+    g.put_bucket_policy(Bucket="gamma-share", Policy=json.dumps(policy))
+    g.delete_bucket(Bucket="gamma-share")
+    g.create_bucket(Bucket="gamma-share")
+    assert attempt(lambda: g.get_bucket_policy(Bucket="gamma-share")) == "NoSuchBucketPolicy"
+    # canned ACLs: what is true anyway passes, a grant is refused
+    g.put_object(Bucket="gamma-share", Key="acl", Body=b"x", ACL="private")
+    assert attempt(lambda: g.put_object(Bucket="gamma-share", Key="acl", Body=b"x",
+                                        ACL="public-read")) == "AccessControlListNotSupported"
+    assert attempt(lambda: g.create_bucket(Bucket="gamma-public", ACL="public-read")) == \
+        "InvalidBucketAclWithObjectOwnership"
+    g.put_bucket_acl(Bucket="gamma-share", ACL="private")
+    owner = g.get_bucket_acl(Bucket="gamma-share")["Owner"]
+    g.put_object_acl(Bucket="gamma-share", Key="acl", AccessControlPolicy={
+        "Owner": owner, "Grants": [{"Grantee": {"Type": "CanonicalUser", "ID": owner["ID"]},
+                                    "Permission": "FULL_CONTROL"}]})
+    assert attempt(lambda: g.put_bucket_acl(Bucket="gamma-share", AccessControlPolicy={
+        "Owner": owner, "Grants": [{"Grantee": {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"},
+                                    "Permission": "READ"}]})) == "AccessControlListNotSupported"

@@ -60,8 +60,8 @@ class LocalGateway:
     async def get_bucket(self, name: str) -> Bucket:
         return self.local.get_bucket(name)
 
-    async def bucket_owner(self, name: str, *, fresh: bool) -> str:
-        return self.local.get_bucket(name).owner  # one host: always as it is
+    async def bucket_info(self, name: str, *, fresh: bool) -> Bucket:
+        return self.local.get_bucket(name)  # one host: always as it is
 
     async def list_buckets(self) -> list[Bucket]:
         return self.local.list_buckets()

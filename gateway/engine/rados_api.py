@@ -127,8 +127,9 @@ class RadosGateway:
         b = await self._fresh(name)
         return Bucket(b.name, b.created, b.owner)
 
-    async def bucket_owner(self, name: str, *, fresh: bool) -> str:
-        return (await self.store.bucket(name, fresh=fresh)).owner
+    async def bucket_info(self, name: str, *, fresh: bool) -> Bucket:
+        b = await self.store.bucket(name, fresh=fresh)
+        return Bucket(b.name, b.created, b.owner)
 
     async def list_buckets(self) -> list[Bucket]:
         return sorted((Bucket(b.name, b.created, b.owner) for b in await self.store.list_buckets()),

@@ -11,11 +11,13 @@ from aiohttp import web
 
 from ..accounts import account_of, owner_field
 from ..body import Expectations, receive
+from ..bucket_policies import MAX_POLICY
 from ..context import Gateway, S3Request, valid_bucket_name
 from ..engine.model import BucketAlreadyExists, ListPage, NoSuchBucket
+from ..policy import Policy, PolicyError
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
-from .objects import acl_response, owner_xml
+from .objects import acl_response, owner_only_acl, owner_xml
 
 MAX_KEYS = 1000
 MAX_BUCKETS = 10_000  # ListBuckets' page: AWS's default and largest
@@ -78,7 +80,49 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
 async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     await gw.engine.delete_bucket(r.bucket)
+    await gw.bucket_policies.delete(r.bucket)  # (a bucket made again would not take it anyway)
     return web.Response(status=204)
+
+
+async def get_bucket_policy(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    b = await gw.engine.get_bucket(r.bucket)
+    policy = await gw.bucket_policies.get(r.bucket, b.created)
+    if policy is None:
+        raise S3Error("NoSuchBucketPolicy", extra={"BucketName": r.bucket})
+    return web.Response(body=policy.text.encode(), content_type="application/json")
+
+
+async def put_bucket_policy(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """API Reference, PutBucketPolicy: the AWS grammar with Principals, at most 20 KB, every
+    resource within the bucket; 204."""
+    assert r.bucket
+    b = await gw.engine.get_bucket(r.bucket)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
+    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=MAX_POLICY)
+    try:
+        text = got.data.decode()
+        Policy.parse(text, bucket=r.bucket)
+    except UnicodeDecodeError:
+        raise S3Error("MalformedPolicy", "The policy is not UTF-8") from None
+    except PolicyError as exc:
+        raise S3Error("MalformedPolicy", str(exc)) from None
+    await gw.bucket_policies.put(r.bucket, b.created, text)
+    return web.Response(status=204)
+
+
+async def delete_bucket_policy(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    await gw.engine.get_bucket(r.bucket)
+    await gw.bucket_policies.delete(r.bucket)
+    return web.Response(status=204)
+
+
+async def put_bucket_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    await gw.engine.get_bucket(r.bucket)
+    await owner_only_acl(gw, r)
+    return web.Response()
 
 
 async def head_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:

@@ -11,6 +11,13 @@ from __future__ import annotations
 ERROR_TABLE: dict[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
     "AccessForbidden": (403, "CORSResponse: This CORS request is not allowed."),
+    "AccessControlListNotSupported": (400, "The bucket does not allow ACLs"),
+    "InvalidBucketAclWithObjectOwnership": (400, "Bucket cannot have ACLs set with ObjectOwnership's "
+                                                 "BucketOwnerEnforced setting"),
+    "MalformedACLError": (400, "The XML you provided was not well-formed or did not validate against our "
+                               "published schema"),
+    "MalformedPolicy": (400, "Policies must be valid JSON and the first byte must be '{'"),
+    "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
     "BadRequest": (400, "Bad Request"),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
     "AuthorizationQueryParametersError": (400, "Error parsing the X-Amz-Credential parameter."),

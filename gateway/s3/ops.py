@@ -20,9 +20,10 @@ _BUCKET_GET = {
     "versions": "ListObjectVersions",
     "versioning": "GetBucketVersioning",
     "acl": "GetBucketAcl",
+    "policy": "GetBucketPolicy",
 }
 _UNSUPPORTED = {
-    "policy", "cors", "lifecycle", "tagging", "encryption", "website", "logging", "notification",
+    "cors", "lifecycle", "tagging", "encryption", "website", "logging", "notification",
     "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
     "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
     "ownershipControls", "publicAccessBlock", "policyStatus", "attributes",
@@ -46,11 +47,15 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
         if method == "HEAD":
             return "HeadBucket"
         if method == "PUT":
-            if "versioning" in query or "acl" in query:
-                raise S3Error("NotImplemented", "Changing versioning or ACLs is not supported")
+            if "policy" in query:
+                return "PutBucketPolicy"
+            if "acl" in query:
+                return "PutBucketAcl"
+            if "versioning" in query:
+                raise S3Error("NotImplemented", "Changing versioning is not supported")
             return "CreateBucket"
         if method == "DELETE":
-            return "DeleteBucket"
+            return "DeleteBucketPolicy" if "policy" in query else "DeleteBucket"
         if method == "POST" and "delete" in query:
             return "DeleteObjects"
         raise S3Error("MethodNotAllowed")
@@ -66,7 +71,7 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
         if "partNumber" in query and "uploadId" in query:
             return "UploadPart"
         if "acl" in query:
-            raise S3Error("NotImplemented", "Changing ACLs is not supported")
+            return "PutObjectAcl"
         return "PutObject"
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"

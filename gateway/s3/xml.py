@@ -180,3 +180,19 @@ def parse_location_constraint(body: bytes) -> str | None:
 
 def join(parts: Iterable[str]) -> str:
     return "".join(parts)
+
+
+def acl_grants(body: bytes) -> list[tuple[str, str]]:
+    """(grantee id or URI, permission) of an AccessControlPolicy document."""
+    root = parse_xml(body)
+    if root.tag != "AccessControlPolicy":
+        raise S3Error("MalformedACLError", "The XML you provided was not well-formed or did not validate "
+                      "against our published schema")
+    out = []
+    for grant in root.iter("Grant"):
+        grantee = grant.find("Grantee")
+        who = ""
+        if grantee is not None:
+            who = (grantee.findtext("ID") or grantee.findtext("URI") or grantee.findtext("EmailAddress") or "").strip()
+        out.append((who, (grant.findtext("Permission") or "").strip()))
+    return out

@@ -245,6 +245,8 @@ def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, s
             if "delimiter" in query:
                 ctx["s3:delimiter"] = query["delimiter"]
         return [(_BUCKET_ACTIONS[op], arn(bucket), ctx)]
+    if op == "GetObjectAttributes":  # AWS: both, on a bucket without versioning
+        return [("s3:GetObject", arn(bucket, key), {}), ("s3:GetObjectAttributes", arn(bucket, key), {})]
     needs: list[tuple[str, str, dict[str, str]]] = [(_OBJECT_ACTIONS[op], arn(bucket, key), {})]
     if copy_source is not None and op in ("PutObject", "UploadPart"):
         needs.append(("s3:GetObject", arn(*copy_source), {}))
@@ -256,7 +258,7 @@ bucket:NAME             read, write, delete and list everything in one bucket (D
 read-only:NAME          read and list one bucket, or every bucket with NAME '*' (backups)
 prefix:BUCKET/PREFIX    read, write, delete and list under one prefix of a bucket (one tenant)"""
 
-_RW = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+_RW = ["s3:GetObject", "s3:GetObjectAttributes", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
        "s3:ListMultipartUploadParts"]
 _LIST = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
 
@@ -272,7 +274,8 @@ def preset(spec: str) -> Policy:
                              {"Effect": "Allow", "Action": _LIST, "Resource": [arn(arg)]}]}
     elif kind == "read-only":
         b = "*" if arg == "*" else arg
-        doc = {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [arn(b, "*")]},
+        doc = {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectAttributes"],
+                              "Resource": [arn(b, "*")]},
                              {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation",
                                                             "s3:ListAllMyBuckets"],
                               "Resource": [arn(b), "*"] if b == "*" else [arn(b)]}]}

@@ -4,6 +4,7 @@ suite found, on both engines. Each test names the AWS page it follows."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -262,6 +263,30 @@ def test_get_and_head_by_part_number(s3, bucket):
     s3.put_object(Bucket=bucket, Key="single", Body=b"body")
     assert s3.get_object(Bucket=bucket, Key="single", PartNumber=1)["Body"].read() == b"body"
     assert fails(s3.get_object, Bucket=bucket, Key="single", PartNumber=2) == (400, "InvalidPart")
+
+
+def test_get_object_attributes(s3, bucket):
+    """API Reference, GetObjectAttributes: ETag (unquoted), Checksum, ObjectParts (paged),
+    StorageClass and ObjectSize, as asked; no body."""
+    body = b"attributes"
+    s3.put_object(Bucket=bucket, Key="one", Body=body, ChecksumAlgorithm="SHA256")
+    got = s3.get_object_attributes(Bucket=bucket, Key="one",
+                                   ObjectAttributes=["ETag", "Checksum", "StorageClass", "ObjectSize"])
+    assert got["ETag"] == hashlib.md5(body).hexdigest() and got["ObjectSize"] == len(body)
+    assert got["StorageClass"] == "STANDARD"
+    assert got["Checksum"]["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert "ObjectParts" not in got and "LastModified" in got
+    sizes = [5 * MIB, 5 * MIB, 123]
+    uid, parts = upload(s3, bucket, "parts", [os.urandom(n) for n in sizes])
+    s3.complete_multipart_upload(Bucket=bucket, Key="parts", UploadId=uid, MultipartUpload={"Parts": parts})
+    first = s3.get_object_attributes(Bucket=bucket, Key="parts", ObjectAttributes=["ObjectParts"], MaxParts=2)
+    op = first["ObjectParts"]
+    assert op["TotalPartsCount"] == 3 and op["IsTruncated"] and op["NextPartNumberMarker"] == 2
+    assert [(p["PartNumber"], p["Size"]) for p in op["Parts"]] == [(1, sizes[0]), (2, sizes[1])]
+    rest = s3.get_object_attributes(Bucket=bucket, Key="parts", ObjectAttributes=["ObjectParts"],
+                                    PartNumberMarker=2)["ObjectParts"]
+    assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, 123)] and not rest["IsTruncated"]
+    assert fails(s3.get_object_attributes, Bucket=bucket, Key="missing", ObjectAttributes=["ETag"])[0] == 404
 
 
 # ---------------------------------------------------------------- 5. CreateBucket

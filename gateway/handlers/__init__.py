@@ -25,6 +25,7 @@ HANDLERS = {
     "DeleteObject": objects.delete_object,
     "DeleteObjects": objects.delete_objects,
     "GetObjectAcl": objects.get_object_acl,
+    "GetObjectAttributes": objects.get_object_attributes,
     "PutObjectAcl": objects.put_object_acl,
     "CreateMultipartUpload": multipart.create_upload,
     "UploadPart": multipart.upload_part,

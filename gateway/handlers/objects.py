@@ -355,6 +355,47 @@ async def get_object_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     return await acl_response(gw, r)
 
 
+ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
+CHECKSUM_ELEMENTS = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "crc64nvme": "ChecksumCRC64NVME",
+                     "sha1": "ChecksumSHA1", "sha256": "ChecksumSHA256"}
+
+
+async def get_object_attributes(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """API Reference, GetObjectAttributes: the attributes `x-amz-object-attributes` names, without
+    the body; ObjectParts paged by `x-amz-max-parts` and `x-amz-part-number-marker`."""
+    assert r.bucket and r.key
+    wanted = [a.strip() for a in r.headers.get("x-amz-object-attributes", "").split(",") if a.strip()]
+    if not wanted or any(a not in ATTRIBUTES for a in wanted):
+        raise S3Error("InvalidArgument", "Invalid attribute name specified.",
+                      extra={"ArgumentName": "x-amz-object-attributes"})
+    max_parts = numbers.argument(r.headers.get("x-amz-max-parts", "1000"), "x-amz-max-parts", high=1000)
+    marker = numbers.argument(r.headers.get("x-amz-part-number-marker", "0"), "x-amz-part-number-marker")
+    meta = (await gw.engine.head(r.bucket, r.key)).meta
+    out = []
+    if "ETag" in wanted:
+        out.append(xml.elem("ETag", meta.etag.strip('"')))
+    if "Checksum" in wanted and meta.checksums:
+        inner = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in meta.checksums.items() if a in CHECKSUM_ELEMENTS)
+        out.append(f"<Checksum>{inner}{xml.elem('ChecksumType', 'FULL_OBJECT')}</Checksum>")
+    if "ObjectParts" in wanted and meta.parts:
+        inner = xml.elem("TotalPartsCount", meta.parts)
+        if meta.part_sizes:
+            rest = [(n, size) for n, size in enumerate(meta.part_sizes, 1) if n > marker]
+            shown = rest[:max_parts]
+            inner += (xml.elem("PartNumberMarker", marker) + xml.elem("MaxParts", max_parts)
+                      + xml.elem("IsTruncated", len(rest) > max_parts))
+            if len(rest) > max_parts and shown:
+                inner += xml.elem("NextPartNumberMarker", shown[-1][0])
+            inner += "".join(f"<Part>{xml.elem('PartNumber', n)}{xml.elem('Size', size)}</Part>" for n, size in shown)
+        out.append(f"<ObjectParts>{inner}</ObjectParts>")
+    if "StorageClass" in wanted:
+        out.append(xml.elem("StorageClass", "STANDARD"))
+    if "ObjectSize" in wanted:
+        out.append(xml.elem("ObjectSize", meta.size))
+    return web.Response(body=xml.document("GetObjectAttributesResponse", "".join(out)),
+                        content_type="application/xml", headers={"Last-Modified": http_date(meta.mtime)})
+
+
 async def put_object_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     await gw.engine.head(r.bucket, r.key)

@@ -26,7 +26,7 @@ _UNSUPPORTED = {
     "cors", "lifecycle", "tagging", "encryption", "website", "logging", "notification",
     "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
     "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
-    "ownershipControls", "publicAccessBlock", "policyStatus", "attributes",
+    "ownershipControls", "publicAccessBlock", "policyStatus",
 }
 
 
@@ -64,6 +64,8 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
             return "ListParts"
         if "acl" in query:
             return "GetObjectAcl"
+        if "attributes" in query:
+            return "GetObjectAttributes"
         return "GetObject"
     if method == "HEAD":
         return "HeadObject"

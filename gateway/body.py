@@ -83,6 +83,13 @@ CHECKSUMS.update({
     "sha1": lambda: _Hash("sha1"),
     "sha256": lambda: _Hash("sha256"),
 })
+# The CRCs a FULL_OBJECT multipart checksum combines part by part: (combine(crc, next crc, next
+# length), width in bytes).
+COMBINE: dict[str, tuple[Callable[[int, int, int], int], int]] = {
+    "crc32": (crt_checksums.combine_crc32, 4),
+    "crc32c": (crt_checksums.combine_crc32c, 4),
+    "crc64nvme": (crt_checksums.combine_crc64nvme, 8),
+}
 STREAMING = {
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD": (True, False),  # (chunks signed, trailer)
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER": (True, True),

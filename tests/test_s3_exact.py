@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from email.header import decode_header, make_header
@@ -287,6 +288,50 @@ def test_get_object_attributes(s3, bucket):
                                     PartNumberMarker=2)["ObjectParts"]
     assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, 123)] and not rest["IsTruncated"]
     assert fails(s3.get_object_attributes, Bucket=bucket, Key="missing", ObjectAttributes=["ETag"])[0] == 404
+
+
+def test_multipart_checksums_composite_and_full_object(s3, bucket):
+    """User Guide, "Checking object integrity": a multipart upload made with a checksum algorithm
+    checks every part's, and the object's is COMPOSITE (the checksum of the parts' checksums,
+    "-N") or FULL_OBJECT (the CRC of the whole body, the parts' CRCs combined)."""
+    bodies = [os.urandom(5 * MIB), os.urandom(1234)]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="comp", ChecksumAlgorithm="SHA256")["UploadId"]
+    parts = []
+    for n, body in enumerate(bodies, 1):
+        got = s3.upload_part(Bucket=bucket, Key="comp", UploadId=uid, PartNumber=n, Body=body,
+                             ChecksumAlgorithm="SHA256")
+        assert got["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+        parts.append({"PartNumber": n, "ETag": got["ETag"], "ChecksumSHA256": got["ChecksumSHA256"]})
+    bad = [dict(parts[0], ChecksumSHA256=base64.b64encode(b"0" * 32).decode()), parts[1]]
+    assert fails(s3.complete_multipart_upload, Bucket=bucket, Key="comp", UploadId=uid,
+                 MultipartUpload={"Parts": bad}) == (400, "InvalidPart")
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="comp", UploadId=uid, MultipartUpload={"Parts": parts})
+    want = base64.b64encode(hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in bodies)).digest()).decode()
+    assert done["ChecksumSHA256"] == f"{want}-2" and done["ChecksumType"] == "COMPOSITE"
+    head = s3.head_object(Bucket=bucket, Key="comp", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == f"{want}-2" and head["ChecksumType"] == "COMPOSITE"
+
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="full", ChecksumAlgorithm="CRC32",
+                                     ChecksumType="FULL_OBJECT")["UploadId"]
+    parts = []
+    for n, body in enumerate(bodies, 1):
+        got = s3.upload_part(Bucket=bucket, Key="full", UploadId=uid, PartNumber=n, Body=body,
+                             ChecksumAlgorithm="CRC32")
+        parts.append({"PartNumber": n, "ETag": got["ETag"], "ChecksumCRC32": got["ChecksumCRC32"]})
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=uid, MultipartUpload={"Parts": parts})
+    whole = b"".join(bodies)
+    assert done["ChecksumCRC32"] == base64.b64encode(zlib.crc32(whole).to_bytes(4, "big")).decode()
+    assert done["ChecksumType"] == "FULL_OBJECT"
+    got = s3.get_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")  # botocore checks the body
+    assert got["Body"].read() == whole and got["ChecksumCRC32"] == done["ChecksumCRC32"]
+    attrs = s3.get_object_attributes(Bucket=bucket, Key="full", ObjectAttributes=["Checksum"])
+    assert attrs["Checksum"] == {"ChecksumCRC32": done["ChecksumCRC32"], "ChecksumType": "FULL_OBJECT"}
+
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="strict", ChecksumAlgorithm="SHA1")["UploadId"]
+    assert fails(s3.upload_part, Bucket=bucket, Key="strict", UploadId=uid, PartNumber=1, Body=b"x",
+                 ChecksumAlgorithm="CRC32")[1] == "InvalidRequest"  # not the upload's algorithm
+    assert fails(s3.create_multipart_upload, Bucket=bucket, Key="x", ChecksumAlgorithm="SHA256",
+                 ChecksumType="FULL_OBJECT")[1] == "InvalidRequest"
 
 
 # ---------------------------------------------------------------- 5. CreateBucket

@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .model import BlobRef, Conditions, InvalidPart, ListPage, ObjectMeta
@@ -73,6 +73,7 @@ class Part:
     mtime: float
     blobs: tuple[BlobRef, ...]
     seq: int  # the engine's version of the part record
+    checksums: dict[str, str] = field(default_factory=dict)  # verified x-amz-checksum-* of the part
 
 
 class InvalidPartOrder(InvalidPart):
@@ -84,7 +85,7 @@ class EntityTooSmall(InvalidPart):
 
 
 def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
-                 upload: Upload) -> tuple[list[Part], ObjectMeta]:
+                 upload: Upload, checksums: dict[str, str] | None = None) -> tuple[list[Part], ObjectMeta]:
     """The parts a CompleteMultipartUpload names, checked as AWS checks them (ascending,
     each uploaded with that ETag, all but the last at least 5 MiB), and the object's
     metadata (ETag: MD5 of the parts' MD5s, "-N"). A part named twice in a row is one part
@@ -104,7 +105,7 @@ def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
             raise EntityTooSmall(p.number)
     digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in used)).hexdigest()
     meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
-                      upload.meta.content_type, upload.meta.headers, upload.meta.user, {}, len(used),
+                      upload.meta.content_type, upload.meta.headers, upload.meta.user, checksums or {}, len(used),
                       tuple(p.size for p in used), upload.upload_id)
     return used, meta
 
@@ -174,10 +175,11 @@ class Engine(Protocol):
     async def create_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str: ...
     async def list_parts(self, bucket: str, upload_id: str) -> list[Part]: ...
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
-                       etag: str) -> None: ...
+                       etag: str, checksums: dict[str, str] | None = None) -> None: ...
     async def abort_upload(self, bucket: str, upload_id: str) -> None: ...
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None) -> ObjectMeta: ...
+                              cond: Conditions | None = None,
+                              checksums: dict[str, str] | None = None) -> ObjectMeta: ...
 
     # small shared records (access keys): field maps changed by compare-and-swap
     async def record(self, namespace: str, name: str) -> dict[str, str] | None: ...

@@ -376,11 +376,13 @@ class LocalEngine:
         return upload_id
 
     def list_parts(self, upload_id: str) -> list[Part]:
-        return [Part(int(i.key.rsplit("/", 1)[1]), i.meta.size, i.meta.etag, i.meta.mtime, i.blobs, i.seq)
+        return [Part(int(i.key.rsplit("/", 1)[1]), i.meta.size, i.meta.etag, i.meta.mtime, i.blobs, i.seq,
+                     i.meta.checksums)
                 for i in self.index.scan(MPU, f"p/{upload_id}/", None, 100_000)]
 
-    async def put_part(self, bucket: str, upload_id: str, number: int, blob: BlobRef, etag: str) -> None:
-        meta = ObjectMeta(blob.size, etag, time.time())
+    async def put_part(self, bucket: str, upload_id: str, number: int, blob: BlobRef, etag: str,
+                       checksums: dict[str, str] | None = None) -> None:
+        meta = ObjectMeta(blob.size, etag, time.time(), checksums=checksums or {})
         await self._run(Txn([Write(MPU, f"p/{upload_id}/{number:05d}", meta, blobs=(blob,))],
                             [Guard("exists", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload)]))
 
@@ -391,12 +393,12 @@ class LocalEngine:
         await self._run(Txn(writes, [Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]))
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None) -> ObjectMeta:
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None) -> ObjectMeta:
         """Stitch parts into one object without copying: it references their blobs. `cond`: the
         If-Match / If-None-Match of the request, on the object it makes."""
         upload = self.get_upload(bucket, upload_id)
         parts = {p.number: p for p in self.list_parts(upload_id)}
-        used, meta = choose_parts(parts, chosen, upload)
+        used, meta = choose_parts(parts, chosen, upload, checksums)
         used_numbers = {p.number for p in used}
 
         def txn(guards: list[Guard]) -> Txn:

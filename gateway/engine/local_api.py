@@ -136,16 +136,16 @@ class LocalGateway:
         return self.local.list_parts(upload_id)
 
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
-                       etag: str) -> None:
+                       etag: str, checksums: dict[str, str] | None = None) -> None:
         (blob,) = blobs
-        await self.local.put_part(bucket, upload_id, number, blob, etag)
+        await self.local.put_part(bucket, upload_id, number, blob, etag, checksums)
 
     async def abort_upload(self, bucket: str, upload_id: str) -> None:
         await self.local.abort_upload(bucket, upload_id)
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None) -> ObjectMeta:
-        return await self.local.complete_upload(bucket, upload_id, chosen, cond)
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None) -> ObjectMeta:
+        return await self.local.complete_upload(bucket, upload_id, chosen, cond, checksums)
 
     # ------------------------------------------------------------ shared records
 

@@ -265,7 +265,7 @@ class RadosGateway:
         for name, raw in await self.store.records(f"parts.{upload_id}"):
             d = json.loads(raw)
             blobs = tuple(BlobRef.from_json(t) for t in d["tails"])
-            out[int(name)] = (Part(int(name), d["size"], d["etag"], d["mtime"], blobs, 0), raw)
+            out[int(name)] = (Part(int(name), d["size"], d["etag"], d["mtime"], blobs, 0, d.get("x", {})), raw)
         return out
 
     async def list_parts(self, bucket: str, upload_id: str) -> list[Part]:
@@ -273,10 +273,10 @@ class RadosGateway:
         return [p for _, (p, _) in sorted((await self._parts(upload_id)).items())]
 
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
-                       etag: str) -> None:
+                       etag: str, checksums: dict[str, str] | None = None) -> None:
         await self.get_upload(bucket, upload_id)
         value = json.dumps({"size": sum(t.size for t in blobs), "etag": etag, "mtime": time.time(),
-                            "tails": [t.to_json() for t in blobs]})
+                            "tails": [t.to_json() for t in blobs], "x": checksums or {}})
         name = f"{number:05d}"
         for _ in range(CAS_ATTEMPTS):
             raw = await self.store.record(f"parts.{upload_id}", name)
@@ -312,12 +312,12 @@ class RadosGateway:
         await self._forget_upload(b, upload_id, parts)
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None) -> ObjectMeta:
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None) -> ObjectMeta:
         b, upload, d, raw = await self._upload(bucket, upload_id)
         if d["state"] != "open":
             raise NoSuchUpload(upload_id)
         parts = {n: p for n, (p, _) in (await self._parts(upload_id)).items()}
-        used, meta = choose_parts(parts, chosen, upload)  # InvalidPart etc. before anything changes
+        used, meta = choose_parts(parts, chosen, upload, checksums)  # InvalidPart etc. before anything changes
         await self._close_upload(b, upload_id, raw, d)
         try:
             await self.store.put(bucket, upload.key, meta, b"", cond, head=self.store.new_oid(b, upload_id),

@@ -7,17 +7,19 @@ MD5s, "-N").
 
 from __future__ import annotations
 
+import base64
+
 from aiohttp import web
 
-from ..body import Expectations, receive
+from ..body import CHECKSUMS, COMBINE, Expectations, receive
 from ..context import Gateway, S3Request
-from ..engine.api import Upload
-from ..engine.model import BlobRef, NoSuchKey, NoSuchUpload
+from ..engine.api import Part, Upload
+from ..engine.model import BlobRef, NoSuchKey, NoSuchUpload, ObjectMeta
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from ..s3.http import evaluate_preconditions
 from ..s3.ops import parse_copy_source
-from .objects import copy_body, meta_from_request, owner_xml, write_conditions
+from .objects import CHECKSUM_ELEMENTS, copy_body, meta_from_request, owner_xml, write_conditions
 
 MAX_PART_NUMBER = 10000
 
@@ -35,12 +37,78 @@ async def _upload(gw: Gateway, r: S3Request) -> Upload:
     return upload
 
 
+def _upload_checksum(r: S3Request) -> dict[str, str]:
+    """x-amz-checksum-algorithm and x-amz-checksum-type of a CreateMultipartUpload (User Guide,
+    "Checking object integrity"): FULL_OBJECT only for the CRCs, the default for CRC64NVME;
+    COMPOSITE the default for the rest."""
+    alg = r.headers.get("x-amz-checksum-algorithm")
+    kind = r.headers.get("x-amz-checksum-type")
+    if alg is None:
+        if kind is not None:
+            raise S3Error("InvalidRequest", "The x-amz-checksum-type header can only be used with the "
+                          "x-amz-checksum-algorithm header.")
+        return {}
+    alg = alg.lower()
+    if alg not in CHECKSUMS:
+        raise S3Error("InvalidRequest", "Checksum algorithm provided is unsupported. Please try again with any of "
+                      "the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
+    kind = (kind or ("FULL_OBJECT" if alg == "crc64nvme" else "COMPOSITE")).upper()
+    if kind not in ("COMPOSITE", "FULL_OBJECT") or (kind == "FULL_OBJECT" and alg not in COMBINE) \
+            or (kind == "COMPOSITE" and alg == "crc64nvme"):
+        raise S3Error("InvalidRequest", f"The {alg.upper()} checksum algorithm does not support the "
+                      f"{kind} checksum type.")
+    return {"algorithm": alg, "type": kind}
+
+
 async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    meta = meta_from_request(r, 0, "", {})
+    m = meta_from_request(r, 0, "", {})
+    wanted = _upload_checksum(r)
+    meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted)
     upload_id = await gw.engine.create_upload(r.bucket, r.key, meta)
-    return _xml("InitiateMultipartUploadResult",
+    headers = {}
+    if wanted:
+        headers = {"x-amz-checksum-algorithm": wanted["algorithm"].upper(), "x-amz-checksum-type": wanted["type"]}
+    resp = _xml("InitiateMultipartUploadResult",
                 xml.elem("Bucket", r.bucket) + xml.elem("Key", r.key) + xml.elem("UploadId", upload_id))
+    resp.headers.update(headers)
+    return resp
+
+
+def _part_checksums(upload: Upload, got: dict[str, str]) -> dict[str, str]:
+    """A part's verified checksums; the upload's algorithm must be among them."""
+    alg = upload.meta.checksums.get("algorithm")
+    if alg and alg not in got:
+        raise S3Error("InvalidRequest", f"The upload was created using a {alg.upper()} checksum. The part must "
+                      f"include x-amz-checksum-{alg}.")
+    return got
+
+
+def _object_checksum(upload: Upload, parts: list[Part], claimed: dict[int, dict[str, str]]) -> dict[str, str]:
+    """The object's checksum from its parts' (User Guide, "Checking object integrity"): COMPOSITE,
+    the checksum of the parts' checksums with "-N"; FULL_OBJECT, the CRCs combined."""
+    alg = upload.meta.checksums.get("algorithm")
+    if not alg:
+        return {}
+    raw = []
+    for p in parts:
+        value = p.checksums.get(alg)
+        if value is None:
+            raise S3Error("InvalidRequest", f"The upload was created using a {alg.upper()} checksum. The complete "
+                          f"request must include the checksum for each part. It was missing for part {p.number}.")
+        if claimed.get(p.number, {}).get(alg, value) != value:
+            raise S3Error("InvalidPart", f"The checksum of part {p.number} does not match the uploaded part's")
+        raw.append(base64.b64decode(value))
+    kind = upload.meta.checksums.get("type", "COMPOSITE")
+    if kind == "FULL_OBJECT":
+        combine, width = COMBINE[alg]
+        crc = int.from_bytes(raw[0], "big")
+        for piece, p in zip(raw[1:], parts[1:], strict=True):
+            crc = combine(crc, int.from_bytes(piece, "big"), p.size)
+        return {alg: base64.b64encode(crc.to_bytes(width, "big")).decode(), "type": kind}
+    digest = CHECKSUMS[alg]()
+    digest.update(b"".join(raw))
+    return {alg: f"{digest.b64()}-{len(parts)}", "type": kind}
 
 
 def _part_number(r: S3Request) -> int:
@@ -50,7 +118,7 @@ def _part_number(r: S3Request) -> int:
 
 async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
     number = _part_number(r)
-    await _upload(gw, r)
+    upload = await _upload(gw, r)
     if "x-amz-copy-source" in r.headers:
         return await upload_part_copy(gw, r, number)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
@@ -58,17 +126,23 @@ async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
     got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking, upload=r.query["uploadId"],
                         force_blob=True)
     etag = f'"{got.md5_hex}"'
-    await _store_part(gw, r, number, got.blobs, etag)
+    try:
+        sums = _part_checksums(upload, got.checksums)
+    except S3Error:
+        await gw.engine.discard(got.blobs)
+        raise
+    await _store_part(gw, r, number, got.blobs, etag, sums)
     headers = {"ETag": etag}
     for name, v in got.checksums.items():
         headers[f"x-amz-checksum-{name}"] = v
     return web.Response(headers=headers)
 
 
-async def _store_part(gw: Gateway, r: S3Request, number: int, blobs: tuple[BlobRef, ...], etag: str) -> None:
+async def _store_part(gw: Gateway, r: S3Request, number: int, blobs: tuple[BlobRef, ...], etag: str,
+                      checksums: dict[str, str] | None = None) -> None:
     assert r.bucket
     try:
-        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blobs, etag)
+        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blobs, etag, checksums)
     except BaseException:
         await gw.engine.discard(blobs)
         raise
@@ -110,12 +184,21 @@ async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     cond = write_conditions(r)
     try:
-        await _upload(gw, r)
+        upload = await _upload(gw, r)
         exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
         got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
         parts = xml.parse_complete_multipart(got.data)
+        sums: dict[str, str] = {}
+        if upload.meta.checksums.get("algorithm"):
+            stored = {p.number: p for p in await gw.engine.list_parts(r.bucket, upload.upload_id)}
+            named = [stored[n] for n in dict.fromkeys(p.number for p in parts) if n in stored]
+            sums = _object_checksum(upload, named, {p.number: p.checksums for p in parts})
+            alg = upload.meta.checksums["algorithm"]
+            sent = r.headers.get(f"x-amz-checksum-{alg}")
+            if sent is not None and sent != sums[alg]:
+                raise S3Error("BadDigest", f"The {alg.upper()} you specified did not match the calculated checksum.")
         meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts],
-                                               cond)
+                                               cond, sums)
     except (NoSuchUpload, S3Error) as exc:
         if isinstance(exc, S3Error) and exc.code != "NoSuchUpload":
             raise
@@ -127,16 +210,19 @@ async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
             raise exc from None
         if done.upload != r.query["uploadId"]:
             raise
-        return _completed(r, done.etag)
-    return _completed(r, meta.etag)
+        return _completed(r, done)
+    return _completed(r, meta)
 
 
-def _completed(r: S3Request, etag: str) -> web.Response:
+def _completed(r: S3Request, meta: ObjectMeta) -> web.Response:
     assert r.bucket and r.key
     host = r.headers.get("host", "")
+    sums = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in meta.checksums.items() if a in CHECKSUM_ELEMENTS)
+    if sums:
+        sums += xml.elem("ChecksumType", meta.checksums.get("type", "FULL_OBJECT"))
     return _xml("CompleteMultipartUploadResult",
                 xml.elem("Location", f"http://{host}/{r.bucket}/{r.key}") + xml.elem("Bucket", r.bucket)
-                + xml.elem("Key", r.key) + xml.elem("ETag", etag))
+                + xml.elem("Key", r.key) + xml.elem("ETag", meta.etag) + sums)
 
 
 async def abort_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:

@@ -376,7 +376,8 @@ async def get_object_attributes(gw: Gateway, r: S3Request) -> web.StreamResponse
         out.append(xml.elem("ETag", meta.etag.strip('"')))
     if "Checksum" in wanted and meta.checksums:
         inner = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in meta.checksums.items() if a in CHECKSUM_ELEMENTS)
-        out.append(f"<Checksum>{inner}{xml.elem('ChecksumType', 'FULL_OBJECT')}</Checksum>")
+        out.append(f"<Checksum>{inner}{xml.elem('ChecksumType', meta.checksums.get('type', 'FULL_OBJECT'))}"
+                   "</Checksum>")
     if "ObjectParts" in wanted and meta.parts:
         inner = xml.elem("TotalPartsCount", meta.parts)
         if meta.part_sizes:

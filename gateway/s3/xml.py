@@ -148,6 +148,7 @@ def _instant(text: str) -> int:
 class CompletedPart:
     number: int
     etag: str
+    checksums: dict[str, str] = field(default_factory=dict)  # <ChecksumCRC32> etc., by algorithm
 
 
 def parse_complete_multipart(body: bytes) -> list[CompletedPart]:
@@ -163,7 +164,10 @@ def parse_complete_multipart(body: bytes) -> list[CompletedPart]:
         n = decimal(number.strip()) if number is not None else None
         if n is None or etag is None:
             raise S3Error("MalformedXML", "Each Part needs a PartNumber and an ETag")
-        parts.append(CompletedPart(n, etag.strip().strip('"')))
+        sums = {name[len("Checksum"):].lower(): (child.findtext(name) or "").strip()
+                for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
+                if child.find(name) is not None}
+        parts.append(CompletedPart(n, etag.strip().strip('"'), sums))
     if not parts:
         raise S3Error("MalformedXML", "You must specify at least one part")
     return parts

@@ -211,12 +211,18 @@ _BUCKET_ACTIONS = {
     "PutBucketPolicy": "s3:PutBucketPolicy",
     "DeleteBucketPolicy": "s3:DeleteBucketPolicy",
     "PutBucketAcl": "s3:PutBucketAcl",
+    "GetBucketTagging": "s3:GetBucketTagging",
+    "PutBucketTagging": "s3:PutBucketTagging",
+    "DeleteBucketTagging": "s3:PutBucketTagging",  # AWS: deleting needs the put permission
 }
 _OBJECT_ACTIONS = {
     "GetObject": "s3:GetObject",
     "HeadObject": "s3:GetObject",
     "GetObjectAcl": "s3:GetObjectAcl",
     "PutObjectAcl": "s3:PutObjectAcl",
+    "GetObjectTagging": "s3:GetObjectTagging",
+    "PutObjectTagging": "s3:PutObjectTagging",
+    "DeleteObjectTagging": "s3:DeleteObjectTagging",
     "PutObject": "s3:PutObject",
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",

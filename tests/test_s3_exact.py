@@ -334,6 +334,44 @@ def test_multipart_checksums_composite_and_full_object(s3, bucket):
                  ChecksumType="FULL_OBJECT")[1] == "InvalidRequest"
 
 
+def test_object_and_bucket_tagging(s3, bucket):
+    """API Reference, PutObjectTagging / GetObjectTagging / DeleteObjectTagging, x-amz-tagging on
+    PutObject, CreateMultipartUpload and CopyObject (x-amz-tagging-directive), and the bucket's."""
+    etag = s3.put_object(Bucket=bucket, Key="t", Body=b"tagged", Tagging="team=mail&year=2026")["ETag"]
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [{"Key": "team", "Value": "mail"},
+                                                                      {"Key": "year", "Value": "2026"}]
+    assert s3.head_object(Bucket=bucket, Key="t")["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+    s3.put_object_tagging(Bucket=bucket, Key="t", Tagging={"TagSet": [{"Key": "k", "Value": "v é"}]})
+    got = s3.get_object(Bucket=bucket, Key="t")
+    assert got["Body"].read() == b"tagged" and got["ETag"] == etag and got["TagCount"] == 1
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [{"Key": "k", "Value": "v é"}]
+    s3.copy_object(Bucket=bucket, Key="copied", CopySource={"Bucket": bucket, "Key": "t"})
+    assert s3.get_object_tagging(Bucket=bucket, Key="copied")["TagSet"] == [{"Key": "k", "Value": "v é"}]
+    s3.copy_object(Bucket=bucket, Key="retagged", CopySource={"Bucket": bucket, "Key": "t"},
+                   TaggingDirective="REPLACE", Tagging="a=b")
+    assert s3.get_object_tagging(Bucket=bucket, Key="retagged")["TagSet"] == [{"Key": "a", "Value": "b"}]
+    s3.delete_object_tagging(Bucket=bucket, Key="t")
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == []
+    assert "TagCount" not in s3.get_object(Bucket=bucket, Key="t")
+    too_many = {"TagSet": [{"Key": f"k{i}", "Value": "v"} for i in range(11)]}
+    assert fails(s3.put_object_tagging, Bucket=bucket, Key="t", Tagging=too_many)[0] == 400
+    for bad in ([{"Key": "aws:x", "Value": "v"}], [{"Key": "a", "Value": "1"}, {"Key": "a", "Value": "2"}],
+                [{"Key": "k" * 129, "Value": "v"}]):
+        assert fails(s3.put_object_tagging, Bucket=bucket, Key="t", Tagging={"TagSet": bad}) == (400, "InvalidTag")
+    assert fails(s3.get_object_tagging, Bucket=bucket, Key="missing")[0] == 404
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp", Tagging="from=upload")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=b"x")
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3.get_object_tagging(Bucket=bucket, Key="mp")["TagSet"] == [{"Key": "from", "Value": "upload"}]
+    # the bucket's
+    assert fails(s3.get_bucket_tagging, Bucket=bucket) == (404, "NoSuchTagSet")
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "cost", "Value": "mail"}]})
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == [{"Key": "cost", "Value": "mail"}]
+    s3.delete_bucket_tagging(Bucket=bucket)
+    assert fails(s3.get_bucket_tagging, Bucket=bucket) == (404, "NoSuchTagSet")
+
+
 # ---------------------------------------------------------------- 5. CreateBucket
 
 def test_create_bucket_ownership_and_names(gateway, key, s3, engine_kind, data_dir, request):

@@ -106,7 +106,7 @@ def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
     digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in used)).hexdigest()
     meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
                       upload.meta.content_type, upload.meta.headers, upload.meta.user, checksums or {}, len(used),
-                      tuple(p.size for p in used), upload.upload_id)
+                      tuple(p.size for p in used), upload.upload_id, upload.meta.tags)
     return used, meta
 
 

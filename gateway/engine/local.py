@@ -356,7 +356,7 @@ class LocalEngine:
         u = dict(info.meta.user)
         key = u.pop("\x00key")
         meta = ObjectMeta(0, "", info.meta.mtime, info.meta.content_type, info.meta.headers, u,
-                          info.meta.checksums)
+                          info.meta.checksums, tags=info.meta.tags)
         return Upload(upload_id, bucket, key, meta, info.meta.mtime, info.seq)
 
     def list_uploads(self, bucket: str) -> list[Upload]:
@@ -370,7 +370,7 @@ class LocalEngine:
         # --upload-id) read as an option; AWS's own ids never do.
         upload_id = secrets.token_hex(24)
         stored = ObjectMeta(0, '""', time.time(), meta.content_type, meta.headers,
-                            {**meta.user, "\x00key": key}, meta.checksums)
+                            {**meta.user, "\x00key": key}, meta.checksums, tags=meta.tags)
         await self._run(Txn([Write(MPU, f"u/{bucket}/{upload_id}", stored)],
                             [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
         return upload_id

@@ -49,6 +49,7 @@ class ObjectMeta:
     parts: int = 0
     part_sizes: tuple[int, ...] = ()  # a multipart object's, in order (GET ?partNumber=N)
     upload: str = ""  # the multipart upload it was completed from (a repeated Complete answers 200)
+    tags: tuple[tuple[str, str], ...] = ()  # object tagging, in the order given
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {"s": self.size, "e": self.etag, "t": self.mtime, "c": self.content_type}
@@ -64,13 +65,15 @@ class ObjectMeta:
             d["ps"] = list(self.part_sizes)
         if self.upload:
             d["mp"] = self.upload
+        if self.tags:
+            d["tg"] = [list(t) for t in self.tags]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ObjectMeta:  # a header or index value, checksummed JSON
         return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
                    d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0), tuple(d.get("ps", ())),
-                   d.get("mp", ""))
+                   d.get("mp", ""), tuple((k, v) for k, v in d.get("tg", ())))
 
 
 @dataclass(frozen=True, slots=True)

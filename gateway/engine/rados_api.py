@@ -254,7 +254,7 @@ class RadosGateway:
         b = await self._fresh(bucket)
         upload_id = secrets.token_hex(24)
         value = json.dumps({"key": key, "meta": ObjectMeta(0, '""', meta.mtime, meta.content_type, meta.headers,
-                                                            meta.user, meta.checksums).to_json(),
+                                                            meta.user, meta.checksums, tags=meta.tags).to_json(),
                             "initiated": time.time(), "state": "open"})
         if not await self.store.swap_record(f"{UPLOADS}.{b.id}", upload_id, None, value):
             raise EngineUnavailable("an upload id was taken twice")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import buckets, multipart, objects
+from . import buckets, multipart, objects, tagging
 
 HANDLERS = {
     "ListBuckets": buckets.list_buckets,
@@ -26,6 +26,12 @@ HANDLERS = {
     "DeleteObjects": objects.delete_objects,
     "GetObjectAcl": objects.get_object_acl,
     "GetObjectAttributes": objects.get_object_attributes,
+    "GetObjectTagging": tagging.get_object_tagging,
+    "PutObjectTagging": tagging.put_object_tagging,
+    "DeleteObjectTagging": tagging.delete_object_tagging,
+    "GetBucketTagging": tagging.get_bucket_tagging,
+    "PutBucketTagging": tagging.put_bucket_tagging,
+    "DeleteBucketTagging": tagging.delete_bucket_tagging,
     "PutObjectAcl": objects.put_object_acl,
     "CreateMultipartUpload": multipart.create_upload,
     "UploadPart": multipart.upload_part,

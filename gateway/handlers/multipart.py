@@ -64,7 +64,7 @@ async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     m = meta_from_request(r, 0, "", {})
     wanted = _upload_checksum(r)
-    meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted)
+    meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted, tags=m.tags)
     upload_id = await gw.engine.create_upload(r.bucket, r.key, meta)
     headers = {}
     if wanted:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.errors
 import email.header
 import email.utils
 import hashlib
 import time
 from datetime import datetime
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -58,7 +60,38 @@ def meta_from_request(r: S3Request, size: int, etag: str, checksums: dict[str, s
         elif len(kept) < len(codings):  # otherwise the value stays exactly as sent
             stored["content-encoding"] = ",".join(kept).strip()
     ctype = h.get("content-type") or "binary/octet-stream"
-    return ObjectMeta(size, etag, time.time(), ctype, stored, user, checksums)
+    return ObjectMeta(size, etag, time.time(), ctype, stored, user, checksums, tags=tags_from_header(r) or ())
+
+
+MAX_OBJECT_TAGS = 10  # AWS: an object has at most 10 tags
+
+
+def check_tags(tags: list[tuple[str, str]], limit: int) -> tuple[tuple[str, str], ...]:
+    """AWS's rules (User Guide, "Categorizing your storage using tags"): at most `limit` tags,
+    keys of 1-128 and values of 0-256 characters, each key once, none beginning with "aws:"."""
+    if len(tags) > limit:
+        raise S3Error("BadRequest", f"Object tags cannot be greater than {limit}" if limit == MAX_OBJECT_TAGS
+                      else f"Bucket tags cannot be greater than {limit}")
+    seen = set()
+    for key, value in tags:
+        if not 1 <= len(key) <= 128 or len(value) > 256:
+            raise S3Error("InvalidTag", "The TagKey you have provided is too long, max 128" if len(key) > 128
+                          else "The TagValue you have provided is too long, max 256" if len(value) > 256
+                          else "The TagKey you have provided is invalid")
+        if key.lower().startswith("aws:"):
+            raise S3Error("InvalidTag", "Your TagKey cannot be prefixed with aws:")
+        if key in seen:
+            raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
+        seen.add(key)
+    return tuple(tags)
+
+
+def tags_from_header(r: S3Request) -> tuple[tuple[str, str], ...] | None:
+    """`x-amz-tagging: k1=v1&k2=v2` (URL query encoding), or None when absent."""
+    text = r.headers.get("x-amz-tagging")
+    if text is None:
+        return None
+    return check_tags(parse_qsl(text, keep_blank_values=True), MAX_OBJECT_TAGS)
 
 
 def metadata_in(value: str) -> str:
@@ -99,6 +132,8 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number
         out[k.title()] = v
     for k, v in meta.user.items():
         out[f"x-amz-meta-{k}"] = metadata_out(v)
+    if meta.tags:
+        out["x-amz-tagging-count"] = str(len(meta.tags))
     if meta.parts and part_number:  # AWS sends it only to a request by partNumber
         out["x-amz-mp-parts-count"] = str(meta.parts)
     if checksum_mode:
@@ -245,7 +280,8 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
     got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking)
-    meta = ObjectMeta(got.size, f'"{got.md5_hex}"', m.mtime, m.content_type, m.headers, m.user, got.checksums)
+    meta = ObjectMeta(got.size, f'"{got.md5_hex}"', m.mtime, m.content_type, m.headers, m.user, got.checksums,
+                      tags=m.tags)
     try:
         await gw.engine.put(r.bucket, r.key, meta, got.data, got.blobs, cond)
     except BaseException:
@@ -290,6 +326,10 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                       "object to itself without changing the object's metadata, storage class, website "
                       "redirect location or encryption attributes.")
+    tagging = r.headers.get("x-amz-tagging-directive", "COPY").upper()
+    if tagging not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown tagging directive.")
+    tags = src.meta.tags if tagging == "COPY" else (tags_from_header(r) or ())
     data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size, r.bucket)
     etag = f'"{md5_hex}"'
     if directive == "REPLACE":
@@ -297,6 +337,7 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     else:
         s = src.meta
         meta = ObjectMeta(s.size, etag, time.time(), s.content_type, s.headers, s.user, s.checksums)
+    meta = dataclasses.replace(meta, tags=tags)
     try:
         await gw.engine.put(r.bucket, r.key, meta, data, blobs, write_conditions(r))
     except BaseException:

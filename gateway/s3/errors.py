@@ -18,6 +18,8 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
                                "published schema"),
     "MalformedPolicy": (400, "Policies must be valid JSON and the first byte must be '{'"),
     "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
+    "NoSuchTagSet": (404, "The TagSet does not exist"),
+    "InvalidTag": (400, "The tag provided was not a valid tag."),
     "BadRequest": (400, "Bad Request"),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
     "AuthorizationQueryParametersError": (400, "Error parsing the X-Amz-Credential parameter."),

@@ -21,9 +21,10 @@ _BUCKET_GET = {
     "versioning": "GetBucketVersioning",
     "acl": "GetBucketAcl",
     "policy": "GetBucketPolicy",
+    "tagging": "GetBucketTagging",
 }
 _UNSUPPORTED = {
-    "cors", "lifecycle", "tagging", "encryption", "website", "logging", "notification",
+    "cors", "lifecycle", "encryption", "website", "logging", "notification",
     "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
     "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
     "ownershipControls", "publicAccessBlock", "policyStatus",
@@ -49,12 +50,16 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
         if method == "PUT":
             if "policy" in query:
                 return "PutBucketPolicy"
+            if "tagging" in query:
+                return "PutBucketTagging"
             if "acl" in query:
                 return "PutBucketAcl"
             if "versioning" in query:
                 raise S3Error("NotImplemented", "Changing versioning is not supported")
             return "CreateBucket"
         if method == "DELETE":
+            if "tagging" in query:
+                return "DeleteBucketTagging"
             return "DeleteBucketPolicy" if "policy" in query else "DeleteBucket"
         if method == "POST" and "delete" in query:
             return "DeleteObjects"
@@ -66,6 +71,8 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
             return "GetObjectAcl"
         if "attributes" in query:
             return "GetObjectAttributes"
+        if "tagging" in query:
+            return "GetObjectTagging"
         return "GetObject"
     if method == "HEAD":
         return "HeadObject"
@@ -74,8 +81,12 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
             return "UploadPart"
         if "acl" in query:
             return "PutObjectAcl"
+        if "tagging" in query:
+            return "PutObjectTagging"
         return "PutObject"
     if method == "DELETE":
+        if "tagging" in query:
+            return "DeleteObjectTagging"
         return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
     if method == "POST":
         if "uploads" in query:

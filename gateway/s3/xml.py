@@ -200,3 +200,23 @@ def acl_grants(body: bytes) -> list[tuple[str, str]]:
             who = (grantee.findtext("ID") or grantee.findtext("URI") or grantee.findtext("EmailAddress") or "").strip()
         out.append((who, (grant.findtext("Permission") or "").strip()))
     return out
+
+
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """A <Tagging><TagSet><Tag><Key/><Value/></Tag>...</TagSet></Tagging> document."""
+    root = parse_xml(body)
+    tagset = root.find("TagSet") if root.tag == "Tagging" else None
+    if tagset is None:
+        raise S3Error("MalformedXML", "A Tagging document holds one TagSet")
+    out = []
+    for tag in tagset.findall("Tag"):
+        key, value = tag.findtext("Key"), tag.findtext("Value")
+        if key is None or value is None:
+            raise S3Error("MalformedXML", "Each Tag needs a Key and a Value")
+        out.append((key, value))
+    return out
+
+
+def tagging(tags: Iterable[tuple[str, str]]) -> str:
+    inner = "".join(f"<Tag>{elem('Key', k)}{elem('Value', v)}</Tag>" for k, v in tags)
+    return f"<TagSet>{inner}</TagSet>"

@@ -676,7 +676,7 @@ class RadosStore:
                 await self.remove_data(oid, () if staged else tails)
             raise
         where = f',"a":{at},"n":{size}' if packed else ""
-        value = f'{{"o":{json.dumps(oid)}{where},"m":{meta_text}}}'
+        value = f'{{"o":{json.dumps(oid)}{where},"m":{index_json(meta)}}}'
         try:
             current: Stored | None = None  # mail keys are new: first try "absent", no read
             if cond.needs_current():
@@ -986,6 +986,13 @@ class RadosStore:
                     return ListPage(entries, prefixes, False, None)
                 resume = limit.decode()
             after = resume
+
+
+def index_json(meta: ObjectMeta) -> str:
+    """The metadata as an index entry holds it: ASCII JSON (non-ASCII escaped). python-rados's
+    `omap_cmp` passes a value's length in characters, not bytes, so a value with non-ASCII text
+    could never be compared equal, and its key never overwritten or deleted."""
+    return json.dumps(meta.to_json(), separators=(",", ":"))
 
 
 def _create(op: Any, rados: Any, data: bytes) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import rados_group, records
 from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
-from .rados import BUCKETS, ENTRY, UPLOADS, RadosBucket, RadosStore, Stored
+from .rados import BUCKETS, ENTRY, UPLOADS, RadosBucket, RadosStore, Stored, index_json
 
 HEAD_READ = 64 << 10
 
@@ -247,7 +247,7 @@ def rebuild(store: RadosStore, b: RadosBucket) -> FsckReport:
         if rec.namespace != b.name or rec.meta is None:
             return
         if rec.key not in newest or rec.meta.mtime > newest[rec.key][0]:
-            newest[rec.key] = (rec.meta.mtime, where, records.meta_json(rec.meta))
+            newest[rec.key] = (rec.meta.mtime, where, index_json(rec.meta))
 
     for obj in store.data.list_objects():
         if not obj.key.startswith(b.id + ".") or _head_of(obj.key) != obj.key:

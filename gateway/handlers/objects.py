@@ -420,7 +420,7 @@ async def get_object_attributes(gw: Gateway, r: S3Request) -> web.StreamResponse
         out.append(f"<Checksum>{inner}{xml.elem('ChecksumType', meta.checksums.get('type', 'FULL_OBJECT'))}"
                    "</Checksum>")
     if "ObjectParts" in wanted and meta.parts:
-        inner = xml.elem("TotalPartsCount", meta.parts)
+        inner = xml.elem("PartsCount", meta.parts)  # TotalPartsCount in the SDKs
         if meta.part_sizes:
             rest = [(n, size) for n, size in enumerate(meta.part_sizes, 1) if n > marker]
             shown = rest[:max_parts]

@@ -225,14 +225,20 @@ def rados_read_op():  # type: ignore[no-untyped-def]
     return rados.ReadOpCtx()
 
 
-def test_admin_api_and_cli_over_http(pair):
+def operator_cli(pair):  # type: ignore[no-untyped-def]
+    """(environment, --endpoint arguments, run) for the mailstore CLI with the operator's key,
+    through gateway B."""
     env = {**os.environ, "MAILSTORE_ACCESS_KEY": pair["keys"]["admin"].access_key,
            "MAILSTORE_SECRET_KEY": pair["keys"]["admin"].secret}
-    ep = ["--endpoint", pair["b"].endpoint]
 
     def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, env=env,
                               check=check, timeout=60)
+    return env, ["--endpoint", pair["b"].endpoint], cli
+
+
+def test_admin_api_and_cli_over_http(pair):
+    env, ep, cli = operator_cli(pair)
 
     listed = [json.loads(line) for line in cli("key", "list", *ep).stdout.splitlines()]
     assert {k["Name"] for k in listed} >= {"admin", "dovecot", "backup", "tenant", "custom"}
@@ -268,13 +274,7 @@ def test_accounts_own_their_buckets(pair):
     object and bucket operation, a copy's source); another's is AccessDenied whatever the key's
     policy, and its name is BucketAlreadyExists. The operator's administrator manages accounts
     and keys but owns none of theirs. Made through one gateway, used through the other."""
-    env = {**os.environ, "MAILSTORE_ACCESS_KEY": pair["keys"]["admin"].access_key,
-           "MAILSTORE_SECRET_KEY": pair["keys"]["admin"].secret}
-    ep = ["--endpoint", pair["b"].endpoint]
-
-    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, env=env,
-                              check=check, timeout=60)
+    env, ep, cli = operator_cli(pair)
 
     alpha = json.loads(cli("account", "create", *ep, "alpha").stdout)
     beta = json.loads(cli("account", "create", *ep, "beta").stdout)
@@ -341,13 +341,10 @@ def test_bucket_policies_grant_across_accounts(pair):
     and its own key allows it; an explicit Deny in either wins; anonymous requests only what
     the policy grants "*"; the policy is the owner's alone to read and change; a bucket made
     again starts without one. Canned ACLs other than private are refused."""
-    env = {**os.environ, "MAILSTORE_ACCESS_KEY": pair["keys"]["admin"].access_key,
-           "MAILSTORE_SECRET_KEY": pair["keys"]["admin"].secret}
-    ep = ["--endpoint", pair["b"].endpoint]
+    _, ep, run = operator_cli(pair)
 
     def cli(*args: str) -> str:
-        return subprocess.run([str(BIN / "mailstore"), *args], capture_output=True, text=True, env=env,
-                              check=True, timeout=60).stdout
+        return run(*args).stdout
 
     cli("account", "create", *ep, "gamma")
     delta = json.loads(cli("account", "create", *ep, "delta"))

@@ -33,15 +33,16 @@ READ_CHUNK = 1 << 20
 
 # x-amz-checksum-<name>: how to compute it.  crc32c and crc64nvme arrive with
 # the streaming and checksum work of the compatibility issue.
-CHECKSUMS: dict[str, Callable[[], _Digest]] = {}
+CHECKSUMS: dict[str, Callable[[], Digest]] = {}
 
 
-class _Digest(Protocol):
+class Digest(Protocol):
     def update(self, data: bytes) -> None: ...
     def b64(self) -> str: ...
 
 
-class _Crc32(_Digest):
+
+class _Crc32(Digest):
     def __init__(self) -> None:
         self.v = 0
 
@@ -52,7 +53,7 @@ class _Crc32(_Digest):
         return base64.b64encode(self.v.to_bytes(4, "big")).decode()
 
 
-class _Hash(_Digest):
+class _Hash(Digest):
     def __init__(self, name: str) -> None:
         self.h = hashlib.new(name)
 
@@ -63,7 +64,7 @@ class _Hash(_Digest):
         return base64.b64encode(self.h.digest()).decode()
 
 
-class _Crt(_Digest):
+class _Crt(Digest):
     """CRC32C and CRC64NVME from awscrt (the implementation botocore itself uses)."""
 
     def __init__(self, fn: Callable[[bytes, int], int], width: int) -> None:
@@ -177,7 +178,7 @@ class Received:
     checksums: dict[str, str]  # verified, base64, to store with the object
 
 
-class _Digests:
+class Digests:
     def __init__(self, exp: Expectations) -> None:
         self.md5 = hashlib.md5()
         self.sha = hashlib.sha256() if exp.payload_sha256 else None
@@ -218,7 +219,7 @@ async def receive(request: web.BaseRequest, exp: Expectations, engine: Engine, b
     """Read the whole body; in memory up to the engine's inline_max, else streamed to its
     stager (`force_blob`: staged whatever its size, as parts are). Large bodies are
     digested on a worker thread (`run`), so the loop keeps serving meanwhile."""
-    digests = _Digests(exp)
+    digests = Digests(exp)
     content = request.content
     decoder = (AwsChunkedDecoder(signer=exp.chunk_signer, expect_trailer=exp.expect_trailer)
                if exp.aws_chunked else None)

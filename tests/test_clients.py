@@ -99,6 +99,58 @@ def test_aws_cli_s3_commands(gateway, bucket, aws_env, tmp_path):
     assert "synced" not in run([AWS, *ep, "s3", "ls", f"s3://{bucket}/"], aws_env).stdout
 
 
+def test_aws_cli_s3api_answers_as_aws(gateway, bucket, aws_env, tmp_path):
+    """Issue 17 through Debian's AWS CLI (2.9, s3api): a bucket goes with its pending uploads,
+    RFC 3986 listing encoding, GET by part number, your own bucket made again, Content-Encoding
+    as sent, GetObjectAttributes, tagging, a bucket policy and the owner's ACL."""
+    ep = ["--endpoint-url", gateway.endpoint, "--output", "json"]
+
+    def api(*args: str, check: bool = True) -> dict[str, object]:
+        res = subprocess.run([AWS, *ep, "s3api", *args], capture_output=True, text=True, timeout=300, env=aws_env)
+        if check:
+            assert res.returncode == 0, res.stderr[-2000:]
+        else:
+            assert res.returncode != 0
+            return {"error": res.stderr}
+        return json.loads(res.stdout) if res.stdout.strip() else {}
+
+    gone = f"{bucket}-gone"
+    api("create-bucket", "--bucket", gone)
+    api("create-bucket", "--bucket", gone)  # yours already, us-east-1: 200
+    api("create-multipart-upload", "--bucket", gone, "--key", "pending")
+    api("delete-bucket", "--bucket", gone)  # its pending upload goes with it
+    assert "404" in str(api("head-bucket", "--bucket", gone, check=False)["error"])
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 100)
+    api("put-object", "--bucket", bucket, "--key", "cli exact/a b", "--body", str(body),
+        "--content-encoding", "deflate, gzip", "--tagging", "team=mail")
+    listed = api("list-objects-v2", "--bucket", bucket, "--prefix", "cli exact/", "--encoding-type", "url")
+    assert [o["Key"] for o in listed["Contents"]] == ["cli%20exact/a%20b"]  # type: ignore[index]
+    head = api("head-object", "--bucket", bucket, "--key", "cli exact/a b")
+    assert head["ContentEncoding"] == "deflate, gzip"
+    assert api("get-object-tagging", "--bucket", bucket, "--key", "cli exact/a b")["TagSet"] == [
+        {"Key": "team", "Value": "mail"}]
+    api("put-object-tagging", "--bucket", bucket, "--key", "cli exact/a b", "--tagging",
+        '{"TagSet": [{"Key": "k", "Value": "v"}]}')
+    attrs = api("get-object-attributes", "--bucket", bucket, "--key", "cli exact/a b",
+                "--object-attributes", "ETag", "ObjectSize", "StorageClass")
+    assert attrs["ObjectSize"] == 100 and attrs["StorageClass"] == "STANDARD"
+    got = api("get-object", "--bucket", bucket, "--key", "cli exact/a b", "--part-number", "1", str(tmp_path / "p1"))
+    assert got["ContentLength"] == 100 and (tmp_path / "p1").read_bytes() == b"x" * 100
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject",
+                                                      "Resource": f"arn:aws:s3:::{bucket}/cli exact/*"}]}
+    api("put-bucket-policy", "--bucket", bucket, "--policy", json.dumps(policy))
+    assert json.loads(api("get-bucket-policy", "--bucket", bucket)["Policy"]) == policy  # type: ignore[arg-type]
+    assert "AccessDenied" in str(api("delete-object", "--bucket", bucket, "--key", "cli exact/a b",
+                                     check=False)["error"])  # an explicit Deny beats the administrator
+    api("delete-bucket-policy", "--bucket", bucket)
+    api("delete-object", "--bucket", bucket, "--key", "cli exact/a b")
+    owner = api("get-bucket-acl", "--bucket", bucket)["Owner"]
+    assert len(owner["ID"]) == 64  # type: ignore[index]  # the account's canonical id
+    assert "AccessControlListNotSupported" in str(api("put-object", "--bucket", bucket, "--key", "acl", "--acl",
+                                                      "public-read", check=False)["error"])
+
+
 def test_aws_cli_s3api_multipart_and_copy(gateway, bucket, aws_env, tmp_path):
     ep = ["--endpoint-url", gateway.endpoint, "--output", "json"]
     part = tmp_path / "part"

@@ -327,6 +327,17 @@ def test_multipart_checksums_composite_and_full_object(s3, bucket):
     attrs = s3.get_object_attributes(Bucket=bucket, Key="full", ObjectAttributes=["Checksum"])
     assert attrs["Checksum"] == {"ChecksumCRC32": done["ChecksumCRC32"], "ChecksumType": "FULL_OBJECT"}
 
+    # CopyObject with a checksum algorithm: the copy's own, on its bytes (a 10 MiB source: streamed)
+    copied = s3.copy_object(Bucket=bucket, Key="full-copy", CopySource={"Bucket": bucket, "Key": "full"},
+                            ChecksumAlgorithm="SHA256")["CopyObjectResult"]
+    assert copied["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(whole).digest()).decode()
+    head = s3.head_object(Bucket=bucket, Key="full-copy", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == copied["ChecksumSHA256"]
+    s3.put_object(Bucket=bucket, Key="small", Body=b"small body")
+    small = s3.copy_object(Bucket=bucket, Key="small-copy", CopySource={"Bucket": bucket, "Key": "small"},
+                           ChecksumAlgorithm="CRC32")["CopyObjectResult"]
+    assert small["ChecksumCRC32"] == base64.b64encode(zlib.crc32(b"small body").to_bytes(4, "big")).decode()
+
     uid = s3.create_multipart_upload(Bucket=bucket, Key="strict", ChecksumAlgorithm="SHA1")["UploadId"]
     assert fails(s3.upload_part, Bucket=bucket, Key="strict", UploadId=uid, PartNumber=1, Body=b"x",
                  ChecksumAlgorithm="CRC32")[1] == "InvalidRequest"  # not the upload's algorithm

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from ..body import Expectations, receive
+from ..body import CHECKSUMS, Digest, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Found
 from ..engine.model import BlobRef, Conditions, CorruptRecord, NoSuchKey, ObjectMeta, PreconditionFailed
@@ -294,18 +294,22 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 
 async def copy_body(gw: Gateway, src: Found, start: int, end: int, bucket: str,
-                    upload: str | None = None) -> tuple[bytes, tuple[BlobRef, ...], str]:
+                    upload: str | None = None, also: Digest | None = None) -> tuple[bytes, tuple[BlobRef, ...], str]:
     """The bytes [start, end) of src as a new body (in memory, or staged in `bucket`; always
-    staged for a part of `upload`) and their MD5."""
+    staged for a part of `upload`) and their MD5; `also` is fed the same bytes."""
     if end - start <= gw.engine.inline_max and upload is None:
         data = ((await gw.engine.read(src))[start:end] if not gw.engine.streamed(src)
                 else b"".join([piece async for piece in gw.engine.stream(src, start, end)]))
+        if also is not None:
+            also.update(data)
         return data, (), hashlib.md5(data).hexdigest()
     h = hashlib.md5()
     stager = await gw.engine.stager(bucket, upload)
     try:
         async for piece in gw.engine.stream(src, start, end):
             await gw.run_blocking(h.update, piece)
+            if also is not None:
+                await gw.run_blocking(also.update, piece)
             await stager.write(piece)
         return b"", await stager.finish(), h.hexdigest()
     except BaseException:
@@ -330,7 +334,12 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if tagging not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "Unknown tagging directive.")
     tags = src.meta.tags if tagging == "COPY" else (tags_from_header(r) or ())
-    data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size, r.bucket)
+    algorithm = r.headers.get("x-amz-checksum-algorithm", "").lower() or None
+    if algorithm is not None and algorithm not in CHECKSUMS:
+        raise S3Error("InvalidRequest", "Checksum algorithm provided is unsupported. Please try again with any of "
+                      "the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
+    digest = CHECKSUMS[algorithm]() if algorithm is not None else None
+    data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size, r.bucket, also=digest)
     etag = f'"{md5_hex}"'
     if directive == "REPLACE":
         meta = meta_from_request(r, src.meta.size, etag, {})
@@ -338,13 +347,17 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         s = src.meta
         meta = ObjectMeta(s.size, etag, time.time(), s.content_type, s.headers, s.user, s.checksums)
     meta = dataclasses.replace(meta, tags=tags)
+    if algorithm is not None and digest is not None:  # the copy's own, computed on its bytes
+        meta = dataclasses.replace(meta, checksums={algorithm: digest.b64()})
     try:
         await gw.engine.put(r.bucket, r.key, meta, data, blobs, write_conditions(r))
     except BaseException:
         await gw.engine.discard(blobs)
         raise
+    sums = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in meta.checksums.items()
+                   if a in CHECKSUM_ELEMENTS and algorithm is not None)
     body = xml.document("CopyObjectResult", xml.elem("LastModified", xml.iso8601(meta.mtime))
-                        + xml.elem("ETag", meta.etag))
+                        + xml.elem("ETag", meta.etag) + sums)
     return web.Response(body=body, content_type="application/xml")
 
 

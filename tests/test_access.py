@@ -298,6 +298,13 @@ def test_accounts_own_their_buckets(pair):
     assert listed["Owner"] == {"ID": alpha["CanonicalId"], "DisplayName": "alpha"}
     assert a.get_bucket_acl(Bucket="alpha-mail")["Owner"]["ID"] == alpha["CanonicalId"]
     assert [x["Name"] for x in b.list_buckets()["Buckets"]] == ["beta-mail"]
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    cli_env.update(AWS_ACCESS_KEY_ID=a_admin.access_key, AWS_SECRET_ACCESS_KEY=a_admin.secret,
+                   AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/nonexistent", HOME="/nonexistent")
+    aws = subprocess.run(["/usr/bin/aws", "--endpoint-url", pair["a"].endpoint, "--output", "json", "s3api",
+                          "list-buckets"], capture_output=True, text=True, env=cli_env, timeout=120, check=True)
+    listed_cli = json.loads(aws.stdout)  # Debian's AWS CLI, as account alpha
+    assert [x["Name"] for x in listed_cli["Buckets"]] == ["alpha-mail"] and listed_cli["Owner"]["DisplayName"] == "alpha"
     assert "alpha-mail" not in [x["Name"] for x in operator.list_buckets()["Buckets"]]
     for who in (b, operator):  # another account, administrator or not
         for call in (lambda s: s.get_object(Bucket="alpha-mail", Key="m1"),

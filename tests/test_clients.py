@@ -3,6 +3,8 @@ from Debian, s3cmd (V4 and --signature-v2), rclone, and minio-py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -145,6 +147,11 @@ def test_aws_cli_s3api_answers_as_aws(gateway, bucket, aws_env, tmp_path):
                                      check=False)["error"])  # an explicit Deny beats the administrator
     api("delete-bucket-policy", "--bucket", bucket)
     api("delete-object", "--bucket", bucket, "--key", "cli exact/a b")
+    # a checksum through GetObjectAttributes (Debian's CLI 2.9 predates conditional writes: boto3 tests them)
+    api("put-object", "--bucket", bucket, "--key", "cli-once", "--body", str(body), "--checksum-algorithm", "SHA256")
+    sums = api("get-object-attributes", "--bucket", bucket, "--key", "cli-once", "--object-attributes", "Checksum")
+    assert sums["Checksum"]["ChecksumSHA256"] == base64.b64encode(  # type: ignore[index]
+        hashlib.sha256(b"x" * 100).digest()).decode()
     owner = api("get-bucket-acl", "--bucket", bucket)["Owner"]
     assert len(owner["ID"]) == 64  # type: ignore[index]  # the account's canonical id
     assert "AccessControlListNotSupported" in str(api("put-object", "--bucket", bucket, "--key", "acl", "--acl",

@@ -76,7 +76,6 @@ def refuse_unsupported(headers: Any) -> None:
                           extra={"Header": name})
 
 
-
 CANNED_ACLS = ("private", "bucket-owner-full-control")  # what an owner-only bucket means anyway
 
 
@@ -91,10 +90,12 @@ def refuse_acls(op: str, headers: Any) -> None:
                       "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting")
     raise S3Error("AccessControlListNotSupported", "The bucket does not allow ACLs")
 
+
 # Operations whose engine call refuses to act on a bucket found owned by another account than
 # the one it had (rados.py `_with_bucket`), so the permission check may use a cached owner.
 CACHED_OWNER_OPS = frozenset({"GetObject", "HeadObject", "PutObject", "DeleteObject", "DeleteObjects",
                               "ListObjects", "ListObjectsV2", "ListObjectVersions"})
+
 
 def preflight(headers: CIMultiDictProxy[str]) -> None:
     """A CORS preflight (OPTIONS; AWS S3 API Reference, "OPTIONS object"), which is never signed.

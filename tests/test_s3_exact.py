@@ -327,6 +327,15 @@ def test_multipart_checksums_composite_and_full_object(s3, bucket):
     attrs = s3.get_object_attributes(Bucket=bucket, Key="full", ObjectAttributes=["Checksum"])
     assert attrs["Checksum"] == {"ChecksumCRC32": done["ChecksumCRC32"], "ChecksumType": "FULL_OBJECT"}
 
+    # UploadPartCopy into an upload with a checksum algorithm: the part's computed on the bytes copied
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="by-copy", ChecksumAlgorithm="CRC32")["UploadId"]
+    part = s3.upload_part_copy(Bucket=bucket, Key="by-copy", UploadId=uid, PartNumber=1,
+                               CopySource={"Bucket": bucket, "Key": "full"}, CopySourceRange="bytes=0-99")
+    crc = base64.b64encode(zlib.crc32(whole[:100]).to_bytes(4, "big")).decode()
+    assert part["CopyPartResult"]["ChecksumCRC32"] == crc
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="by-copy", UploadId=uid, MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": part["CopyPartResult"]["ETag"], "ChecksumCRC32": crc}]})
+    assert done["ChecksumCRC32"].endswith("-1")
     # CopyObject with a checksum algorithm: the copy's own, on its bytes (a 10 MiB source: streamed)
     copied = s3.copy_object(Bucket=bucket, Key="full-copy", CopySource={"Bucket": bucket, "Key": "full"},
                             ChecksumAlgorithm="SHA256")["CopyObjectResult"]

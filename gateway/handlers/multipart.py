@@ -120,7 +120,7 @@ async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
     number = _part_number(r)
     upload = await _upload(gw, r)
     if "x-amz-copy-source" in r.headers:
-        return await upload_part_copy(gw, r, number)
+        return await upload_part_copy(gw, r, number, upload)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     assert r.bucket
     got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking, upload=r.query["uploadId"],
@@ -148,7 +148,9 @@ async def _store_part(gw: Gateway, r: S3Request, number: int, blobs: tuple[BlobR
         raise
 
 
-async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.StreamResponse:
+async def upload_part_copy(gw: Gateway, r: S3Request, number: int, upload: Upload) -> web.StreamResponse:
+    """UploadPartCopy; in an upload made with a checksum algorithm, the part's checksum is
+    computed on the bytes copied, as AWS does."""
     sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
     src = await gw.engine.head(sb, sk)
     if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
@@ -158,10 +160,15 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int) -> web.Stream
     if spec is not None:
         start, end = _copy_range(spec, src.meta.size)
     assert r.bucket
-    _, blobs, md5_hex = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"])
+    alg = upload.meta.checksums.get("algorithm")
+    digest = CHECKSUMS[alg]() if alg else None
+    _, blobs, md5_hex = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"], also=digest)
     etag = f'"{md5_hex}"'
-    await _store_part(gw, r, number, blobs, etag)
-    return _xml("CopyPartResult", xml.elem("LastModified", xml.iso8601(src.meta.mtime)) + xml.elem("ETag", etag))
+    sums = {alg: digest.b64()} if alg and digest is not None else {}
+    await _store_part(gw, r, number, blobs, etag, sums)
+    extra = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in sums.items())
+    return _xml("CopyPartResult", xml.elem("LastModified", xml.iso8601(src.meta.mtime)) + xml.elem("ETag", etag)
+                + extra)
 
 
 def _copy_range(spec: str, size: int) -> tuple[int, int]:

@@ -125,6 +125,7 @@ class LocalEngine:
         except BaseException:
             self._lock.close()
             raise
+        self._bucket_cache: dict[str, tuple[int, Bucket]] = {}  # get_bucket: name -> (record seq, parsed)
         self.metrics = {"batches": 0, "batch_txns": 0, "commit_seconds": 0.0, "checksum_errors": 0}
         self.batch_observers: list[Callable[[int, float, float], None]] = []  # (txns, seconds, sync seconds)
         self.committer: GroupCommitter | None = None
@@ -196,10 +197,22 @@ class LocalEngine:
             raise NoSuchBucket(name)
 
     def get_bucket(self, name: str) -> Bucket:
+        """Asked by every request (its permission check): the record parsed once per version of it,
+        each time checked current by its sequence number alone."""
+        seq = self.index.seq(SYS, f"bucket/{name}")
+        if seq is None:
+            raise NoSuchBucket(name)
+        hit = self._bucket_cache.get(name)
+        if hit is not None and hit[0] == seq:
+            return hit[1]
         info = self.index.get(SYS, f"bucket/{name}")
         if info is None:
             raise NoSuchBucket(name)
-        return Bucket(name, info.meta.mtime, info.meta.user.get("owner", ""))
+        bucket = Bucket(name, info.meta.mtime, info.meta.user.get("owner", ""))
+        if len(self._bucket_cache) > 10_000:
+            self._bucket_cache.clear()
+        self._bucket_cache[name] = (info.seq, bucket)
+        return bucket
 
     def list_buckets(self) -> list[Bucket]:
         return [Bucket(i.key.removeprefix("bucket/"), i.meta.mtime, i.meta.user.get("owner", ""))

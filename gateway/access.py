@@ -19,7 +19,7 @@ denial is counted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .keys import AccessKey
@@ -47,11 +47,17 @@ class Decision:
     name and canonical id), the buckets it touches and the request's condition context."""
 
     def __init__(self, access: Access, key: AccessKey, who: frozenset[str], targets: Mapping[str, Target],
-                 context: Mapping[str, str]) -> None:
-        self.access, self.key, self.who, self.targets, self.context = access, key, who, targets, context
+                 context: Callable[[], Mapping[str, str]]) -> None:
+        """`context`: the request's condition keys, asked for only when a policy is evaluated."""
+        self.access, self.key, self.who, self.targets, self._context = access, key, who, targets, context
+        self._request_keys: Mapping[str, str] | None = None
+
+    def _ctx(self, extra: Mapping[str, str] | None) -> Mapping[str, str]:
+        if self._request_keys is None:
+            self._request_keys = self._context()
+        return {**self._request_keys, **extra} if extra else self._request_keys
 
     def allows(self, action: str, resource: str, context: Mapping[str, str] | None = None) -> bool:
-        ctx = {**self.context, **(context or {})}
         bucket = _bucket_of(resource)
         target = self.targets.get(bucket) if bucket is not None else None
         key = self.key
@@ -61,8 +67,8 @@ class Decision:
         elif key.admin:
             identity = "Allow"
         else:
-            identity = key.policy.decide(action, resource, ctx) if key.policy is not None else None
-        bucket_policy = target.policy.decide(action, resource, ctx, self.who) \
+            identity = key.policy.decide(action, resource, self._ctx(context)) if key.policy is not None else None
+        bucket_policy = target.policy.decide(action, resource, self._ctx(context), self.who) \
             if target is not None and target.policy is not None else None
         if target is None:  # no bucket (ListBuckets), or one that does not exist: the key's own say
             ok = identity == "Allow"
@@ -95,5 +101,5 @@ class Access:
         self.denials_by_action[action] = self.denials_by_action.get(action, 0) + 1
 
     def decision(self, key: AccessKey, who: frozenset[str], targets: Mapping[str, Target],
-                 context: Mapping[str, str]) -> Decision:
+                 context: Callable[[], Mapping[str, str]]) -> Decision:
         return Decision(self, key, who, targets, context)

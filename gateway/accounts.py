@@ -54,6 +54,11 @@ class Account:
     def display(self) -> str:
         return self.name or "operator"
 
+    @property
+    def principals(self) -> frozenset[str]:
+        """How a bucket policy's Principal may name it."""
+        return frozenset({self.display, self.canonical_id})
+
     def describe(self) -> dict[str, object]:
         return {"Name": self.display, "CanonicalId": self.canonical_id, "Created": int(self.created)}
 

@@ -77,6 +77,7 @@ def refuse_unsupported(headers: Any) -> None:
 
 
 CANNED_ACLS = ("private", "bucket-owner-full-control")  # what an owner-only bucket means anyway
+ACL_OPS = frozenset({"CreateBucket", "PutObject", "CreateMultipartUpload", "PutBucketAcl", "PutObjectAcl"})
 
 
 def refuse_acls(op: str, headers: Any) -> None:
@@ -205,9 +206,10 @@ class Dispatcher:
             targets[name] = Target(account_of(b.owner), await self.gw.bucket_policies.get(name, b.created))
         who: frozenset[str] = frozenset()
         if key.account != ANONYMOUS_ACCOUNT:
-            account = await self.gw.accounts.known(key.account)
-            who = frozenset({account.display, account.canonical_id})
-        context = {"aws:SourceIp": request.remote or "", "aws:SecureTransport": "true" if request.secure else "false"}
+            who = (await self.gw.accounts.known(key.account)).principals
+
+        def context() -> dict[str, str]:
+            return {"aws:SourceIp": request.remote or "", "aws:SecureTransport": "true" if request.secure else "false"}
         return self.gw.access.decision(key, who, targets, context)
 
     async def _sweep(self) -> None:
@@ -258,7 +260,8 @@ class Dispatcher:
             decision = await self._decision(request, principal.key, op, bucket, copy_source)
             decision.authorize(op, bucket, key, query, copy_source)
             refuse_unsupported(request.headers)
-            refuse_acls(op, request.headers)
+            if op in ACL_OPS:
+                refuse_acls(op, request.headers)
             handler = self.handlers[op]
             if request.headers.get("expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 # Only now, authenticated and routed, may the client send its body.

@@ -1,16 +1,16 @@
 """Bucket policies (issue 17): a bucket's resource policy in the AWS grammar, with Principals.
 
-A policy is a shared engine record (namespace "bucket-policy", named by the bucket) that
-also records which bucket it was put on (the bucket's creation time): a bucket deleted and
-made again never inherits the old one's policy. Gateways keep what they read for 2 s, as
-they keep keys, so a change made through one gateway holds on every other within 2 s and
-at once on the gateway that made it.
+A policy is a bucket record (bucket_records.py, namespace "bucket-policy"), so a bucket
+deleted and made again never inherits the old one's policy. Gateways keep what they read for
+2 s, as they keep keys, so a change made through one gateway holds on every other within 2 s
+and at once on the gateway that made it.
 """
 
 from __future__ import annotations
 
 import time
 
+from .bucket_records import BucketRecords
 from .engine.api import Engine
 from .policy import Policy
 
@@ -21,7 +21,7 @@ MAX_POLICY = 20 * 1024  # AWS: a bucket policy is at most 20 KB
 
 class BucketPolicies:
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.records = BucketRecords(engine, NAMESPACE)
         self._cache: dict[str, tuple[float, float, Policy | None]] = {}  # bucket -> (read at, created, policy)
 
     async def get(self, bucket: str, created: float) -> Policy | None:
@@ -29,10 +29,8 @@ class BucketPolicies:
         hit = self._cache.get(bucket)
         if hit is not None and now - hit[0] < CACHE_SECONDS and hit[1] == created:
             return hit[2]
-        fields = await self.engine.record(NAMESPACE, bucket)
-        policy = None
-        if fields is not None and fields.get("created") == repr(created):
-            policy = Policy.parse(fields["policy"], bucket=bucket)
+        text = await self.records.read(bucket, created)
+        policy = Policy.parse(text, bucket=bucket) if text is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[bucket] = (now, created, policy)
@@ -40,16 +38,9 @@ class BucketPolicies:
 
     async def put(self, bucket: str, created: float, text: str) -> None:
         """Sets the policy (already parsed and checked by the caller)."""
-        await self._swap(bucket, {"policy": text, "created": repr(created)})
+        await self.records.write(bucket, created, text)
+        self._cache.pop(bucket, None)
 
     async def delete(self, bucket: str) -> None:
-        await self._swap(bucket, None)
-
-    async def _swap(self, bucket: str, fields: dict[str, str] | None) -> None:
-        while True:
-            current = await self.engine.record(NAMESPACE, bucket)
-            if current is None and fields is None:
-                break
-            if await self.engine.swap_record(NAMESPACE, bucket, current, fields):
-                break
+        await self.records.delete(bucket)
         self._cache.pop(bucket, None)

@@ -19,6 +19,7 @@ from .access import Access, Decision
 from .accounts import AccountStore
 from .auth import Authenticator, Principal
 from .bucket_policies import BucketPolicies
+from .bucket_records import BucketRecords
 from .config import GatewayConfig
 from .engine.api import Engine, ThreadRunner
 from .keys import KeyStore
@@ -85,6 +86,7 @@ class Gateway:
         self.keys = KeyStore(engine)
         self.accounts = AccountStore(engine)
         self.bucket_policies = BucketPolicies(engine)
+        self.bucket_tags = BucketRecords(engine, "bucket-tagging")
         self.auth = Authenticator(self.keys)
         self.access = Access()
         self.counters: dict[str, int] = {}

@@ -80,7 +80,8 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
 async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     await gw.engine.delete_bucket(r.bucket)
-    await gw.bucket_policies.delete(r.bucket)  # (a bucket made again would not take it anyway)
+    await gw.bucket_policies.delete(r.bucket)  # (a bucket made again would not take them anyway)
+    await gw.bucket_tags.delete(r.bucket)
     return web.Response(status=204)
 
 

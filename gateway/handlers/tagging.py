@@ -24,7 +24,6 @@ from ..s3.errors import S3Error
 from .objects import MAX_OBJECT_TAGS, check_tags, copy_body
 
 MAX_BUCKET_TAGS = 50
-BUCKET_TAGS = "bucket-tagging"  # the shared records of buckets' tags
 
 
 def _xml(root: str, body: str) -> web.Response:
@@ -73,30 +72,22 @@ async def _bucket_created(gw: Gateway, r: S3Request) -> float:
 
 async def get_bucket_tagging(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
-    created = await _bucket_created(gw, r)
-    fields = await gw.engine.record(BUCKET_TAGS, r.bucket)
-    if fields is None or fields.get("created") != repr(created):
+    text = await gw.bucket_tags.read(r.bucket, await _bucket_created(gw, r))
+    if text is None:
         raise S3Error("NoSuchTagSet", extra={"BucketName": r.bucket})
-    return _xml("Tagging", xml.tagging(tuple(tuple(t) for t in json.loads(fields["tags"]))))
-
-
-async def _swap_bucket_tags(gw: Gateway, bucket: str, fields: dict[str, str] | None) -> None:
-    while True:
-        current = await gw.engine.record(BUCKET_TAGS, bucket)
-        if (current is None and fields is None) or await gw.engine.swap_record(BUCKET_TAGS, bucket, current, fields):
-            return
+    return _xml("Tagging", xml.tagging(tuple(tuple(t) for t in json.loads(text))))
 
 
 async def put_bucket_tagging(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     created = await _bucket_created(gw, r)
     tags = await _tags_in_body(gw, r, MAX_BUCKET_TAGS)
-    await _swap_bucket_tags(gw, r.bucket, {"tags": json.dumps(tags), "created": repr(created)})
+    await gw.bucket_tags.write(r.bucket, created, json.dumps(tags))
     return web.Response(status=204)
 
 
 async def delete_bucket_tagging(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket
     await _bucket_created(gw, r)
-    await _swap_bucket_tags(gw, r.bucket, None)
+    await gw.bucket_tags.delete(r.bucket)
     return web.Response(status=204)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 from . import records
 from .index import connect, key_bytes
-from .model import BlobRef, EngineError, EngineUnavailable, ObjectMeta, StorageFull, as_storage_error
-from .segments import DataDir, SegmentWriter, WriteLock, fsync_dir
+from .model import SYS, BlobRef, EngineError, EngineUnavailable, ObjectMeta, StorageFull, as_storage_error
+from .segments import DataDir, Generation, SegmentWriter, WriteLock, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,10 @@ class GroupCommitter:
     MAX_BATCH_BYTES = 16 << 20
     SEGMENT_LIMIT = 64 << 20
 
-    def __init__(self, data: DataDir, *, on_batch: Callable[[int, float, float], None] | None = None) -> None:
+    def __init__(self, data: DataDir, generation: Generation, *,
+                 on_batch: Callable[[int, float, float], None] | None = None) -> None:
         self.data = data
+        self.generation = generation  # bumped by a batch that changes the system namespace
         self.conn = connect(data.index_path)
         self.lock = WriteLock(data.root)
         self._queue: queue.SimpleQueue[Txn | None] = queue.SimpleQueue()
@@ -345,6 +347,8 @@ class GroupCommitter:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
+        if any(w.ns == SYS for _, plan in planned for w, seq, _, _ in plan if seq):
+            self.generation.bump()  # still under the write lock
         for txn, plan in planned:
             txn.result = [s if s else None for _, s, _, _ in plan]
         return seg, base + len(payload), released

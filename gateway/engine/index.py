@@ -84,11 +84,6 @@ class IndexReader:
         ).fetchone()
         return row_to_info(ns, key, row) if row else None
 
-    def seq(self, ns: str, key: str) -> int | None:
-        """The key's current sequence number (None when absent): a cheap "has it changed?"."""
-        row = self.conn.execute("SELECT seq FROM objects WHERE ns=? AND key=?", (ns, key_bytes(key))).fetchone()
-        return int(row[0]) if row else None
-
     def exists(self, ns: str, key: str) -> bool:
         return self.conn.execute(
             "SELECT 1 FROM objects WHERE ns=? AND key=?", (ns, key_bytes(key))

@@ -47,7 +47,7 @@ from .model import (
     PreconditionFailed,
 )
 from .recovery import check_index_file, recover
-from .segments import DataDir, SegmentGone, SegmentReader, WriteLock, read_blob_blocks
+from .segments import DataDir, Generation, SegmentGone, SegmentReader, WriteLock, read_blob_blocks
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class LocalEngine:
         self._local = threading.local()
         self._opened: list[tuple[IndexReader, SegmentReader]] = []  # every thread's readers, closed by close()
         self._opened_lock = threading.Lock()
+        self.generation = Generation(root)
         try:
             check_index_file(self.data)
             boot = connect(self.data.index_path)
@@ -119,18 +120,20 @@ class LocalEngine:
             try:
                 with lock:
                     recover(boot, self.data)
+                    self.generation.bump()  # drops what a process that died before its bump left cached
             finally:
                 lock.close()
                 boot.close()
         except BaseException:
+            self.generation.close()
             self._lock.close()
             raise
-        self._bucket_cache: dict[str, tuple[int, Bucket]] = {}  # get_bucket: name -> (record seq, parsed)
+        self._bucket_cache: dict[str, tuple[int, Bucket]] = {}  # get_bucket: name -> (generation, parsed)
         self.metrics = {"batches": 0, "batch_txns": 0, "commit_seconds": 0.0, "checksum_errors": 0}
         self.batch_observers: list[Callable[[int, float, float], None]] = []  # (txns, seconds, sync seconds)
         self.committer: GroupCommitter | None = None
         if writer:
-            self.committer = GroupCommitter(self.data, on_batch=self._count_batch)
+            self.committer = GroupCommitter(self.data, self.generation, on_batch=self._count_batch)
             self.committer.start()
 
     def _count_batch(self, n: int, seconds: float, sync_seconds: float) -> None:
@@ -151,6 +154,7 @@ class LocalEngine:
         if self.committer is not None:
             self.committer.close()
             self.committer = None
+        self.generation.close()
         self._lock.close()
 
     # ------------------------------------------------------------ per-thread readers
@@ -197,13 +201,12 @@ class LocalEngine:
             raise NoSuchBucket(name)
 
     def get_bucket(self, name: str) -> Bucket:
-        """Asked by every request (its permission check): the record parsed once per version of it,
-        each time checked current by its sequence number alone."""
-        seq = self.index.seq(SYS, f"bucket/{name}")
-        if seq is None:
-            raise NoSuchBucket(name)
+        """Asked by every request (its permission check): the record read once per generation of
+        the system namespace (segments.Generation), which moves only when a bucket or a key
+        changes, so a request costs a memory read, not a query."""
+        generation = self.generation.read()  # before the query: a change after it moves it again
         hit = self._bucket_cache.get(name)
-        if hit is not None and hit[0] == seq:
+        if hit is not None and hit[0] == generation:
             return hit[1]
         info = self.index.get(SYS, f"bucket/{name}")
         if info is None:
@@ -211,7 +214,7 @@ class LocalEngine:
         bucket = Bucket(name, info.meta.mtime, info.meta.user.get("owner", ""))
         if len(self._bucket_cache) > 10_000:
             self._bucket_cache.clear()
-        self._bucket_cache[name] = (info.seq, bucket)
+        self._bucket_cache[name] = (generation, bucket)
         return bucket
 
     def list_buckets(self) -> list[Bucket]:

@@ -3,6 +3,7 @@
 Layout of a data directory:
 
     index.db             SQLite index (see index.py)
+    sys.gen              the system namespace's generation (see Generation)
     segments/NNNNNNNNNN.seg   append-only record logs
     blobs/XX/<id>.blob   out-of-line bodies of large objects and parts
 
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import secrets
+import struct
 import zlib
 from collections.abc import Iterator
 from hashlib import md5
@@ -55,6 +58,35 @@ class WriteLock:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class Generation:
+    """A counter shared by every process on the data directory, in 8 bytes of a mapped file:
+    it changes after every commit that changes a record of the system namespace (buckets,
+    keys), so a process may keep what it parsed from those records for as long as the counter
+    reads the same, and asks the index again only when it moves (a memory read instead of a
+    query on every request). Bumped only under the WriteLock, after the COMMIT, and once by
+    every engine that opens (a process that died between its COMMIT and its bump is replaced
+    by one that bumps)."""
+
+    def __init__(self, root: Path) -> None:
+        fd = os.open(root / "sys.gen", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        return int(struct.unpack_from("<Q", self._map)[0])
+
+    def bump(self) -> None:
+        """Only under the data directory's WriteLock (one writer at a time)."""
+        struct.pack_into("<Q", self._map, 0, self.read() + 1)
+
+    def close(self) -> None:
+        self._map.close()
 
 
 class SegmentGone(Exception):

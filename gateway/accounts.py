@@ -79,6 +79,10 @@ class AccountStore:
         self.engine = engine
         self._known: dict[str, Account] = {OPERATOR: OPERATOR_ACCOUNT}
 
+    def cached(self, name: str) -> Account | None:
+        """The account if already read, without awaiting (every request asks)."""
+        return self._known.get(name)
+
     async def get(self, name: str) -> Account | None:
         if name in self._known:
             return self._known[name]

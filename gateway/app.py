@@ -203,10 +203,14 @@ class Dispatcher:
                 b = await self.gw.engine.bucket_info(name, fresh=op not in CACHED_OWNER_OPS)
             except m.NoSuchBucket:
                 continue
-            targets[name] = Target(account_of(b.owner), await self.gw.bucket_policies.get(name, b.created))
+            policy = self.gw.bucket_policies.cached(name, b.created)
+            if policy is False:
+                policy = await self.gw.bucket_policies.get(name, b.created)
+            assert not isinstance(policy, bool)
+            targets[name] = Target(account_of(b.owner), policy)
         who: frozenset[str] = frozenset()
         if key.account != ANONYMOUS_ACCOUNT:
-            who = (await self.gw.accounts.known(key.account)).principals
+            who = (self.gw.accounts.cached(key.account) or await self.gw.accounts.known(key.account)).principals
 
         def context() -> dict[str, str]:
             return {"aws:SourceIp": request.remote or "", "aws:SecureTransport": "true" if request.secure else "false"}

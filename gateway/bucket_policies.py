@@ -24,6 +24,13 @@ class BucketPolicies:
         self.records = BucketRecords(engine, NAMESPACE)
         self._cache: dict[str, tuple[float, float, Policy | None]] = {}  # bucket -> (read at, created, policy)
 
+    def cached(self, bucket: str, created: float) -> Policy | bool | None:
+        """The policy as last read, without awaiting (every request asks); False when it must be read."""
+        hit = self._cache.get(bucket)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS and hit[1] == created:
+            return hit[2]
+        return False
+
     async def get(self, bucket: str, created: float) -> Policy | None:
         now = time.monotonic()
         hit = self._cache.get(bucket)

@@ -262,7 +262,7 @@ class Dispatcher:
             if "x-amz-copy-source" in request.headers and op in ("PutObject", "UploadPart"):
                 copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
             decision = await self._decision(request, principal.key, op, bucket, copy_source)
-            decision.authorize(op, bucket, key, query, copy_source)
+            decision.authorize(op, bucket, key, query, copy_source, "x-amz-tagging" in request.headers)
             refuse_unsupported(request.headers)
             if op in ACL_OPS:
                 refuse_acls(op, request.headers)

@@ -234,8 +234,9 @@ _OBJECT_ACTIONS = {
 
 
 def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, str],
-             copy_source: tuple[str, str] | None) -> list[tuple[str, str, dict[str, str]]]:
-    """(action, resource ARN, condition context) triples the operation needs.
+             copy_source: tuple[str, str] | None, tagging: bool = False) -> list[tuple[str, str, dict[str, str]]]:
+    """(action, resource ARN, condition context) triples the operation needs; `tagging`: the
+    request sets the object's tags (x-amz-tagging), which AWS also requires s3:PutObjectTagging for.
 
     DeleteObjects is checked per key by its handler (a denied key is an error
     entry in the result, as AWS answers), so it needs nothing up front.
@@ -256,6 +257,8 @@ def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, s
     needs: list[tuple[str, str, dict[str, str]]] = [(_OBJECT_ACTIONS[op], arn(bucket, key), {})]
     if copy_source is not None and op in ("PutObject", "UploadPart"):
         needs.append(("s3:GetObject", arn(*copy_source), {}))
+    if tagging and op in ("PutObject", "CreateMultipartUpload"):
+        needs.append(("s3:PutObjectTagging", arn(bucket, key), {}))
     return needs
 
 
@@ -265,7 +268,7 @@ read-only:NAME          read and list one bucket, or every bucket with NAME '*' 
 prefix:BUCKET/PREFIX    read, write, delete and list under one prefix of a bucket (one tenant)"""
 
 _RW = ["s3:GetObject", "s3:GetObjectAttributes", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
-       "s3:ListMultipartUploadParts"]
+       "s3:ListMultipartUploadParts", "s3:GetObjectTagging", "s3:PutObjectTagging", "s3:DeleteObjectTagging"]
 _LIST = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
 
 
@@ -280,7 +283,8 @@ def preset(spec: str) -> Policy:
                              {"Effect": "Allow", "Action": _LIST, "Resource": [arn(arg)]}]}
     elif kind == "read-only":
         b = "*" if arg == "*" else arg
-        doc = {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectAttributes"],
+        doc = {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectAttributes",
+                                                            "s3:GetObjectTagging"],
                               "Resource": [arn(b, "*")]},
                              {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation",
                                                             "s3:ListAllMyBuckets"],

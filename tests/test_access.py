@@ -24,6 +24,7 @@ CUSTOM_POLICY = {
     "Statement": [
         {"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::mail", "arn:aws:s3:::mail/*"]},
         {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": "arn:aws:s3:::mail/t1/*"},
+        {"Effect": "Deny", "Action": ["s3:PutObjectTagging"], "Resource": "arn:aws:s3:::mail/t2/*"},
     ],
 }
 
@@ -96,6 +97,10 @@ MATRIX = [
     ("backup", "put", "mail", "new/2", "AccessDenied"),
     ("tenant", "put", "mail", "t1/new", "ok"), ("tenant", "put", "mail", "t2/new", "AccessDenied"),
     ("custom", "put", "mail", "t1/c", "ok"),
+    # PutObject with x-amz-tagging also needs s3:PutObjectTagging (API Reference, PutObject)
+    ("custom", "put-tagged", "mail", "t1/tagged", "ok"), ("custom", "put", "mail", "t2/untagged", "ok"),
+    ("custom", "put-tagged", "mail", "t2/tagged", "AccessDenied"),
+    ("tenant", "put-tagged", "mail", "t1/tagged", "ok"), ("dovecot", "put-tagged", "mail", "new/tagged", "ok"),
     # DeleteObject
     ("dovecot", "delete", "mail", "new/1", "ok"), ("backup", "delete", "mail", "t2/a", "AccessDenied"),
     ("tenant", "delete", "mail", "t1/new", "ok"), ("tenant", "delete", "mail", "t2/a", "AccessDenied"),
@@ -134,6 +139,8 @@ def run_case(s3, op: str, bucket: str, arg: str):  # type: ignore[no-untyped-def
         return ho
     if op == "put":
         return lambda: s3.put_object(Bucket=bucket, Key=arg, Body=b"x")
+    if op == "put-tagged":
+        return lambda: s3.put_object(Bucket=bucket, Key=arg, Body=b"x", Tagging="retention=long")
     if op == "delete":
         return lambda: s3.delete_object(Bucket=bucket, Key=arg)
     if op == "list":

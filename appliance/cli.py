@@ -16,6 +16,7 @@ from cache import cli as cache_cli
 from gateway import cli as gateway_cli
 from gateway.filemodes import PRIVATE_UMASK
 from mailstore import cli as mailstore_cli
+from runtime import logs
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -27,6 +28,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from . import dashboard
 
+    logs.setup_from(args, "dashboard")
     return dashboard.run(Path(args.data_dir), args.interval)
 
 
@@ -44,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="run the ops dashboard of the appliance in DATA_DIR")
     dash.add_argument("--data-dir", default="data")
     dash.add_argument("--interval", type=float, default=5.0, help="seconds between scrapes")
+    logs.add_arguments(dash)
     dash.set_defaults(fn=cmd_dashboard)
     gateway_cli.register(sub)
     cache_cli.register(sub)

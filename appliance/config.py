@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from runtime import logs
+
 DEFAULT_TOML = """\
 # mailstore appliance configuration, read by `mailstore up`.
 # Written with the embedded defaults on first run; edit it and restart.
@@ -51,6 +53,10 @@ index_pool = "mailstore-index"   # OMAP: put it on fast media (README: "Gateways
 meta_pool = "mailstore-meta"
 namespace = ""     # a RADOS namespace in the pools (several stores on one set of pools)
 master_key = ""    # "": DATA_DIR/master.key, made on first run (the same file on every gateway host)
+
+[log]
+level = "info"     # every part's; per logger too: "info,s3.access=warning,mailstore.imap=debug"
+format = "text"    # "text" lines, or "json" lines; files in DATA_DIR/logs, reopened on SIGHUP
 """
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
@@ -87,6 +93,8 @@ class ApplianceConfig:
     private_postgres: str = "127.0.0.1:5433"  # --hosts 2 without a url: the appliance's own cluster
     engine: str = "local"  # "local" or "rados"
     rados: dict[str, str] = field(default_factory=dict)  # [engine]'s other keys, as written
+    log_level: str = "info"  # runtime/logs.py's level spec, for every part
+    log_format: str = "text"
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -108,7 +116,8 @@ def load(data_dir: Path) -> ApplianceConfig:
              "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics", "max_recipients"},
              "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
              "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
-                        "namespace", "master_key"}}
+                        "namespace", "master_key"},
+             "log": {"level", "format"}}
     for section, values in doc.items():
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]")
@@ -158,11 +167,19 @@ def load(data_dir: Path) -> ApplianceConfig:
     for name in ("ceph_user", "data_pool", "index_pool", "meta_pool"):
         if not rados[name]:
             raise ConfigError(f"{path}: [engine] {name} must be a non-empty string")
+    log_level, log_format = text("log", "level"), text("log", "format")
+    try:
+        logs.parse_levels(log_level)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [log] level: {exc}") from None
+    if log_format not in logs.FORMATS:
+        raise ConfigError(f"{path}: [log] format must be \"text\" or \"json\"")
     cfg = ApplianceConfig(text("s3", "listen"), (gateways[0], gateways[1]), text("s3", "lb_stats"),
                           text("s3", "bucket"), text("s3", "region"), text("mail", "lmtp"), text("mail", "imap"),
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
-                          max_recipients, url, passfile, text("metadata", "private"), str(kind), rados)
+                          max_recipients, url, passfile, text("metadata", "private"), str(kind), rados,
+                          log_level, log_format)
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
                  "private_postgres"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):

@@ -33,8 +33,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailstore.throttle import Busy, LoginLimiter
+from runtime import logs
 
 log = logging.getLogger("mailstore.dashboard")
+auth_log = logging.getLogger("mailstore.auth")  # logins of every service: packaging/fail2ban reads it
 PAGE = Path(__file__).with_name("dashboard.html")
 COOKIE = "mailstore_session"
 SESSION_SECONDS = 12 * 3600
@@ -315,10 +317,15 @@ class Dashboard:
                     hmac.compare_digest(password.encode(), self.src.password.encode())
                 attempt.succeeded() if ok else attempt.failed()
         except Busy:
+            logs.event(auth_log, logging.WARNING, "login failed", remote=request.remote or "-", user=user[:256],
+                       service="dashboard", reason="throttled")
             return web.Response(status=429, text="Too many login attempts; try again later.\n",
                                 headers={"Retry-After": "16"})
         if not ok:
+            logs.event(auth_log, logging.WARNING, "login failed", remote=request.remote or "-", user=user[:256],
+                       service="dashboard", reason="password")
             return await self.login_form(request, "Wrong user or password.")
+        logs.event(auth_log, logging.INFO, "login", remote=request.remote or "-", user=user, service="dashboard")
         token = secrets.token_urlsafe(32)
         now = time.time()
         self.sessions = {t: e for t, e in self.sessions.items() if e > now}
@@ -366,7 +373,6 @@ def sources_from(data_dir: Path) -> tuple[Sources, str]:
 
 
 def run(data_dir: Path, interval: float = 5.0) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     src, listen = sources_from(data_dir)
     host, _, port = listen.rpartition(":")
 
@@ -376,10 +382,12 @@ def run(data_dir: Path, interval: float = 5.0) -> int:
         site = web.TCPSite(runner, host.strip("[]"), int(port))
         await site.start()
         print(json.dumps({"event": "listening", "dashboard": f"http://{listen}/"}), flush=True)
+        logs.event(log, logging.INFO, "listening", dashboard=f"http://{listen}/")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        logs.reopen_on_sighup(loop)
         await stop.wait()
         await runner.cleanup()
 

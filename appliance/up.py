@@ -17,6 +17,7 @@ started again; the PIDs are in DATA_DIR/run/processes.json.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -34,6 +35,7 @@ from gateway.accounts import owner_field
 from gateway.config import RadosSettings
 from gateway.filemodes import too_open
 from gateway.rados_cli import rados_argv
+from runtime import logs
 from runtime.ceph import PrivateCeph
 
 from .config import ApplianceConfig, ConfigError, load, metadata
@@ -42,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
 HAPROXY_MAIL_CFG = ROOT / "packaging" / "haproxy-mail.cfg"  # TCP fronts over several shim hosts
 BIN = Path(sys.executable).parent
+log = logging.getLogger("mailstore.up")
 
 
 # secrets.json: {"admin"|"shim": {"access_key", "secret_key"}, "user": {"name", "password"},
@@ -143,6 +146,12 @@ def _shifted(addr: str, by: int) -> str:
     return f"{host}:{int(port) + by}"
 
 
+def _log_argv(data_dir: Path, cfg: ApplianceConfig, part: str) -> list[str]:
+    """A part's log options: its file in DATA_DIR/logs (reopened on SIGHUP), level and format."""
+    return ["--log-file", str(data_dir / "logs" / f"{part}.log"), "--log-level", cfg.log_level,
+            "--log-format", cfg.log_format]
+
+
 def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: int = 1,
            rados: RadosSettings | None = None) -> list[Part]:
     mailstore = str(BIN / "mailstore")
@@ -186,6 +195,8 @@ def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: i
     dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
                                    str(cfg.dashboard_interval)],
                      env={"MAILSTORE_METADATA": db})  # the store this run uses (also a private PostgreSQL)
+    for part in [*gateways, *shims, dashboard]:
+        part.argv += _log_argv(data_dir, cfg, part.name)
     return [*gateways, haproxy, *shims, dashboard]
 
 
@@ -199,10 +210,11 @@ class Supervisor:
         self.stopping = False
 
     def start(self, part: Part, timeout: float = 30.0) -> None:
-        with open(self.logs / f"{part.name}.log", "ab") as log:  # the child keeps its own copy
+        # Until it opens its --log-file itself (and after, for what a crash writes to stderr).
+        with open(self.logs / f"{part.name}.log", "ab") as out:  # the child keeps its own copy
             part.proc = subprocess.Popen(part.argv, env={**os.environ, **part.env}, start_new_session=True,
-                                         stdin=subprocess.DEVNULL, stderr=log,
-                                         stdout=subprocess.PIPE if part.announces else log)
+                                         stdin=subprocess.DEVNULL, stderr=out,
+                                         stdout=subprocess.PIPE if part.announces else out)
         if part.announces:
             assert part.proc.stdout is not None
             line = part.proc.stdout.readline()  # the "listening" line, or EOF if it failed to start
@@ -223,13 +235,20 @@ class Supervisor:
             if self.stopping or part.proc is None or part.proc.poll() is None:
                 continue
             part.restarts += 1
-            print(f"mailstore: {part.name} exited ({part.proc.returncode}); starting it again", file=sys.stderr,
-                  flush=True)
+            logs.event(log, logging.WARNING, "part exited; starting it again", part=part.name,
+                       status=part.proc.returncode, restarts=part.restarts)
             time.sleep(min(5.0, 0.2 * part.restarts))
             try:
                 self.start(part)
             except RuntimeError as exc:
-                print(f"mailstore: {exc}", file=sys.stderr, flush=True)
+                logs.event(log, logging.ERROR, "part did not start", part=part.name, error=str(exc))
+
+    def reopen_logs(self) -> None:
+        """SIGHUP (logrotate's postrotate): every part of ours opens its log file again."""
+        logs.reopen()
+        for part in self.parts:
+            if part.proc is not None and part.proc.poll() is None and part.name not in ("haproxy", "postgres"):
+                part.proc.send_signal(signal.SIGHUP)
 
     def stop(self, deadline: float = 30.0) -> None:
         """The shim first (no new mail), then the balancer, then the gateways."""
@@ -365,6 +384,8 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
     for problem in too_open(data_dir):
         print(f"mailstore: warning: other users may read the data: {problem}", file=sys.stderr)
     cfg = load(data_dir)
+    (data_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+    logs.setup("up", cfg.log_level, cfg.log_format, copy_to=data_dir / "logs" / "up.log")
     if cfg.metadata_passfile:  # libpq finds PostgreSQL's password there, in every part (they inherit it)
         os.environ["PGPASSFILE"] = cfg.metadata_passfile
     from gateway.engine.local import LocalEngine
@@ -384,6 +405,10 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
     got_signal: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: got_signal.append(signum))
+    hup: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: hup.append(signum))
+    pidfile = data_dir / "run" / "up.pid"  # for logrotate's postrotate (packaging/logrotate)
+    pidfile.write_text(f"{os.getpid()}\n")
     try:
         if hosts > 1 and not db.startswith("postgresql://"):  # several hosts share one PostgreSQL
             pg_part, db = _private_postgres(data_dir, cfg)
@@ -420,10 +445,15 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
                   f"  (also in {path}; logs in {sup.logs}; Ctrl-C stops everything)\n", flush=True)
         while not got_signal:
             sup.watch_once()
+            if hup:
+                hup.clear()
+                sup.reopen_logs()
             time.sleep(0.3)
     finally:
         sup.stop()
         if own_ceph is not None:
             own_ceph.stop()
+        pidfile.unlink(missing_ok=True)
+    logs.event(log, logging.INFO, "stopped")
     print("mailstore: stopped", flush=True)
     return 0

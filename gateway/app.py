@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +36,6 @@ from .s3.sigv4 import parse_query
 from .serverlog import ServerLog
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
 
 # Engine errors -> S3 error codes (the one mapping at this edge).
 ENGINE_ERRORS: dict[type[m.EngineError], str] = {
@@ -111,6 +111,15 @@ def preflight(headers: CIMultiDictProxy[str]) -> None:
                   "Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.")
 
 
+@dataclass(slots=True)
+class Seen:
+    """What is known of a request for its access log line, filled in as it is understood."""
+    rid: str
+    bucket: str | None = None
+    key: str | None = None
+    access_key: str = ""
+
+
 class Dispatcher:
     """One aiohttp handler for every request: route, authenticate, run the operation, map errors.
 
@@ -161,6 +170,8 @@ class Dispatcher:
             resp = self.error_response(request, S3Error("SlowDown"), None, None, rid)
             resp.headers["x-amz-request-id"] = rid
             self.metrics.observe("Unknown", 503, 0.0, 0, 0, "SlowDown")
+            if self.gw.access_log.enabled:
+                self._log(request, Seen(rid), "Unknown", resp, 0, 0.0, "SlowDown")
             return resp
         self.gw.inflight += 1
         task = asyncio.current_task()
@@ -168,26 +179,47 @@ class Dispatcher:
         self._running[task] = t0
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        seen = Seen(os.urandom(8).hex().upper())
         try:
-            resp, op, code = await self._handle(request)
+            resp, op, code = await self._handle(request, seen)
         except asyncio.CancelledError:
             if task not in self._overdue:  # the client went away, or shutdown
                 raise
             self._overdue.discard(task)
             task.uncancel()
-            rid = os.urandom(8).hex().upper()
-            resp = self.error_response(request, S3Error("RequestTimeout"), None, None, rid)
-            resp.headers["x-amz-request-id"] = rid
+            resp = self.error_response(request, S3Error("RequestTimeout"), seen.bucket, seen.key, seen.rid)
+            resp.headers["x-amz-request-id"] = seen.rid
             resp.force_close()
             op, code = "Unknown", "RequestTimeout"
         finally:
             self.gw.inflight -= 1
             del self._running[task]
         received = numbers.decimal(request.headers.get("x-amz-decoded-content-length")) or request.content_length or 0
-        self.metrics.observe(op, resp.status, time.perf_counter() - t0, received, resp.content_length or 0, code)
+        seconds = time.perf_counter() - t0
+        self.metrics.observe(op, resp.status, seconds, received, resp.content_length or 0, code)
+        if self.gw.access_log.enabled:
+            self._log(request, seen, op, resp, received, seconds, code)
         if self.gw.draining:
             resp.force_close()  # the balancer must not reuse this connection
         return resp
+
+    def _log(self, request: web.BaseRequest, seen: Seen, op: str, resp: web.StreamResponse, received: int,
+             seconds: float, code: str | None) -> None:
+        """The request's access log line (runtime/logs.py): who asked what, the answer, bytes, time,
+        and Dovecot's trace headers when it sent them. Never a secret: no signature, no query.
+        The access key is one the key store knows (or "-"), so it is written as made."""
+        head = (f"rid={seen.rid} remote={request.remote or '-'} access_key={seen.access_key or '-'} "
+                f"method={request.method}")
+        client = {"bucket": seen.bucket or "-", "object": seen.key if seen.key is not None else "-"}
+        tail = f" status={resp.status} in={received} out={resp.content_length or 0} ms={seconds * 1000:.2f}"
+        if code is not None:
+            tail += f" error={code}"
+        headers = request.headers
+        extra = None
+        if "x-dovecot-session-id" in headers:
+            extra = {"session": headers["x-dovecot-session-id"], "user": headers.get("x-dovecot-username", "-"),
+                     "reason": headers.get("x-dovecot-reason", "-")}
+        self.gw.access_log.request(op, head, client, tail, extra)
 
     async def _decision(self, request: web.BaseRequest, key: AccessKey, op: str, bucket: str | None,
                         copy_source: tuple[str, str] | None) -> Decision:
@@ -230,15 +262,17 @@ class Dispatcher:
                     self._overdue.add(task)
                     task.cancel()
 
-    async def _handle(self, request: web.BaseRequest) -> tuple[web.StreamResponse, str, str | None]:
-        """(response, S3 operation or "Unknown", error code or None)."""
+    async def _handle(self, request: web.BaseRequest, seen: Seen) -> tuple[web.StreamResponse, str, str | None]:
+        """(response, S3 operation or "Unknown", error code or None); `seen` is filled in as the
+        request is understood (its bucket, key and access key, for the access log)."""
         resp: web.StreamResponse
-        rid = os.urandom(8).hex().upper()
+        rid = seen.rid
         raw_path, _, raw_query = request.raw_path.partition("?")
         bucket = key = None
         op, code = "Unknown", None
         try:
             bucket, key, vhost = self.locate(request, raw_path)
+            seen.bucket, seen.key = bucket, key
             if request.method == "OPTIONS":
                 op = "PreflightRequest"
                 preflight(request.headers)
@@ -246,6 +280,7 @@ class Dispatcher:
             query = MultiDict(pairs)
             principal = await self.gw.auth.authenticate(request.method, raw_path, pairs, query, request.headers,
                                                      bucket if vhost else None)
+            seen.access_key = principal.key.access_key
             if not vhost and (raw_path == admin.PREFIX or raw_path.startswith(admin.PREFIX + "/")):
                 try:
                     resp = await admin.handle(self.gw, request, raw_path, principal)
@@ -291,11 +326,6 @@ class Dispatcher:
         resp.headers["x-amz-request-id"] = rid
         resp.headers["x-amz-id-2"] = rid
         resp.headers["Server"] = "mailstore"
-        trace = request.headers.get("x-dovecot-session-id")
-        if trace is not None:
-            access_log.info("%s %s %s user=%s session=%s reason=%s", rid, request.method, raw_path,
-                            request.headers.get("x-dovecot-username", "-"), trace,
-                            request.headers.get("x-dovecot-reason", "-"))
         return resp, op, code
 
     def error_response(self, request: web.BaseRequest, exc: S3Error, bucket: str | None,

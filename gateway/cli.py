@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtime import logs
 from runtime.progress import Progress
 
 from .accounts import AccountError, AccountStore, account_of, owner_field
@@ -30,6 +31,8 @@ from .engine.recovery import IndexUnusable
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from .server import run
+
+    logs.setup_from(args, "gateway")
 
     host, port = parse_listen(args.listen)
     domains = tuple(args.base_domain) if args.base_domain else ("s3.localhost",)
@@ -315,6 +318,7 @@ def _gateway_parser(sub: Subcommands) -> None:
     p.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
     p.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
     p.add_argument("--workers", type=int, default=1, help="gateway processes sharing the listening socket")
+    logs.add_arguments(p)
     d = GatewayConfig(Path("."))
     p.add_argument("--min-free", default=str(d.min_free_bytes),
                    help="/health/ready fails below this much free disk (like 1G)")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, TypeVar
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
+from runtime.logs import AccessLog
+
 from .access import Access, Decision
 from .accounts import AccountStore
 from .auth import Authenticator, Principal
@@ -89,6 +91,7 @@ class Gateway:
         self.bucket_tags = BucketRecords(engine, "bucket-tagging")
         self.auth = Authenticator(self.keys)
         self.access = Access()
+        self.access_log = AccessLog()  # the S3 access log, one line per request (runtime/logs.py)
         self.counters: dict[str, int] = {}
         self.inflight = 0
         self.draining = False  # SIGTERM: /health/ready answers 404 and connections are not kept alive

@@ -7,11 +7,10 @@ import json
 import logging
 import signal
 import socket
-import sys
 
 from aiohttp import web
 
-from runtime import prefork
+from runtime import logs, prefork
 
 from .app import build_server
 from .compact import Compactor
@@ -64,6 +63,8 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
         ready.update(info)
     if announce:
         print(json.dumps(info), flush=True)
+    logs.event(log, logging.INFO, "listening", endpoint=info["endpoint"], engine=engine.kind,
+               data_dir=info["data_dir"] or "-")
     if compactor is not None:
         compactor.start()
     # SIGINT stops at once (in-flight requests still finish); SIGTERM drains
@@ -74,6 +75,7 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, drain.set)
+    logs.reopen_on_sighup(loop)
     try:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -84,9 +86,11 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
         for w in waits:
             w.cancel()
     finally:
+        logs.event(log, logging.INFO, "stopping", draining=gateway.draining)
         if compactor is not None:
             compactor.stop()
         await runner.cleanup()
+        gateway.access_log.flush()
         threads.shutdown()
         engine.close()
 
@@ -114,8 +118,6 @@ def run(config: GatewayConfig, workers: int = 1) -> None:
     if workers > 1:
         run_workers(config, workers)
         return
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_uvloop()
     asyncio.run(serve(config))
 

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING
 
 from cache import Fs, open_fs, read_url
 from cache.url import parse_duration, parse_size
+from runtime import logs
 from runtime.progress import Progress
 
 from .db import MetaError, MetaStore
 from .users import AddressPolicy, hash_password
+
+log = logging.getLogger("mailstore")
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -73,9 +76,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     from .delivery import Deliverer
     from .lmtp import start_lmtp
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+    logs.setup_from(args, "lmtp")
     host, _, port = args.listen.rpartition(":")
     max_size = parse_size(args.max_size)
 
@@ -92,11 +93,14 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         real = server.sockets[0].getsockname()[1]
         if sock is None:
             print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
+        logs.event(log, logging.INFO, "listening", lmtp=f"{host}:{real}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        logs.reopen_on_sighup(loop)
         await stop.wait()
+        logs.event(log, logging.INFO, "stopping")
         server.close()
         await server.wait_closed()
         await fs.close()
@@ -130,8 +134,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
     from .imap.server import start_imap
     from .imap.session import ImapContext
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup_from(args, "imap")
     host, _, port = args.listen.rpartition(":")
 
     tls = None
@@ -165,11 +168,14 @@ def cmd_imap(args: argparse.Namespace) -> int:
             info["imaps_port"] = tserver.sockets[0].getsockname()[1]
             servers.append(tserver)
         print(json.dumps(info), flush=True)
+        logs.event(log, logging.INFO, "listening", **{k: v for k, v in info.items() if k != "event"})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        logs.reopen_on_sighup(loop)
         await stop.wait()
+        logs.event(log, logging.INFO, "stopping")
         for srv in servers:
             srv.close()
         await ctx.changes.close()
@@ -337,6 +343,7 @@ def _user_parser(sub: Subcommands) -> None:
 def _lmtp_parser(sub: Subcommands) -> None:
     p = sub.add_parser("lmtp", help="run the LMTP ingest server")
     _store(p)
+    logs.add_arguments(p)
     p.add_argument("--listen", default="127.0.0.1:24")
     p.add_argument("--max-size", default="50M")
     p.add_argument("--max-recipients", type=int, default=100,
@@ -351,6 +358,7 @@ def _lmtp_parser(sub: Subcommands) -> None:
 def _imap_parser(sub: Subcommands) -> None:
     p = sub.add_parser("imap", help="run the IMAP server")
     _store(p)
+    logs.add_arguments(p)
     p.add_argument("--listen", default="127.0.0.1:143")
     p.add_argument("--domain", default="localhost")
     p.add_argument("--delimiter", default="+")

@@ -22,9 +22,11 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cache import Fs, FsError
+from runtime import logs
 
 from . import layout, message
 from .db import Mailbox, MetaStore, MetaWriter, NewMessage, StoreUnavailable, User
@@ -101,7 +103,8 @@ class Deliverer:
         name = type(exc).__name__
         counts[name] = counts.get(name, 0) + 1
 
-    async def deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:
+    async def deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes,
+                      trace: Mapping[str, str] | None = None) -> list[str]:
         """One LMTP reply per (address, user), in RCPT order.
 
         Per message, not per recipient: one transaction reserves every
@@ -119,26 +122,41 @@ class Deliverer:
                 first[user] = len(unique)
                 unique.append((address, user))
             where.append(first[user])
+        trace = trace or {}
         if len(unique) < len(recipients):
-            replies = await self._deliver(mail_from, unique, data)
+            replies = await self._deliver(mail_from, unique, data, trace)
             # Each reply names its own RCPT address (the copy was stored under the first one).
-            return [replies[i].replace(f"<{unique[i][0]}>", f"<{address}>", 1)
-                    for i, (address, _) in zip(where, recipients, strict=True)]
-        return await self._deliver(mail_from, recipients, data)
+            out = []
+            for i, (address, user) in zip(where, recipients, strict=True):
+                out.append(replies[i].replace(f"<{unique[i][0]}>", f"<{address}>", 1))
+                if address != unique[i][0]:
+                    _log_result(trace, address, user, out[-1], same_as=f"<{unique[i][0]}>")
+            return out
+        return await self._deliver(mail_from, recipients, data, trace)
 
-    async def _deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes) -> list[str]:
+    async def _deliver(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes,
+                       trace: Mapping[str, str]) -> list[str]:
+        replies = await self._replies(mail_from, recipients, data)
+        for (address, user), (reply, row) in zip(recipients, replies, strict=True):
+            _log_result(trace, address, user, reply, row)
+        return [reply for reply, _ in replies]
+
+    async def _replies(self, mail_from: str, recipients: list[tuple[str, str]],
+                       data: bytes) -> list[tuple[str, NewMessage | None]]:
+        """Each recipient's reply, and the row stored for each one delivered."""
         if len(data) > self.max_size:
             for _ in recipients:
                 self._count(TooBig())
-            return [TooBig.reply] * len(recipients)
+            return [(TooBig.reply, None)] * len(recipients)
         env, body = await asyncio.to_thread(_parsed_json, data)
         replies: list[str | None] = [None] * len(recipients)
+        saved: list[NewMessage | None] = [None] * len(recipients)  # each delivered recipient's row
         wanted: list[int] = []
         try:
             users = await asyncio.to_thread(self.meta.get_users, [u for _, u in recipients])
         except StoreUnavailable as exc:
             log.warning("quota lookup: %s", exc)
-            return [self._fail(StorageUnavailable()) for _ in recipients]
+            return [(self._fail(StorageUnavailable()), None) for _ in recipients]
         for i, (_, user) in enumerate(recipients):
             u = users.get(user)
             size = len(message.stored_bytes(data, mail_from, recipients[i][0]))
@@ -156,7 +174,7 @@ class Deliverer:
                 log.exception("reserving UIDs failed")
                 for i in wanted:
                     replies[i] = self._fail(StorageUnavailable())
-                return [r or DeliveryError.reply for r in replies]
+                return [(r or DeliveryError.reply, None) for r in replies]
             now = time.time()
             stored = await asyncio.gather(*(self._put(mail_from, recipients[i][0], recipients[i][1], data, box,
                                                       uid, now, (env, body))
@@ -175,7 +193,8 @@ class Deliverer:
                 else:
                     self.stats.accepted += 1
                     replies[i] = f"250 2.0.0 <{recipients[i][0]}> {row.guid} Saved"
-        return [r or DeliveryError.reply for r in replies]
+                    saved[i] = row
+        return [(r or DeliveryError.reply, row) for r, row in zip(replies, saved, strict=True)]
 
     def _fail(self, exc: DeliveryError) -> str:
         self._count(exc)
@@ -195,3 +214,17 @@ class Deliverer:
             log.warning("storing %s for %s failed: %s", key, user, exc)
             return None
         return NewMessage(user, box.id, uid, guid, key, len(stored), now, now, *parsed)
+
+
+def _log_result(trace: Mapping[str, str], address: str, user: str, reply: str, row: NewMessage | None = None,
+                **more: str) -> None:
+    """One line per recipient: delivered (2xx), deferred (4xx, the MTA retries) or rejected (5xx),
+    with the reply's codes, and the object and size of what was stored."""
+    outcome = {"2": "delivered", "4": "deferred"}.get(reply[:1], "rejected")
+    fields: dict[str, object] = {**trace, "rcpt": f"<{address}>", "user": user or "-", "result": reply[:9]}
+    if row is not None:
+        fields.update(object=row.object_key, size=row.size)
+    elif reply[:1] != "2":
+        fields["reason"] = reply[10:].split(": ", 1)[-1]
+    fields.update(more)
+    logs.event(log, logging.INFO if outcome == "delivered" else logging.WARNING, outcome, **fields)

@@ -16,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from runtime import logs
 
 from .delivery import Deliverer, DeliveryError
 
@@ -71,10 +75,15 @@ class Handler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
+            logs.event(log, logging.WARNING, "deferred", session=_session_id(session), remote=_peer(session),
+                       rcpt=f"<{address}>", result=TOO_MANY[:9], reason=TOO_MANY[10:])
             return TOO_MANY
         try:
             user = await self.deliverer.recipient(address)
         except DeliveryError as exc:
+            logs.event(log, logging.WARNING, "deferred" if exc.reply.startswith("4") else "rejected",
+                       session=_session_id(session), remote=_peer(session), rcpt=f"<{address}>",
+                       result=exc.reply[:9], reason=exc.reply[10:])
             return f"{exc.reply[:9]} <{address}>: {exc.reply[10:]}"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -82,13 +91,45 @@ class Handler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
         users = _ours(envelope).users
         recipients = [(a, users[a]) for a in envelope.rcpt_tos]
-        replies = await self.deliverer.deliver(envelope.mail_from or "", recipients, data)
+        trace = {"session": _session_id(session), "queue_id": postfix_queue_id(data) or "-"}
+        replies = await self.deliverer.deliver(envelope.mail_from or "", recipients, data, trace)
+        logs.event(log, logging.INFO, "transaction", **trace, remote=_peer(session),
+                   **{"from": f"<{envelope.mail_from or ''}>"}, recipients=len(replies),
+                   accepted=sum(1 for r in replies if r.startswith("2")), size=len(data),
+                   ms=round((time.perf_counter() - started) * 1000, 1))
         return "\r\n".join(replies)
+
+
+def _session_id(session: Session) -> str:
+    """A short id for the connection, in every log line of its transactions."""
+    sid = getattr(session, "log_id", None)
+    if sid is None:
+        sid = session.log_id = secrets.token_urlsafe(9)  # type: ignore[attr-defined]
+    return str(sid)
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+
+
+_RECEIVED_ID = re.compile(rb"\bwith\s+\S+\s+id\s+([A-Za-z0-9]{5,})", re.IGNORECASE)
+
+
+def postfix_queue_id(data: bytes) -> str | None:
+    """The queue id the relaying MTA wrote in the topmost Received header ("... (Postfix) with
+    ESMTPS id 4XyZ1kP3qYz2 for ..."), so a delivery in this log can be found in Postfix's."""
+    head = data[:16384]
+    for m in re.finditer(rb"^Received:(.*(?:\r?\n[ \t].*)*)", head, re.MULTILINE | re.IGNORECASE):
+        found = _RECEIVED_ID.search(m.group(1))
+        return found.group(1).decode() if found else None  # only the topmost: the last hop's
+    return None
 
 
 class LMTPSession(LMTP):

@@ -7,6 +7,7 @@ loop or database connection, and supervises:
 - a worker dies with the parent (PR_SET_PDEATHSIG), so `kill -9` of the
   parent is a crash of the whole service, as an operator expects;
 - SIGTERM/SIGINT to the parent is passed to the workers, which drain and exit;
+- SIGHUP reopens the log file in the parent and every worker (runtime/logs.py);
 - a worker that dies unexpectedly is replaced.
 """
 
@@ -18,9 +19,10 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
+
+from . import logs
 
 log = logging.getLogger("prefork")
 
@@ -50,8 +52,6 @@ def _die_with_parent(parent: int) -> None:
 def run(sock: socket.socket, workers: int, child: Callable[[socket.socket], None],
         announce: dict[str, object]) -> None:
     """Fork `workers` processes running child(sock); print `announce` as JSON; supervise."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     parent = os.getpid()
     children: set[int] = set()
     stopping = False
@@ -60,7 +60,7 @@ def run(sock: socket.socket, workers: int, child: Callable[[socket.socket], None
         pid = os.fork()
         if pid == 0:
             _die_with_parent(parent)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             try:
                 child(sock)
@@ -79,8 +79,17 @@ def run(sock: socket.socket, workers: int, child: Callable[[socket.socket], None
             except ProcessLookupError:
                 pass
 
+    def reopen(signum: int, frame: object) -> None:  # logrotate moved the log: every process reopens it
+        logs.reopen()
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reopen)
     for _ in range(workers):
         spawn()
     print(json.dumps({**announce, "workers": workers}), flush=True)

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -339,6 +340,119 @@ def test_dashboard_in_headless_chromium(appliance, tmp_path):
         print(f"dashboard screenshot: {shot}")
     finally:
         driver.quit()
+
+
+def _log_lines(appliance, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return (appliance.data / "logs" / name).read_text().splitlines()
+
+
+def _wait_for(appliance, name: str, needle: str, timeout: float = 10.0) -> str:  # type: ignore[no-untyped-def]
+    """The first line of DATA_DIR/logs/NAME holding `needle` (the S3 access log is written in batches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in _log_lines(appliance, name) if needle in line]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no {needle!r} in {name}"
+        time.sleep(0.1)
+
+
+def test_logs_of_every_part_what_operators_and_fail2ban_read(appliance):
+    """Issue 18: real traffic through `mailstore up` leaves one line per S3 request (request id,
+    address, access key, operation, bucket, key, status, bytes, time, Dovecot's trace headers),
+    per LMTP transaction and recipient (the MTA's queue id, our object), and per IMAP login,
+    failed login and logout; packaging/fail2ban's filter finds the failed IMAP and dashboard
+    logins and nothing a client wrote into a field; no secret is in any log; SIGHUP (as
+    logrotate's postrotate sends it) makes every part write to a new file."""
+    ep, user = appliance.endpoints, appliance.endpoints["user"]
+    sec = json.loads((appliance.data / "secrets.json").read_text())
+    # S3, straight to gateway 1, with Dovecot's trace headers and a key no line may split on
+    s3 = client(ep["gateways"][0], Key(ep["s3"]["access_key"], ep["s3"]["secret_key"]))
+
+    def trace(request, **kwargs):  # type: ignore[no-untyped-def]
+        request.headers["X-Dovecot-Session-Id"] = "sess-42"
+        request.headers["X-Dovecot-Username"] = "bob@example.com"
+        request.headers["X-Dovecot-Reason"] = "mail save"
+    s3.meta.events.register("before-sign.s3.PutObject", trace)
+    put = s3.put_object(Bucket=ep["s3"]["bucket"], Key="logs/a b\n2026 WARNING forged", Body=b"12345")
+    rid = put["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
+    line = _wait_for(appliance, "gateway1.log", f"rid={rid}")
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO gateway\[\d+\] s3\.access: PutObject "
+        rf"rid={rid} remote=127\.0\.0\.1 access_key={ep['s3']['access_key']} method=PUT bucket=mail "
+        r'object="logs/a b\\n2026 WARNING forged" status=200 in=5 out=0 ms=[\d.]+ '
+        r'session=sess-42 user=bob@example\.com reason="mail save"', line), line
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.get_object(Bucket=ep["s3"]["bucket"], Key="logs/missing")
+    assert "status=404" in _wait_for(appliance, "gateway1.log", "object=logs/missing")
+    assert "error=NoSuchKey" in _wait_for(appliance, "gateway1.log", "object=logs/missing")
+    # LMTP: a transaction line with the relaying MTA's queue id, and one line per recipient
+    message = (b"Received: from mx.example.org by relay.example.org (Postfix) with ESMTPS id 4XyZ1kP3qYz2\r\n"
+               b"\tfor <x@example.com>; Mon, 30 Nov 2026 23:50:01 +0000\r\n"
+               b"From: a@example.org\r\nSubject: logged\r\n\r\nhello\r\n")
+    lmtp = smtplib.LMTP(ep["lmtp"]["host"], ep["lmtp"]["port"])
+    refused = lmtp.sendmail("a@example.org", [user["name"], "nobody@example.com"], message)
+    lmtp.quit()
+    assert list(refused) == ["nobody@example.com"]
+    delivered = _wait_for(appliance, "lmtp.log", f"queue_id=4XyZ1kP3qYz2 rcpt=<{user['name']}>")
+    assert re.search(r"INFO lmtp\[\d+\] mailstore\.delivery: delivered session=\S+ queue_id=4XyZ1kP3qYz2 "
+                     rf"rcpt=<{re.escape(user['name'])}> user={re.escape(user['name'])} "
+                     rf'result="250 2\.0\.0" object=[0-9a-f]+/{re.escape(user["name"])}/mailboxes/\S+ size=\d+$', delivered), \
+        delivered
+    rejected = _wait_for(appliance, "lmtp.log", "rcpt=<nobody@example.com>")
+    assert re.search(r"WARNING lmtp\[\d+\] mailstore\.lmtp: rejected session=\S+ remote=127\.0\.0\.1 "
+                     r'rcpt=<nobody@example.com> result="550 5.1.1" reason=', rejected), rejected
+    transaction = _wait_for(appliance, "lmtp.log", "queue_id=4XyZ1kP3qYz2 remote=")
+    assert "queue_id=4XyZ1kP3qYz2 remote=127.0.0.1 from=<a@example.org> recipients=1 accepted=1" in transaction
+    # IMAP: a login, two failed ones (one with a user name built to look like an address), a logout
+    imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+    imap.login(user["name"], user["password"])
+    imap.logout()
+    for name in ("bob@example.com", '"x remote=198.51.100.7 "'):  # imaplib sends a user name as given
+        bad = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+        with pytest.raises(imaplib.IMAP4.error):
+            bad.login(name, "wrong-password-123")
+        bad.logout()
+    ok = _wait_for(appliance, "imap.log", f"mailstore.auth: login remote=127.0.0.1 user={user['name']}")
+    assert "service=imap method=LOGIN" in ok
+    failed = _wait_for(appliance, "imap.log", "login failed remote=127.0.0.1 user=bob@example.com")
+    assert "WARNING imap[" in failed and "reason=unknown user" not in failed and 'reason="unknown user"' in failed
+    assert 'user="x remote=198.51.100.7 "' in _wait_for(appliance, "imap.log", "198.51.100.7")
+    assert "reason=logout" in _wait_for(appliance, "imap.log", f"disconnected session=")
+    # the dashboard: a failed login
+    form = urllib.parse.urlencode({"user": "admin", "password": "not-the-password"}).encode()
+    urllib.request.urlopen(urllib.request.Request(ep["dashboard"]["url"] + "login", data=form), timeout=10).read()
+    _wait_for(appliance, "dashboard.log", "login failed remote=127.0.0.1 user=admin service=dashboard")
+    # fail2ban (Debian's) finds every failed login (these, and earlier tests'), all from 127.0.0.1,
+    # and nothing else: not the address in the user name, nor an S3 key or LMTP line
+    for name, at_least in (("imap.log", 2), ("dashboard.log", 1)):
+        failures = sum(1 for line in _log_lines(appliance, name) if "mailstore.auth: login failed " in line)
+        assert failures >= at_least
+        res = subprocess.run(["fail2ban-regex", "-o", "ip", str(appliance.data / "logs" / name),
+                              str(ROOT / "packaging" / "fail2ban" / "filter.d" / "mailstore.conf")],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["127.0.0.1"] * failures, res.stdout
+    # no secret in any log
+    secrets_ = [sec["admin"]["secret_key"], sec["shim"]["secret_key"], sec["user"]["password"],
+                sec["dashboard"]["password"], "wrong-password-123", "not-the-password"]
+    for path in (appliance.data / "logs").iterdir():
+        text = path.read_text()
+        assert not [s for s in secrets_ if s in text], path.name
+    # logrotate: move the files away, SIGHUP the supervisor (as the shipped postrotate does)
+    for name in ("gateway1.log", "lmtp.log", "imap.log", "up.log"):
+        (appliance.data / "logs" / name).rename(appliance.data / "logs" / f"{name}.1")
+    pid = int((appliance.data / "run" / "up.pid").read_text())
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(1.5)
+    head = s3.head_object(Bucket=ep["s3"]["bucket"], Key="logs/a b\n2026 WARNING forged")
+    _wait_for(appliance, "gateway1.log", f"rid={head['ResponseMetadata']['HTTPHeaders']['x-amz-request-id']}")
+    imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+    imap.login(user["name"], user["password"])
+    imap.logout()
+    _wait_for(appliance, "imap.log", "mailstore.auth: login remote=127.0.0.1")
+    assert oct(stat.S_IMODE((appliance.data / "logs" / "imap.log").stat().st_mode)) == "0o600"
+    s3.delete_object(Bucket=ep["s3"]["bucket"], Key="logs/a b\n2026 WARNING forged")
 
 
 def test_failover_under_load(appliance):

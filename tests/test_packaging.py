@@ -148,3 +148,42 @@ def test_shim_units_run_on_postgresql_from_the_metadata_env_file(name, request, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_logrotate_snippet_rotates_and_signals_the_supervisor(tmp_path):
+    """packaging/logrotate/mailstore, run by Debian's logrotate on a copy pointed at tmp_path:
+    the logs move to .1, new 0600 files are made, and the pid in run/up.pid gets SIGHUP."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "run").mkdir()
+    for name in ("gateway1.log", "imap.log"):
+        (tmp_path / "logs" / name).write_text("a line\n")
+    hup = tmp_path / "hup"
+    waiter = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(hup)!r}).write_text('hup'))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout is not None and waiter.stdout.readline() == "ready\n"
+        (tmp_path / "run" / "up.pid").write_text(f"{waiter.pid}\n")
+        conf = tmp_path / "logrotate.conf"
+        conf.write_text((PACKAGING / "logrotate" / "mailstore").read_text().replace("/var/lib/mailstore", str(tmp_path)))
+        res = subprocess.run(["/usr/sbin/logrotate", "-f", "-s", str(tmp_path / "state"), str(conf)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 10
+        while not hup.exists():
+            assert time.monotonic() < deadline, "no SIGHUP"
+            time.sleep(0.05)
+        for name in ("gateway1.log", "imap.log"):
+            assert (tmp_path / "logs" / f"{name}.1").read_text() == "a line\n"
+            fresh = tmp_path / "logs" / name
+            assert fresh.read_text() == "" and oct(fresh.stat().st_mode & 0o777) == "0o600"
+    finally:
+        waiter.send_signal(signal.SIGTERM)
+        waiter.wait(timeout=10)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+
+from runtime import logs
 
 from ..throttle import Busy
 from ..users import resolve, verify_password
 from .reader import Command
 from .state import ImapBad, ImapNo, Reply, SessionBase
+
+auth_log = logging.getLogger("mailstore.auth")  # logins of every service: packaging/fail2ban reads it
 
 
 class AuthCommands(SessionBase):
@@ -50,7 +55,7 @@ class AuthCommands(SessionBase):
             return [], "ENABLE completed"
         return [f"* ENABLED {' '.join(enabled)}\r\n".encode()], "ENABLE completed"
 
-    async def _login(self, user: str, password: bytes) -> None:
+    async def _login(self, user: str, password: bytes, method: str) -> None:
         # Failed logins from this address or for this user: a growing pause, one attempt at a time.
         try:
             async with self.ctx.throttle.attempt(f"addr:{self.peer}", f"user:{user.lower()}") as attempt:
@@ -63,15 +68,22 @@ class AuthCommands(SessionBase):
                 else:
                     attempt.failed()
         except Busy:
+            logs.event(auth_log, logging.WARNING, "login failed", remote=self.peer or "-", user=user, service="imap",
+                       method=method, reason="throttled", session=self.session_id)
             raise ImapNo("Too many login attempts; try again later", "UNAVAILABLE") from None
         if not ok:
             if self.ctx.metrics is not None:
                 self.ctx.metrics.auth_failures.inc()
+            logs.event(auth_log, logging.WARNING, "login failed", remote=self.peer or "-", user=user, service="imap",
+                       method=method, reason="unknown user" if stored is None else "password",
+                       session=self.session_id)
             raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
         self.user = name
+        logs.event(auth_log, logging.INFO, "login", remote=self.peer or "-", user=name, service="imap", method=method,
+                   tls=self.secure, session=self.session_id)
 
     async def do_login(self, cmd: Command) -> Reply:
-        await self._login(cmd.args["user"], cmd.args["password"])
+        await self._login(cmd.args["user"], cmd.args["password"], "LOGIN")
         return [], f"[CAPABILITY {self._caps()}] LOGIN completed"
 
     async def do_authenticate(self, cmd: Command) -> Reply:
@@ -101,7 +113,7 @@ class AuthCommands(SessionBase):
             _, user, password = base64.b64decode(initial if initial != b"=" else b"").split(b"\0")
         except ValueError:
             raise ImapBad("Invalid PLAIN response") from None
-        await self._login(user.decode("utf-8", "replace"), password)
+        await self._login(user.decode("utf-8", "replace"), password, "PLAIN")
         return [], f"[CAPABILITY {self._caps()}] AUTHENTICATE completed"
 
     async def do_starttls(self, cmd: Command) -> Reply:

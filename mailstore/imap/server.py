@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import zlib
+
+from runtime import logs
 
 from .framing import CommandFramer, Framed, FramingError, NeedContinuation
 from .parser import parse_command
@@ -114,6 +117,7 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
     conn = Connection(reader, writer)
     peer = writer.get_extra_info("peername")
     session = Session(ctx, peer[0] if peer else "")
+    started, ended = time.monotonic(), "closed"
     session.secure = implicit_tls
     framer = CommandFramer(max_literal=ctx.max_append)
     conn.write(session.greeting())
@@ -144,6 +148,9 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                         cmd = parse_command(ev.data)
                     except ParseError as exc:
                         conn.write(f"{exc.tag} BAD {exc.text}\r\n".encode())
+                        logs.event(log, logging.INFO, "command failed", session=session.session_id,
+                                   user=session.user or "-", remote=session.peer or "-", command="-", result="BAD",
+                                   text=exc.text[:200])
                         continue
                     if cmd.name == "IDLE" and session.user is not None:
                         if ctx.metrics is not None:
@@ -182,10 +189,11 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
                     if session.logout:
                         break
             await conn.drain()
-    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, zlib.error):
-        pass
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, zlib.error) as exc:
+        ended = type(exc).__name__
     except Exception:  # a fault of ours: the client is told, the log has the traceback
-        log.exception("IMAP session from %s failed", session.peer)
+        ended = "error"
+        log.exception("IMAP session %s from %s failed", session.session_id, session.peer)
         try:
             conn.write(b"* BYE Internal error, closing\r\n")
         except (ConnectionError, RuntimeError):
@@ -194,6 +202,9 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
         if ctx.metrics is not None:
             ctx.metrics.sessions.dec()
         await conn.close()
+        logs.event(log, logging.INFO, "disconnected", session=session.session_id, user=session.user or "-",
+                   remote=session.peer or "-", reason="logout" if session.logout else ended,
+                   commands=session.commands, seconds=round(time.monotonic() - started, 1))
 
 
 def _ack_now(writer: asyncio.StreamWriter) -> None:

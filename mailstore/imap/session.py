@@ -22,6 +22,8 @@ import asyncio
 import logging
 from typing import ClassVar
 
+from runtime import logs
+
 from ..db import StoreUnavailable
 from . import response as R
 from .append import AppendCommands
@@ -45,10 +47,15 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
 
     async def handle(self, cmd: Command) -> bytes:
         out = await self._handle(cmd)
+        self.commands += 1
+        words = out.rsplit(b"\r\n", 2)[-2].split(b" ", 2)  # the tagged line: TAG OK|NO|BAD ...
+        result = words[1].decode() if len(words) > 1 and words[1] in (b"OK", b"NO", b"BAD") else "continue"
         if self.ctx.metrics is not None:
-            words = out.rsplit(b"\r\n", 2)[-2].split(b" ", 2)  # the tagged line: TAG OK|NO|BAD ...
-            result = words[1].decode() if len(words) > 1 and words[1] in (b"OK", b"NO", b"BAD") else "continue"
             self.ctx.metrics.commands.labels(cmd.name, result).inc()
+        if result == "BAD" or (result == "NO" and words[2].startswith((b"[SERVERBUG]", b"[UNAVAILABLE]"))):
+            logs.event(log, logging.WARNING if result == "NO" else logging.INFO, "command failed",
+                       session=self.session_id, user=self.user or "-", remote=self.peer or "-", command=cmd.name,
+                       result=result, text=words[2].decode("utf-8", "replace")[:200])
         return out
 
     async def _handle(self, cmd: Command) -> bytes:

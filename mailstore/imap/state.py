@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -168,6 +169,8 @@ class SessionBase:
     def __init__(self, ctx: ImapContext, peer: str = "") -> None:
         self.ctx = ctx
         self.peer = peer
+        self.session_id = secrets.token_urlsafe(9)  # in every log line of this connection
+        self.commands = 0
         self.pending_auth: str | None = None  # tag of an AUTHENTICATE waiting for "+ " data
         self.secure = False  # on TLS (implicit, or after STARTTLS)
         self.start_tls = False  # the I/O loop upgrades the connection after this OK

@@ -208,12 +208,13 @@ class Dispatcher:
         """The request's access log line (runtime/logs.py): who asked what, the answer, bytes, time,
         and Dovecot's trace headers when it sent them. Never a secret: no signature, no query.
         The access key is one the key store knows (or "-"), so it is written as made."""
-        head = (f"rid={seen.rid} remote={request.remote or '-'} access_key={seen.access_key or '-'} "
-                f"method={request.method}")
+        head = {"rid": seen.rid, "remote": request.remote or "-", "access_key": seen.access_key or "-",
+                "method": request.method}
         client = {"bucket": seen.bucket or "-", "object": seen.key if seen.key is not None else "-"}
-        tail = f" status={resp.status} in={received} out={resp.content_length or 0} ms={seconds * 1000:.2f}"
+        tail: dict[str, object] = {"status": resp.status, "in": received, "out": resp.content_length or 0,
+                                   "ms": round(seconds * 1000, 2)}
         if code is not None:
-            tail += f" error={code}"
+            tail["error"] = code
         headers = request.headers
         extra = None
         if "x-dovecot-session-id" in headers:

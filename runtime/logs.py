@@ -209,24 +209,21 @@ class AccessLog:
     def write(self, message: str, fields: Mapping[str, object]) -> None:
         self._add(render(time.time(), "INFO", self.name, message, fields))
 
-    def request(self, op: str, head: str, client: Mapping[str, str], tail: str,
+    def request(self, op: str, head: Mapping[str, object], client: Mapping[str, str], tail: Mapping[str, object],
                 extra: Mapping[str, str] | None = None) -> None:
-        """A request's line, built for speed (3 us instead of `write`'s 6): `head` and `tail` are
-        `k=v` fields the server made itself (ids, numbers, addresses), written as they are; the
-        values in `client` and `extra` (a bucket, a key, a header) are escaped. In that order."""
+        """A request's line, built for speed: the values in `head` and `tail` the server made
+        itself (ids, numbers, addresses) and are written as they are; those in `client` and
+        `extra` (a bucket, a key, a header) are escaped. Fields in that order."""
         if STATE.format == "json":
-            fields: dict[str, object] = {}
-            for pair in f"{head}{tail}".split():
-                k, _, v = pair.partition("=")
-                fields[k] = int(v) if v.isdigit() else v
-            fields["ms"] = float(str(fields["ms"]))
-            self.write(op, {**fields, **client, **(extra or {})})
+            self.write(op, {**head, **client, **tail, **(extra or {})})
             return
-        line = f"{_timestamp(time.time())} INFO {STATE.part}[{_pid()}] {self.name}: {op} {head} " + \
-            " ".join(f"{k}={value_text(v)}" for k, v in client.items()) + tail
+        parts = [f"{_timestamp(time.time())} INFO {STATE.part}[{_pid()}] {self.name}: {op}"]
+        parts += [f"{k}={v}" for k, v in head.items()]
+        parts += [f"{k}={value_text(v)}" for k, v in client.items()]
+        parts += [f"{k}={v}" for k, v in tail.items()]
         if extra:
-            line += " " + " ".join(f"{k}={value_text(v)}" for k, v in extra.items())
-        self._add(line)
+            parts += [f"{k}={value_text(v)}" for k, v in extra.items()]
+        self._add(" ".join(parts))
 
     def _add(self, line: str) -> None:
         self._lines.append(line)

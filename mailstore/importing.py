@@ -309,11 +309,17 @@ class Importer:
                 report.failed[why] = report.failed.get(why, 0) + 1
                 self.progress.messages_done += 1
                 return
-            await self.writer.run(self._commit, folder, m, box.id, uid, guid, key, len(data), now, env, bs)
-        report.copied += 1
-        report.bytes += len(data)
-        self.progress.messages_done += 1
-        self.progress.bytes += len(data)
+            commit = self.writer.run(self._commit, folder, m, box.id, uid, guid, key, len(data), now, env, bs)
+            try:
+                await asyncio.shield(commit)
+            finally:
+                if not commit.done():  # interrupted: the batch commits regardless, so wait and count it
+                    await asyncio.wait([commit])
+                if not commit.cancelled() and commit.exception() is None:
+                    report.copied += 1
+                    report.bytes += len(data)
+                    self.progress.messages_done += 1
+                    self.progress.bytes += len(data)
         self.progress.show()
 
     def _commit(self, c: Conn, folder: SourceFolder, m: SourceMessage, box_id: int, uid: int,
@@ -342,9 +348,11 @@ class Importer:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     t.result()
-        finally:
+        finally:  # stopped (Ctrl-C, over quota): the rest end before the writer closes, so the report is exact
             for t in pending:
                 t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def close(self) -> None:
         self.writer.close()

@@ -22,17 +22,23 @@ DEFAULT_TOML = """\
 listen = "{s3}"            # HAProxy's front: the S3 endpoint clients use
 gateways = ["{gw1}", "{gw2}"]   # the gateway pair behind it
 lb_stats = "{stats}"          # HAProxy's stats page (/stats)
+https = ""                      # HAProxy's HTTPS front too, e.g. "0.0.0.0:443" (needs [tls])
 bucket = "mail"
 region = "us-east-1"
 
 [mail]
 lmtp = "{lmtp}"              # LMTP ingest (Postfix: lmtp:inet:...)
-imap = "{imap}"              # IMAP
+imap = "{imap}"              # IMAP (STARTTLS with [tls])
+imaps = ""                            # IMAP over implicit TLS too, e.g. "0.0.0.0:993" (needs [tls])
 domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
 max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 4.5.3 (RFC 5321)
+
+[tls]
+cert = ""   # PEM certificate chain: STARTTLS on LMTP and IMAP, [mail] imaps and [s3] https
+key = ""    # its private key (PEM, 0600); both read again on SIGHUP (a renewed certificate)
 
 [dashboard]
 listen = "{dashboard}"           # the ops dashboard (admin login in DATA_DIR/secrets.json)
@@ -95,6 +101,10 @@ class ApplianceConfig:
     rados: dict[str, str] = field(default_factory=dict)  # [engine]'s other keys, as written
     log_level: str = "info"  # runtime/logs.py's level spec, for every part
     log_format: str = "text"
+    s3_https: str = ""  # HAProxy's HTTPS front ("": none)
+    imaps: str = ""  # IMAP over implicit TLS ("": none)
+    tls_cert: str = ""  # [tls]: "" for no TLS
+    tls_key: str = ""
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -112,8 +122,10 @@ def load(data_dir: Path) -> ApplianceConfig:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region"},
-             "mail": {"lmtp", "imap", "domain", "cache_size", "lmtp_metrics", "imap_metrics", "max_recipients"},
+    known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region", "https"},
+             "tls": {"cert", "key"},
+             "mail": {"lmtp", "imap", "imaps", "domain", "cache_size", "lmtp_metrics", "imap_metrics",
+                      "max_recipients"},
              "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
              "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
                         "namespace", "master_key"},
@@ -174,15 +186,29 @@ def load(data_dir: Path) -> ApplianceConfig:
         raise ConfigError(f"{path}: [log] level: {exc}") from None
     if log_format not in logs.FORMATS:
         raise ConfigError(f"{path}: [log] format must be \"text\" or \"json\"")
+    https, imaps, cert, key = (value(*k) for k in (("s3", "https"), ("mail", "imaps"), ("tls", "cert"),
+                                                    ("tls", "key")))
+    for name, v in (("[s3] https", https), ("[mail] imaps", imaps), ("[tls] cert", cert), ("[tls] key", key)):
+        if not isinstance(v, str):
+            raise ConfigError(f"{path}: {name} must be a string")
+    if bool(cert) != bool(key):
+        raise ConfigError(f"{path}: [tls] needs both cert and key")
+    if (https or imaps) and not cert:
+        raise ConfigError(f"{path}: [s3] https and [mail] imaps need [tls] cert and key")
+    for name, v in (("cert", cert), ("key", key)):
+        if v and not Path(str(v)).is_file():
+            raise ConfigError(f"{path}: [tls] {name}: no such file {v}")
     cfg = ApplianceConfig(text("s3", "listen"), (gateways[0], gateways[1]), text("s3", "lb_stats"),
                           text("s3", "bucket"), text("s3", "region"), text("mail", "lmtp"), text("mail", "imap"),
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
                           max_recipients, url, passfile, text("metadata", "private"), str(kind), rados,
-                          log_level, log_format)
+                          log_level, log_format, str(https), str(imaps), str(cert), str(key))
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
-                 "private_postgres"):
+                 "private_postgres", "s3_https", "imaps"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
+            if not addr and name in ("s3_https", "imaps"):
+                continue
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():
                 raise ConfigError(f"{path}: {name} wants HOST:PORT, got {addr!r}")

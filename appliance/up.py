@@ -16,188 +16,29 @@ started again; the PIDs are in DATA_DIR/run/processes.json.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import secrets
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
-from gateway.accounts import owner_field
 from gateway.config import RadosSettings
 from gateway.filemodes import too_open
-from gateway.rados_cli import rados_argv
 from runtime import logs
 from runtime.ceph import PrivateCeph
 
-from .config import ApplianceConfig, ConfigError, load, metadata
+from .config import ApplianceConfig, load, metadata
+from .parts import Part, parts, shifted, write_tls_pem
+from .setup import Secrets, configured_rados, init, write_private, write_private_text
 
-ROOT = Path(__file__).resolve().parents[1]
-HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
-HAPROXY_MAIL_CFG = ROOT / "packaging" / "haproxy-mail.cfg"  # TCP fronts over several shim hosts
-BIN = Path(sys.executable).parent
 log = logging.getLogger("mailstore.up")
-
-
-# secrets.json: {"admin"|"shim": {"access_key", "secret_key"}, "user": {"name", "password"},
-#                "dashboard": {"user", "password"}}
-Secrets = dict[str, dict[str, str]]
-
-
-@dataclass
-class Part:
-    name: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    announces: bool = True  # prints one JSON "listening" line when it is up
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-
-
-def _first_run(data_dir: Path, cfg: ApplianceConfig, db: str, rados: RadosSettings | None) -> Secrets:
-    """Keys, bucket and test user, made once; their secrets, on every run."""
-    path = data_dir / "secrets.json"
-    kind = "rados" if rados is not None else "local"
-    if path.exists():
-        found: Secrets = json.loads(path.read_text())
-        if "dashboard" not in found:  # made by an older version
-            found["dashboard"] = {"user": "admin", "password": secrets.token_urlsafe(12)}
-            _write_private(path, found)
-        made_on = found.get("engine", {}).get("kind", "local")
-        if made_on != kind:
-            raise ConfigError(f"{data_dir}'s keys and bucket are on the {made_on} engine, not {kind}: "
-                              f"use another data directory for the {kind} engine")
-        return found
-    from gateway.engine.api import Engine
-    from gateway.engine.rados_api import RadosGateway
-    from gateway.keys import AccessKey, KeyStore
-    from gateway.policy import preset
-    from mailstore.db import MetaStore
-    from mailstore.users import hash_password
-
-    async def first_keys(engine: Engine) -> tuple[AccessKey, AccessKey]:
-        keys = KeyStore(engine)
-        admin = await keys.create("admin", admin=True)
-        shim = await keys.create("mail-shim", admin=False, policy=preset(f"bucket:{cfg.bucket}"))
-        if not await engine.bucket_exists(cfg.bucket):
-            if isinstance(engine, RadosGateway):  # obox's <hash>/<user>/...: one user's listing, one shard
-                await engine.store.create_bucket(cfg.bucket, owner_field(""), shards=16, depth=2)
-            else:
-                await engine.create_bucket(cfg.bucket, owner_field(""))
-        return admin, shim
-
-    if rados is not None:
-        import asyncio
-
-        from gateway.engine.rados import RadosStore
-
-        gw = RadosGateway(RadosStore(rados.conf, rados.user, rados.keyring, data_pool=rados.data_pool,
-                                     index_pool=rados.index_pool, meta_pool=rados.meta_pool,
-                                     namespace=rados.namespace), rados.master_key)
-        try:
-            admin, shim = asyncio.run(first_keys(gw))
-        finally:
-            gw.close()
-    else:
-        from gateway.engine.local import LocalEngine
-        from gateway.engine.local_api import run_on
-
-        engine = LocalEngine(data_dir / "engine")
-        try:
-            admin, shim = run_on(engine, first_keys)
-        finally:
-            engine.close()
-    user, password = f"test@{cfg.domain}", secrets.token_urlsafe(12)
-    meta = MetaStore(db)
-    if meta.get_user(user) is None:
-        meta.add_user(user, hash_password(password))
-    found = {"admin": {"access_key": admin.access_key, "secret_key": admin.secret},
-             "shim": {"access_key": shim.access_key, "secret_key": shim.secret},
-             "user": {"name": user, "password": password},
-             "dashboard": {"user": "admin", "password": secrets.token_urlsafe(12)},
-             "engine": {"kind": kind}}
-    _write_private(path, found)
-    return found
-
-
-def _write_private(path: Path, doc: Mapping[str, object]) -> None:
-    """JSON readable by the owner only (it holds secrets)."""
-    _write_private_text(path, json.dumps(doc, indent=2) + "\n")
-
-
-def _write_private_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
-
-
-def _shifted(addr: str, by: int) -> str:
-    host, _, port = addr.rpartition(":")
-    return f"{host}:{int(port) + by}"
-
-
-def _log_argv(data_dir: Path, cfg: ApplianceConfig, part: str) -> list[str]:
-    """A part's log options: its file in DATA_DIR/logs (reopened on SIGHUP), level and format."""
-    return ["--log-file", str(data_dir / "logs" / f"{part}.log"), "--log-level", cfg.log_level,
-            "--log-format", cfg.log_format]
-
-
-def _parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: int = 1,
-           rados: RadosSettings | None = None) -> list[Part]:
-    mailstore = str(BIN / "mailstore")
-    engine = ["--data-dir", str(data_dir / "engine")] if rados is None else ["--engine", "rados", *rados_argv(rados)]
-    gateways = [Part(f"gateway{i}", [mailstore, "gateway", *engine, "--listen", addr, "--region", cfg.region])
-                for i, addr in enumerate(cfg.gateways, 1)]
-    haproxy = Part("haproxy", [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f", str(HAPROXY_CFG), "-db"],
-                   env={"MAILSTORE_S3_BIND": cfg.s3_listen, "MAILSTORE_GW1": cfg.gateways[0],
-                        "MAILSTORE_GW2": cfg.gateways[1], "MAILSTORE_LB_STATS": cfg.lb_stats},
-                   announces=False)
-    if hosts > 1:  # the LMTP and IMAP addresses become HAProxy's TCP fronts over the shim hosts
-        haproxy.argv[3:3] = ["-f", str(HAPROXY_MAIL_CFG)]
-        haproxy.env.update({"MAILSTORE_LMTP_BIND": cfg.lmtp, "MAILSTORE_IMAP_BIND": cfg.imap})
-        for k in (1, 2):
-            haproxy.env[f"MAILSTORE_LMTP{k}"] = _shifted(cfg.lmtp, 10 * k)
-            haproxy.env[f"MAILSTORE_IMAP{k}"] = _shifted(cfg.imap, 10 * k)
-    shim = sec["shim"]
-    shims: list[Part] = []
-    for k in range(1, hosts + 1):
-        # One host: the configured addresses. Several: host k 10*k ports above them (the
-        # configured ones are HAProxy's fronts), each with its own cache; host 1 keeps the
-        # configured metrics addresses (the dashboard reads them), host 2 10 above.
-        suffix = "" if hosts == 1 else str(k)
-        cache = data_dir / ("cache" if hosts == 1 else f"cache{k}")
-        fs = (f"fscache:{cfg.cache_size}:{cache}:s3:http://{shim['access_key']}:{shim['secret_key']}"
-              f"@{cfg.s3_listen}/?bucket={cfg.bucket}")
-        # The URL holds the shim's S3 secret: the processes read it from a 0600 file,
-        # never from their command line (which every local user sees in ps).
-        fs_file = data_dir / f"shim-fs{suffix}.url"
-        _write_private_text(fs_file, fs + "\n")
-        fs = f"@{fs_file}"
-        lmtp_at, imap_at = (cfg.lmtp, cfg.imap) if hosts == 1 else (_shifted(cfg.lmtp, 10 * k),
-                                                                    _shifted(cfg.imap, 10 * k))
-        metrics_by = 10 * (k - 1)
-        shims.append(Part(f"lmtp{suffix}", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", lmtp_at,
-                                            "--domain", cfg.domain, "--max-recipients", str(cfg.max_recipients),
-                                            "--metrics-listen", _shifted(cfg.lmtp_metrics, metrics_by)]))
-        shims.append(Part(f"imap{suffix}", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", imap_at,
-                                            "--domain", cfg.domain,
-                                            "--metrics-listen", _shifted(cfg.imap_metrics, metrics_by)]))
-    dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
-                                   str(cfg.dashboard_interval)],
-                     env={"MAILSTORE_METADATA": db})  # the store this run uses (also a private PostgreSQL)
-    for part in [*gateways, *shims, dashboard]:
-        part.argv += _log_argv(data_dir, cfg, part.name)
-    return [*gateways, haproxy, *shims, dashboard]
 
 
 class Supervisor:
@@ -243,12 +84,19 @@ class Supervisor:
             except RuntimeError as exc:
                 logs.event(log, logging.ERROR, "part did not start", part=part.name, error=str(exc))
 
-    def reopen_logs(self) -> None:
-        """SIGHUP (logrotate's postrotate): every part of ours opens its log file again."""
+    def reload(self, cfg: ApplianceConfig) -> None:
+        """SIGHUP (logrotate's postrotate, a renewed certificate): every part of ours opens its
+        log file again and reads its certificate again; HAProxy reloads (master-worker) when it
+        serves HTTPS."""
         logs.reopen()
+        write_tls_pem(self.data_dir, cfg)
         for part in self.parts:
-            if part.proc is not None and part.proc.poll() is None and part.name not in ("haproxy", "postgres"):
+            if part.proc is None or part.proc.poll() is not None or part.name == "postgres":
+                continue
+            if part.name != "haproxy":
                 part.proc.send_signal(signal.SIGHUP)
+            elif cfg.s3_https:
+                part.proc.send_signal(signal.SIGUSR2)
 
     def stop(self, deadline: float = 30.0) -> None:
         """The shim first (no new mail), then the balancer, then the gateways."""
@@ -301,7 +149,7 @@ class Endpoints(TypedDict):
     gateways: list[str]
     lmtp: HostPort
     imap: HostPort
-    user: dict[str, str]  # name, password
+    user: NotRequired[dict[str, str]]  # name, password (not in a directory `mailstore init` made)
     dashboard: dict[str, str]  # url, user, password
 
 
@@ -309,13 +157,37 @@ def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
     def hp(addr: str) -> HostPort:
         host, _, port = addr.rpartition(":")
         return {"host": host.strip("[]"), "port": int(port)}
-    return {"s3": {"endpoint": f"http://{cfg.s3_listen}", "access_key": sec["admin"]["access_key"],
-                   "secret_key": sec["admin"]["secret_key"], "bucket": cfg.bucket},
-            "gateways": [f"http://{g}" for g in cfg.gateways],
-            "lmtp": hp(cfg.lmtp),
-            "imap": hp(cfg.imap),
-            "user": dict(sec["user"]),
-            "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
+    ep: Endpoints = {"s3": {"endpoint": f"http://{cfg.s3_listen}", "access_key": sec["admin"]["access_key"],
+                            "secret_key": sec["admin"]["secret_key"], "bucket": cfg.bucket},
+                     "gateways": [f"http://{g}" for g in cfg.gateways],
+                     "lmtp": hp(cfg.lmtp),
+                     "imap": hp(cfg.imap),
+                     "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
+    if "user" in sec:
+        ep["user"] = dict(sec["user"])
+    return ep
+
+
+def busy_addresses(cfg: ApplianceConfig, hosts: int = 1) -> list[str]:
+    """The configured addresses something else already listens on (a second appliance?)."""
+    wanted = [cfg.s3_listen, *cfg.gateways, cfg.lb_stats, cfg.lmtp, cfg.imap, cfg.dashboard, cfg.s3_https,
+              cfg.imaps]
+    for k in range(1, hosts + 1):
+        wanted += [shifted(cfg.lmtp_metrics, 10 * (k - 1)), shifted(cfg.imap_metrics, 10 * (k - 1))]
+        if hosts > 1:
+            wanted += [shifted(cfg.lmtp, 10 * k), shifted(cfg.imap, 10 * k)]
+    busy = []
+    for addr in filter(None, wanted):
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, int(port)))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    busy.append(addr)
+    return busy
 
 
 def _private_postgres(data_dir: Path, cfg: ApplianceConfig) -> tuple[Part, str]:
@@ -333,7 +205,7 @@ def _private_postgres(data_dir: Path, cfg: ApplianceConfig) -> tuple[Part, str]:
     pg = PrivatePostgres(root, int(port))
     pg.init()
     passfile = data_dir / "pgpass"
-    _write_private_text(passfile, f"{host}:{port}:*:{pg.user}:{pg.password}\n")
+    write_private_text(passfile, f"{host}:{port}:*:{pg.user}:{pg.password}\n")
     os.environ["PGPASSFILE"] = str(passfile)
     return Part("postgres", pg.command(), announces=False), f"postgresql://{pg.user}@{host}:{port}/{pg.database}"
 
@@ -362,21 +234,19 @@ def _rados(data_dir: Path, cfg: ApplianceConfig) -> tuple[RadosSettings, Private
     from gateway.engine.rados_api import make_master_key
 
     r = cfg.rados
+    if r["ceph_conf"]:
+        return configured_rados(data_dir, cfg), None
     master = Path(r["master_key"]) if r["master_key"] else data_dir / "master.key"
     if not r["master_key"] and not master.exists():
         make_master_key(master)
     pools = (r["data_pool"], r["index_pool"], r["meta_pool"])
-    own = None
-    if r["ceph_conf"]:
-        conf, keyring = r["ceph_conf"], r["keyring"] or f"/etc/ceph/ceph.{r['ceph_user']}.keyring"
-    else:
-        own = PrivateCeph(data_dir / "ceph")
-        print(f"mailstore: starting the appliance's own Ceph cluster in {own.root} ...", flush=True)
-        own.start()
-        for pool in pools:
-            own.create_pool(pool)
-        conf, keyring = str(own.conf), str(own.create_user(r["ceph_user"], list(pools)))
-    return RadosSettings(conf, r["ceph_user"], keyring, *pools, master, r["namespace"]), own
+    own = PrivateCeph(data_dir / "ceph")
+    print(f"mailstore: starting the appliance's own Ceph cluster in {own.root} ...", flush=True)
+    own.start()
+    for pool in pools:
+        own.create_pool(pool)
+    keyring = str(own.create_user(r["ceph_user"], list(pools)))
+    return RadosSettings(str(own.conf), r["ceph_user"], keyring, *pools, master, r["namespace"]), own
 
 
 def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
@@ -399,6 +269,12 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
             print(f"mailstore: {exc}", file=sys.stderr)
             return 4
     db = metadata(cfg, data_dir)
+    busy = busy_addresses(cfg, hosts)
+    if busy:
+        what = f"address {busy[0]} is" if len(busy) == 1 else f"addresses {', '.join(busy)} are"
+        print(f"mailstore: {what} in use: is another appliance running? (addresses in "
+              f"{data_dir / 'mailstore.toml'})", file=sys.stderr)
+        return 3
     sup = Supervisor(data_dir, [])
     rados: RadosSettings | None = None
     own_ceph: PrivateCeph | None = None
@@ -417,8 +293,9 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
             _wait_postgres(db)
         if kind == "rados":
             rados, own_ceph = _rados(data_dir, cfg)
-        sec = _first_run(data_dir, cfg, db, rados)
-        sup.parts += _parts(data_dir, cfg, sec, db, hosts, rados)
+        sec = init(data_dir, rados, db=db, test_user=True)
+        write_tls_pem(data_dir, cfg)
+        sup.parts += parts(data_dir, cfg, sec, db, hosts, rados)
         for part in sup.parts:
             if got_signal:
                 break
@@ -430,8 +307,8 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
         if not got_signal:
             ep = _endpoints(cfg, sec)
             path = data_dir / "endpoints.json"
-            _write_private(path, ep)
-            s3, user, dash = ep["s3"], ep["user"], ep["dashboard"]
+            write_private(path, ep)
+            s3, user, dash = ep["s3"], ep.get("user"), ep["dashboard"]
             print(f"\nmailstore is up (data in {data_dir.resolve()})\n"
                   f"  S3 endpoint : {s3['endpoint']}   (HAProxy over {' and '.join(ep['gateways'])};"
                   f" path style; region {cfg.region})\n"
@@ -440,14 +317,15 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
                   f"  bucket      : {s3['bucket']}\n"
                   f"  LMTP        : {ep['lmtp']['host']}:{ep['lmtp']['port']}\n"
                   f"  IMAP        : {ep['imap']['host']}:{ep['imap']['port']}\n"
-                  f"  mail user   : {user['name']}   password: {user['password']}\n"
+                  f"  mail user   : {user['name'] if user else '(none made: mailstore user add)'}"
+                  f"{'   password: ' + user['password'] if user else ''}\n"
                   f"  dashboard   : {dash['url']}   user: {dash['user']}   password: {dash['password']}\n"
                   f"  (also in {path}; logs in {sup.logs}; Ctrl-C stops everything)\n", flush=True)
         while not got_signal:
             sup.watch_once()
             if hup:
                 hup.clear()
-                sup.reopen_logs()
+                sup.reload(cfg)
             time.sleep(0.3)
     finally:
         sup.stop()

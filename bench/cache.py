@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from cache import FsCache, S3Client, open_fs
 
-from .s3 import BIN
+from .s3 import BIN, new_key
 
 
 async def measure(fs, keys: list[str], ops: int, concurrency: int) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
@@ -95,8 +95,7 @@ def main() -> int:
         pass
     work = Path(tempfile.mkdtemp(prefix="mailstore-cachebench-"))
     data = work / "data"
-    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name", "b"],
-                                    capture_output=True, text=True, check=True).stdout)
+    key = new_key(data, "b")
     subprocess.run([str(BIN / "mailstore"), "bucket", "create", "--data-dir", str(data), "mail"], check=True)
     proc = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,8 @@ from gateway.engine.api import ThreadRunner
 from gateway.engine.model import ObjectMeta
 from gateway.s3 import sigv4
 from gateway.server import open_engine
+
+from .s3 import new_key
 from runtime import logs
 
 BODY = b"x" * 4096
@@ -76,8 +76,7 @@ async def measure(handle: Callable[[web.BaseRequest], Awaitable[web.StreamRespon
 
 async def run(requests: int, repeats: int) -> None:
     data = Path(tempfile.mkdtemp(prefix="mailstore-dispatch-")) / "data"
-    made = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name",
-                                      "bench"], capture_output=True, text=True, check=True).stdout)
+    made = new_key(data)
     key = (made["AccessKeyId"], made["SecretAccessKey"])
     config = GatewayConfig(data, compaction=False)
     threads = ThreadRunner()

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .s3 import BIN, _children
+from .s3 import BIN, new_key, _children
 
 LMTP_WORKERS = 3
 MESSAGE = (b"From: sender@example.org\r\nTo: list@example.com\r\nSubject: benchmark\r\n"
@@ -125,8 +125,7 @@ def start_ours(work: Path, users: list[str], db: str | None = None,
     hosts, as `mailstore up --hosts 2` runs them).  Returns the LMTP ports and the processes."""
     work.mkdir(parents=True, exist_ok=True)
     data = work / "gw"
-    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name", "b"],
-                                    capture_output=True, text=True, check=True).stdout)
+    key = new_key(data, "b")
     subprocess.run([str(BIN / "mailstore"), "bucket", "create", "--data-dir", str(data), "mail"], check=True)
     gw = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -88,11 +88,22 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def new_key(data: Path, name: str = "bench") -> dict[str, str]:
+    """An engine in `data` (as a gateway's first start makes it) and an administrator key on it."""
+    from gateway.engine.local import LocalEngine, is_engine
+
+    if not is_engine(data):
+        LocalEngine(data).close()
+    made: dict[str, str] = json.loads(subprocess.run(
+        [str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name", name],
+        capture_output=True, text=True, check=True).stdout)
+    return made
+
+
 def start_gateway(work: Path, workers: int = 1) -> tuple[Server, tuple[str, str]]:
     name = "gateway" if workers == 1 else f"gateway x{workers}"
     data = work / name.replace(" ", "")
-    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data),
-                                     "--name", "bench"], capture_output=True, text=True, check=True).stdout)
+    key = new_key(data)
     proc = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0",
                              "--workers", str(workers)],
                             stdout=subprocess.PIPE, stderr=open(work / f"{data.name}.log", "w"), text=True)
@@ -104,8 +115,7 @@ def start_gateway(work: Path, workers: int = 1) -> tuple[Server, tuple[str, str]
 def start_pair(work: Path) -> tuple[Server, tuple[str, str]]:
     """The appliance's S3 path: HAProxy (packaging/haproxy.cfg) over two gateways on one engine."""
     data = work / "pair"
-    key = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data),
-                                     "--name", "bench"], capture_output=True, text=True, check=True).stdout)
+    key = new_key(data)
     ports = [free_port() for _ in range(4)]
     gws = []
     for i, port in enumerate(ports[:2], 1):

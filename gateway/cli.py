@@ -23,7 +23,7 @@ from runtime.progress import Progress
 from .accounts import AccountError, AccountStore, account_of, owner_field
 from .config import GatewayConfig, RadosSettings, parse_bytes, parse_listen
 from .engine.api import Engine
-from .engine.local import EngineLock, EngineLocked, LocalEngine
+from .engine.local import EngineLock, EngineLocked, LocalEngine, find_engine, serving_engine
 from .engine.local_api import run_on
 from .engine.model import EngineUnavailable
 from .engine.recovery import IndexUnusable
@@ -45,7 +45,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         rados = settings(args)
     elif not args.data_dir:
         raise ValueError("the local engine needs --data-dir DIR (or give --engine rados)")
-    run(GatewayConfig(Path(args.data_dir or "."), host, port, args.region, domains, rados=rados,
+    run(GatewayConfig(serving_engine(args.data_dir or "."), host, port, args.region, domains, rados=rados,
                       compaction=not args.no_compaction, max_inflight=args.max_inflight,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, min_free_bytes=parse_bytes(args.min_free),
@@ -198,7 +198,7 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 def _on_local(args: argparse.Namespace, act: Callable[[Engine], Coroutine[Any, Any, int]], *, writer: bool) -> int:
     """Run `act` on the data directory's engine (as a gateway would see it), then close it."""
-    engine = LocalEngine(Path(args.data_dir), writer=writer)
+    engine = LocalEngine(find_engine(args.data_dir), writer=writer)
     try:
         return run_on(engine, act)
     finally:
@@ -227,6 +227,17 @@ def cmd_bucket(args: argparse.Namespace) -> int:
     if args.action != "list" and not valid_bucket_name(args.name):
         print(f"mailstore: invalid bucket name: {args.name}", file=sys.stderr)
         return 2
+    if args.endpoint:
+        if args.action == "list":
+            for b in _admin_call(args, "GET", "/_admin/buckets"):
+                print(b["Name"])
+        elif args.action == "create":
+            _admin_call(args, "POST", "/_admin/buckets", {"name": args.name})
+        else:
+            _admin_call(args, "DELETE", f"/_admin/buckets/{args.name}")
+        return 0
+    if not args.data_dir:
+        raise ValueError("give --data-dir DIR (local) or --endpoint URL (admin API)")
 
     async def act(engine: Engine) -> int:
         if args.action == "list":
@@ -255,7 +266,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         return rados_fsck(args)
     if not args.data_dir:
         raise ValueError("the local engine needs --data-dir DIR (or give --engine rados)")
-    root = Path(args.data_dir)
+    root = find_engine(args.data_dir)
     # Exclusive: no gateway may write while we read everything (or swap the index).
     # No recovery either: fsck reads the files as they are, whatever the index says.
     with EngineLock(root, exclusive=True):
@@ -278,7 +289,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from .compact import Compactor
 
-    engine = LocalEngine(Path(args.data_dir), writer=False)
+    engine = LocalEngine(find_engine(args.data_dir), writer=False)
     try:
         show = Progress("compact", "segments")
         stats = Compactor(engine, dead_ratio=args.dead_ratio).run_once(show)
@@ -309,10 +320,10 @@ def _gateway_parser(sub: Subcommands) -> None:
     p.add_argument("--engine", choices=("local", "rados"), default="local",
                    help="local: objects in --data-dir; rados: objects on the Ceph cluster named below")
     p.add_argument("--data-dir", help="the local engine's data directory")
-    p.add_argument("--listen", default="127.0.0.1:8000")
+    p.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT to serve S3 on (default 127.0.0.1:8000)")
     p.add_argument("--base-domain", action="append", help="virtual-host style domain (repeatable)")
-    p.add_argument("--region", default="us-east-1")
-    p.add_argument("--no-compaction", action="store_true")
+    p.add_argument("--region", default="us-east-1", help="the region signatures name (default us-east-1)")
+    p.add_argument("--no-compaction", action="store_true", help="no background compaction in this process")
     p.add_argument("--max-inflight", type=int, default=1024,
                    help="requests in flight per process before answering 503 SlowDown")
     p.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
@@ -338,7 +349,7 @@ def _gateway_parser(sub: Subcommands) -> None:
 
 def _where(p: argparse.ArgumentParser) -> None:
     """A data directory to work on directly, or a running gateway's admin API."""
-    p.add_argument("--data-dir", help="work on this data directory directly")
+    p.add_argument("--data-dir", help="work on this engine directly: the appliance's directory or its engine")
     p.add_argument("--endpoint", help="or on a running gateway, through its admin API")
     p.add_argument("--access-key", dest="admin_access_key",
                    help="administrator key for --endpoint (or MAILSTORE_ACCESS_KEY)")
@@ -362,7 +373,7 @@ def _account_parsers(sub: Subcommands) -> None:
         p = asub.add_parser(action)
         _where(p)
         if action != "list":
-            p.add_argument("name", metavar="NAME")
+            p.add_argument("name", metavar="NAME", help="the account's name")
     account.set_defaults(fn=cmd_account)
 
 
@@ -372,16 +383,16 @@ def _key_parsers(sub: Subcommands) -> None:
     create = ksub.add_parser("create", formatter_class=argparse.RawTextHelpFormatter,
                              help="new key; prints its secret once")
     _where(create)
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, help="what the key is for (shown by key list)")
     create.add_argument("--account", default="", help="the account it belongs to (default: the operator's)")
     _limits(create)
     _where(ksub.add_parser("list"))
     delete = ksub.add_parser("delete")
     _where(delete)
-    delete.add_argument("key_id", metavar="ACCESS_KEY_ID")
+    delete.add_argument("key_id", metavar="ACCESS_KEY_ID", help="the key to delete")
     set_policy = ksub.add_parser("set-policy", formatter_class=argparse.RawTextHelpFormatter)
     _where(set_policy)
-    set_policy.add_argument("key_id", metavar="ACCESS_KEY_ID")
+    set_policy.add_argument("key_id", metavar="ACCESS_KEY_ID", help="the key to limit")
     _limits(set_policy)
     key.set_defaults(fn=cmd_key)
 
@@ -389,18 +400,19 @@ def _key_parsers(sub: Subcommands) -> None:
 def _usage_parser(sub: Subcommands) -> None:
     p = sub.add_parser("usage", help="objects and bytes per bucket and first-level prefix")
     _where(p)
-    p.add_argument("--bucket")
+    p.add_argument("--bucket", help="only this bucket")
     p.set_defaults(fn=cmd_usage)
 
 
 def _bucket_parsers(sub: Subcommands) -> None:
     bucket = sub.add_parser("bucket", help="manage buckets")
     bsub = bucket.add_subparsers(dest="action", required=True)
-    for action in ("create", "delete", "list"):
-        p = bsub.add_parser(action)
-        p.add_argument("--data-dir", required=True)
+    for action, what in (("create", "a new bucket of the operator's"), ("delete", "an empty bucket"),
+                         ("list", "every bucket's name")):
+        p = bsub.add_parser(action, help=what)
+        _where(p)
         if action != "list":
-            p.add_argument("name")
+            p.add_argument("name", help="the bucket's name")
     bucket.set_defaults(fn=cmd_bucket)
 
 
@@ -408,11 +420,11 @@ def _fsck_parser(sub: Subcommands) -> None:
     from .rados_cli import cluster_args
 
     p = sub.add_parser("fsck", help="verify every checksum and the index (local: gateways stopped)")
-    p.add_argument("--engine", choices=("local", "rados"), default="local")
+    p.add_argument("--engine", choices=("local", "rados"), default="local", help="which engine to check")
     p.add_argument("--data-dir", help="the local engine's data directory")
     p.add_argument("--rebuild-index", action="store_true",
                    help="rebuild the index from the data files alone (rados: of --bucket, or of every bucket)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     g = p.add_argument_group("--engine rados (gateways may run meanwhile)")
     cluster_args(g)
     g.add_argument("--bucket", help="only this bucket")
@@ -424,8 +436,9 @@ def _fsck_parser(sub: Subcommands) -> None:
 
 def _compact_parser(sub: Subcommands) -> None:
     p = sub.add_parser("compact", help="run one compaction pass now")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--dead-ratio", type=float, default=0.5)
+    p.add_argument("--data-dir", required=True, help="the appliance's directory or its engine")
+    p.add_argument("--dead-ratio", type=float, default=0.5,
+                   help="rewrite segments at least this share dead (default 0.5)")
     p.set_defaults(fn=cmd_compact)
 
 

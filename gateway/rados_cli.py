@@ -153,12 +153,12 @@ def _count(lowest: int) -> Callable[[str], int]:
 def cluster_args(p: argparse._ActionsContainer) -> None:
     """Which cluster, as which cephx user, and which pools (RadosSettings' defaults)."""
     d = RadosSettings()
-    p.add_argument("--ceph-conf", default=d.conf)
+    p.add_argument("--ceph-conf", default=d.conf, help=f"the cluster's ceph.conf (default {d.conf})")
     p.add_argument("--ceph-user", default=d.user, help="the cephx user (client.NAME)")
     p.add_argument("--keyring", default=d.keyring, help="that user's keyring file (0600)")
-    p.add_argument("--data-pool", default=d.data_pool)
-    p.add_argument("--index-pool", default=d.index_pool)
-    p.add_argument("--meta-pool", default=d.meta_pool)
+    p.add_argument("--data-pool", default=d.data_pool, help="the pool of object data")
+    p.add_argument("--index-pool", default=d.index_pool, help="the pool of bucket index shards (OMAP)")
+    p.add_argument("--meta-pool", default=d.meta_pool, help="the pool of buckets, keys and accounts")
     p.add_argument("--namespace", default=d.namespace,
                    help="a RADOS namespace in the pools (several stores on one set of pools)")
 
@@ -188,24 +188,25 @@ def register(sub: Subcommands) -> None:
         "key-create": rsub.add_parser("key-create", help="an access key for the gateways (the secret, once)"),
     }
     mk = rsub.add_parser("master-key", help="make the 32-byte master key file (0600) to copy to every gateway host")
-    mk.add_argument("path")
-    parsers["key-create"].add_argument("name")
+    mk.add_argument("path", help="the new key file (0600; never replaced)")
+    parsers["key-create"].add_argument("name", help="the key's name")
     limit = parsers["key-create"].add_mutually_exclusive_group()
     limit.add_argument("--preset", help="a typical policy (default: an administrator key)")
     limit.add_argument("--policy", help="an IAM-style JSON policy file limiting the key")
-    parsers["key-create"].add_argument("--master-key", default=str(RadosSettings().master_key))
+    parsers["key-create"].add_argument("--master-key", default=str(RadosSettings().master_key),
+                                       help="the file that seals access-key secrets (the gateways' one)")
     parsers["key-create"].add_argument("--account", default="", help="the account it belongs to (the operator's)")
     for p in parsers.values():
         cluster_args(p)
-    parsers["bucket-create"].add_argument("name")
+    parsers["bucket-create"].add_argument("name", help="the bucket's name")
     parsers["bucket-create"].add_argument("--account", default="", help="the account that owns it (the operator's)")
     parsers["bucket-create"].add_argument("--shards", type=_count(1), default=DEFAULT_SHARDS,
                                           help="index shards (fixed for the bucket's life)")
     parsers["bucket-create"].add_argument("--shard-depth", type=_count(0), default=0,
                                           help="choose a key's shard by its first N path components "
                                                "(2 for obox's <hash>/<user>/...: a user's LIST asks one shard)")
-    parsers["reshard"].add_argument("name")
-    parsers["reshard"].add_argument("--shards", type=_count(1), required=True)
+    parsers["reshard"].add_argument("name", help="the bucket")
+    parsers["reshard"].add_argument("--shards", type=_count(1), required=True, help="the new number of index shards")
     parsers["reshard"].add_argument("--shard-depth", type=_count(0), help="a new shard depth (default: keep it)")
     parsers["sweep"].add_argument("--min-age", type=float, default=3600.0,
                                   help="seconds: younger data objects may be a PUT in flight")

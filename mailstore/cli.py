@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from cache import Fs, open_fs, read_url
 from cache.url import parse_duration, parse_size
 from runtime import logs
 from runtime.progress import Progress
+from runtime.tls import reloader, server_context
 
 from .db import MetaError, MetaStore
 from .users import AddressPolicy, hash_password
@@ -79,6 +81,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     logs.setup_from(args, "lmtp")
     host, _, port = args.listen.rpartition(":")
     max_size = parse_size(args.max_size)
+    tls = _tls(args)
 
     async def main(sock: socket.socket | None = None) -> None:
         meta = MetaStore(args.db)
@@ -89,7 +92,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
 
             metrics.serve(args.metrics_listen, deliverer=deliverer, fs=fs)
         server = await start_lmtp(deliverer, host, int(port), max_size=max_size,
-                                  max_recipients=args.max_recipients, sock=sock)
+                                  max_recipients=args.max_recipients, sock=sock, tls=tls)
         real = server.sockets[0].getsockname()[1]
         if sock is None:
             print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
@@ -98,7 +101,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        logs.reopen_on_sighup(loop)
+        logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
         await stop.wait()
         logs.event(log, logging.INFO, "stopping")
         server.close()
@@ -121,6 +124,17 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+
+
+def _tls_reload(args: argparse.Namespace, ctx: ssl.SSLContext | None) -> list[logs.Hook]:
+    """SIGHUP reads the certificate again (renewed), as it reopens the log."""
+    return [] if ctx is None else [reloader(ctx, args.tls_cert, args.tls_key)]
+
+
 def _install_uvloop() -> None:
     """The LMTP and IMAP servers run on uvloop when it is there (it is, on Linux): less loop per command."""
     try:
@@ -137,13 +151,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
     logs.setup_from(args, "imap")
     host, _, port = args.listen.rpartition(":")
 
-    tls = None
-    if args.tls_cert:
-        import ssl
-
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.minimum_version = ssl.TLSVersion.TLSv1_2
-        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    tls = _tls(args)
 
     async def main() -> None:
         fs = open_fs(args.fs)
@@ -173,7 +181,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        logs.reopen_on_sighup(loop)
+        logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
         await stop.wait()
         logs.event(log, logging.INFO, "stopping")
         for srv in servers:
@@ -312,10 +320,12 @@ def register(sub: Subcommands) -> None:
 
 def _store(p: argparse.ArgumentParser, *, fs: bool = True) -> None:
     """--db and --fs: where mail metadata and objects live."""
-    p.add_argument("--db", required=True,
+    p.add_argument("--data-dir", help="the appliance's directory: --db and --fs as its mailstore.toml and "
+                                      "shim-fs.url say")
+    p.add_argument("--db",
                    help="the metadata: a SQLite file, or postgresql://user@host:port/db (password from PGPASSFILE)")
     if fs:
-        p.add_argument("--fs", required=True, help="fs URL of the objects (s3:... or fscache:...), or @FILE with it")
+        p.add_argument("--fs", help="fs URL of the objects (s3:... or fscache:...), or @FILE with it")
 
 
 def _user_parser(sub: Subcommands) -> None:
@@ -325,10 +335,10 @@ def _user_parser(sub: Subcommands) -> None:
         p = us.add_parser(action)
         _store(p, fs=False)
         if action != "list":
-            p.add_argument("name")
+            p.add_argument("name", help="the user's address")
         if action in ("add", "passwd"):
-            p.add_argument("--password")
-            p.add_argument("--password-stdin", action="store_true")
+            p.add_argument("--password", help="the password (visible in ps: prefer --password-stdin or the prompt)")
+            p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
         if action == "add":
             p.add_argument("--quota", help="like 1G; none by default")
         if action == "set-quota":
@@ -344,14 +354,16 @@ def _lmtp_parser(sub: Subcommands) -> None:
     p = sub.add_parser("lmtp", help="run the LMTP ingest server")
     _store(p)
     logs.add_arguments(p)
-    p.add_argument("--listen", default="127.0.0.1:24")
-    p.add_argument("--max-size", default="50M")
+    p.add_argument("--listen", default="127.0.0.1:24", help="HOST:PORT (default 127.0.0.1:24)")
+    p.add_argument("--max-size", default="50M", help="the largest message taken (SIZE; default 50M)")
     p.add_argument("--max-recipients", type=int, default=100,
                    help="RCPTs per transaction; past it 452 4.5.3 (RFC 5321 4.5.3.1.10)")
     p.add_argument("--domain", default="localhost", help="domain of bare local parts")
     p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
     p.add_argument("--workers", type=int, default=1, help="LMTP processes sharing the socket")
     p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (with --workers 1)")
+    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS (read again on SIGHUP)")
+    p.add_argument("--tls-key", help="its private key (PEM)")
     p.set_defaults(fn=cmd_lmtp)
 
 
@@ -359,11 +371,11 @@ def _imap_parser(sub: Subcommands) -> None:
     p = sub.add_parser("imap", help="run the IMAP server")
     _store(p)
     logs.add_arguments(p)
-    p.add_argument("--listen", default="127.0.0.1:143")
-    p.add_argument("--domain", default="localhost")
-    p.add_argument("--delimiter", default="+")
-    p.add_argument("--max-append", default="50M")
-    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS")
+    p.add_argument("--listen", default="127.0.0.1:143", help="HOST:PORT (default 127.0.0.1:143)")
+    p.add_argument("--domain", default="localhost", help="domain of bare user names at login")
+    p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
+    p.add_argument("--max-append", default="50M", help="the largest APPEND taken (default 50M)")
+    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS (read again on SIGHUP)")
     p.add_argument("--tls-key", help="its private key (PEM)")
     p.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
     p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
@@ -379,7 +391,7 @@ def _import_parsers(sub: Subcommands) -> None:
         if kind == "imap":
             p.add_argument("--from", dest="source", required=True, metavar="URL", help=what)
         else:
-            p.add_argument("source", metavar=what)
+            p.add_argument("source", metavar=what, help="where the mail comes from")
         if kind == "mbox":
             p.add_argument("--folder", default="INBOX", help="the local folder to fill")
         p.add_argument("--to", required=True, help="the local user")
@@ -394,7 +406,7 @@ def _import_parsers(sub: Subcommands) -> None:
 def _reindex_parser(sub: Subcommands) -> None:
     p = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
     _store(p)
-    p.add_argument("user")
+    p.add_argument("user", help="the user's address")
     p.set_defaults(fn=cmd_reindex)
 
 
@@ -405,13 +417,13 @@ def _metadata_parser(sub: Subcommands) -> None:
     p.add_argument("--from", dest="source", required=True,
                    help="a SQLite file or postgresql://user@host:port/db (passwords from PGPASSFILE)")
     p.add_argument("--to", dest="target", required=True, help="the same forms")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_metadata_copy)
 
 
 def _gc_parser(sub: Subcommands) -> None:
     p = sub.add_parser("gc", help="delete orphan objects (no metadata) older than a grace period")
     _store(p)
-    p.add_argument("--grace", default="1h")
-    p.add_argument("--user")
+    p.add_argument("--grace", default="1h", help="leave objects younger than this (a delivery in flight)")
+    p.add_argument("--user", help="only this user's objects")
     p.set_defaults(fn=cmd_gc)

@@ -18,6 +18,7 @@ import logging
 import re
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -160,14 +161,16 @@ class LMTPSession(LMTP):
 
 
 async def start_lmtp(deliverer: Deliverer, host: str, port: int, *, max_size: int,
-                     max_recipients: int = MAX_RECIPIENTS, sock: socket.socket | None = None) -> asyncio.Server:
+                     max_recipients: int = MAX_RECIPIENTS, sock: socket.socket | None = None,
+                     tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    """`tls`: STARTTLS offered (RFC 3207), with this context."""
     handler = Handler(deliverer, max_recipients)
     loop = asyncio.get_running_loop()
 
     def factory() -> LMTPSession:
         # SIZE is advertised as the limit; aiosmtpd stops reading past it (bounded memory).
         return LMTPSession(handler, data_size_limit=max_size, enable_SMTPUTF8=True, decode_data=False,
-                           hostname="mailstore", ident="mailstore LMTP")
+                           hostname="mailstore", ident="mailstore LMTP", tls_context=tls)
 
     if sock is not None:  # a prefork worker: the socket is already bound
         return await loop.create_server(factory, sock=sock, backlog=256)

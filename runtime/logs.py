@@ -32,7 +32,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,11 +128,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", metavar="SPEC",
                         help="info (default), debug, warning...; per logger too: 'info,s3.access=warning'")
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text lines (default) or JSON lines")
-    parser.add_argument("--log-file", type=Path, help="append to this file (reopened on SIGHUP) instead of stderr")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--log-file", type=Path, help="append to this file (reopened on SIGHUP) instead of stderr")
+    where.add_argument("--log-copy", type=Path,
+                       help="write to stderr (systemd's journal) and append a copy to this file (reopened on SIGHUP)")
 
 
 def setup_from(args: argparse.Namespace, part: str) -> None:
-    setup(part, args.log_level, args.log_format, args.log_file)
+    setup(part, args.log_level, args.log_format, args.log_file, args.log_copy)
 
 
 def setup(part: str, levels: str = "info", fmt: str = "text", file: Path | None = None,
@@ -182,12 +185,20 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_APPEND, 0o600)
 
 
-def reopen_on_sighup(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """SIGHUP reopens the log file (on `loop` when given, else as a plain signal handler)."""
+Hook = Callable[[], None]
+
+
+def reopen_on_sighup(loop: asyncio.AbstractEventLoop | None = None, *also: Hook) -> None:
+    """SIGHUP reopens the log file and runs `also` (a certificate reload) (on `loop` when
+    given, else as a plain signal handler)."""
+    def hup() -> None:
+        reopen()
+        for hook in also:
+            hook()
     if loop is not None:
-        loop.add_signal_handler(signal.SIGHUP, reopen)
+        loop.add_signal_handler(signal.SIGHUP, hup)
     else:
-        signal.signal(signal.SIGHUP, lambda signum, frame: reopen())
+        signal.signal(signal.SIGHUP, lambda signum, frame: hup())
 
 
 class AccessLog:
@@ -242,8 +253,10 @@ class AccessLog:
         if self._lines:
             text = "\n".join(self._lines) + "\n"
             self._lines.clear()
-            try:
-                sys.stderr.write(text)
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass  # a closed or full log must not fail requests
+            streams = [sys.stderr] if STATE.copy is None else [sys.stderr, STATE.copy.stream]
+            for stream in streams:
+                try:
+                    stream.write(text)
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass  # a closed or full log must not fail requests

@@ -30,7 +30,17 @@ class Key:
     secret: str
 
 
+def new_engine(data_dir: Path) -> None:
+    """An empty local engine in data_dir, as a gateway's first start makes it (the admin
+    commands only work on an engine that exists)."""
+    from gateway.engine.local import LocalEngine, is_engine
+
+    if not is_engine(data_dir):
+        LocalEngine(data_dir).close()
+
+
 def create_key(data_dir: Path, name: str = "test") -> Key:
+    new_engine(data_dir)
     out = json.loads(mailstore("key", "create", "--data-dir", str(data_dir), "--name", name).stdout)
     return Key(out["AccessKeyId"], out["SecretAccessKey"])
 

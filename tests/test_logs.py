@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Key, client
+from conftest import BIN, Key, client, new_engine
 from runtime import logs
 
 
@@ -59,6 +59,7 @@ def test_level_specs():
 
 def test_gateway_log_file_json_access_lines_and_reopen_on_sighup(tmp_path: Path):
     data, log = tmp_path / "data", tmp_path / "gateway.log"
+    new_engine(data)
     made = json.loads(subprocess.run([str(BIN / "mailstore"), "key", "create", "--data-dir", str(data), "--name",
                                       "t"], capture_output=True, text=True, check=True).stdout)
     key = Key(made["AccessKeyId"], made["SecretAccessKey"])

@@ -17,13 +17,12 @@ import pytest
 
 from appliance.cli import parser
 from appliance.config import DEFAULT_PORTS, load
+from appliance.parts import NAMES
 from cache.url import FsCacheUrl, parse
 from conftest import ROOT
 
 PACKAGING = ROOT / "packaging"
 UNITS = sorted((PACKAGING / "systemd").glob("mailstore-*.service"))
-EXAMPLE_ENV = {"GATEWAY_LISTEN": "127.0.0.1:8001", "MAILSTORE_METADATA": "/var/lib/mailstore/meta.db",
-               "MAILSTORE_FS": "fscache:1G:/var/cache/mailstore:s3:http://K:S@127.0.0.1:8000/?bucket=mail"}
 
 
 def unit(path: Path) -> configparser.ConfigParser:
@@ -35,26 +34,26 @@ def unit(path: Path) -> configparser.ConfigParser:
 
 @pytest.mark.parametrize("path", UNITS, ids=[u.name for u in UNITS])
 def test_systemd_units_run_real_commands(path):
+    """Every unit runs `mailstore part NAME --data-dir /var/lib/mailstore`: the addresses, the
+    engine and the metadata store come from mailstore.toml alone (tests/test_operations.py
+    starts these very command lines on a directory `mailstore init` made)."""
     u = unit(path)
-    line = re.sub(r"\$\{(\w+)\}", lambda m: EXAMPLE_ENV[m.group(1)], u["Service"]["ExecStart"])
+    line = u["Service"]["ExecStart"].replace("%i", "1")
     argv = shlex.split(line)
-    assert argv[0].endswith("/mailstore")
+    assert argv[0] == "/opt/mailstore/venv/bin/mailstore"
     args = parser().parse_args(argv[1:])  # exits on any unknown option
-    assert args.command in ("gateway", "lmtp", "imap", "dashboard")
-    assert not re.search(r"://[^/@\s]+:[^/@\s]+@", line), "a secret on the command line (visible in ps)"
-    if args.command in ("lmtp", "imap"):
-        assert args.fs.startswith("@/"), "the fs URL (with its S3 secret) must come from a 0600 file"
+    assert args.command == "part" and args.name in NAMES and args.data_dir == "/var/lib/mailstore"
+    assert not re.search(r"\d+\.\d+\.\d+\.\d+:\d+", line), "an address in a unit: it belongs in mailstore.toml"
     assert u["Install"]["WantedBy"] == "mailstore.target"
-    for arg in argv:  # nothing listens beyond loopback by default
-        if re.fullmatch(r"[\d.]+:\d+", arg):
-            assert arg.startswith("127.0.0.1:")
-    if args.command == "gateway":  # stopping must outlast the drain
-        assert float(u["Service"]["TimeoutStopSec"]) > args.drain_grace + args.drain_timeout
+    assert u["Service"]["User"] == "mailstore" and u["Service"]["UMask"] == "0077"
+    assert "/var/lib/mailstore" in u["Service"]["ReadWritePaths"]
+    if args.name.startswith("gateway"):  # stopping must outlast the drain (20 s)
+        assert float(u["Service"]["TimeoutStopSec"]) > 3 + 20
 
 
 def test_target_wants_every_unit():
     wants = unit(PACKAGING / "systemd" / "mailstore.target")["Unit"]["Wants"].split()
-    assert {"mailstore-gateway@1.service", "mailstore-gateway@2.service", "haproxy.service"} <= set(wants)
+    assert {"mailstore-gateway@1.service", "mailstore-gateway@2.service", "mailstore-haproxy.service"} <= set(wants)
     assert {u.name for u in UNITS if "@" not in u.name} <= set(wants)
 
 
@@ -62,10 +61,6 @@ def test_example_config_loads(tmp_path):
     shutil.copy(PACKAGING / "mailstore.toml.example", tmp_path / "mailstore.toml")
     cfg = load(tmp_path)
     assert cfg.gateways == ("127.0.0.1:8001", "127.0.0.1:8002") and cfg.cache_size == "8G"
-    text = (PACKAGING / "systemd" / "haproxy.service.d" / "mailstore.conf").read_text()
-    for name, addr in (("MAILSTORE_S3_BIND", cfg.s3_listen), ("MAILSTORE_GW1", cfg.gateways[0]),
-                       ("MAILSTORE_GW2", cfg.gateways[1]), ("MAILSTORE_LB_STATS", cfg.lb_stats)):
-        assert f"Environment={name}={addr}\n" in text
 
 
 def test_postfix_snippet_uses_known_parameters():
@@ -90,8 +85,9 @@ def test_the_several_hosts_haproxy_dropin_loads_both_fronts(tmp_path):
     every variable they use set (issue 15)."""
     text = (PACKAGING / "systemd" / "haproxy.service.d" / "mailstore-hosts.conf.example").read_text()
     env = dict(re.findall(r"^Environment=(\w+)=(\S+)$", text, re.MULTILINE))
-    used = set(re.findall(r"\$\{(\w+)\}", (PACKAGING / "haproxy.cfg").read_text()
-                          + (PACKAGING / "haproxy-mail.cfg").read_text()))
+    text = (PACKAGING / "haproxy.cfg").read_text() + (PACKAGING / "haproxy-mail.cfg").read_text()
+    optional = re.sub(r"^\.if defined.*?^\.endif", "", text, flags=re.MULTILINE | re.DOTALL)  # [s3] https
+    used = set(re.findall(r"\$\{(\w+)\}", optional))
     assert used <= set(env)
     conf = tmp_path / "mailstore.d"
     conf.mkdir()
@@ -101,53 +97,6 @@ def test_the_several_hosts_haproxy_dropin_loads_both_fronts(tmp_path):
     out = subprocess.run(["haproxy", "-c", "-f", str(conf)], env={**os.environ, **loopback},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-@pytest.mark.parametrize("name", ["lmtp", "imap"])
-def test_shim_units_run_on_postgresql_from_the_metadata_env_file(name, request, tmp_path):
-    """A shim host of a cluster: the unit's own command line, with MAILSTORE_METADATA and PGPASSFILE
-    from /etc/mailstore/metadata.env as systemd reads it, runs against a real PostgreSQL; the
-    URL on the command line (what `ps` shows) carries no password."""
-    import json
-
-    from conftest import BIN, new_metadata
-    from mailstore.db import MetaStore
-    from mailstore.users import hash_password
-    url = new_metadata(request, tmp_path, "postgresql")
-    MetaStore(url).add_user("u@example.com", hash_password("pw"))
-    env_file = tmp_path / "metadata.env"  # what the operator writes, in systemd's EnvironmentFile syntax
-    env_file.write_text(f"# the shared metadata\nMAILSTORE_METADATA={url}\nPGPASSFILE={os.environ['PGPASSFILE']}\n")
-    u = unit(PACKAGING / "systemd" / f"mailstore-{name}.service")
-    env = {"PATH": os.environ["PATH"]}
-    env.update(k.split("=", 1) for k in [u["Service"]["Environment"]])  # the SQLite default ...
-    env.update(line.split("=", 1) for line in env_file.read_text().splitlines()  # ... overridden
-               if line and not line.startswith("#"))
-    fs_file = tmp_path / "fs.url"
-    fs_file.write_text("s3:http://k:s@127.0.0.1:9/?bucket=mail")  # storage is not what this test is about
-    fs_file.chmod(0o600)
-    line = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], u["Service"]["ExecStart"])
-    assert url in line and not re.search(r"://[^/@\s]+:[^/@\s]+@", line)
-    argv = shlex.split(line)
-    argv[0] = str(BIN / "mailstore")
-    argv[argv.index("--fs") + 1] = f"@{fs_file}"
-    for flag in ("--listen", "--metrics-listen"):
-        argv[argv.index(flag) + 1] = "127.0.0.1:0"
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        port = int(json.loads(proc.stdout.readline())["port"])
-        import socket
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            greeting = s.recv(200)
-        assert greeting.startswith(b"220 " if name == "lmtp" else b"* OK"), greeting
-        if name == "imap":  # any host authenticates any user: the user lives in PostgreSQL
-            import imaplib
-            m = imaplib.IMAP4("127.0.0.1", port)
-            assert m.login("u@example.com", "pw")[0] == "OK"
-            m.logout()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_logrotate_snippet_rotates_and_signals_the_supervisor(tmp_path):

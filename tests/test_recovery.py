@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GatewayProcess, mailstore
+from conftest import GatewayProcess, mailstore, new_engine
 from gateway import fsck
 from gateway.engine.local import LocalEngine
 from gateway.engine.model import ObjectMeta
@@ -282,6 +282,7 @@ def test_a_flipped_header_mid_segment_costs_one_record(tmp_path: Path) -> None:
 def test_cli_missing_index_is_rebuilt_not_deleted(tmp_path: Path) -> None:
     """The issue's transcript: key, bucket, rm index.db*, fsck --rebuild-index."""
     d = tmp_path / "D"
+    new_engine(d)
     key = json.loads(mailstore("key", "create", "--data-dir", str(d), "--name", "a").stdout)
     mailstore("bucket", "create", "--data-dir", str(d), "mail")
     remove_index(d)
@@ -301,6 +302,7 @@ def test_cli_missing_index_is_rebuilt_not_deleted(tmp_path: Path) -> None:
 
 def test_cli_corrupt_index_is_rebuilt_without_a_traceback(tmp_path: Path) -> None:
     d = tmp_path / "D"
+    new_engine(d)
     mailstore("bucket", "create", "--data-dir", str(d), "mail")
     (d / "index.db").write_bytes(os.urandom(8192))
     checked = mailstore("fsck", "--data-dir", str(d), "--quiet", check=False)
@@ -312,7 +314,8 @@ def test_cli_corrupt_index_is_rebuilt_without_a_traceback(tmp_path: Path) -> Non
 
 def test_up_refuses_once_with_the_command_instead_of_restarting_gateways(tmp_path: Path) -> None:
     d = tmp_path / "data"
-    mailstore("bucket", "create", "--data-dir", str(d / "engine"), "mail")
+    new_engine(d / "engine")
+    mailstore("bucket", "create", "--data-dir", str(d), "mail")  # the appliance's directory finds its engine
     remove_index(d / "engine")
     out = mailstore("up", "--data-dir", str(d), check=False)
     assert out.returncode == 4

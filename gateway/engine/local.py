@@ -55,11 +55,17 @@ INLINE_MAX = 1 << 20  # bodies up to this size live inside the segment record
 
 
 def master_key(root: Path) -> bytes:
-    """The data directory's master key, made once (safely, if processes race)."""
+    """The data directory's master key, made once (safely, if processes race) while the engine
+    holds nothing: once it does, a missing key is an error (a new one would make every secret
+    it sealed unreadable, silently)."""
     path = root / "master.key"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if DataDir(root).segment_ids():
+            raise EngineUnavailable(f"{path} is missing but {root} holds data: the access keys' secrets are "
+                                    "sealed with it; put it back from the backup (README: Backup and "
+                                    "restore)") from None
         tmp = root / f".master.key.{os.getpid()}.{secrets.token_hex(4)}"
         write_new_key(tmp)
         try:
@@ -72,6 +78,36 @@ def master_key(root: Path) -> bytes:
     if len(data) != 32:
         raise ValueError(f"{path} is not a 32-byte key")
     return data
+
+
+class NotAnEngine(ValueError):
+    """A command that reads was given a directory that holds no engine."""
+
+
+def is_engine(root: Path) -> bool:
+    return (root / "segments").is_dir() or (root / "index.db").exists()
+
+
+def find_engine(given: Path | str) -> Path:
+    """The engine an admin command works on: DIR itself, or DIR/engine of an appliance's
+    directory (what `mailstore init` and `mailstore up` make).  Never a new one: a typo
+    would otherwise get an empty engine with its own master key."""
+    root = Path(given)
+    if is_engine(root):
+        return root
+    if is_engine(root / "engine"):
+        return root / "engine"
+    raise NotAnEngine(f"{root} holds no engine (neither {root}/segments nor {root}/engine/segments): give the "
+                      "appliance's directory or its engine; `mailstore init --data-dir DIR` makes one")
+
+
+def serving_engine(given: Path | str) -> Path:
+    """The engine a gateway serves (and makes if new): DIR/engine of an appliance's directory,
+    else DIR."""
+    root = Path(given)
+    if not is_engine(root) and ((root / "mailstore.toml").exists() or is_engine(root / "engine")):
+        return root / "engine"
+    return root
 
 
 class EngineLocked(Exception):
@@ -108,6 +144,7 @@ class LocalEngine:
     def __init__(self, root: Path, *, exclusive: bool = False, writer: bool = True) -> None:
         self.data = DataDir(root)
         self.data.create()
+        master_key(root)  # made with the engine; missing from one that holds data: refused
         self._lock = EngineLock(root, exclusive=exclusive)
         self._local = threading.local()
         self._opened: list[tuple[IndexReader, SegmentReader]] = []  # every thread's readers, closed by close()
@@ -436,4 +473,4 @@ class _Changed(EngineError):
     """A guarded object changed between the read that decided and the commit."""
 
 __all__ = ["INLINE_MAX", "Bucket", "EngineLock", "EngineLocked", "EntityTooSmall", "InvalidPartOrder",
-           "LocalEngine", "Part", "Upload", "master_key"]
+           "LocalEngine", "NotAnEngine", "Part", "Upload", "find_engine", "master_key", "serving_engine"]

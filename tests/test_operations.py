@@ -1,0 +1,307 @@
+"""Running the appliance as an operator does (issue 18): `mailstore init` and the systemd units'
+own command lines, TLS from mailstore.toml with a renewed certificate taken on reload, and
+the command-line traps, each with its message and exit code."""
+
+from __future__ import annotations
+
+import email.message
+import hashlib
+import imaplib
+import json
+import os
+import shlex
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from appliance.config import default_text
+from conftest import BIN, ROOT, make_tls_cert, mailstore
+from test_appliance import free_ports
+
+UNITS = sorted((ROOT / "packaging" / "systemd").glob("mailstore-*.service"))
+PORT_NAMES = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "postgres")
+
+
+def write_config(data: Path, extra: dict[str, str] | None = None) -> dict[str, int]:
+    """DATA_DIR/mailstore.toml on free ports; `extra`: lines replaced (key = value), as an operator edits."""
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
+    text = default_text(ports).replace("interval = 5 ", "interval = 1 ")
+    for old, new in (extra or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (data / "mailstore.toml").write_text(text)
+    (data / "mailstore.toml").chmod(0o600)
+    return ports
+
+
+class Units:
+    """The units' ExecStart lines, run by hand as systemd would (paths moved to the test's)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def command(self, line: str, instance: str = "") -> list[str]:
+        line = line.replace("/opt/mailstore/venv/bin/mailstore", str(BIN / "mailstore"))
+        line = line.replace("/var/lib/mailstore", str(self.data)).replace("%i", instance)
+        return shlex.split(line)
+
+    def start_all(self) -> None:
+        for path in UNITS:
+            text = path.read_text()
+            start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
+            for instance in (("1", "2") if "@" in path.name else ("",)):
+                name = path.name.replace(".service", "").replace("@", instance)
+                log = open(self.data.parent / f"{name}.out", "w")  # noqa: SIM115
+                proc = subprocess.Popen(self.command(start, instance), stdout=subprocess.PIPE, stderr=log,
+                                        text=True)
+                self.procs[name] = proc
+                if "haproxy" not in name:
+                    assert proc.stdout is not None
+                    line = proc.stdout.readline()
+                    assert json.loads(line)["event"] == "listening", (name, self.log(name))
+
+    def log(self, name: str) -> str:
+        return (self.data.parent / f"{name}.out").read_text()
+
+    def reload(self, name: str) -> None:
+        """The unit's ExecReload lines, $MAINPID being the process started (exec: the part itself)."""
+        path = next(p for p in UNITS if p.name == f"{name}.service")
+        for line in path.read_text().splitlines():
+            if line.startswith("ExecReload="):
+                cmd = line.split("=", 1)[1].replace("$MAINPID", str(self.procs[name].pid))
+                subprocess.run(self.command(cmd), check=True, timeout=60)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT if "gateway" in str(proc.args) else signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def fingerprint(der: bytes | None) -> str:
+    assert der
+    return hashlib.sha256(der).hexdigest()
+
+
+def served_certificates(ports: dict[str, int], https: int, imaps: int) -> dict[str, str]:
+    """What each TLS place serves now: HTTPS, IMAPS, IMAP STARTTLS, LMTP STARTTLS."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    seen = {}
+    for name, port in (("https", https), ("imaps", imaps)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            seen[name] = fingerprint(s.getpeercert(binary_form=True))
+    m = imaplib.IMAP4("127.0.0.1", ports["imap"])
+    m.starttls(ctx)
+    seen["imap starttls"] = fingerprint(m.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+    m.logout()
+    lmtp = smtplib.LMTP("127.0.0.1", ports["lmtp"], timeout=10)
+    lmtp.ehlo("test")
+    lmtp.starttls(context=ctx)
+    seen["lmtp starttls"] = fingerprint(lmtp.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+    lmtp.quit()
+    return seen
+
+
+def test_init_then_the_systemd_units_serve_mail_s3_and_tls_and_take_a_renewed_certificate(tmp_path):
+    data = tmp_path / "var-lib-mailstore"
+    cert, key = make_tls_cert(tmp_path / "tls")
+    https, imaps = free_ports(2)
+    ports = write_config(data, {'https = ""': f'https = "127.0.0.1:{https}"',
+                                'imaps = ""': f'imaps = "127.0.0.1:{imaps}"',
+                                'cert = ""': f'cert = "{cert}"', 'key = ""': f'key = "{key}"'})
+    made = mailstore("init", "--data-dir", str(data)).stdout
+    assert "made: admin key" in made and "made: bucket mail" in made and "made: secrets.json" in made
+    again = mailstore("init", "--data-dir", str(data)).stdout  # idempotent: nothing new, nothing replaced
+    assert "made:" not in again and "kept: admin key" in again
+    for f in ("secrets.json", "shim-fs.url", "mailstore.toml", "meta.db", "engine/master.key"):
+        assert oct((data / f).stat().st_mode & 0o777) == "0o600", f
+    for d in ("", "engine", "logs", "run", "cache"):
+        assert oct((data / d).stat().st_mode & 0o777) == "0o700", d
+    sec = json.loads((data / "secrets.json").read_text())
+    mailstore("user", "add", "--data-dir", str(data), "ann@example.com", "--password", "pw")
+    units = Units(data)
+    try:
+        units.start_all()
+        # mail in over LMTP with STARTTLS, out over IMAPS
+        ctx = ssl.create_default_context(cafile=str(cert))
+        msg = email.message.EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "bob@example.org", "ann@example.com", "by the units"
+        msg.set_content("hello\n")
+        lmtp = smtplib.LMTP("127.0.0.1", ports["lmtp"], timeout=30)
+        lmtp.ehlo("test")
+        lmtp.starttls(context=ctx)
+        assert lmtp.send_message(msg) == {}
+        lmtp.quit()
+        m = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=ctx)
+        m.login("ann@example.com", "pw")
+        m.select("INBOX")
+        typ, got = m.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and b"by the units" in got[0][1]  # type: ignore[index]
+        m.logout()
+        # S3 over HTTPS through the units' HAProxy, with the admin key `init` made
+        deadline = time.monotonic() + 30
+        s3 = boto3.client("s3", endpoint_url=f"https://127.0.0.1:{https}", verify=str(cert),
+                          aws_access_key_id=sec["admin"]["access_key"],
+                          aws_secret_access_key=sec["admin"]["secret_key"], region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        while True:
+            try:
+                listed = s3.list_objects_v2(Bucket="mail")
+                break
+            except Exception:
+                assert time.monotonic() < deadline, units.log("mailstore-haproxy")
+                time.sleep(0.2)
+        assert listed["KeyCount"] == 1 and "/ann@example.com/" in listed["Contents"][0]["Key"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['dashboard']}/login") as r:
+            assert r.status == 200
+        # lines in the journal (stderr) and a copy in DATA_DIR/logs
+        assert "delivered" in (data / "logs" / "lmtp.log").read_text()
+        assert "delivered" in units.log("mailstore-lmtp")
+        # the certificate renewed in place, then `systemctl reload` of the units
+        before = served_certificates(ports, https, imaps)
+        assert len(set(before.values())) == 1
+        fresh_cert, fresh_key = make_tls_cert(tmp_path / "renewed")
+        shutil.copy(fresh_cert, cert)
+        shutil.copy(fresh_key, key)
+        for name in ("mailstore-imap", "mailstore-lmtp", "mailstore-haproxy"):
+            units.reload(name)
+        deadline = time.monotonic() + 30
+        want = fingerprint(ssl.PEM_cert_to_DER_cert(fresh_cert.read_text()))
+        while set((after := served_certificates(ports, https, imaps)).values()) != {want}:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.2)
+        assert "certificate reloaded" in (data / "logs" / "imap.log").read_text()
+    finally:
+        units.stop()
+
+
+def test_a_unit_refuses_a_directory_init_did_not_make(tmp_path):
+    out = mailstore("part", "lmtp", "--data-dir", str(tmp_path / "nothing"), check=False)
+    assert out.returncode == 2 and "mailstore init --data-dir" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------ command-line traps
+
+@pytest.fixture(scope="module")
+def appliance_dir(tmp_path_factory):  # type: ignore[no-untyped-def]
+    data = tmp_path_factory.mktemp("ops") / "data"
+    write_config(data)
+    mailstore("init", "--data-dir", str(data))
+    return data
+
+
+def test_admin_commands_find_the_engine_in_the_appliance_directory(appliance_dir):
+    keys = [json.loads(line) for line in mailstore("key", "list", "--data-dir", str(appliance_dir)).stdout.splitlines()]
+    sec = json.loads((appliance_dir / "secrets.json").read_text())
+    assert sec["admin"]["access_key"] in {k["AccessKeyId"] for k in keys}
+    assert mailstore("bucket", "list", "--data-dir", str(appliance_dir)).stdout.split() == ["mail"]
+    assert mailstore("bucket", "list", "--data-dir", str(appliance_dir / "engine")).stdout.split() == ["mail"]
+    assert mailstore("user", "list", "--data-dir", str(appliance_dir)).returncode == 0
+
+
+@pytest.mark.parametrize("argv", [["key", "list"], ["key", "create", "--name", "x"], ["bucket", "list"],
+                                  ["account", "list"], ["usage"], ["fsck"], ["compact"]])
+def test_a_directory_without_an_engine_is_refused_and_left_alone(argv, tmp_path):
+    where = tmp_path / "typo"
+    out = mailstore(*argv, "--data-dir", str(where), check=False)
+    assert out.returncode == 2, out.stderr
+    assert f"{where} holds no engine" in out.stderr and "mailstore init" in out.stderr
+    assert "Traceback" not in out.stderr and not where.exists()
+
+
+@pytest.mark.parametrize("argv", [["user", "list"], ["user", "add", "a@example.com", "--password", "p"],
+                                  ["reindex", "a@example.com", "--fs", "s3:http://k:s@127.0.0.1:9/?bucket=mail"]])
+def test_a_metadata_file_that_does_not_exist_is_refused(argv, tmp_path):
+    out = mailstore(*argv, "--db", str(tmp_path / "meta.db"), check=False)
+    assert out.returncode == 2 and "no metadata store at" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "meta.db").exists()
+    out = mailstore(*argv, "--data-dir", str(tmp_path), check=False)
+    assert out.returncode == 2 and "not an appliance's directory" in out.stderr
+
+
+def test_admin_commands_over_the_admin_api(appliance_dir):
+    """`bucket list --endpoint` (and the rest) against a running gateway, with the admin key."""
+    from conftest import GatewayProcess
+
+    gw = GatewayProcess(appliance_dir)  # the appliance's directory: its engine is found
+    try:
+        sec = json.loads((appliance_dir / "secrets.json").read_text())
+        env = {**os.environ, "MAILSTORE_ACCESS_KEY": sec["admin"]["access_key"],
+               "MAILSTORE_SECRET_KEY": sec["admin"]["secret_key"]}
+        run = [str(BIN / "mailstore"), "bucket"]
+        out = subprocess.run([*run, "create", "--endpoint", gw.endpoint, "second"], env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        out = subprocess.run([*run, "list", "--endpoint", gw.endpoint], env=env, capture_output=True, text=True)
+        assert out.stdout.split() == ["mail", "second"]
+        out = subprocess.run([*run, "delete", "--endpoint", gw.endpoint, "second"], env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        out = subprocess.run([*run, "list", "--endpoint", gw.endpoint], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("MAILSTORE_")})
+        assert out.returncode == 2 and "administrator key" in out.stderr
+    finally:
+        gw.stop()
+
+
+def test_a_second_up_on_busy_ports_says_so(appliance_dir):
+    ports = {}
+    for line in (appliance_dir / "mailstore.toml").read_text().splitlines():
+        if line.startswith("imap = "):
+            ports["imap"] = int(line.split('"')[1].rpartition(":")[2])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", ports["imap"]))
+        s.listen()
+        out = mailstore("up", "--data-dir", str(appliance_dir), check=False)
+    assert out.returncode == 3 and "Traceback" not in out.stderr
+    assert f"address 127.0.0.1:{ports['imap']} is in use: is another appliance running?" in out.stderr
+
+
+def test_a_lost_master_key_is_an_error_not_a_new_key(tmp_path):
+    from conftest import new_engine
+
+    engine = tmp_path / "engine"
+    new_engine(engine)
+    mailstore("key", "create", "--data-dir", str(engine), "--name", "k")
+    (engine / "master.key").unlink()
+    out = mailstore("key", "list", "--data-dir", str(engine), check=False)
+    assert out.returncode == 2 and "master.key is missing" in out.stderr and "Traceback" not in out.stderr
+    assert not (engine / "master.key").exists()
+
+
+def test_every_option_has_help_text():
+    import argparse
+
+    from appliance.cli import parser
+
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    walk(parser(), "mailstore")
+    assert not missing, missing

@@ -152,6 +152,9 @@ class LocalEngine:
         self.generation = Generation(root)
         try:
             check_index_file(self.data)
+            if not self.data.index_path.exists():  # a new engine: the index is private whatever the umask
+                with contextlib.suppress(FileExistsError):  # (SQLite gives its -wal and -shm the file's mode)
+                    os.close(os.open(self.data.index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             boot = connect(self.data.index_path)
             lock = WriteLock(root)
             try:

@@ -8,6 +8,7 @@ import every part).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,26 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup
+
+    manifest = backup(Path(args.data_dir), Path(args.to))
+    print(json.dumps({"archive": str(Path(args.to).resolve()), "files": manifest["files"]}))
+    print(f"mailstore backup: {args.to} holds every key: keep it as safe as the keys themselves. The object "
+          "data is not in it (README: Backup and restore).", file=sys.stderr)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .backup import restore
+
+    report = restore(Path(args.from_), Path(args.data_dir), force=args.force)
+    print(json.dumps(report))
+    print(f"mailstore restore: done. Next: start the appliance, then `mailstore reindex --all --data-dir "
+          f"{args.data_dir}` to bring the mail metadata up to the bucket.", file=sys.stderr)
+    return 0
+
+
 def cmd_part(args: argparse.Namespace) -> int:
     from .parts import exec_part
 
@@ -80,6 +101,16 @@ def parser() -> argparse.ArgumentParser:
                                        "config, engine, keys, bucket, dashboard login, secrets")
     init.add_argument("--data-dir", required=True, help="the appliance's directory (made 0700 if absent)")
     init.set_defaults(fn=cmd_init)
+    bk = sub.add_parser("backup", help="an online, consistent archive of DATA_DIR's keys, config, engine index "
+                                       "and mail metadata (not the object data)")
+    bk.add_argument("--data-dir", required=True, help="the appliance's directory")
+    bk.add_argument("--to", required=True, help="the archive to write (a tar file, made 0600)")
+    bk.set_defaults(fn=cmd_backup)
+    rs = sub.add_parser("restore", help="put a backup back into DATA_DIR (the appliance stopped)")
+    rs.add_argument("--from", dest="from_", required=True, help="the archive `mailstore backup` wrote")
+    rs.add_argument("--data-dir", required=True, help="the appliance's directory")
+    rs.add_argument("--force", action="store_true", help="replace what DATA_DIR has with the backup's")
+    rs.set_defaults(fn=cmd_restore)
     part = sub.add_parser("part", help="run one part of the appliance in DATA_DIR as mailstore.toml says "
                                        "(what the systemd units run)")
     part.add_argument("name", choices=NAMES, help="the part")
@@ -98,12 +129,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-SERVING = ("lmtp", "imap")  # the mail commands that may make a new SQLite metadata file
+# The mail commands that may make a new SQLite metadata file: the servers, and reindex (a
+# rebuild into a new, empty store is how a lost one comes back)
+CREATING = ("lmtp", "imap", "reindex")
 
 
 def _mail_store(args: argparse.Namespace) -> None:
     """The mail commands' --db and --fs: given, or from the appliance's --data-dir.  A SQLite
-    file that does not exist is refused except by the servers (a typo would get an empty store)."""
+    file that does not exist is refused except by CREATING (a typo would get an empty store)."""
     from .config import load, metadata
 
     if args.data_dir:
@@ -121,7 +154,7 @@ def _mail_store(args: argparse.Namespace) -> None:
         raise ValueError(f"mailstore {args.command}: give the appliance's --data-dir, or --db"
                          f"{'' if 'fs' not in args or args.command == 'user' else ' and --fs'}")
     db = str(args.db)
-    if args.command not in SERVING and not db.startswith("postgresql://"):
+    if args.command not in CREATING and not db.startswith("postgresql://"):
         path = Path(db.removeprefix("sqlite:///"))
         if not path.is_file():
             raise ValueError(f"no metadata store at {path} (made by `mailstore init` or the LMTP and IMAP "

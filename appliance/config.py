@@ -35,6 +35,7 @@ cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
 max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 4.5.3 (RFC 5321)
+state_record_interval = 300           # seconds: changed users' flags recorded in the bucket (for reindex)
 
 [tls]
 cert = ""   # PEM certificate chain: STARTTLS on LMTP and IMAP, [mail] imaps and [s3] https
@@ -105,6 +106,7 @@ class ApplianceConfig:
     imaps: str = ""  # IMAP over implicit TLS ("": none)
     tls_cert: str = ""  # [tls]: "" for no TLS
     tls_key: str = ""
+    state_record_interval: float = 300.0  # seconds between the IMAP server's state records; 0: none
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -125,7 +127,7 @@ def load(data_dir: Path) -> ApplianceConfig:
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region", "https"},
              "tls": {"cert", "key"},
              "mail": {"lmtp", "imap", "imaps", "domain", "cache_size", "lmtp_metrics", "imap_metrics",
-                      "max_recipients"},
+                      "max_recipients", "state_record_interval"},
              "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
              "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
                         "namespace", "master_key"},
@@ -186,6 +188,9 @@ def load(data_dir: Path) -> ApplianceConfig:
         raise ConfigError(f"{path}: [log] level: {exc}") from None
     if log_format not in logs.FORMATS:
         raise ConfigError(f"{path}: [log] format must be \"text\" or \"json\"")
+    record = value("mail", "state_record_interval")
+    if isinstance(record, bool) or not isinstance(record, (int, float)) or not 0 <= record <= 86400:
+        raise ConfigError(f"{path}: [mail] state_record_interval must be seconds from 0 (never) to 86400")
     https, imaps, cert, key = (value(*k) for k in (("s3", "https"), ("mail", "imaps"), ("tls", "cert"),
                                                     ("tls", "key")))
     for name, v in (("[s3] https", https), ("[mail] imaps", imaps), ("[tls] cert", cert), ("[tls] key", key)):
@@ -203,7 +208,7 @@ def load(data_dir: Path) -> ApplianceConfig:
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
                           max_recipients, url, passfile, text("metadata", "private"), str(kind), rados,
-                          log_level, log_format, str(https), str(imaps), str(cert), str(key))
+                          log_level, log_format, str(https), str(imaps), str(cert), str(key), float(record))
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
                  "private_postgres", "s3_https", "imaps"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):

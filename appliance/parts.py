@@ -92,6 +92,7 @@ def parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: in
         shims.append(Part(f"imap{suffix}", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", imap_at,
                                             "--domain", cfg.domain,
                                             "--metrics-listen", shifted(cfg.imap_metrics, metrics_by),
+                                            "--state-record-interval", f"{cfg.state_record_interval:g}",
                                             *_tls_argv(cfg, "imap")]))
     dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
                                    str(cfg.dashboard_interval)],

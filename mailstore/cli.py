@@ -164,6 +164,10 @@ def cmd_imap(args: argparse.Namespace) -> int:
         from .changes import ChangeFeed
         ctx.changes = ChangeFeed(ctx.meta)  # PostgreSQL: LISTEN for changes made on any host
         ctx.changes.start()
+        from .staterecord import Recorder
+        recorder = Recorder(ctx.meta, fs, args.state_record_interval)
+        if args.state_record_interval > 0:
+            recorder.start()
         server = await start_imap(ctx, host, int(port))
         real = server.sockets[0].getsockname()[1]
         info = {"event": "listening", "imap": f"{host}:{real}", "port": real}
@@ -186,6 +190,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
         logs.event(log, logging.INFO, "stopping")
         for srv in servers:
             srv.close()
+        await recorder.close()
         await ctx.changes.close()
         await fs.close()
 
@@ -214,8 +219,37 @@ def _on_store(args: argparse.Namespace, label: str, unit: str,
 def cmd_reindex(args: argparse.Namespace) -> int:
     from .rebuild import reindex
 
-    return _on_store(args, "reindex", "messages",
-                     lambda meta, fs, show: reindex(meta, fs, args.user.lower(), show))
+    if bool(args.user) == bool(args.all):
+        raise ValueError("mailstore reindex: name a USER, or give --all")
+    if args.user:
+        return _on_store(args, "reindex", "messages",
+                         lambda meta, fs, show: reindex(meta, fs, args.user.lower(), show))
+
+    async def every(meta: MetaStore, fs: Fs, show: Progress) -> dict[str, int]:
+        """Every user the database or the bucket knows (a user made after a backup: only the bucket)."""
+        from . import layout
+
+        users = {u.name for u in await asyncio.to_thread(meta.list_users)}
+        async for top in fs.list("", "/"):
+            if top.is_prefix:
+                async for e in fs.list(top.key, "/"):
+                    name = e.key[len(top.key):].rstrip("/")
+                    if e.is_prefix and layout.user_prefix(name) == e.key:
+                        users.add(name)
+        total: dict[str, int] = {"users": 0}
+        for n, user in enumerate(sorted(users)):
+            show(n, len(users))
+            one = await reindex(meta, fs, user)
+            total["users"] += 1
+            for k, v in one.items():
+                if k != "record_age_seconds":
+                    total[k] = total.get(k, 0) + v
+            if one["user_created"]:
+                print(f"mailstore reindex: {user} was only in the bucket: made with a random password "
+                      "(set one: mailstore user passwd)", file=sys.stderr)
+        return total
+
+    return _on_store(args, "reindex", "users", every)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -378,6 +412,9 @@ def _imap_parser(sub: Subcommands) -> None:
     p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS (read again on SIGHUP)")
     p.add_argument("--tls-key", help="its private key (PEM)")
     p.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
+    p.add_argument("--state-record-interval", type=float, default=300.0, metavar="SECONDS",
+                   help="record changed users' flags, keywords, mailbox names and copies in the bucket this "
+                        "often, for reindex (default 300; 0: never)")
     p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
     p.set_defaults(fn=cmd_imap)
 
@@ -406,7 +443,8 @@ def _import_parsers(sub: Subcommands) -> None:
 def _reindex_parser(sub: Subcommands) -> None:
     p = sub.add_parser("reindex", help="rebuild a user's mailboxes and messages from the bucket")
     _store(p)
-    p.add_argument("user", help="the user's address")
+    p.add_argument("user", nargs="?", help="the user's address")
+    p.add_argument("--all", action="store_true", help="every user of the database and of the bucket")
     p.set_defaults(fn=cmd_reindex)
 
 

@@ -685,34 +685,74 @@ class MetaStore:
 
     # ------------------------------------------------------------------ reindex
 
-    def restore(self, user: str, boxes: list[tuple[str, str, int]],
-                messages: Sequence[tuple[str, int, str, str, int, float, float, object, object]]) -> None:
-        """Replace a user's mailboxes and messages with ones rebuilt from the bucket.
-
-        boxes: (name, guid, uidvalidity); messages: (mailbox guid, uid, guid, key, size,
-        internal date, saved, envelope, bodystructure).
-        """
+    def restore(self, user: str, plan: Rebuilt) -> None:
+        """Replace a user's mailboxes and messages with ones rebuilt from the bucket (rebuild.merge)."""
         with self._write() as c:
             c.execute("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
             c.execute("DELETE FROM expunged WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
             c.execute("DELETE FROM pending WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
+            c.execute("DELETE FROM keywords WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_name=?)", (user,))
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (user,))
             ids: dict[str, int] = {}
-            for name, guid, uidvalidity in boxes:
-                ids[guid] = self._create_mailbox(c, user, name, guid, uidvalidity)
-            for name in ("INBOX", *SPECIAL_USE):
-                if name not in {b[0] for b in boxes}:
+            for b in plan.boxes:
+                ids[b.guid] = self._create_mailbox(c, user, b.name, b.guid, b.uidvalidity)
+            # The default mailboxes, unless a record or the database said which the user has (renamed, deleted)
+            for name in ("INBOX",) if plan.mailboxes_known else ("INBOX", *SPECIAL_USE):
+                if name not in {b.name for b in plan.boxes}:
                     self._create_mailbox(c, user, name)
             used = 0
-            for box_guid, uid, guid, key, size, idate, saved, env, bs in messages:
+            for m in plan.messages:
                 c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved,"
-                          " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,1,?,?)",
-                          (ids[box_guid], uid, guid, key, size, idate, saved, json.dumps(env), json.dumps(bs)))
-                used += size
-            for box_id in ids.values():
-                c.execute("UPDATE mailboxes SET uidnext=(SELECT coalesce(max(uid), 0) + 1 FROM messages "
-                          "WHERE mailbox_id=?), highestmodseq=2 WHERE id=?", (box_id, box_id))
+                          " flags, modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                          (ids[m.mailbox_guid], m.uid, m.guid, m.object_key, m.size, m.internal_date, m.saved,
+                           m.flags, m.modseq, json.dumps(m.envelope), json.dumps(m.bodystructure)))
+                used += m.size
+            for b in plan.boxes:  # expunges before the rebuild are not known: QRESYNC falls back to UIDs
+                c.execute("UPDATE mailboxes SET uidnext=?, highestmodseq=?, expunge_log_from=? WHERE id=?",
+                          (b.uidnext, b.highestmodseq, b.highestmodseq, ids[b.guid]))
+            for guid, name in plan.keywords:
+                c.execute("INSERT INTO keywords(mailbox_id, name) VALUES (?,?) ON CONFLICT DO NOTHING",
+                          (ids[guid], name))
+            for name in plan.subscriptions:
+                c.execute("INSERT INTO subscriptions(user_name, name) VALUES (?,?) ON CONFLICT DO NOTHING",
+                          (user, name))
             c.execute("UPDATE users SET used_bytes=? WHERE name=?", (used, user))
+
+
+@dataclass(slots=True)
+class RebuiltBox:
+    name: str
+    guid: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RebuiltMessage:
+    mailbox_guid: str
+    uid: int
+    guid: str
+    object_key: str
+    size: int
+    internal_date: float
+    saved: float
+    modseq: int
+    flags: str
+    envelope: object
+    bodystructure: object
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """A user's metadata as reindex rebuilt it (rebuild.merge)."""
+
+    boxes: list[RebuiltBox]
+    messages: list[RebuiltMessage]
+    keywords: list[tuple[str, str]]  # (mailbox guid, keyword)
+    subscriptions: list[str]
+    copies: int
+    mailboxes_known: bool  # the boxes are all the user has (from a state record or the database)
 
 
 def _owner() -> str:

@@ -160,7 +160,8 @@ def test_a_request_past_the_timeout_gets_request_timeout(tmp_path):
 
 class Appliance:
     def __init__(self, data: Path, metadata: tuple[str, str] | None = None, hosts: int = 1,
-                 engine: str | None = None, ports: dict[str, int] | None = None) -> None:
+                 engine: str | None = None, ports: dict[str, int] | None = None,
+                 edits: dict[str, str] | None = None) -> None:
         """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR);
         `engine`: `mailstore up --engine`; `ports`: those of an earlier run of the same DATA_DIR."""
         names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard",
@@ -168,6 +169,9 @@ class Appliance:
         ports = ports or dict(zip(names, free_ports(len(names))))
         data.mkdir(parents=True, mode=0o700, exist_ok=True)
         toml = default_text(ports).replace("interval = 5 ", "interval = 1 ")
+        for old, new in (edits or {}).items():  # as an operator edits mailstore.toml
+            assert old in toml, old
+            toml = toml.replace(old, new)
         if metadata is not None:
             toml = toml.replace('url = ""', f'url = "{metadata[0]}"').replace('passfile = ""', f'passfile = "{metadata[1]}"')
         (data / "mailstore.toml").write_text(toml)

@@ -229,7 +229,7 @@ def test_a_directory_without_an_engine_is_refused_and_left_alone(argv, tmp_path)
 
 
 @pytest.mark.parametrize("argv", [["user", "list"], ["user", "add", "a@example.com", "--password", "p"],
-                                  ["reindex", "a@example.com", "--fs", "s3:http://k:s@127.0.0.1:9/?bucket=mail"]])
+                                  ["gc", "--fs", "s3:http://k:s@127.0.0.1:9/?bucket=mail"]])
 def test_a_metadata_file_that_does_not_exist_is_refused(argv, tmp_path):
     out = mailstore(*argv, "--db", str(tmp_path / "meta.db"), check=False)
     assert out.returncode == 2 and "no metadata store at" in out.stderr and "Traceback" not in out.stderr
@@ -305,3 +305,123 @@ def test_every_option_has_help_text():
                 missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
     walk(parser(), "mailstore")
     assert not missing, missing
+
+
+# ------------------------------------------------------------------ backup and restore
+
+def _imap_state(port: int, user: str, password: str) -> dict[str, dict[bytes, frozenset[str]]]:
+    """Per mailbox: each message's Subject line -> its flags."""
+    import re
+
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(user, password)
+    state: dict[str, dict[bytes, frozenset[str]]] = {}
+    for line in m.list()[1]:
+        name = line.decode().rsplit(' "/" ', 1)[1].strip('"')  # type: ignore[union-attr]
+        typ, data = m.select(f'"{name}"')
+        assert typ == "OK"
+        state[name] = {}
+        if int(data[0]) == 0:  # type: ignore[arg-type]
+            continue
+        typ, got = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for item in got:
+            if isinstance(item, tuple):
+                flags = re.search(rb"FLAGS \(([^)]*)\)", item[0]).group(1).decode().split()  # type: ignore[union-attr]
+                state[name][item[1].strip()] = frozenset(f for f in flags if f != "\\Recent")
+    m.logout()
+    return state
+
+
+def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_comes_back_with_its_flags(tmp_path):
+    from test_appliance import Appliance
+
+    data = tmp_path / "data"
+    a = Appliance(data, edits={"state_record_interval = 300": "state_record_interval = 1"})
+    user = a.endpoints["user"]
+    imap_port, lmtp_port = a.endpoints["imap"]["port"], a.endpoints["lmtp"]["port"]
+
+    def deliver(*subjects: str) -> None:
+        with smtplib.LMTP("127.0.0.1", lmtp_port, timeout=30) as lmtp:
+            for subject in subjects:
+                msg = email.message.EmailMessage()
+                msg["From"], msg["To"], msg["Subject"] = "x@example.org", user["name"], subject
+                msg.set_content(f"{subject}\n")
+                assert lmtp.send_message(msg) == {}
+
+    def imap() -> imaplib.IMAP4:
+        m = imaplib.IMAP4("127.0.0.1", imap_port)
+        m.login(user["name"], user["password"])
+        return m
+
+    def recorded() -> None:  # the IMAP server's state record caught up (1 s interval)
+        time.sleep(2.5)
+
+    try:
+        deliver("a1", "a2", "a3")
+        m = imap()
+        m.create("Archive")
+        m.select("INBOX")
+        m.uid("STORE", "1", "+FLAGS", "(\\Flagged)")
+        m.uid("STORE", "2", "+FLAGS", "($Work)")
+        m.uid("COPY", "3", "Archive")
+        m.logout()
+        recorded()
+        out = mailstore("backup", "--data-dir", str(data), "--to", str(tmp_path / "backup.tar"))
+        assert oct((tmp_path / "backup.tar").stat().st_mode & 0o777) == "0o600"
+        assert {"engine/index.db", "engine/master.key", "meta.db", "secrets.json"} <= set(json.loads(out.stdout)["files"])
+        deliver("b1", "b2")  # after the backup
+        m = imap()
+        m.select("INBOX")
+        m.uid("STORE", "1", "+FLAGS", "(\\Seen)")  # a message of before, changed after
+        m.uid("STORE", "4", "+FLAGS", "(\\Answered)")
+        m.rename("Archive", "Old")
+        m.logout()
+        recorded()
+        before = _imap_state(imap_port, user["name"], user["password"])
+        assert before["INBOX"][b"Subject: a1"] == {"\\Flagged", "\\Seen"} and len(before["INBOX"]) == 5
+        assert set(before["Old"]) == {b"Subject: a3"}
+    finally:
+        ports = a.ports
+        assert a.stop() == 0
+    # the host's metadata is lost: config, keys, engine index and master key, mail metadata
+    for name in ("mailstore.toml", "secrets.json", "shim-fs.url", "meta.db", "meta.db-wal", "meta.db-shm",
+                 "engine/index.db", "engine/index.db-wal", "engine/index.db-shm", "engine/master.key"):
+        (data / name).unlink(missing_ok=True)
+    refused = mailstore("restore", "--from", str(tmp_path / "backup.tar"), "--data-dir", str(data), check=False)
+    assert refused.returncode == 0, refused.stderr
+    again = mailstore("restore", "--from", str(tmp_path / "backup.tar"), "--data-dir", str(data), check=False)
+    assert again.returncode == 2 and "--force" in again.stderr  # never over a directory's state unasked
+    assert "data files" in json.loads(refused.stdout)["engine"]  # b1, b2 were in the segments only
+    b = Appliance(data, ports=ports, edits={"state_record_interval = 300": "state_record_interval = 1"})
+    try:
+        assert b.endpoints["s3"]["access_key"] == a.endpoints["s3"]["access_key"]
+        out = mailstore("reindex", "--all", "--data-dir", str(data))
+        assert json.loads(out.stdout)["messages"] == 6  # five in INBOX, one copy
+        after = _imap_state(imap_port, user["name"], user["password"])
+        assert after == before
+    finally:
+        b.stop()
+
+
+def test_reindex_takes_per_message_the_later_of_the_record_and_the_database():
+    """MODSEQs only grow in a mailbox: a record whose mailbox HIGHESTMODSEQ is at least the
+    message's MODSEQ in the database is later, and wins; else the database does."""
+    from mailstore import layout
+    from mailstore.rebuild import Found, merge
+
+    def found(uid: int) -> Found:
+        meta = layout.MessageMeta("u@x", f"g{uid}", 10, 1, 2, "INBOX", "B", 7, uid)
+        return Found(meta, None, None)
+    objects = {f"k{uid}": found(uid) for uid in (1, 2, 3)}
+    box = {"guid": "B", "name": "INBOX", "uidvalidity": 7, "uidnext": 4}
+    record = {"time": 0, "mailboxes": [{**box, "highestmodseq": 10}], "keywords": [], "subscriptions": [],
+              "messages": [["B", 1, "g1", "k1", 9, "\\Seen"], ["B", 2, "g2", "k2", 9, "\\Flagged"]]}
+    had = {"mailboxes": [{**box, "highestmodseq": 12}], "keywords": [], "subscriptions": [],
+           "messages": [["B", 1, "g1", "k1", 12, "\\Deleted"], ["B", 2, "g2", "k2", 4, ""],
+                        ["B", 3, "g3", "k3", 2, ""]]}
+    plan = merge(objects, record, had)
+    flags = {m.uid: m.flags for m in plan.messages}
+    assert flags == {1: "\\Deleted", 2: "\\Flagged", 3: ""}
+    assert plan.boxes[0].highestmodseq == 13 and plan.boxes[0].uidnext == 4
+    assert {m.uid: m.flags for m in merge(objects, None, {**had, "messages": [], "mailboxes": []}).messages} == \
+        {1: "", 2: "", 3: ""}  # the bucket alone: no flags, as before records existed

@@ -35,6 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailstore.throttle import Busy, LoginLimiter
 from runtime import logs
 
+from .logevents import LogEvents
+
 log = logging.getLogger("mailstore.dashboard")
 auth_log = logging.getLogger("mailstore.auth")  # logins of every service: packaging/fail2ban reads it
 PAGE = Path(__file__).with_name("dashboard.html")
@@ -42,6 +44,20 @@ COOKIE = "mailstore_session"
 SESSION_SECONDS = 12 * 3600
 HISTORY_SECONDS = 3600
 TREND_MIN_SECONDS = 600  # no time-to-full from less history than this (a few samples are noise)
+
+
+# Operations drawn as five groups: a line each, distinct colours, a legend that fits.
+GROUPS = ("read", "write", "list", "delete", "bucket and other")
+_GROUP_OF = {"GetObject": "read", "HeadObject": "read", "GetObjectAttributes": "read",
+             "PutObject": "write", "UploadPart": "write", "CopyObject": "write", "UploadPartCopy": "write",
+             "CreateMultipartUpload": "write", "CompleteMultipartUpload": "write",
+             "ListObjects": "list", "ListObjectsV2": "list", "ListBuckets": "list", "ListParts": "list",
+             "ListMultipartUploads": "list", "ListObjectVersions": "list",
+             "DeleteObject": "delete", "DeleteObjects": "delete", "AbortMultipartUpload": "delete"}
+
+
+def group_of(op: str) -> str:
+    return _GROUP_OF.get(op, "bucket and other")
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,7 @@ class Sources:
     meta_db: str  # a SQLite file or a postgresql:// URL ([metadata] url)
     user: str
     password: str
+    logs_dir: Path | None = None  # DATA_DIR/logs: failed logins, deferred deliveries
 
 
 @dataclass
@@ -102,6 +119,7 @@ class Collector:
         self.src = src
         self.interval = interval
         self.samples: deque[Sample] = deque(maxlen=int(HISTORY_SECONDS / interval) + 1)
+        self.events = LogEvents(src.logs_dir)
         self.registry = CollectorRegistry(auto_describe=False)
         self.scrapes = Counter("mailstore_dashboard_scrapes", "Scrape rounds", registry=self.registry)
         self.scrape_failures = Counter("mailstore_dashboard_scrape_failures", "Sources that did not answer",
@@ -144,7 +162,9 @@ class Collector:
                 op = labels.get("operation", "")
                 if name == "mailstore_s3_requests_total":
                     s.ops[op] = s.ops.get(op, 0.0) + value
-                    klass = labels["status"][0] + "xx"
+                    # 501: a feature the gateway does not implement, which SDKs and tools probe for: not a
+                    # server error an operator must look at, so counted apart from the 5xx
+                    klass = "501" if labels["status"] == "501" else labels["status"][0] + "xx"
                     s.status[klass] = s.status.get(klass, 0.0) + value
                 elif name == "mailstore_s3_request_duration_seconds_bucket":
                     b = s.buckets.setdefault(op, {})
@@ -178,6 +198,7 @@ class Collector:
         for n in names:
             s.lb.setdefault(n, "down" if csv is not None else "unknown")
         s.users = await asyncio.to_thread(self._users)
+        await asyncio.to_thread(self.events.poll)
         return s
 
     def _users(self) -> list[dict[str, Any]]:
@@ -211,23 +232,30 @@ class Collector:
         if not samples:
             return {"ready": False}
         last = samples[-1]
-        series: dict[str, list[list[float | None]]] = {}
+        series: dict[str, list[list[float | None]]] = {}  # per group of operations
         latency: dict[str, list[list[float | None]]] = {}
-        errors: list[list[float]] = []
+        errors: list[list[float]] = []  # t, 4xx/s, 5xx/s (501 apart), 501/s
         for a, b in itertools.pairwise(samples):
             dt = b.t - a.t
             if dt <= 0:
                 continue
+            rate: dict[str, float] = {}
+            hist: dict[str, dict[float, float]] = {}
             for op, count in b.ops.items():
                 if op in ("Unknown", "Admin"):
                     continue
-                series.setdefault(op, []).append([b.t, max(0.0, count - a.ops.get(op, 0.0)) / dt])
-                delta = {le: c - a.buckets.get(op, {}).get(le, 0.0) for le, c in b.buckets.get(op, {}).items()}
-                p50, p99 = quantile(0.5, delta), quantile(0.99, delta)
-                latency.setdefault(op, []).append([b.t, None if p50 is None else p50 * 1000,
-                                                   None if p99 is None else p99 * 1000])
-            errors.append([b.t, max(0.0, b.status.get("4xx", 0) - a.status.get("4xx", 0)) / dt,
-                           max(0.0, b.status.get("5xx", 0) - a.status.get("5xx", 0)) / dt])
+                group = group_of(op)
+                rate[group] = rate.get(group, 0.0) + max(0.0, count - a.ops.get(op, 0.0)) / dt
+                h = hist.setdefault(group, {})
+                for le, c in b.buckets.get(op, {}).items():
+                    h[le] = h.get(le, 0.0) + c - a.buckets.get(op, {}).get(le, 0.0)
+            for group in rate:
+                series.setdefault(group, []).append([b.t, rate[group]])
+                p50, p99 = quantile(0.5, hist.get(group, {})), quantile(0.99, hist.get(group, {}))
+                latency.setdefault(group, []).append([b.t, None if p50 is None else p50 * 1000,
+                                                      None if p99 is None else p99 * 1000])
+            errors.append([b.t, *(max(0.0, b.status.get(k, 0) - a.status.get(k, 0)) / dt
+                                  for k in ("4xx", "5xx", "501"))])
         g = last.gauges
         hits, misses = g.get("mailstore_cache_hits", 0.0), g.get("mailstore_cache_misses", 0.0)
         free, size = g.get("mailstore_disk_free_bytes"), g.get("mailstore_disk_size_bytes")
@@ -270,7 +298,8 @@ class Collector:
                 "imap": {"sessions": g.get("mailstore_imap_sessions"), "idle": g.get("mailstore_imap_idle_sessions"),
                          "commands": g.get("imap_commands"),
                          "auth_failures": g.get("mailstore_imap_auth_failures_total")},
-                "users": last.users, "alerts": alerts}
+                "users": last.users, "alerts": alerts, "groups": [g for g in GROUPS if g in series],
+                **self.events.summary(last.t)}
 
 
 class Dashboard:
@@ -369,7 +398,7 @@ def sources_from(data_dir: Path) -> tuple[Sources, str]:
     return Sources([f"http://{g}" for g in cfg.gateways], f"http://{cfg.lb_stats}/stats",
                    {"lmtp": f"http://{cfg.lmtp_metrics}/metrics", "imap": f"http://{cfg.imap_metrics}/metrics"},
                    os.environ.get("MAILSTORE_METADATA") or metadata(cfg, data_dir),  # set by `mailstore up`
-                   sec["dashboard"]["user"], sec["dashboard"]["password"]), cfg.dashboard
+                   sec["dashboard"]["user"], sec["dashboard"]["password"], data_dir / "logs"), cfg.dashboard
 
 
 def run(data_dir: Path, interval: float = 5.0) -> int:

@@ -59,6 +59,33 @@ def value_text(value: object) -> str:
     return json.dumps(s)  # quoted, every control character and quote escaped, non-ASCII as \\u
 
 
+_HEAD = re.compile(r"(\S+) ([A-Z]+) (\S+?)\[(\d+)\] (\S+): (\S+(?: (?!\S+=)\S+)*)")
+_FIELD = re.compile(r' ([^\s=]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_line(line: str) -> dict[str, object] | None:
+    """A line this module wrote, text or JSON, as the JSON form's dict (None: not one of ours).
+    The inverse of `render`: what tools reading the logs (the dashboard) use."""
+    line = line.rstrip("\n")
+    if line.startswith("{"):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) and "logger" in doc else None
+    m = _HEAD.match(line)
+    if m is None:
+        return None
+    doc = {"time": m[1], "level": m[2], "part": m[3], "pid": int(m[4]), "logger": m[5], "message": m[6]}
+    rest = line[m.end():]
+    pos = 0
+    while (f := _FIELD.match(rest, pos)) is not None:
+        raw = f[2]
+        doc.setdefault(f[1], json.loads(raw) if raw.startswith('"') else raw)
+        pos = f.end()
+    return doc
+
+
 @lru_cache(maxsize=64)
 def _second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

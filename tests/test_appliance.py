@@ -337,7 +337,29 @@ def test_dashboard_in_headless_chromium(appliance, tmp_path):
         wait.until(lambda d: "LMTP accepted 1" in d.find_element(By.ID, "activity").text.splitlines())
         assert appliance.endpoints["user"]["name"] in driver.find_element(By.ID, "users").text
         assert "No alerts." in driver.find_element(By.ID, "alerts").text
-        wait.until(lambda d: "PutObject" in d.find_element(By.ID, "legend-requests").text)
+        # a mixed load: every kind of operation, a client's feature probe (501), a failed IMAP login
+        s3 = appliance.s3()
+        for i in range(40):
+            s3.put_object(Bucket="mail", Key=f"dash/{i}", Body=b"x" * 100)
+            s3.get_object(Bucket="mail", Key=f"dash/{i}")["Body"].read()
+            s3.head_object(Bucket="mail", Key=f"dash/{i}")
+            if i % 4 == 0:
+                s3.list_objects_v2(Bucket="mail", Prefix="dash/")
+                s3.delete_object(Bucket="mail", Key=f"dash/{i}")
+        for _ in range(3):
+            try:
+                s3.get_bucket_lifecycle_configuration(Bucket="mail")
+            except botocore.exceptions.ClientError as exc:
+                assert exc.response["ResponseMetadata"]["HTTPStatusCode"] in (404, 501)
+        with imaplib.IMAP4("127.0.0.1", appliance.ports["imap"]) as m:
+            with pytest.raises(imaplib.IMAP4.error):
+                m.login(appliance.endpoints["user"]["name"], "wrong")
+        wait.until(lambda d: all(g in d.find_element(By.ID, "legend-requests").text
+                                 for g in ("read", "write", "list", "delete")))
+        legend = driver.find_element(By.ID, "legend-errors").text
+        assert "5xx server errors" in legend and "501 not implemented (feature probes)" in legend
+        wait.until(lambda d: "127.0.0.1" in d.find_element(By.ID, "failed-logins").text)
+        assert "No deliveries deferred." in driver.find_element(By.ID, "deferred").text
         shot = ROOT / "test-artifacts" / "dashboard.png"
         shot.parent.mkdir(exist_ok=True)
         assert driver.save_screenshot(str(shot))

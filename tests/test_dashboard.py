@@ -31,17 +31,61 @@ def test_quantiles_interpolate_within_buckets_like_prometheus():
     assert quantile(0.5, {0.01: 0, INF: 0}) is None
 
 
-def test_rates_and_latency_per_operation_from_counter_deltas():
+def test_rates_and_latency_per_group_of_operations_from_counter_deltas():
     a, b = sample(100), sample(110)
-    a.ops, b.ops = {"PutObject": 1000, "Unknown": 5}, {"PutObject": 1500, "Unknown": 9}
-    a.buckets = {"PutObject": {0.005: 900, 0.05: 1000, INF: 1000}}
-    b.buckets = {"PutObject": {0.005: 1300, 0.05: 1500, INF: 1500}}  # this interval: 400 under 5 ms, 100 under 50
-    a.status, b.status = {"2xx": 1000, "5xx": 2}, {"2xx": 1490, "4xx": 10, "5xx": 2}
+    a.ops = {"PutObject": 600, "UploadPart": 400, "GetObject": 0, "Unknown": 5}
+    b.ops = {"PutObject": 900, "UploadPart": 600, "GetObject": 30, "Unknown": 9}
+    a.buckets = {"PutObject": {0.005: 500, 0.05: 600, INF: 600}, "UploadPart": {0.005: 400, 0.05: 400, INF: 400}}
+    b.buckets = {"PutObject": {0.005: 700, 0.05: 900, INF: 900},  # this interval, writes: 400 under 5 ms, 100 under 50
+                 "UploadPart": {0.005: 600, 0.05: 600, INF: 600}}
+    a.status, b.status = {"2xx": 1000, "5xx": 2}, {"2xx": 1490, "4xx": 10, "5xx": 2, "501": 30}
     st = collector(a, b).state()
-    assert st["requests"] == {"PutObject": [[110, 50.0]]}  # Unknown (unroutable requests) is not charted
-    t, p50, p99 = st["latency_ms"]["PutObject"][0]
+    assert st["requests"] == {"write": [[110, 50.0]], "read": [[110, 3.0]]}  # Unknown (unroutable) is not charted
+    assert st["groups"] == ["read", "write"]  # in the page's fixed order, each its own colour
+    t, p50, p99 = st["latency_ms"]["write"][0]
     assert p50 == pytest.approx(5 * 250 / 400) and p99 == pytest.approx(5 + 45 * 95 / 100)
-    assert st["errors"] == [[110, 1.0, 0.0]]
+    assert st["errors"] == [[110, 1.0, 0.0, 3.0]]  # a 501 (a client's feature probe) is not a 5xx
+
+
+def test_failed_logins_by_address_and_deferrals_by_reason_from_the_logs(tmp_path):
+    """The log-derived panels: the parts' own lines, text or JSON, read as they are appended,
+    a rotated file followed, only the last hour counted."""
+    import json
+    import time as _time
+
+    from appliance.logevents import LogEvents
+    from runtime import logs
+
+    def stamp(t: float) -> str:
+        return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + ".000Z"
+    now = 1_800_000_000.0
+    imap = tmp_path / "imap.log"
+    imap.write_text(
+        f"{stamp(now - 7200)} WARNING imap[1] mailstore.auth: login failed remote=192.0.2.9 user=x service=imap\n"
+        f"{stamp(now - 60)} WARNING imap[1] mailstore.auth: login failed remote=192.0.2.1 user=a service=imap\n"
+        f"{stamp(now - 50)} WARNING imap[1] mailstore.auth: login failed remote=192.0.2.1 "
+        'user="remote=198.51.100.7" service=imap\n')
+    (tmp_path / "lmtp.log").write_text(json.dumps(
+        {"time": stamp(now - 30), "level": "WARNING", "part": "lmtp", "pid": 2, "logger": "mailstore.delivery",
+         "message": "deferred", "result": "452 4.2.2", "reason": "over quota"}) + "\n")
+    ev = LogEvents(tmp_path)
+    ev.poll()
+    with open(imap, "a") as f:  # appended, half a line first
+        f.write(f"{stamp(now - 10)} WARNING imap[1] mailstore.auth: login failed remote=192.0.2.1 ")
+    ev.poll()
+    with open(imap, "a") as f:
+        f.write("user=b service=imap\n")
+    imap.rename(tmp_path / "imap.log.1")  # rotated: the new file from its start
+    (tmp_path / "dashboard.log").write_text(
+        f"{stamp(now - 5)} WARNING dashboard[3] mailstore.auth: login failed remote=192.0.2.2 user=admin "
+        "service=dashboard\n")
+    ev.poll()
+    summary = ev.summary(now)
+    assert summary["failed_logins"] == [
+        {"address": "192.0.2.1", "count": 2, "services": ["imap"]},  # the third line sits in the rotated file
+        {"address": "192.0.2.2", "count": 1, "services": ["dashboard"]}]
+    assert summary["deferred_reasons"] == [{"reason": "over quota", "count": 1}]
+    assert logs.parse_line("not a line of ours") is None
 
 
 def test_no_alerts_when_all_is_well():

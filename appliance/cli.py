@@ -146,8 +146,6 @@ def _mail_store(args: argparse.Namespace) -> None:
                              "`mailstore init --data-dir DIR` makes one")
         cfg = load(data_dir)
         args.db = args.db or metadata(cfg, data_dir)
-        if cfg.metadata_passfile:
-            os.environ.setdefault("PGPASSFILE", cfg.metadata_passfile)
         if "fs" in args and not args.fs and args.command != "user":  # user delete --fs: only when asked
             args.fs = f"@{data_dir / 'shim-fs.url'}"
     if not args.db or ("fs" in args and args.fs is None and args.command != "user"):

@@ -7,6 +7,7 @@ names them.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,11 @@ class ConfigError(ValueError):
 
 
 def metadata(cfg: ApplianceConfig, data_dir: Path) -> str:
-    """Where the mail metadata lives: what every `--db` of the appliance's parts gets."""
+    """Where the mail metadata lives: what every `--db` of the appliance's parts gets.  A
+    [metadata] passfile becomes this process's PGPASSFILE (libpq reads the password there;
+    the parts inherit it)."""
+    if cfg.metadata_passfile:
+        os.environ["PGPASSFILE"] = cfg.metadata_passfile
     return cfg.metadata_url or str(data_dir / "meta.db")
 
 

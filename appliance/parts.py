@@ -141,8 +141,6 @@ def exec_part(data_dir: Path, name: str, prepare: bool = False) -> None:
     cfg = load(data_dir)
     sec: Secrets = json.loads(secrets_file.read_text())
     rados = configured_rados(data_dir, cfg) if cfg.engine == "rados" else None
-    if cfg.metadata_passfile:
-        os.environ["PGPASSFILE"] = cfg.metadata_passfile
     part = next(p for p in parts(data_dir, cfg, sec, metadata(cfg, data_dir), rados=rados, journal=True)
                 if p.name == name)
     if name == "haproxy":  # master-worker: systemd's reload (SIGUSR2) re-reads the configuration

@@ -425,3 +425,30 @@ def test_reindex_takes_per_message_the_later_of_the_record_and_the_database():
     assert plan.boxes[0].highestmodseq == 13 and plan.boxes[0].uidnext == 4
     assert {m.uid: m.flags for m in merge(objects, None, {**had, "messages": [], "mailboxes": []}).messages} == \
         {1: "", 2: "", 3: ""}  # the bucket alone: no flags, as before records existed
+
+
+def test_backup_and_restore_with_the_metadata_in_postgresql(request, tmp_path):
+    """[metadata] on PostgreSQL: pg_dump into the archive, pg_restore --clean back, the password
+    only in the passfile mailstore.toml names."""
+    from conftest import new_metadata
+
+    url = new_metadata(request, tmp_path, "postgresql")
+    data = tmp_path / "data"
+    write_config(data, {'url = ""': f'url = "{url}"', 'passfile = ""': f'passfile = "{os.environ["PGPASSFILE"]}"'})
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSFILE"}  # from mailstore.toml alone
+
+    def run(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([str(BIN / "mailstore"), *argv], env=env, capture_output=True, text=True, timeout=300)
+        assert not ok or res.returncode == 0, res.stderr
+        return res
+    assert "made: metadata postgresql://" not in run("init", "--data-dir", str(data)).stdout  # no file to make
+    run("user", "add", "--data-dir", str(data), "kept@example.com", "--password", "pw")
+    files = json.loads(run("backup", "--data-dir", str(data), "--to", str(tmp_path / "b.tar")).stdout)["files"]
+    assert "meta.pgdump" in files and "meta.db" not in files
+    run("user", "add", "--data-dir", str(data), "later@example.com", "--password", "pw")
+    run("user", "delete", "--data-dir", str(data), "kept@example.com")
+    refused = run("restore", "--from", str(tmp_path / "b.tar"), "--data-dir", str(data), ok=False)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    run("restore", "--from", str(tmp_path / "b.tar"), "--data-dir", str(data), "--force")
+    users = run("user", "list", "--data-dir", str(data)).stdout
+    assert "kept@example.com" in users and "later@example.com" not in users

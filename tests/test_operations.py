@@ -452,3 +452,39 @@ def test_backup_and_restore_with_the_metadata_in_postgresql(request, tmp_path):
     run("restore", "--from", str(tmp_path / "b.tar"), "--data-dir", str(data), "--force")
     users = run("user", "list", "--data-dir", str(data)).stdout
     assert "kept@example.com" in users and "later@example.com" not in users
+
+
+def test_init_and_the_gateway_unit_on_a_ceph_cluster(rados_cluster, tmp_path):
+    """[engine] kind "rados": init makes the master key, the keys and the bucket on the cluster, and
+    the gateway unit's own command line serves them; the backup carries the master key."""
+    args = dict(zip(rados_cluster.args[::2], rados_cluster.args[1::2], strict=True))
+    data = tmp_path / "data"
+    ports = write_config(data, {
+        'kind = "local"': 'kind = "rados"', 'ceph_conf = ""': f'ceph_conf = "{args["--ceph-conf"]}"',
+        'ceph_user = "client.mailstore"': f'ceph_user = "{args["--ceph-user"]}"',
+        'keyring = ""': f'keyring = "{args["--keyring"]}"', 'data_pool = "mailstore-data"': 'data_pool = "gw-data"',
+        'index_pool = "mailstore-index"': 'index_pool = "gw-index"', 'meta_pool = "mailstore-meta"': 'meta_pool = "gw-meta"',
+        'namespace = ""': 'namespace = "init-unit"'})
+    made = mailstore("init", "--data-dir", str(data)).stdout
+    assert "made: admin key" in made and "made: bucket mail" in made and "engine/" not in made
+    assert oct((data / "master.key").stat().st_mode & 0o777) == "0o600"
+    assert "kept: admin key" in mailstore("init", "--data-dir", str(data)).stdout
+    sec = json.loads((data / "secrets.json").read_text())
+    units = Units(data)
+    gateway = next(p for p in UNITS if p.name == "mailstore-gateway@.service")
+    start = next(line.split("=", 1)[1] for line in gateway.read_text().splitlines() if line.startswith("ExecStart="))
+    proc = subprocess.Popen(units.command(start, "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["engine"] == "rados" and info["port"] == ports["gw1"]
+        s3 = boto3.client("s3", endpoint_url=info["endpoint"], aws_access_key_id=sec["admin"]["access_key"],
+                          aws_secret_access_key=sec["admin"]["secret_key"], region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}))
+        s3.put_object(Bucket="mail", Key="k", Body=b"on ceph")
+        assert s3.get_object(Bucket="mail", Key="k")["Body"].read() == b"on ceph"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    files = json.loads(mailstore("backup", "--data-dir", str(data), "--to", str(tmp_path / "b.tar")).stdout)["files"]
+    assert "master.key" in files and "engine/index.db" not in files and "meta.db" in files

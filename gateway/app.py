@@ -208,19 +208,14 @@ class Dispatcher:
         """The request's access log line (runtime/logs.py): who asked what, the answer, bytes, time,
         and Dovecot's trace headers when it sent them. Never a secret: no signature, no query.
         The access key is one the key store knows (or "-"), so it is written as made."""
-        head = {"rid": seen.rid, "remote": request.remote or "-", "access_key": seen.access_key or "-",
-                "method": request.method}
-        client = {"bucket": seen.bucket or "-", "object": seen.key if seen.key is not None else "-"}
-        tail: dict[str, object] = {"status": resp.status, "in": received, "out": resp.content_length or 0,
-                                   "ms": round(seconds * 1000, 2)}
-        if code is not None:
-            tail["error"] = code
         headers = request.headers
         extra = None
         if "x-dovecot-session-id" in headers:
             extra = {"session": headers["x-dovecot-session-id"], "user": headers.get("x-dovecot-username", "-"),
                      "reason": headers.get("x-dovecot-reason", "-")}
-        self.gw.access_log.request(op, head, client, tail, extra)
+        self.gw.access_log.request(op, seen.rid, request.remote or "-", seen.access_key or "-", request.method,
+                                   seen.bucket or "-", seen.key if seen.key is not None else "-", resp.status,
+                                   received, resp.content_length or 0, seconds, code, extra)
 
     async def _decision(self, request: web.BaseRequest, key: AccessKey, op: str, bucket: str | None,
                         copy_source: tuple[str, str] | None) -> Decision:

@@ -247,21 +247,30 @@ class AccessLog:
     def write(self, message: str, fields: Mapping[str, object]) -> None:
         self._add(render(time.time(), "INFO", self.name, message, fields))
 
-    def request(self, op: str, head: Mapping[str, object], client: Mapping[str, str], tail: Mapping[str, object],
+    def request(self, op: str, rid: str, remote: str, access_key: str, method: str, bucket: str, key: str,
+                status: int, received: int, sent: int, seconds: float, error: str | None = None,
                 extra: Mapping[str, str] | None = None) -> None:
-        """A request's line, built for speed: the values in `head` and `tail` the server made
-        itself (ids, numbers, addresses) and are written as they are; those in `client` and
-        `extra` (a bucket, a key, a header) are escaped. Fields in that order."""
+        """A request's line, in that order of fields, built as one f-string (a request's log
+        line is on its hot path: README "Logs").  `rid`, `remote`, `access_key`, `method`,
+        `error` and the numbers the server made itself and are written as they are; `bucket`,
+        `key` and `extra` (Dovecot's trace headers) came from the client and are escaped."""
+        ms = round(seconds * 1000, 2)
         if STATE.format == "json":
-            self.write(op, {**head, **client, **tail, **(extra or {})})
+            fields: dict[str, object] = {"rid": rid, "remote": remote, "access_key": access_key, "method": method,
+                                         "bucket": bucket, "object": key, "status": status, "in": received,
+                                         "out": sent, "ms": ms}
+            if error is not None:
+                fields["error"] = error
+            self.write(op, {**fields, **(extra or {})})
             return
-        parts = [f"{_timestamp(time.time())} INFO {STATE.part}[{_pid()}] {self.name}: {op}"]
-        parts += [f"{k}={v}" for k, v in head.items()]
-        parts += [f"{k}={value_text(v)}" for k, v in client.items()]
-        parts += [f"{k}={v}" for k, v in tail.items()]
+        line = (f"{_timestamp(time.time())} INFO {STATE.part}[{_pid()}] {self.name}: {op} rid={rid} remote={remote} "
+                f"access_key={access_key} method={method} bucket={value_text(bucket)} object={value_text(key)} "
+                f"status={status} in={received} out={sent} ms={ms}")
+        if error is not None:
+            line += f" error={error}"
         if extra:
-            parts += [f"{k}={value_text(v)}" for k, v in extra.items()]
-        self._add(" ".join(parts))
+            line += "".join(f" {k}={value_text(v)}" for k, v in extra.items())
+        self._add(line)
 
     def _add(self, line: str) -> None:
         self._lines.append(line)

@@ -128,12 +128,21 @@ class IndexReader:
         prefixes: list[str] = []
         if max_keys <= 0:
             return ListPage(entries, prefixes, False, None)
+        if not delim:  # one query, one pass: the page, and one row more to tell whether it is truncated
+            rows = self.conn.execute(
+                "SELECT key, size, etag, mtime FROM objects WHERE ns=? AND key>=? AND key<? "
+                "ORDER BY key LIMIT ?", (ns, lo, hi, max_keys + 1),
+            ).fetchall()
+            more = len(rows) > max_keys
+            entries = [ListEntry(kb.decode("utf-8", "surrogatepass"), size, etag, mtime)
+                       for kb, size, etag, mtime in (rows[:max_keys] if more else rows)]
+            return ListPage(entries, prefixes, more, entries[-1].key if more else None)
         last: str | None = None
-        # Without a delimiter, one query fetches the page.  With one, a fetched
-        # batch is wasted from the first key that rolls up (the scan jumps), so
-        # start small after each jump and grow while rows are plain entries.
-        cap = max_keys + 1 if not delim else min(max_keys + 1, 1000)
-        batch = cap if not delim else 2
+        # With a delimiter, a fetched batch is wasted from the first key that rolls
+        # up (the scan jumps), so start small after each jump and grow while rows
+        # are plain entries.
+        cap = min(max_keys + 1, 1000)
+        batch = 2
         while True:
             rows = self.conn.execute(
                 "SELECT key, size, etag, mtime FROM objects WHERE ns=? AND key>=? AND key<? "
@@ -145,15 +154,14 @@ class IndexReader:
             for kb, size, etag, mtime in rows:
                 if len(entries) + len(prefixes) >= max_keys:
                     return ListPage(entries, prefixes, True, last)
-                if delim:
-                    i = kb.find(delim, len(pfx))
-                    if i >= 0:
-                        cp = kb[: i + len(delim)]
-                        last = cp.decode("utf-8", "surrogatepass")
-                        prefixes.append(last)
-                        lo = cp + b"\xff"
-                        jumped = True
-                        break
+                i = kb.find(delim, len(pfx))
+                if i >= 0:
+                    cp = kb[: i + len(delim)]
+                    last = cp.decode("utf-8", "surrogatepass")
+                    prefixes.append(last)
+                    lo = cp + b"\xff"
+                    jumped = True
+                    break
                 last = kb.decode("utf-8", "surrogatepass")
                 entries.append(ListEntry(last, size, etag, mtime))
             if jumped:

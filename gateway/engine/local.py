@@ -234,11 +234,14 @@ class LocalEngine:
     # ------------------------------------------------------------ buckets
 
     def bucket_exists(self, name: str) -> bool:
-        return self.index.exists(SYS, f"bucket/{name}")
+        try:
+            self.get_bucket(name)
+        except NoSuchBucket:
+            return False
+        return True
 
     def _require_bucket(self, name: str) -> None:
-        if not self.bucket_exists(name):
-            raise NoSuchBucket(name)
+        self.get_bucket(name)  # NoSuchBucket; from the per-generation cache, as the permission check read it
 
     def get_bucket(self, name: str) -> Bucket:
         """Asked by every request (its permission check): the record read once per generation of

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # Reserved namespaces: "~" can never appear in a bucket name.
 SYS = "~sys"  # keys: "bucket/<name>", "key/<access key id>"
@@ -95,8 +95,9 @@ class ObjectInfo:
     blobs: tuple[BlobRef, ...] = ()  # empty: the body is inline in the record
 
 
-@dataclass(frozen=True, slots=True)
-class ListEntry:
+class ListEntry(NamedTuple):
+    """One key of a listing page (a tuple: a page makes a thousand of them)."""
+
     key: str
     size: int
     etag: str

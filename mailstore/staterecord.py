@@ -72,12 +72,15 @@ def snapshot(meta: MetaStore, user: str, everything: bool = False) -> dict[str, 
             "messages": messages, "keywords": [list(k) for k in keywords], "subscriptions": subscriptions}
 
 
-async def write(meta: MetaStore, fs: Fs, user: str, signature: str = "") -> int:
-    """Record the user's state now; the object's size."""
-    doc = await asyncio.to_thread(snapshot, meta, user)
+async def write(fs: Fs, user: str, doc: dict[str, Any], signature: str = "") -> int:
+    """Store a snapshot as the user's record; the object's size."""
     body = gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
     await fs.put(record_key(user), body, {"mailstore-signature": signature}, "application/gzip")
     return len(body)
+
+
+def _floor(doc: dict[str, Any] | None) -> dict[str, int]:
+    return {b["guid"]: b["highestmodseq"] for b in doc["mailboxes"]} if doc else {}
 
 
 async def read(fs: Fs, user: str) -> dict[str, Any] | None:
@@ -97,15 +100,23 @@ class Recorder:
     def __init__(self, meta: MetaStore, fs: Fs, interval: float) -> None:
         self.meta, self.fs, self.interval = meta, fs, interval
         self.recorded: dict[str, str] = {}  # user -> signature written (or found written)
+        self.floor: dict[str, dict[str, int]] = {}  # user -> mailbox guid -> HIGHESTMODSEQ last recorded
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop; a server that stops cleanly records what changed since the last round first
+        (storage is still up then: `mailstore up` stops the shim before the gateways)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.once(), 10)
+        except (FsError, OSError, TimeoutError) as exc:
+            logs.event(log, logging.WARNING, "state record not written at stop", error=str(exc))
 
     async def _run(self) -> None:
         while True:
@@ -116,20 +127,35 @@ class Recorder:
                 logs.event(log, logging.WARNING, "state record not written", error=str(exc))
 
     async def once(self) -> int:
-        """Write every user whose state moved since it was last recorded; how many were written."""
+        """Write every user whose state moved since it was last recorded; how many were written.
+
+        Never over a later record: a database restored from a backup is behind the record
+        (a mailbox's HIGHESTMODSEQ there is lower than the record's) until `reindex` has
+        merged the two, and writing its state would throw away what only the record knows."""
         now = await asyncio.to_thread(signatures, self.meta)
         written = 0
         for user, sig in now.items():
             if self.recorded.get(user) == sig:
                 continue
-            if user not in self.recorded:  # first round of this process: maybe written before
+            if user not in self.floor:  # first time this process writes the user: what is there?
                 try:
-                    if (await self.fs.stat(record_key(user))).metadata.get("mailstore-signature") == sig:
+                    st = await self.fs.stat(record_key(user))
+                except NotFound:
+                    self.floor[user] = {}
+                else:
+                    if st.metadata.get("mailstore-signature") == sig:
                         self.recorded[user] = sig
                         continue
-                except NotFound:
-                    pass
-            await write(self.meta, self.fs, user, sig)
+                    self.floor[user] = _floor(await read(self.fs, user))
+            doc = await asyncio.to_thread(snapshot, self.meta, user)
+            behind = [b["name"] for b in doc["mailboxes"] if b["highestmodseq"] < self.floor[user].get(b["guid"], 0)]
+            if behind:
+                logs.event(log, logging.WARNING, "metadata behind the state record in the bucket; not overwriting it "
+                           "(run mailstore reindex)", user=user, mailboxes=",".join(sorted(behind)))
+                self.recorded[user] = sig
+                continue
+            await write(self.fs, user, doc, sig)
+            self.floor[user] = _floor(doc)
             self.recorded[user] = sig
             written += 1
         return written

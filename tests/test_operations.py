@@ -353,8 +353,24 @@ def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_co
         m.login(user["name"], user["password"])
         return m
 
-    def recorded() -> None:  # the IMAP server's state record caught up (1 s interval)
-        time.sleep(2.5)
+    def recorded(mailbox: str, flag: str) -> None:
+        """Until the IMAP server's state record (every second) shows `mailbox` and `flag`."""
+        import gzip
+
+        from mailstore.staterecord import record_key
+        s3 = a.s3()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                doc = json.loads(gzip.decompress(s3.get_object(Bucket="mail", Key=record_key(user["name"]))[
+                    "Body"].read()))
+                if mailbox in {b["name"] for b in doc["mailboxes"]} and \
+                        any(flag in row[5].split() for row in doc["messages"]):
+                    return
+            except s3.exceptions.NoSuchKey:
+                pass
+            assert time.monotonic() < deadline, "no state record"
+            time.sleep(0.2)
 
     try:
         deliver("a1", "a2", "a3")
@@ -365,7 +381,7 @@ def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_co
         m.uid("STORE", "2", "+FLAGS", "($Work)")
         m.uid("COPY", "3", "Archive")
         m.logout()
-        recorded()
+        recorded("Archive", "$Work")
         out = mailstore("backup", "--data-dir", str(data), "--to", str(tmp_path / "backup.tar"))
         assert oct((tmp_path / "backup.tar").stat().st_mode & 0o777) == "0o600"
         assert {"engine/index.db", "engine/master.key", "meta.db", "secrets.json"} <= set(json.loads(out.stdout)["files"])
@@ -376,7 +392,7 @@ def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_co
         m.uid("STORE", "4", "+FLAGS", "(\\Answered)")
         m.rename("Archive", "Old")
         m.logout()
-        recorded()
+        recorded("Old", "\\Answered")
         before = _imap_state(imap_port, user["name"], user["password"])
         assert before["INBOX"][b"Subject: a1"] == {"\\Flagged", "\\Seen"} and len(before["INBOX"]) == 5
         assert set(before["Old"]) == {b"Subject: a3"}

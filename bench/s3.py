@@ -8,8 +8,11 @@ the clock starts (the client should cost as little CPU as possible, and the
 same for every server).  Phases per object size: PUT, GET, HEAD, LIST
 (ListObjectsV2, max-keys 100).  Each phase is bounded by an op count and a time
 limit; the servers take turns, for several rounds, and the median round is
-reported (every round's rate is in --json).  Prints ops/s, p50/p99 latency, server RSS, ratios to SeaweedFS and the
-fraction of the do-nothing ceiling, and the disk's raw fdatasync rate.
+reported (every round's rate is in --json).  Prints ops/s, p50/p99 latency, the
+server's CPU per request (user + system CPU of all its processes over the phase,
+divided by the requests answered: where the budget goes, without a profiler),
+server RSS, ratios to SeaweedFS and the fraction of the do-nothing ceiling, and
+the disk's raw fdatasync rate.
 
 The machine is shared and noisy: read the ratios, not the absolute numbers.
 SeaweedFS does not fsync writes by default; our gateway fsyncs every
@@ -40,6 +43,7 @@ BIN = Path(sys.executable).parent
 AK, SK = "BENCHKEY", "benchsecretbenchsecret"
 BUCKET = "bench"
 PHASE_SECONDS = 20.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ servers
@@ -58,13 +62,29 @@ class Server:
     workdir: Path
     extra: list = field(default_factory=list)  # type: ignore[type-arg]  # more processes of this server
 
-    def rss_mb(self) -> float:
+    def pids(self) -> list[int]:
+        return [p for proc in (self.proc, *self.extra) for p in [proc.pid] + _children(proc.pid)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every process of this server so far (/proc/PID/stat)."""
         total = 0
-        pids = [p for proc in (self.proc, *self.extra) for p in [proc.pid] + _children(proc.pid)]
-        for pid in pids:
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            except FileNotFoundError:
+                pass
+        return total / CLOCK_TICKS
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory of every process of this server; `field` RssAnon is the private part
+        (the rest is file pages mapped in, such as SQLite's memory-mapped index, which the
+        kernel shares with the page cache and can drop)."""
+        total = 0
+        for pid in self.pids():
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
             except FileNotFoundError:
                 pass
@@ -376,9 +396,12 @@ def main() -> int:
                     for srv, key in targets:
                         tag = f"{label}/r{rnd}" if op == "PUT" else f"{label}/r0"
                         reqs = phase_requests(op, srv.endpoint, size, args.ops, key, tag)
+                        cpu = srv.cpu_seconds()
                         res = asyncio.run(drive(srv.endpoint, reqs, args.concurrency, op == "HEAD"))
+                        cpu = srv.cpu_seconds() - cpu
                         runs.setdefault(srv.name, []).append({
                             "ops_s": res.rate, "p50_ms": res.pct(0.5), "p99_ms": res.pct(0.99),
+                            "cpu_us": cpu / res.ops * 1e6 if res.ops else 0.0,
                             "errors": res.errors, "rss_mb": srv.rss_mb()})
                 for name, rs in runs.items():
                     med = sorted(rs, key=lambda r: r["ops_s"])[len(rs) // 2]
@@ -391,7 +414,8 @@ def main() -> int:
         for s in servers:
             s.stop()
     print()
-    print(f"{'phase':<12}{'server':<14}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>9}{'errors':>8}"
+    print(f"{'phase':<12}{'server':<14}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/op':>10}{'RSS MB':>9}"
+          f"{'errors':>8}"
           f"{'vs seaweed':>12}{'of ceiling':>12}")
     for phase, by in results.items():
         sw_rate = by.get("seaweedfs", {}).get("ops_s", 0)
@@ -400,7 +424,7 @@ def main() -> int:
             vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name.startswith(("gateway", "pair")) else ""
             of = f"{100 * r['ops_s'] / ceil_rate:.0f}%" if ceil_rate and name != "ceiling" else ""
             print(f"{phase:<12}{name:<14}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-                  f"{r['rss_mb']:>9.0f}{r['errors']:>8}{vs:>12}{of:>12}")
+                  f"{r['cpu_us']:>10.0f}{r['rss_mb']:>9.0f}{r['errors']:>8}{vs:>12}{of:>12}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .s3 import BIN, new_key, _children
+from mailstore.db import MetaStore
+
+from .s3 import BIN, _children, new_key
 
 LMTP_WORKERS = 3
 MESSAGE = (b"From: sender@example.org\r\nTo: list@example.com\r\nSubject: benchmark\r\n"
@@ -132,6 +134,7 @@ def start_ours(work: Path, users: list[str], db: str | None = None,
     assert gw.stdout is not None
     hostport = json.loads(gw.stdout.readline())["endpoint"].split("//", 1)[1]
     db = db or str(work / "meta.db")
+    MetaStore(db)  # the schema, as the LMTP server's first start makes it (`user add` needs it)
     for u in users:
         subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password", "pw"],
                        check=True, capture_output=True)

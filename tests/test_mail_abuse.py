@@ -92,6 +92,28 @@ def test_duplicate_recipients_get_one_copy_each_and_every_reply(shim: Shim) -> N
     assert len(shim.rows(USER)) == before_u + 1 and len(shim.rows(OTHER)) == before_o + 1
 
 
+def test_paths_cut_short_are_syntax_errors_not_500s(shim: Shim) -> None:
+    """Python's address parser raises on these; aiosmtpd answered 500 with a traceback."""
+    with socket.create_connection(("127.0.0.1", shim.port), timeout=30) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"LHLO test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        for path in (b"<@", b"<a@[", b"<a@", b"<@a:", b"<a@b>"):
+            s.sendall(b"MAIL FROM:" + path + b"\r\n")
+            reply = f.readline()
+            if path == b"<a@b>":
+                assert reply.startswith(b"250"), reply
+            else:  # aiosmtpd's answer to a malformed path, where its parser does not crash
+                assert reply.startswith(b"553 5.1.3"), (path, reply)
+        for path in (b"<@", b"<a@[", b"<" + USER.encode() + b">"):
+            s.sendall(b"RCPT TO:" + path + b"\r\n")
+            reply = f.readline()
+            assert reply.startswith(b"250" if b"@" + DOMAIN.encode() in path else b"553 5.1.3"), (path, reply)
+        s.sendall(b"RSET\r\nQUIT\r\n")
+
+
 def imap_conversation(port: int, *sends: bytes, read_for: float = 3.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=read_for) as s:
         got = s.recv(4096)

@@ -155,7 +155,7 @@ class LMTPSession(LMTP):
         m = _PLAIN_PATH.fullmatch(arg)
         if m is None:
             try:
-                return super()._getaddr(arg)  # type: ignore[no-any-return]
+                return super()._getaddr(arg)
             except Exception:  # noqa: BLE001 - the stdlib parser on a path cut short ("<@", "<a@[")
                 return None, None
         address = m.group(1)

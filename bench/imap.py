@@ -9,7 +9,9 @@ APPEND one message, UID STORE \\Deleted + UID EXPUNGE it (by its APPENDUID).  Pr
 commands per server CPU-second (all server processes: our IMAP server and
 gateway; Dovecot's master and its imap processes), and the ratio.  The servers
 take turns, --repeat times, and the medians are compared: this machine is shared
-and one run's CPU figures swing by a third.
+and one run's CPU figures swing by a third.  Then (--per-command) each command
+type runs alone on one connection, and the table gives server CPU milliseconds
+per command for both servers: which commands the gap comes from.
 """
 
 from __future__ import annotations
@@ -63,6 +65,44 @@ def client_run(port: int, rounds: int, seed: int) -> int:
     return commands + 1
 
 
+def per_command(port: int, pids, rounds: int, seed: int = 1) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Server CPU milliseconds per command, one command type at a time on one connection:
+    where the mix's CPU goes (the clock ticks are 10 ms, hence the many repetitions)."""
+    rng = random.Random(seed)
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(USER, "pw")
+    total = int(m.select("INBOX")[1][0] or 0)
+
+    def fetch_headers() -> None:
+        start = rng.randint(1, max(1, total - 50))
+        m.fetch(f"{start}:{start + 49}", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])")
+
+    def append_and_expunge() -> None:
+        data = m.append("INBOX", None, None, MESSAGE % rng.randint(0, 10**9))[1]
+        uid = data[0].split(b"APPENDUID ", 1)[1].split()[1].rstrip(b"]").decode()
+        m.uid("STORE", uid, "+FLAGS", "(\\Deleted)")
+        m.uid("EXPUNGE", uid)
+
+    commands = {
+        "SELECT": lambda: m.select("INBOX"),
+        "FETCH 50 headers": fetch_headers,
+        "FETCH 1 body": lambda: m.fetch(str(rng.randint(1, total)), "(BODY.PEEK[])"),
+        "STORE 1 flag": lambda: m.store(str(rng.randint(1, total)), "+FLAGS", "(\\Flagged)"),
+        "SEARCH UNSEEN": lambda: m.search(None, "UNSEEN"),
+        "APPEND+STORE+EXPUNGE": append_and_expunge,
+        "NOOP": lambda: m.noop(),
+    }
+    out = {}
+    for name, run in commands.items():
+        run()
+        c0 = cpu_seconds(pids())
+        for _ in range(rounds):
+            run()
+        out[name] = (cpu_seconds(pids()) - c0) / rounds * 1000
+    m.logout()
+    return out
+
+
 def run_load(ports: list[int], clients: int, rounds: int, pids) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """`clients` imaplib clients, spread over `ports` (several shim hosts) in turn."""
     c0 = cpu_seconds(pids())
@@ -83,6 +123,8 @@ def main() -> int:
                     help="where our mail metadata lives (PostgreSQL: a private cluster; its CPU counts as ours)")
     ap.add_argument("--hosts", choices=["1", "2", "both"], default="1",
                     help="our IMAP servers on the one PostgreSQL, clients spread over them (needs postgresql)")
+    ap.add_argument("--per-command", type=int, default=100, metavar="N",
+                    help="also time each command type alone, N times per server (0: skip)")
     args = ap.parse_args()
     counts = [1, 2] if args.hosts == "both" else [int(args.hosts)]
     if counts != [1] and args.metadata != "postgresql":
@@ -123,6 +165,10 @@ def main() -> int:
         for _ in range(args.repeat):  # the servers take turns: a noisy minute hits both
             for name, ports, pids in servers:
                 runs[name].append(run_load(ports, args.clients, args.rounds, pids))
+        costs: dict[str, list[dict[str, float]]] = {}
+        for _ in range(2 if args.per_command else 0):  # twice, taking turns; the lower figure is kept
+            for name, ports, pids in servers:
+                costs.setdefault(name, []).append(per_command(ports[0], pids, args.per_command))
     finally:
         if pg is not None:
             pg.stop()
@@ -133,6 +179,12 @@ def main() -> int:
         rate, per_cpu = statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)
         medians[name] = per_cpu
         print(f"{name:<14}{rate:>12.0f}{per_cpu:>16.0f}   {' '.join(f'{r[1]:.0f}' for r in rs)}")
+    if costs:
+        ours = next(n for n in costs if n != "dovecot")
+        print(f"\n{'server CPU ms per command':<28}{ours:>12}{'dovecot':>10}{'ratio':>8}")
+        for cmd in costs[ours][0]:
+            a, b = (min(c[cmd] for c in costs[n]) for n in (ours, "dovecot"))
+            print(f"{cmd:<28}{a:>12.2f}{b:>10.2f}{(f'{a / b:.1f}x' if b else '-'):>8}")
     for name in runs:
         if name == "dovecot":
             continue

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from mailstore.imap.reader import Section
-from mailstore.imap.response import (astring, bodystructure, envelope, flag_list, internal_date, nstring, partial,
-                                     section_bytes)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailstore.imap.fetch import _body_item, _header_only
+from mailstore.imap.headers import HeaderCache
+from mailstore.imap.reader import FetchAttribute, Section
+from mailstore.imap.response import (astring, bodystructure, envelope, flag_list, header_block, internal_date,
+                                     nstring, partial, section_bytes)
 from mailstore.message import parse
 
 MULTI = (b"From: Alice <alice@example.com>\r\n"
@@ -110,3 +115,50 @@ def test_sections_are_cut_from_the_original_bytes():
     # a boundary string inside a line is not a delimiter
     tricky = MULTI.replace(b"line two", b"line two --XX not a delimiter")
     assert section_bytes(tricky, Section((1,))) == b"first part\r\nline two --XX not a delimiter"
+
+
+# ------------------------------------------------------------ the header cache (imap/headers.py)
+
+_PIECES = st.sampled_from([b"From: a@b\r\n", b"Subject: x\r\n", b"SUBJECT:y\n", b" folded\r\n", b"\tfold\n",
+                           b"Date: now\r\n", b"X-A: 1\r\n", b"\r\n", b"\n", b"\r\n\r\n", b"\n\n", b"body", b"\r",
+                           b"no colon\r\n", b"from : spaced\r\n", b"\xff\xfe: bin\r\n"])
+_HEADER_ITEMS = [
+    FetchAttribute("RFC822.HEADER"),
+    FetchAttribute("BODY", Section(text="HEADER"), peek=True),
+    FetchAttribute("BODY", Section(text="HEADER")),
+    FetchAttribute("BODY", Section(text="HEADER.FIELDS", fields=("FROM", "SUBJECT", "DATE")), peek=True),
+    FetchAttribute("BODY", Section(text="HEADER.FIELDS.NOT", fields=("subject",)), peek=True),
+    FetchAttribute("BODY", Section(text="HEADER.FIELDS", fields=("X-A",)), peek=True, partial=(2, 5)),
+    FetchAttribute("BODY", Section(text="HEADER"), partial=(0, 3)),
+]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(message=st.lists(_PIECES, max_size=12).map(b"".join))
+def test_header_items_from_the_header_block_equal_those_from_the_message(message: bytes) -> None:
+    """FETCH answers a header-only item from the cached header block; it must be byte for byte
+    what the whole message gives, for any placement of blank lines, LF or CRLF."""
+    block = header_block(message)
+    for a in _HEADER_ITEMS:
+        assert _header_only(a)
+        assert _body_item(a, block) == _body_item(a, message), (a, message)
+
+
+def test_items_that_need_more_than_the_header_are_not_header_only() -> None:
+    for a in [FetchAttribute("RFC822"), FetchAttribute("RFC822.TEXT"), FetchAttribute("PREVIEW"),
+              FetchAttribute("BODY", Section()), FetchAttribute("BODY", Section(text="TEXT")),
+              FetchAttribute("BODY", Section(parts=(1,), text="HEADER")), FetchAttribute("BODY", Section(parts=(2,))),
+              FetchAttribute("BINARY", Section(text="HEADER")), FetchAttribute("BINARY.SIZE", Section(parts=(1,)))]:
+        assert not _header_only(a), a
+
+
+def test_header_cache_is_bounded_in_bytes_and_drops_the_least_recently_used() -> None:
+    cache = HeaderCache(limit_bytes=100)
+    for i in range(5):
+        cache.put(f"k{i}", bytes(30))
+    assert cache.size <= 100 and cache.get("k0") is None and cache.get("k4") == bytes(30)
+    cache.get("k2")  # k2 is now the most recent: k3 goes first
+    cache.put("k5", bytes(30))
+    assert cache.get("k2") is not None and cache.get("k3") is None
+    cache.put("big", bytes(200))  # larger than the whole cache: not kept
+    assert cache.get("big") is None and cache.size <= 100

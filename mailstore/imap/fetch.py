@@ -46,9 +46,14 @@ class FetchCommands(SessionBase):
         marking = not self.view.readonly and any(
             (a.section is not None and not a.peek and a.name != "BINARY.SIZE") or a.name in ("RFC822", "RFC822.TEXT")
             for a in atts)
-        if any(a.section is not None or a.name == "PREVIEW" or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE")
-               for a in atts):
-            bodies = await self._bodies(msgs, [u for u in uids if u in msgs])
+        reading = [a for a in atts if a.section is not None or a.name == "PREVIEW"
+                   or (a.name.startswith("RFC822") and a.name != "RFC822.SIZE")]
+        if reading:
+            wanted = [u for u in uids if u in msgs]
+            if all(_header_only(a) for a in reading):  # each "body" is then the message's header block
+                bodies = await self._headers(msgs, wanted)
+            else:
+                bodies = await self._bodies(msgs, wanted)
         missing = [u for u in uids if u not in msgs or (bodies and u not in bodies)]
         for u in uids:
             m = msgs.get(u)
@@ -132,11 +137,39 @@ class FetchCommands(SessionBase):
                     continue
             return out
 
+    async def _headers(self, msgs: dict[int, Message], wanted: list[int]) -> dict[int, bytes]:
+        """The header blocks of `wanted`: from the process's header cache, the rest cut from
+        their objects (one cache batch) and kept."""
+        cache = self.ctx.headers
+        out: dict[int, bytes] = {}
+        cold: list[int] = []
+        for u in wanted:
+            block = cache.get(msgs[u].object_key)
+            if block is None:
+                cold.append(u)
+            else:
+                out[u] = block
+        if cold:
+            for u, body in (await self._bodies(msgs, cold)).items():
+                out[u] = block = R.header_block(body)
+                cache.put(msgs[u].object_key, block)
+        return out
+
     async def do_fetch(self, cmd: Command) -> Reply:
         return await self._fetch(cmd, uid=False)
 
     async def do_uid_fetch(self, cmd: Command) -> Reply:
         return await self._fetch(cmd, uid=True)
+
+
+_HEADER_SECTIONS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+
+
+def _header_only(a: FetchAttribute) -> bool:
+    """Whether the item answers from the message's header block alone (top-level sections)."""
+    if a.name == "RFC822.HEADER":
+        return True
+    return a.name == "BODY" and a.section is not None and not a.section.parts and a.section.text in _HEADER_SECTIONS
 
 
 def _body_item(a: FetchAttribute, message: bytes) -> tuple[bytes, bool]:

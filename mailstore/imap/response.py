@@ -125,6 +125,12 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+def header_block(message: bytes) -> bytes:
+    """What BODY[HEADER] answers; every header-only section of the message can be cut from it
+    exactly as from the whole message (its first blank line is the message's)."""
+    return _split(message)[0]
+
+
 def _fields(header_block: bytes, names: tuple[str, ...], include: bool) -> bytes:
     wanted = {n.lower() for n in names}
     out: list[bytes] = []

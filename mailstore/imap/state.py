@@ -24,6 +24,7 @@ from ..message import parse as parse_message
 from ..throttle import LoginLimiter
 from ..users import AddressPolicy
 from . import mutf7
+from .headers import HeaderCache
 from .reader import EventGroup, SearchKey, SequenceSet
 from .response import uid_set
 
@@ -140,6 +141,7 @@ class ImapContext:
     tls: Any = None  # ssl.SSLContext for STARTTLS (and the implicit-TLS listener), or None
     metrics: Any = None  # mailstore.metrics.ImapMetrics, when /metrics is served
     changes: Any = None  # mailstore.changes.ChangeFeed: when to look again during IDLE (None: poll)
+    headers: HeaderCache = field(default_factory=HeaderCache)  # header blocks by object key (headers.py)
     # mailbox id -> (modseq, [(uid, flags)]): the last (uid, flags) list any session of
     # this process loaded, brought up to date by modseq deltas instead of reloaded.
     snapshots: dict[int, tuple[int, list[tuple[int, tuple[str, ...]]]]] = field(default_factory=dict)

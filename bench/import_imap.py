@@ -67,8 +67,8 @@ def main() -> int:
         total = fill(d_imap, args.messages, args.folders, args.size)
         for conns in sorted({1, args.connections}):
             user = f"dst{conns}@example.com"
-            subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), user, "--password", "pw"],
-                           check=True, capture_output=True)
+            subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), user, "--password-stdin"],
+                           input="pw\n", text=True, check=True, capture_output=True)
             c0 = {"gateway": cpu_seconds([gw.pid]), "dovecot": cpu_seconds(dovecot_pids(conf))}
             r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()

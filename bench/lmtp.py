@@ -131,24 +131,30 @@ def start_ours(work: Path, users: list[str], db: str | None = None,
     subprocess.run([str(BIN / "mailstore"), "bucket", "create", "--data-dir", str(data), "mail"], check=True)
     gw = subprocess.Popen([str(BIN / "mailstore"), "gateway", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert gw.stdout is not None
-    hostport = json.loads(gw.stdout.readline())["endpoint"].split("//", 1)[1]
-    db = db or str(work / "meta.db")
-    MetaStore(db)  # the schema, as the LMTP server's first start makes it (`user add` needs it)
-    for u in users:
-        subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password", "pw"],
-                       check=True, capture_output=True)
-    s3 = f"s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
     procs = [gw]
-    ports = []
-    for n in range(hosts):
-        fs = f"fscache:256M:{work / ('cache' if n == 0 else f'cache{n + 1}')}:{s3}"
-        lmtp = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(db), "--fs", fs, "--listen", "127.0.0.1:0",
-                                 "--workers", str(LMTP_WORKERS), "--domain", "example.com"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert lmtp.stdout is not None
-        ports.append(json.loads(lmtp.stdout.readline())["port"])
-        procs.append(lmtp)
+    try:  # a failure on the way stops what was started (it would outlive the benchmark)
+        assert gw.stdout is not None
+        hostport = json.loads(gw.stdout.readline())["endpoint"].split("//", 1)[1]
+        db = db or str(work / "meta.db")
+        MetaStore(db)  # the schema, as the LMTP server's first start makes it (`user add` needs it)
+        for u in users:
+            subprocess.run([str(BIN / "mailstore"), "user", "add", "--db", str(db), u, "--password-stdin"],
+                           input="pw\n", text=True, check=True, capture_output=True)
+        s3 = f"s3:http://{key['AccessKeyId']}:{quote(key['SecretAccessKey'], safe='')}@{hostport}/?bucket=mail"
+        ports = []
+        for n in range(hosts):
+            fs = f"fscache:256M:{work / ('cache' if n == 0 else f'cache{n + 1}')}:{s3}"
+            lmtp = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(db), "--fs", fs, "--listen",
+                                     "127.0.0.1:0", "--workers", str(LMTP_WORKERS), "--domain", "example.com"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            procs.append(lmtp)
+            assert lmtp.stdout is not None
+            ports.append(json.loads(lmtp.stdout.readline())["port"])
+    except BaseException:
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise
     return ports, procs
 
 

@@ -357,6 +357,27 @@ class MetaStore:
         count = next(int(f) for u, f in rows if u == 0)  # UIDs start at 1
         return sorted((u, tuple(f.split()) if f else ()) for u, f in rows if u != 0), count
 
+    def changes_with_expunges(self, mailbox_id: int, modseq: int) -> tuple[
+            list[tuple[int, tuple[str, ...]]], set[int]] | None:
+        """(uid, flags) of visible rows changed after `modseq`, and the UIDs removed after it, from
+        one statement (one snapshot); None when the expunge log does not reach back to `modseq`
+        (or the mailbox is gone): then changes_since's count is the way to find what vanished.
+
+        Every removal from a live mailbox is logged (EXPUNGE, MOVE, RENAME INBOX; QRESYNC relies
+        on the same log), so this is exact without counting the mailbox: a refresh costs what
+        changed, not the mailbox's size (tests/test_flat_cost.py)."""
+        self.reap_now_and_then()
+        rows = self.conn().execute(
+            f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND {VISIBLE} "
+            "UNION ALL SELECT -uid, '' FROM expunged WHERE mailbox_id=? AND modseq>? "
+            "UNION ALL SELECT 0, CAST(expunge_log_from AS TEXT) FROM mailboxes WHERE id=?",
+            (mailbox_id, modseq, mailbox_id, mailbox_id, modseq, mailbox_id)).fetchall()
+        log_from = next((int(f) for u, f in rows if u == 0), None)  # UIDs start at 1
+        if log_from is None or modseq < log_from:
+            return None
+        changed = sorted((u, tuple(f.split()) if f else ()) for u, f in rows if u > 0)
+        return changed, {-u for u, _ in rows if u < 0}
+
     def uid_flags(self, mailbox_id: int) -> list[tuple[int, tuple[str, ...]]]:
         """(uid, flags) of the visible messages: what SELECT needs, nothing more."""
         self.reap_now_and_then()

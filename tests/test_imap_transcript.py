@@ -118,10 +118,13 @@ def run_pair(ctx: ImapContext, *steps) -> list[bytes]:  # type: ignore[no-untype
 def test_expunges_and_moves_elsewhere_reach_a_selected_session(ctx, log_kept):
     # Session 1 expunges message 3 and moves message 1 away; session 0 learns
     # both at its next NOOP, highest first: from the expunge log, or (when the
-    # log no longer reaches back) from comparing UIDs.
+    # log no longer reaches back) from comparing UIDs. Pruned as log_expunged
+    # prunes: the entries go, and expunge_log_from says from where the log is whole.
     def prune() -> None:
         if not log_kept:
-            ctx.meta.conn().execute("DELETE FROM expunged")
+            c = ctx.meta.conn()
+            c.execute("DELETE FROM expunged")
+            c.execute("UPDATE mailboxes SET expunge_log_from = highestmodseq")
     out = run_pair(ctx, (0, b"a1 LOGIN t@x.test pw"), (1, b"b1 LOGIN t@x.test pw"), (0, b"a2 SELECT INBOX"),
                    (1, b"b2 SELECT INBOX"), (1, b"b3 STORE 3 +FLAGS.SILENT (\\Deleted)"), (1, b"b4 EXPUNGE"),
                    (1, b"b5 MOVE 1 Trash"), prune, (0, b"a3 NOOP"), (0, b"a4 FETCH 1 (UID)"))

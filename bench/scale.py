@@ -123,8 +123,7 @@ def main() -> int:
                                      "cpu_us": cpu / res.ops * 1e6 if res.ops else 0.0, "errors": res.errors})
                     med = sorted(runs, key=lambda r: r["ops_s"])[len(runs) // 2]
                     rows.setdefault(level, {})[op] = dict(med, errors=sum(r["errors"] for r in runs))
-                segments = [p for p in (data / "segments").rglob("*") if p.is_file()] if (data / "segments").exists() \
-                    else []
+                segments = [p for p in (data / "segments").glob("*") if p.is_file()]
                 sizes[level] = (server.rss_mb(), server.rss_mb("RssAnon"), size_mb(data / "index.db", data / "index.db-wal"), size_mb(*segments))
         finally:
             engine.close()

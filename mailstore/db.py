@@ -220,6 +220,14 @@ MESSAGE_COLUMNS = "mailbox_id, uid, guid, object_key, size, internal_date, saved
 # n (reserved in between too) is still in flight.
 # Its one parameter is the mailbox id again (a subquery run once, not once per row).
 VISIBLE = "uid < COALESCE((SELECT min(uid) FROM pending WHERE mailbox_id=?), 4611686018427387904)"
+# Visible rows changed after a MODSEQ; parameters: mailbox id, modseq, mailbox id. The first part
+# of a refresh's statement (changes_since, changes_with_expunges), whose other parts use UID <= 0.
+CHANGED = f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND {VISIBLE}"
+
+
+def _changed(rows: list[tuple[int, str]]) -> list[tuple[int, tuple[str, ...]]]:
+    """The CHANGED rows of a refresh's statement (UIDs start at 1), in UID order, flags split."""
+    return sorted((u, tuple(f.split()) if f else ()) for u, f in rows if u > 0)
 
 
 def _message(r: tuple[Any, ...]) -> Message:
@@ -351,11 +359,10 @@ class MetaStore:
         statement, so both come from one snapshot."""
         self.reap_now_and_then()  # what a dead owner left
         rows = self.conn().execute(
-            f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND {VISIBLE} "
-            f"UNION ALL SELECT 0, CAST(count(*) AS TEXT) FROM messages WHERE mailbox_id=? AND {VISIBLE}",
+            f"{CHANGED} UNION ALL SELECT 0, CAST(count(*) AS TEXT) FROM messages WHERE mailbox_id=? AND {VISIBLE}",
             (mailbox_id, modseq, mailbox_id, mailbox_id, mailbox_id)).fetchall()
-        count = next(int(f) for u, f in rows if u == 0)  # UIDs start at 1
-        return sorted((u, tuple(f.split()) if f else ()) for u, f in rows if u != 0), count
+        count = next(int(f) for u, f in rows if u == 0)
+        return _changed(rows), count
 
     def changes_with_expunges(self, mailbox_id: int, modseq: int) -> tuple[
             list[tuple[int, tuple[str, ...]]], set[int]] | None:
@@ -368,15 +375,13 @@ class MetaStore:
         changed, not the mailbox's size (tests/test_flat_cost.py)."""
         self.reap_now_and_then()
         rows = self.conn().execute(
-            f"SELECT uid, flags FROM messages WHERE mailbox_id=? AND modseq>? AND {VISIBLE} "
-            "UNION ALL SELECT -uid, '' FROM expunged WHERE mailbox_id=? AND modseq>? "
+            f"{CHANGED} UNION ALL SELECT -uid, '' FROM expunged WHERE mailbox_id=? AND modseq>? "
             "UNION ALL SELECT 0, CAST(expunge_log_from AS TEXT) FROM mailboxes WHERE id=?",
             (mailbox_id, modseq, mailbox_id, mailbox_id, modseq, mailbox_id)).fetchall()
-        log_from = next((int(f) for u, f in rows if u == 0), None)  # UIDs start at 1
+        log_from = next((int(f) for u, f in rows if u == 0), None)
         if log_from is None or modseq < log_from:
             return None
-        changed = sorted((u, tuple(f.split()) if f else ()) for u, f in rows if u > 0)
-        return changed, {-u for u, _ in rows if u < 0}
+        return _changed(rows), {-u for u, _ in rows if u < 0}
 
     def uid_flags(self, mailbox_id: int) -> list[tuple[int, tuple[str, ...]]]:
         """(uid, flags) of the visible messages: what SELECT needs, nothing more."""

@@ -24,17 +24,12 @@ class HeaderCache:
     def __init__(self, limit_bytes: int = 16 * 1024 * 1024) -> None:
         self.limit = limit_bytes
         self.size = 0
-        self.hits = 0
-        self.misses = 0
         self._blocks: OrderedDict[str, bytes] = OrderedDict()
 
     def get(self, key: str) -> bytes | None:
         block = self._blocks.get(key)
-        if block is None:
-            self.misses += 1
-            return None
-        self._blocks.move_to_end(key)
-        self.hits += 1
+        if block is not None:
+            self._blocks.move_to_end(key)
         return block
 
     def put(self, key: str, block: bytes) -> None:

@@ -137,22 +137,25 @@ class Session(AuthCommands, MailboxCommands, AppendCommands, FetchCommands, Stor
         highest = self._read(self.ctx.meta.highestmodseq, v.box_id)
         if highest == v.modseq:
             return []
+        # What changed, and what the expunge log says was removed, without counting the mailbox;
+        # a session the log no longer reaches counts the mailbox to tell what vanished.
         logged = self._read(self.ctx.meta.changes_with_expunges, v.box_id, v.modseq)
-        if logged is not None:  # what changed and what was removed, without counting the mailbox
-            changed, removed = logged
-            count = None
-        else:  # the expunge log does not reach back: count the mailbox to tell what vanished
+        count: int | None = None
+        removed: set[int] = set()
+        if logged is None:
             changed, count = self._read(self.ctx.meta.changes_since, v.box_id, v.modseq)
-            removed = set()
+        else:
+            changed, removed = logged
         lines: list[bytes] = []
         recent_before = len(v.recent)
         last = v.uids[-1] if v.uids else 0
         new = [u for u, _ in changed if u not in v.flags and u > last]
         gone: set[int] = set()
-        if expunges and count is None:
-            gone = {u for u in removed if u in v.flags}
-        elif expunges and count is not None and count != len(v.uids) + len(new):  # something vanished
-            gone = self._read(self.ctx.meta.vanished, v.box_id, v.modseq, v.flags, count - len(new))
+        if expunges:
+            if count is None:
+                gone = removed & v.flags.keys()
+            elif count != len(v.uids) + len(new):  # something vanished
+                gone = self._read(self.ctx.meta.vanished, v.box_id, v.modseq, v.flags, count - len(new))
         if gone:
             lines += self.context_removals(sorted(gone))  # RFC 5267: before the numbers shift
             for u in sorted(gone, reverse=True):  # highest first: numbers stay valid

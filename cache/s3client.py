@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from typing import Self
 from urllib.parse import quote, unquote_plus
 
-import aiohttp
-from yarl import URL
-
 from gateway.s3 import sigv2, sigv4
 
+from .http1 import Http1Pool
 from .url import S3Url
 
 _SIGNED = frozenset({"host", "content-md5", "content-type"})
@@ -114,10 +112,9 @@ def _stat(key: str, headers: Mapping[str, str]) -> ObjectStat:
 
 
 class S3Client:
-    def __init__(self, url: S3Url, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, url: S3Url) -> None:
         self.url = url
-        self._own_session = session is None
-        self._session = session
+        self._pool: Http1Pool | None = None
         self.requests = 0
         self.retries = 0
 
@@ -127,20 +124,18 @@ class S3Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # aiohttp: True verifies with the system's CAs; a context verifies with ca_file's.
-            ssl: bool | ssl_mod.SSLContext = True
-            if self.url.ca_file:
+    def pool(self) -> Http1Pool:
+        if self._pool is None:
+            ssl = None
+            if self.url.scheme == "https":  # verified with the system's CAs, or with ca_file's
                 ssl = ssl_mod.create_default_context(cafile=self.url.ca_file)
-            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30, ssl=ssl)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        return self._session
+            self._pool = Http1Pool(self.url.host, self.url.port, ssl=ssl, limit=64, idle_seconds=30)
+        return self._pool
 
     async def close(self) -> None:
-        if self._session is not None and self._own_session:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = None
 
     # ------------------------------------------------------------------ requests
 
@@ -174,8 +169,7 @@ class S3Client:
         q = query or []
         path, host, vhost = self._target(key)
         qs = sigv4.canonical_query(q)
-        # encoded=True: send the path exactly as signed (yarl would re-quote "%40" as "@").
-        url = URL(self.url.endpoint + path + (f"?{qs}" if qs else ""), encoded=True)
+        target = path + (f"?{qs}" if qs else "")  # sent exactly as signed
         deadline = time.monotonic() + self.url.absolute_timeout
         what = f"{method} {key if key is not None else self.url.bucket}"
         attempt = 0
@@ -188,20 +182,17 @@ class S3Client:
             failure: str
             try:
                 self.requests += 1
-                timeout = aiohttp.ClientTimeout(total=min(self.url.timeout, max(0.1, deadline - time.monotonic())))
-                # skip_auto_headers: aiohttp would add a Content-Type we did not sign.
-                async with self.session().request(method, url, data=body or None, headers=h,
-                                                  timeout=timeout, allow_redirects=False,
-                                                  skip_auto_headers=("Content-Type",)) as resp:
-                    data = await resp.read()
-                    if resp.status in ok:
-                        return resp.status, resp.headers, data
-                    if resp.status < 500 and resp.status != 408:
-                        raise _error_from(resp.status, data, what)
-                    failure = f"{resp.status} {_error_from(resp.status, data, what)}"
-                    ra = resp.headers.get("Retry-After", "")
-                    retry_after = float(ra) if ra.replace(".", "", 1).isdigit() else None
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                timeout = min(self.url.timeout, max(0.1, deadline - time.monotonic()))
+                async with asyncio.timeout(timeout):
+                    resp = await self.pool().request(method, target, h, body)
+                if resp.status in ok:
+                    return resp.status, resp.headers, resp.body
+                if resp.status < 500 and resp.status != 408:
+                    raise _error_from(resp.status, resp.body, what)
+                failure = f"{resp.status} {_error_from(resp.status, resp.body, what)}"
+                ra = resp.headers.get("Retry-After", "")
+                retry_after = float(ra) if ra.replace(".", "", 1).isdigit() else None
+            except (TimeoutError, OSError) as exc:  # OSError: HttpError, TLS and socket errors
                 failure = f"{type(exc).__name__}: {exc}"
             if attempt >= self.url.max_retries:
                 raise Unavailable(f"{what}: gave up after {attempt + 1} attempts: {failure}", status=503)

@@ -23,6 +23,7 @@ from typing import Self
 from urllib.parse import quote, unquote_plus
 
 from gateway.s3 import sigv2, sigv4
+from gateway.s3.http import http_date
 
 from .http1 import Http1Pool
 from .url import S3Url
@@ -157,7 +158,7 @@ class S3Client:
                 method, path, query, signed,
                 u.access_key, u.secret, region=u.region, payload_hash=hashlib.sha256(body).hexdigest()))
         else:
-            headers["Date"] = email.utils.formatdate(usegmt=True)
+            headers["Date"] = http_date(time.time())
             lower = {k.lower(): [v] for k, v in headers.items()}
             sts = sigv2.string_to_sign(method, lower, headers["Date"], sigv2.canonical_resource(path, vhost, query))
             headers["Authorization"] = f"AWS {u.access_key}:{sigv2.sign(u.secret, sts)}"

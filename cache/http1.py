@@ -92,6 +92,9 @@ class _Connection(asyncio.Protocol):
     def _complete(self) -> None:
         assert self._parser is not None and self._answer is not None
         status = self._parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows on this parser
+            self._headers, self._body = CIMultiDict(), []
+            return
         self.keep_alive = (self._parser.get_http_version() == "1.1"
                            and "close" not in self._headers.get("Connection", "").lower())
         if not self._answer.done():

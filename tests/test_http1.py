@@ -162,6 +162,26 @@ def test_chunked_answer() -> None:
     run(serve(chunked, test))
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_an_interim_answer_is_skipped(method: str) -> None:
+    async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(answer("200 OK", b"" if method == "HEAD" else b"real", "X-Final: 1\r\n"))
+            await writer.drain()
+
+    async def test(pool: Http1Pool, seen: list[bytes], conns: list[int]) -> None:
+        for _ in range(2):
+            r = await asyncio.wait_for(pool.request(method, "/a", {"Host": "h"}, b""), 5)
+            assert r.status == 200 and r.body == (b"" if method == "HEAD" else b"real")
+            assert "X-Final" in r.headers and "X-Interim" not in r.headers
+        assert len(conns) == 1
+    run(serve(interim, test))
+
+
 @pytest.mark.parametrize("reply", [
     b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # closed mid-body
     b"HTTP/1.1 200 OK\r\nContent-Le",  # closed mid-headers

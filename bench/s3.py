@@ -204,7 +204,10 @@ async def main():
     print("ready", flush=True)
     await asyncio.Event().wait()
 uvloop.install()
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:  # stopped by the bench (SIGINT): no traceback
+    pass
 '''
 
 

@@ -49,7 +49,7 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Response] | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._head_only = False
-        self._received = False
+        self.received = False  # any byte of the current answer
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._body: list[bytes] = []
         self.keep_alive = True
@@ -64,7 +64,7 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        self._received = True
+        self.received = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -95,8 +95,7 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows on this parser
             self._headers, self._body = CIMultiDict(), []
             return
-        self.keep_alive = (self._parser.get_http_version() == "1.1"
-                           and "close" not in self._headers.get("Connection", "").lower())
+        self.keep_alive = self._parser.should_keep_alive()  # llhttp's reading of the version and Connection
         if not self._answer.done():
             self._answer.set_result(Response(status, CIMultiDictProxy(self._headers), b"".join(self._body)))
         self._parser = None
@@ -107,12 +106,13 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes, body: bytes, head_only: bool) -> Response:
         assert self.transport is not None
+        self.received = False
+        if self.closed:  # closed since it went idle: nothing was sent on it
+            raise HttpError("connection closed")
         self._answer = asyncio.get_running_loop().create_future()
         self._parser = httptools.HttpResponseParser(self)
-        self._head_only, self._received = head_only, False
+        self._head_only = head_only
         self._headers, self._body = CIMultiDict(), []
-        if self.closed:
-            raise HttpError("connection closed")
         if len(body) <= 65536:
             self.transport.write(request + body)
         else:  # no copy of a large body
@@ -122,10 +122,6 @@ class _Connection(asyncio.Protocol):
             return await self._answer
         finally:
             self.last_used = time.monotonic()
-
-    @property
-    def answered_nothing(self) -> bool:
-        return not self._received
 
     def close(self) -> None:
         self.closed = True
@@ -165,7 +161,7 @@ class Http1Pool:
                     answer = await conn.exchange(request, body, method == "HEAD")
                 except HttpError:
                     conn.close()
-                    if reused and conn.answered_nothing:
+                    if reused and not conn.received:
                         continue  # the server had closed it while it was idle: once more, on a new one
                     raise
                 except BaseException:  # cancelled or timed out mid-answer: the connection is in an unknown state

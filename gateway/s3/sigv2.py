@@ -17,6 +17,7 @@ AWS S3 Developer Guide, "Signing and Authenticating REST Requests":
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def string_to_sign(method: str, headers: dict[str, list[str]], date: str, resour
 
 
 def sign(secret: str, sts: str) -> str:
-    return base64.b64encode(hmac.digest(secret.encode(), sts.encode("utf-8"), "sha1")).decode()  # one-shot, in C
+    return base64.b64encode(hmac.new(secret.encode(), sts.encode("utf-8"), hashlib.sha1).digest()).decode()
 
 
 def verify(secret: str, candidates: list[str], claimed: str) -> None:

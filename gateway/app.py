@@ -55,25 +55,30 @@ ENGINE_ERRORS: dict[type[m.EngineError], str] = {
 
 # Headers asking for something this gateway cannot do yet.  Obeying them in
 # silence (storing plaintext when encryption was asked for) would be a lie.
+# SSE-S3 and SSE-C are served (sse.py); SSE-KMS is not yet.
 UNSUPPORTED_HEADERS = (
-    "x-amz-server-side-encryption",
     "x-amz-server-side-encryption-aws-kms-key-id",
     "x-amz-server-side-encryption-context",
     "x-amz-server-side-encryption-bucket-key-enabled",
-    "x-amz-server-side-encryption-customer-algorithm",
-    "x-amz-server-side-encryption-customer-key",
-    "x-amz-server-side-encryption-customer-key-md5",
-    "x-amz-copy-source-server-side-encryption-customer-algorithm",
-    "x-amz-copy-source-server-side-encryption-customer-key",
-    "x-amz-copy-source-server-side-encryption-customer-key-md5",
 )
+# The operations that take SSE headers, and which; any other refuses them rather than ignore them.
+_SSE = "x-amz-server-side-encryption"
+_COPY_SSE = "x-amz-copy-source-server-side-encryption"
+SSE_OPS = {"PutObject": (_SSE, _COPY_SSE), "GetObject": (_SSE,), "HeadObject": (_SSE,),
+           "CreateMultipartUpload": (_SSE,), "UploadPart": (_COPY_SSE,)}
 
 
-def refuse_unsupported(headers: Any) -> None:
+def refuse_unsupported(op: str, headers: Any) -> None:
     for name in UNSUPPORTED_HEADERS:
         if name in headers:
-            raise S3Error("NotImplemented", "Server-side encryption is not supported yet",
+            raise S3Error("NotImplemented", "Server-side encryption with KMS keys (SSE-KMS) is not supported yet",
                           extra={"Header": name})
+    taken = SSE_OPS.get(op, ())
+    for h in headers:
+        name = h.lower()
+        if name.startswith((_SSE, _COPY_SSE)) and not name.startswith(taken):
+            raise S3Error("InvalidArgument", f"The header {name} is not accepted by {op}",
+                          extra={"ArgumentName": name})
 
 
 CANNED_ACLS = ("private", "bucket-owner-full-control")  # what an owner-only bucket means anyway
@@ -294,7 +299,7 @@ class Dispatcher:
                 copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
             decision = await self._decision(request, principal.key, op, bucket, copy_source)
             decision.authorize(op, bucket, key, query, copy_source, "x-amz-tagging" in request.headers)
-            refuse_unsupported(request.headers)
+            refuse_unsupported(op, request.headers)
             if op in ACL_OPS:
                 refuse_acls(op, request.headers)
             handler = self.handlers[op]

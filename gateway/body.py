@@ -21,6 +21,8 @@ from typing import Protocol
 from aiohttp import StreamReader, web
 from awscrt import checksums as crt_checksums
 
+from runtime.sealing import Sealer
+
 from .engine.api import Engine, RunBlocking, Stager
 from .engine.model import BlobRef
 from .s3 import numbers
@@ -171,11 +173,12 @@ class Expectations:
 
 @dataclass(slots=True)
 class Received:
-    data: bytes  # the body when inline; b"" when it was staged
+    data: bytes  # the body as stored (sealed when encrypted) when inline; b"" when it was staged
     blobs: tuple[BlobRef, ...]  # the staged pieces (the engine's stager), in order
-    size: int
-    md5_hex: str
+    size: int  # of the body as sent
+    md5_hex: str  # of the body as sent
     checksums: dict[str, str]  # verified, base64, to store with the object
+    stored: int = 0  # the bytes stored: `size`, or the sealed size when a Sealer was given
 
 
 class Digests:
@@ -213,13 +216,30 @@ class Digests:
         return out
 
 
+class _Intake:
+    """Each piece of the body as sent: digested, then sealed when a Sealer is given; what
+    comes out is what is stored."""
+
+    def __init__(self, digests: Digests, sealer: Sealer | None) -> None:
+        self.digests, self.sealer = digests, sealer
+
+    def take(self, piece: bytes) -> bytes:
+        self.digests.update(piece)
+        return self.sealer.feed(piece) if self.sealer is not None else piece
+
+    def finish(self) -> bytes:
+        return self.sealer.finish() if self.sealer is not None else b""
+
+
 async def receive(request: web.BaseRequest, exp: Expectations, engine: Engine, bucket: str = "", *,
                   run: RunBlocking, upload: str | None = None, force_blob: bool = False,
-                  max_size: int = MAX_PUT_SIZE) -> Received:
+                  max_size: int = MAX_PUT_SIZE, sealer: Sealer | None = None) -> Received:
     """Read the whole body; in memory up to the engine's inline_max, else streamed to its
     stager (`force_blob`: staged whatever its size, as parts are). Large bodies are
-    digested on a worker thread (`run`), so the loop keeps serving meanwhile."""
+    digested (and sealed) on a worker thread (`run`), so the loop keeps serving meanwhile.
+    With a `sealer`, only sealed bytes are kept or staged: the digests are of the body as sent."""
     digests = Digests(exp)
+    intake = _Intake(digests, sealer)
     content = request.content
     decoder = (AwsChunkedDecoder(signer=exp.chunk_signer, expect_trailer=exp.expect_trailer)
                if exp.aws_chunked else None)
@@ -229,12 +249,21 @@ async def receive(request: web.BaseRequest, exp: Expectations, engine: Engine, b
             data = await content.readexactly(exp.length) if exp.length else b""
         except asyncio.IncompleteReadError:
             raise S3Error("IncompleteBody") from None
-        digests.update(data)
-        return Received(data, (), len(data), digests.md5.hexdigest(), digests.verify(exp))
+        stored = intake.take(data) + intake.finish()
+        checksums = digests.verify(exp)
+        if len(stored) <= inline_max:
+            return Received(stored, (), len(data), digests.md5.hexdigest(), checksums, len(stored))
+        spill = await engine.stager(bucket, upload)  # sealing made it just too large to keep inline
+        try:
+            await spill.write(stored)
+            return Received(b"", await spill.finish(), len(data), digests.md5.hexdigest(), checksums, len(stored))
+        except BaseException:
+            await spill.discard()
+            raise
     # Unknown length or large: buffer up to inline_max, then spill to the stager.
     buf = bytearray()
     stager: Stager | None = None
-    total = 0
+    total = kept = 0
     try:
         async for chunk in _pieces(content, decoder):
             total += len(chunk)
@@ -243,29 +272,38 @@ async def receive(request: web.BaseRequest, exp: Expectations, engine: Engine, b
             if exp.length is not None and total > exp.length:
                 raise S3Error("InvalidRequest", "The body is longer than Content-Length")
             if stager is None:
-                buf += chunk
+                buf += intake.take(chunk) if sealer is not None else chunk
                 if len(buf) > inline_max or force_blob:
                     stager = await engine.stager(bucket, upload)
                     first, buf = bytes(buf), bytearray()
-                    await run(digests.update, first)
+                    if sealer is None:
+                        await run(digests.update, first)
+                    kept += len(first)
                     await stager.write(first)
             else:
-                await run(digests.update, chunk)
-                await stager.write(chunk)
+                out = await run(intake.take, chunk)
+                kept += len(out)
+                await stager.write(out)
         if exp.length is not None and total != exp.length:
             raise S3Error("IncompleteBody")
         trailers = decoder.trailers if decoder is not None else None
+        last = intake.finish()
         if stager is None:
-            data = bytes(buf)
-            digests.update(data)
-            if force_blob:
+            if sealer is None:
+                digests.update(bytes(buf))
+            data = bytes(buf) + last
+            if force_blob or len(data) > inline_max:
                 stager = await engine.stager(bucket, upload)
                 await stager.write(data)
+                kept = len(data)
             else:
-                return Received(data, (), len(data), digests.md5.hexdigest(), digests.verify(exp, trailers))
+                return Received(data, (), total, digests.md5.hexdigest(), digests.verify(exp, trailers), len(data))
+        elif last:
+            kept += len(last)
+            await stager.write(last)
         checksums = digests.verify(exp, trailers)
         blobs = await stager.finish()
-        return Received(b"", blobs, total, digests.md5.hexdigest(), checksums)
+        return Received(b"", blobs, total, digests.md5.hexdigest(), checksums, kept)
     except BaseException:
         if stager is not None:
             await stager.discard()

@@ -25,6 +25,7 @@ from .bucket_records import BucketRecords
 from .config import GatewayConfig
 from .engine.api import Engine, ThreadRunner
 from .keys import KeyStore
+from .sse import BucketDefaults, Encryption
 
 if TYPE_CHECKING:
     from .compact import Compactor
@@ -89,6 +90,8 @@ class Gateway:
         self.accounts = AccountStore(engine)
         self.bucket_policies = BucketPolicies(engine)
         self.bucket_tags = BucketRecords(engine, "bucket-tagging")
+        self.bucket_encryption = BucketDefaults(engine)
+        self.encryption = Encryption(engine)
         self.auth = Authenticator(self.keys)
         self.access = Access()
         self.access_log = AccessLog()  # the S3 access log, one line per request (runtime/logs.py)

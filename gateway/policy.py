@@ -214,6 +214,9 @@ _BUCKET_ACTIONS = {
     "GetBucketTagging": "s3:GetBucketTagging",
     "PutBucketTagging": "s3:PutBucketTagging",
     "DeleteBucketTagging": "s3:PutBucketTagging",  # AWS: deleting needs the put permission
+    "GetBucketEncryption": "s3:GetEncryptionConfiguration",
+    "PutBucketEncryption": "s3:PutEncryptionConfiguration",
+    "DeleteBucketEncryption": "s3:PutEncryptionConfiguration",  # AWS: as for tagging
 }
 _OBJECT_ACTIONS = {
     "GetObject": "s3:GetObject",

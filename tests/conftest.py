@@ -240,6 +240,25 @@ class RadosCluster:
     def gateway_args(self) -> list[str]:
         return ["--engine", "rados", *self.args, "--master-key", str(self.master_key)]
 
+    def dump_pools(self) -> list[bytes]:
+        """Every object of this store in its pools (data, index, meta), whole: what a copy of
+        the cluster's disks would hold of it."""
+        conn = self.connect()
+        out = []
+        try:
+            for pool in ("--data-pool", "--index-pool", "--meta-pool"):
+                io = self.ioctx(conn, pool)
+                try:
+                    for obj in io.list_objects():
+                        size, _ = io.stat(obj.key)
+                        out.append(bytes(io.read(obj.key, max(size, 1))) if size else b"")
+                        out.extend(v for _, v in io.get_xattrs(obj.key))
+                finally:
+                    io.close()
+        finally:
+            conn.shutdown()
+        return out
+
     def create_key(self, name: str = "test") -> Key:
         out = json.loads(mailstore("rados", "key-create", name, *self.args, "--master-key",
                                    str(self.master_key)).stdout)

@@ -84,8 +84,8 @@ class LocalGateway:
     async def read(self, found: Found) -> bytes:
         assert isinstance(found, ObjectInfo)
         if found.blobs:
-            return b"".join(await self.run(lambda: list(self.local.iter_body(found, 0, found.meta.size))))
-        if found.meta.size <= READ_ON_LOOP:
+            return b"".join(await self.run(lambda: list(self.local.iter_body(found, 0, found.meta.body_size))))
+        if found.meta.body_size <= READ_ON_LOOP:
             return self.local.read_inline(found)
         return await self.run(self.local.read_inline, found)
 

@@ -36,6 +36,24 @@ class BlobRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Sealing:
+    """How an object's body is sealed (gateway/sse.py; runtime/sealing.py): the engine stores
+    and verifies the `stored` sealed bytes and never opens them."""
+
+    mode: str  # "AES256" (SSE-S3) or "SSE-C"
+    key_id: str  # the store key that wraps the data key ("" for SSE-C)
+    wrapped: str  # the data key, wrapped (base64)
+    stored: int  # sealed bytes stored
+
+    def to_json(self) -> list[object]:
+        return [self.mode, self.key_id, self.wrapped, self.stored]
+
+    @classmethod
+    def from_json(cls, v: list[Any]) -> Sealing:
+        return cls(v[0], v[1], v[2], v[3])
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectMeta:
     """What S3 reports about an object; stored with the record and the index."""
 
@@ -50,6 +68,12 @@ class ObjectMeta:
     part_sizes: tuple[int, ...] = ()  # a multipart object's, in order (GET ?partNumber=N)
     upload: str = ""  # the multipart upload it was completed from (a repeated Complete answers 200)
     tags: tuple[tuple[str, str], ...] = ()  # object tagging, in the order given
+    sealing: Sealing | None = None  # encrypted at rest: `size` is the plaintext's
+
+    @property
+    def body_size(self) -> int:
+        """The bytes the engine stores for the body (the sealed size when encrypted)."""
+        return self.sealing.stored if self.sealing is not None else self.size
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {"s": self.size, "e": self.etag, "t": self.mtime, "c": self.content_type}
@@ -67,13 +91,16 @@ class ObjectMeta:
             d["mp"] = self.upload
         if self.tags:
             d["tg"] = [list(t) for t in self.tags]
+        if self.sealing is not None:
+            d["se"] = self.sealing.to_json()
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ObjectMeta:  # a header or index value, checksummed JSON
         return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
                    d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0), tuple(d.get("ps", ())),
-                   d.get("mp", ""), tuple((k, v) for k, v in d.get("tg", ())))
+                   d.get("mp", ""), tuple((k, v) for k, v in d.get("tg", ())),
+                   Sealing.from_json(d["se"]) if "se" in d else None)
 
 
 @dataclass(frozen=True, slots=True)

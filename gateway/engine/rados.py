@@ -604,7 +604,7 @@ class RadosStore:
             _check(rv, f"reading {oid}")
             return records.decode(bytes(data))
         # librados fills a buffer of the length asked: ask for about what the record holds
-        want = HEADER_ROOM + (entry.meta.size if entry.meta.size <= STRIPE else 0)
+        want = HEADER_ROOM + (entry.meta.body_size if entry.meta.body_size <= STRIPE else 0)
         rv, data = await self._aio(lambda cb: self.data.aio_read(oid, want, 0, cb))
         if rv == -ENOENT:
             raise FileNotFoundError(oid)
@@ -896,7 +896,7 @@ class RadosStore:
             await self._release([(entry.oid, entry.at, entry.size)])
             return
         tails: tuple[BlobRef, ...] = ()
-        if entry.meta.size > STRIPE or entry.meta.parts:
+        if entry.meta.body_size > STRIPE or entry.meta.parts:
             rv, data = await self._aio(lambda cb: self.data.aio_read(entry.oid, HEADER_ROOM, 0, cb))
             if rv >= 0:
                 try:

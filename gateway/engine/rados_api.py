@@ -160,7 +160,7 @@ class RadosGateway:
         return RadosFound(b, key, entry)
 
     def streamed(self, found: Found) -> bool:
-        return found.meta.size > STRIPE
+        return found.meta.body_size > STRIPE
 
     async def read(self, found: Found) -> bytes:
         assert isinstance(found, RadosFound)

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .. import sse
 from ..accounts import account_of, owner_field
 from ..body import Expectations, receive
 from ..bucket_policies import MAX_POLICY
@@ -82,6 +83,7 @@ async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     await gw.engine.delete_bucket(r.bucket)
     await gw.bucket_policies.delete(r.bucket)  # (a bucket made again would not take them anyway)
     await gw.bucket_tags.delete(r.bucket)
+    await gw.bucket_encryption.delete(r.bucket)
     return web.Response(status=204)
 
 
@@ -145,6 +147,40 @@ async def get_bucket_versioning(gw: Gateway, r: S3Request) -> web.StreamResponse
     assert r.bucket
     await gw.engine.get_bucket(r.bucket)
     return _xml("VersioningConfiguration", "")
+
+
+async def get_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """API Reference, GetBucketEncryption; a bucket without default encryption answers
+    ServerSideEncryptionConfigurationNotFoundError (its objects are stored as sent)."""
+    assert r.bucket
+    b = await gw.engine.get_bucket(r.bucket)
+    algorithm = await gw.bucket_encryption.get(r.bucket, b.created)
+    if algorithm is None:
+        raise S3Error("ServerSideEncryptionConfigurationNotFoundError", extra={"BucketName": r.bucket})
+    return _xml("ServerSideEncryptionConfiguration", xml.encryption(algorithm))
+
+
+async def put_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """API Reference, PutBucketEncryption: AES256 (SSE-S3) as the default of every new object
+    written without SSE headers. SSE-KMS defaults are not supported yet (NotImplemented)."""
+    assert r.bucket
+    b = await gw.engine.get_bucket(r.bucket)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
+    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    algorithm = xml.parse_encryption(got.data)
+    if algorithm.startswith("aws:kms"):
+        raise S3Error("NotImplemented", "Default encryption with KMS keys (SSE-KMS) is not supported yet")
+    if algorithm != sse.SSE_S3:
+        raise S3Error("MalformedXML", f"SSEAlgorithm {algorithm[:64]!r} is not AES256, aws:kms or aws:kms:dsse")
+    await gw.bucket_encryption.put(r.bucket, b.created, algorithm)
+    return web.Response()
+
+
+async def delete_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    await gw.engine.get_bucket(r.bucket)
+    await gw.bucket_encryption.delete(r.bucket)
+    return web.Response(status=204)
 
 
 async def get_bucket_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:

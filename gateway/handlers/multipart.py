@@ -11,6 +11,7 @@ import base64
 
 from aiohttp import web
 
+from .. import sse
 from ..body import CHECKSUMS, COMBINE, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Part, Upload
@@ -19,7 +20,7 @@ from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from ..s3.http import evaluate_preconditions
 from ..s3.ops import parse_copy_source
-from .objects import CHECKSUM_ELEMENTS, copy_body, meta_from_request, owner_xml, write_conditions
+from .objects import CHECKSUM_ELEMENTS, copy_body, copy_source_key, meta_from_request, owner_xml, write_conditions
 
 MAX_PART_NUMBER = 10000
 
@@ -60,8 +61,22 @@ def _upload_checksum(r: S3Request) -> dict[str, str]:
     return {"algorithm": alg, "type": kind}
 
 
+async def _refuse_encryption(gw: Gateway, r: S3Request) -> None:
+    """Multipart uploads are not encrypted yet: one that asks for it, or whose bucket encrypts by
+    default, is refused rather than stored in plaintext."""
+    if sse.H_SSE in r.headers or sse.H_ALGORITHM in r.headers:
+        sse.wanted(r.headers, None, sse.is_secure(r.request.secure, r.request.remote))  # bad headers: their error
+        raise S3Error("NotImplemented", "Server-side encryption of multipart uploads is not supported yet",
+                      extra={"Header": sse.H_SSE if sse.H_SSE in r.headers else sse.H_ALGORITHM})
+    b = await gw.engine.bucket_info(r.bucket or "", fresh=False)
+    if await gw.bucket_encryption.get(r.bucket or "", b.created) is not None:
+        raise S3Error("NotImplemented", "This bucket encrypts by default, and server-side encryption of "
+                      "multipart uploads is not supported yet")
+
+
 async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
+    await _refuse_encryption(gw, r)
     m = meta_from_request(r, 0, "", {})
     wanted = _upload_checksum(r)
     meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted, tags=m.tags)
@@ -162,7 +177,8 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int, upload: Uploa
     assert r.bucket
     alg = upload.meta.checksums.get("algorithm")
     digest = CHECKSUMS[alg]() if alg else None
-    _, blobs, md5_hex = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"], also=digest)
+    _, blobs, md5_hex, _ = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"], also=digest,
+                                           opened_with=await copy_source_key(gw, r, src))
     etag = f'"{md5_hex}"'
     sums = {alg: digest.b64()} if alg and digest is not None else {}
     await _store_part(gw, r, number, blobs, etag, sums)

@@ -14,10 +14,13 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from runtime.sealing import Sealer
+
+from .. import sse
 from ..body import CHECKSUMS, Digest, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Found
-from ..engine.model import BlobRef, Conditions, CorruptRecord, NoSuchKey, ObjectMeta, PreconditionFailed
+from ..engine.model import BlobRef, Conditions, CorruptRecord, NoSuchKey, ObjectMeta, PreconditionFailed, Sealing
 from ..policy import arn
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
@@ -139,6 +142,8 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number
     if checksum_mode:
         for name, v in meta.checksums.items():
             out[f"x-amz-checksum-{name}"] = v
+    if meta.sealing is not None:
+        out.update(sse.response_headers(meta))
     return out
 
 
@@ -174,9 +179,24 @@ def _requested(r: S3Request, meta: ObjectMeta) -> ByteRange | None:
     return ByteRange(start, start + sizes[n - 1] - 1)
 
 
+async def _opening(gw: Gateway, r: S3Request, info: Found) -> bytes | None:
+    """The data key a GET or HEAD opens the object with (None: stored in plaintext), after the
+    checks AWS makes of the request's SSE headers."""
+    sse.refuse_on_read(r.headers)
+    customer = sse.customer_key(r.headers)
+    if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
+        raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
+                      "must be made over a secure connection.")
+    if customer is None and info.meta.sealing is None:
+        return None
+    return await gw.encryption.data_key(info.meta, customer)
+
+
 async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     info = await gw.engine.head(r.bucket, r.key)
+    if info.meta.sealing is not None or sse.H_ALGORITHM in r.headers or sse.H_SSE in r.headers:
+        await _opening(gw, r, info)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED",
@@ -193,6 +213,9 @@ async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
 async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     info = await gw.engine.head(r.bucket, r.key)
+    data_key = None
+    if info.meta.sealing is not None or sse.H_ALGORITHM in r.headers or sse.H_SSE in r.headers:
+        data_key = await _opening(gw, r, info)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     size = info.meta.size
@@ -208,17 +231,25 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         status = 206
         span = rng
         headers["Content-Range"] = rng.content_range(size)
-    if not gw.engine.streamed(info):
+    if data_key is not None:
+        start, end = (span.start, span.end + 1) if span is not None else (0, 0)
+        if not gw.engine.streamed(info):
+            body = b"".join([p async for p in sse.opened(gw.engine, gw.run_blocking, info, data_key, start, end)])
+            return web.Response(status=status, body=body, headers=headers)
+        it = sse.opened(gw.engine, gw.run_blocking, info, data_key, start, end)
+    elif not gw.engine.streamed(info):
         body = await gw.engine.read(info)
         if span is not None and status == 206:
             body = body[span.start:span.end + 1]
         return web.Response(status=status, body=body, headers=headers)
+    else:
+        assert span is not None
+        it = gw.engine.stream(info, span.start, span.end + 1)
     # Streamed: verified pieces; a checksum failure mid-stream aborts the
     # connection, so the client sees a truncated body, never wrong bytes.
     assert span is not None
     headers["Content-Length"] = str(span.length)
     resp = web.StreamResponse(status=status, headers=headers)
-    it = gw.engine.stream(info, span.start, span.end + 1)
     first = await anext(it, None)  # fail before the status line if the first piece is bad
     await resp.prepare(r.request)
     piece = first
@@ -279,41 +310,86 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     cond = write_conditions(r)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
-    got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking)
-    meta = ObjectMeta(got.size, f'"{got.md5_hex}"', m.mtime, m.content_type, m.headers, m.user, got.checksums,
-                      tags=m.tags)
+    sealed = await _sealing_for(gw, r)
+    got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking,
+                        sealer=Sealer(sealed[0]) if sealed is not None else None)
+    etag, sealing = _sealed_etag(sealed, got.md5_hex, got.stored)
+    meta = ObjectMeta(got.size, etag, m.mtime, m.content_type, m.headers, m.user, got.checksums,
+                      tags=m.tags, sealing=sealing)
     try:
         await gw.engine.put(r.bucket, r.key, meta, got.data, got.blobs, cond)
     except BaseException:
         await gw.engine.discard(got.blobs)
         raise
-    headers = {"ETag": meta.etag}
+    headers = {"ETag": meta.etag, **sse.response_headers(meta)}
     for name, v in got.checksums.items():
         headers[f"x-amz-checksum-{name}"] = v
     return web.Response(headers=headers)
 
 
+async def _sealing_for(gw: Gateway, r: S3Request) -> tuple[bytes, Sealing] | None:
+    """The data key and sealing a new object written by this request gets (its SSE headers,
+    else its bucket's default encryption), or None: stored in plaintext."""
+    assert r.bucket
+    default = None
+    if sse.H_SSE not in r.headers and sse.H_ALGORITHM not in r.headers:
+        b = await gw.engine.bucket_info(r.bucket, fresh=False)
+        default = await gw.bucket_encryption.get(r.bucket, b.created)
+    w = sse.wanted(r.headers, default, sse.is_secure(r.request.secure, r.request.remote))
+    return await gw.encryption.new(w) if w is not None else None
+
+
+def _sealed_etag(sealed: tuple[bytes, Sealing] | None, md5_hex: str, stored: int) -> tuple[str, Sealing | None]:
+    """A new object's ETag and sealing: the body's MD5, keyed for SSE-C (as on AWS, not the MD5)."""
+    if sealed is None:
+        return f'"{md5_hex}"', None
+    data_key, s = sealed[0], dataclasses.replace(sealed[1], stored=stored)
+    return (f'"{sse.keyed_etag(data_key, md5_hex)}"' if s.mode == sse.SSE_C else f'"{md5_hex}"'), s
+
+
 async def copy_body(gw: Gateway, src: Found, start: int, end: int, bucket: str,
-                    upload: str | None = None, also: Digest | None = None) -> tuple[bytes, tuple[BlobRef, ...], str]:
+                    upload: str | None = None, also: Digest | None = None, *, opened_with: bytes | None = None,
+                    sealer: Sealer | None = None) -> tuple[bytes, tuple[BlobRef, ...], str, int]:
     """The bytes [start, end) of src as a new body (in memory, or staged in `bucket`; always
-    staged for a part of `upload`) and their MD5; `also` is fed the same bytes."""
-    if end - start <= gw.engine.inline_max and upload is None:
-        data = ((await gw.engine.read(src))[start:end] if not gw.engine.streamed(src)
-                else b"".join([piece async for piece in gw.engine.stream(src, start, end)]))
-        if also is not None:
-            also.update(data)
-        return data, (), hashlib.md5(data).hexdigest()
+    staged for a part of `upload`): the body, its pieces, the MD5 of the bytes copied and the
+    size stored; `also` is fed the same bytes. With `opened_with` (src's data key) the bytes
+    are src's plaintext; else they are what src stores, as stored. With a `sealer` the new
+    body is sealed (the MD5 and `also` are of what was copied)."""
+    pieces = (sse.opened(gw.engine, gw.run_blocking, src, opened_with, start, end) if opened_with is not None
+              else gw.engine.stream(src, start, end))
+    small = end - start <= gw.engine.inline_max and upload is None
     h = hashlib.md5()
-    stager = await gw.engine.stager(bucket, upload)
+    out = bytearray()
+    stager = None
     try:
-        async for piece in gw.engine.stream(src, start, end):
-            await gw.run_blocking(h.update, piece)
-            if also is not None:
-                await gw.run_blocking(also.update, piece)
-            await stager.write(piece)
-        return b"", await stager.finish(), h.hexdigest()
+        async for piece in pieces:
+            if small:
+                h.update(piece)
+                if also is not None:
+                    also.update(piece)
+            else:
+                await gw.run_blocking(h.update, piece)
+                if also is not None:
+                    await gw.run_blocking(also.update, piece)
+            out += sealer.feed(piece) if sealer is not None else piece
+            if (len(out) > gw.engine.inline_max or upload is not None) and stager is None:
+                stager = await gw.engine.stager(bucket, upload)
+            if stager is not None and out:
+                await stager.write(bytes(out))
+                out.clear()
+        if sealer is not None:
+            out += sealer.finish()
+        if stager is None and (len(out) > gw.engine.inline_max or upload is not None):
+            stager = await gw.engine.stager(bucket, upload)
+        if stager is None:
+            return bytes(out), (), h.hexdigest(), len(out)
+        if out:
+            await stager.write(bytes(out))
+        blobs = await stager.finish()
+        return b"", blobs, h.hexdigest(), sum(b.size for b in blobs)
     except BaseException:
-        await stager.discard()
+        if stager is not None:
+            await stager.discard()
         raise
 
 
@@ -326,7 +402,9 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     directive = r.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "Unknown metadata directive.")
-    if (sb, sk) == (r.bucket, r.key) and directive == "COPY":
+    source_key = await copy_source_key(gw, r, src)
+    if (sb, sk) == (r.bucket, r.key) and directive == "COPY" and sse.H_SSE not in r.headers \
+            and sse.H_ALGORITHM not in r.headers:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                       "object to itself without changing the object's metadata, storage class, website "
                       "redirect location or encryption attributes.")
@@ -339,14 +417,17 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidRequest", "Checksum algorithm provided is unsupported. Please try again with any of "
                       "the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
     digest = CHECKSUMS[algorithm]() if algorithm is not None else None
-    data, blobs, md5_hex = await copy_body(gw, src, 0, src.meta.size, r.bucket, also=digest)
-    etag = f'"{md5_hex}"'
+    sealed = await _sealing_for(gw, r)
+    data, blobs, md5_hex, stored = await copy_body(gw, src, 0, src.meta.size, r.bucket, also=digest,
+                                                   opened_with=source_key,
+                                                   sealer=Sealer(sealed[0]) if sealed is not None else None)
+    etag, sealing = _sealed_etag(sealed, md5_hex, stored)
     if directive == "REPLACE":
         meta = meta_from_request(r, src.meta.size, etag, {})
     else:
         s = src.meta
         meta = ObjectMeta(s.size, etag, time.time(), s.content_type, s.headers, s.user, s.checksums)
-    meta = dataclasses.replace(meta, tags=tags)
+    meta = dataclasses.replace(meta, tags=tags, sealing=sealing)
     if algorithm is not None and digest is not None:  # the copy's own, computed on its bytes
         meta = dataclasses.replace(meta, checksums={algorithm: digest.b64()})
     try:
@@ -358,7 +439,19 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
                    if a in CHECKSUM_ELEMENTS and algorithm is not None)
     body = xml.document("CopyObjectResult", xml.elem("LastModified", xml.iso8601(meta.mtime))
                         + xml.elem("ETag", meta.etag) + sums)
-    return web.Response(body=body, content_type="application/xml")
+    return web.Response(body=body, content_type="application/xml", headers=sse.response_headers(meta))
+
+
+async def copy_source_key(gw: Gateway, r: S3Request, src: Found) -> bytes | None:
+    """The data key that opens a copy's source (None: stored in plaintext), from the
+    request's x-amz-copy-source-server-side-encryption-customer-* headers for an SSE-C source."""
+    customer = sse.customer_key(r.headers, sse.COPY_SOURCE)
+    if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
+        raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
+                      "must be made over a secure connection.")
+    if customer is None and src.meta.sealing is None:
+        return None
+    return await gw.encryption.data_key(src.meta, customer)
 
 
 async def delete_object(gw: Gateway, r: S3Request) -> web.StreamResponse:

@@ -46,7 +46,7 @@ async def _retag(gw: Gateway, r: S3Request, tags: tuple[tuple[str, str], ...]) -
     """The object written again with `tags`, if it is still the one it was."""
     assert r.bucket and r.key
     src = await gw.engine.head(r.bucket, r.key)
-    data, blobs, _ = await copy_body(gw, src, 0, src.meta.size, r.bucket)
+    data, blobs, _, _ = await copy_body(gw, src, 0, src.meta.body_size, r.bucket)  # as stored: sealed stays sealed
     meta: ObjectMeta = replace(src.meta, tags=tags)
     try:
         await gw.engine.put(r.bucket, r.key, meta, data, blobs, Conditions(if_match=src.meta.etag.strip('"')))

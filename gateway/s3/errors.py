@@ -19,6 +19,8 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "MalformedPolicy": (400, "Policies must be valid JSON and the first byte must be '{'"),
     "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
     "NoSuchTagSet": (404, "The TagSet does not exist"),
+    "ServerSideEncryptionConfigurationNotFoundError": (404, "The server side encryption configuration was not found"),
+    "InvalidEncryptionAlgorithmError": (400, "The encryption request you specified is not valid"),
     "InvalidTag": (400, "The tag provided was not a valid tag."),
     "BadRequest": (400, "Bad Request"),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),

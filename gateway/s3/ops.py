@@ -22,9 +22,10 @@ _BUCKET_GET = {
     "acl": "GetBucketAcl",
     "policy": "GetBucketPolicy",
     "tagging": "GetBucketTagging",
+    "encryption": "GetBucketEncryption",
 }
 _UNSUPPORTED = {
-    "cors", "lifecycle", "encryption", "website", "logging", "notification",
+    "cors", "lifecycle", "website", "logging", "notification",
     "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
     "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
     "ownershipControls", "publicAccessBlock", "policyStatus",
@@ -54,16 +55,22 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
                 return "PutBucketTagging"
             if "acl" in query:
                 return "PutBucketAcl"
+            if "encryption" in query:
+                return "PutBucketEncryption"
             if "versioning" in query:
                 raise S3Error("NotImplemented", "Changing versioning is not supported")
             return "CreateBucket"
         if method == "DELETE":
             if "tagging" in query:
                 return "DeleteBucketTagging"
+            if "encryption" in query:
+                return "DeleteBucketEncryption"
             return "DeleteBucketPolicy" if "policy" in query else "DeleteBucket"
         if method == "POST" and "delete" in query:
             return "DeleteObjects"
         raise S3Error("MethodNotAllowed")
+    if "encryption" in query:
+        raise S3Error("NotImplemented", "The ?encryption subresource is a bucket's, not an object's")
     if method == "GET":
         if "uploadId" in query:
             return "ListParts"

@@ -237,6 +237,25 @@ def parse_tagging(body: bytes) -> list[tuple[str, str]]:
     return out
 
 
+def parse_encryption(body: bytes) -> str:
+    """A PutBucketEncryption document: <ServerSideEncryptionConfiguration> with one <Rule> whose
+    <ApplyServerSideEncryptionByDefault> names the <SSEAlgorithm>; the algorithm."""
+    root = parse_xml(body)
+    rules = root.findall("Rule") if root.tag == "ServerSideEncryptionConfiguration" else []
+    if len(rules) != 1:
+        raise S3Error("MalformedXML", "A ServerSideEncryptionConfiguration holds one Rule")
+    default = rules[0].find("ApplyServerSideEncryptionByDefault")
+    algorithm = default.findtext("SSEAlgorithm") if default is not None else None
+    if algorithm is None:
+        raise S3Error("MalformedXML", "The Rule needs ApplyServerSideEncryptionByDefault with an SSEAlgorithm")
+    return algorithm.strip()
+
+
+def encryption(algorithm: str) -> str:
+    return (f"<Rule><ApplyServerSideEncryptionByDefault>{elem('SSEAlgorithm', algorithm)}"
+            "</ApplyServerSideEncryptionByDefault><BucketKeyEnabled>false</BucketKeyEnabled></Rule>")
+
+
 def tagging(tags: Iterable[tuple[str, str]]) -> str:
     inner = "".join(f"<Tag>{elem('Key', k)}{elem('Value', v)}</Tag>" for k, v in tags)
     return f"<TagSet>{inner}</TagSet>"

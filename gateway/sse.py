@@ -1,0 +1,313 @@
+"""Server-side encryption: SSE-S3 (store keys) and SSE-C (the customer's key, never stored).
+
+Every encrypted object has its own random data key; its body is sealed with it in 64 KiB
+AES-256-GCM chunks (runtime/sealing.py), so a ranged GET opens only the chunks it reads and
+a changed byte fails the read. The data key is stored only wrapped:
+
+- SSE-S3 (`x-amz-server-side-encryption: AES256`, or the bucket's default encryption): under
+  the store's newest *store key*. Store keys are shared engine records (every gateway of a
+  store sees them), each sealed under the master key; `rotate` makes a new one that new
+  objects use, and older objects stay readable with theirs.
+- SSE-C: under the key the client sends with every request (checked against its MD5); a
+  wrong key fails to unwrap (403), and nothing that could recover the key is kept.
+
+What is not encrypted, as on AWS: the object's key, size, dates, content type and user
+metadata. The ETag of an SSE-C object is not the MD5 of its body (as on AWS): it is keyed
+with the data key, so a listing does not reveal what the body is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from runtime import sealing
+
+from .bucket_records import BucketRecords
+from .engine.api import Engine, Found, RunBlocking
+from .engine.model import CorruptRecord, ObjectMeta, Sealing
+from .s3.errors import S3Error
+
+log = logging.getLogger("gateway.sse")
+
+SSE_S3 = "AES256"
+SSE_C = "SSE-C"
+H_SSE = "x-amz-server-side-encryption"
+H_ALGORITHM = "x-amz-server-side-encryption-customer-algorithm"
+H_KEY = "x-amz-server-side-encryption-customer-key"
+H_KEY_MD5 = "x-amz-server-side-encryption-customer-key-md5"
+COPY_SOURCE = "x-amz-copy-source-"  # a copy's source SSE-C headers: x-amz-copy-source-server-side-...
+NAMESPACE = "sse-key"  # engine records: one per store key, named by its id
+ON_LOOP = 256 << 10  # sealed bytes opened on the event loop; more go to a worker thread
+_LABELS = {SSE_S3: b"mailstore sse-s3 data key", SSE_C: b"mailstore sse-c data key"}
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerKey:
+    key: bytes
+    md5: str  # base64, as the client sent it
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """How a write asks its object to be encrypted."""
+
+    mode: str  # SSE_S3 or SSE_C
+    customer: CustomerKey | None = None
+
+
+def customer_key(headers: Mapping[str, str], prefix: str = "") -> CustomerKey | None:
+    """The SSE-C key a request sends (with `prefix`: a copy's source key), checked as AWS
+    checks it; None when it sends none of the three headers."""
+    h_algorithm, h_key, h_md5 = (name.replace("x-amz-", prefix or "x-amz-", 1)
+                                 for name in (H_ALGORITHM, H_KEY, H_KEY_MD5))
+    algorithm = headers.get(h_algorithm)
+    key_b64 = headers.get(h_key)
+    md5_b64 = headers.get(h_md5)
+    if algorithm is None and key_b64 is None and md5_b64 is None:
+        return None
+    if algorithm is None:
+        raise S3Error("InvalidArgument", "Requests specifying Server Side Encryption with Customer provided keys "
+                      "must provide a valid encryption algorithm.", extra={"ArgumentName": h_algorithm})
+    if algorithm != "AES256":
+        raise S3Error("InvalidEncryptionAlgorithmError",
+                      "The Encryption request you specified is not valid. Supported value: AES256.",
+                      extra={"ArgumentName": h_algorithm, "ArgumentValue": algorithm[:64]})
+    if key_b64 is None:
+        raise S3Error("InvalidArgument", "Requests specifying Server Side Encryption with Customer provided keys "
+                      "must provide an appropriate secret key.", extra={"ArgumentName": h_key})
+    if md5_b64 is None:
+        raise S3Error("InvalidArgument", "Requests specifying Server Side Encryption with Customer provided keys "
+                      "must provide the client calculated MD5 of the secret key.",
+                      extra={"ArgumentName": h_md5})
+    try:
+        key = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != sealing.KEY_SIZE:
+        raise S3Error("InvalidArgument", "The secret key was invalid for the specified algorithm.",
+                      extra={"ArgumentName": h_key})
+    if base64.b64encode(hashlib.md5(key).digest()).decode() != md5_b64.strip():
+        raise S3Error("InvalidArgument", "The calculated MD5 hash of the key did not match the hash that was "
+                      "provided.", extra={"ArgumentName": h_md5})
+    return CustomerKey(key, md5_b64.strip())
+
+
+def wanted(headers: Mapping[str, str], default: str | None, secure: bool) -> Wanted | None:
+    """How a PutObject or CopyObject asks its object to be stored: its own headers, else the
+    bucket's default encryption (`default`), else in plaintext (None)."""
+    sse = headers.get(H_SSE)
+    customer = customer_key(headers)
+    if sse is not None and customer is not None:
+        raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with "
+                      "the encryption method specified", extra={"ArgumentName": H_SSE, "ArgumentValue": sse[:64]})
+    if customer is not None:
+        if not secure:
+            raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
+                          "must be made over a secure connection.")
+        return Wanted(SSE_C, customer)
+    if sse is not None:
+        if sse == SSE_S3:
+            return Wanted(SSE_S3)
+        if sse.startswith("aws:kms"):
+            raise S3Error("NotImplemented", "Server-side encryption with KMS keys (SSE-KMS) is not supported yet",
+                          extra={"Header": H_SSE})
+        raise S3Error("InvalidArgument", "The encryption method specified is not supported",
+                      extra={"ArgumentName": H_SSE, "ArgumentValue": sse[:64]})
+    return Wanted(SSE_S3) if default == SSE_S3 else None
+
+
+def refuse_on_read(headers: Mapping[str, str]) -> None:
+    """GET and HEAD name an object's encryption by its SSE-C key only (AWS: InvalidArgument)."""
+    if H_SSE in headers:
+        raise S3Error("InvalidArgument", "x-amz-server-side-encryption header is not supported for this operation.",
+                      extra={"ArgumentName": H_SSE})
+
+
+def response_headers(meta: ObjectMeta) -> dict[str, str]:
+    """The SSE headers AWS sends with an object (PUT, GET, HEAD, copy)."""
+    s = meta.sealing
+    if s is None:
+        return {}
+    if s.mode == SSE_S3:
+        return {"x-amz-server-side-encryption": SSE_S3}
+    return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
+            "x-amz-server-side-encryption-customer-key-MD5": s.key_id}
+
+
+class BucketDefaults:
+    """Buckets' default encryption (PutBucketEncryption): a bucket record, kept 2 s by each
+    gateway as policies are (bucket_policies.py), since every PutObject asks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.records = BucketRecords(engine, "bucket-encryption")
+        self._cache: dict[str, tuple[float, float, str | None]] = {}  # bucket -> (read at, created, algorithm)
+
+    async def get(self, bucket: str, created: float) -> str | None:
+        now = time.monotonic()
+        hit = self._cache.get(bucket)
+        if hit is not None and now - hit[0] < 2.0 and hit[1] == created:
+            return hit[2]
+        algorithm = await self.records.read(bucket, created)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[bucket] = (now, created, algorithm)
+        return algorithm
+
+    async def put(self, bucket: str, created: float, algorithm: str) -> None:
+        await self.records.write(bucket, created, algorithm)
+        self._cache.pop(bucket, None)
+
+    async def delete(self, bucket: str) -> None:
+        await self.records.delete(bucket)
+        self._cache.pop(bucket, None)
+
+
+class StoreKeys:
+    """SSE-S3's key-encryption keys: engine records sealed under the master key (the key id as
+    associated data), cached once read (a store key never changes). The newest is the one new
+    objects use."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._master = AESGCM(engine.master_key())
+        self._keys: dict[str, bytes] = {}
+        self._newest: tuple[str, float] | None = None  # (id, when it was looked up)
+        self._lock = asyncio.Lock()
+
+    def _open(self, kid: str, fields: dict[str, str]) -> bytes:
+        raw = base64.b64decode(fields["key_enc"])
+        return self._master.decrypt(raw[:12], raw[12:], kid.encode())
+
+    async def get(self, kid: str) -> bytes:
+        key = self._keys.get(kid)
+        if key is None:
+            fields = await self.engine.record(NAMESPACE, kid)
+            if fields is None:
+                raise LookupError(f"store key {kid} is missing")
+            key = self._keys[kid] = self._open(kid, fields)
+        return key
+
+    async def list(self) -> list[tuple[str, float]]:
+        """(id, created) of every store key, oldest first."""
+        return sorted(((kid, float(f["created"])) for kid, f in await self.engine.records(NAMESPACE)),
+                      key=lambda kc: (kc[1], kc[0]))
+
+    async def newest(self) -> tuple[str, bytes]:
+        """The key new objects are sealed under (made on first use); looked up again after 10 s,
+        so a rotation on another gateway is taken up."""
+        cached = self._newest
+        if cached is None or time.monotonic() - cached[1] > 10:
+            async with self._lock:
+                keys = await self.list()
+                kid = keys[-1][0] if keys else await self.rotate()
+                self._newest = cached = (kid, time.monotonic())
+        return cached[0], await self.get(cached[0])
+
+    async def rotate(self) -> str:
+        """A new store key, which new objects use from now on (every gateway within 10 s)."""
+        while True:
+            kid = "sk-" + secrets.token_hex(8)
+            key = sealing.new_key()
+            nonce = secrets.token_bytes(12)
+            sealed = base64.b64encode(nonce + self._master.encrypt(nonce, key, kid.encode())).decode()
+            if await self.engine.swap_record(NAMESPACE, kid, None, {"key_enc": sealed, "created": repr(time.time())}):
+                self._keys[kid] = key
+                self._newest = (kid, time.monotonic())
+                return kid
+
+
+class UnreadableKey(CorruptRecord):
+    """A stored data key that no store key opens: the store keys are damaged or missing."""
+
+
+class Encryption:
+    """Data keys for objects: made for a write, recovered for a read."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.store_keys = StoreKeys(engine)
+
+    async def new(self, w: Wanted) -> tuple[bytes, Sealing]:
+        """A new data key and how it is kept (`stored` is filled in once the body is sealed)."""
+        data_key = sealing.new_key()
+        if w.mode == SSE_C:
+            assert w.customer is not None
+            wrapped = sealing.wrap(w.customer.key, data_key, _LABELS[SSE_C])
+            key_id = w.customer.md5  # echoed on reads; it is a digest of the key, as AWS sends back
+        else:
+            key_id, kek = await self.store_keys.newest()
+            wrapped = sealing.wrap(kek, data_key, _LABELS[SSE_S3])
+        return data_key, Sealing(w.mode, key_id, base64.b64encode(wrapped).decode(), 0)
+
+    async def data_key(self, meta: ObjectMeta, customer: CustomerKey | None) -> bytes | None:
+        """The data key that opens an object's body (None: it is stored in plaintext), given
+        the SSE-C key the request sent; the S3 error AWS answers when that key is missing,
+        wrong, or sent for an object that is not SSE-C."""
+        s = meta.sealing
+        if s is None or s.mode != SSE_C:
+            if customer is not None:
+                raise S3Error("InvalidRequest", "The encryption parameters are not applicable to this object.")
+            if s is None:
+                return None
+            try:
+                return sealing.unwrap(await self.store_keys.get(s.key_id), base64.b64decode(s.wrapped),
+                                      _LABELS[s.mode])
+            except (LookupError, sealing.SealError) as exc:
+                raise UnreadableKey(str(exc)) from None
+        if customer is None:
+            raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. "
+                          "The correct parameters must be provided to retrieve the object.")
+        try:
+            return sealing.unwrap(customer.key, base64.b64decode(s.wrapped), _LABELS[SSE_C])
+        except sealing.SealError:
+            raise S3Error("AccessDenied", "The SSE-C key does not match the key the object was stored with") from None
+
+
+def keyed_etag(data_key: bytes, md5_hex: str) -> str:
+    """An SSE-C object's ETag: 32 hex digits keyed with its data key (not the body's MD5)."""
+    return hmac.new(data_key, bytes.fromhex(md5_hex), hashlib.md5).hexdigest()
+
+
+def is_secure(request_secure: bool, remote: str | None) -> bool:
+    """Whether SSE-C keys may travel on this connection: TLS, or the host itself (a balancer
+    on the same host that ends TLS, or a local client)."""
+    return request_secure or (remote or "").startswith("127.") or remote == "::1"
+
+
+async def opened(engine: Engine, run: RunBlocking, found: Found, data_key: bytes, start: int,
+                 end: int) -> AsyncIterator[bytes]:
+    """The plaintext bytes [start, end) of a sealed object, reading and opening only the chunks
+    they fall in; CorruptRecord (before the piece is sent) when a chunk fails to open."""
+    size = found.meta.size
+    lo, hi, first = sealing.span(start, end, size)
+    opener = sealing.Opener(data_key, size, first)
+    skip, left = start - first * sealing.CHUNK, end - start
+    try:
+        if not engine.streamed(found):
+            sealed = (await engine.read(found))[lo:hi]
+            plain = opener.feed(sealed) if len(sealed) <= ON_LOOP else await run(opener.feed, sealed)
+            opener.finish()
+            yield plain[skip:skip + left]
+            return
+        async for piece in engine.stream(found, lo, hi):
+            plain = opener.feed(piece) if len(piece) <= ON_LOOP else await run(opener.feed, piece)
+            if skip:
+                plain, skip = plain[skip:], max(0, skip - len(plain))
+            if plain and left > 0:
+                yield plain[:left]
+                left -= len(plain)
+        opener.finish()
+    except sealing.SealError as exc:
+        engine.metrics["checksum_errors"] = engine.metrics.get("checksum_errors", 0) + 1
+        log.error("sealed body of %s failed to open: %s", getattr(found, "key", "?"), exc)
+        raise CorruptRecord(str(exc)) from None

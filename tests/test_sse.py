@@ -1,0 +1,334 @@
+"""Server-side encryption (issue 20) through boto3, on the local engine and on Ceph RADOS:
+SSE-S3, SSE-C, bucket default encryption, copies between every pair of modes, ranged reads
+across chunk boundaries, and what a reader of the raw data files finds."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+
+from runtime import sealing
+
+CHUNK = sealing.CHUNK
+
+
+@pytest.fixture(scope="module")
+def engine_kind(both_engines: str) -> str:
+    return both_engines
+
+
+def code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response["Error"]["Code"])
+
+
+def status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def ssec(key: bytes, prefix: str = "") -> dict[str, str]:
+    """boto3's SSE-C parameters (it sends the key base64-encoded, with its MD5)."""
+    return {f"{prefix}SSECustomerAlgorithm": "AES256", f"{prefix}SSECustomerKey": key.decode("latin-1")}
+
+
+def raw_ssec(key: bytes) -> dict[str, str]:
+    return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
+            "x-amz-server-side-encryption-customer-key": base64.b64encode(key).decode(),
+            "x-amz-server-side-encryption-customer-key-MD5": base64.b64encode(hashlib.md5(key).digest()).decode()}
+
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(1, 33))
+
+
+def marker_body(size: int) -> bytes:
+    """A body whose every 64 bytes say what they are, so plaintext is easy to find on disk."""
+    line = b"PLAINTEXT-MARKER-mailstore-sse-test-body-that-must-not-be-seen.\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17, 5 * 1024 * 1024 + 3]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_sse_s3_roundtrip_and_ranges(s3, bucket, size):
+    body = os.urandom(size)
+    put = s3.put_object(Bucket=bucket, Key="k", Body=body, ServerSideEncryption="AES256")
+    assert put["ServerSideEncryption"] == "AES256"
+    assert put["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'  # AWS: SSE-S3 ETags are the MD5
+    got = s3.get_object(Bucket=bucket, Key="k")
+    assert got["ServerSideEncryption"] == "AES256"
+    assert got["ContentLength"] == size
+    assert got["Body"].read() == body
+    head = s3.head_object(Bucket=bucket, Key="k")
+    assert head["ServerSideEncryption"] == "AES256" and head["ContentLength"] == size
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert [(o["Key"], o["Size"]) for o in listed] == [("k", size)]
+    if size:
+        edges = {0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, size - 1, size // 2}
+        for a in sorted(e for e in edges if e < size):
+            for b in sorted({a, min(size - 1, a + 1), min(size - 1, a + CHUNK), size - 1}):
+                part = s3.get_object(Bucket=bucket, Key="k", Range=f"bytes={a}-{b}")
+                assert part["Body"].read() == body[a:b + 1], (a, b)
+                assert part["ContentRange"] == f"bytes {a}-{b}/{size}"
+        tail = s3.get_object(Bucket=bucket, Key="k", Range="bytes=-5")["Body"].read()
+        assert tail == body[-5:]
+
+
+def test_sse_c_roundtrip_and_refusals(s3, bucket):
+    body = os.urandom(3 * CHUNK + 5)
+    put = s3.put_object(Bucket=bucket, Key="c", Body=body, **ssec(KEY_A))
+    assert put["SSECustomerAlgorithm"] == "AES256"
+    assert put["SSECustomerKeyMD5"] == base64.b64encode(hashlib.md5(KEY_A).digest()).decode()
+    assert put["ETag"] != f'"{hashlib.md5(body).hexdigest()}"'  # AWS: not the MD5 for SSE-C
+    got = s3.get_object(Bucket=bucket, Key="c", **ssec(KEY_A))
+    assert got["Body"].read() == body
+    assert got["SSECustomerKeyMD5"] == put["SSECustomerKeyMD5"]
+    part = s3.get_object(Bucket=bucket, Key="c", Range=f"bytes={CHUNK - 3}-{CHUNK + 3}", **ssec(KEY_A))
+    assert part["Body"].read() == body[CHUNK - 3:CHUNK + 4]
+    assert s3.head_object(Bucket=bucket, Key="c", **ssec(KEY_A))["ContentLength"] == len(body)
+    assert s3.list_objects_v2(Bucket=bucket)["Contents"][0]["ETag"] == put["ETag"]
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # no key
+        s3.get_object(Bucket=bucket, Key="c")
+    assert (status(e.value), code(e.value)) == (400, "InvalidRequest")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="c")
+    assert status(e.value) == 400
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # another key
+        s3.get_object(Bucket=bucket, Key="c", **ssec(KEY_B))
+    assert (status(e.value), code(e.value)) == (403, "AccessDenied")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="c", **ssec(KEY_B))
+    assert status(e.value) == 403
+
+
+def test_sse_c_header_checks(gateway, s3, bucket, raw):
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"x")
+    bad_md5 = dict(raw_ssec(KEY_A), **{"x-amz-server-side-encryption-customer-key-MD5":
+                                       base64.b64encode(hashlib.md5(KEY_B).digest()).decode()})
+    short = dict(raw_ssec(KEY_A), **{"x-amz-server-side-encryption-customer-key": base64.b64encode(b"k" * 16).decode(),
+                                     "x-amz-server-side-encryption-customer-key-MD5":
+                                     base64.b64encode(hashlib.md5(b"k" * 16).digest()).decode()})
+    cases = [
+        ("PUT", "x", bad_md5, 400, "InvalidArgument"),
+        ("PUT", "x", short, 400, "InvalidArgument"),
+        ("PUT", "x", dict(raw_ssec(KEY_A), **{"x-amz-server-side-encryption-customer-algorithm": "AES512"}),
+         400, "InvalidEncryptionAlgorithmError"),
+        ("PUT", "x", {"x-amz-server-side-encryption-customer-algorithm": "AES256"}, 400, "InvalidArgument"),
+        ("PUT", "x", dict(raw_ssec(KEY_A), **{"x-amz-server-side-encryption": "AES256"}), 400, "InvalidArgument"),
+        ("PUT", "x", {"x-amz-server-side-encryption": "AES512"}, 400, "InvalidArgument"),
+        ("PUT", "x", {"x-amz-server-side-encryption": "aws:kms"}, 501, "NotImplemented"),
+        ("GET", "plain", raw_ssec(KEY_A), 400, "InvalidRequest"),  # not applicable to a plaintext object
+        ("GET", "plain", {"x-amz-server-side-encryption": "AES256"}, 400, "InvalidArgument"),
+        ("DELETE", "plain", raw_ssec(KEY_A), 400, "InvalidArgument"),
+    ]
+    for method, key, headers, want_status, want_code in cases:
+        st, _, text = raw(method, f"/{bucket}/{key}", headers, b"body" if method == "PUT" else b"")
+        assert st == want_status, (headers, text)
+        assert f"<Code>{want_code}</Code>" in text, (headers, text)
+    assert "x" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+@pytest.mark.parametrize("src_mode", ["plain", "AES256", "SSE-C"])
+@pytest.mark.parametrize("dst_mode", ["plain", "AES256", "SSE-C"])
+def test_copy_between_modes(s3, bucket, src_mode, dst_mode):
+    body = os.urandom(2 * CHUNK + 99)
+    modes = {"plain": {}, "AES256": {"ServerSideEncryption": "AES256"}, "SSE-C": ssec(KEY_A)}
+    s3.put_object(Bucket=bucket, Key="src", Body=body, **modes[src_mode])
+    source_key = ssec(KEY_A, "CopySource") if src_mode == "SSE-C" else {}
+    dst = {"plain": {}, "AES256": {"ServerSideEncryption": "AES256"}, "SSE-C": ssec(KEY_B)}[dst_mode]
+    out = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"},
+                         **source_key, **dst)
+    assert out.get("ServerSideEncryption") == ("AES256" if dst_mode == "AES256" else None)
+    read_key = ssec(KEY_B) if dst_mode == "SSE-C" else {}
+    assert s3.get_object(Bucket=bucket, Key="dst", **read_key)["Body"].read() == body
+    if dst_mode == "SSE-C":
+        with pytest.raises(botocore.exceptions.ClientError):
+            s3.get_object(Bucket=bucket, Key="dst", **ssec(KEY_A))
+    if src_mode == "SSE-C":  # the source's key is needed to read it
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.copy_object(Bucket=bucket, Key="dst2", CopySource={"Bucket": bucket, "Key": "src"})
+        assert status(e.value) == 400
+
+
+def test_copy_onto_itself_to_change_encryption(s3, bucket):
+    body = b"rotate me" * 1000
+    s3.put_object(Bucket=bucket, Key="k", Body=body)
+    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, ServerSideEncryption="AES256")
+    assert s3.head_object(Bucket=bucket, Key="k")["ServerSideEncryption"] == "AES256"
+    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, **ssec(KEY_A))
+    assert s3.get_object(Bucket=bucket, Key="k", **ssec(KEY_A))["Body"].read() == body
+
+
+def test_bucket_default_encryption(s3, bucket):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_bucket_encryption(Bucket=bucket)
+    assert code(e.value) == "ServerSideEncryptionConfigurationNotFoundError"
+    s3.put_object(Bucket=bucket, Key="before", Body=b"before")
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    put = s3.put_object(Bucket=bucket, Key="after", Body=b"after")
+    assert put["ServerSideEncryption"] == "AES256"
+    assert s3.get_object(Bucket=bucket, Key="after")["Body"].read() == b"after"
+    assert "ServerSideEncryption" not in s3.head_object(Bucket=bucket, Key="before")
+    # SSE-C on the request wins over the default
+    s3.put_object(Bucket=bucket, Key="c", Body=b"c", **ssec(KEY_A))
+    assert "ServerSideEncryption" not in s3.head_object(Bucket=bucket, Key="c", **ssec(KEY_A))
+    # multipart uploads are not encrypted yet: refused, not stored in plaintext
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.create_multipart_upload(Bucket=bucket, Key="mpu")
+    assert code(e.value) == "NotImplemented"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+    assert code(e.value) == "NotImplemented"
+    s3.delete_bucket_encryption(Bucket=bucket)
+    assert "ServerSideEncryption" not in s3.put_object(Bucket=bucket, Key="later", Body=b"x")
+    s3.create_multipart_upload(Bucket=bucket, Key="mpu")
+
+
+def test_multipart_with_sse_headers_is_refused(s3, bucket):
+    for extra in ({"ServerSideEncryption": "AES256"}, ssec(KEY_A)):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.create_multipart_upload(Bucket=bucket, Key="m", **extra)
+        assert code(e.value) == "NotImplemented"
+
+
+def test_upload_part_copy_from_encrypted_sources(s3, bucket):
+    body = os.urandom(5 * 1024 * 1024 + CHUNK + 7)
+    s3.put_object(Bucket=bucket, Key="s3src", Body=body, ServerSideEncryption="AES256")
+    s3.put_object(Bucket=bucket, Key="csrc", Body=body, **ssec(KEY_A))
+    up = s3.create_multipart_upload(Bucket=bucket, Key="joined")["UploadId"]
+    p1 = s3.upload_part_copy(Bucket=bucket, Key="joined", UploadId=up, PartNumber=1,
+                             CopySource={"Bucket": bucket, "Key": "s3src"})
+    p2 = s3.upload_part_copy(Bucket=bucket, Key="joined", UploadId=up, PartNumber=2,
+                             CopySource={"Bucket": bucket, "Key": "csrc"}, CopySourceRange=f"bytes={CHUNK - 1}-{CHUNK + 9}",
+                             **ssec(KEY_A, "CopySource"))
+    s3.complete_multipart_upload(Bucket=bucket, Key="joined", UploadId=up, MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": p1["CopyPartResult"]["ETag"]},
+        {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]}]})
+    assert s3.get_object(Bucket=bucket, Key="joined")["Body"].read() == body + body[CHUNK - 1:CHUNK + 10]
+
+
+def test_tagging_keeps_an_encrypted_object_readable(s3, bucket):
+    body = os.urandom(CHUNK + 1)
+    s3.put_object(Bucket=bucket, Key="t", Body=body, **ssec(KEY_A))
+    s3.put_object_tagging(Bucket=bucket, Key="t", Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})
+    assert s3.get_object(Bucket=bucket, Key="t", **ssec(KEY_A))["Body"].read() == body
+    s3.put_object(Bucket=bucket, Key="u", Body=body, ServerSideEncryption="AES256")
+    s3.delete_object_tagging(Bucket=bucket, Key="u")
+    assert s3.get_object(Bucket=bucket, Key="u")["Body"].read() == body
+
+
+def test_checksums_are_of_the_plaintext(s3, bucket):
+    body = os.urandom(CHUNK * 2)
+    put = s3.put_object(Bucket=bucket, Key="sum", Body=body, ServerSideEncryption="AES256",
+                        ChecksumAlgorithm="SHA256")
+    assert put["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+    got = s3.get_object(Bucket=bucket, Key="sum", ChecksumMode="ENABLED")
+    assert got["Body"].read() == body and got["ChecksumSHA256"] == put["ChecksumSHA256"]
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_no_plaintext_in_the_data_files(engine_kind, gateway, s3, bucket, rados_dump):
+    """What a copied data directory (or a dump of the RADOS pools) holds of encrypted objects:
+    no run of their plaintext."""
+    small, large = marker_body(4000), marker_body(3 * 1024 * 1024)
+    s3.put_object(Bucket=bucket, Key="small", Body=small, ServerSideEncryption="AES256")
+    s3.put_object(Bucket=bucket, Key="large", Body=large, ServerSideEncryption="AES256")
+    s3.put_object(Bucket=bucket, Key="c", Body=small, **ssec(KEY_A))
+    s3.put_object(Bucket=bucket, Key="plain-control", Body=b"CONTROL-" + small[:100])
+    needle = small[:40]
+    blobs = rados_dump() if engine_kind == "rados" else [p.read_bytes() for p in _files(gateway.data_dir)]
+    assert any(b"CONTROL-" + needle in b for b in blobs)  # the search does find plaintext that is there
+    assert not any(needle in b.replace(b"CONTROL-" + small[:100], b"") for b in blobs)
+
+
+def test_a_changed_ciphertext_byte_fails_the_read(tmp_path):
+    """Someone who can write the data files (and so make records whose checksums hold) changes
+    one byte of a sealed body: the read fails; the changed plaintext is never served."""
+    import asyncio
+
+    from conftest import GatewayProcess, client, create_key
+    from gateway.engine.local import LocalEngine
+
+    data = tmp_path / "data"
+    key = create_key(data)
+    body = marker_body(2 * CHUNK + 10)
+    gw = GatewayProcess(data)
+    try:
+        s3 = client(gw.endpoint, key)
+        s3.create_bucket(Bucket="tamper")
+        s3.put_object(Bucket="tamper", Key="flip", Body=body, ServerSideEncryption="AES256")
+        s3.put_object(Bucket="tamper", Key="swap", Body=body, ServerSideEncryption="AES256")
+    finally:
+        gw.stop()
+    e = LocalEngine(data)
+    try:
+        info = e.head("tamper", "flip")
+        sealed = bytearray(e.read_inline(info))
+        assert info.meta.sealing is not None and len(sealed) == info.meta.sealing.stored
+        sealed[CHUNK + 100] ^= 0x01  # inside the second chunk
+        other = e.head("tamper", "swap")
+        moved = e.read_inline(other)
+        swapped = moved[sealing.SEALED_CHUNK:2 * sealing.SEALED_CHUNK] + moved[:sealing.SEALED_CHUNK] \
+            + moved[2 * sealing.SEALED_CHUNK:]  # two whole chunks in each other's place
+
+        async def rewrite() -> None:
+            await e.put("tamper", "flip", info.meta, bytes(sealed))  # fresh record checksums, same sealing
+            await e.put("tamper", "swap", other.meta, swapped)
+        asyncio.run(rewrite())
+    finally:
+        e.close()
+    gw = GatewayProcess(data)
+    try:
+        s3 = client(gw.endpoint, key)
+        ok = s3.get_object(Bucket="tamper", Key="flip", Range="bytes=0-100")["Body"].read()
+        assert ok == body[:101]  # the first chunk is untouched and still opens
+        for k in ("flip", "swap"):
+            with pytest.raises(botocore.exceptions.ClientError) as exc:
+                s3.get_object(Bucket="tamper", Key=k)
+            assert code(exc.value) == "InternalError"
+        with pytest.raises(botocore.exceptions.ClientError):
+            s3.get_object(Bucket="tamper", Key="flip", Range=f"bytes={CHUNK}-{CHUNK + 200}")
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def raw(gateway, key):
+    """A signed request with headers of the test's choosing (botocore signs; no checks of ours)."""
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+    import urllib3
+
+    http = urllib3.PoolManager()
+
+    def send(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, str], str]:
+        headers = dict(headers, **{"x-amz-content-sha256": hashlib.sha256(body).hexdigest()})
+        req = botocore.awsrequest.AWSRequest(method=method, url=gateway.endpoint + path, data=body, headers=headers)
+        botocore.auth.SigV4Auth(botocore.credentials.Credentials(key.access_key, key.secret), "s3",
+                                "us-east-1").add_auth(req)
+        resp = http.request(method, req.url, body=body, headers=dict(req.headers.items()), retries=False)
+        return resp.status, dict(resp.headers), resp.data.decode("utf-8", "replace")
+    return send
+
+
+@pytest.fixture
+def rados_dump(engine_kind, request):
+    """Every object of the store's RADOS pools, read with the rados CLI."""
+    def dump() -> list[bytes]:
+        cluster = request.getfixturevalue("rados_store")
+        return cluster.dump_pools()
+    return dump

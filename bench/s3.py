@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -61,6 +62,7 @@ class Server:
     proc: subprocess.Popen  # type: ignore[type-arg]
     workdir: Path
     extra: list = field(default_factory=list)  # type: ignore[type-arg]  # more processes of this server
+    put_headers: dict[str, str] = field(default_factory=dict)  # sent with every PUT (--sse)
 
     def pids(self) -> list[int]:
         return [p for proc in (self.proc, *self.extra) for p in [proc.pid] + _children(proc.pid)]
@@ -223,9 +225,9 @@ def start_ceiling(work: Path, body_size: int) -> Server:
 # ------------------------------------------------------------------ client
 
 def build(method: str, endpoint: str, path: str, query: list[tuple[str, str]], body: bytes,
-          key: tuple[str, str]) -> bytes:
+          key: tuple[str, str], extra: dict[str, str] | None = None) -> bytes:
     host = endpoint.split("//", 1)[1]
-    hdrs = {"Host": host}
+    hdrs = {"Host": host, **(extra or {})}
     hdrs.update(sigv4.sign_headers(method, path, query, hdrs, key[0], key[1]))
     qs = sigv4.canonical_query(query)
     lines = [f"{method} {path}{'?' + qs if qs else ''} HTTP/1.1"] + [f"{k}: {v}" for k, v in hdrs.items()]
@@ -305,13 +307,14 @@ async def drive(endpoint: str, requests: list[bytes], concurrency: int, head_onl
     return Result(len(lat), errors, time.perf_counter() - t0, lat)
 
 
-def phase_requests(op: str, endpoint: str, size: int, n: int, key: tuple[str, str], tag: str) -> list[bytes]:
+def phase_requests(op: str, endpoint: str, size: int, n: int, key: tuple[str, str], tag: str,
+                   put_headers: dict[str, str] | None = None) -> list[bytes]:
     body = os.urandom(size)
     out = []
     for i in range(n):
         obj = f"/{BUCKET}/{tag}/{i % 64:02x}/obj{i:07d}"
         if op == "PUT":
-            out.append(build("PUT", endpoint, obj, [], body, key))
+            out.append(build("PUT", endpoint, obj, [], body, key, put_headers))
         elif op in ("GET", "HEAD"):
             out.append(build(op, endpoint, obj, [], b"", key))
         else:
@@ -365,6 +368,8 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2",
                     help="gateway process counts to measure (comma-separated; 2 uses both cores)")
     ap.add_argument("--no-pair", action="store_true", help="skip the HAProxy + two-gateway pair")
+    ap.add_argument("--sse", action="store_true",
+                    help="also measure the first gateway with SSE-S3 objects (row 'gateway sse')")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     try:
@@ -379,10 +384,14 @@ def main() -> int:
     try:
         print(f"disk: raw fdatasync {fdatasync_rate(work):.0f}/s (4 KiB appends) in {work}")
         gateways = [start_gateway(work, int(n)) for n in args.workers.split(",")]
+        if args.sse:  # the first gateway again, writing SSE-S3 objects (and reading them back)
+            g, k = gateways[0]
+            gateways.insert(1, (dataclasses.replace(g, name=g.name + " sse",
+                                                    put_headers={"x-amz-server-side-encryption": "AES256"}), k))
         if not args.no_pair:
             gateways.append(start_pair(work))
         sw = start_seaweed(work)
-        servers += [g for g, _ in gateways] + [sw]
+        servers += [g for g, _ in gateways if not g.put_headers] + [sw]
         for g, k in gateways:
             asyncio.run(ensure_bucket(g.endpoint, k, 10))
         asyncio.run(ensure_bucket(sw.endpoint, (AK, SK), 60))
@@ -398,7 +407,9 @@ def main() -> int:
                 for rnd in range(args.rounds):
                     for srv, key in targets:
                         tag = f"{label}/r{rnd}" if op == "PUT" else f"{label}/r0"
-                        reqs = phase_requests(op, srv.endpoint, size, args.ops, key, tag)
+                        if srv.put_headers:
+                            tag = "sse-" + tag
+                        reqs = phase_requests(op, srv.endpoint, size, args.ops, key, tag, srv.put_headers)
                         cpu = srv.cpu_seconds()
                         res = asyncio.run(drive(srv.endpoint, reqs, args.concurrency, op == "HEAD"))
                         cpu = srv.cpu_seconds() - cpu
@@ -425,6 +436,8 @@ def main() -> int:
         ceil_rate = by.get("ceiling", {}).get("ops_s", 0)
         for name, r in by.items():
             vs = f"{r['ops_s'] / sw_rate:.2f}x" if sw_rate and name.startswith(("gateway", "pair")) else ""
+            if name.endswith(" sse") and by.get(name[:-4], {}).get("ops_s"):
+                vs = f"{r['ops_s'] / by[name[:-4]]['ops_s']:.2f}x pl"  # vs the same gateway in plaintext
             of = f"{100 * r['ops_s'] / ceil_rate:.0f}%" if ceil_rate and name != "ceiling" else ""
             print(f"{phase:<12}{name:<14}{r['ops_s']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                   f"{r['cpu_us']:>10.0f}{r['rss_mb']:>9.0f}{r['errors']:>8}{vs:>12}{of:>12}")

@@ -110,6 +110,10 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         except AccountError as exc:
             raise AdminError(409, "AccountNotEmpty", str(exc)) from None
         return web.Response(status=204)
+    if parts == ["store-keys"] and method == "GET":
+        return _json(await gw.encryption.store_keys.describe())
+    if parts == ["store-keys"] and method == "POST":
+        return _json({"KeyId": await gw.encryption.store_keys.rotate(), "Newest": True}, 201)
     if parts == ["keys"] and method == "GET":
         return _json([k.describe() for k in await keys.list()])
     if parts == ["keys"] and method == "POST":

@@ -65,7 +65,7 @@ UNSUPPORTED_HEADERS = (
 _SSE = "x-amz-server-side-encryption"
 _COPY_SSE = "x-amz-copy-source-server-side-encryption"
 SSE_OPS = {"PutObject": (_SSE, _COPY_SSE), "GetObject": (_SSE,), "HeadObject": (_SSE,),
-           "CreateMultipartUpload": (_SSE,), "UploadPart": (_COPY_SSE,)}
+           "CreateMultipartUpload": (_SSE,), "UploadPart": (_SSE, _COPY_SSE)}
 
 
 def refuse_unsupported(op: str, headers: Any) -> None:

@@ -196,6 +196,32 @@ def cmd_key(args: argparse.Namespace) -> int:
     return _on_local(args, act, writer=args.action != "list")
 
 
+def cmd_store_key(args: argparse.Namespace) -> int:
+    """mailstore store-key list | rotate: SSE-S3's store keys (gateway/sse.py); never prints a key."""
+    from .sse import StoreKeys
+
+    if args.endpoint:
+        if args.action == "rotate":
+            print(json.dumps(_admin_call(args, "POST", "/_admin/store-keys", {})))
+        else:
+            for k in _admin_call(args, "GET", "/_admin/store-keys"):
+                print(json.dumps(k))
+        return 0
+    if not args.data_dir:
+        raise ValueError("give --data-dir DIR (local) or --endpoint URL (admin API)")
+
+    async def act(engine: Engine) -> int:
+        keys = StoreKeys(engine)
+        if args.action == "rotate":
+            print(json.dumps({"KeyId": await keys.rotate(), "Newest": True}))
+        else:
+            for doc in await keys.describe():
+                print(json.dumps(doc))
+        return 0
+
+    return _on_local(args, act, writer=args.action != "list")
+
+
 def _on_local(args: argparse.Namespace, act: Callable[[Engine], Coroutine[Any, Any, int]], *, writer: bool) -> int:
     """Run `act` on the data directory's engine (as a gateway would see it), then close it."""
     engine = LocalEngine(find_engine(args.data_dir), writer=writer)
@@ -308,8 +334,8 @@ def register(sub: Subcommands) -> None:
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
     from . import rados_cli
 
-    for add in (_gateway_parser, _account_parsers, _key_parsers, _usage_parser, _bucket_parsers, _fsck_parser,
-                _compact_parser, rados_cli.register):
+    for add in (_gateway_parser, _account_parsers, _key_parsers, _store_key_parsers, _usage_parser, _bucket_parsers,
+                _fsck_parser, _compact_parser, rados_cli.register):
         add(sub)
 
 
@@ -395,6 +421,15 @@ def _key_parsers(sub: Subcommands) -> None:
     set_policy.add_argument("key_id", metavar="ACCESS_KEY_ID", help="the key to limit")
     _limits(set_policy)
     key.set_defaults(fn=cmd_key)
+
+
+def _store_key_parsers(sub: Subcommands) -> None:
+    p = sub.add_parser("store-key", help="SSE-S3 store keys: list them, or make a new one new objects use")
+    ssub = p.add_subparsers(dest="action", required=True)
+    _where(ssub.add_parser("list", help="every store key (id, created, which is newest); never the key"))
+    _where(ssub.add_parser("rotate", help="a new store key; objects written from now on use it, older "
+                                          "objects keep opening with theirs"))
+    p.set_defaults(fn=cmd_store_key)
 
 
 def _usage_parser(sub: Subcommands) -> None:

@@ -198,10 +198,16 @@ class StoreKeys:
             key = self._keys[kid] = self._open(kid, fields)
         return key
 
-    async def list(self) -> list[tuple[str, float]]:
+    async def all(self) -> list[tuple[str, float]]:
         """(id, created) of every store key, oldest first."""
         return sorted(((kid, float(f["created"])) for kid, f in await self.engine.records(NAMESPACE)),
                       key=lambda kc: (kc[1], kc[0]))
+
+    async def describe(self) -> list[dict[str, object]]:
+        """What an operator may see of the store keys, oldest first: never a key."""
+        keys = await self.all()
+        return [{"KeyId": kid, "Created": int(created), "Newest": i == len(keys) - 1}
+                for i, (kid, created) in enumerate(keys)]
 
     async def newest(self) -> tuple[str, bytes]:
         """The key new objects are sealed under (made on first use); looked up again after 10 s,
@@ -209,7 +215,7 @@ class StoreKeys:
         cached = self._newest
         if cached is None or time.monotonic() - cached[1] > 10:
             async with self._lock:
-                keys = await self.list()
+                keys = await self.all()
                 kid = keys[-1][0] if keys else await self.rotate()
                 self._newest = cached = (kid, time.monotonic())
         return cached[0], await self.get(cached[0])
@@ -287,27 +293,48 @@ def is_secure(request_secure: bool, remote: str | None) -> bool:
 async def opened(engine: Engine, run: RunBlocking, found: Found, data_key: bytes, start: int,
                  end: int) -> AsyncIterator[bytes]:
     """The plaintext bytes [start, end) of a sealed object, reading and opening only the chunks
-    they fall in; CorruptRecord (before the piece is sent) when a chunk fails to open."""
-    size = found.meta.size
-    lo, hi, first = sealing.span(start, end, size)
-    opener = sealing.Opener(data_key, size, first)
-    skip, left = start - first * sealing.CHUNK, end - start
+    they fall in (a multipart object's parts are sealed one by one, each as its own stream);
+    CorruptRecord, before the piece is sent, when a chunk fails to open."""
+    meta = found.meta
+    assert meta.sealing is not None
+    layout = (list(zip(meta.sealing.streams, meta.part_sizes, strict=True)) if meta.sealing.streams
+              else [(0, meta.size)])
+    whole = None if engine.streamed(found) else await engine.read(found)
     try:
-        if not engine.streamed(found):
-            sealed = (await engine.read(found))[lo:hi]
-            plain = opener.feed(sealed) if len(sealed) <= ON_LOOP else await run(opener.feed, sealed)
-            opener.finish()
-            yield plain[skip:skip + left]
-            return
-        async for piece in engine.stream(found, lo, hi):
-            plain = opener.feed(piece) if len(piece) <= ON_LOOP else await run(opener.feed, piece)
-            if skip:
-                plain, skip = plain[skip:], max(0, skip - len(plain))
-            if plain and left > 0:
-                yield plain[:left]
-                left -= len(plain)
-        opener.finish()
+        plain_at = sealed_at = 0
+        for stream, size in layout:
+            a, b = max(start, plain_at) - plain_at, min(end, plain_at + size) - plain_at
+            if a < b:
+                lo, hi, first = sealing.span(a, b, size)
+                async for piece in _open_part(engine, run, found, whole, data_key, stream, size,
+                                              sealed_at + lo, sealed_at + hi, first, a, b):
+                    yield piece
+            plain_at += size
+            sealed_at += sealing.sealed_size(size)
     except sealing.SealError as exc:
         engine.metrics["checksum_errors"] = engine.metrics.get("checksum_errors", 0) + 1
         log.error("sealed body of %s failed to open: %s", getattr(found, "key", "?"), exc)
         raise CorruptRecord(str(exc)) from None
+
+
+async def _open_part(engine: Engine, run: RunBlocking, found: Found, whole: bytes | None, data_key: bytes,
+                     stream: int, size: int, lo: int, hi: int, first: int, a: int, b: int) -> AsyncIterator[bytes]:
+    """Plaintext [a, b) of one sealed stream of `size` bytes, whose chunks from `first` on are
+    the stored bytes [lo, hi)."""
+    opener = sealing.Opener(data_key, size, first, stream)
+    skip, left = a - first * sealing.CHUNK, b - a
+    pieces = [whole[lo:hi]] if whole is not None else None
+    source = _once(pieces) if pieces is not None else engine.stream(found, lo, hi)
+    async for piece in source:
+        plain = opener.feed(piece) if len(piece) <= ON_LOOP else await run(opener.feed, piece)
+        if skip:
+            plain, skip = plain[skip:], max(0, skip - len(plain))
+        if plain and left > 0:
+            yield plain[:left]
+            left -= len(plain)
+    opener.finish()
+
+
+async def _once(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for p in pieces:
+        yield p

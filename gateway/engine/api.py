@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .model import BlobRef, Conditions, InvalidPart, ListPage, ObjectMeta
+from .model import BlobRef, Conditions, InvalidPart, ListPage, ObjectMeta, Sealing
 
 T = TypeVar("T")
 
@@ -74,6 +74,7 @@ class Part:
     blobs: tuple[BlobRef, ...]
     seq: int  # the engine's version of the part record
     checksums: dict[str, str] = field(default_factory=dict)  # verified x-amz-checksum-* of the part
+    sealing: Sealing | None = None  # sealed: `size` is the plaintext's, `sealing.stored` what its blobs hold
 
 
 class InvalidPartOrder(InvalidPart):
@@ -104,9 +105,15 @@ def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
         if p.size < MIN_PART_SIZE:
             raise EntityTooSmall(p.number)
     digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in used)).hexdigest()
+    sealing = None
+    if upload.meta.sealing is not None:  # every part was sealed as its own stream (its part number)
+        if any(p.sealing is None for p in used):
+            raise InvalidPart("a part of an encrypted upload was stored in plaintext")
+        sealing = Sealing(upload.meta.sealing.mode, upload.meta.sealing.key_id, upload.meta.sealing.wrapped,
+                          sum(p.sealing.stored for p in used if p.sealing is not None), tuple(p.number for p in used))
     meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
                       upload.meta.content_type, upload.meta.headers, upload.meta.user, checksums or {}, len(used),
-                      tuple(p.size for p in used), upload.upload_id, upload.meta.tags)
+                      tuple(p.size for p in used), upload.upload_id, upload.meta.tags, sealing)
     return used, meta
 
 
@@ -175,7 +182,10 @@ class Engine(Protocol):
     async def create_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str: ...
     async def list_parts(self, bucket: str, upload_id: str) -> list[Part]: ...
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
-                       etag: str, checksums: dict[str, str] | None = None) -> None: ...
+                       etag: str, checksums: dict[str, str] | None = None, size: int | None = None,
+                       sealing: Sealing | None = None) -> None:
+        """A part's pieces; `size` and `sealing` when they hold it sealed (size: the plaintext's)."""
+        ...
     async def abort_upload(self, bucket: str, upload_id: str) -> None: ...
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
                               cond: Conditions | None = None,

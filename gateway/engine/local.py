@@ -45,6 +45,7 @@ from .model import (
     ObjectInfo,
     ObjectMeta,
     PreconditionFailed,
+    Sealing,
 )
 from .recovery import check_index_file, recover
 from .segments import DataDir, Generation, SegmentGone, SegmentReader, WriteLock, read_blob_blocks
@@ -415,7 +416,7 @@ class LocalEngine:
         u = dict(info.meta.user)
         key = u.pop("\x00key")
         meta = ObjectMeta(0, "", info.meta.mtime, info.meta.content_type, info.meta.headers, u,
-                          info.meta.checksums, tags=info.meta.tags)
+                          info.meta.checksums, tags=info.meta.tags, sealing=info.meta.sealing)
         return Upload(upload_id, bucket, key, meta, info.meta.mtime, info.seq)
 
     def list_uploads(self, bucket: str) -> list[Upload]:
@@ -429,19 +430,21 @@ class LocalEngine:
         # --upload-id) read as an option; AWS's own ids never do.
         upload_id = secrets.token_hex(24)
         stored = ObjectMeta(0, '""', time.time(), meta.content_type, meta.headers,
-                            {**meta.user, "\x00key": key}, meta.checksums, tags=meta.tags)
+                            {**meta.user, "\x00key": key}, meta.checksums, tags=meta.tags, sealing=meta.sealing)
         await self._run(Txn([Write(MPU, f"u/{bucket}/{upload_id}", stored)],
                             [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
         return upload_id
 
     def list_parts(self, upload_id: str) -> list[Part]:
         return [Part(int(i.key.rsplit("/", 1)[1]), i.meta.size, i.meta.etag, i.meta.mtime, i.blobs, i.seq,
-                     i.meta.checksums)
+                     i.meta.checksums, i.meta.sealing)
                 for i in self.index.scan(MPU, f"p/{upload_id}/", None, 100_000)]
 
     async def put_part(self, bucket: str, upload_id: str, number: int, blob: BlobRef, etag: str,
-                       checksums: dict[str, str] | None = None) -> None:
-        meta = ObjectMeta(blob.size, etag, time.time(), checksums=checksums or {})
+                       checksums: dict[str, str] | None = None, size: int | None = None,
+                       sealing: Sealing | None = None) -> None:
+        meta = ObjectMeta(blob.size if size is None else size, etag, time.time(), checksums=checksums or {},
+                          sealing=sealing)
         await self._run(Txn([Write(MPU, f"p/{upload_id}/{number:05d}", meta, blobs=(blob,))],
                             [Guard("exists", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload)]))
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from .api import Bucket, Found, Part, RunBlocking, ThreadRunner, Upload
 from .commit import Guard, Txn, Write
 from .local import INLINE_MAX, LocalEngine, master_key
-from .model import SYS, BlobRef, Conditions, ListPage, ObjectInfo, ObjectMeta, PreconditionFailed
+from .model import SYS, BlobRef, Conditions, ListPage, ObjectInfo, ObjectMeta, PreconditionFailed, Sealing
 from .segments import BlobWriter
 
 T = TypeVar("T")
@@ -136,9 +136,10 @@ class LocalGateway:
         return self.local.list_parts(upload_id)
 
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
-                       etag: str, checksums: dict[str, str] | None = None) -> None:
+                       etag: str, checksums: dict[str, str] | None = None, size: int | None = None,
+                       sealing: Sealing | None = None) -> None:
         (blob,) = blobs
-        await self.local.put_part(bucket, upload_id, number, blob, etag, checksums)
+        await self.local.put_part(bucket, upload_id, number, blob, etag, checksums, size, sealing)
 
     async def abort_upload(self, bucket: str, upload_id: str) -> None:
         await self.local.abort_upload(bucket, upload_id)

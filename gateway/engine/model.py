@@ -41,16 +41,20 @@ class Sealing:
     and verifies the `stored` sealed bytes and never opens them."""
 
     mode: str  # "AES256" (SSE-S3) or "SSE-C"
-    key_id: str  # the store key that wraps the data key ("" for SSE-C)
-    wrapped: str  # the data key, wrapped (base64)
+    key_id: str  # the store key that wraps the data key (SSE-C: the MD5 of the customer's key)
+    wrapped: str  # the data key, wrapped (base64); "" on a part (its upload holds the key)
     stored: int  # sealed bytes stored
+    streams: tuple[int, ...] = ()  # a multipart object's: the part numbers its parts were sealed as
 
     def to_json(self) -> list[object]:
-        return [self.mode, self.key_id, self.wrapped, self.stored]
+        v: list[object] = [self.mode, self.key_id, self.wrapped, self.stored]
+        if self.streams:
+            v.append(list(self.streams))
+        return v
 
     @classmethod
     def from_json(cls, v: list[Any]) -> Sealing:
-        return cls(v[0], v[1], v[2], v[3])
+        return cls(v[0], v[1], v[2], v[3], tuple(v[4]) if len(v) > 4 else ())
 
 
 @dataclass(frozen=True, slots=True)

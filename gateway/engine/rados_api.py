@@ -42,6 +42,7 @@ from .model import (
     NoSuchBucket,
     NoSuchUpload,
     ObjectMeta,
+    Sealing,
 )
 from .rados import STRIPE, UPLOADS, RadosBucket, RadosStore, Stored
 
@@ -254,7 +255,8 @@ class RadosGateway:
         b = await self._fresh(bucket)
         upload_id = secrets.token_hex(24)
         value = json.dumps({"key": key, "meta": ObjectMeta(0, '""', meta.mtime, meta.content_type, meta.headers,
-                                                            meta.user, meta.checksums, tags=meta.tags).to_json(),
+                                                            meta.user, meta.checksums, tags=meta.tags,
+                                                            sealing=meta.sealing).to_json(),
                             "initiated": time.time(), "state": "open"})
         if not await self.store.swap_record(f"{UPLOADS}.{b.id}", upload_id, None, value):
             raise EngineUnavailable("an upload id was taken twice")
@@ -265,7 +267,9 @@ class RadosGateway:
         for name, raw in await self.store.records(f"parts.{upload_id}"):
             d = json.loads(raw)
             blobs = tuple(BlobRef.from_json(t) for t in d["tails"])
-            out[int(name)] = (Part(int(name), d["size"], d["etag"], d["mtime"], blobs, 0, d.get("x", {})), raw)
+            sealing = Sealing.from_json(d["se"]) if "se" in d else None
+            out[int(name)] = (Part(int(name), d["size"], d["etag"], d["mtime"], blobs, 0, d.get("x", {}), sealing),
+                              raw)
         return out
 
     async def list_parts(self, bucket: str, upload_id: str) -> list[Part]:
@@ -273,10 +277,14 @@ class RadosGateway:
         return [p for _, (p, _) in sorted((await self._parts(upload_id)).items())]
 
     async def put_part(self, bucket: str, upload_id: str, number: int, blobs: tuple[BlobRef, ...],
-                       etag: str, checksums: dict[str, str] | None = None) -> None:
+                       etag: str, checksums: dict[str, str] | None = None, size: int | None = None,
+                       sealing: Sealing | None = None) -> None:
         await self.get_upload(bucket, upload_id)
-        value = json.dumps({"size": sum(t.size for t in blobs), "etag": etag, "mtime": time.time(),
-                            "tails": [t.to_json() for t in blobs], "x": checksums or {}})
+        d: dict[str, Any] = {"size": sum(t.size for t in blobs) if size is None else size, "etag": etag,
+                             "mtime": time.time(), "tails": [t.to_json() for t in blobs], "x": checksums or {}}
+        if sealing is not None:
+            d["se"] = sealing.to_json()
+        value = json.dumps(d)
         name = f"{number:05d}"
         for _ in range(CAS_ATTEMPTS):
             raw = await self.store.record(f"parts.{upload_id}", name)

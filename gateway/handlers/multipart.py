@@ -11,16 +11,27 @@ import base64
 
 from aiohttp import web
 
+from runtime.sealing import Sealer
+
 from .. import sse
 from ..body import CHECKSUMS, COMBINE, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Part, Upload
-from ..engine.model import BlobRef, NoSuchKey, NoSuchUpload, ObjectMeta
+from ..engine.model import BlobRef, NoSuchKey, NoSuchUpload, ObjectMeta, Sealing
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
 from ..s3.http import evaluate_preconditions
 from ..s3.ops import parse_copy_source
-from .objects import CHECKSUM_ELEMENTS, copy_body, copy_source_key, meta_from_request, owner_xml, write_conditions
+from .objects import (
+    CHECKSUM_ELEMENTS,
+    copy_body,
+    copy_source_key,
+    meta_from_request,
+    new_sealing,
+    owner_xml,
+    sealed_etag,
+    write_conditions,
+)
 
 MAX_PART_NUMBER = 10000
 
@@ -61,29 +72,34 @@ def _upload_checksum(r: S3Request) -> dict[str, str]:
     return {"algorithm": alg, "type": kind}
 
 
-async def _refuse_encryption(gw: Gateway, r: S3Request) -> None:
-    """Multipart uploads are not encrypted yet: one that asks for it, or whose bucket encrypts by
-    default, is refused rather than stored in plaintext."""
-    if sse.H_SSE in r.headers or sse.H_ALGORITHM in r.headers:
-        sse.wanted(r.headers, None, sse.is_secure(r.request.secure, r.request.remote))  # bad headers: their error
-        raise S3Error("NotImplemented", "Server-side encryption of multipart uploads is not supported yet",
-                      extra={"Header": sse.H_SSE if sse.H_SSE in r.headers else sse.H_ALGORITHM})
-    b = await gw.engine.bucket_info(r.bucket or "", fresh=False)
-    if await gw.bucket_encryption.get(r.bucket or "", b.created) is not None:
-        raise S3Error("NotImplemented", "This bucket encrypts by default, and server-side encryption of "
-                      "multipart uploads is not supported yet")
+async def _part_sealer(gw: Gateway, r: S3Request, upload: Upload, number: int) -> tuple[bytes, Sealing] | None:
+    """For a part of an encrypted upload: the upload's data key (SSE-C: opened with the key the
+    request must send again) and the part's sealing (`stored` filled in once it is sealed)."""
+    if sse.H_SSE in r.headers:
+        raise S3Error("InvalidArgument", "x-amz-server-side-encryption header is not supported for this operation.",
+                      extra={"ArgumentName": sse.H_SSE})
+    customer = sse.customer_key(r.headers)
+    if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
+        raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
+                      "must be made over a secure connection.")
+    s = upload.meta.sealing
+    data_key = await gw.encryption.data_key(upload.meta, customer)
+    if s is None or data_key is None:
+        return None
+    return data_key, Sealing(s.mode, s.key_id, "", 0, (number,))
 
 
 async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    await _refuse_encryption(gw, r)
     m = meta_from_request(r, 0, "", {})
     wanted = _upload_checksum(r)
-    meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted, tags=m.tags)
+    sealed = await new_sealing(gw, r)  # the upload's data key: every part is sealed with it
+    meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted, tags=m.tags,
+                      sealing=sealed[1] if sealed is not None else None)
     upload_id = await gw.engine.create_upload(r.bucket, r.key, meta)
-    headers = {}
+    headers = sse.response_headers(meta)
     if wanted:
-        headers = {"x-amz-checksum-algorithm": wanted["algorithm"].upper(), "x-amz-checksum-type": wanted["type"]}
+        headers |= {"x-amz-checksum-algorithm": wanted["algorithm"].upper(), "x-amz-checksum-type": wanted["type"]}
     resp = _xml("InitiateMultipartUploadResult",
                 xml.elem("Bucket", r.bucket) + xml.elem("Key", r.key) + xml.elem("UploadId", upload_id))
     resp.headers.update(headers)
@@ -138,26 +154,29 @@ async def upload_part(gw: Gateway, r: S3Request) -> web.StreamResponse:
         return await upload_part_copy(gw, r, number, upload)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     assert r.bucket
+    sealed = await _part_sealer(gw, r, upload, number)
     got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking, upload=r.query["uploadId"],
-                        force_blob=True)
-    etag = f'"{got.md5_hex}"'
+                        force_blob=True, sealer=Sealer(sealed[0], number) if sealed is not None else None)
+    etag, sealing = sealed_etag(sealed, got.md5_hex, got.stored)
     try:
         sums = _part_checksums(upload, got.checksums)
     except S3Error:
         await gw.engine.discard(got.blobs)
         raise
-    await _store_part(gw, r, number, got.blobs, etag, sums)
-    headers = {"ETag": etag}
+    await _store_part(gw, r, number, got.blobs, etag, sums, got.size, sealing)
+    headers = {"ETag": etag, **sse.response_headers(upload.meta)}
     for name, v in got.checksums.items():
         headers[f"x-amz-checksum-{name}"] = v
     return web.Response(headers=headers)
 
 
 async def _store_part(gw: Gateway, r: S3Request, number: int, blobs: tuple[BlobRef, ...], etag: str,
-                      checksums: dict[str, str] | None = None) -> None:
+                      checksums: dict[str, str] | None = None, size: int | None = None,
+                      sealing: Sealing | None = None) -> None:
     assert r.bucket
     try:
-        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blobs, etag, checksums)
+        await gw.engine.put_part(r.bucket, r.query["uploadId"], number, blobs, etag, checksums,
+                                 size if sealing is not None else None, sealing)
     except BaseException:
         await gw.engine.discard(blobs)
         raise
@@ -177,11 +196,14 @@ async def upload_part_copy(gw: Gateway, r: S3Request, number: int, upload: Uploa
     assert r.bucket
     alg = upload.meta.checksums.get("algorithm")
     digest = CHECKSUMS[alg]() if alg else None
-    _, blobs, md5_hex, _ = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"], also=digest,
-                                           opened_with=await copy_source_key(gw, r, src))
-    etag = f'"{md5_hex}"'
+    source_key = await copy_source_key(gw, r, src)
+    sealed = await _part_sealer(gw, r, upload, number)
+    _, blobs, md5_hex, stored = await copy_body(gw, src, start, end, r.bucket, upload=r.query["uploadId"],
+                                                also=digest, opened_with=source_key,
+                                                sealer=Sealer(sealed[0], number) if sealed is not None else None)
+    etag, sealing = sealed_etag(sealed, md5_hex, stored)
     sums = {alg: digest.b64()} if alg and digest is not None else {}
-    await _store_part(gw, r, number, blobs, etag, sums)
+    await _store_part(gw, r, number, blobs, etag, sums, end - start, sealing)
     extra = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in sums.items())
     return _xml("CopyPartResult", xml.elem("LastModified", xml.iso8601(src.meta.mtime)) + xml.elem("ETag", etag)
                 + extra)
@@ -243,9 +265,11 @@ def _completed(r: S3Request, meta: ObjectMeta) -> web.Response:
     sums = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in meta.checksums.items() if a in CHECKSUM_ELEMENTS)
     if sums:
         sums += xml.elem("ChecksumType", meta.checksums.get("type", "FULL_OBJECT"))
-    return _xml("CompleteMultipartUploadResult",
+    resp = _xml("CompleteMultipartUploadResult",
                 xml.elem("Location", f"http://{host}/{r.bucket}/{r.key}") + xml.elem("Bucket", r.bucket)
                 + xml.elem("Key", r.key) + xml.elem("ETag", meta.etag) + sums)
+    resp.headers.update(sse.response_headers(meta))
+    return resp
 
 
 async def abort_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:

@@ -310,10 +310,10 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     cond = write_conditions(r)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     m = meta_from_request(r, 0, "", {})  # validated before a byte of the body is read
-    sealed = await _sealing_for(gw, r)
+    sealed = await new_sealing(gw, r)
     got = await receive(r.request, exp, gw.engine, r.bucket, run=gw.run_blocking,
                         sealer=Sealer(sealed[0]) if sealed is not None else None)
-    etag, sealing = _sealed_etag(sealed, got.md5_hex, got.stored)
+    etag, sealing = sealed_etag(sealed, got.md5_hex, got.stored)
     meta = ObjectMeta(got.size, etag, m.mtime, m.content_type, m.headers, m.user, got.checksums,
                       tags=m.tags, sealing=sealing)
     try:
@@ -327,7 +327,7 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     return web.Response(headers=headers)
 
 
-async def _sealing_for(gw: Gateway, r: S3Request) -> tuple[bytes, Sealing] | None:
+async def new_sealing(gw: Gateway, r: S3Request) -> tuple[bytes, Sealing] | None:
     """The data key and sealing a new object written by this request gets (its SSE headers,
     else its bucket's default encryption), or None: stored in plaintext."""
     assert r.bucket
@@ -339,7 +339,7 @@ async def _sealing_for(gw: Gateway, r: S3Request) -> tuple[bytes, Sealing] | Non
     return await gw.encryption.new(w) if w is not None else None
 
 
-def _sealed_etag(sealed: tuple[bytes, Sealing] | None, md5_hex: str, stored: int) -> tuple[str, Sealing | None]:
+def sealed_etag(sealed: tuple[bytes, Sealing] | None, md5_hex: str, stored: int) -> tuple[str, Sealing | None]:
     """A new object's ETag and sealing: the body's MD5, keyed for SSE-C (as on AWS, not the MD5)."""
     if sealed is None:
         return f'"{md5_hex}"', None
@@ -417,11 +417,11 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidRequest", "Checksum algorithm provided is unsupported. Please try again with any of "
                       "the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
     digest = CHECKSUMS[algorithm]() if algorithm is not None else None
-    sealed = await _sealing_for(gw, r)
+    sealed = await new_sealing(gw, r)
     data, blobs, md5_hex, stored = await copy_body(gw, src, 0, src.meta.size, r.bucket, also=digest,
                                                    opened_with=source_key,
                                                    sealer=Sealer(sealed[0]) if sealed is not None else None)
-    etag, sealing = _sealed_etag(sealed, md5_hex, stored)
+    etag, sealing = sealed_etag(sealed, md5_hex, stored)
     if directive == "REPLACE":
         meta = meta_from_request(r, src.meta.size, etag, {})
     else:

@@ -32,6 +32,7 @@ from .body import Expectations, receive
 from .context import Gateway, valid_bucket_name
 from .engine.api import Engine
 from .engine.model import BucketAlreadyExists, BucketNotEmpty, NoSuchBucket
+from .kms import KeyNotFound
 from .policy import Policy, PolicyError, preset
 from .s3.errors import S3Error
 from .s3.sigv4 import UNSIGNED_PAYLOAD
@@ -110,6 +111,20 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
         except AccountError as exc:
             raise AdminError(409, "AccountNotEmpty", str(exc)) from None
         return web.Response(status=204)
+    if parts == ["kms-keys"] and method == "GET":
+        return _json([k.describe() for k in await gw.encryption.kms.list()])
+    if parts == ["kms-keys"] and method == "POST":
+        doc = await _body(gw, request, principal)
+        try:
+            made = await gw.encryption.kms.create(str(doc.get("description", "")), str(doc.get("alias", "")))
+        except ValueError as exc:
+            raise AdminError(409, "AlreadyExists", str(exc)) from None
+        return _json(made.describe(), 201)
+    if len(parts) == 3 and parts[0] == "kms-keys" and parts[2] == "rotate" and method == "POST":
+        try:
+            return _json({"KeyId": parts[1], "Version": await gw.encryption.kms.rotate(parts[1])})
+        except KeyNotFound:
+            raise AdminError(404, "NotFoundException", f"no KMS key {parts[1]}") from None
     if parts == ["store-keys"] and method == "GET":
         return _json(await gw.encryption.store_keys.describe())
     if parts == ["store-keys"] and method == "POST":

@@ -55,11 +55,9 @@ ENGINE_ERRORS: dict[type[m.EngineError], str] = {
 
 # Headers asking for something this gateway cannot do yet.  Obeying them in
 # silence (storing plaintext when encryption was asked for) would be a lie.
-# SSE-S3 and SSE-C are served (sse.py); SSE-KMS is not yet.
+# SSE-S3, SSE-KMS and SSE-C are served (sse.py); an encryption context is not yet.
 UNSUPPORTED_HEADERS = (
-    "x-amz-server-side-encryption-aws-kms-key-id",
     "x-amz-server-side-encryption-context",
-    "x-amz-server-side-encryption-bucket-key-enabled",
 )
 # The operations that take SSE headers, and which; any other refuses them rather than ignore them.
 _SSE = "x-amz-server-side-encryption"
@@ -71,7 +69,7 @@ SSE_OPS = {"PutObject": (_SSE, _COPY_SSE), "GetObject": (_SSE,), "HeadObject": (
 def refuse_unsupported(op: str, headers: Any) -> None:
     for name in UNSUPPORTED_HEADERS:
         if name in headers:
-            raise S3Error("NotImplemented", "Server-side encryption with KMS keys (SSE-KMS) is not supported yet",
+            raise S3Error("NotImplemented", "An SSE-KMS encryption context is not supported yet",
                           extra={"Header": name})
     taken = SSE_OPS.get(op, ())
     for h in headers:

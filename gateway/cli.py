@@ -222,6 +222,44 @@ def cmd_store_key(args: argparse.Namespace) -> int:
     return _on_local(args, act, writer=args.action != "list")
 
 
+def cmd_kms(args: argparse.Namespace) -> int:
+    """mailstore kms create | list | rotate KEY_ID: SSE-KMS's local key table (gateway/kms.py)."""
+    from .kms import KeyNotFound, KmsKeys
+
+    if args.endpoint:
+        if args.action == "create":
+            print(json.dumps(_admin_call(args, "POST", "/_admin/kms-keys",
+                                         {"description": args.description, "alias": args.alias})))
+        elif args.action == "rotate":
+            print(json.dumps(_admin_call(args, "POST", f"/_admin/kms-keys/{args.key_id}/rotate", {})))
+        else:
+            for k in _admin_call(args, "GET", "/_admin/kms-keys"):
+                print(json.dumps(k))
+        return 0
+    if not args.data_dir:
+        raise ValueError("give --data-dir DIR (local) or --endpoint URL (admin API)")
+
+    async def act(engine: Engine) -> int:
+        keys = KmsKeys(engine)
+        try:
+            if args.action == "create":
+                print(json.dumps((await keys.create(args.description, args.alias)).describe()))
+            elif args.action == "rotate":
+                print(json.dumps({"KeyId": args.key_id, "Version": await keys.rotate(args.key_id)}))
+            else:
+                for k in await keys.list():
+                    print(json.dumps(k.describe()))
+        except KeyNotFound:
+            print(f"mailstore: no such KMS key: {args.key_id}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"mailstore: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _on_local(args, act, writer=args.action != "list")
+
+
 def _on_local(args: argparse.Namespace, act: Callable[[Engine], Coroutine[Any, Any, int]], *, writer: bool) -> int:
     """Run `act` on the data directory's engine (as a gateway would see it), then close it."""
     engine = LocalEngine(find_engine(args.data_dir), writer=writer)
@@ -334,8 +372,8 @@ def register(sub: Subcommands) -> None:
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
     from . import rados_cli
 
-    for add in (_gateway_parser, _account_parsers, _key_parsers, _store_key_parsers, _usage_parser, _bucket_parsers,
-                _fsck_parser, _compact_parser, rados_cli.register):
+    for add in (_gateway_parser, _account_parsers, _key_parsers, _store_key_parsers, _kms_parsers, _usage_parser,
+                _bucket_parsers, _fsck_parser, _compact_parser, rados_cli.register):
         add(sub)
 
 
@@ -430,6 +468,20 @@ def _store_key_parsers(sub: Subcommands) -> None:
     _where(ssub.add_parser("rotate", help="a new store key; objects written from now on use it, older "
                                           "objects keep opening with theirs"))
     p.set_defaults(fn=cmd_store_key)
+
+
+def _kms_parsers(sub: Subcommands) -> None:
+    p = sub.add_parser("kms", help="SSE-KMS keys (a local key table in place of AWS KMS)")
+    ksub = p.add_subparsers(dest="action", required=True)
+    create = ksub.add_parser("create", help="a new KMS key; prints its id and ARN (never its material)")
+    _where(create)
+    create.add_argument("--description", default="", help="what the key is for")
+    create.add_argument("--alias", default="", help="a name requests may use as alias/NAME")
+    _where(ksub.add_parser("list", help="every KMS key: id, ARN, alias, versions"))
+    rotate = ksub.add_parser("rotate", help="new key material for KEY_ID; what it wrapped before still opens")
+    _where(rotate)
+    rotate.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(fn=cmd_kms)
 
 
 def _usage_parser(sub: Subcommands) -> None:

@@ -91,7 +91,7 @@ class Gateway:
         self.bucket_policies = BucketPolicies(engine)
         self.bucket_tags = BucketRecords(engine, "bucket-tagging")
         self.bucket_encryption = BucketDefaults(engine)
-        self.encryption = Encryption(engine)
+        self.encryption = Encryption(engine, config.region)
         self.auth = Authenticator(self.keys)
         self.access = Access()
         self.access_log = AccessLog()  # the S3 access log, one line per request (runtime/logs.py)

@@ -36,20 +36,24 @@ from runtime import sealing
 from .bucket_records import BucketRecords
 from .engine.api import Engine, Found, RunBlocking
 from .engine.model import CorruptRecord, ObjectMeta, Sealing
+from .kms import KeyNotFound, KmsKeys
 from .s3.errors import S3Error
 
 log = logging.getLogger("gateway.sse")
 
 SSE_S3 = "AES256"
 SSE_C = "SSE-C"
+SSE_KMS = "aws:kms"
 H_SSE = "x-amz-server-side-encryption"
+H_KMS_KEY = "x-amz-server-side-encryption-aws-kms-key-id"
 H_ALGORITHM = "x-amz-server-side-encryption-customer-algorithm"
 H_KEY = "x-amz-server-side-encryption-customer-key"
 H_KEY_MD5 = "x-amz-server-side-encryption-customer-key-md5"
 COPY_SOURCE = "x-amz-copy-source-"  # a copy's source SSE-C headers: x-amz-copy-source-server-side-...
 NAMESPACE = "sse-key"  # engine records: one per store key, named by its id
 ON_LOOP = 256 << 10  # sealed bytes opened on the event loop; more go to a worker thread
-_LABELS = {SSE_S3: b"mailstore sse-s3 data key", SSE_C: b"mailstore sse-c data key"}
+_LABELS = {SSE_S3: b"mailstore sse-s3 data key", SSE_C: b"mailstore sse-c data key",
+           SSE_KMS: b"mailstore sse-kms data key"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +66,9 @@ class CustomerKey:
 class Wanted:
     """How a write asks its object to be encrypted."""
 
-    mode: str  # SSE_S3 or SSE_C
+    mode: str  # SSE_S3, SSE_KMS or SSE_C
     customer: CustomerKey | None = None
+    kms_key: str | None = None  # SSE-KMS: the key the request names (id, ARN, alias/NAME); None: aws/s3
 
 
 def customer_key(headers: Mapping[str, str], prefix: str = "") -> CustomerKey | None:
@@ -111,6 +116,10 @@ def wanted(headers: Mapping[str, str], default: str | None, secure: bool) -> Wan
     if sse is not None and customer is not None:
         raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with "
                       "the encryption method specified", extra={"ArgumentName": H_SSE, "ArgumentValue": sse[:64]})
+    kms_key = headers.get(H_KMS_KEY)
+    if kms_key is not None and sse != SSE_KMS:
+        raise S3Error("InvalidArgument", "Server Side Encryption with AWS KMS managed key requires HTTP header "
+                      "x-amz-server-side-encryption : aws:kms", extra={"ArgumentName": H_SSE})
     if customer is not None:
         if not secure:
             raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
@@ -119,19 +128,25 @@ def wanted(headers: Mapping[str, str], default: str | None, secure: bool) -> Wan
     if sse is not None:
         if sse == SSE_S3:
             return Wanted(SSE_S3)
+        if sse == SSE_KMS:
+            return Wanted(SSE_KMS, kms_key=kms_key.strip() if kms_key else None)
         if sse.startswith("aws:kms"):
-            raise S3Error("NotImplemented", "Server-side encryption with KMS keys (SSE-KMS) is not supported yet",
+            raise S3Error("NotImplemented", "Dual-layer server-side encryption (DSSE-KMS) is not supported",
                           extra={"Header": H_SSE})
         raise S3Error("InvalidArgument", "The encryption method specified is not supported",
                       extra={"ArgumentName": H_SSE, "ArgumentValue": sse[:64]})
-    return Wanted(SSE_S3) if default == SSE_S3 else None
+    if default is None:
+        return None
+    algorithm, _, key = default.partition(" ")
+    return Wanted(SSE_KMS, kms_key=key or None) if algorithm == SSE_KMS else Wanted(SSE_S3)
 
 
 def refuse_on_read(headers: Mapping[str, str]) -> None:
     """GET and HEAD name an object's encryption by its SSE-C key only (AWS: InvalidArgument)."""
-    if H_SSE in headers:
-        raise S3Error("InvalidArgument", "x-amz-server-side-encryption header is not supported for this operation.",
-                      extra={"ArgumentName": H_SSE})
+    for name in (H_SSE, H_KMS_KEY, "x-amz-server-side-encryption-bucket-key-enabled"):
+        if name in headers:
+            raise S3Error("InvalidArgument", f"{name} header is not supported for this operation.",
+                          extra={"ArgumentName": name})
 
 
 def response_headers(meta: ObjectMeta) -> dict[str, str]:
@@ -141,6 +156,9 @@ def response_headers(meta: ObjectMeta) -> dict[str, str]:
         return {}
     if s.mode == SSE_S3:
         return {"x-amz-server-side-encryption": SSE_S3}
+    if s.mode == SSE_KMS:
+        return {"x-amz-server-side-encryption": SSE_KMS,
+                "x-amz-server-side-encryption-aws-kms-key-id": s.key_id.rpartition("#")[0]}
     return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
             "x-amz-server-side-encryption-customer-key-MD5": s.key_id}
 
@@ -240,8 +258,9 @@ class UnreadableKey(CorruptRecord):
 class Encryption:
     """Data keys for objects: made for a write, recovered for a read."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, region: str = "us-east-1") -> None:
         self.store_keys = StoreKeys(engine)
+        self.kms = KmsKeys(engine, region)
 
     async def new(self, w: Wanted) -> tuple[bytes, Sealing]:
         """A new data key and how it is kept (`stored` is filled in once the body is sealed)."""
@@ -250,6 +269,14 @@ class Encryption:
             assert w.customer is not None
             wrapped = sealing.wrap(w.customer.key, data_key, _LABELS[SSE_C])
             key_id = w.customer.md5  # echoed on reads; it is a digest of the key, as AWS sends back
+        elif w.mode == SSE_KMS:
+            try:
+                kms_id = await self.kms.resolve(w.kms_key)
+                version, material = await self.kms.newest(kms_id)
+            except KeyNotFound:
+                raise S3Error("KMS.NotFoundException", f"Invalid keyId {(w.kms_key or '')[:128]}") from None
+            wrapped = sealing.wrap(material, data_key, _LABELS[SSE_KMS])
+            key_id = f"{self.kms.arn(kms_id)}#{version}"
         else:
             key_id, kek = await self.store_keys.newest()
             wrapped = sealing.wrap(kek, data_key, _LABELS[SSE_S3])
@@ -266,9 +293,13 @@ class Encryption:
             if s is None:
                 return None
             try:
-                return sealing.unwrap(await self.store_keys.get(s.key_id), base64.b64decode(s.wrapped),
-                                      _LABELS[s.mode])
-            except (LookupError, sealing.SealError) as exc:
+                if s.mode == SSE_KMS:
+                    arn, _, version = s.key_id.rpartition("#")
+                    kek = await self.kms.material(arn.rsplit(":key/", 1)[1], int(version))
+                else:
+                    kek = await self.store_keys.get(s.key_id)
+                return sealing.unwrap(kek, base64.b64decode(s.wrapped), _LABELS[s.mode])
+            except (LookupError, KeyNotFound, ValueError, sealing.SealError) as exc:
                 raise UnreadableKey(str(exc)) from None
         if customer is None:
             raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. "

@@ -122,7 +122,7 @@ def test_sse_c_header_checks(gateway, s3, bucket, raw):
         ("PUT", "x", {"x-amz-server-side-encryption-customer-algorithm": "AES256"}, 400, "InvalidArgument"),
         ("PUT", "x", dict(raw_ssec(KEY_A), **{"x-amz-server-side-encryption": "AES256"}), 400, "InvalidArgument"),
         ("PUT", "x", {"x-amz-server-side-encryption": "AES512"}, 400, "InvalidArgument"),
-        ("PUT", "x", {"x-amz-server-side-encryption": "aws:kms"}, 501, "NotImplemented"),
+        ("PUT", "x", {"x-amz-server-side-encryption": "aws:kms:dsse"}, 501, "NotImplemented"),
         ("GET", "plain", raw_ssec(KEY_A), 400, "InvalidRequest"),  # not applicable to a plaintext object
         ("GET", "plain", {"x-amz-server-side-encryption": "AES256"}, 400, "InvalidArgument"),
         ("DELETE", "plain", raw_ssec(KEY_A), 400, "InvalidArgument"),
@@ -392,9 +392,9 @@ def rados_dump(engine_kind, request):
     return dump
 
 
-def test_store_key_rotation(engine_kind, gateway, s3, bucket, key):
-    """A new store key seals what is written after it; what was sealed before still opens.
-    Through the admin API (`mailstore store-key --endpoint`), which works on either engine."""
+@pytest.fixture
+def cli(gateway, key):
+    """`mailstore ... --endpoint` (the admin API, on either engine) as the test's operator key."""
     import json
     import subprocess
 
@@ -402,19 +402,76 @@ def test_store_key_rotation(engine_kind, gateway, s3, bucket, key):
 
     env = dict(os.environ, MAILSTORE_ACCESS_KEY=key.access_key, MAILSTORE_SECRET_KEY=key.secret)
 
-    def cli(*args: str) -> list[dict[str, object]]:
-        out = subprocess.run([str(BIN / "mailstore"), "store-key", *args, "--endpoint", gateway.endpoint],
+    def run(*args: str) -> list[dict[str, object]]:
+        out = subprocess.run([str(BIN / "mailstore"), *args, "--endpoint", gateway.endpoint],
                              capture_output=True, text=True, env=env, check=True).stdout
         return [json.loads(line) for line in out.splitlines()]
+    return run
+
+
+def test_store_key_rotation(engine_kind, s3, bucket, cli):
+    """A new store key seals what is written after it; what was sealed before still opens.
+    Through the admin API (`mailstore store-key --endpoint`), which works on either engine."""
 
     s3.put_object(Bucket=bucket, Key="old", Body=b"old body", ServerSideEncryption="AES256")
-    before = cli("list")
+    before = cli("store-key", "list")
     assert before and before[-1]["Newest"]
     assert all(set(d) == {"KeyId", "Created", "Newest"} for d in before)  # never the key itself
-    made = cli("rotate")[0]
-    after = cli("list")
+    made = cli("store-key", "rotate")[0]
+    after = cli("store-key", "list")
     assert [k["KeyId"] for k in after] == [k["KeyId"] for k in before] + [made["KeyId"]]
     assert after[-1]["Newest"] and not after[0]["Newest"]
     s3.put_object(Bucket=bucket, Key="new", Body=b"new body", ServerSideEncryption="AES256")
     assert s3.get_object(Bucket=bucket, Key="old")["Body"].read() == b"old body"
     assert s3.get_object(Bucket=bucket, Key="new")["Body"].read() == b"new body"
+
+
+def test_sse_kms(s3, bucket, cli):
+    """SSE-KMS with keys of the local key table: named by id, ARN or alias, the aws/s3 default,
+    rotation, bucket defaults, multipart and copies to other modes."""
+    made = cli("kms", "create", "--description", "mail archive", "--alias", f"archive-{bucket}")[0]
+    kid, arn = str(made["KeyId"]), str(made["Arn"])
+    assert arn.endswith(f":key/{kid}") and "Key" not in {k.lower() for k in made}
+    body = os.urandom(CHUNK + 5)
+    for ref in (kid, arn, f"alias/archive-{bucket}"):
+        put = s3.put_object(Bucket=bucket, Key="k", Body=body, ServerSideEncryption="aws:kms", SSEKMSKeyId=ref)
+        assert (put["ServerSideEncryption"], put["SSEKMSKeyId"]) == ("aws:kms", arn)
+        got = s3.get_object(Bucket=bucket, Key="k")
+        assert (got["ServerSideEncryption"], got["SSEKMSKeyId"]) == ("aws:kms", arn)
+        assert got["Body"].read() == body
+    assert s3.head_object(Bucket=bucket, Key="k")["SSEKMSKeyId"] == arn
+    default = s3.put_object(Bucket=bucket, Key="d", Body=b"d", ServerSideEncryption="aws:kms")
+    aliases = {k["Alias"]: k["Arn"] for k in cli("kms", "list") if "Alias" in k}
+    assert default["SSEKMSKeyId"] == aliases["alias/aws/s3"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="x", Body=b"x", ServerSideEncryption="aws:kms",
+                      SSEKMSKeyId="00000000-0000-0000-0000-000000000000")
+    assert (status(e.value), code(e.value)) == (400, "KMS.NotFoundException")
+    assert cli("kms", "rotate", kid)[0]["Version"] == 2
+    s3.put_object(Bucket=bucket, Key="after", Body=b"after rotation", ServerSideEncryption="aws:kms",
+                  SSEKMSKeyId=kid)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body  # wrapped with version 1
+    assert s3.get_object(Bucket=bucket, Key="after")["Body"].read() == b"after rotation"
+    s3.copy_object(Bucket=bucket, Key="c", CopySource={"Bucket": bucket, "Key": "k"}, **ssec(KEY_A))
+    assert s3.get_object(Bucket=bucket, Key="c", **ssec(KEY_A))["Body"].read() == body
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kid}}]})
+    rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kid}
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="m")
+    assert uid["SSEKMSKeyId"] == arn
+    p1, p2 = os.urandom(MIB5), os.urandom(CHUNK * 2 + 1)
+    etags = [s3.upload_part(Bucket=bucket, Key="m", UploadId=uid["UploadId"], PartNumber=n, Body=b)["ETag"]
+             for n, b in ((1, p1), (2, p2))]
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="m", UploadId=uid["UploadId"], MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": e} for n, e in zip((1, 2), etags)]})
+    assert done["ServerSideEncryption"] == "aws:kms"
+    assert s3.get_object(Bucket=bucket, Key="m", Range=f"bytes={MIB5 - 2}-{MIB5 + 2}")["Body"].read() \
+        == (p1 + p2)[MIB5 - 2:MIB5 + 3]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "nope"}}]})
+    assert code(e.value) == "KMS.NotFoundException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # a key id without aws:kms
+        s3.put_object(Bucket=bucket, Key="y", Body=b"y", ServerSideEncryption="AES256", SSEKMSKeyId=kid)
+    assert status(e.value) == 400

@@ -15,6 +15,7 @@ from ..body import Expectations, receive
 from ..bucket_policies import MAX_POLICY
 from ..context import Gateway, S3Request, valid_bucket_name
 from ..engine.model import BucketAlreadyExists, ListPage, NoSuchBucket
+from ..kms import KeyNotFound
 from ..policy import Policy, PolicyError
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
@@ -157,22 +158,30 @@ async def get_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse
     algorithm = await gw.bucket_encryption.get(r.bucket, b.created)
     if algorithm is None:
         raise S3Error("ServerSideEncryptionConfigurationNotFoundError", extra={"BucketName": r.bucket})
-    return _xml("ServerSideEncryptionConfiguration", xml.encryption(algorithm))
+    name, _, key = algorithm.partition(" ")
+    return _xml("ServerSideEncryptionConfiguration", xml.encryption(name, key or None))
 
 
 async def put_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse:
-    """API Reference, PutBucketEncryption: AES256 (SSE-S3) as the default of every new object
-    written without SSE headers. SSE-KMS defaults are not supported yet (NotImplemented)."""
+    """API Reference, PutBucketEncryption: AES256 (SSE-S3) or aws:kms (SSE-KMS, with the key named by
+    KMSMasterKeyID or else aws/s3) as the default of every new object written without SSE headers."""
     assert r.bucket
     b = await gw.engine.get_bucket(r.bucket)
     exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
     got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
-    algorithm = xml.parse_encryption(got.data)
-    if algorithm.startswith("aws:kms"):
-        raise S3Error("NotImplemented", "Default encryption with KMS keys (SSE-KMS) is not supported yet")
-    if algorithm != sse.SSE_S3:
+    algorithm, key = xml.parse_encryption(got.data)
+    if algorithm == "aws:kms:dsse":
+        raise S3Error("NotImplemented", "Dual-layer server-side encryption (DSSE-KMS) is not supported")
+    if algorithm not in (sse.SSE_S3, sse.SSE_KMS):
         raise S3Error("MalformedXML", f"SSEAlgorithm {algorithm[:64]!r} is not AES256, aws:kms or aws:kms:dsse")
-    await gw.bucket_encryption.put(r.bucket, b.created, algorithm)
+    if key is not None and algorithm != sse.SSE_KMS:
+        raise S3Error("InvalidArgument", "a KMSMasterKeyID is given only with SSEAlgorithm aws:kms")
+    if key is not None:
+        try:
+            await gw.encryption.kms.resolve(key)
+        except KeyNotFound:
+            raise S3Error("KMS.NotFoundException", f"Invalid keyId {key[:128]}") from None
+    await gw.bucket_encryption.put(r.bucket, b.created, f"{algorithm} {key}" if key else algorithm)
     return web.Response()
 
 

@@ -237,22 +237,25 @@ def parse_tagging(body: bytes) -> list[tuple[str, str]]:
     return out
 
 
-def parse_encryption(body: bytes) -> str:
+def parse_encryption(body: bytes) -> tuple[str, str | None]:
     """A PutBucketEncryption document: <ServerSideEncryptionConfiguration> with one <Rule> whose
-    <ApplyServerSideEncryptionByDefault> names the <SSEAlgorithm>; the algorithm."""
+    <ApplyServerSideEncryptionByDefault> names the <SSEAlgorithm> (and for aws:kms perhaps the
+    <KMSMasterKeyID>); the algorithm and the key."""
     root = parse_xml(body)
     rules = root.findall("Rule") if root.tag == "ServerSideEncryptionConfiguration" else []
     if len(rules) != 1:
         raise S3Error("MalformedXML", "A ServerSideEncryptionConfiguration holds one Rule")
     default = rules[0].find("ApplyServerSideEncryptionByDefault")
     algorithm = default.findtext("SSEAlgorithm") if default is not None else None
-    if algorithm is None:
+    if default is None or algorithm is None:
         raise S3Error("MalformedXML", "The Rule needs ApplyServerSideEncryptionByDefault with an SSEAlgorithm")
-    return algorithm.strip()
+    key = default.findtext("KMSMasterKeyID")
+    return algorithm.strip(), key.strip() if key and key.strip() else None
 
 
-def encryption(algorithm: str) -> str:
-    return (f"<Rule><ApplyServerSideEncryptionByDefault>{elem('SSEAlgorithm', algorithm)}"
+def encryption(algorithm: str, key: str | None = None) -> str:
+    kms = elem("KMSMasterKeyID", key) if key else ""
+    return (f"<Rule><ApplyServerSideEncryptionByDefault>{elem('SSEAlgorithm', algorithm)}{kms}"
             "</ApplyServerSideEncryptionByDefault><BucketKeyEnabled>false</BucketKeyEnabled></Rule>")
 
 

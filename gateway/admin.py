@@ -125,6 +125,15 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
             return _json({"KeyId": parts[1], "Version": await gw.encryption.kms.rotate(parts[1])})
         except KeyNotFound:
             raise AdminError(404, "NotFoundException", f"no KMS key {parts[1]}") from None
+    if parts == ["rewrap"] and method == "POST":
+        from .rewrap import rewrap_page
+        doc = await _body(gw, request, principal)
+        limit = doc.get("limit", 1000)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise AdminError(400, "InvalidArgument", "limit is a whole number from 1 to 10000")
+        marker = doc.get("marker")
+        page = await rewrap_page(gw, str(marker) if marker else None, limit)
+        return _json({"Checked": page.checked, "Rewrapped": page.rewrapped, "NextMarker": page.next_marker})
     if parts == ["store-keys"] and method == "GET":
         return _json(await gw.encryption.store_keys.describe())
     if parts == ["store-keys"] and method == "POST":

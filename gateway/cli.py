@@ -260,6 +260,23 @@ def cmd_kms(args: argparse.Namespace) -> int:
     return _on_local(args, act, writer=args.action != "list")
 
 
+def cmd_rewrap(args: argparse.Namespace) -> int:
+    """mailstore rewrap --endpoint URL: every SSE-S3 / SSE-KMS data key under the newest key."""
+    if not args.endpoint:
+        raise ValueError("rewrap runs through a gateway (it reads and writes objects): give --endpoint URL")
+    checked = rewrapped = 0
+    marker = None
+    while True:
+        page = _admin_call(args, "POST", "/_admin/rewrap", {"marker": marker, "limit": args.page_size})
+        checked += page["Checked"]
+        rewrapped += page["Rewrapped"]
+        marker = page["NextMarker"]
+        if marker is None:
+            break
+    print(json.dumps({"Checked": checked, "Rewrapped": rewrapped}))
+    return 0
+
+
 def _on_local(args: argparse.Namespace, act: Callable[[Engine], Coroutine[Any, Any, int]], *, writer: bool) -> int:
     """Run `act` on the data directory's engine (as a gateway would see it), then close it."""
     engine = LocalEngine(find_engine(args.data_dir), writer=writer)
@@ -372,7 +389,8 @@ def register(sub: Subcommands) -> None:
     """The gateway's subcommands of `mailstore` (assembled by appliance.cli)."""
     from . import rados_cli
 
-    for add in (_gateway_parser, _account_parsers, _key_parsers, _store_key_parsers, _kms_parsers, _usage_parser,
+    for add in (_gateway_parser, _account_parsers, _key_parsers, _store_key_parsers, _kms_parsers, _rewrap_parser,
+                _usage_parser,
                 _bucket_parsers, _fsck_parser, _compact_parser, rados_cli.register):
         add(sub)
 
@@ -482,6 +500,14 @@ def _kms_parsers(sub: Subcommands) -> None:
     _where(rotate)
     rotate.add_argument("key_id", metavar="KEY_ID")
     p.set_defaults(fn=cmd_kms)
+
+
+def _rewrap_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("rewrap", help="wrap every SSE-S3/SSE-KMS data key under the newest store key or KMS "
+                                      "key version (after a rotation); bodies are not re-encrypted")
+    _where(p)
+    p.add_argument("--page-size", type=int, default=1000, help="objects per admin API request (1-10000)")
+    p.set_defaults(fn=cmd_rewrap)
 
 
 def _usage_parser(sub: Subcommands) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -281,6 +282,29 @@ class Encryption:
             key_id, kek = await self.store_keys.newest()
             wrapped = sealing.wrap(kek, data_key, _LABELS[SSE_S3])
         return data_key, Sealing(w.mode, key_id, base64.b64encode(wrapped).decode(), 0)
+
+    async def rewrapped(self, meta: ObjectMeta) -> ObjectMeta | None:
+        """`meta` with its data key wrapped again under the newest store key (SSE-S3) or the
+        newest version of its KMS key; None when it already is (or is plaintext, or SSE-C,
+        whose key the store never has). The body is not touched: its data key is the same."""
+        s = meta.sealing
+        if s is None or s.mode == SSE_C:
+            return None
+        if s.mode == SSE_KMS:
+            arn, _, version = s.key_id.rpartition("#")
+            kms_id = arn.rsplit(":key/", 1)[1]
+            newest, kek = await self.kms.newest(kms_id)
+            if str(newest) == version:
+                return None
+            key_id = f"{arn}#{newest}"
+        else:
+            key_id, kek = await self.store_keys.newest()
+            if key_id == s.key_id:
+                return None
+        data_key = await self.data_key(meta, None)
+        assert data_key is not None
+        wrapped = base64.b64encode(sealing.wrap(kek, data_key, _LABELS[s.mode])).decode()
+        return dataclasses.replace(meta, sealing=dataclasses.replace(s, key_id=key_id, wrapped=wrapped))
 
     async def data_key(self, meta: ObjectMeta, customer: CustomerKey | None) -> bytes | None:
         """The data key that opens an object's body (None: it is stored in plaintext), given

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from gateway import sse
 from gateway.accounts import owner_field
 from gateway.app import build_server
 from gateway.config import GatewayConfig
@@ -34,9 +36,10 @@ from gateway.engine.api import ThreadRunner
 from gateway.engine.model import ObjectMeta
 from gateway.s3 import sigv4
 from gateway.server import open_engine
+from runtime import logs
+from runtime.sealing import seal
 
 from .s3 import new_key
-from runtime import logs
 
 BODY = b"x" * 4096
 BIN = Path(sys.executable).parent
@@ -87,10 +90,17 @@ async def run(requests: int, repeats: int) -> None:
         etag = f'"{hashlib.md5(BODY).hexdigest()}"'
         for i in range(150):
             await gw.engine.put("bench", f"p/{i:04d}", ObjectMeta(len(BODY), etag, time.time()), BODY)
+        data_key, sealing = await gw.encryption.new(sse.Wanted(sse.SSE_S3))  # as PutObject with SSE-S3 seals
+        sealed = seal(data_key, BODY)
+        await gw.engine.put("bench", "sse/0001", ObjectMeta(len(BODY), etag, time.time(),
+                                                            sealing=dataclasses.replace(sealing, stored=len(sealed))),
+                            sealed)
         listing = [("list-type", "2"), ("max-keys", "100"), ("prefix", "p/")]
         cases: list[tuple[str, Callable[[], web.BaseRequest], int]] = [
             ("HEAD", lambda: signed("HEAD", "/bench/p/0001", [], key), requests),
             ("GET", lambda: signed("GET", "/bench/p/0001", [], key), requests),
+            ("HEAD sse", lambda: signed("HEAD", "/bench/sse/0001", [], key), requests),
+            ("GET sse", lambda: signed("GET", "/bench/sse/0001", [], key), requests),
             ("LIST 100", lambda: signed("GET", "/bench", listing, key), max(1, requests // 4)),
         ]
         print(f"{'request':10s} {'status':>6s} {'min us':>8s} {'median us':>10s}   (CPU per request, in process)")

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .compress import Compressed
 from .fscache import FsCache
 from .s3client import AccessDenied, FsError, NotFound, ObjectStat, PreconditionFailed, S3Client, Unavailable
-from .url import FsCacheUrl, FsUrlError, S3Url, parse
+from .url import CompressUrl, FsCacheUrl, FsSpec, FsUrlError, S3Url, parse
 
 __all__ = [
     "AccessDenied",
+    "CompressUrl",
+    "Compressed",
     "Fs",
     "FsCache",
     "FsError",
+    "FsSpec",
     "FsUrlError",
     "NotFound",
     "ObjectStat",
     "PreconditionFailed",
     "S3Client",
+    "S3Url",
     "Unavailable",
     "open_fs",
     "read_url",
 ]
 
 
-Fs = S3Client | FsCache  # what open_fs gives: the same calls either way
+Fs = S3Client | FsCache | Compressed  # what open_fs gives: the same calls (store.Store) either way
 
 
 def read_url(text: str) -> str:
@@ -46,9 +51,11 @@ def read_url(text: str) -> str:
     return url
 
 
-def open_fs(url: str | S3Url | FsCacheUrl) -> Fs:
+def open_fs(url: str | FsSpec) -> Fs:
     """The storage stack a Dovecot-style fs URL names ("@PATH": the URL in that file)."""
     spec = parse(read_url(url)) if isinstance(url, str) else url
     if isinstance(spec, FsCacheUrl):
-        return FsCache(S3Client(spec.parent), spec.path, spec.size)
+        return FsCache(open_fs(spec.parent), spec.path, spec.size)
+    if isinstance(spec, CompressUrl):
+        return Compressed(open_fs(spec.parent), spec.algorithm, spec.level)
     return S3Client(spec)

@@ -40,7 +40,8 @@ import diskcache
 
 from runtime import batching
 
-from .s3client import ListEntry, ObjectStat, S3Client
+from .s3client import ListEntry, ObjectStat
+from .store import Store
 
 T = TypeVar("T")
 
@@ -111,7 +112,7 @@ def _cache_batch(cache: diskcache.Cache) -> Callable[[list[batching.Call]], list
 
 
 class FsCache:
-    def __init__(self, parent: S3Client, path: str, size: int) -> None:
+    def __init__(self, parent: Store, path: str, size: int) -> None:
         self.parent = parent
         # cull_limit=0: no culling inside set(); we cull after each insert and count.
         # disk_min_file_size: entries under 1 MiB (most mail) live in SQLite pages;

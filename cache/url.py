@@ -2,6 +2,7 @@
 
     s3:http[s]://KEY:SECRET@host[:port]/[prefix/]?bucket=NAME&region=R&timeout=10s&max_retries=4
     fscache:SIZE:PATH:<parent URL>                 e.g. fscache:1G:/var/cache/mail:s3:http://...
+    compress:ALGORITHM:LEVEL:<parent URL>          e.g. compress:zstd:3:s3:http://...
 
 As in Dovecot's fs-s3: credentials are URL-escaped; `bucket=` selects path
 style, otherwise the bucket is the first DNS label of the host (virtual-host
@@ -51,7 +52,18 @@ class S3Url:
 class FsCacheUrl:
     size: int  # bytes
     path: str
-    parent: S3Url
+    parent: FsSpec
+
+
+@dataclass(frozen=True, slots=True)
+class CompressUrl:
+    algorithm: str  # zstd | gz | bz2 | xz
+    level: int
+    parent: FsSpec
+
+
+FsSpec = S3Url | FsCacheUrl | CompressUrl
+COMPRESS_LEVELS = {"zstd": (1, 22), "gz": (1, 9), "bz2": (1, 9), "xz": (0, 9)}
 
 
 def parse_size(text: str) -> int:
@@ -118,8 +130,8 @@ def parse_s3(url: str) -> S3Url:
     )
 
 
-def parse(url: str) -> S3Url | FsCacheUrl:
-    """An s3: URL, or an fscache: chain in front of one."""
+def parse(url: str) -> FsSpec:
+    """An s3: URL, or a chain of fscache: and compress: wrappers in front of one."""
     if url.startswith("fscache:"):
         try:
             _, size, rest = url.split(":", 2)
@@ -129,10 +141,31 @@ def parse(url: str) -> S3Url | FsCacheUrl:
         if not path:
             raise FsUrlError("fscache: needs a cache directory")
         inner = parse(parent)
-        if not isinstance(inner, S3Url):
-            raise FsUrlError("fscache: must wrap an s3: URL")
+        if isinstance(inner, FsCacheUrl):
+            raise FsUrlError("fscache: inside fscache: caches the same bytes twice")
         return FsCacheUrl(parse_size(size), path, inner)
+    if url.startswith("compress:"):
+        try:
+            _, algorithm, level_text, parent = url.split(":", 3)
+        except ValueError:
+            raise FsUrlError("compress URLs are compress:ALGORITHM:LEVEL:<parent URL>, e.g. compress:zstd:3:s3:...") \
+                from None
+        if algorithm == "lz4":
+            raise FsUrlError("compress:lz4 is Dovecot's own framing and is not supported: use zstd, gz, bz2 or xz")
+        if algorithm not in COMPRESS_LEVELS:
+            raise FsUrlError(f"unknown compression {algorithm!r} (known: {', '.join(COMPRESS_LEVELS)})")
+        low, high = COMPRESS_LEVELS[algorithm]
+        if not level_text.isdigit() or not low <= int(level_text) <= high:
+            raise FsUrlError(f"compress:{algorithm} level must be a number from {low} to {high}, not {level_text!r}")
+        return CompressUrl(algorithm, int(level_text), parse(parent))
     if url.startswith("s3:"):
         return parse_s3(url)
     driver = url.split(":", 1)[0]
-    raise FsUrlError(f"unknown fs driver {driver!r} (this build knows s3: and fscache:)")
+    raise FsUrlError(f"unknown fs driver {driver!r} (this build knows s3:, fscache: and compress:)")
+
+
+def s3_of(spec: FsSpec) -> S3Url:
+    """The s3: URL at the bottom of a chain."""
+    while not isinstance(spec, S3Url):
+        spec = spec.parent
+    return spec

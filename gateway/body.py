@@ -249,7 +249,8 @@ async def receive(request: web.BaseRequest, exp: Expectations, engine: Engine, b
             data = await content.readexactly(exp.length) if exp.length else b""
         except asyncio.IncompleteReadError:
             raise S3Error("IncompleteBody") from None
-        stored = intake.take(data) + intake.finish()
+        digests.update(data)
+        stored = sealer.whole(data) if sealer is not None else data
         checksums = digests.verify(exp)
         if len(stored) <= inline_max:
             return Received(stored, (), len(data), digests.md5.hexdigest(), checksums, len(stored))

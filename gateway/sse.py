@@ -72,11 +72,14 @@ class Wanted:
     kms_key: str | None = None  # SSE-KMS: the key the request names (id, ARN, alias/NAME); None: aws/s3
 
 
+_CUSTOMER_HEADERS = {p: tuple(name.replace("x-amz-", p or "x-amz-", 1) for name in (H_ALGORITHM, H_KEY, H_KEY_MD5))
+                     for p in ("", COPY_SOURCE)}
+
+
 def customer_key(headers: Mapping[str, str], prefix: str = "") -> CustomerKey | None:
     """The SSE-C key a request sends (with `prefix`: a copy's source key), checked as AWS
     checks it; None when it sends none of the three headers."""
-    h_algorithm, h_key, h_md5 = (name.replace("x-amz-", prefix or "x-amz-", 1)
-                                 for name in (H_ALGORITHM, H_KEY, H_KEY_MD5))
+    h_algorithm, h_key, h_md5 = _CUSTOMER_HEADERS[prefix]
     algorithm = headers.get(h_algorithm)
     key_b64 = headers.get(h_key)
     md5_b64 = headers.get(h_md5)
@@ -345,51 +348,79 @@ def is_secure(request_secure: bool, remote: str | None) -> bool:
     return request_secure or (remote or "").startswith("127.") or remote == "::1"
 
 
+def _layout(meta: ObjectMeta) -> list[tuple[int, int]]:
+    """(stream, plaintext size) of each sealed stream of an object, in order."""
+    assert meta.sealing is not None
+    if meta.sealing.streams:
+        return list(zip(meta.sealing.streams, meta.part_sizes, strict=True))
+    return [(0, meta.size)]
+
+
+def _corrupt(engine: Engine, found: Found, exc: sealing.SealError) -> CorruptRecord:
+    engine.metrics["checksum_errors"] = engine.metrics.get("checksum_errors", 0) + 1
+    log.error("sealed body of %s failed to open: %s", getattr(found, "key", "?"), exc)
+    return CorruptRecord(str(exc))
+
+
+def open_whole(meta: ObjectMeta, whole: bytes, data_key: bytes, start: int, end: int) -> bytes:
+    """The plaintext bytes [start, end) of an object whose sealed bytes are all in `whole`
+    (SealError when a chunk fails to open)."""
+    if start == 0 and end == meta.size and meta.sealing is not None and not meta.sealing.streams:
+        return sealing.open_all(data_key, whole, meta.size)  # the usual read: a whole small object
+    out = []
+    plain_at = sealed_at = 0
+    for stream, size in _layout(meta):
+        a, b = max(start, plain_at) - plain_at, min(end, plain_at + size) - plain_at
+        if a < b:
+            lo, hi, first = sealing.span(a, b, size)
+            opener = sealing.Opener(data_key, size, first, stream)
+            plain = opener.feed(whole[sealed_at + lo:sealed_at + hi])
+            opener.finish()
+            skip = a - first * sealing.CHUNK
+            out.append(plain[skip:skip + b - a])
+        plain_at += size
+        sealed_at += sealing.sealed_size(size)
+    return b"".join(out)
+
+
+async def read_opened(engine: Engine, run: RunBlocking, found: Found, data_key: bytes, start: int,
+                      end: int) -> bytes:
+    """The plaintext bytes [start, end) of a sealed object the engine reads whole (not
+    `streamed`); CorruptRecord when a chunk fails to open."""
+    whole = await engine.read(found)
+    try:
+        if end - start <= ON_LOOP:
+            return open_whole(found.meta, whole, data_key, start, end)
+        return await run(open_whole, found.meta, whole, data_key, start, end)
+    except sealing.SealError as exc:
+        raise _corrupt(engine, found, exc) from None
+
+
 async def opened(engine: Engine, run: RunBlocking, found: Found, data_key: bytes, start: int,
                  end: int) -> AsyncIterator[bytes]:
-    """The plaintext bytes [start, end) of a sealed object, reading and opening only the chunks
-    they fall in (a multipart object's parts are sealed one by one, each as its own stream);
-    CorruptRecord, before the piece is sent, when a chunk fails to open."""
-    meta = found.meta
-    assert meta.sealing is not None
-    layout = (list(zip(meta.sealing.streams, meta.part_sizes, strict=True)) if meta.sealing.streams
-              else [(0, meta.size)])
-    whole = None if engine.streamed(found) else await engine.read(found)
+    """The plaintext bytes [start, end) of a sealed object, piece by piece, reading and opening
+    only the chunks they fall in (a multipart object's parts are sealed one by one, each as its
+    own stream); CorruptRecord, before the piece is sent, when a chunk fails to open."""
+    if not engine.streamed(found):
+        yield await read_opened(engine, run, found, data_key, start, end)
+        return
     try:
         plain_at = sealed_at = 0
-        for stream, size in layout:
+        for stream, size in _layout(found.meta):
             a, b = max(start, plain_at) - plain_at, min(end, plain_at + size) - plain_at
             if a < b:
                 lo, hi, first = sealing.span(a, b, size)
-                async for piece in _open_part(engine, run, found, whole, data_key, stream, size,
-                                              sealed_at + lo, sealed_at + hi, first, a, b):
-                    yield piece
+                opener = sealing.Opener(data_key, size, first, stream)
+                skip, left = a - first * sealing.CHUNK, b - a
+                async for piece in engine.stream(found, sealed_at + lo, sealed_at + hi):
+                    plain = opener.feed(piece) if len(piece) <= ON_LOOP else await run(opener.feed, piece)
+                    if skip:
+                        plain, skip = plain[skip:], max(0, skip - len(plain))
+                    if plain and left > 0:
+                        yield plain[:left]
+                        left -= len(plain)
+                opener.finish()
             plain_at += size
             sealed_at += sealing.sealed_size(size)
     except sealing.SealError as exc:
-        engine.metrics["checksum_errors"] = engine.metrics.get("checksum_errors", 0) + 1
-        log.error("sealed body of %s failed to open: %s", getattr(found, "key", "?"), exc)
-        raise CorruptRecord(str(exc)) from None
-
-
-async def _open_part(engine: Engine, run: RunBlocking, found: Found, whole: bytes | None, data_key: bytes,
-                     stream: int, size: int, lo: int, hi: int, first: int, a: int, b: int) -> AsyncIterator[bytes]:
-    """Plaintext [a, b) of one sealed stream of `size` bytes, whose chunks from `first` on are
-    the stored bytes [lo, hi)."""
-    opener = sealing.Opener(data_key, size, first, stream)
-    skip, left = a - first * sealing.CHUNK, b - a
-    pieces = [whole[lo:hi]] if whole is not None else None
-    source = _once(pieces) if pieces is not None else engine.stream(found, lo, hi)
-    async for piece in source:
-        plain = opener.feed(piece) if len(piece) <= ON_LOOP else await run(opener.feed, piece)
-        if skip:
-            plain, skip = plain[skip:], max(0, skip - len(plain))
-        if plain and left > 0:
-            yield plain[:left]
-            left -= len(plain)
-    opener.finish()
-
-
-async def _once(pieces: list[bytes]) -> AsyncIterator[bytes]:
-    for p in pieces:
-        yield p
+        raise _corrupt(engine, found, exc) from None

@@ -54,12 +54,15 @@ class _CacheCollector(Collector):
         self.fs = fs
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        counters = getattr(self.fs, "counters", None)
-        if counters is None:  # plain s3: with no cache tier there is nothing to report
+        tier = self.fs  # the fscache layer, wherever it is in the stack (compress: may wrap it)
+        while tier is not None and getattr(tier, "counters", None) is None:
+            tier = getattr(tier, "parent", None)
+        if tier is None:  # plain s3: with no cache tier there is nothing to report
             return
+        counters = tier.counters
         for name in ("hits", "misses", "evictions", "inserts", "invalidations", "corrupt"):
             yield CounterMetricFamily(f"mailstore_cache_{name}", f"fscache {name}", value=getattr(counters, name))
-        cache = self.fs.cache
+        cache = tier.cache
         yield GaugeMetricFamily("mailstore_cache_entries", "fscache entries", value=len(cache))
         yield GaugeMetricFamily("mailstore_cache_bytes", "fscache bytes on disk", value=cache.volume())
         yield GaugeMetricFamily("mailstore_cache_size_limit_bytes", "fscache bound", value=int(cache.size_limit))

@@ -17,6 +17,7 @@ This module knows nothing of S3 or mail: the gateway's SSE and the fs wrappers b
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 from cryptography.exceptions import InvalidTag
@@ -77,6 +78,14 @@ class Sealer:
         self._buf.clear()
         return last
 
+    def whole(self, data: bytes) -> bytes:
+        """`data` as the whole body, sealed at once (nothing may have been fed): the usual write,
+        a small object, without the piecewise buffering."""
+        assert self._index == 0 and not self._buf
+        last = chunks(len(data)) - 1
+        out = [self._seal(data[i * CHUNK:(i + 1) * CHUNK], _LAST if i == last else _MORE) for i in range(last + 1)]
+        return out[0] if len(out) == 1 else b"".join(out)
+
     def _seal(self, chunk: bytes, flag: bytes) -> bytes:
         sealed = self._aead.encrypt(_nonce(self._stream, self._index), chunk, flag)
         self._index += 1
@@ -84,8 +93,7 @@ class Sealer:
 
 
 def seal(key: bytes, data: bytes, stream: int = 0) -> bytes:
-    s = Sealer(key, stream)
-    return s.feed(data) + s.finish()
+    return Sealer(key, stream).whole(data)
 
 
 def span(start: int, end: int, size: int) -> tuple[int, int, int]:
@@ -137,6 +145,22 @@ class Opener:
         return plain
 
 
+def open_all(key: bytes, sealed: bytes, size: int, stream: int = 0) -> bytes:
+    """All of a sealed body of `size` bytes (the common read: a whole small object)."""
+    if len(sealed) != sealed_size(size):
+        raise SealError(f"a sealed body of {size} bytes is {sealed_size(size)} bytes, not {len(sealed)}")
+    aead = AESGCM(key)
+    last = chunks(size) - 1
+    out = []
+    try:
+        for i in range(last + 1):
+            at = i * SEALED_CHUNK
+            out.append(aead.decrypt(_nonce(stream, i), sealed[at:at + SEALED_CHUNK], _LAST if i == last else _MORE))
+    except InvalidTag:
+        raise SealError(f"chunk {i} failed to open") from None
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
 def open_span(key: bytes, sealed: bytes, size: int, start: int, end: int, stream: int = 0) -> bytes:
     """The plaintext bytes [start, end) of a body of `size` bytes, given all of its sealed
     bytes (`sealed`, as stored)."""
@@ -150,14 +174,19 @@ def open_span(key: bytes, sealed: bytes, size: int, start: int, end: int, stream
     return plain[skip:skip + (end - start)]
 
 
+# Key-encryption keys are few (store keys, KMS key versions) and used for every object: their
+# cipher contexts are kept. Data keys (one per object) are not.
+_kek_cipher = functools.lru_cache(maxsize=256)(AESGCM)
+
+
 def wrap(kek: bytes, data_key: bytes, label: bytes) -> bytes:
     """`data_key` sealed under `kek`: nonce || ciphertext || tag."""
     nonce = secrets.token_bytes(12)
-    return nonce + AESGCM(kek).encrypt(nonce, data_key, label)
+    return nonce + _kek_cipher(kek).encrypt(nonce, data_key, label)
 
 
 def unwrap(kek: bytes, wrapped: bytes, label: bytes) -> bytes:
     try:
-        return AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], label)
+        return _kek_cipher(kek).decrypt(wrapped[:12], wrapped[12:], label)
     except (InvalidTag, ValueError):
         raise SealError("the key does not open this data key") from None

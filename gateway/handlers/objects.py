@@ -179,15 +179,16 @@ def _requested(r: S3Request, meta: ObjectMeta) -> ByteRange | None:
     return ByteRange(start, start + sizes[n - 1] - 1)
 
 
-async def _opening(gw: Gateway, r: S3Request, info: Found) -> bytes | None:
-    """The data key a GET or HEAD opens the object with (None: stored in plaintext), after the
-    checks AWS makes of the request's SSE headers."""
+async def _opening(gw: Gateway, r: S3Request, info: Found, *, reading: bool) -> bytes | None:
+    """The data key a GET opens the object with (None: stored in plaintext), after the checks
+    AWS makes of the request's SSE headers; a HEAD (not `reading`) only checks them, opening
+    a key only to check an SSE-C key."""
     sse.refuse_on_read(r.headers)
     customer = sse.customer_key(r.headers)
     if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
         raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
                       "must be made over a secure connection.")
-    if customer is None and info.meta.sealing is None:
+    if customer is None and (info.meta.sealing is None or (not reading and info.meta.sealing.mode != sse.SSE_C)):
         return None
     return await gw.encryption.data_key(info.meta, customer)
 
@@ -196,7 +197,7 @@ async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     info = await gw.engine.head(r.bucket, r.key)
     if info.meta.sealing is not None or sse.H_ALGORITHM in r.headers or sse.H_SSE in r.headers:
-        await _opening(gw, r, info)
+        await _opening(gw, r, info, reading=False)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED",
@@ -215,7 +216,7 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     info = await gw.engine.head(r.bucket, r.key)
     data_key = None
     if info.meta.sealing is not None or sse.H_ALGORITHM in r.headers or sse.H_SSE in r.headers:
-        data_key = await _opening(gw, r, info)
+        data_key = await _opening(gw, r, info, reading=True)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     size = info.meta.size
@@ -234,7 +235,7 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if data_key is not None:
         start, end = (span.start, span.end + 1) if span is not None else (0, 0)
         if not gw.engine.streamed(info):
-            body = b"".join([p async for p in sse.opened(gw.engine, gw.run_blocking, info, data_key, start, end)])
+            body = await sse.read_opened(gw.engine, gw.run_blocking, info, data_key, start, end)
             return web.Response(status=status, body=body, headers=headers)
         it = sse.opened(gw.engine, gw.run_blocking, info, data_key, start, end)
     elif not gw.engine.streamed(info):

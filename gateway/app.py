@@ -28,6 +28,7 @@ from .handlers import HANDLERS
 from .keys import AccessKey
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics
+from .policy import SSE_CONDITION_KEYS
 from .s3 import numbers, xml
 from .s3.errors import S3Error
 from .s3.http import decode_path
@@ -244,7 +245,12 @@ class Dispatcher:
             who = (self.gw.accounts.cached(key.account) or await self.gw.accounts.known(key.account)).principals
 
         def context() -> dict[str, str]:
-            return {"aws:SourceIp": request.remote or "", "aws:SecureTransport": "true" if request.secure else "false"}
+            ctx = {"aws:SourceIp": request.remote or "", "aws:SecureTransport": "true" if request.secure else "false"}
+            for name in SSE_CONDITION_KEYS:
+                value = request.headers.get(name[3:])
+                if value is not None:
+                    ctx[name] = value
+            return ctx
         return self.gw.access.decision(key, who, targets, context)
 
     async def _sweep(self) -> None:

@@ -26,9 +26,13 @@ from functools import lru_cache
 
 ARN_PREFIX = "arn:aws:s3:::"
 CONDITION_OPERATORS = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike",
-                       "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase", "IpAddress", "NotIpAddress", "Bool"}
+                       "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase", "IpAddress", "NotIpAddress", "Bool",
+                       "Null"}
+# The request's SSE headers (gateway/sse.py), as AWS names them; present only when sent.
+SSE_CONDITION_KEYS = ("s3:x-amz-server-side-encryption", "s3:x-amz-server-side-encryption-aws-kms-key-id",
+                      "s3:x-amz-server-side-encryption-customer-algorithm")
 CONDITION_KEYS = {"s3:prefix", "s3:delimiter", "s3:max-keys", "aws:username", "aws:SourceIp",
-                  "aws:SecureTransport"}
+                  "aws:SecureTransport", *SSE_CONDITION_KEYS}
 ANYONE = "*"  # a bucket policy's Principal "*": every account, and anonymous requests
 
 
@@ -57,8 +61,13 @@ class Condition:
     values: tuple[str, ...]
 
     def matches(self, context: Mapping[str, str]) -> bool:
+        """As IAM evaluates it: Null asks whether the key is absent; a key the request does not
+        have matches no positive operator and every negated one (StringNotEquals, NotIpAddress...),
+        so "deny unless the header says AES256" denies a request without the header."""
+        if self.operator == "Null":
+            return (self.key not in context) == (self.values[0].lower() == "true")
         if self.key not in context:
-            return False
+            return "Not" in self.operator
         actual = context[self.key]
         op = self.operator
         if op.endswith("IpAddress"):

@@ -512,3 +512,23 @@ def test_rewrap_after_rotation(s3, bucket, cli):
         got = s3.get_object(Bucket=bucket, Key=k, **extra)
         assert got["Body"].read() == b
         assert (got["ETag"], got["LastModified"]) == (before[k]["ETag"], before[k]["LastModified"])
+
+
+def test_bucket_policy_can_require_encryption(s3, bucket):
+    """AWS's documented policy that refuses unencrypted uploads (User Guide, "Requiring server-side
+    encryption"): StringNotEquals on the header, and Null for a request without it."""
+    import json
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "DenyIncorrectEncryptionHeader", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+         "Resource": f"arn:aws:s3:::{bucket}/*",
+         "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": "AES256"}}},
+        {"Sid": "DenyUnEncryptedObjectUploads", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+         "Resource": f"arn:aws:s3:::{bucket}/*",
+         "Condition": {"Null": {"s3:x-amz-server-side-encryption": "true"}}}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    for extra in ({}, {"ServerSideEncryption": "aws:kms"}, ssec(KEY_A)):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.put_object(Bucket=bucket, Key="x", Body=b"x", **extra)
+        assert (status(e.value), code(e.value)) == (403, "AccessDenied"), extra
+    s3.put_object(Bucket=bucket, Key="x", Body=b"x", ServerSideEncryption="AES256")
+    assert s3.get_object(Bucket=bucket, Key="x")["Body"].read() == b"x"

@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .context import Gateway
+from .bucket_records import BucketRecords
+from .engine.api import Engine
 from .engine.model import Conditions, NoSuchBucket, NoSuchKey, NoSuchUpload, PreconditionFailed
 from .s3 import numbers
 from .s3.errors import S3Error
@@ -190,10 +191,10 @@ class LeaseHeld(Exception):
 
 
 class Lifecycle:
-    def __init__(self, gw: Gateway, interval: float = 3600.0) -> None:
-        self.gw = gw
+    def __init__(self, engine: Engine, records: BucketRecords, interval: float = 3600.0) -> None:
+        self.engine = engine
         self.interval = interval
-        self.records = gw.bucket_lifecycle
+        self.records = records  # the buckets' configurations (Gateway.bucket_lifecycle)
         self.holder = secrets.token_hex(8)
         self.totals = Pass()  # since this gateway started (metrics, the dashboard)
         self.passes = 0
@@ -204,7 +205,7 @@ class Lifecycle:
     # ------------------------------------------------------------ the lease
 
     async def _take(self, now: float) -> bool:
-        engine = self.gw.engine
+        engine = self.engine
         current = await engine.record(LEASE_NAMESPACE, "lease")
         if current is not None and current.get("holder") != self.holder and float(current["until"]) > now:
             return False
@@ -212,9 +213,9 @@ class Lifecycle:
                                         {"holder": self.holder, "until": repr(now + LEASE)})
 
     async def _release(self) -> None:
-        current = await self.gw.engine.record(LEASE_NAMESPACE, "lease")
+        current = await self.engine.record(LEASE_NAMESPACE, "lease")
         if current is not None and current.get("holder") == self.holder:
-            await self.gw.engine.swap_record(LEASE_NAMESPACE, "lease", current, None)
+            await self.engine.swap_record(LEASE_NAMESPACE, "lease", current, None)
 
     # ------------------------------------------------------------ a pass
 
@@ -227,7 +228,7 @@ class Lifecycle:
             raise LeaseHeld()
         p = Pass(started=time.monotonic())
         try:
-            for b in await self.gw.engine.list_buckets():
+            for b in await self.engine.list_buckets():
                 text = await self.records.read(b.name, b.created)
                 if text is None:
                     continue
@@ -256,7 +257,7 @@ class Lifecycle:
         return p
 
     async def _bucket(self, bucket: str, rules: list[Rule], now: float, p: Pass) -> None:
-        engine = self.gw.engine
+        engine = self.engine
         expiring = [r for r in rules if r.expire_days is not None or r.expire_date is not None]
         if expiring:
             marker = None
@@ -284,14 +285,14 @@ class Lifecycle:
         if not any(r.selects(key, size, None) and r.expired(mtime, now) for r in rules):
             return False
         try:
-            found = await self.gw.engine.head(bucket, key)  # its tags, and the object as it is now
+            found = await self.engine.head(bucket, key)  # its tags, and the object as it is now
         except NoSuchKey:
             return False
         meta = found.meta
         if not any(r.selects(key, meta.size, meta.tags) and r.expired(meta.mtime, now) for r in rules):
             return False
         try:
-            await self.gw.engine.delete(bucket, key, Conditions(if_match=found.meta.etag.strip('"'),
+            await self.engine.delete(bucket, key, Conditions(if_match=found.meta.etag.strip('"'),
                                                                 mtime=int(found.meta.mtime)))
         except (PreconditionFailed, NoSuchKey):
             return False  # written again meanwhile: the new object is not expired

@@ -529,7 +529,7 @@ def _kms_parsers(sub: Subcommands) -> None:
     _where(ksub.add_parser("list", help="every KMS key: id, ARN, alias, versions"))
     rotate = ksub.add_parser("rotate", help="new key material for KEY_ID; what it wrapped before still opens")
     _where(rotate)
-    rotate.add_argument("key_id", metavar="KEY_ID")
+    rotate.add_argument("key_id", metavar="KEY_ID", help="the KMS key to give new material (from kms list)")
     p.set_defaults(fn=cmd_kms)
 
 

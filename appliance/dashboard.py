@@ -172,8 +172,12 @@ class Collector:
                     b[le] = b.get(le, 0.0) + value
                 elif name in ("mailstore_engine_checksum_errors_total", "mailstore_compaction_reclaimed_bytes_total",
                               "mailstore_engine_storage_full_total",
-                              "mailstore_s3_auth_failures_total", "mailstore_s3_policy_denials_total"):
+                              "mailstore_s3_auth_failures_total", "mailstore_s3_policy_denials_total",
+                              "mailstore_lifecycle_passes_total", "mailstore_lifecycle_expired_total",
+                              "mailstore_lifecycle_aborted_uploads_total"):
                     g[name] = g.get(name, 0.0) + value
+                elif name == "mailstore_lifecycle_last_pass_timestamp_seconds":
+                    g[name] = max(g.get(name, 0.0), value)  # the store's last pass, on whichever gateway
                 elif name.startswith(("mailstore_engine_", "mailstore_disk_")) and not name.endswith(
                         ("_bucket", "_count", "_sum")):
                     g[name] = value  # one shared engine: every gateway reports the same
@@ -289,7 +293,8 @@ class Collector:
         return {"ready": True, "time": last.t, "interval": self.interval, "gateways": last.lb,
                 "requests": series, "latency_ms": latency, "errors": errors,
                 "engine": {k.removeprefix("mailstore_"): v for k, v in g.items()
-                           if k.startswith(("mailstore_engine_", "mailstore_disk_", "mailstore_compaction_"))},
+                           if k.startswith(("mailstore_engine_", "mailstore_disk_", "mailstore_compaction_",
+                                            "mailstore_lifecycle_"))},
                 "time_to_full_seconds": time_to_full, "trend_seconds": basis,
                 "cache": {"hits": hits, "misses": misses,
                           "hit_ratio": hits / (hits + misses) if hits + misses else None,

@@ -125,6 +125,19 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str, principal: Pr
             return _json({"KeyId": parts[1], "Version": await gw.encryption.kms.rotate(parts[1])})
         except KeyNotFound:
             raise AdminError(404, "NotFoundException", f"no KMS key {parts[1]}") from None
+    if parts == ["lifecycle", "run"] and method == "POST":
+        from .lifecycle import LeaseHeld
+        doc = await _body(gw, request, principal)
+        now = doc.get("now")
+        if now is not None and not isinstance(now, int | float):
+            raise AdminError(400, "InvalidArgument", "now is a time in epoch seconds")
+        if gw.lifecycle is None:
+            raise AdminError(503, "Unavailable", "this gateway runs no lifecycle worker")
+        try:
+            done = await gw.lifecycle.run(float(now) if now is not None else None)
+        except LeaseHeld:
+            raise AdminError(409, "LeaseHeld", "another gateway is running the lifecycle rules now") from None
+        return _json(done.describe())
     if parts == ["rewrap"] and method == "POST":
         from .rewrap import rewrap_page
         doc = await _body(gw, request, principal)

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, min_free_bytes=parse_bytes(args.min_free),
                       request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
-                      drain_grace=args.drain_grace, drain_timeout=args.drain_timeout), workers=args.workers)
+                      drain_grace=args.drain_grace, drain_timeout=args.drain_timeout,
+                      lifecycle_interval=args.lifecycle_interval), workers=args.workers)
     return 0
 
 
@@ -90,7 +92,15 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str
             message = f"{err.get('error')}: {err.get('message')}"
         except ValueError:
             message = str(exc)
-        raise ValueError(f"{method} {path}: {message}") from None
+        raise AdminCallError(f"{method} {path}: {message}", exc.code) from None
+
+
+class AdminCallError(ValueError):
+    """The admin API answered an error (`status`); the message says which."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _policy_args(args: argparse.Namespace) -> dict[str, object]:
@@ -277,6 +287,25 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    """mailstore lifecycle run --endpoint URL [--now TIME]: one pass of the bucket lifecycle rules."""
+    if not args.endpoint:
+        raise ValueError("lifecycle runs in a gateway (it reads and deletes objects): give --endpoint URL")
+    body: dict[str, object] = {}
+    if args.now:
+        from datetime import datetime
+        when = datetime.fromisoformat(args.now.replace("Z", "+00:00"))
+        body["now"] = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    try:
+        print(json.dumps(_admin_call(args, "POST", "/_admin/lifecycle/run", body)))
+    except AdminCallError as exc:
+        if exc.status == 409:
+            print("mailstore: another gateway is running the lifecycle rules now; try again later", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
 def _on_local(args: argparse.Namespace, act: Callable[[Engine], Coroutine[Any, Any, int]], *, writer: bool) -> int:
     """Run `act` on the data directory's engine (as a gateway would see it), then close it."""
     engine = LocalEngine(find_engine(args.data_dir), writer=writer)
@@ -390,7 +419,7 @@ def register(sub: Subcommands) -> None:
     from . import rados_cli
 
     for add in (_gateway_parser, _account_parsers, _key_parsers, _store_key_parsers, _kms_parsers, _rewrap_parser,
-                _usage_parser,
+                _lifecycle_parser, _usage_parser,
                 _bucket_parsers, _fsck_parser, _compact_parser, rados_cli.register):
         add(sub)
 
@@ -422,6 +451,8 @@ def _gateway_parser(sub: Subcommands) -> None:
                    help="after SIGTERM, seconds of 404 on /health/ready before the listener closes")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
                    help="then seconds for in-flight requests to finish")
+    p.add_argument("--lifecycle-interval", type=float, default=d.lifecycle_interval,
+                   help="seconds between bucket lifecycle passes (one gateway of a store runs each); 0: none")
     g = p.add_argument_group("--engine rados")
     cluster_args(g)
     g.add_argument("--master-key", default=str(RadosSettings().master_key),
@@ -508,6 +539,15 @@ def _rewrap_parser(sub: Subcommands) -> None:
     _where(p)
     p.add_argument("--page-size", type=int, default=1000, help="objects per admin API request (1-10000)")
     p.set_defaults(fn=cmd_rewrap)
+
+
+def _lifecycle_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("lifecycle", help="bucket lifecycle rules: run a pass now")
+    lsub = p.add_subparsers(dest="action", required=True)
+    run = lsub.add_parser("run", help="one pass over every bucket's rules (expirations, aborted uploads)")
+    _where(run)
+    run.add_argument("--now", help="as at this time (ISO 8601, UTC when no offset): a test clock")
+    p.set_defaults(fn=cmd_lifecycle)
 
 
 def _usage_parser(sub: Subcommands) -> None:

@@ -33,6 +33,7 @@ class GatewayConfig:
     base_domains: tuple[str, ...] = field(default=("s3.localhost",))
     compaction: bool = True
     compaction_interval: float = 30.0
+    lifecycle_interval: float = 3600.0  # seconds between lifecycle passes (gateway/lifecycle.py); 0: none
     # Overload: past this many requests in flight a gateway answers 503 SlowDown
     # with Retry-After (Dovecot and the SDKs back off and retry) instead of queueing.
     max_inflight: int = 1024

@@ -29,6 +29,7 @@ from .sse import BucketDefaults, Encryption
 
 if TYPE_CHECKING:
     from .compact import Compactor
+    from .lifecycle import Lifecycle
 
 T = TypeVar("T")
 
@@ -91,6 +92,7 @@ class Gateway:
         self.bucket_policies = BucketPolicies(engine)
         self.bucket_tags = BucketRecords(engine, "bucket-tagging")
         self.bucket_encryption = BucketDefaults(engine)
+        self.bucket_lifecycle = BucketRecords(engine, "bucket-lifecycle")  # gateway/lifecycle.py
         self.encryption = Encryption(engine, config.region)
         self.auth = Authenticator(self.keys)
         self.access = Access()
@@ -99,6 +101,7 @@ class Gateway:
         self.inflight = 0
         self.draining = False  # SIGTERM: /health/ready answers 404 and connections are not kept alive
         self.compactor: Compactor | None = None  # set by the composition root when compaction runs here
+        self.lifecycle: Lifecycle | None = None  # set by the composition root
 
 
 Handler = Callable[[Gateway, S3Request], Awaitable[web.StreamResponse]]

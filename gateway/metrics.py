@@ -51,6 +51,7 @@ class GatewayMetrics:
         self.storage_full = Counter("mailstore_engine_storage_full", "Writes refused with 503 because the "
                                     "data directory's disk (or quota) is full", registry=r)
         r.register(_EngineCollector(gw))
+        r.register(_LifecycleCollector(gw))
         if isinstance(gw.engine, LocalGateway):
             gw.engine.local.batch_observers.append(self._batch)
 
@@ -168,3 +169,27 @@ class _EngineCollector(Collector):
             "SELECT count(*) FROM segments WHERE sealed=1 AND size>0 AND dead>=size*?", (ratio_limit,)).fetchone()[0]
         yield GaugeMetricFamily("mailstore_compaction_pending_segments", "Sealed segments due for compaction",
                                 value=pending)
+
+
+class _LifecycleCollector(Collector):
+    """What this gateway's lifecycle passes did (gateway/lifecycle.py); the dashboard sums them."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        lc = self.gw.lifecycle
+        if lc is None:
+            return
+        t = lc.totals
+        yield CounterMetricFamily("mailstore_lifecycle_passes", "Lifecycle passes run by this gateway",
+                                  value=lc.passes)
+        yield CounterMetricFamily("mailstore_lifecycle_checked", "Objects looked at by lifecycle passes",
+                                  value=t.checked)
+        yield CounterMetricFamily("mailstore_lifecycle_expired", "Objects deleted by lifecycle expiration",
+                                  value=t.expired)
+        yield CounterMetricFamily("mailstore_lifecycle_aborted_uploads",
+                                  "Incomplete multipart uploads aborted by lifecycle rules", value=t.aborted)
+        if lc.last_finished:
+            yield GaugeMetricFamily("mailstore_lifecycle_last_pass_timestamp_seconds",
+                                    "When this gateway's last lifecycle pass ended", value=lc.last_finished)

@@ -226,6 +226,9 @@ _BUCKET_ACTIONS = {
     "GetBucketEncryption": "s3:GetEncryptionConfiguration",
     "PutBucketEncryption": "s3:PutEncryptionConfiguration",
     "DeleteBucketEncryption": "s3:PutEncryptionConfiguration",  # AWS: as for tagging
+    "GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
+    "DeleteBucketLifecycle": "s3:PutLifecycleConfiguration",
 }
 _OBJECT_ACTIONS = {
     "GetObject": "s3:GetObject",

@@ -19,6 +19,7 @@ from .engine.api import Engine, ThreadRunner
 from .engine.local import LocalEngine
 from .engine.local_api import LocalGateway
 from .filemodes import too_open
+from .lifecycle import Lifecycle
 
 log = logging.getLogger("gateway")
 
@@ -44,6 +45,7 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
             compactor = Compactor(engine.local, interval=config.compaction_interval)
     server, gateway = build_server(config, engine, threads)
     gateway.compactor = compactor
+    lifecycle = gateway.lifecycle = Lifecycle(engine, gateway.bucket_lifecycle, config.lifecycle_interval or 3600.0)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     site: web.BaseSite
@@ -67,6 +69,8 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
                data_dir=info["data_dir"] or "-")
     if compactor is not None:
         compactor.start()
+    if config.lifecycle_interval > 0:
+        lifecycle.start()
     # SIGINT stops at once (in-flight requests still finish); SIGTERM drains
     # first: ready answers 404 for drain_grace so the balancer moves new
     # requests elsewhere, then the listener closes and in-flight requests have
@@ -89,6 +93,7 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
         logs.event(log, logging.INFO, "stopping", draining=gateway.draining)
         if compactor is not None:
             compactor.stop()
+        await lifecycle.stop()
         await runner.cleanup()
         gateway.access_log.flush()
         threads.shutdown()

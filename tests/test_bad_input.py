@@ -195,8 +195,8 @@ def test_expect_100_continue_only_after_auth(gateway, key, bucket):
 
 
 def test_unsupported_subresource_is_not_implemented(gateway, key, bucket):
-    h = signed(gateway, key, "GET", f"/{bucket}", query=[("lifecycle", "")])
-    r = request(gateway, "GET", f"/{bucket}", query=[("lifecycle", "")], headers=h)
+    h = signed(gateway, key, "GET", f"/{bucket}", query=[("cors", "")])
+    r = request(gateway, "GET", f"/{bucket}", query=[("cors", "")], headers=h)
     assert r.status == 501 and error_code(r) == "NotImplemented"
 
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .. import sse
+from .. import lifecycle, sse
 from ..accounts import account_of, owner_field
 from ..body import Expectations, receive
 from ..bucket_policies import MAX_POLICY
@@ -85,6 +85,7 @@ async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     await gw.bucket_policies.delete(r.bucket)  # (a bucket made again would not take them anyway)
     await gw.bucket_tags.delete(r.bucket)
     await gw.bucket_encryption.delete(r.bucket)
+    await gw.bucket_lifecycle.delete(r.bucket)
     return web.Response(status=204)
 
 
@@ -189,6 +190,39 @@ async def delete_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamRespo
     assert r.bucket
     await gw.engine.get_bucket(r.bucket)
     await gw.bucket_encryption.delete(r.bucket)
+    return web.Response(status=204)
+
+
+async def get_bucket_lifecycle(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """API Reference, GetBucketLifecycleConfiguration: the configuration as it was put."""
+    assert r.bucket
+    b = await gw.engine.get_bucket(r.bucket)
+    text = await gw.bucket_lifecycle.read(r.bucket, b.created)
+    if text is None:
+        raise S3Error("NoSuchLifecycleConfiguration", extra={"BucketName": r.bucket})
+    return web.Response(body=text.encode(), content_type="application/xml")
+
+
+async def put_bucket_lifecycle(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    """API Reference, PutBucketLifecycleConfiguration: checked whole (gateway/lifecycle.py) before it
+    replaces the bucket's configuration; the gateways' worker carries it out."""
+    assert r.bucket
+    b = await gw.engine.get_bucket(r.bucket)
+    exp = Expectations.from_request(r.request, r.principal.payload_hash, r.principal.chunk_seed)
+    got = await receive(r.request, exp, gw.engine, run=gw.run_blocking, max_size=xml.MAX_XML_BODY)
+    lifecycle.parse(got.data)
+    try:
+        text = got.data.decode()
+    except UnicodeDecodeError:
+        raise S3Error("MalformedXML", "The configuration is not UTF-8") from None
+    await gw.bucket_lifecycle.write(r.bucket, b.created, text)
+    return web.Response()
+
+
+async def delete_bucket_lifecycle(gw: Gateway, r: S3Request) -> web.StreamResponse:
+    assert r.bucket
+    await gw.engine.get_bucket(r.bucket)
+    await gw.bucket_lifecycle.delete(r.bucket)
     return web.Response(status=204)
 
 

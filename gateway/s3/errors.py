@@ -22,6 +22,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "ServerSideEncryptionConfigurationNotFoundError": (404, "The server side encryption configuration was not found"),
     "InvalidEncryptionAlgorithmError": (400, "The encryption request you specified is not valid"),
     "KMS.NotFoundException": (400, "The KMS key does not exist"),
+    "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist"),
     "InvalidTag": (400, "The tag provided was not a valid tag."),
     "BadRequest": (400, "Bad Request"),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),

@@ -23,9 +23,10 @@ _BUCKET_GET = {
     "policy": "GetBucketPolicy",
     "tagging": "GetBucketTagging",
     "encryption": "GetBucketEncryption",
+    "lifecycle": "GetBucketLifecycleConfiguration",
 }
 _UNSUPPORTED = {
-    "cors", "lifecycle", "website", "logging", "notification",
+    "cors", "website", "logging", "notification",
     "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
     "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
     "ownershipControls", "publicAccessBlock", "policyStatus",
@@ -57,6 +58,8 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
                 return "PutBucketAcl"
             if "encryption" in query:
                 return "PutBucketEncryption"
+            if "lifecycle" in query:
+                return "PutBucketLifecycleConfiguration"
             if "versioning" in query:
                 raise S3Error("NotImplemented", "Changing versioning is not supported")
             return "CreateBucket"
@@ -65,12 +68,15 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
                 return "DeleteBucketTagging"
             if "encryption" in query:
                 return "DeleteBucketEncryption"
+            if "lifecycle" in query:
+                return "DeleteBucketLifecycle"
             return "DeleteBucketPolicy" if "policy" in query else "DeleteBucket"
         if method == "POST" and "delete" in query:
             return "DeleteObjects"
         raise S3Error("MethodNotAllowed")
-    if "encryption" in query:
-        raise S3Error("NotImplemented", "The ?encryption subresource is a bucket's, not an object's")
+    for name in ("encryption", "lifecycle"):
+        if name in query:
+            raise S3Error("NotImplemented", f"The ?{name} subresource is a bucket's, not an object's")
     if method == "GET":
         if "uploadId" in query:
             return "ListParts"

@@ -64,7 +64,9 @@ UNSUPPORTED_HEADERS = (
 _SSE = "x-amz-server-side-encryption"
 _COPY_SSE = "x-amz-copy-source-server-side-encryption"
 SSE_OPS = {"PutObject": (_SSE, _COPY_SSE), "GetObject": (_SSE,), "HeadObject": (_SSE,),
-           "CreateMultipartUpload": (_SSE,), "UploadPart": (_SSE, _COPY_SSE)}
+           "CreateMultipartUpload": (_SSE,), "UploadPart": (_SSE, _COPY_SSE),
+           # AWS takes an SSE-C upload's key on these too (they change nothing here)
+           "CompleteMultipartUpload": (_SSE,), "ListParts": (_SSE,), "GetObjectAttributes": (_SSE,)}
 
 
 def refuse_unsupported(op: str, headers: Any) -> None:

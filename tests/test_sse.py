@@ -203,7 +203,7 @@ MIB5 = 5 * 1024 * 1024
 
 
 @pytest.mark.parametrize("mode", ["AES256", "SSE-C"])
-def test_encrypted_multipart(s3, bucket, mode):
+def test_encrypted_multipart(s3, bucket, mode, raw):
     """Parts numbered 1, 3 and 4 (each sealed as its own stream), one of them copied from an
     encrypted object; ranges across part and chunk boundaries, ?partNumber, ListParts."""
     enc = {"ServerSideEncryption": "AES256"} if mode == "AES256" else ssec(KEY_A)
@@ -227,11 +227,15 @@ def test_encrypted_multipart(s3, bucket, mode):
                              CopySource={"Bucket": bucket, "Key": "copysrc"}, **ssec(KEY_B, "CopySource"),
                              **per_part)["CopyPartResult"]["ETag"]
     e4 = s3.upload_part(Bucket=bucket, Key="m", UploadId=uid, PartNumber=4, Body=p4, **per_part)["ETag"]
-    listed = s3.list_parts(Bucket=bucket, Key="m", UploadId=uid)["Parts"]  # (AWS asks no key of these two)
+    listed = s3.list_parts(Bucket=bucket, Key="m", UploadId=uid)["Parts"]
+    if mode == "SSE-C":  # AWS also takes the upload's key on ListParts (boto3 sends it unencoded: raw)
+        st, _, text = raw("GET", f"/{bucket}/m?uploadId={uid}", raw_ssec(KEY_A))
+        assert st == 200 and "<PartNumber>4</PartNumber>" in text, text
     assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, len(p1)), (3, len(p3)), (4, len(p4))]
     done = s3.complete_multipart_upload(Bucket=bucket, Key="m", UploadId=uid, MultipartUpload={"Parts": [
         {"PartNumber": 1, "ETag": e1}, {"PartNumber": 3, "ETag": e3}, {"PartNumber": 4, "ETag": e4}]})
     assert done["ETag"].endswith('-3"')
+
     body = p1 + p3 + p4
     assert s3.get_object(Bucket=bucket, Key="m", **per_part)["Body"].read() == body
     b1, b2 = len(p1), len(p1) + len(p3)

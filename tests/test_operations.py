@@ -333,10 +333,14 @@ def _imap_state(port: int, user: str, password: str) -> dict[str, dict[bytes, fr
 
 
 def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_comes_back_with_its_flags(tmp_path):
+    """With the mail bucket encrypted by default (SSE-S3): the backup's master key brings back
+    the store key that opens every message, those of before the backup and of after it."""
     from test_appliance import Appliance
 
     data = tmp_path / "data"
     a = Appliance(data, edits={"state_record_interval = 300": "state_record_interval = 1"})
+    a.s3().put_bucket_encryption(Bucket="mail", ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
     user = a.endpoints["user"]
     imap_port, lmtp_port = a.endpoints["imap"]["port"], a.endpoints["lmtp"]["port"]
 
@@ -415,6 +419,10 @@ def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_co
         assert json.loads(out.stdout)["messages"] == 6  # five in INBOX, one copy
         after = _imap_state(imap_port, user["name"], user["password"])
         assert after == before
+        s3 = b.s3()
+        mail = [o["Key"] for o in s3.list_objects_v2(Bucket="mail")["Contents"] if "/mailboxes/" in o["Key"]]
+        assert len(mail) == 5 and all(s3.head_object(Bucket="mail", Key=k).get("ServerSideEncryption") == "AES256"
+                                      for k in mail)  # one object per delivery: the copy shares its object
     finally:
         b.stop()
 

@@ -342,10 +342,15 @@ def keyed_etag(data_key: bytes, md5_hex: str) -> str:
     return hmac.new(data_key, bytes.fromhex(md5_hex), hashlib.md5).hexdigest()
 
 
-def is_secure(request_secure: bool, remote: str | None) -> bool:
-    """Whether SSE-C keys may travel on this connection: TLS, or the host itself (a balancer
-    on the same host that ends TLS, or a local client)."""
-    return request_secure or (remote or "").startswith("127.") or remote == "::1"
+def is_secure(request_secure: bool, remote: str | None, forwarded_proto: str | None = None) -> bool:
+    """Whether SSE-C keys may travel on this connection: TLS to this gateway, or a connection
+    from the host itself: a local client, or the balancer on this host, which says in
+    X-Forwarded-Proto whether its client used TLS (packaging/haproxy.cfg sets it always)."""
+    if request_secure:
+        return True
+    if not ((remote or "").startswith("127.") or remote == "::1"):
+        return False
+    return forwarded_proto is None or forwarded_proto.strip().lower() == "https"
 
 
 def _layout(meta: ObjectMeta) -> list[tuple[int, int]]:

@@ -274,6 +274,32 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
     assert puts == 1
 
 
+def test_sse_c_keys_travel_only_over_tls(appliance):
+    """HAProxy tells the gateways whether its client used TLS (X-Forwarded-Proto, set whatever the
+    client sent): an SSE-C key sent to the plain-HTTP endpoint is refused, one sent to a gateway
+    from this host is taken."""
+    key = bytes(range(32))
+    ssec = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key.decode("latin-1")}
+    s3 = appliance.s3()
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket="mail", Key="ssec/through-haproxy", Body=b"x", **ssec)
+    assert e.value.response["Error"]["Code"] == "InvalidRequest"
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.head_object(Bucket="mail", Key="ssec/through-haproxy")  # nothing was stored
+    ep = appliance.endpoints
+    direct = boto3.client("s3", endpoint_url=ep["gateways"][0], aws_access_key_id=ep["s3"]["access_key"],
+                          aws_secret_access_key=ep["s3"]["secret_key"], region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}))
+    direct.put_object(Bucket="mail", Key="ssec/direct", Body=b"x", **ssec)
+    assert direct.get_object(Bucket="mail", Key="ssec/direct", **ssec)["Body"].read() == b"x"
+    spoofed = appliance.s3()  # a client claiming TLS it did not use (unsigned) is overruled by HAProxy
+    spoofed.meta.events.register("before-send.s3.GetObject",
+                                 lambda request, **_: request.headers.__setitem__("X-Forwarded-Proto", "https"))
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        spoofed.get_object(Bucket="mail", Key="ssec/direct", **ssec)
+    assert e.value.response["Error"]["Code"] == "InvalidRequest"
+
+
 def test_everything_up_creates_is_private_and_no_secret_is_in_ps(appliance):
     """Mail, password hashes, keys, cached bodies: 0600 files in 0700 directories; argv holds no secret."""
     # (the end-to-end test before this one delivered and read a message: segments, cache and meta.db hold it)

@@ -26,6 +26,7 @@ from .objects import (
     CHECKSUM_ELEMENTS,
     copy_body,
     copy_source_key,
+    keys_may_travel,
     meta_from_request,
     new_sealing,
     owner_xml,
@@ -79,7 +80,7 @@ async def _part_sealer(gw: Gateway, r: S3Request, upload: Upload, number: int) -
         raise S3Error("InvalidArgument", "x-amz-server-side-encryption header is not supported for this operation.",
                       extra={"ArgumentName": sse.H_SSE})
     customer = sse.customer_key(r.headers)
-    if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
+    if customer is not None and not keys_may_travel(r):
         raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
                       "must be made over a secure connection.")
     s = upload.meta.sealing

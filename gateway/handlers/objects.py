@@ -179,13 +179,18 @@ def _requested(r: S3Request, meta: ObjectMeta) -> ByteRange | None:
     return ByteRange(start, start + sizes[n - 1] - 1)
 
 
+def keys_may_travel(r: S3Request) -> bool:
+    """Whether this request may carry an SSE-C key (sse.is_secure)."""
+    return sse.is_secure(r.request.secure, r.request.remote, r.headers.get("x-forwarded-proto"))
+
+
 async def _opening(gw: Gateway, r: S3Request, info: Found, *, reading: bool) -> bytes | None:
     """The data key a GET opens the object with (None: stored in plaintext), after the checks
     AWS makes of the request's SSE headers; a HEAD (not `reading`) only checks them, opening
     a key only to check an SSE-C key."""
     sse.refuse_on_read(r.headers)
     customer = sse.customer_key(r.headers)
-    if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
+    if customer is not None and not keys_may_travel(r):
         raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
                       "must be made over a secure connection.")
     if customer is None and (info.meta.sealing is None or (not reading and info.meta.sealing.mode != sse.SSE_C)):
@@ -336,7 +341,7 @@ async def new_sealing(gw: Gateway, r: S3Request) -> tuple[bytes, Sealing] | None
     if sse.H_SSE not in r.headers and sse.H_ALGORITHM not in r.headers:
         b = await gw.engine.bucket_info(r.bucket, fresh=False)
         default = await gw.bucket_encryption.get(r.bucket, b.created)
-    w = sse.wanted(r.headers, default, sse.is_secure(r.request.secure, r.request.remote))
+    w = sse.wanted(r.headers, default, keys_may_travel(r))
     return await gw.encryption.new(w) if w is not None else None
 
 
@@ -447,7 +452,7 @@ async def copy_source_key(gw: Gateway, r: S3Request, src: Found) -> bytes | None
     """The data key that opens a copy's source (None: stored in plaintext), from the
     request's x-amz-copy-source-server-side-encryption-customer-* headers for an SSE-C source."""
     customer = sse.customer_key(r.headers, sse.COPY_SOURCE)
-    if customer is not None and not sse.is_secure(r.request.secure, r.request.remote):
+    if customer is not None and not keys_may_travel(r):
         raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys "
                       "must be made over a secure connection.")
     if customer is None and src.meta.sealing is None:

@@ -300,6 +300,30 @@ def test_sse_c_keys_travel_only_over_tls(appliance):
     assert e.value.response["Error"]["Code"] == "InvalidRequest"
 
 
+def test_sse_c_through_haproxys_https_front(tmp_path):
+    """With [s3] https and [tls]: HAProxy ends TLS and the gateways take SSE-C keys sent over it."""
+    from conftest import make_tls_cert
+
+    cert, key_file = make_tls_cert(tmp_path / "tls")
+    (https_port,) = free_ports(1)
+    a = Appliance(tmp_path / "data", edits={'https = ""': f'https = "127.0.0.1:{https_port}"',
+                                             'cert = ""': f'cert = "{cert}"', 'key = ""': f'key = "{key_file}"'})
+    try:
+        ep = a.endpoints["s3"]
+        tls = boto3.client("s3", endpoint_url=f"https://127.0.0.1:{https_port}", aws_access_key_id=ep["access_key"],
+                           aws_secret_access_key=ep["secret_key"], region_name="us-east-1", verify=str(cert),
+                           config=Config(s3={"addressing_style": "path"}))
+        key = bytes(range(32))
+        ssec = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key.decode("latin-1")}
+        tls.put_object(Bucket="mail", Key="ssec/tls", Body=b"sealed", **ssec)
+        assert tls.get_object(Bucket="mail", Key="ssec/tls", **ssec)["Body"].read() == b"sealed"
+        with pytest.raises(botocore.exceptions.ClientError) as e:  # the same key over the plain front
+            a.s3().get_object(Bucket="mail", Key="ssec/tls", **ssec)
+        assert e.value.response["Error"]["Code"] == "InvalidRequest"
+    finally:
+        a.stop()
+
+
 def test_everything_up_creates_is_private_and_no_secret_is_in_ps(appliance):
     """Mail, password hashes, keys, cached bodies: 0600 files in 0700 directories; argv holds no secret."""
     # (the end-to-end test before this one delivered and read a message: segments, cache and meta.db hold it)

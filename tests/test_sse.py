@@ -575,3 +575,18 @@ def test_encrypted_objects_survive_an_index_rebuild(tmp_path):
         assert s3.head_object(Bucket="rebuild", Key="mp")["ServerSideEncryption"] == "AES256"
     finally:
         gw.stop()
+
+
+def test_no_customer_key_in_any_log(gateway, s3, bucket, raw):
+    """SSE-C keys are secrets: never in the gateway's log or access log, even in errors."""
+    secret = bytes(range(60, 92))  # below 128: boto3 sends a str key as UTF-8
+    s3.put_object(Bucket=bucket, Key="logged", Body=b"x", **ssec(secret))
+    s3.get_object(Bucket=bucket, Key="logged", **ssec(secret))["Body"].read()
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.get_object(Bucket=bucket, Key="logged", **ssec(KEY_B))
+    bad = dict(raw_ssec(secret), **{"x-amz-server-side-encryption-customer-key-MD5": "AAAA"})
+    assert raw("PUT", f"/{bucket}/bad", bad, b"x")[0] == 400
+    gateway.log.flush()
+    text = open(gateway.log.name).read()
+    for form in (base64.b64encode(secret).decode(), secret.hex(), base64.b64encode(KEY_B).decode()):
+        assert form not in text

@@ -15,15 +15,20 @@ dropped.  Damage in the middle of a segment costs only the records it touches
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from .engine import records
 from .engine.index import connect, key_bytes
-from .engine.model import BlobRef, CorruptRecord, ObjectMeta
+from .engine.model import SYS, BlobRef, CorruptRecord, ObjectMeta
 from .engine.recovery import IndexUnusable, check_index_file
 from .engine.scan import quarantine_tail, scan_file
 from .engine.segments import DataDir, fsync_dir, verify_blob
@@ -59,6 +64,7 @@ def verify(root: Path, progress: Progress = lambda done, total: None) -> Report:
         return rep
     try:
         _verify(conn, data, rep, progress)
+        _verify_keys(conn, root, rep)
     finally:
         conn.close()
     return rep
@@ -116,6 +122,48 @@ def _verify(conn: sqlite3.Connection, data: DataDir, rep: Report, progress: Prog
     for seq, seg in conn.execute("SELECT seq, segment FROM dead"):
         if seq not in seen:
             rep.problems.append(f"dead row seq {seq} has no record (segment {seg})")
+
+
+def _verify_keys(conn: sqlite3.Connection, root: Path, rep: Report) -> None:
+    """Encryption at rest (gateway/sse.py, kms.py): every store key and KMS key version opens with
+    this directory's master key, and every sealed object names one that exists. A problem here
+    means objects that can never be read again (a wrong or lost master key, a lost key record)."""
+    sealed = []
+    for ns, key, text in conn.execute("SELECT ns, key, meta FROM objects WHERE instr(meta, '\"se\":') > 0"):
+        meta = ObjectMeta.from_json(json.loads(text))
+        if meta.sealing is not None and meta.sealing.mode != "SSE-C":
+            sealed.append((f"{ns}/{key.decode(errors='replace')}", meta.sealing))
+    rows = {k.decode(errors="replace"): ObjectMeta.from_json(json.loads(t)).user
+            for k, t in conn.execute("SELECT key, meta FROM objects WHERE ns=? AND (key >= ? AND key < ? OR "
+                                     "key >= ? AND key < ?)", (SYS, b"kms-key/", b"kms-key0", b"sse-key/",
+                                                                b"sse-key0"))}
+    if not rows and not sealed:
+        return
+    try:
+        master = AESGCM((root / "master.key").read_bytes())
+    except (OSError, ValueError) as exc:
+        rep.problems.append(f"master.key cannot be read ({exc}): no encrypted object can be opened")
+        return
+    opened: set[str] = set()  # "sse-key/ID" and "kms-key/ID:VERSION" that open
+    for name, fields in rows.items():
+        kind, _, kid = name.partition("/")
+        sealed_keys = ([(kid, fields.get("key_enc", ""))] if kind == "sse-key" else
+                       [(f"{kid}:{v[0]}", v[1]) for v in json.loads(fields.get("versions", "[]"))])
+        for label, text in sealed_keys:
+            try:
+                raw = base64.b64decode(text)
+                master.decrypt(raw[:12], raw[12:], label.encode())
+                opened.add(f"{kind}/{label}")
+            except (ValueError, InvalidTag):
+                rep.problems.append(f"{name}: key material does not open with master.key (a wrong master key?)")
+    for where, s in sealed:
+        if s.mode == "aws:kms":
+            arn, _, version = s.key_id.rpartition("#")
+            need = f"kms-key/{arn.rsplit(':key/', 1)[-1]}:{version}"
+        else:
+            need = f"sse-key/{s.key_id}"
+        if need not in opened:
+            rep.problems.append(f"{where}: sealed under {need}, which is missing or does not open")
 
 
 @dataclass(frozen=True, slots=True)

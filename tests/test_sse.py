@@ -575,6 +575,11 @@ def test_encrypted_objects_survive_an_index_rebuild(tmp_path):
         assert s3.head_object(Bucket="rebuild", Key="mp")["ServerSideEncryption"] == "AES256"
     finally:
         gw.stop()
+    # fsck checks the keys too: with another master key, nothing sealed could be opened
+    (data / "master.key").write_bytes(os.urandom(32))
+    res = mailstore("fsck", "--data-dir", str(data), "--quiet", check=False)
+    assert res.returncode == 1
+    assert "does not open with master.key" in res.stdout and "rebuild/s3: sealed under sse-key/" in res.stdout
 
 
 def test_no_customer_key_in_any_log(gateway, s3, bucket, raw):

@@ -657,6 +657,11 @@ class MetaStore:
                       "WHERE id=?", (below, below, mailbox_id))
         return first
 
+    def lowest_reservation(self, mailbox_id: int) -> int | None:
+        """The lowest UID reserved in the mailbox and not yet committed or dropped (a read only)."""
+        row = self.conn().execute("SELECT min(uid) FROM pending WHERE mailbox_id=?", (mailbox_id,)).fetchone()
+        return row[0] if row is not None else None
+
     def visible_uid_limit(self, mailbox_id: int) -> int | None:
         """Messages with uid below this are complete and in order (None: no limit).
 

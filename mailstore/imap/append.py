@@ -26,6 +26,8 @@ from . import response as R
 from .reader import AppendMessage, Command
 from .state import ImapBad, ImapNo, Reply, SessionBase
 
+VISIBLE_WAIT = 10.0  # seconds an APPEND waits for a lower reservation to resolve before it answers anyway
+
 
 @dataclass
 class _Ready:
@@ -60,7 +62,21 @@ class AppendCommands(SessionBase):
             await self._drop_objects([row.object_key for row, ok in zip(rows, stored, strict=True) if ok])
             raise ImapNo("Storage temporarily unavailable", "UNAVAILABLE")
         await asyncio.to_thread(self.ctx.meta.commit_messages, rows, [])
+        await self._until_visible(box.id, max(row.uid for row in rows))
         return [], f"[APPENDUID {box.uidvalidity} {R.uid_set([row.uid for row in rows])}] APPEND completed"
+
+    async def _until_visible(self, box_id: int, uid: int) -> None:
+        """Wait (at most VISIBLE_WAIT seconds) until readers see UID `uid`: while another delivery
+        holds a lower UID's reservation the rows above it are hidden (db.VISIBLE, so UIDs appear in
+        order), and a UID STORE or FETCH this client sends next, on the UID it was just given,
+        would find no such message and do nothing. Reservations last as long as one upload."""
+        lowest = self._read(self.ctx.meta.lowest_reservation, box_id)
+        deadline = time.monotonic() + VISIBLE_WAIT
+        delay = 0.002
+        while lowest is not None and lowest < uid and time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            lowest = await asyncio.to_thread(self.ctx.meta.visible_uid_limit, box_id)  # reaps a dead owner's
 
     async def _put(self, row: NewMessage, box: Mailbox, data: bytes) -> bool:
         meta = layout.MessageMeta(row.user, row.guid, row.size, int(row.internal_date), int(row.saved), box.name,

@@ -25,7 +25,7 @@ from .bucket_records import BucketRecords
 from .config import GatewayConfig
 from .engine.api import Engine, ThreadRunner
 from .keys import KeyStore
-from .sse import BucketDefaults, Encryption
+from .sse import Encryption
 
 if TYPE_CHECKING:
     from .compact import Compactor
@@ -91,7 +91,7 @@ class Gateway:
         self.accounts = AccountStore(engine)
         self.bucket_policies = BucketPolicies(engine)
         self.bucket_tags = BucketRecords(engine, "bucket-tagging")
-        self.bucket_encryption = BucketDefaults(engine)
+        self.bucket_encryption = BucketRecords(engine, "bucket-encryption", cache_seconds=2.0)  # every PUT asks
         self.bucket_lifecycle = BucketRecords(engine, "bucket-lifecycle")  # gateway/lifecycle.py
         self.encryption = Encryption(engine, config.region)
         self.auth = Authenticator(self.keys)

@@ -15,7 +15,6 @@ dropped.  Damage in the middle of a segment costs only the records it touches
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sqlite3
@@ -23,8 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from runtime.sealing import SealError, SecretBox
 
 from .engine import records
 from .engine.index import connect, key_bytes
@@ -140,7 +138,7 @@ def _verify_keys(conn: sqlite3.Connection, root: Path, rep: Report) -> None:
     if not rows and not sealed:
         return
     try:
-        master = AESGCM((root / "master.key").read_bytes())
+        master = SecretBox((root / "master.key").read_bytes())
     except (OSError, ValueError) as exc:
         rep.problems.append(f"master.key cannot be read ({exc}): no encrypted object can be opened")
         return
@@ -151,10 +149,9 @@ def _verify_keys(conn: sqlite3.Connection, root: Path, rep: Report) -> None:
                        [(f"{kid}:{v[0]}", v[1]) for v in json.loads(fields.get("versions", "[]"))])
         for label, text in sealed_keys:
             try:
-                raw = base64.b64decode(text)
-                master.decrypt(raw[:12], raw[12:], label.encode())
+                master.open(text, label)
                 opened.add(f"{kind}/{label}")
-            except (ValueError, InvalidTag):
+            except SealError:
                 rep.problems.append(f"{name}: key material does not open with master.key (a wrong master key?)")
     for where, s in sealed:
         if s.mode == "aws:kms":

@@ -15,12 +15,11 @@ manage accounts and keys) or limited by its policy (deny by default).
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from runtime.sealing import SecretBox
 
 from .engine.api import Engine
 from .policy import Policy
@@ -60,15 +59,13 @@ class KeyStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._aead = AESGCM(engine.master_key())
+        self._box = SecretBox(engine.master_key())
 
     def _seal(self, akid: str, secret: str) -> str:
-        nonce = secrets.token_bytes(12)
-        return base64.b64encode(nonce + self._aead.encrypt(nonce, secret.encode(), akid.encode())).decode()
+        return self._box.seal(secret.encode(), akid)
 
     def _open(self, akid: str, sealed: str) -> str:
-        raw = base64.b64decode(sealed)
-        return self._aead.decrypt(raw[:12], raw[12:], akid.encode()).decode()
+        return self._box.open(sealed, akid).decode()
 
     def _from_fields(self, akid: str, u: dict[str, str]) -> AccessKey:
         secret = self._open(akid, u["secret_enc"]) if "secret_enc" in u else u["secret"]

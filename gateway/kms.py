@@ -12,16 +12,13 @@ gets the key aliased `aws/s3`, made on first use (AWS's managed key for S3).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from runtime import sealing
+from runtime.sealing import SecretBox
 
 from .engine.api import Engine
 
@@ -59,7 +56,7 @@ class KmsKeys:
     def __init__(self, engine: Engine, region: str = "us-east-1") -> None:
         self.engine = engine
         self.region = region
-        self._master = AESGCM(engine.master_key())
+        self._master = SecretBox(engine.master_key())
         self._material: dict[tuple[str, int], bytes] = {}
         self._newest: dict[str, tuple[int, float]] = {}  # key id -> (version, looked up at)
         self._lock = asyncio.Lock()
@@ -68,12 +65,10 @@ class KmsKeys:
         return f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{key_id}"
 
     def _seal(self, key_id: str, version: int, material: bytes) -> str:
-        nonce = secrets.token_bytes(12)
-        return base64.b64encode(nonce + self._master.encrypt(nonce, material, f"{key_id}:{version}".encode())).decode()
+        return self._master.seal(material, f"{key_id}:{version}")
 
     def _open(self, key_id: str, version: int, sealed: str) -> bytes:
-        raw = base64.b64decode(sealed)
-        return self._master.decrypt(raw[:12], raw[12:], f"{key_id}:{version}".encode())
+        return self._master.open(sealed, f"{key_id}:{version}")
 
     def _key(self, key_id: str, fields: dict[str, str]) -> KmsKey:
         versions = tuple((int(v[0]), float(v[2])) for v in json.loads(fields["versions"]))

@@ -30,11 +30,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from runtime import sealing
+from runtime.sealing import SecretBox
 
-from .bucket_records import BucketRecords
 from .engine.api import Engine, Found, RunBlocking
 from .engine.model import CorruptRecord, ObjectMeta, Sealing
 from .kms import KeyNotFound, KmsKeys
@@ -167,34 +165,6 @@ def response_headers(meta: ObjectMeta) -> dict[str, str]:
             "x-amz-server-side-encryption-customer-key-MD5": s.key_id}
 
 
-class BucketDefaults:
-    """Buckets' default encryption (PutBucketEncryption): a bucket record, kept 2 s by each
-    gateway as policies are (bucket_policies.py), since every PutObject asks."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.records = BucketRecords(engine, "bucket-encryption")
-        self._cache: dict[str, tuple[float, float, str | None]] = {}  # bucket -> (read at, created, algorithm)
-
-    async def get(self, bucket: str, created: float) -> str | None:
-        now = time.monotonic()
-        hit = self._cache.get(bucket)
-        if hit is not None and now - hit[0] < 2.0 and hit[1] == created:
-            return hit[2]
-        algorithm = await self.records.read(bucket, created)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[bucket] = (now, created, algorithm)
-        return algorithm
-
-    async def put(self, bucket: str, created: float, algorithm: str) -> None:
-        await self.records.write(bucket, created, algorithm)
-        self._cache.pop(bucket, None)
-
-    async def delete(self, bucket: str) -> None:
-        await self.records.delete(bucket)
-        self._cache.pop(bucket, None)
-
-
 class StoreKeys:
     """SSE-S3's key-encryption keys: engine records sealed under the master key (the key id as
     associated data), cached once read (a store key never changes). The newest is the one new
@@ -202,14 +172,13 @@ class StoreKeys:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._master = AESGCM(engine.master_key())
+        self._master = SecretBox(engine.master_key())
         self._keys: dict[str, bytes] = {}
         self._newest: tuple[str, float] | None = None  # (id, when it was looked up)
         self._lock = asyncio.Lock()
 
     def _open(self, kid: str, fields: dict[str, str]) -> bytes:
-        raw = base64.b64decode(fields["key_enc"])
-        return self._master.decrypt(raw[:12], raw[12:], kid.encode())
+        return self._master.open(fields["key_enc"], kid)
 
     async def get(self, kid: str) -> bytes:
         key = self._keys.get(kid)
@@ -247,8 +216,7 @@ class StoreKeys:
         while True:
             kid = "sk-" + secrets.token_hex(8)
             key = sealing.new_key()
-            nonce = secrets.token_bytes(12)
-            sealed = base64.b64encode(nonce + self._master.encrypt(nonce, key, kid.encode())).decode()
+            sealed = self._master.seal(key, kid)
             if await self.engine.swap_record(NAMESPACE, kid, None, {"key_enc": sealed, "created": repr(time.time())}):
                 self._keys[kid] = key
                 self._newest = (kid, time.monotonic())

@@ -17,6 +17,7 @@ This module knows nothing of S3 or mail: the gateway's SSE and the fs wrappers b
 
 from __future__ import annotations
 
+import base64
 import functools
 import secrets
 
@@ -172,6 +173,27 @@ def open_span(key: bytes, sealed: bytes, size: int, start: int, end: int, stream
     o.finish()
     skip = start - first * CHUNK
     return plain[skip:skip + (end - start)]
+
+
+class SecretBox:
+    """Small secrets (access-key secrets, store keys, KMS key material) sealed under one key, the
+    store's master key: base64(nonce || ciphertext || tag), with a label (what the secret
+    belongs to) as associated data, so a sealed value cannot be moved to another record."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes, label: str) -> str:
+        nonce = secrets.token_bytes(12)
+        return base64.b64encode(nonce + self._aead.encrypt(nonce, data, label.encode())).decode()
+
+    def open(self, text: str, label: str) -> bytes:
+        """The secret; SealError for another key or label, or a changed value."""
+        try:
+            raw = base64.b64decode(text)
+            return self._aead.decrypt(raw[:12], raw[12:], label.encode())
+        except (InvalidTag, ValueError):
+            raise SealError(f"the sealed value of {label} does not open") from None
 
 
 # Key-encryption keys are few (store keys, KMS key versions) and used for every object: their

@@ -156,7 +156,7 @@ async def get_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse
     ServerSideEncryptionConfigurationNotFoundError (its objects are stored as sent)."""
     assert r.bucket
     b = await gw.engine.get_bucket(r.bucket)
-    algorithm = await gw.bucket_encryption.get(r.bucket, b.created)
+    algorithm = await gw.bucket_encryption.read(r.bucket, b.created)
     if algorithm is None:
         raise S3Error("ServerSideEncryptionConfigurationNotFoundError", extra={"BucketName": r.bucket})
     name, _, key = algorithm.partition(" ")
@@ -182,7 +182,7 @@ async def put_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse
             await gw.encryption.kms.resolve(key)
         except KeyNotFound:
             raise S3Error("KMS.NotFoundException", f"Invalid keyId {key[:128]}") from None
-    await gw.bucket_encryption.put(r.bucket, b.created, f"{algorithm} {key}" if key else algorithm)
+    await gw.bucket_encryption.write(r.bucket, b.created, f"{algorithm} {key}" if key else algorithm)
     return web.Response()
 
 

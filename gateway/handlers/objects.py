@@ -340,7 +340,7 @@ async def new_sealing(gw: Gateway, r: S3Request) -> tuple[bytes, Sealing] | None
     default = None
     if sse.H_SSE not in r.headers and sse.H_ALGORITHM not in r.headers:
         b = await gw.engine.bucket_info(r.bucket, fresh=False)
-        default = await gw.bucket_encryption.get(r.bucket, b.created)
+        default = await gw.bucket_encryption.read(r.bucket, b.created)
     w = sse.wanted(r.headers, default, keys_may_travel(r))
     return await gw.encryption.new(w) if w is not None else None
 

@@ -42,6 +42,7 @@ log = logging.getLogger("gateway")
 ENGINE_ERRORS: dict[type[m.EngineError], str] = {
     m.NoSuchBucket: "NoSuchBucket",
     m.NoSuchKey: "NoSuchKey",
+    m.NoSuchVersion: "NoSuchVersion",
     m.BucketNotEmpty: "BucketNotEmpty",
     m.BucketAlreadyExists: "BucketAlreadyOwnedByYou",
     m.PreconditionFailed: "PreconditionFailed",
@@ -224,7 +225,7 @@ class Dispatcher:
                                    received, resp.content_length or 0, seconds, code, extra)
 
     async def _decision(self, request: web.BaseRequest, key: AccessKey, op: str, bucket: str | None,
-                        copy_source: tuple[str, str] | None) -> Decision:
+                        copy_source: tuple[str, str, str | None] | None) -> Decision:
         """What access.py decides on: the buckets the request touches (owner, policy), who the
         key is to a bucket policy, and the request's condition keys. A bucket that does not
         exist is left to the operation (NoSuchBucket)."""

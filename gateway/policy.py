@@ -213,6 +213,7 @@ _BUCKET_ACTIONS = {
     "ListMultipartUploads": "s3:ListBucketMultipartUploads",
     "GetBucketLocation": "s3:GetBucketLocation",
     "GetBucketVersioning": "s3:GetBucketVersioning",
+    "PutBucketVersioning": "s3:PutBucketVersioning",
     "GetBucketAcl": "s3:GetBucketAcl",
     "CreateBucket": "s3:CreateBucket",
     "DeleteBucket": "s3:DeleteBucket",
@@ -246,10 +247,21 @@ _OBJECT_ACTIONS = {
     "ListParts": "s3:ListMultipartUploadParts",
     "DeleteObject": "s3:DeleteObject",
 }
+_VERSION_ACTIONS = {  # the same operations on a version named by ?versionId
+    "GetObject": "s3:GetObjectVersion",
+    "HeadObject": "s3:GetObjectVersion",
+    "GetObjectAcl": "s3:GetObjectVersionAcl",
+    "GetObjectTagging": "s3:GetObjectVersionTagging",
+    "PutObjectTagging": "s3:PutObjectVersionTagging",
+    "DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
+    "DeleteObject": "s3:DeleteObjectVersion",
+    "GetObjectAttributes": "s3:GetObjectVersionAttributes",
+}
 
 
 def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, str],
-             copy_source: tuple[str, str] | None, tagging: bool = False) -> list[tuple[str, str, dict[str, str]]]:
+             copy_source: tuple[str, str, str | None] | None,
+             tagging: bool = False) -> list[tuple[str, str, dict[str, str]]]:
     """(action, resource ARN, condition context) triples the operation needs; `tagging`: the
     request sets the object's tags (x-amz-tagging), which AWS also requires s3:PutObjectTagging for.
 
@@ -267,11 +279,15 @@ def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, s
             if "delimiter" in query:
                 ctx["s3:delimiter"] = query["delimiter"]
         return [(_BUCKET_ACTIONS[op], arn(bucket), ctx)]
-    if op == "GetObjectAttributes":  # AWS: both, on a bucket without versioning
-        return [("s3:GetObject", arn(bucket, key), {}), ("s3:GetObjectAttributes", arn(bucket, key), {})]
-    needs: list[tuple[str, str, dict[str, str]]] = [(_OBJECT_ACTIONS[op], arn(bucket, key), {})]
+    versioned = "versionId" in query and op in _VERSION_ACTIONS
+    if op == "GetObjectAttributes":  # AWS: both
+        return [("s3:GetObjectVersion" if versioned else "s3:GetObject", arn(bucket, key), {}),
+                (_VERSION_ACTIONS[op] if versioned else "s3:GetObjectAttributes", arn(bucket, key), {})]
+    action = _VERSION_ACTIONS[op] if versioned else _OBJECT_ACTIONS[op]
+    needs: list[tuple[str, str, dict[str, str]]] = [(action, arn(bucket, key), {})]
     if copy_source is not None and op in ("PutObject", "UploadPart"):
-        needs.append(("s3:GetObject", arn(*copy_source), {}))
+        needs.append(("s3:GetObject" if copy_source[2] is None else "s3:GetObjectVersion",
+                      arn(copy_source[0], copy_source[1]), {}))
     if tagging and op in ("PutObject", "CreateMultipartUpload"):
         needs.append(("s3:PutObjectTagging", arn(bucket, key), {}))
     return needs
@@ -283,8 +299,9 @@ read-only:NAME          read and list one bucket, or every bucket with NAME '*' 
 prefix:BUCKET/PREFIX    read, write, delete and list under one prefix of a bucket (one tenant)"""
 
 _RW = ["s3:GetObject", "s3:GetObjectAttributes", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
-       "s3:ListMultipartUploadParts", "s3:GetObjectTagging", "s3:PutObjectTagging", "s3:DeleteObjectTagging"]
-_LIST = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
+       "s3:ListMultipartUploadParts", "s3:GetObjectTagging", "s3:PutObjectTagging", "s3:DeleteObjectTagging",
+       "s3:GetObjectVersion"]  # not s3:DeleteObjectVersion: removing history is for a policy to grant
+_LIST = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation", "s3:ListBucketVersions"]
 
 
 def preset(spec: str) -> Policy:

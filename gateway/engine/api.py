@@ -22,9 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .model import BlobRef, Conditions, InvalidPart, ListPage, ObjectMeta, Sealing
+from .model import BlobRef, Change, Conditions, InvalidPart, ListPage, ObjectMeta, Sealing
 
 T = TypeVar("T")
+
+# gateway/versioning.py's decision for one key: (current object, noncurrent versions newest
+# first as (order, meta)) -> what the write does to them; it may raise (a condition failed).
+Decide = Callable[[ObjectMeta | None, list[tuple[str, ObjectMeta]]], Change]
 
 MIN_PART_SIZE = 5 << 20  # AWS: every part but the last is at least 5 MiB
 
@@ -172,9 +176,31 @@ class Engine(Protocol):
         ...
     async def discard(self, blobs: tuple[BlobRef, ...]) -> None: ...
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
-                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> None: ...
+                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None,
+                  decide: Decide | None = None) -> None:
+        """`decide` (a versioned bucket): what becomes of the current object and the noncurrent
+        versions as `meta` becomes current (its `remove`, `archive`, `markers`); it checks the
+        write's conditions itself."""
+        ...
     async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool: ...
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]: ...
+
+    # versions (versioning.py): noncurrent versions live beside their key, out of ListObjects' sight
+    async def change_versions(self, bucket: str, key: str, decide: Decide) -> Change:
+        """A write without a new object (a delete in a versioned bucket), atomic; the change made."""
+        ...
+    async def head_version(self, bucket: str, key: str, order: str) -> Found:
+        """A noncurrent version (NoSuchVersion), readable as `head`'s objects are."""
+        ...
+    async def versions(self, bucket: str, key: str) -> list[tuple[str, ObjectMeta]]:
+        """The key's noncurrent versions, (order, meta), newest first."""
+        ...
+    async def version_page(self, bucket: str, prefix: str, after: str | None,
+                           limit: int) -> tuple[list[tuple[str, ObjectMeta, bool]], bool]:
+        """Current objects and noncurrent versions under `prefix` in one order: (name, meta,
+        current) where a version's name is key SEP order (so it follows its key), after the
+        name `after`; and whether more may follow."""
+        ...
 
     # multipart
     async def get_upload(self, bucket: str, upload_id: str) -> Upload: ...
@@ -188,8 +214,10 @@ class Engine(Protocol):
         ...
     async def abort_upload(self, bucket: str, upload_id: str) -> None: ...
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None,
-                              checksums: dict[str, str] | None = None) -> ObjectMeta: ...
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None,
+                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
+        """`version`: the version id the object gets (a versioned bucket, with `decide`)."""
+        ...
 
     # small shared records (access keys): field maps changed by compare-and-swap
     async def record(self, namespace: str, name: str) -> dict[str, str] | None: ...

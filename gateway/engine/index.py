@@ -176,6 +176,18 @@ class IndexReader:
             lo = rows[-1][0] + b"\x00"
             batch = min(batch * 4, cap)
 
+    def merged(self, ns: str, versions_ns: str, prefix: str, after: str | None,
+               limit: int) -> list[tuple[str, ObjectMeta, bool]]:
+        """Rows of two namespaces in one key order (current objects, and noncurrent versions
+        keyed key SEP order): (key, meta, from the first)."""
+        lo = key_bytes(prefix)
+        start = max(lo, key_bytes(after) + b"\x00") if after is not None else lo
+        rows = self.conn.execute(
+            "SELECT key, meta, ns = ? FROM objects WHERE ns IN (?, ?) AND key>=? AND key<? ORDER BY key LIMIT ?",
+            (ns, ns, versions_ns, start, lo + b"\xff", limit)).fetchall()
+        return [(kb.decode("utf-8", "surrogatepass"), ObjectMeta.from_json(json.loads(meta)), bool(cur))
+                for kb, meta, cur in rows]
+
     def usage_by_prefix(self, ns: str) -> dict[str, tuple[int, int]]:
         """Object count and bytes per first-level prefix ("a/"); "" holds top-level keys.
 

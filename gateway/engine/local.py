@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -24,15 +25,18 @@ from typing import Self
 from runtime.keyfile import write_new_key
 
 from . import records
-from .api import Bucket, EntityTooSmall, InvalidPartOrder, Part, Upload, choose_parts
+from .api import Bucket, Decide, EntityTooSmall, InvalidPartOrder, Part, Upload, choose_parts
 from .commit import GroupCommitter, Guard, Txn, Write
 from .index import IndexReader, connect
 from .model import (
     MPU,
+    SEP,
     SYS,
+    VERSIONS,
     BlobRef,
     BucketAlreadyExists,
     BucketNotEmpty,
+    Change,
     Conditions,
     CorruptRecord,
     EngineError,
@@ -42,10 +46,12 @@ from .model import (
     NoSuchBucket,
     NoSuchKey,
     NoSuchUpload,
+    NoSuchVersion,
     ObjectInfo,
     ObjectMeta,
     PreconditionFailed,
     Sealing,
+    order_of,
 )
 from .recovery import check_index_file, recover
 from .segments import DataDir, Generation, SegmentGone, SegmentReader, WriteLock, read_blob_blocks
@@ -281,7 +287,8 @@ class LocalEngine:
             try:
                 await self._run(Txn([Write(SYS, f"bucket/{name}", None), *writes],
                                     [Guard("exists", SYS, f"bucket/{name}", NoSuchBucket),
-                                     Guard("empty", name, "", BucketNotEmpty), *guards]))
+                                     Guard("empty", name, "", BucketNotEmpty),
+                                     Guard("empty", VERSIONS + name, "", BucketNotEmpty), *guards]))
                 break
             except _Changed:
                 continue  # an upload completed or aborted meanwhile
@@ -392,10 +399,85 @@ class LocalEngine:
         return Txn([Write(bucket, key, meta, body, blobs)], self._guards(bucket, key, cond))
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
-                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> int:
+                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None,
+                  decide: Decide | None = None) -> int:
+        if decide is not None:
+            await self._versioned(bucket, key, decide, Write(bucket, key, meta, body, blobs))
+            return 0
         seq = (await self._guarded(lambda g: Txn([Write(bucket, key, meta, body, blobs)], g), bucket, key, cond))[0]
         assert seq is not None
         return seq
+
+    # ------------------------------------------------------------ versions
+
+    async def _versioned(self, bucket: str, key: str, decide: Decide, new: Write | None,
+                         also: Callable[[], tuple[list[Write], list[Guard]]] | None = None) -> Change:
+        """Decide on the key's current object and noncurrent versions as they are, and apply the
+        change in one transaction guarded on everything it read (decided again if it moved).
+        A version moves between the current slot and `VERSIONS` with its blobs (its record, and
+        an inline body, are written again)."""
+        ns = VERSIONS + bucket
+        for _ in range(16):
+            cur = self.index.get(bucket, key)
+            if cur is None:
+                self._require_bucket(bucket)
+            found = self.index.scan(ns, key + SEP, None, 1_000_000)
+            olds = {i.key[len(key) + 1:]: i for i in found}
+            change = decide(cur.meta if cur is not None else None, [(o, i.meta) for o, i in olds.items()])
+            writes: list[Write] = []
+            guards = [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket),
+                      Guard("seq", bucket, key, _Changed, cur.seq) if cur is not None
+                      else Guard("absent", bucket, key, _Changed)]
+            if cur is not None and change.archive:
+                writes.append(Write(ns, key + SEP + order_of(cur.meta), cur.meta, self._inline(cur), cur.blobs))
+            for order in change.remove:
+                writes.append(Write(ns, olds[order].key, None))
+                guards.append(Guard("seq", ns, olds[order].key, _Changed, olds[order].seq))
+            for m in change.markers:
+                writes.append(Write(ns, key + SEP + order_of(m), m))
+            if change.promote is not None:
+                up = olds[change.promote]
+                writes.append(Write(ns, up.key, None, release_prev_blobs=False))
+                guards.append(Guard("seq", ns, up.key, _Changed, up.seq))
+                new = Write(bucket, key, up.meta, self._inline(up), up.blobs)
+            if new is not None:
+                new.release_prev_blobs = not change.archive
+                writes.append(new)
+            elif cur is not None and change.delete_current:
+                writes.append(Write(bucket, key, None, release_prev_blobs=not change.archive))
+            if also is not None:
+                more_writes, more_guards = also()
+                writes += more_writes
+                guards += more_guards
+            try:
+                await self._run(Txn(writes, guards))
+            except _Changed:
+                continue
+            return change
+        raise EngineUnavailable(f"{bucket}/{key} kept changing")
+
+    def _inline(self, info: ObjectInfo) -> bytes:
+        return b"" if info.blobs or info.meta.marker else self.read_inline(info)
+
+    async def change_versions(self, bucket: str, key: str, decide: Decide) -> Change:
+        return await self._versioned(bucket, key, decide, None)
+
+    def head_version(self, bucket: str, key: str, order: str) -> ObjectInfo:
+        info = self.index.get(VERSIONS + bucket, key + SEP + order)
+        if info is None:
+            self._require_bucket(bucket)
+            raise NoSuchVersion(order)
+        return info
+
+    def versions(self, bucket: str, key: str) -> list[tuple[str, ObjectMeta]]:
+        self._require_bucket(bucket)
+        return [(i.key[len(key) + 1:], i.meta) for i in self.index.scan(VERSIONS + bucket, key + SEP, None, 1_000_000)]
+
+    def version_page(self, bucket: str, prefix: str, after: str | None,
+                     limit: int) -> tuple[list[tuple[str, ObjectMeta, bool]], bool]:
+        self._require_bucket(bucket)
+        rows = self.index.merged(bucket, VERSIONS + bucket, prefix, after, limit + 1)
+        return rows[:limit], len(rows) > limit
 
     async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
         """True when something was deleted (S3 answers 204 either way)."""
@@ -455,23 +537,36 @@ class LocalEngine:
         await self._run(Txn(writes, [Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]))
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None, checksums: dict[str, str] | None = None) -> ObjectMeta:
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None,
+                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
         """Stitch parts into one object without copying: it references their blobs. `cond`: the
         If-Match / If-None-Match of the request, on the object it makes."""
         upload = self.get_upload(bucket, upload_id)
         parts = {p.number: p for p in self.list_parts(upload_id)}
         used, meta = choose_parts(parts, chosen, upload, checksums)
+        meta = dataclasses.replace(meta, version=version)
         used_numbers = {p.number for p in used}
 
-        def txn(guards: list[Guard]) -> Txn:
-            writes = [Write(bucket, upload.key, meta, blobs=tuple(b for p in used for b in p.blobs))]
-            guards = [*guards, Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]
+        def upload_writes() -> tuple[list[Write], list[Guard]]:
+            writes: list[Write] = []
+            guards = [Guard("seq", MPU, f"u/{bucket}/{upload_id}", NoSuchUpload, upload.seq)]
             for p in parts.values():
                 writes.append(Write(MPU, f"p/{upload_id}/{p.number:05d}", None,
                                     release_prev_blobs=p.number not in used_numbers))
                 guards.append(Guard("seq", MPU, f"p/{upload_id}/{p.number:05d}", InvalidPart, p.seq))
             writes.append(Write(MPU, f"u/{bucket}/{upload_id}", None))
-            return Txn(writes, guards)
+            return writes, guards
+
+        def new() -> Write:
+            return Write(bucket, upload.key, meta, blobs=tuple(b for p in used for b in p.blobs))
+
+        if decide is not None:
+            await self._versioned(bucket, upload.key, decide, new(), upload_writes)
+            return meta
+
+        def txn(guards: list[Guard]) -> Txn:
+            writes, more = upload_writes()
+            return Txn([new(), *writes], [*guards, *more])
 
         await self._guarded(txn, bucket, upload.key, cond)
         return meta

@@ -12,10 +12,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from .api import Bucket, Found, Part, RunBlocking, ThreadRunner, Upload
+from .api import Bucket, Decide, Found, Part, RunBlocking, ThreadRunner, Upload
 from .commit import Guard, Txn, Write
 from .local import INLINE_MAX, LocalEngine, master_key
-from .model import SYS, BlobRef, Conditions, ListPage, ObjectInfo, ObjectMeta, PreconditionFailed, Sealing
+from .model import SYS, BlobRef, Change, Conditions, ListPage, ObjectInfo, ObjectMeta, PreconditionFailed, Sealing
 from .segments import BlobWriter
 
 T = TypeVar("T")
@@ -112,14 +112,30 @@ class LocalGateway:
             self.local.data.blob_path(ref.blob_id).unlink(missing_ok=True)
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
-                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> None:
-        await self.local.put(bucket, key, meta, body, blobs, cond)
+                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None,
+                  decide: Decide | None = None) -> None:
+        await self.local.put(bucket, key, meta, body, blobs, cond, decide)
 
     async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
         return await self.local.delete(bucket, key, cond)
 
     async def delete_many(self, bucket: str, keys: list[str]) -> list[bool]:
         return await self.local.delete_many(bucket, keys)
+
+    # ------------------------------------------------------------ versions
+
+    async def change_versions(self, bucket: str, key: str, decide: Decide) -> Change:
+        return await self.local.change_versions(bucket, key, decide)
+
+    async def head_version(self, bucket: str, key: str, order: str) -> Found:
+        return self.local.head_version(bucket, key, order)
+
+    async def versions(self, bucket: str, key: str) -> list[tuple[str, ObjectMeta]]:
+        return self.local.versions(bucket, key)
+
+    async def version_page(self, bucket: str, prefix: str, after: str | None,
+                           limit: int) -> tuple[list[tuple[str, ObjectMeta, bool]], bool]:
+        return await self.run(self.local.version_page, bucket, prefix, after, limit)
 
     # ------------------------------------------------------------ multipart
 
@@ -145,8 +161,9 @@ class LocalGateway:
         await self.local.abort_upload(bucket, upload_id)
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None, checksums: dict[str, str] | None = None) -> ObjectMeta:
-        return await self.local.complete_upload(bucket, upload_id, chosen, cond, checksums)
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None,
+                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
+        return await self.local.complete_upload(bucket, upload_id, chosen, cond, checksums, decide, version)
 
     # ------------------------------------------------------------ shared records
 

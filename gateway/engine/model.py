@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 # Reserved namespaces: "~" can never appear in a bucket name.
 SYS = "~sys"  # keys: "bucket/<name>", "key/<access key id>"
 MPU = "~mpu"  # keys: "u/<bucket>/<upload id>", "p/<upload id>/<part number:05d>"
+VERSIONS = "~v/"  # + bucket: a versioned bucket's noncurrent versions, keys "<key>" SEP "<order>"
+SEP = "\x01"  # sorts before every character a key may go on with: a key's versions follow it at once
 
 BLOCK_SIZE = 1 << 20  # body checksum granularity for out-of-line blobs
 
@@ -73,6 +75,8 @@ class ObjectMeta:
     upload: str = ""  # the multipart upload it was completed from (a repeated Complete answers 200)
     tags: tuple[tuple[str, str], ...] = ()  # object tagging, in the order given
     sealing: Sealing | None = None  # encrypted at rest: `size` is the plaintext's
+    version: str = ""  # its version id in a versioned bucket ("": the null version)
+    marker: bool = False  # a delete marker (only ever a noncurrent entry; no body)
 
     @property
     def body_size(self) -> int:
@@ -97,6 +101,10 @@ class ObjectMeta:
             d["tg"] = [list(t) for t in self.tags]
         if self.sealing is not None:
             d["se"] = self.sealing.to_json()
+        if self.version:
+            d["v"] = self.version
+        if self.marker:
+            d["dm"] = 1
         return d
 
     @classmethod
@@ -104,7 +112,33 @@ class ObjectMeta:
         return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
                    d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0), tuple(d.get("ps", ())),
                    d.get("mp", ""), tuple((k, v) for k, v in d.get("tg", ())),
-                   Sealing.from_json(d["se"]) if "se" in d else None)
+                   Sealing.from_json(d["se"]) if "se" in d else None, d.get("v", ""), bool(d.get("dm")))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one write does to the versions of a key in a versioned bucket: decided by
+    gateway/versioning.py from the key's current object and noncurrent versions, applied by
+    the engine in one atomic step (retried, deciding again, when either changed meanwhile).
+    Noncurrent versions are named by their order (`order_of`), newest first."""
+
+    archive: bool = False  # the current object stays, as a noncurrent version
+    delete_current: bool = False  # (a delete) the current object leaves the current slot
+    markers: tuple[ObjectMeta, ...] = ()  # delete markers added as noncurrent versions
+    remove: tuple[str, ...] = ()  # noncurrent versions removed, their data released
+    promote: str | None = None  # the noncurrent version that becomes the current object
+
+
+def order_of(meta: ObjectMeta) -> str:
+    """Where a version sorts among its key's noncurrent versions: newest first. A version id
+    begins with its inverted microsecond time (gateway/versioning.py), and so does a null
+    version's order."""
+    if meta.version:
+        return meta.version
+    return f"{INVERTED - int(meta.mtime * 1_000_000):013x}null"
+
+
+INVERTED = 16 ** 13 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +224,10 @@ class NoSuchBucket(EngineError):
 
 
 class NoSuchKey(EngineError):
+    pass
+
+
+class NoSuchVersion(EngineError):
     pass
 
 

@@ -43,11 +43,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import rados_group, records
+from .api import Decide
 from .model import (
     BLOCK_SIZE,
+    SEP,
     BlobRef,
     BucketAlreadyExists,
     BucketNotEmpty,
+    Change,
     Conditions,
     CorruptRecord,
     EngineUnavailable,
@@ -55,8 +58,10 @@ from .model import (
     ListPage,
     NoSuchBucket,
     NoSuchKey,
+    NoSuchVersion,
     ObjectMeta,
     PreconditionFailed,
+    order_of,
 )
 from .rados_group import PACK_NAME, GroupCommit
 from .records import Record
@@ -82,6 +87,7 @@ READ_BATCH = 64  # index entries of one shard read by one operation
 # Index entries are "k" + the S3 key, so the shard's own marks never meet a key: CLOSED, set
 # while the bucket is being deleted, sorts before every entry.
 ENTRY = "k"
+VERSION = "v"  # + key SEP order: a noncurrent version (versioned buckets), in its key's shard
 CLOSED = "!closed"
 RESHARDING = "!resharding"  # set while the entries move to new shards: writes wait (503), reads go on
 
@@ -354,7 +360,8 @@ class RadosStore:
         try:
             await self._mark(shards, CLOSED, True)
             for shard in shards:
-                if await self._omap_page(self.index, shard, "", ENTRY, 1):
+                if await self._omap_page(self.index, shard, "", ENTRY, 1) or \
+                        await self._omap_page(self.index, shard, "", VERSION, 1):
                     raise BucketNotEmpty(name)
             if not await self._swap_bucket(name, mine, None):
                 raise EngineUnavailable(f"{name}: the bucket changed while it was being deleted")
@@ -419,13 +426,13 @@ class RadosStore:
         try:
             await self._new_shards(new)
             await self._mark(b.all_shards(), RESHARDING, True)
-            for shard in b.all_shards():
+            for shard, kind in ((shard, kind) for shard in b.all_shards() for kind in (ENTRY, VERSION)):
                 after = ""
                 while True:
-                    page = await self._omap_page(self.index, shard, after, ENTRY, 1000)
+                    page = await self._omap_page(self.index, shard, after, kind, 1000)
                     moving: dict[str, list[tuple[str, bytes]]] = {}
                     for k, v in page:
-                        moving.setdefault(new.shard(k[len(ENTRY):]), []).append((k, v))
+                        moving.setdefault(new.shard(k[1:].split(SEP, 1)[0]), []).append((k, v))
                     for target, kvs in moving.items():
                         keys, values = tuple(k for k, _ in kvs), tuple(v for _, v in kvs)
                         _check(await self._write(self.index, target, lambda op: self.index.set_omap(
@@ -564,10 +571,11 @@ class RadosStore:
 
         return await self._with_bucket(bucket, find)
 
-    async def read_record(self, b: RadosBucket, key: str, entry: Stored) -> Record:
+    async def read_record(self, b: RadosBucket, key: str, entry: Stored, *, current: bool = True) -> Record:
         """The record of the data object an entry names (prefix, header and inline body,
         checksums verified; tails are read apart). An object removed since the entry was
-        read (overwritten, deleted) sends us back to the index for the current one."""
+        read (overwritten, deleted) sends us back to the index for the current one (not
+        `current`, a noncurrent version's: NoSuchVersion)."""
         for _ in range(CAS_ATTEMPTS):
             damage: CorruptRecord | None = None
             try:
@@ -586,6 +594,10 @@ class RadosStore:
                 return rec
             # deleted or overwritten since the index was read: read the index again (an entry
             # whose data stays missing is damage, which `check` reports)
+            if not current:
+                if damage is not None:
+                    raise damage
+                raise NoSuchVersion(key)
             fresh = await self._entry(b, key)
             if fresh is None:
                 raise NoSuchKey(key)
@@ -630,20 +642,20 @@ class RadosStore:
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes,
                   cond: Conditions | None = None, *, head: str | None = None,
-                  tails: tuple[BlobRef, ...] = ()) -> None:
+                  tails: tuple[BlobRef, ...] = (), decide: Decide | None = None) -> None:
         """The data object (exclusive create of a new name), then the index entry swapped in
         by one compare-and-swap on its shard; the data it replaced is removed after.
 
         `tails`: a body already staged as tail objects (`new_oid`'s `<head>.t<n>`, or a
         multipart upload's parts), with `head` the name they were staged for."""
-        return await self._with_bucket(bucket, lambda b: self._put(b, key, meta, body, cond, head, tails))
+        return await self._with_bucket(bucket, lambda b: self._put(b, key, meta, body, cond, head, tails, decide))
 
     def new_oid(self, b: RadosBucket, name: str | None = None) -> str:
         """A data object's name: `<bucket id>.<random>` (or `.<name>`, an upload's)."""
         return f"{b.id}.{name or secrets.token_hex(12)}"
 
     async def _put(self, b: RadosBucket, key: str, meta: ObjectMeta, body: bytes, cond: Conditions | None,
-                   head: str | None, tails: tuple[BlobRef, ...]) -> None:
+                   head: str | None, tails: tuple[BlobRef, ...], decide: Decide | None = None) -> None:
         cond = cond or Conditions()
         oid = head or self.new_oid(b)
         meta_text = records.meta_json(meta)
@@ -679,6 +691,9 @@ class RadosStore:
         value = f'{{"o":{json.dumps(oid)}{where},"m":{index_json(meta)}}}'
         try:
             current: Stored | None = None  # mail keys are new: first try "absent", no read
+            if decide is not None:
+                await self._versioned(b, key, decide, value)
+                return
             if cond.needs_current():
                 current = await self._entry(b, key, writing=True)
                 cond.check(current.meta if current is not None else None, key)
@@ -700,6 +715,118 @@ class RadosStore:
             raise
         if current is not None:
             await self._remove_object(current)
+
+    # ------------------------------------------------------------------ versions
+
+    async def change_versions(self, bucket: str, key: str, decide: Decide) -> Change:
+        return await self._with_bucket(bucket, lambda b: self._versioned(b, key, decide, None))
+
+    async def _versioned(self, b: RadosBucket, key: str, decide: Decide, value: str | None) -> Change:
+        """Decide on the key's entry and noncurrent versions as they are, then apply the change
+        by one compound operation on their shard that compares every entry it read or makes
+        (decided again when one moved); data no entry names any more is released after.
+        `value`: the new current entry (a put), whose data is written already."""
+        shard = b.shard(key)
+        for _ in range(CAS_ATTEMPTS):
+            cur = await self._entry(b, key, writing=True)
+            olds = {name[len(VERSION) + len(key) + 1:]: Stored.parse(raw.decode())
+                    for name, raw in await self._omap_all(self.index, shard, VERSION + key + SEP)}
+            change = decide(cur.meta if cur is not None else None, [(o, e.meta) for o, e in olds.items()])
+            new_value = value
+            compare = {ENTRY + key: cur.raw if cur is not None else "", CLOSED: "", RESHARDING: ""}
+            sets: dict[str, str] = {}
+            gone: list[str] = []
+            released: list[Stored] = [olds[o] for o in change.remove]
+            if cur is not None and change.archive:
+                sets[VERSION + key + SEP + order_of(cur.meta)] = cur.raw
+            for o in change.remove:
+                compare[VERSION + key + SEP + o] = olds[o].raw
+                gone.append(VERSION + key + SEP + o)
+            for m in change.markers:
+                sets[VERSION + key + SEP + order_of(m)] = f'{{"o":"","m":{index_json(m)}}}'
+            if change.promote is not None:
+                compare[VERSION + key + SEP + change.promote] = olds[change.promote].raw
+                gone.append(VERSION + key + SEP + change.promote)
+                new_value = olds[change.promote].raw
+            if new_value is not None:
+                sets[ENTRY + key] = new_value
+            elif cur is not None and change.delete_current:
+                gone.append(ENTRY + key)
+            if cur is not None and not change.archive and (new_value is not None or change.delete_current):
+                released.append(cur)
+            for name in sets:
+                compare.setdefault(name, "")
+
+            rv = await self._write(self.index, shard, self._compound(compare, sets, gone))
+            if rv == -ECANCELED:
+                continue
+            if rv == -ENOENT:
+                self._buckets.pop(b.name, None)
+                raise NoSuchBucket(b.name)
+            _check(rv, "updating the index")
+            for e in released:
+                if e.oid:
+                    await self._remove_object(e)
+            return change
+        raise EngineUnavailable(f"{b.name}/{key}: the index kept changing")
+
+    def _compound(self, compare: dict[str, str], sets: dict[str, str], gone: list[str]) -> Callable[[Any], None]:
+        """An index operation: every comparison must hold ("": absent), then the sets and removals."""
+        def build(op: Any) -> None:
+            for name, expected in compare.items():
+                op.omap_cmp(name, expected, self._rados.LIBRADOS_CMPXATTR_OP_EQ)
+            if sets:
+                self.index.set_omap(op, tuple(sets), tuple(v.encode() for v in sets.values()))
+            if gone:
+                self.index.remove_omap_keys(op, tuple(gone))
+
+        return build
+
+    async def head_version(self, bucket: str, key: str, order: str) -> tuple[RadosBucket, Stored]:
+        async def find(b: RadosBucket) -> tuple[RadosBucket, Stored]:
+            try:
+                got = await self._read_entries(b.shard(key), VERSION + key + SEP + order)
+            except FileNotFoundError:
+                self._buckets.pop(b.name, None)
+                raise NoSuchBucket(b.name) from None
+            if CLOSED in got:
+                raise NoSuchBucket(b.name)
+            raw = got.get(VERSION + key + SEP + order)
+            if raw is None:
+                raise NoSuchVersion(order)
+            return b, Stored.parse(raw.decode())
+
+        return await self._with_bucket(bucket, find)
+
+    async def versions(self, bucket: str, key: str) -> list[tuple[str, ObjectMeta]]:
+        async def read(b: RadosBucket) -> list[tuple[str, ObjectMeta]]:
+            got = await self._omap_all(self.index, b.shard(key), VERSION + key + SEP)
+            return [(name[len(VERSION) + len(key) + 1:], Stored.parse(raw.decode()).meta) for name, raw in got]
+
+        return await self._with_bucket(bucket, read)
+
+    async def version_page(self, bucket: str, prefix: str, after: str | None,
+                           limit: int) -> tuple[list[tuple[str, ObjectMeta, bool]], bool]:
+        """Entries and versions of every shard, merged by name (UTF-8 bytes): a batch of each
+        kind from each shard; names up to the smallest last name of a full batch are complete."""
+        async def page(b: RadosBucket) -> tuple[list[tuple[str, ObjectMeta, bool]], bool]:
+            sources = [(shard, kind) for shard in b.shards_for(prefix) for kind in (ENTRY, VERSION)]
+            batch = min(limit + 1, 1000)
+            try:
+                pages = await asyncio.gather(*(self._omap_page(self.index, shard, kind + (after or ""),
+                                                               kind + prefix, batch) for shard, kind in sources))
+            except FileNotFoundError:
+                raise NoSuchBucket(b.name) from None
+            full = [p[-1][0][1:].encode() for p in pages if len(p) == batch]
+            cut = min(full) if full else None
+            rows = sorted(((name[1:], raw, name[0] == ENTRY) for p in pages for name, raw in p),
+                          key=lambda r: r[0].encode())
+            if cut is not None:
+                rows = [r for r in rows if r[0].encode() <= cut]
+            out = [(name, Stored.parse(raw.decode()).meta, cur) for name, raw, cur in rows[:limit]]
+            return out, len(rows) > limit or cut is not None
+
+        return await self._with_bucket(bucket, page)
 
     # ------------------------------------------------------------------ group commit
 

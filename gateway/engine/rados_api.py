@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -32,9 +33,10 @@ from typing import Any
 
 from runtime.keyfile import write_new_key
 
-from .api import Bucket, Found, Part, Upload, choose_parts
+from .api import Bucket, Decide, Found, Part, Upload, choose_parts
 from .model import (
     BlobRef,
+    Change,
     Conditions,
     CorruptRecord,
     EngineUnavailable,
@@ -56,6 +58,7 @@ class RadosFound:
     bucket: RadosBucket
     key: str
     entry: Stored
+    current: bool = True  # False: a noncurrent version
 
     @property
     def meta(self) -> ObjectMeta:
@@ -166,7 +169,7 @@ class RadosGateway:
     async def read(self, found: Found) -> bytes:
         assert isinstance(found, RadosFound)
         with self._counting(found):
-            rec = await self.store.read_record(found.bucket, found.key, found.entry)
+            rec = await self.store.read_record(found.bucket, found.key, found.entry, current=found.current)
             if not rec.blobs:
                 return rec.body
             return b"".join(await asyncio.gather(*(self.store.read_tail(ref) for ref in rec.blobs)))
@@ -174,7 +177,7 @@ class RadosGateway:
     async def stream(self, found: Found, start: int, end: int) -> AsyncIterator[bytes]:
         assert isinstance(found, RadosFound)
         with self._counting(found):
-            rec = await self.store.read_record(found.bucket, found.key, found.entry)
+            rec = await self.store.read_record(found.bucket, found.key, found.entry, current=found.current)
             if not rec.blobs:
                 yield rec.body[start:end]
                 return
@@ -211,9 +214,26 @@ class RadosGateway:
             await self.store.remove_data(ref.blob_id)
 
     async def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes = b"",
-                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None) -> None:
+                  blobs: tuple[BlobRef, ...] = (), cond: Conditions | None = None,
+                  decide: Decide | None = None) -> None:
         head = blobs[0].blob_id.rsplit(".", 1)[0] if blobs else None  # staged as <head>.t<n>
-        await self.store.put(bucket, key, meta, body, cond, head=head, tails=blobs)
+        await self.store.put(bucket, key, meta, body, cond, head=head, tails=blobs, decide=decide)
+
+    # ------------------------------------------------------------ versions
+
+    async def change_versions(self, bucket: str, key: str, decide: Decide) -> Change:
+        return await self.store.change_versions(bucket, key, decide)
+
+    async def head_version(self, bucket: str, key: str, order: str) -> Found:
+        b, entry = await self.store.head_version(bucket, key, order)
+        return RadosFound(b, key, entry, current=False)
+
+    async def versions(self, bucket: str, key: str) -> list[tuple[str, ObjectMeta]]:
+        return await self.store.versions(bucket, key)
+
+    async def version_page(self, bucket: str, prefix: str, after: str | None,
+                           limit: int) -> tuple[list[tuple[str, ObjectMeta, bool]], bool]:
+        return await self.store.version_page(bucket, prefix, after, limit)
 
     async def delete(self, bucket: str, key: str, cond: Conditions | None = None) -> bool:
         return await self.store.delete(bucket, key, cond)
@@ -320,16 +340,18 @@ class RadosGateway:
         await self._forget_upload(b, upload_id, parts)
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
-                              cond: Conditions | None = None, checksums: dict[str, str] | None = None) -> ObjectMeta:
+                              cond: Conditions | None = None, checksums: dict[str, str] | None = None,
+                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
         b, upload, d, raw = await self._upload(bucket, upload_id)
         if d["state"] != "open":
             raise NoSuchUpload(upload_id)
         parts = {n: p for n, (p, _) in (await self._parts(upload_id)).items()}
         used, meta = choose_parts(parts, chosen, upload, checksums)  # InvalidPart etc. before anything changes
+        meta = dataclasses.replace(meta, version=version)
         await self._close_upload(b, upload_id, raw, d)
         try:
             await self.store.put(bucket, upload.key, meta, b"", cond, head=self.store.new_oid(b, upload_id),
-                                 tails=tuple(t for p in used for t in p.blobs))
+                                 tails=tuple(t for p in used for t in p.blobs), decide=decide)
         except BaseException:
             # back to "open": the client may retry the completion (or abort)
             now = await self.store.record(f"{UPLOADS}.{b.id}", upload_id)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import rados_group, records
-from .model import BLOCK_SIZE, CorruptRecord, ObjectMeta
-from .rados import BUCKETS, ENTRY, UPLOADS, RadosBucket, RadosStore, Stored, index_json
+from .model import BLOCK_SIZE, SEP, CorruptRecord, ObjectMeta
+from .rados import BUCKETS, ENTRY, UPLOADS, VERSION, RadosBucket, RadosStore, Stored, index_json
 
 HEAD_READ = 64 << 10
 
@@ -62,11 +62,16 @@ def _head_of(oid: str) -> str:
 
 
 def _entries(store: RadosStore, b: RadosBucket) -> Iterator[tuple[str, Stored]]:
-    """(key, entry) of every index entry of a bucket, shard by shard."""
+    """(key, entry) of every index entry of a bucket that names data (its current objects and
+    noncurrent versions, not delete markers), shard by shard."""
     for shard in b.all_shards():
         for name, raw in _omap_all(store.index, shard):
             if name.startswith(ENTRY):
                 yield name[len(ENTRY):], Stored.parse(raw.decode())
+            elif name.startswith(VERSION):
+                entry = Stored.parse(raw.decode())
+                if entry.oid:
+                    yield name[len(VERSION):].split(SEP, 1)[0], entry
 
 
 def _named(store: RadosStore, b: RadosBucket, key: str) -> Stored | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import buckets, multipart, objects, tagging
+from . import buckets, multipart, objects, tagging, versions
 
 HANDLERS = {
     "ListBuckets": buckets.list_buckets,
@@ -10,7 +10,8 @@ HANDLERS = {
     "DeleteBucket": buckets.delete_bucket,
     "HeadBucket": buckets.head_bucket,
     "GetBucketLocation": buckets.get_bucket_location,
-    "GetBucketVersioning": buckets.get_bucket_versioning,
+    "GetBucketVersioning": versions.get_bucket_versioning,
+    "PutBucketVersioning": versions.put_bucket_versioning,
     "GetBucketAcl": buckets.get_bucket_acl,
     "PutBucketAcl": buckets.put_bucket_acl,
     "GetBucketPolicy": buckets.get_bucket_policy,
@@ -18,7 +19,7 @@ HANDLERS = {
     "DeleteBucketPolicy": buckets.delete_bucket_policy,
     "ListObjects": buckets.list_objects,
     "ListObjectsV2": buckets.list_objects_v2,
-    "ListObjectVersions": buckets.list_object_versions,
+    "ListObjectVersions": versions.list_object_versions,
     "GetObject": objects.get_object,
     "HeadObject": objects.head_object,
     "PutObject": objects.put_object,

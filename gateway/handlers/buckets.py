@@ -86,6 +86,7 @@ async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     await gw.bucket_tags.delete(r.bucket)
     await gw.bucket_encryption.delete(r.bucket)
     await gw.bucket_lifecycle.delete(r.bucket)
+    await gw.bucket_versioning.delete(r.bucket)
     return web.Response(status=204)
 
 
@@ -143,12 +144,6 @@ async def get_bucket_location(gw: Gateway, r: S3Request) -> web.StreamResponse:
     region = "" if gw.config.region == "us-east-1" else gw.config.region
     return web.Response(body=(f'{xml.HEADER}<LocationConstraint xmlns="{xml.NS}">{xml.esc(region)}'
                               "</LocationConstraint>").encode(), content_type="application/xml")
-
-
-async def get_bucket_versioning(gw: Gateway, r: S3Request) -> web.StreamResponse:
-    assert r.bucket
-    await gw.engine.get_bucket(r.bucket)
-    return _xml("VersioningConfiguration", "")
 
 
 async def get_bucket_encryption(gw: Gateway, r: S3Request) -> web.StreamResponse:
@@ -223,6 +218,7 @@ async def delete_bucket_lifecycle(gw: Gateway, r: S3Request) -> web.StreamRespon
     assert r.bucket
     await gw.engine.get_bucket(r.bucket)
     await gw.bucket_lifecycle.delete(r.bucket)
+    await gw.bucket_versioning.delete(r.bucket)
     return web.Response(status=204)
 
 
@@ -234,7 +230,7 @@ async def get_bucket_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
 
 # ------------------------------------------------------------------ listings
 
-def _max_keys(r: S3Request, name: str = "max-keys") -> int:
+def max_keys_arg(r: S3Request, name: str = "max-keys") -> int:
     v = r.query.get(name)
     if v is None:
         return MAX_KEYS
@@ -253,7 +249,7 @@ def _max_keys(r: S3Request, name: str = "max-keys") -> int:
 Encode = Callable[[str], str]  # how names go into a listing (as they are, or URL-encoded)
 
 
-def _encoder(r: S3Request) -> Encode:
+def name_encoder(r: S3Request) -> Encode:
     enc = r.query.get("encoding-type")
     if enc is None:
         return lambda s: s
@@ -286,7 +282,7 @@ def _prefixes(page: ListPage, enc: Encode) -> str:
     return "".join(f"<CommonPrefixes>{xml.elem('Prefix', enc(p))}</CommonPrefixes>" for p in page.prefixes)
 
 
-def _common(r: S3Request, enc: Encode, max_keys: int, *, encode_prefix: bool = True) -> str:
+def listing_fields(r: S3Request, enc: Encode, max_keys: int, *, encode_prefix: bool = True) -> str:
     """Name, Prefix, Delimiter, MaxKeys, EncodingType. ListObjects (V1) never encodes its Prefix
     (botocore, which asks V1 listings for url encoding unasked, decodes every other field
     but that one); an empty Delimiter is no delimiter, and is not echoed."""
@@ -301,11 +297,11 @@ def _common(r: S3Request, enc: Encode, max_keys: int, *, encode_prefix: bool = T
 
 
 async def list_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
-    enc = _encoder(r)
-    max_keys = _max_keys(r)
+    enc = name_encoder(r)
+    max_keys = max_keys_arg(r)
     marker = r.query.get("marker") or None
     page = await _page(gw, r, marker, max_keys)
-    body = [_common(r, enc, max_keys, encode_prefix=False), xml.elem("Marker", enc(marker or "")),
+    body = [listing_fields(r, enc, max_keys, encode_prefix=False), xml.elem("Marker", enc(marker or "")),
             xml.elem("IsTruncated", page.truncated)]
     if page.truncated and page.next_marker is not None:
         body.append(xml.elem("NextMarker", enc(page.next_marker)))
@@ -327,14 +323,14 @@ def _untoken(token: str) -> str:
 
 
 async def list_objects_v2(gw: Gateway, r: S3Request) -> web.StreamResponse:
-    enc = _encoder(r)
-    max_keys = _max_keys(r)
+    enc = name_encoder(r)
+    max_keys = max_keys_arg(r)
     token = r.query.get("continuation-token")
     start_after = r.query.get("start-after") or None
     marker = _untoken(token) if token is not None else start_after
     page = await _page(gw, r, marker, max_keys)
     owner = await owner_xml(gw, r) if r.query.get("fetch-owner") == "true" else ""
-    body = [_common(r, enc, max_keys), xml.elem("KeyCount", len(page.entries) + len(page.prefixes)),
+    body = [listing_fields(r, enc, max_keys), xml.elem("KeyCount", len(page.entries) + len(page.prefixes)),
             xml.elem("IsTruncated", page.truncated)]
     if token is not None:
         body.append(xml.elem("ContinuationToken", token))
@@ -345,25 +341,3 @@ async def list_objects_v2(gw: Gateway, r: S3Request) -> web.StreamResponse:
     body.append(_contents(page, enc, owner))
     body.append(_prefixes(page, enc))
     return _xml("ListBucketResult", "".join(body))
-
-
-async def list_object_versions(gw: Gateway, r: S3Request) -> web.StreamResponse:
-    """Versioning is never enabled: every object is its own only version, "null"."""
-    enc = _encoder(r)
-    max_keys = _max_keys(r)
-    marker = r.query.get("key-marker") or None
-    page = await _page(gw, r, marker, max_keys)
-    owner = await owner_xml(gw, r)
-    body = [_common(r, enc, max_keys), xml.elem("KeyMarker", enc(marker or "")),
-            xml.elem("VersionIdMarker", r.query.get("version-id-marker", "")),
-            xml.elem("IsTruncated", page.truncated)]
-    if page.truncated and page.next_marker is not None:
-        body.append(xml.elem("NextKeyMarker", enc(page.next_marker)))
-        body.append(xml.elem("NextVersionIdMarker", "null"))
-    for e in page.entries:
-        body.append(f"<Version>{xml.elem('Key', enc(e.key))}<VersionId>null</VersionId>"
-                    f"<IsLatest>true</IsLatest>{xml.elem('LastModified', xml.iso8601(e.mtime))}"
-                    f"{xml.elem('ETag', e.etag)}{xml.elem('Size', e.size)}{owner}"
-                    "<StorageClass>STANDARD</StorageClass></Version>")
-    body.append(_prefixes(page, enc))
-    return _xml("ListVersionsResult", "".join(body))

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from runtime.sealing import Sealer
 
-from .. import sse
+from .. import sse, versioning
 from ..body import CHECKSUMS, COMBINE, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Part, Upload
@@ -186,8 +186,11 @@ async def _store_part(gw: Gateway, r: S3Request, number: int, blobs: tuple[BlobR
 async def upload_part_copy(gw: Gateway, r: S3Request, number: int, upload: Upload) -> web.StreamResponse:
     """UploadPartCopy; in an upload made with a checksum algorithm, the part's checksum is
     computed on the bytes copied, as AWS does."""
-    sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
-    src = await gw.engine.head(sb, sk)
+    sb, sk, source_version = parse_copy_source(r.headers["x-amz-copy-source"])
+    src = await versioning.find(gw, sb, sk, source_version)
+    if src.meta.marker:
+        raise S3Error("InvalidRequest", "The source of a copy request may not specifically refer to a delete marker "
+                      "by version id.")
     if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
         raise S3Error("PreconditionFailed")
     start, end = 0, src.meta.size
@@ -243,8 +246,11 @@ async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
             sent = r.headers.get(f"x-amz-checksum-{alg}")
             if sent is not None and sent != sums[alg]:
                 raise S3Error("BadDigest", f"The {alg.upper()} you specified did not match the calculated checksum.")
+        now = await versioning.state(gw, r.bucket)
+        version = (versioning.new_id() if now == versioning.ENABLED else "") if now is not None else ""
+        decide = versioning.on_write(now, ObjectMeta(0, "", 0, version=version), cond, r.key) if now else None
         meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts],
-                                               cond, sums)
+                                               None if decide else cond, sums, decide, version)
     except (NoSuchUpload, S3Error) as exc:
         if isinstance(exc, S3Error) and exc.code != "NoSuchUpload":
             raise
@@ -270,6 +276,7 @@ def _completed(r: S3Request, meta: ObjectMeta) -> web.Response:
                 xml.elem("Location", f"http://{host}/{r.bucket}/{r.key}") + xml.elem("Bucket", r.bucket)
                 + xml.elem("Key", r.key) + xml.elem("ETag", meta.etag) + sums)
     resp.headers.update(sse.response_headers(meta))
+    resp.headers.update(versioning.headers(meta))
     return resp
 
 

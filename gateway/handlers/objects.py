@@ -16,7 +16,7 @@ from aiohttp import web
 
 from runtime.sealing import Sealer
 
-from .. import sse
+from .. import sse, versioning
 from ..body import CHECKSUMS, Digest, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Found
@@ -124,7 +124,8 @@ def metadata_out(value: str) -> str:
     return f"=?UTF-8?B?{base64.b64encode(value.encode()).decode()}?="
 
 
-def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number: bool = False) -> dict[str, str]:
+def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number: bool = False,
+                   version_asked: bool = False) -> dict[str, str]:
     out = {
         "ETag": meta.etag,
         "Last-Modified": http_date(meta.mtime),
@@ -144,6 +145,8 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number
             out[f"x-amz-checksum-{name}"] = v
     if meta.sealing is not None:
         out.update(sse.response_headers(meta))
+    if meta.version or version_asked:
+        out.update(versioning.headers(meta, version_asked))
     return out
 
 
@@ -200,13 +203,13 @@ async def _opening(gw: Gateway, r: S3Request, info: Found, *, reading: bool) -> 
 
 async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    info = await gw.engine.head(r.bucket, r.key)
+    info = await _found(gw, r)
     if info.meta.sealing is not None or sse.H_ALGORITHM in r.headers or sse.H_SSE in r.headers:
         await _opening(gw, r, info, reading=False)
     if (not_modified := _preconditions(r, info)) is not None:
         return not_modified
     headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED",
-                             part_number="partNumber" in r.query)
+                             part_number="partNumber" in r.query, version_asked="versionId" in r.query)
     rng = _requested(r, info.meta)
     if rng is not None:
         headers["Content-Range"] = rng.content_range(info.meta.size)
@@ -216,9 +219,22 @@ async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     return web.Response(headers=headers)
 
 
+async def _found(gw: Gateway, r: S3Request) -> Found:
+    """The object a GET or HEAD reads: the current one, or its `versionId` (never a delete marker)."""
+    assert r.bucket and r.key
+    if "versionId" not in r.query:
+        try:
+            return await gw.engine.head(r.bucket, r.key)  # the hot path: one lookup
+        except NoSuchKey:
+            pass
+    info = await versioning.find(gw, r.bucket, r.key, r.query.get("versionId"))
+    versioning.refuse_marker(info.meta)
+    return info
+
+
 async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    info = await gw.engine.head(r.bucket, r.key)
+    info = await _found(gw, r)
     data_key = None
     if info.meta.sealing is not None or sse.H_ALGORITHM in r.headers or sse.H_SSE in r.headers:
         data_key = await _opening(gw, r, info, reading=True)
@@ -227,7 +243,8 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     size = info.meta.size
     rng = _requested(r, info.meta)
     headers = object_headers(info.meta, checksum_mode=(
-        rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"), part_number="partNumber" in r.query)
+        rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"), part_number="partNumber" in r.query,
+        version_asked="versionId" in r.query)
     for param, header in RESPONSE_OVERRIDES.items():
         if param in r.query:
             headers[header] = header_value(r.query[param], param)
@@ -323,11 +340,12 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     meta = ObjectMeta(got.size, etag, m.mtime, m.content_type, m.headers, m.user, got.checksums,
                       tags=m.tags, sealing=sealing)
     try:
-        await gw.engine.put(r.bucket, r.key, meta, got.data, got.blobs, cond)
+        meta, decide, cond = await versioning.for_write(gw, r.bucket, r.key, meta, cond)
+        await gw.engine.put(r.bucket, r.key, meta, got.data, got.blobs, cond, decide)
     except BaseException:
         await gw.engine.discard(got.blobs)
         raise
-    headers = {"ETag": meta.etag, **sse.response_headers(meta)}
+    headers = {"ETag": meta.etag, **sse.response_headers(meta), **versioning.headers(meta)}
     for name, v in got.checksums.items():
         headers[f"x-amz-checksum-{name}"] = v
     return web.Response(headers=headers)
@@ -401,15 +419,18 @@ async def copy_body(gw: Gateway, src: Found, start: int, end: int, bucket: str,
 
 async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    sb, sk = parse_copy_source(r.headers["x-amz-copy-source"])
-    src = await gw.engine.head(sb, sk)
+    sb, sk, source_version = parse_copy_source(r.headers["x-amz-copy-source"])
+    src = await versioning.find(gw, sb, sk, source_version)
+    if src.meta.marker:  # AWS: a delete marker is not a copy source
+        raise S3Error("InvalidRequest", "The source of a copy request may not specifically refer to a delete marker "
+                      "by version id.") if source_version else S3Error("NoSuchKey")
     if evaluate_preconditions(r.headers, src.meta.etag, src.meta.mtime, prefix="x-amz-copy-source-"):
         raise S3Error("PreconditionFailed")
     directive = r.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "Unknown metadata directive.")
     source_key = await copy_source_key(gw, r, src)
-    if (sb, sk) == (r.bucket, r.key) and directive == "COPY" and sse.H_SSE not in r.headers \
+    if (sb, sk) == (r.bucket, r.key) and source_version is None and directive == "COPY" and sse.H_SSE not in r.headers \
             and sse.H_ALGORITHM not in r.headers:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                       "object to itself without changing the object's metadata, storage class, website "
@@ -437,15 +458,19 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if algorithm is not None and digest is not None:  # the copy's own, computed on its bytes
         meta = dataclasses.replace(meta, checksums={algorithm: digest.b64()})
     try:
-        await gw.engine.put(r.bucket, r.key, meta, data, blobs, write_conditions(r))
+        meta, decide, cond = await versioning.for_write(gw, r.bucket, r.key, meta, write_conditions(r))
+        await gw.engine.put(r.bucket, r.key, meta, data, blobs, cond, decide)
     except BaseException:
         await gw.engine.discard(blobs)
         raise
+    out = {**sse.response_headers(meta), **versioning.headers(meta)}
+    if source_version is not None or src.meta.version:
+        out["x-amz-copy-source-version-id"] = versioning.version_of(src.meta)
     sums = "".join(xml.elem(CHECKSUM_ELEMENTS[a], v) for a, v in meta.checksums.items()
                    if a in CHECKSUM_ELEMENTS and algorithm is not None)
     body = xml.document("CopyObjectResult", xml.elem("LastModified", xml.iso8601(meta.mtime))
                         + xml.elem("ETag", meta.etag) + sums)
-    return web.Response(body=body, content_type="application/xml", headers=sse.response_headers(meta))
+    return web.Response(body=body, content_type="application/xml", headers=out)
 
 
 async def copy_source_key(gw: Gateway, r: S3Request, src: Found) -> bytes | None:
@@ -462,8 +487,29 @@ async def copy_source_key(gw: Gateway, r: S3Request, src: Found) -> bytes | None
 
 async def delete_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    await gw.engine.delete(r.bucket, r.key, delete_conditions(r))
-    return web.Response(status=204)
+    headers = await delete_one(gw, r.bucket, r.key, r.query.get("versionId"), delete_conditions(r))
+    return web.Response(status=204, headers=headers)
+
+
+async def delete_one(gw: Gateway, bucket: str, key: str, version_id: str | None,
+                     cond: Conditions | None) -> dict[str, str]:
+    """DeleteObject of a key or of one version (AWS S3 User Guide, "Deleting object versions"):
+    the answer's x-amz-delete-marker and x-amz-version-id headers."""
+    if version_id is not None:
+        versioning.check_id(version_id)
+        outcome = versioning.Outcome()
+        await gw.engine.change_versions(bucket, key, versioning.on_delete_version(version_id, outcome, cond, key))
+        out = {"x-amz-version-id": version_id}
+        if outcome.was_marker:
+            out["x-amz-delete-marker"] = "true"
+        return out
+    now = await versioning.state(gw, bucket)
+    if now is None:
+        await gw.engine.delete(bucket, key, cond)
+        return {}
+    dm = versioning.marker(now)
+    await gw.engine.change_versions(bucket, key, versioning.on_delete(now, dm, cond, key))
+    return {"x-amz-delete-marker": "true", "x-amz-version-id": versioning.version_of(dm)}
 
 
 async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
@@ -477,6 +523,8 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
     req = xml.parse_delete(got.data)
     if not await gw.engine.bucket_exists(r.bucket):
         raise S3Error("NoSuchBucket")
+    if any(v is not None for v in req.versions) or await versioning.state(gw, r.bucket) is not None:
+        return await _delete_versions(gw, r, req)
     errors: dict[str, tuple[str, str]] = {}
     for k in req.keys:
         if len(k.encode()) > 1024:
@@ -495,16 +543,56 @@ async def delete_objects(gw: Gateway, r: S3Request) -> web.StreamResponse:
     parts = []
     for k in req.keys:
         if k in errors:
-            code, message = errors[k]
-            parts.append(f"<Error>{xml.elem('Key', k)}{xml.elem('Code', code)}{xml.elem('Message', message)}</Error>")
+            parts.append(_delete_error(k, None, *errors[k]))
         elif not req.quiet:
             parts.append(f"<Deleted>{xml.elem('Key', k)}</Deleted>")
     return web.Response(body=xml.document("DeleteResult", "".join(parts)), content_type="application/xml")
 
 
+def _delete_error(key: str, version_id: str | None, code: str, message: str) -> str:
+    v = xml.elem("VersionId", version_id) if version_id is not None else ""
+    return f"<Error>{xml.elem('Key', key)}{v}{xml.elem('Code', code)}{xml.elem('Message', message)}</Error>"
+
+
+async def _delete_versions(gw: Gateway, r: S3Request, req: xml.DeleteRequest) -> web.StreamResponse:
+    """DeleteObjects in a versioned bucket, or naming versions: each entry as its DeleteObject
+    would be (a delete marker, or that version removed)."""
+    assert r.bucket
+    parts = []
+    for k, v in zip(req.keys, req.versions, strict=True):
+        if len(k.encode()) > 1024:
+            parts.append(_delete_error(k, v, "KeyTooLongError", "Your key is too long"))
+            continue
+        if not r.allows("s3:DeleteObjectVersion" if v is not None else "s3:DeleteObject", arn(r.bucket, k)):
+            parts.append(_delete_error(k, v, "AccessDenied", "Access Denied"))
+            continue
+        c = req.conditions.get(k)
+        try:
+            said = await delete_one(gw, r.bucket, k, v, None if c is None else
+                                    Conditions(if_match=c.etag, size=c.size, mtime=c.mtime))
+        except PreconditionFailed:
+            parts.append(_delete_error(k, v, "PreconditionFailed",
+                                       "At least one of the pre-conditions you specified did not hold"))
+            continue
+        except NoSuchKey:
+            parts.append(_delete_error(k, v, "NoSuchKey", "The specified key does not exist."))
+            continue
+        except S3Error as exc:
+            parts.append(_delete_error(k, v, exc.code, exc.message))
+            continue
+        if req.quiet:
+            continue
+        out = xml.elem("Key", k) + (xml.elem("VersionId", v) if v is not None else "")
+        if said.get("x-amz-delete-marker") == "true":
+            out += xml.elem("DeleteMarker", "true")
+            out += xml.elem("DeleteMarkerVersionId", said["x-amz-version-id"])
+        parts.append(f"<Deleted>{out}</Deleted>")
+    return web.Response(body=xml.document("DeleteResult", "".join(parts)), content_type="application/xml")
+
+
 async def get_object_acl(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    await gw.engine.head(r.bucket, r.key)
+    await _found(gw, r)
     return await acl_response(gw, r)
 
 
@@ -523,7 +611,7 @@ async def get_object_attributes(gw: Gateway, r: S3Request) -> web.StreamResponse
                       extra={"ArgumentName": "x-amz-object-attributes"})
     max_parts = numbers.argument(r.headers.get("x-amz-max-parts", "1000"), "x-amz-max-parts", high=1000)
     marker = numbers.argument(r.headers.get("x-amz-part-number-marker", "0"), "x-amz-part-number-marker")
-    meta = (await gw.engine.head(r.bucket, r.key)).meta
+    meta = (await _found(gw, r)).meta
     out = []
     if "ETag" in wanted:
         out.append(xml.elem("ETag", meta.etag.strip('"')))

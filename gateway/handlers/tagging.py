@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from .. import versioning
 from ..body import Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.model import Conditions, ObjectMeta
@@ -38,14 +39,20 @@ async def _tags_in_body(gw: Gateway, r: S3Request, limit: int) -> tuple[tuple[st
 
 async def get_object_tagging(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    meta = (await gw.engine.head(r.bucket, r.key)).meta
-    return _xml("Tagging", xml.tagging(meta.tags))
+    meta = (await versioning.find(gw, r.bucket, r.key, r.query.get("versionId"))).meta
+    versioning.refuse_marker(meta)
+    resp = _xml("Tagging", xml.tagging(meta.tags))
+    resp.headers.update(versioning.headers(meta, "versionId" in r.query))
+    return resp
 
 
 async def _retag(gw: Gateway, r: S3Request, tags: tuple[tuple[str, str], ...]) -> None:
     """The object written again with `tags`, if it is still the one it was."""
     assert r.bucket and r.key
-    src = await gw.engine.head(r.bucket, r.key)
+    src = await versioning.find(gw, r.bucket, r.key, None)
+    if "versionId" in r.query and versioning.version_of(src.meta) != r.query["versionId"]:
+        versioning.check_id(r.query["versionId"])
+        raise S3Error("NotImplemented", "Only the current version's tags can be changed here")
     data, blobs, _, _ = await copy_body(gw, src, 0, src.meta.body_size, r.bucket)  # as stored: sealed stays sealed
     meta: ObjectMeta = replace(src.meta, tags=tags)
     try:

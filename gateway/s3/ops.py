@@ -61,7 +61,7 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
             if "lifecycle" in query:
                 return "PutBucketLifecycleConfiguration"
             if "versioning" in query:
-                raise S3Error("NotImplemented", "Changing versioning is not supported")
+                return "PutBucketVersioning"
             return "CreateBucket"
         if method == "DELETE":
             if "tagging" in query:
@@ -109,13 +109,11 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
     raise S3Error("MethodNotAllowed")
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
-    """x-amz-copy-source: "[/]bucket/key[?versionId=...]", URL-encoded."""
-    path, _, version = value.partition("?versionId=")
-    if version not in ("", "null"):
-        raise S3Error("NoSuchVersion", "Versioning is not enabled: the only version is null")
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """x-amz-copy-source: "[/]bucket/key[?versionId=...]", URL-encoded: bucket, key, version id."""
+    path, versioned, version = value.partition("?versionId=")
     src = decode_path(path).lstrip("/")
     bucket, slash, key = src.partition("/")
     if not slash or not key or not bucket:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey")
-    return bucket, key
+    return bucket, key, (version if versioned else None)

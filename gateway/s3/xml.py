@@ -108,6 +108,7 @@ class DeleteRequest:
     keys: list[str]
     quiet: bool
     conditions: dict[str, DeleteCondition] = field(default_factory=dict)  # the keys given any
+    versions: list[str | None] = field(default_factory=list)  # each key's <VersionId>, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ def parse_delete(body: bytes) -> DeleteRequest:
     if root.tag != "Delete":
         raise S3Error("MalformedXML")
     keys: list[str] = []
+    versions: list[str | None] = []
     conditions: dict[str, DeleteCondition] = {}
     quiet = False
     for child in root:
@@ -133,6 +135,7 @@ def parse_delete(body: bytes) -> DeleteRequest:
             if key is None:
                 raise S3Error("MalformedXML", "Each Object needs a Key")
             keys.append(key)
+            versions.append(child.findtext("VersionId"))
             etag, size, when = child.findtext("ETag"), child.findtext("Size"), child.findtext("LastModifiedTime")
             if etag is not None or size is not None or when is not None:
                 conditions[key] = DeleteCondition(etag.strip().strip('"') if etag is not None else None,
@@ -142,7 +145,7 @@ def parse_delete(body: bytes) -> DeleteRequest:
         raise S3Error("MalformedXML", "The Delete element needs at least one Object")
     if len(keys) > 1000:
         raise S3Error("MalformedXML", "DeleteObjects accepts at most 1000 keys")
-    return DeleteRequest(keys, quiet, conditions)
+    return DeleteRequest(keys, quiet, conditions, versions)
 
 
 def _number(text: str, name: str) -> int:

@@ -12,8 +12,13 @@ does, as AWS documents it (User Guide, "Lifecycle configuration elements"):
   or Date (midnight UTC); the object is deleted, only if it is still the one the run looked at
   (If-Match), so a PUT during the run is never lost.
 - AbortIncompleteMultipartUpload: DaysAfterInitiation, counted the same way.
-- NoncurrentVersionExpiration, ExpiredObjectDeleteMarker: accepted; this store keeps no
-  noncurrent versions and no delete markers (versioning is not built), so they have nothing to do.
+- In a versioned bucket (versioning.py) an expiration does what a DELETE does there: a delete
+  marker becomes the newest version, and the object stays as a noncurrent version.
+- NoncurrentVersionExpiration: NoncurrentDays after a version became noncurrent (when the
+  version after it was made), and beyond the NewerNoncurrentVersions newest noncurrent ones if
+  given, the version is deleted for good.
+- Expiration ExpiredObjectDeleteMarker: a delete marker that is the only version left of its
+  key is removed.
 
 The worker: every `interval` seconds a gateway tries to take the store's lifecycle lease (a shared
 engine record, changed by compare-and-swap, held for `LEASE` seconds and renewed per bucket); the
@@ -31,9 +36,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import versioning
 from .bucket_records import BucketRecords
 from .engine.api import Engine
-from .engine.model import Conditions, NoSuchBucket, NoSuchKey, NoSuchUpload, PreconditionFailed
+from .engine.model import SEP, Conditions, NoSuchBucket, NoSuchKey, NoSuchUpload, ObjectMeta, PreconditionFailed
 from .s3 import numbers
 from .s3.errors import S3Error
 from .s3.xml import parse_xml
@@ -56,6 +62,9 @@ class Rule:
     expire_days: int | None = None
     expire_date: float | None = None
     abort_days: int | None = None
+    noncurrent_days: int | None = None
+    newer_noncurrent: int | None = None  # keep this many noncurrent versions however old
+    expired_markers: bool = False
 
     def selects(self, key: str, size: int, tags: tuple[tuple[str, str], ...] | None) -> bool:
         """Whether the filter takes this object (`tags` None: not read yet, taken as matching)."""
@@ -116,7 +125,8 @@ def parse(body: bytes) -> list[Rule]:
         if status not in ("Enabled", "Disabled"):
             raise S3Error("MalformedXML", f"Rule {rule_id}: Status is Enabled or Disabled")
         prefix, tags, greater, less = _filter(r, rule_id)
-        expire_days = expire_date = abort_days = None
+        expire_days = expire_date = abort_days = noncurrent_days = newer = None
+        expired_markers = False
         exp = r.find("Expiration")
         if exp is not None:
             if exp.find("Days") is not None and exp.find("Date") is not None:
@@ -128,6 +138,16 @@ def parse(body: bytes) -> list[Rule]:
             elif exp.find("ExpiredObjectDeleteMarker") is None:
                 raise S3Error("MalformedXML", f"Rule {rule_id}: Expiration needs Days, Date or "
                               "ExpiredObjectDeleteMarker")
+            if exp.find("ExpiredObjectDeleteMarker") is not None:
+                if tags:
+                    raise S3Error("InvalidRequest", "ExpiredObjectDeleteMarker cannot be specified with tags")
+                if expire_days is not None or expire_date is not None:
+                    raise S3Error("MalformedXML", f"Rule {rule_id}: ExpiredObjectDeleteMarker is given without "
+                                  "Days or Date")
+                value = (exp.findtext("ExpiredObjectDeleteMarker") or "").strip().lower()
+                if value not in ("true", "false"):
+                    raise S3Error("MalformedXML", "ExpiredObjectDeleteMarker is true or false")
+                expired_markers = value == "true"
         abort = r.find("AbortIncompleteMultipartUpload")
         if abort is not None:
             if tags or greater is not None or less is not None:
@@ -136,14 +156,16 @@ def parse(body: bytes) -> list[Rule]:
             abort_days = _positive(abort.findtext("DaysAfterInitiation"), "DaysAfterInitiation")
         noncurrent = r.find("NoncurrentVersionExpiration")
         if noncurrent is not None:
-            _positive(noncurrent.findtext("NoncurrentDays"), "NoncurrentDays")
+            noncurrent_days = _positive(noncurrent.findtext("NoncurrentDays"), "NoncurrentDays")
+            if noncurrent.find("NewerNoncurrentVersions") is not None:
+                newer = _positive(noncurrent.findtext("NewerNoncurrentVersions"), "NewerNoncurrentVersions")
         if exp is None and abort is None and noncurrent is None:
             if r.find("Transition") is not None or r.find("NoncurrentVersionTransition") is not None:
                 raise S3Error("NotImplemented", "Storage class transitions are not supported: there is one "
                               "storage class")
             raise S3Error("MalformedXML", f"Rule {rule_id} has no action")
         out.append(Rule(rule_id, status == "Enabled", prefix, tags, greater, less, expire_days, expire_date,
-                        abort_days))
+                        abort_days, noncurrent_days, newer, expired_markers))
     return out
 
 
@@ -191,10 +213,12 @@ class LeaseHeld(Exception):
 
 
 class Lifecycle:
-    def __init__(self, engine: Engine, records: BucketRecords, interval: float = 3600.0) -> None:
+    def __init__(self, engine: Engine, records: BucketRecords, interval: float = 3600.0,
+                 versioning_records: BucketRecords | None = None) -> None:
         self.engine = engine
         self.interval = interval
         self.records = records  # the buckets' configurations (Gateway.bucket_lifecycle)
+        self.versioning = versioning_records or BucketRecords(engine, versioning.NAMESPACE)
         self.holder = secrets.token_hex(8)
         self.totals = Pass()  # since this gateway started (metrics, the dashboard)
         self.passes = 0
@@ -237,7 +261,7 @@ class Lifecycle:
                     continue
                 p.buckets += 1
                 try:
-                    await self._bucket(b.name, rules, when, p)
+                    await self._bucket(b.name, rules, when, p, await self.versioning.read(b.name, b.created))
                 except NoSuchBucket:
                     continue
                 if not await self._take(time.time()):  # renewed per bucket; lost: stop here
@@ -256,7 +280,7 @@ class Lifecycle:
                      p.buckets)
         return p
 
-    async def _bucket(self, bucket: str, rules: list[Rule], now: float, p: Pass) -> None:
+    async def _bucket(self, bucket: str, rules: list[Rule], now: float, p: Pass, state: str | None) -> None:
         engine = self.engine
         expiring = [r for r in rules if r.expire_days is not None or r.expire_date is not None]
         if expiring:
@@ -266,10 +290,13 @@ class Lifecycle:
                 for entry in page.entries:
                     p.checked += 1
                     marker = entry.key
-                    if await self._expire(bucket, entry.key, entry.size, entry.mtime, expiring, now):
+                    if await self._expire(bucket, entry.key, entry.size, entry.mtime, expiring, now, state):
                         p.expired += 1
                 if not page.truncated:
                     break
+        history = [r for r in rules if r.noncurrent_days is not None or r.expired_markers]
+        if history and state is not None:
+            await self._versions(bucket, history, now, p)
         aborting = [r for r in rules if r.abort_days is not None]
         if aborting:
             for upload in await engine.list_uploads(bucket):
@@ -281,7 +308,8 @@ class Lifecycle:
                     except NoSuchUpload:
                         pass
 
-    async def _expire(self, bucket: str, key: str, size: int, mtime: float, rules: list[Rule], now: float) -> bool:
+    async def _expire(self, bucket: str, key: str, size: int, mtime: float, rules: list[Rule], now: float,
+                      state: str | None) -> bool:
         if not any(r.selects(key, size, None) and r.expired(mtime, now) for r in rules):
             return False
         try:
@@ -291,12 +319,66 @@ class Lifecycle:
         meta = found.meta
         if not any(r.selects(key, meta.size, meta.tags) and r.expired(meta.mtime, now) for r in rules):
             return False
+        cond = Conditions(if_match=found.meta.etag.strip('"'), mtime=int(found.meta.mtime))
         try:
-            await self.engine.delete(bucket, key, Conditions(if_match=found.meta.etag.strip('"'),
-                                                                mtime=int(found.meta.mtime)))
+            if state is None:
+                await self.engine.delete(bucket, key, cond)
+            else:  # as a DELETE there: a delete marker, the object kept as noncurrent
+                await self.engine.change_versions(bucket, key, versioning.on_delete(
+                    state, versioning.marker(state), cond, key))
         except (PreconditionFailed, NoSuchKey):
             return False  # written again meanwhile: the new object is not expired
         return True
+
+    async def _versions(self, bucket: str, rules: list[Rule], now: float, p: Pass) -> None:
+        """Noncurrent versions past their NoncurrentDays (or beyond NewerNoncurrentVersions), and
+        delete markers left alone, deleted for good, key by key as ListObjectVersions orders them."""
+        after: str | None = None
+        key: str | None = None
+        rows: list[tuple[ObjectMeta, bool]] = []  # one key's versions, newest first (current first)
+        more = True
+        while more:
+            page, more = await self.engine.version_page(bucket, "", after, 1000)
+            for name, meta, current in page:
+                after = name
+                k = name if current else name.rsplit(SEP, 1)[0]
+                if k != key:
+                    if key is not None:
+                        await self._history(bucket, key, rows, rules, now, p)
+                    key, rows = k, []
+                rows.append((meta, current))
+            if not page:
+                break
+        if key is not None:
+            await self._history(bucket, key, rows, rules, now, p)
+
+    async def _history(self, bucket: str, key: str, rows: list[tuple[ObjectMeta, bool]], rules: list[Rule],
+                       now: float, p: Pass) -> None:
+        doomed: list[ObjectMeta] = []
+        older = [m for m, current in rows if not current]
+        newer_time = rows[0][0].mtime if rows[0][1] else None  # when the newest noncurrent one stopped being current
+        rank = 0  # noncurrent versions newer than this one
+        for meta in older:
+            p.checked += 1
+            since, newer_time = newer_time, meta.mtime
+            if since is None:
+                continue  # the newest version, a delete marker: not noncurrent
+            rank += 1
+            for r in rules:
+                if r.noncurrent_days is None or not r.selects(key, meta.size, meta.tags):
+                    continue
+                kept = r.newer_noncurrent is not None and rank <= r.newer_noncurrent
+                if not kept and due(since, r.noncurrent_days) <= now:
+                    doomed.append(meta)
+                    break
+        if len(rows) == 1 and rows[0][0].marker and not rows[0][1] and \
+                any(r.expired_markers and r.selects(key, 0, None) for r in rules):
+            doomed.append(rows[0][0])
+        for meta in doomed:
+            outcome = versioning.Outcome()
+            await self.engine.change_versions(bucket, key, versioning.on_delete_version(
+                versioning.version_of(meta), outcome, None, key))
+            p.expired += outcome.found
 
     # ------------------------------------------------------------ the worker
 

@@ -45,7 +45,8 @@ async def serve(config: GatewayConfig, *, ready: dict[str, object] | None = None
             compactor = Compactor(engine.local, interval=config.compaction_interval)
     server, gateway = build_server(config, engine, threads)
     gateway.compactor = compactor
-    lifecycle = gateway.lifecycle = Lifecycle(engine, gateway.bucket_lifecycle, config.lifecycle_interval or 3600.0)
+    lifecycle = gateway.lifecycle = Lifecycle(engine, gateway.bucket_lifecycle, config.lifecycle_interval or 3600.0,
+                                                   gateway.bucket_versioning)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     site: web.BaseSite

@@ -142,3 +142,44 @@ def test_two_gateways_one_pass_at_a_time(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_versioned_bucket_expiry_noncurrent_and_lone_markers(gateway, key, s3, bucket):
+    """In a versioned bucket an expiration adds a delete marker and keeps the object; noncurrent
+    versions go NoncurrentDays after they stopped being current (the NewerNoncurrentVersions
+    newest ones stay); a delete marker left alone is removed."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    ids = [s3.put_object(Bucket=bucket, Key="h/k", Body=str(i).encode())["VersionId"] for i in range(4)]
+    old = s3.put_object(Bucket=bucket, Key="e/old", Body=b"expire me")["VersionId"]
+    lone = s3.put_object(Bucket=bucket, Key="m/lone", Body=b"x")["VersionId"]
+    s3.delete_object(Bucket=bucket, Key="m/lone")
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "expire", "Status": "Enabled", "Filter": {"Prefix": "e/"}, "Expiration": {"Days": 1}},
+        {"ID": "history", "Status": "Enabled", "Filter": {"Prefix": "h/"},
+         "NoncurrentVersionExpiration": {"NoncurrentDays": 2, "NewerNoncurrentVersions": 1}},
+        {"ID": "markers", "Status": "Enabled", "Filter": {"Prefix": "m/"},
+         "Expiration": {"ExpiredObjectDeleteMarker": True},
+         "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}]})
+    got = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert got[2]["Expiration"] == {"ExpiredObjectDeleteMarker": True}
+
+    def listed(prefix: str) -> list[tuple[str, bool]]:
+        v = s3.list_object_versions(Bucket=bucket, Prefix=prefix)
+        return sorted([(x["VersionId"], False) for x in v.get("Versions", [])]
+                      + [(x["VersionId"], True) for x in v.get("DeleteMarkers", [])])
+
+    now = time.time()
+    run_at(gateway.endpoint, key, now)
+    assert len(listed("h/")) == 4 and len(listed("m/")) == 2  # nothing due yet
+    run_at(gateway.endpoint, key, now + 2 * DAY)
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.get_object(Bucket=bucket, Key="e/old")  # expired: a delete marker is current ...
+    assert s3.get_object(Bucket=bucket, Key="e/old", VersionId=old)["Body"].read() == b"expire me"  # ... and it stays
+    # m/lone's object has been noncurrent for a day: deleted; its marker is then alone
+    assert lone not in [v for v, _ in listed("m/")]
+    run_at(gateway.endpoint, key, now + 2 * DAY)
+    assert listed("m/") == []
+    run_at(gateway.endpoint, key, now + 4 * DAY)
+    left = [v for v, _ in listed("h/")]
+    assert sorted(left) == sorted([ids[3], ids[2]])  # the current one and the newest noncurrent one
+    assert s3.get_object(Bucket=bucket, Key="h/k")["Body"].read() == b"3"

@@ -85,8 +85,8 @@ class Decision:
         return ok
 
     def authorize(self, op: str, bucket: str | None, obj: str | None, query: Mapping[str, str],
-                  copy_source: tuple[str, str, str | None] | None, tagging: bool = False) -> None:
-        for action, resource, context in required(op, bucket, obj, query, copy_source, tagging):
+                  copy_source: tuple[str, str, str | None] | None, sets: frozenset[str] = frozenset()) -> None:
+        for action, resource, context in required(op, bucket, obj, query, copy_source, sets):
             if not self.allows(action, resource, context):
                 raise S3Error("AccessDenied")
 

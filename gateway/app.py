@@ -38,6 +38,10 @@ from .serverlog import ServerLog
 
 log = logging.getLogger("gateway")
 
+# Headers with which a write also sets what needs its own permission (policy.required).
+SETTING_HEADERS = ("x-amz-tagging", "x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date",
+                   "x-amz-object-lock-legal-hold")
+
 # Engine errors -> S3 error codes (the one mapping at this edge).
 ENGINE_ERRORS: dict[type[m.EngineError], str] = {
     m.NoSuchBucket: "NoSuchBucket",
@@ -46,6 +50,7 @@ ENGINE_ERRORS: dict[type[m.EngineError], str] = {
     m.BucketNotEmpty: "BucketNotEmpty",
     m.BucketAlreadyExists: "BucketAlreadyOwnedByYou",
     m.PreconditionFailed: "PreconditionFailed",
+    m.ObjectLocked: "AccessDenied",
     m.NoSuchUpload: "NoSuchUpload",
     InvalidPartOrder: "InvalidPartOrder",
     EntityTooSmall: "EntityTooSmall",
@@ -305,7 +310,8 @@ class Dispatcher:
             if "x-amz-copy-source" in request.headers and op in ("PutObject", "UploadPart"):
                 copy_source = parse_copy_source(request.headers["x-amz-copy-source"])
             decision = await self._decision(request, principal.key, op, bucket, copy_source)
-            decision.authorize(op, bucket, key, query, copy_source, "x-amz-tagging" in request.headers)
+            decision.authorize(op, bucket, key, query, copy_source,
+                               frozenset(h for h in SETTING_HEADERS if h in request.headers))
             refuse_unsupported(op, request.headers)
             if op in ACL_OPS:
                 refuse_acls(op, request.headers)
@@ -325,7 +331,9 @@ class Dispatcher:
                 resp = self.error_response(request, S3Error(code, "The storage is full; retry later",
                                                             headers={"Retry-After": "30"}), bucket, key, rid)
             else:
-                resp = self.error_response(request, S3Error(code), bucket, key, rid)
+                message = "Access Denied because object protected by object lock." \
+                    if isinstance(exc, m.ObjectLocked) else None
+                resp = self.error_response(request, S3Error(code, message), bucket, key, rid)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:

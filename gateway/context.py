@@ -94,6 +94,7 @@ class Gateway:
         self.bucket_encryption = BucketRecords(engine, "bucket-encryption", cache_seconds=2.0)  # every PUT asks
         self.bucket_lifecycle = BucketRecords(engine, "bucket-lifecycle")  # gateway/lifecycle.py
         self.bucket_versioning = BucketRecords(engine, "bucket-versioning", cache_seconds=2.0)  # versioning.py
+        self.bucket_object_lock = BucketRecords(engine, "bucket-object-lock", cache_seconds=2.0)  # objectlock.py
         self.encryption = Encryption(engine, config.region)
         self.auth = Authenticator(self.keys)
         self.access = Access()

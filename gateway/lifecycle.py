@@ -39,7 +39,16 @@ from datetime import UTC, datetime
 from . import versioning
 from .bucket_records import BucketRecords
 from .engine.api import Engine
-from .engine.model import SEP, Conditions, NoSuchBucket, NoSuchKey, NoSuchUpload, ObjectMeta, PreconditionFailed
+from .engine.model import (
+    SEP,
+    Conditions,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    ObjectLocked,
+    ObjectMeta,
+    PreconditionFailed,
+)
 from .s3 import numbers
 from .s3.errors import S3Error
 from .s3.xml import parse_xml
@@ -376,8 +385,11 @@ class Lifecycle:
             doomed.append(rows[0][0])
         for meta in doomed:
             outcome = versioning.Outcome()
-            await self.engine.change_versions(bucket, key, versioning.on_delete_version(
-                versioning.version_of(meta), outcome, None, key))
+            try:
+                await self.engine.change_versions(bucket, key, versioning.on_delete_version(
+                    versioning.version_of(meta), outcome, None, key))
+            except ObjectLocked:
+                continue  # under Object Lock: it stays until its retention ends (or its hold is lifted)
             p.expired += outcome.found
 
     # ------------------------------------------------------------ the worker

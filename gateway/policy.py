@@ -213,6 +213,8 @@ _BUCKET_ACTIONS = {
     "ListMultipartUploads": "s3:ListBucketMultipartUploads",
     "GetBucketLocation": "s3:GetBucketLocation",
     "GetBucketVersioning": "s3:GetBucketVersioning",
+    "GetObjectLockConfiguration": "s3:GetBucketObjectLockConfiguration",
+    "PutObjectLockConfiguration": "s3:PutBucketObjectLockConfiguration",
     "PutBucketVersioning": "s3:PutBucketVersioning",
     "GetBucketAcl": "s3:GetBucketAcl",
     "CreateBucket": "s3:CreateBucket",
@@ -246,6 +248,10 @@ _OBJECT_ACTIONS = {
     "AbortMultipartUpload": "s3:AbortMultipartUpload",
     "ListParts": "s3:ListMultipartUploadParts",
     "DeleteObject": "s3:DeleteObject",
+    "GetObjectRetention": "s3:GetObjectRetention",
+    "PutObjectRetention": "s3:PutObjectRetention",
+    "GetObjectLegalHold": "s3:GetObjectLegalHold",
+    "PutObjectLegalHold": "s3:PutObjectLegalHold",
 }
 _VERSION_ACTIONS = {  # the same operations on a version named by ?versionId
     "GetObject": "s3:GetObjectVersion",
@@ -261,9 +267,11 @@ _VERSION_ACTIONS = {  # the same operations on a version named by ?versionId
 
 def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, str],
              copy_source: tuple[str, str, str | None] | None,
-             tagging: bool = False) -> list[tuple[str, str, dict[str, str]]]:
-    """(action, resource ARN, condition context) triples the operation needs; `tagging`: the
-    request sets the object's tags (x-amz-tagging), which AWS also requires s3:PutObjectTagging for.
+             sets: frozenset[str] = frozenset()) -> list[tuple[str, str, dict[str, str]]]:
+    """(action, resource ARN, condition context) triples the operation needs; `sets`: the
+    headers of the request that set more than the object (app.SETTING_HEADERS): its tags
+    (x-amz-tagging), which AWS also requires s3:PutObjectTagging for, and its Object Lock
+    retention and legal hold (s3:PutObjectRetention, s3:PutObjectLegalHold).
 
     DeleteObjects is checked per key by its handler (a denied key is an error
     entry in the result, as AWS answers), so it needs nothing up front.
@@ -288,8 +296,13 @@ def required(op: str, bucket: str | None, key: str | None, query: Mapping[str, s
     if copy_source is not None and op in ("PutObject", "UploadPart"):
         needs.append(("s3:GetObject" if copy_source[2] is None else "s3:GetObjectVersion",
                       arn(copy_source[0], copy_source[1]), {}))
-    if tagging and op in ("PutObject", "CreateMultipartUpload"):
-        needs.append(("s3:PutObjectTagging", arn(bucket, key), {}))
+    if op in ("PutObject", "CreateMultipartUpload"):
+        if "x-amz-tagging" in sets:
+            needs.append(("s3:PutObjectTagging", arn(bucket, key), {}))
+        if "x-amz-object-lock-mode" in sets or "x-amz-object-lock-retain-until-date" in sets:
+            needs.append(("s3:PutObjectRetention", arn(bucket, key), {}))
+        if "x-amz-object-lock-legal-hold" in sets:
+            needs.append(("s3:PutObjectLegalHold", arn(bucket, key), {}))
     return needs
 
 

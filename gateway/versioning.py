@@ -24,8 +24,10 @@ import dataclasses
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from . import objectlock
 from .engine.api import Decide, Found
 from .engine.model import INVERTED, Change, Conditions, NoSuchKey, NoSuchVersion, ObjectMeta, PreconditionFailed
 from .s3.errors import S3Error
@@ -66,7 +68,12 @@ def marker(state: str) -> ObjectMeta:
 
 
 def _nulls(versions: list[tuple[str, ObjectMeta]]) -> tuple[str, ...]:
-    return tuple(order for order, meta in versions if not meta.version)
+    """The null versions among noncurrent ones (to be replaced): none under Object Lock."""
+    nulls = tuple(order for order, meta in versions if not meta.version)
+    for order, meta in versions:
+        if order in nulls:
+            objectlock.check_removal(meta, False)
+    return nulls
 
 
 def on_write(state: str, new: ObjectMeta, cond: Conditions | None, key: str) -> Decide:
@@ -77,6 +84,8 @@ def on_write(state: str, new: ObjectMeta, cond: Conditions | None, key: str) -> 
         if new.version:  # Enabled: whatever is current stays, as noncurrent
             return Change(archive=current is not None)
         # Suspended: the new null version replaces the null version, current or noncurrent
+        if current is not None and not current.version:
+            objectlock.check_removal(current, False)
         return Change(archive=current is not None and bool(current.version), remove=_nulls(versions))
 
     return decide
@@ -89,6 +98,8 @@ def on_delete(state: str, dm: ObjectMeta, cond: Conditions | None, key: str) -> 
             cond.check(current, key)
         if dm.version:
             return Change(archive=current is not None, delete_current=True, markers=(dm,))
+        if current is not None and not current.version:
+            objectlock.check_removal(current, False)
         return Change(archive=current is not None and bool(current.version), delete_current=True,
                       markers=(dm,), remove=_nulls(versions))
 
@@ -102,13 +113,16 @@ class Outcome:
     was_marker = False
 
 
-def on_delete_version(version_id: str, outcome: Outcome, cond: Conditions | None, key: str) -> Decide:
-    """DELETE ?versionId: that version removed for good (nothing, when there is none)."""
+def on_delete_version(version_id: str, outcome: Outcome, cond: Conditions | None, key: str,
+                      bypass: bool = False) -> Decide:
+    """DELETE ?versionId: that version removed for good (nothing, when there is none), unless
+    Object Lock keeps it (ObjectLocked; `bypass`: a GOVERNANCE retention gives way)."""
     def decide(current: ObjectMeta | None, versions: list[tuple[str, ObjectMeta]]) -> Change:
         outcome.found = outcome.was_marker = False
         if current is not None and version_of(current) == version_id:
             if cond is not None:
                 cond.check(current, key)
+            objectlock.check_removal(current, bypass)
             outcome.found = True
             newest = versions[0] if versions else None
             return Change(delete_current=True,
@@ -121,11 +135,30 @@ def on_delete_version(version_id: str, outcome: Outcome, cond: Conditions | None
             if meta.marker:
                 raise PreconditionFailed(key)
             cond.check(meta, key)
+        objectlock.check_removal(meta, bypass)
         outcome.found, outcome.was_marker = True, meta.marker
         promote = None
         if current is None and versions[0][0] == order and len(versions) > 1 and not versions[1][1].marker:
             promote = versions[1][0]  # the newest went: the next newest is current now
         return Change(remove=(order,), promote=promote)
+
+    return decide
+
+
+def on_restamp(version_id: str | None, update: Callable[[ObjectMeta], ObjectMeta], key: str) -> Decide:
+    """New metadata (`update` of the old, which may refuse) for the current object or a version,
+    its body as it is: Object Lock's retention and legal hold."""
+    def decide(current: ObjectMeta | None, versions: list[tuple[str, ObjectMeta]]) -> Change:
+        if current is not None and (version_id is None or version_of(current) == version_id):
+            return Change(restamp=(("", update(current)),))
+        if version_id is None:
+            raise NoSuchKey(key)
+        order = order_named(version_id, versions)
+        if order is None:
+            raise NoSuchVersion(version_id)
+        meta = dict(versions)[order]
+        refuse_marker(meta)
+        return Change(restamp=((order, update(meta)),))
 
     return decide
 
@@ -138,11 +171,22 @@ async def state(gw: Gateway, bucket: str) -> str | None:
     return await gw.bucket_versioning.read(bucket, b.created)
 
 
-async def for_write(gw: Gateway, bucket: str, key: str, meta: ObjectMeta,
-                    cond: Conditions | None) -> tuple[ObjectMeta, Decide | None, Conditions | None]:
-    """A new object's metadata with its version id, and how the engine writes it: (meta,
-    decide, cond) for `put`; in an unversioned bucket (meta, None, cond) as before."""
+async def lock_config(gw: Gateway, bucket: str) -> objectlock.LockConfig | None:
+    """The bucket's Object Lock configuration, or None (no Object Lock)."""
+    b = await gw.engine.bucket_info(bucket, fresh=False)
+    text = await gw.bucket_object_lock.read(bucket, b.created)
+    return objectlock.LockConfig.from_text(text) if text is not None else None
+
+
+async def for_write(gw: Gateway, bucket: str, key: str, meta: ObjectMeta, cond: Conditions | None,
+                    headers: Mapping[str, str]) -> tuple[ObjectMeta, Decide | None, Conditions | None]:
+    """A new object's metadata with its version id and Object Lock (the request's
+    x-amz-object-lock-* headers, else the bucket's default retention), and how the engine writes
+    it: (meta, decide, cond) for `put`; in an unversioned bucket (meta, None, cond) as before."""
     now = await state(gw, bucket)
+    asked = objectlock.requested(headers, time.time())
+    if now is not None or asked != (None, None):
+        meta = objectlock.stamped(meta, await lock_config(gw, bucket), asked, time.time())
     if now is None:
         return meta, None, cond
     meta = dataclasses.replace(meta, version=new_id() if now == ENABLED else "")

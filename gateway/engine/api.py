@@ -117,7 +117,8 @@ def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
                           sum(p.sealing.stored for p in used if p.sealing is not None), tuple(p.number for p in used))
     meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
                       upload.meta.content_type, upload.meta.headers, upload.meta.user, checksums or {}, len(used),
-                      tuple(p.size for p in used), upload.upload_id, upload.meta.tags, sealing)
+                      tuple(p.size for p in used), upload.upload_id, upload.meta.tags, sealing,
+                      retention=upload.meta.retention, legal_hold=upload.meta.legal_hold)
     return used, meta
 
 
@@ -215,8 +216,9 @@ class Engine(Protocol):
     async def abort_upload(self, bucket: str, upload_id: str) -> None: ...
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
                               cond: Conditions | None = None, checksums: dict[str, str] | None = None,
-                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
-        """`version`: the version id the object gets (a versioned bucket, with `decide`)."""
+                              decide: Decide | None = None,
+                              finish: Callable[[ObjectMeta], ObjectMeta] | None = None) -> ObjectMeta:
+        """`finish`: the object's metadata completed (its version id, its Object Lock retention)."""
         ...
 
     # small shared records (access keys): field maps changed by compare-and-swap

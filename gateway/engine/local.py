@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -435,6 +434,13 @@ class LocalEngine:
                 guards.append(Guard("seq", ns, olds[order].key, _Changed, olds[order].seq))
             for m in change.markers:
                 writes.append(Write(ns, key + SEP + order_of(m), m))
+            for order, meta in change.restamp:
+                was = cur if not order else olds[order]
+                assert was is not None
+                writes.append(Write(bucket if not order else ns, key if not order else was.key, meta,
+                                    self._inline(was), was.blobs, release_prev_blobs=False))
+                if order:
+                    guards.append(Guard("seq", ns, was.key, _Changed, was.seq))
             if change.promote is not None:
                 up = olds[change.promote]
                 writes.append(Write(ns, up.key, None, release_prev_blobs=False))
@@ -498,7 +504,8 @@ class LocalEngine:
         u = dict(info.meta.user)
         key = u.pop("\x00key")
         meta = ObjectMeta(0, "", info.meta.mtime, info.meta.content_type, info.meta.headers, u,
-                          info.meta.checksums, tags=info.meta.tags, sealing=info.meta.sealing)
+                          info.meta.checksums, tags=info.meta.tags, sealing=info.meta.sealing,
+                          retention=info.meta.retention, legal_hold=info.meta.legal_hold)
         return Upload(upload_id, bucket, key, meta, info.meta.mtime, info.seq)
 
     def list_uploads(self, bucket: str) -> list[Upload]:
@@ -512,7 +519,8 @@ class LocalEngine:
         # --upload-id) read as an option; AWS's own ids never do.
         upload_id = secrets.token_hex(24)
         stored = ObjectMeta(0, '""', time.time(), meta.content_type, meta.headers,
-                            {**meta.user, "\x00key": key}, meta.checksums, tags=meta.tags, sealing=meta.sealing)
+                            {**meta.user, "\x00key": key}, meta.checksums, tags=meta.tags, sealing=meta.sealing,
+                            retention=meta.retention, legal_hold=meta.legal_hold)
         await self._run(Txn([Write(MPU, f"u/{bucket}/{upload_id}", stored)],
                             [Guard("exists", SYS, f"bucket/{bucket}", NoSuchBucket)]))
         return upload_id
@@ -538,13 +546,14 @@ class LocalEngine:
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
                               cond: Conditions | None = None, checksums: dict[str, str] | None = None,
-                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
+                              decide: Decide | None = None,
+                              finish: Callable[[ObjectMeta], ObjectMeta] | None = None) -> ObjectMeta:
         """Stitch parts into one object without copying: it references their blobs. `cond`: the
         If-Match / If-None-Match of the request, on the object it makes."""
         upload = self.get_upload(bucket, upload_id)
         parts = {p.number: p for p in self.list_parts(upload_id)}
         used, meta = choose_parts(parts, chosen, upload, checksums)
-        meta = dataclasses.replace(meta, version=version)
+        meta = finish(meta) if finish is not None else meta
         used_numbers = {p.number for p in used}
 
         def upload_writes() -> tuple[list[Write], list[Guard]]:

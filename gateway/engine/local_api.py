@@ -162,8 +162,9 @@ class LocalGateway:
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
                               cond: Conditions | None = None, checksums: dict[str, str] | None = None,
-                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
-        return await self.local.complete_upload(bucket, upload_id, chosen, cond, checksums, decide, version)
+                              decide: Decide | None = None,
+                              finish: Callable[[ObjectMeta], ObjectMeta] | None = None) -> ObjectMeta:
+        return await self.local.complete_upload(bucket, upload_id, chosen, cond, checksums, decide, finish)
 
     # ------------------------------------------------------------ shared records
 

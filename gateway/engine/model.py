@@ -77,6 +77,8 @@ class ObjectMeta:
     sealing: Sealing | None = None  # encrypted at rest: `size` is the plaintext's
     version: str = ""  # its version id in a versioned bucket ("": the null version)
     marker: bool = False  # a delete marker (only ever a noncurrent entry; no body)
+    retention: tuple[str, float] | None = None  # Object Lock: (GOVERNANCE | COMPLIANCE, retain until)
+    legal_hold: bool = False  # Object Lock: on legal hold
 
     @property
     def body_size(self) -> int:
@@ -105,6 +107,10 @@ class ObjectMeta:
             d["v"] = self.version
         if self.marker:
             d["dm"] = 1
+        if self.retention is not None:
+            d["rt"] = list(self.retention)
+        if self.legal_hold:
+            d["lh"] = 1
         return d
 
     @classmethod
@@ -112,7 +118,8 @@ class ObjectMeta:
         return cls(d["s"], d["e"], d["t"], d.get("c", "binary/octet-stream"),
                    d.get("h", {}), d.get("u", {}), d.get("x", {}), d.get("p", 0), tuple(d.get("ps", ())),
                    d.get("mp", ""), tuple((k, v) for k, v in d.get("tg", ())),
-                   Sealing.from_json(d["se"]) if "se" in d else None, d.get("v", ""), bool(d.get("dm")))
+                   Sealing.from_json(d["se"]) if "se" in d else None, d.get("v", ""), bool(d.get("dm")),
+                   (d["rt"][0], d["rt"][1]) if "rt" in d else None, bool(d.get("lh")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +134,7 @@ class Change:
     markers: tuple[ObjectMeta, ...] = ()  # delete markers added as noncurrent versions
     remove: tuple[str, ...] = ()  # noncurrent versions removed, their data released
     promote: str | None = None  # the noncurrent version that becomes the current object
+    restamp: tuple[tuple[str, ObjectMeta], ...] = ()  # new metadata, same body: ("", meta) for the current
 
 
 def order_of(meta: ObjectMeta) -> str:
@@ -229,6 +237,10 @@ class NoSuchKey(EngineError):
 
 class NoSuchVersion(EngineError):
     pass
+
+
+class ObjectLocked(EngineError):
+    """The version is under Object Lock (a retention date not passed, or a legal hold)."""
 
 
 class BucketNotEmpty(EngineError):

@@ -744,6 +744,12 @@ class RadosStore:
                 gone.append(VERSION + key + SEP + o)
             for m in change.markers:
                 sets[VERSION + key + SEP + order_of(m)] = f'{{"o":"","m":{index_json(m)}}}'
+            for order, meta in change.restamp:
+                was = cur if not order else olds[order]
+                assert was is not None
+                name = ENTRY + key if not order else VERSION + key + SEP + order
+                compare[name] = was.raw
+                sets[name] = _with_meta(was, meta)
             if change.promote is not None:
                 compare[VERSION + key + SEP + change.promote] = olds[change.promote].raw
                 gone.append(VERSION + key + SEP + change.promote)
@@ -1120,6 +1126,12 @@ def index_json(meta: ObjectMeta) -> str:
     `omap_cmp` passes a value's length in characters, not bytes, so a value with non-ASCII text
     could never be compared equal, and its key never overwritten or deleted."""
     return json.dumps(meta.to_json(), separators=(",", ":"))
+
+
+def _with_meta(entry: Stored, meta: ObjectMeta) -> str:
+    """An index entry naming the same data with new metadata."""
+    where = f',"a":{entry.at},"n":{entry.size}' if entry.at >= 0 else ""
+    return f'{{"o":{json.dumps(entry.oid)}{where},"m":{index_json(meta)}}}'
 
 
 def _create(op: Any, rados: Any, data: bytes) -> None:

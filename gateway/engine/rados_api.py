@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,7 +275,8 @@ class RadosGateway:
         upload_id = secrets.token_hex(24)
         value = json.dumps({"key": key, "meta": ObjectMeta(0, '""', meta.mtime, meta.content_type, meta.headers,
                                                             meta.user, meta.checksums, tags=meta.tags,
-                                                            sealing=meta.sealing).to_json(),
+                                                            sealing=meta.sealing, retention=meta.retention,
+                                                            legal_hold=meta.legal_hold).to_json(),
                             "initiated": time.time(), "state": "open"})
         if not await self.store.swap_record(f"{UPLOADS}.{b.id}", upload_id, None, value):
             raise EngineUnavailable("an upload id was taken twice")
@@ -341,13 +341,14 @@ class RadosGateway:
 
     async def complete_upload(self, bucket: str, upload_id: str, chosen: list[tuple[int, str]],
                               cond: Conditions | None = None, checksums: dict[str, str] | None = None,
-                              decide: Decide | None = None, version: str = "") -> ObjectMeta:
+                              decide: Decide | None = None,
+                              finish: Callable[[ObjectMeta], ObjectMeta] | None = None) -> ObjectMeta:
         b, upload, d, raw = await self._upload(bucket, upload_id)
         if d["state"] != "open":
             raise NoSuchUpload(upload_id)
         parts = {n: p for n, (p, _) in (await self._parts(upload_id)).items()}
         used, meta = choose_parts(parts, chosen, upload, checksums)  # InvalidPart etc. before anything changes
-        meta = dataclasses.replace(meta, version=version)
+        meta = finish(meta) if finish is not None else meta
         await self._close_upload(b, upload_id, raw, d)
         try:
             await self.store.put(bucket, upload.key, meta, b"", cond, head=self.store.new_oid(b, upload_id),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import buckets, multipart, objects, tagging, versions
+from . import buckets, locks, multipart, objects, tagging, versions
 
 HANDLERS = {
     "ListBuckets": buckets.list_buckets,
@@ -12,6 +12,12 @@ HANDLERS = {
     "GetBucketLocation": buckets.get_bucket_location,
     "GetBucketVersioning": versions.get_bucket_versioning,
     "PutBucketVersioning": versions.put_bucket_versioning,
+    "GetObjectLockConfiguration": locks.get_object_lock_configuration,
+    "PutObjectLockConfiguration": locks.put_object_lock_configuration,
+    "GetObjectRetention": locks.get_object_retention,
+    "PutObjectRetention": locks.put_object_retention,
+    "GetObjectLegalHold": locks.get_object_legal_hold,
+    "PutObjectLegalHold": locks.put_object_legal_hold,
     "GetBucketAcl": buckets.get_bucket_acl,
     "PutBucketAcl": buckets.put_bucket_acl,
     "GetBucketPolicy": buckets.get_bucket_policy,

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .. import lifecycle, sse
+from .. import lifecycle, objectlock, sse, versioning
 from ..accounts import account_of, owner_field
 from ..body import Expectations, receive
 from ..bucket_policies import MAX_POLICY
@@ -64,8 +64,13 @@ async def create_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if location and location != gw.config.region:
         raise S3Error("InvalidLocationConstraint",
                       f"The specified location-constraint is not valid: this is {gw.config.region}")
+    locked = r.headers.get("x-amz-bucket-object-lock-enabled", "").lower() == "true"
     try:
         await gw.engine.create_bucket(r.bucket, owner_field(r.principal.key.account))
+        if locked:  # versioned for good, before any object is written (objectlock.py)
+            created = (await gw.engine.get_bucket(r.bucket)).created
+            await gw.bucket_versioning.write(r.bucket, created, versioning.ENABLED)
+            await gw.bucket_object_lock.write(r.bucket, created, objectlock.LockConfig().to_text())
     except BucketAlreadyExists:
         try:
             owner = (await gw.engine.get_bucket(r.bucket)).owner
@@ -87,6 +92,7 @@ async def delete_bucket(gw: Gateway, r: S3Request) -> web.StreamResponse:
     await gw.bucket_encryption.delete(r.bucket)
     await gw.bucket_lifecycle.delete(r.bucket)
     await gw.bucket_versioning.delete(r.bucket)
+    await gw.bucket_object_lock.delete(r.bucket)
     return web.Response(status=204)
 
 
@@ -218,7 +224,6 @@ async def delete_bucket_lifecycle(gw: Gateway, r: S3Request) -> web.StreamRespon
     assert r.bucket
     await gw.engine.get_bucket(r.bucket)
     await gw.bucket_lifecycle.delete(r.bucket)
-    await gw.bucket_versioning.delete(r.bucket)
     return web.Response(status=204)
 
 

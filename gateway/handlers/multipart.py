@@ -8,12 +8,14 @@ MD5s, "-N").
 from __future__ import annotations
 
 import base64
+import dataclasses
+import time
 
 from aiohttp import web
 
 from runtime.sealing import Sealer
 
-from .. import sse, versioning
+from .. import objectlock, sse, versioning
 from ..body import CHECKSUMS, COMBINE, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Part, Upload
@@ -97,6 +99,9 @@ async def create_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
     sealed = await new_sealing(gw, r)  # the upload's data key: every part is sealed with it
     meta = ObjectMeta(m.size, m.etag, m.mtime, m.content_type, m.headers, m.user, wanted, tags=m.tags,
                       sealing=sealed[1] if sealed is not None else None)
+    asked = objectlock.requested(r.headers, time.time())
+    if asked != (None, None) or await versioning.state(gw, r.bucket) is not None:  # kept until Complete
+        meta = objectlock.stamped(meta, await versioning.lock_config(gw, r.bucket), asked, time.time())
     upload_id = await gw.engine.create_upload(r.bucket, r.key, meta)
     headers = sse.response_headers(meta)
     if wanted:
@@ -250,7 +255,8 @@ async def complete_upload(gw: Gateway, r: S3Request) -> web.StreamResponse:
         version = (versioning.new_id() if now == versioning.ENABLED else "") if now is not None else ""
         decide = versioning.on_write(now, ObjectMeta(0, "", 0, version=version), cond, r.key) if now else None
         meta = await gw.engine.complete_upload(r.bucket, r.query["uploadId"], [(p.number, p.etag) for p in parts],
-                                               None if decide else cond, sums, decide, version)
+                                               None if decide else cond, sums, decide,
+                                               lambda m: dataclasses.replace(m, version=version))
     except (NoSuchUpload, S3Error) as exc:
         if isinstance(exc, S3Error) and exc.code != "NoSuchUpload":
             raise

@@ -16,11 +16,20 @@ from aiohttp import web
 
 from runtime.sealing import Sealer
 
-from .. import sse, versioning
+from .. import objectlock, sse, versioning
 from ..body import CHECKSUMS, Digest, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Found
-from ..engine.model import BlobRef, Conditions, CorruptRecord, NoSuchKey, ObjectMeta, PreconditionFailed, Sealing
+from ..engine.model import (
+    BlobRef,
+    Conditions,
+    CorruptRecord,
+    NoSuchKey,
+    ObjectLocked,
+    ObjectMeta,
+    PreconditionFailed,
+    Sealing,
+)
 from ..policy import arn
 from ..s3 import numbers, xml
 from ..s3.errors import S3Error
@@ -147,6 +156,8 @@ def object_headers(meta: ObjectMeta, *, checksum_mode: bool = False, part_number
         out.update(sse.response_headers(meta))
     if meta.version or version_asked:
         out.update(versioning.headers(meta, version_asked))
+    if meta.retention is not None or meta.legal_hold:
+        out.update(objectlock.response_headers(meta))
     return out
 
 
@@ -340,7 +351,7 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     meta = ObjectMeta(got.size, etag, m.mtime, m.content_type, m.headers, m.user, got.checksums,
                       tags=m.tags, sealing=sealing)
     try:
-        meta, decide, cond = await versioning.for_write(gw, r.bucket, r.key, meta, cond)
+        meta, decide, cond = await versioning.for_write(gw, r.bucket, r.key, meta, cond, r.headers)
         await gw.engine.put(r.bucket, r.key, meta, got.data, got.blobs, cond, decide)
     except BaseException:
         await gw.engine.discard(got.blobs)
@@ -458,7 +469,7 @@ async def copy_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     if algorithm is not None and digest is not None:  # the copy's own, computed on its bytes
         meta = dataclasses.replace(meta, checksums={algorithm: digest.b64()})
     try:
-        meta, decide, cond = await versioning.for_write(gw, r.bucket, r.key, meta, write_conditions(r))
+        meta, decide, cond = await versioning.for_write(gw, r.bucket, r.key, meta, write_conditions(r), r.headers)
         await gw.engine.put(r.bucket, r.key, meta, data, blobs, cond, decide)
     except BaseException:
         await gw.engine.discard(blobs)
@@ -487,18 +498,21 @@ async def copy_source_key(gw: Gateway, r: S3Request, src: Found) -> bytes | None
 
 async def delete_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
-    headers = await delete_one(gw, r.bucket, r.key, r.query.get("versionId"), delete_conditions(r))
+    bypass = r.headers.get(objectlock.H_BYPASS, "").lower() == "true" and \
+        r.allows("s3:BypassGovernanceRetention", arn(r.bucket, r.key))
+    headers = await delete_one(gw, r.bucket, r.key, r.query.get("versionId"), delete_conditions(r), bypass)
     return web.Response(status=204, headers=headers)
 
 
 async def delete_one(gw: Gateway, bucket: str, key: str, version_id: str | None,
-                     cond: Conditions | None) -> dict[str, str]:
+                     cond: Conditions | None, bypass: bool = False) -> dict[str, str]:
     """DeleteObject of a key or of one version (AWS S3 User Guide, "Deleting object versions"):
     the answer's x-amz-delete-marker and x-amz-version-id headers."""
     if version_id is not None:
         versioning.check_id(version_id)
         outcome = versioning.Outcome()
-        await gw.engine.change_versions(bucket, key, versioning.on_delete_version(version_id, outcome, cond, key))
+        await gw.engine.change_versions(bucket, key, versioning.on_delete_version(version_id, outcome, cond, key,
+                                                                                  bypass))
         out = {"x-amz-version-id": version_id}
         if outcome.was_marker:
             out["x-amz-delete-marker"] = "true"
@@ -567,15 +581,20 @@ async def _delete_versions(gw: Gateway, r: S3Request, req: xml.DeleteRequest) ->
             parts.append(_delete_error(k, v, "AccessDenied", "Access Denied"))
             continue
         c = req.conditions.get(k)
+        bypass = r.headers.get(objectlock.H_BYPASS, "").lower() == "true" and \
+            r.allows("s3:BypassGovernanceRetention", arn(r.bucket, k))
         try:
             said = await delete_one(gw, r.bucket, k, v, None if c is None else
-                                    Conditions(if_match=c.etag, size=c.size, mtime=c.mtime))
+                                    Conditions(if_match=c.etag, size=c.size, mtime=c.mtime), bypass)
         except PreconditionFailed:
             parts.append(_delete_error(k, v, "PreconditionFailed",
                                        "At least one of the pre-conditions you specified did not hold"))
             continue
         except NoSuchKey:
             parts.append(_delete_error(k, v, "NoSuchKey", "The specified key does not exist."))
+            continue
+        except ObjectLocked:
+            parts.append(_delete_error(k, v, "AccessDenied", "Access Denied because object protected by object lock."))
             continue
         except S3Error as exc:
             parts.append(_delete_error(k, v, exc.code, exc.message))

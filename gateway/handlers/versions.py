@@ -48,6 +48,9 @@ async def put_bucket_versioning(gw: Gateway, r: S3Request) -> web.StreamResponse
         return web.Response()  # nothing to change (AWS accepts an empty configuration)
     if status.strip() not in (versioning.ENABLED, versioning.SUSPENDED):
         raise S3Error("MalformedXML", "Status must be Enabled or Suspended")
+    if status.strip() == versioning.SUSPENDED and await versioning.lock_config(gw, r.bucket) is not None:
+        raise S3Error("InvalidBucketState", "An Object Lock configuration is present on this bucket, so the "
+                      "versioning state cannot be changed.")
     await gw.bucket_versioning.write(r.bucket, b.created, status.strip())
     return web.Response()
 

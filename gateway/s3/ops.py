@@ -24,10 +24,11 @@ _BUCKET_GET = {
     "tagging": "GetBucketTagging",
     "encryption": "GetBucketEncryption",
     "lifecycle": "GetBucketLifecycleConfiguration",
+    "object-lock": "GetObjectLockConfiguration",
 }
 _UNSUPPORTED = {
     "cors", "website", "logging", "notification",
-    "replication", "object-lock", "retention", "legal-hold", "torrent", "restore", "select",
+    "replication", "torrent", "restore", "select",
     "accelerate", "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering",
     "ownershipControls", "publicAccessBlock", "policyStatus",
 }
@@ -62,6 +63,8 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
                 return "PutBucketLifecycleConfiguration"
             if "versioning" in query:
                 return "PutBucketVersioning"
+            if "object-lock" in query:
+                return "PutObjectLockConfiguration"
             return "CreateBucket"
         if method == "DELETE":
             if "tagging" in query:
@@ -74,7 +77,7 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
         if method == "POST" and "delete" in query:
             return "DeleteObjects"
         raise S3Error("MethodNotAllowed")
-    for name in ("encryption", "lifecycle"):
+    for name in ("encryption", "lifecycle", "object-lock"):
         if name in query:
             raise S3Error("NotImplemented", f"The ?{name} subresource is a bucket's, not an object's")
     if method == "GET":
@@ -86,6 +89,10 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
             return "GetObjectAttributes"
         if "tagging" in query:
             return "GetObjectTagging"
+        if "retention" in query:
+            return "GetObjectRetention"
+        if "legal-hold" in query:
+            return "GetObjectLegalHold"
         return "GetObject"
     if method == "HEAD":
         return "HeadObject"
@@ -96,6 +103,10 @@ def operation(method: str, bucket: str | None, key: str | None, query: Mapping[s
             return "PutObjectAcl"
         if "tagging" in query:
             return "PutObjectTagging"
+        if "retention" in query:
+            return "PutObjectRetention"
+        if "legal-hold" in query:
+            return "PutObjectLegalHold"
         return "PutObject"
     if method == "DELETE":
         if "tagging" in query:

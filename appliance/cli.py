@@ -146,8 +146,8 @@ def _mail_store(args: argparse.Namespace) -> None:
                              "`mailstore init --data-dir DIR` makes one")
         cfg = load(data_dir)
         args.db = args.db or metadata(cfg, data_dir)
-        if "fs" in args and not args.fs and args.command != "user":  # user delete --fs: only when asked
-            args.fs = f"@{data_dir / 'shim-fs.url'}"
+        if "fs" in args and not args.fs and (args.command != "user" or args.action in ("add", "passwd")):
+            args.fs = f"@{data_dir / 'shim-fs.url'}"  # (user delete --fs: only when asked)
     if not args.db or ("fs" in args and args.fs is None and args.command != "user"):
         raise ValueError(f"mailstore {args.command}: give the appliance's --data-dir, or --db"
                          f"{'' if 'fs' not in args or args.command == 'user' else ' and --fs'}")

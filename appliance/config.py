@@ -33,6 +33,8 @@ imap = "{imap}"              # IMAP (STARTTLS with [tls])
 imaps = ""                            # IMAP over implicit TLS too, e.g. "0.0.0.0:993" (needs [tls])
 domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
+compress = ""                         # the shim's objects compressed: "zstd:3" (or "gz:6", "bz2:9", "xz:6")
+mail_crypt = false                    # each user's mail encrypted to their own key pair (README: mail-crypt)
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
 max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 4.5.3 (RFC 5321)
@@ -112,6 +114,8 @@ class ApplianceConfig:
     tls_cert: str = ""  # [tls]: "" for no TLS
     tls_key: str = ""
     state_record_interval: float = 300.0  # seconds between the IMAP server's state records; 0: none
+    compress: str = ""  # the shim's compress: wrapper ("zstd:3"); "": none
+    mail_crypt: bool = False  # the shim's mail-crypt: wrapper
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -132,7 +136,7 @@ def load(data_dir: Path) -> ApplianceConfig:
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region", "https"},
              "tls": {"cert", "key"},
              "mail": {"lmtp", "imap", "imaps", "domain", "cache_size", "lmtp_metrics", "imap_metrics",
-                      "max_recipients", "state_record_interval"},
+                      "max_recipients", "state_record_interval", "compress", "mail_crypt"},
              "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
              "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
                         "namespace", "master_key"},
@@ -196,6 +200,17 @@ def load(data_dir: Path) -> ApplianceConfig:
     record = value("mail", "state_record_interval")
     if isinstance(record, bool) or not isinstance(record, (int, float)) or not 0 <= record <= 86400:
         raise ConfigError(f"{path}: [mail] state_record_interval must be seconds from 0 (never) to 86400")
+    compress, mail_crypt = value("mail", "compress"), value("mail", "mail_crypt")
+    if not isinstance(mail_crypt, bool):
+        raise ConfigError(f"{path}: [mail] mail_crypt must be true or false")
+    if not isinstance(compress, str):
+        raise ConfigError(f"{path}: [mail] compress must be a string like \"zstd:3\"")
+    if compress:
+        from cache.url import FsUrlError, parse
+        try:
+            parse(f"compress:{compress}:s3:http://K:S@h/?bucket=b")
+        except FsUrlError as exc:
+            raise ConfigError(f"{path}: [mail] compress: {exc}") from None
     https, imaps, cert, key = (value(*k) for k in (("s3", "https"), ("mail", "imaps"), ("tls", "cert"),
                                                     ("tls", "key")))
     for name, v in (("[s3] https", https), ("[mail] imaps", imaps), ("[tls] cert", cert), ("[tls] key", key)):
@@ -213,7 +228,8 @@ def load(data_dir: Path) -> ApplianceConfig:
                           text("mail", "domain"), text("mail", "cache_size"), text("mail", "lmtp_metrics"),
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
                           max_recipients, url, passfile, text("metadata", "private"), str(kind), rados,
-                          log_level, log_format, str(https), str(imaps), str(cert), str(key), float(record))
+                          log_level, log_format, str(https), str(imaps), str(cert), str(key), float(record),
+                          compress, mail_crypt)
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
                  "private_postgres", "s3_https", "imaps"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):

@@ -74,8 +74,11 @@ def configured_rados(data_dir: Path, cfg: ApplianceConfig) -> RadosSettings:
 
 
 def shim_fs_url(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, cache: str = "cache") -> str:
+    """The shim's fs stack: compress: above mail-crypt: (encrypted bytes do not compress) above
+    the fscache (which so holds only what is stored: never decrypted mail) above s3:."""
     shim = sec["shim"]
-    return (f"fscache:{cfg.cache_size}:{data_dir.resolve() / cache}:s3:http://{shim['access_key']}:"
+    wrappers = (f"compress:{cfg.compress}:" if cfg.compress else "") + ("mail-crypt:" if cfg.mail_crypt else "")
+    return (f"{wrappers}fscache:{cfg.cache_size}:{data_dir.resolve() / cache}:s3:http://{shim['access_key']}:"
             f"{shim['secret_key']}@{cfg.s3_listen}/?bucket={cfg.bucket}")
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from .compress import Compressed
 from .fscache import FsCache
+from .mailcrypt import MailCrypt, mail_crypt_of
 from .s3client import AccessDenied, FsError, NotFound, ObjectStat, PreconditionFailed, S3Client, Unavailable
-from .url import CompressUrl, FsCacheUrl, FsSpec, FsUrlError, S3Url, parse
+from .url import CompressUrl, FsCacheUrl, FsSpec, FsUrlError, MailCryptUrl, S3Url, parse
 
 __all__ = [
     "AccessDenied",
@@ -18,18 +19,21 @@ __all__ = [
     "FsError",
     "FsSpec",
     "FsUrlError",
+    "MailCrypt",
     "NotFound",
     "ObjectStat",
     "PreconditionFailed",
     "S3Client",
     "S3Url",
     "Unavailable",
+    "has_mail_crypt",
+    "mail_crypt_of",
     "open_fs",
     "read_url",
 ]
 
 
-Fs = S3Client | FsCache | Compressed  # what open_fs gives: the same calls (store.Store) either way
+Fs = S3Client | FsCache | Compressed | MailCrypt  # what open_fs gives: the same calls (store.Store) either way
 
 
 def read_url(text: str) -> str:
@@ -51,6 +55,16 @@ def read_url(text: str) -> str:
     return url
 
 
+def has_mail_crypt(url: str) -> bool:
+    """Whether an fs URL (or @FILE) has a mail-crypt: layer."""
+    spec: FsSpec = parse(read_url(url))
+    while not isinstance(spec, S3Url):
+        if isinstance(spec, MailCryptUrl):
+            return True
+        spec = spec.parent
+    return False
+
+
 def open_fs(url: str | FsSpec) -> Fs:
     """The storage stack a Dovecot-style fs URL names ("@PATH": the URL in that file)."""
     spec = parse(read_url(url)) if isinstance(url, str) else url
@@ -58,4 +72,6 @@ def open_fs(url: str | FsSpec) -> Fs:
         return FsCache(open_fs(spec.parent), spec.path, spec.size)
     if isinstance(spec, CompressUrl):
         return Compressed(open_fs(spec.parent), spec.algorithm, spec.level)
+    if isinstance(spec, MailCryptUrl):
+        return MailCrypt(open_fs(spec.parent))
     return S3Client(spec)

@@ -19,7 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import FsError, FsUrlError, NotFound, Unavailable, open_fs
+from runtime.keyfile import read_secret
+
+from . import FsError, FsUrlError, NotFound, Unavailable, mail_crypt_of, open_fs
+from .mailcrypt import user_of
 
 
 def _meta(pairs: list[str] | None) -> dict[str, str] | None:
@@ -37,6 +40,11 @@ def _meta(pairs: list[str] | None) -> dict[str, str] | None:
 async def _run(args: argparse.Namespace) -> int:
     fs = open_fs(args.url)
     try:
+        if getattr(args, "password_file", None):  # a mail-crypt: user's mail, opened with the password
+            crypt = mail_crypt_of(fs)
+            if crypt is None:
+                raise FsUrlError("--password-file opens a mail-crypt: user's mail; this fs URL has no mail-crypt:")
+            await crypt.unlock(user_of(args.key), read_secret(args.password_file), create=False)
         if args.op == "put":
             data = sys.stdin.buffer.read() if args.file == "-" else await asyncio.to_thread(Path(args.file).read_bytes)
             etag = await fs.put(args.key, data, _meta(args.meta), args.content_type)
@@ -73,7 +81,7 @@ async def _run(args: argparse.Namespace) -> int:
 # What `mailstore fs` says and exits with, first match wins (75: EX_TEMPFAIL, try again later).
 _FAILURES: tuple[tuple[type[Exception], str, int], ...] = (
     (FsUrlError, "", 2), (Unavailable, "storage unavailable: ", 75), (NotFound, "not found: ", 1),
-    (FsError, "", 1), (OSError, "", 2))
+    (FsError, "", 1), (OSError, "", 2), (ValueError, "", 2))
 
 
 def cmd_fs(args: argparse.Namespace) -> int:
@@ -102,6 +110,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("url", help=URL_HELP)
     g.add_argument("key", help="the object key")
     g.add_argument("file", nargs="?", help="write here (default: standard output)")
+    g.add_argument("--password-file", help="mail-crypt: the object's user's password (a 0600 file)")
     s = ops.add_parser("stat")
     s.add_argument("url", help=URL_HELP)
     s.add_argument("key", help="the object key")

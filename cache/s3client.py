@@ -226,6 +226,12 @@ class S3Client:
         _, headers, _ = await self.request("PUT", key, body=data, headers=h)
         return headers.get("ETag", "")
 
+    async def put_new(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """Write `key` only if it does not exist (If-None-Match: *): False when it does."""
+        status, _, _ = await self.request("PUT", key, body=data, ok=(200, 412),
+                                          headers={"Content-Type": content_type, "If-None-Match": "*"})
+        return status == 200
+
     async def delete(self, key: str) -> None:
         await self.request("DELETE", key, ok=(200, 204, 404))
 

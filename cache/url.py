@@ -3,6 +3,7 @@
     s3:http[s]://KEY:SECRET@host[:port]/[prefix/]?bucket=NAME&region=R&timeout=10s&max_retries=4
     fscache:SIZE:PATH:<parent URL>                 e.g. fscache:1G:/var/cache/mail:s3:http://...
     compress:ALGORITHM:LEVEL:<parent URL>          e.g. compress:zstd:3:s3:http://...
+    mail-crypt:<parent URL>                        e.g. compress:zstd:3:mail-crypt:s3:http://...
 
 As in Dovecot's fs-s3: credentials are URL-escaped; `bucket=` selects path
 style, otherwise the bucket is the first DNS label of the host (virtual-host
@@ -62,7 +63,12 @@ class CompressUrl:
     parent: FsSpec
 
 
-FsSpec = S3Url | FsCacheUrl | CompressUrl
+@dataclass(frozen=True, slots=True)
+class MailCryptUrl:
+    parent: FsSpec
+
+
+FsSpec = S3Url | FsCacheUrl | CompressUrl | MailCryptUrl
 COMPRESS_LEVELS = {"zstd": (1, 22), "gz": (1, 9), "bz2": (1, 9), "xz": (0, 9)}
 
 
@@ -131,7 +137,7 @@ def parse_s3(url: str) -> S3Url:
 
 
 def parse(url: str) -> FsSpec:
-    """An s3: URL, or a chain of fscache: and compress: wrappers in front of one."""
+    """An s3: URL, or a chain of fscache:, compress: and mail-crypt: wrappers in front of one."""
     if url.startswith("fscache:"):
         try:
             _, size, rest = url.split(":", 2)
@@ -143,6 +149,12 @@ def parse(url: str) -> FsSpec:
         inner = parse(parent)
         if isinstance(inner, FsCacheUrl):
             raise FsUrlError("fscache: inside fscache: caches the same bytes twice")
+        below: FsSpec = inner
+        while not isinstance(below, S3Url):
+            if isinstance(below, MailCryptUrl):
+                raise FsUrlError("fscache: above mail-crypt: would keep decrypted mail on the local disk: put it "
+                                 "below (mail-crypt:fscache:SIZE:PATH:s3:...)")
+            below = below.parent
         return FsCacheUrl(parse_size(size), path, inner)
     if url.startswith("compress:"):
         try:
@@ -158,10 +170,16 @@ def parse(url: str) -> FsSpec:
         if not level_text.isdigit() or not low <= int(level_text) <= high:
             raise FsUrlError(f"compress:{algorithm} level must be a number from {low} to {high}, not {level_text!r}")
         return CompressUrl(algorithm, int(level_text), parse(parent))
+    if url.startswith("mail-crypt:"):
+        inner = parse(url.removeprefix("mail-crypt:"))
+        if not isinstance(inner, S3Url | FsCacheUrl):
+            raise FsUrlError("mail-crypt: goes right above s3: (or an fscache: of it): encrypted bytes do not "
+                             "compress, so compress: goes above mail-crypt:")
+        return MailCryptUrl(inner)
     if url.startswith("s3:"):
         return parse_s3(url)
     driver = url.split(":", 1)[0]
-    raise FsUrlError(f"unknown fs driver {driver!r} (this build knows s3:, fscache: and compress:)")
+    raise FsUrlError(f"unknown fs driver {driver!r} (this build knows s3:, fscache:, compress: and mail-crypt:)")
 
 
 def s3_of(spec: FsSpec) -> S3Url:

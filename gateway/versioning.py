@@ -25,15 +25,24 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import objectlock
-from .engine.api import Decide, Found
+from .bucket_records import BucketRecords
+from .engine.api import Decide, Engine, Found
 from .engine.model import INVERTED, Change, Conditions, NoSuchKey, NoSuchVersion, ObjectMeta, PreconditionFailed
 from .s3.errors import S3Error
 
-if TYPE_CHECKING:
-    from .context import Gateway
+
+class Gateway(Protocol):
+    """What of the gateway (context.Gateway) versioning reads."""
+
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def bucket_versioning(self) -> BucketRecords: ...
+    @property
+    def bucket_object_lock(self) -> BucketRecords: ...
 
 NAMESPACE = "bucket-versioning"
 ENABLED, SUSPENDED = "Enabled", "Suspended"

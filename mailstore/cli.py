@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cache import Fs, open_fs, read_url
+from cache import Fs, has_mail_crypt, open_fs, read_url
 from cache.url import parse_duration, parse_size
 from runtime import logs
+from runtime.keyfile import read_secret
 from runtime.progress import Progress
 from runtime.tls import reloader, server_context
 
-from .db import MetaError, MetaStore
+from .db import MetaError, MetaStore, NoSuchUser
 from .users import AddressPolicy, hash_password
 
 log = logging.getLogger("mailstore")
@@ -41,13 +42,44 @@ def _password(args: argparse.Namespace) -> str:
     return getpass.getpass("password: ")
 
 
+def _mail_key(args: argparse.Namespace, name: str, password: str) -> dict[str, object]:
+    """With a mail-crypt: fs (user add, passwd): the user's key pair made, or resealed under the new
+    password (the old one from --old-password-file or the prompt), or with --reset-mail-key made anew."""
+    fs_url = getattr(args, "fs", None)
+    if not fs_url or not has_mail_crypt(fs_url):
+        return {}
+    from cache import mail_crypt_of
+
+    async def work() -> dict[str, object]:
+        fs = open_fs(fs_url)
+        try:
+            crypt = mail_crypt_of(fs)
+            if crypt is None:
+                return {}
+            if args.action == "add":
+                return {"mail_key": "made" if await crypt.create_key(name, password) else "kept"}
+            if getattr(args, "reset_mail_key", False):
+                await crypt.reset_key(name, password)
+                return {"mail_key": "new (mail stored before cannot be read any more)"}
+            old = read_secret(args.old_password_file) if args.old_password_file else \
+                getpass.getpass("old password (it opens the user's mail key): ")
+            await crypt.change_password(name, old, password)
+            return {"mail_key": "resealed"}
+        finally:
+            await fs.close()
+
+    return asyncio.run(work())
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     meta = MetaStore(args.db)
     try:
         if args.action == "add":
             quota = parse_size(args.quota) if args.quota else 0
-            u = meta.add_user(args.name.lower(), hash_password(_password(args)), quota)
-            print(json.dumps({"user": u.name, "quota_bytes": u.quota_bytes}))
+            password = _password(args)
+            u = meta.add_user(args.name.lower(), hash_password(password), quota)
+            made = _mail_key(args, u.name, password)
+            print(json.dumps({"user": u.name, "quota_bytes": u.quota_bytes, **made}))
         elif args.action == "list":
             for u in meta.list_users():
                 print(json.dumps({"user": u.name, "quota_bytes": u.quota_bytes, "used_bytes": u.used_bytes}))
@@ -61,9 +93,17 @@ def cmd_user(args: argparse.Namespace) -> int:
                     finally:
                         await fs.close()
                 asyncio.run(purge())
+            if args.fs:
+                asyncio.run(_forget_mail_key(args.fs, args.name.lower()))
             print(json.dumps({"user": args.name, "objects": len(keys), "objects_deleted": bool(args.fs)}))
         elif args.action == "passwd":
-            meta.set_password(args.name.lower(), hash_password(_password(args)))
+            password = _password(args)
+            if meta.get_user(args.name.lower()) is None:
+                raise NoSuchUser(args.name.lower())
+            changed = _mail_key(args, args.name.lower(), password)  # first: a wrong old password changes nothing
+            meta.set_password(args.name.lower(), hash_password(password))
+            if changed:
+                print(json.dumps({"user": args.name.lower(), **changed}))
         elif args.action == "set-quota":
             meta.set_quota(args.name.lower(), parse_size(args.quota) if args.quota != "0" else 0)
         elif args.action == "alias":
@@ -72,6 +112,18 @@ def cmd_user(args: argparse.Namespace) -> int:
         print(f"mailstore user: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _forget_mail_key(fs_url: str, name: str) -> None:
+    from cache import mail_crypt_of
+
+    fs = open_fs(fs_url)
+    try:
+        crypt = mail_crypt_of(fs)
+        if crypt is not None:
+            await crypt.forget(name)
+    finally:
+        await fs.close()
 
 
 def cmd_lmtp(args: argparse.Namespace) -> int:
@@ -221,9 +273,18 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     if bool(args.user) == bool(args.all):
         raise ValueError("mailstore reindex: name a USER, or give --all")
+    if args.password_file and not args.user:
+        raise ValueError("mailstore reindex: --password-file opens one user's mail: name the USER")
     if args.user:
-        return _on_store(args, "reindex", "messages",
-                         lambda meta, fs, show: reindex(meta, fs, args.user.lower(), show))
+        async def one(meta: MetaStore, fs: Fs, show: Progress) -> dict[str, int]:
+            if args.password_file:
+                from cache import mail_crypt_of
+                crypt = mail_crypt_of(fs)
+                if crypt is not None:
+                    await crypt.unlock(args.user.lower(), read_secret(args.password_file), create=False)
+            return await reindex(meta, fs, args.user.lower(), show)
+
+        return _on_store(args, "reindex", "messages", one)
 
     async def every(meta: MetaStore, fs: Fs, show: Progress) -> dict[str, int]:
         """Every user the database or the bucket knows (a user made after a backup: only the bucket)."""
@@ -373,6 +434,13 @@ def _user_parser(sub: Subcommands) -> None:
         if action in ("add", "passwd"):
             p.add_argument("--password", help="the password (visible in ps: prefer --password-stdin or the prompt)")
             p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        if action in ("add", "passwd"):
+            p.add_argument("--fs", help="with a mail-crypt: fs URL (or @FILE): the user's mail key made (add) or "
+                                        "resealed under the new password (passwd)")
+        if action == "passwd":
+            p.add_argument("--old-password-file", help="the old password (a 0600 file): it opens the mail key")
+            p.add_argument("--reset-mail-key", action="store_true",
+                           help="make a new mail key instead: mail stored before can no longer be read")
         if action == "add":
             p.add_argument("--quota", help="like 1G; none by default")
         if action == "set-quota":
@@ -445,6 +513,7 @@ def _reindex_parser(sub: Subcommands) -> None:
     _store(p)
     p.add_argument("user", nargs="?", help="the user's address")
     p.add_argument("--all", action="store_true", help="every user of the database and of the bucket")
+    p.add_argument("--password-file", help="mail-crypt: USER's password (a 0600 file), to read their mail")
     p.set_defaults(fn=cmd_reindex)
 
 

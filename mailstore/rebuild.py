@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache import Fs
+from cache.mailcrypt import KeyLocked
 
 from . import layout, message, staterecord
 from .db import MetaStore, Rebuilt, RebuiltBox, RebuiltMessage
@@ -46,7 +47,11 @@ async def reindex(meta: MetaStore, fs: Fs, user: str,
     async def one(key: str) -> None:
         nonlocal skipped, done
         async with sem:
-            body, st = await fs.get(key)
+            try:
+                body, st = await fs.get(key)
+            except KeyLocked:
+                raise KeyLocked(f"{user}'s mail is encrypted (mail-crypt): reindex the user alone, with "
+                                "--password-file", code="KeyLocked") from None
         done += 1
         progress(done, len(keys))
         try:

@@ -19,3 +19,12 @@ def write_new_key(path: Path, size: int = 32) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_secret(path: str | Path) -> str:
+    """A secret kept in a file (so that it is never on a command line): its first line. A file
+    others may read is refused (ValueError), as ssh refuses such a key."""
+    p = Path(path)
+    if p.stat().st_mode & 0o077:
+        raise ValueError(f"{p} holds a secret but others may read it: chmod 600 {p}")
+    return p.read_text().split("\n", 1)[0]

@@ -41,9 +41,11 @@ class Shim:
     """A gateway, a metadata database with users, and an LMTP server process."""
 
     def __init__(self, base: Path, *, max_size: str = "50M", gw_port: int | None = None,
-                 metadata: str | None = None, s3: tuple[str, Key] | None = None, wrap: str = "") -> None:
+                 metadata: str | None = None, s3: tuple[str, Key] | None = None, wrap: str = "",
+                 outer: str = "") -> None:
         """`s3`: (host:port, key) of another S3 store (SeaweedFS) with a bucket "mail", instead of
-        a gateway of our own; `wrap`: fs wrappers between the cache and s3 (e.g. "compress:zstd:3:")."""
+        a gateway of our own; `wrap`: fs wrappers between the cache and s3 (e.g. "compress:zstd:3:"),
+        `outer`: above the cache (e.g. "mail-crypt:", which keeps the cache encrypted)."""
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.gw_data = base / "gw"
@@ -57,7 +59,7 @@ class Shim:
         else:
             hostport, self.key = s3
         self.db = metadata or str(base / "meta.db")  # a SQLite file, or a postgresql:// URL
-        url = (f"fscache:64M:{base / 'cache'}:{wrap}s3:http://{self.key.access_key}:{quote(self.key.secret, safe='')}"
+        url = (f"{outer}fscache:64M:{base / 'cache'}:{wrap}s3:http://{self.key.access_key}:{quote(self.key.secret, safe='')}"
                f"@{hostport}/?bucket=mail&absolute_timeout=3s&timeout=2s")
         # As the appliance does: the URL (it holds the S3 secret) in a 0600 file, never in argv.
         fs_file = base / "fs.url"

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import logging
 
+from cache import FsError, mail_crypt_of
+from cache.mailcrypt import WrongPassword
 from runtime import logs
 
 from ..throttle import Busy
@@ -78,9 +80,29 @@ class AuthCommands(SessionBase):
                        method=method, reason="unknown user" if stored is None else "password",
                        session=self.session_id)
             raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
+        assert name is not None
+        await self._unlock_mail(name, password.decode("utf-8", "replace"))
         self.user = name
         logs.event(auth_log, logging.INFO, "login", remote=self.peer or "-", user=name, service="imap", method=method,
                    tls=self.secure, session=self.session_id)
+
+    async def _unlock_mail(self, name: str, password: str) -> None:
+        """With a mail-crypt: fs, the user's private key opened with the password (made, the first time)."""
+        crypt = mail_crypt_of(self.ctx.fs)
+        if crypt is None:
+            return
+        try:
+            await crypt.unlock(name, password)
+        except WrongPassword:
+            logs.event(auth_log, logging.ERROR, "login failed", remote=self.peer or "-", user=name, service="imap",
+                       reason="the password does not open the user's mail-crypt key (changed without "
+                              "`mailstore user passwd --fs`?)", session=self.session_id)
+            raise ImapNo("Your mail key does not open with this password; ask the operator", "UNAVAILABLE") from None
+        except FsError as exc:
+            log_reason = f"mail-crypt key: {exc}"
+            logs.event(auth_log, logging.WARNING, "login failed", remote=self.peer or "-", user=name, service="imap",
+                       reason=log_reason, session=self.session_id)
+            raise ImapNo("Mail storage is unavailable; try again later", "UNAVAILABLE") from None
 
     async def do_login(self, cmd: Command) -> Reply:
         await self._login(cmd.args["user"], cmd.args["password"], "LOGIN")

@@ -16,6 +16,7 @@ import socket
 import time
 import zlib
 
+from cache import mail_crypt_of
 from runtime import logs
 
 from .framing import CommandFramer, Framed, FramingError, NeedContinuation
@@ -201,6 +202,8 @@ async def serve_client(ctx: ImapContext, reader: asyncio.StreamReader, writer: a
     finally:
         if ctx.metrics is not None:
             ctx.metrics.sessions.dec()
+        if session.user is not None and (crypt := mail_crypt_of(ctx.fs)) is not None:
+            crypt.release(session.user)  # the user's private key goes with the last session
         await conn.close()
         logs.event(log, logging.INFO, "disconnected", session=session.session_id, user=session.user or "-",
                    remote=session.peer or "-", reason="logout" if session.logout else ended,

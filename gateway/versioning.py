@@ -44,6 +44,7 @@ class Gateway(Protocol):
     @property
     def bucket_object_lock(self) -> BucketRecords: ...
 
+
 NAMESPACE = "bucket-versioning"
 ENABLED, SUSPENDED = "Enabled", "Suspended"
 _ID = re.compile(r"[0-9a-f]{32}")

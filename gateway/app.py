@@ -60,12 +60,6 @@ ENGINE_ERRORS: dict[type[m.EngineError], str] = {
     m.EngineUnavailable: "ServiceUnavailable",
 }
 
-# Headers asking for something this gateway cannot do yet.  Obeying them in
-# silence (storing plaintext when encryption was asked for) would be a lie.
-# SSE-S3, SSE-KMS and SSE-C are served (sse.py); an encryption context is not yet.
-UNSUPPORTED_HEADERS = (
-    "x-amz-server-side-encryption-context",
-)
 # The operations that take SSE headers, and which; any other refuses them rather than ignore them.
 _SSE = "x-amz-server-side-encryption"
 _COPY_SSE = "x-amz-copy-source-server-side-encryption"
@@ -76,10 +70,6 @@ SSE_OPS = {"PutObject": (_SSE, _COPY_SSE), "GetObject": (_SSE,), "HeadObject": (
 
 
 def refuse_unsupported(op: str, headers: Any) -> None:
-    for name in UNSUPPORTED_HEADERS:
-        if name in headers:
-            raise S3Error("NotImplemented", "An SSE-KMS encryption context is not supported yet",
-                          extra={"Header": name})
     taken = SSE_OPS.get(op, ())
     for h in headers:
         name = h.lower()

@@ -92,7 +92,7 @@ class Gateway:
         self.bucket_policies = BucketPolicies(engine)
         self.bucket_tags = BucketRecords(engine, "bucket-tagging")
         self.bucket_encryption = BucketRecords(engine, "bucket-encryption", cache_seconds=2.0)  # every PUT asks
-        self.bucket_lifecycle = BucketRecords(engine, "bucket-lifecycle")  # gateway/lifecycle.py
+        self.bucket_lifecycle = BucketRecords(engine, "bucket-lifecycle", cache_seconds=2.0)  # GET/HEAD ask
         self.bucket_versioning = BucketRecords(engine, "bucket-versioning", cache_seconds=2.0)  # versioning.py
         self.bucket_object_lock = BucketRecords(engine, "bucket-object-lock", cache_seconds=2.0)  # objectlock.py
         self.encryption = Encryption(engine, config.region)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import email.utils
+import functools
 import logging
 import secrets
 import time
@@ -215,6 +217,28 @@ class Pass:
         return {"Buckets": self.buckets, "Checked": self.checked, "Expired": self.expired,
                 "AbortedUploads": self.aborted, "Seconds": round(self.finished - self.started, 3),
                 "Errors": self.errors[:20]}
+
+
+@functools.lru_cache(maxsize=256)
+def rules_of(text: str) -> tuple[Rule, ...]:
+    """A stored configuration's enabled rules (parsed once per text: every GET and HEAD asks)."""
+    return tuple(r for r in parse(text.encode()) if r.enabled)
+
+
+def expiration_header(rules: tuple[Rule, ...], key: str, size: int, tags: tuple[tuple[str, str], ...],
+                      created: float) -> str | None:
+    """x-amz-expiration of a current object: when the earliest rule that takes it expires it, and
+    that rule's id (AWS, PutObject/GetObject/HeadObject responses)."""
+    best: tuple[float, str] | None = None
+    for r in rules:
+        if not r.selects(key, size, tags):
+            continue
+        when = due(created, r.expire_days) if r.expire_days is not None else r.expire_date
+        if when is not None and (best is None or when < best[0]):
+            best = (when, r.rule_id)
+    if best is None:
+        return None
+    return f'expiry-date="{email.utils.formatdate(best[0], usegmt=True)}", rule-id="{best[1]}"'
 
 
 class LeaseHeld(Exception):

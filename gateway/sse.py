@@ -24,6 +24,7 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -45,6 +46,8 @@ SSE_C = "SSE-C"
 SSE_KMS = "aws:kms"
 H_SSE = "x-amz-server-side-encryption"
 H_KMS_KEY = "x-amz-server-side-encryption-aws-kms-key-id"
+H_CONTEXT = "x-amz-server-side-encryption-context"
+MAX_CONTEXT = 4096
 H_ALGORITHM = "x-amz-server-side-encryption-customer-algorithm"
 H_KEY = "x-amz-server-side-encryption-customer-key"
 H_KEY_MD5 = "x-amz-server-side-encryption-customer-key-md5"
@@ -68,6 +71,7 @@ class Wanted:
     mode: str  # SSE_S3, SSE_KMS or SSE_C
     customer: CustomerKey | None = None
     kms_key: str | None = None  # SSE-KMS: the key the request names (id, ARN, alias/NAME); None: aws/s3
+    context: str = ""  # SSE-KMS: its encryption context, canonical JSON ("": none)
 
 
 _CUSTOMER_HEADERS = {p: tuple(name.replace("x-amz-", p or "x-amz-", 1) for name in (H_ALGORITHM, H_KEY, H_KEY_MD5))
@@ -119,6 +123,10 @@ def wanted(headers: Mapping[str, str], default: str | None, secure: bool) -> Wan
         raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with "
                       "the encryption method specified", extra={"ArgumentName": H_SSE, "ArgumentValue": sse[:64]})
     kms_key = headers.get(H_KMS_KEY)
+    context = encryption_context(headers.get(H_CONTEXT))
+    if context and sse != SSE_KMS:
+        raise S3Error("InvalidArgument", "An encryption context is given only with x-amz-server-side-encryption: "
+                      "aws:kms", extra={"ArgumentName": H_CONTEXT})
     if kms_key is not None and sse != SSE_KMS:
         raise S3Error("InvalidArgument", "Server Side Encryption with AWS KMS managed key requires HTTP header "
                       "x-amz-server-side-encryption : aws:kms", extra={"ArgumentName": H_SSE})
@@ -131,7 +139,7 @@ def wanted(headers: Mapping[str, str], default: str | None, secure: bool) -> Wan
         if sse == SSE_S3:
             return Wanted(SSE_S3)
         if sse == SSE_KMS:
-            return Wanted(SSE_KMS, kms_key=kms_key.strip() if kms_key else None)
+            return Wanted(SSE_KMS, kms_key=kms_key.strip() if kms_key else None, context=context)
         if sse.startswith("aws:kms"):
             raise S3Error("NotImplemented", "Dual-layer server-side encryption (DSSE-KMS) is not supported",
                           extra={"Header": H_SSE})
@@ -143,9 +151,32 @@ def wanted(headers: Mapping[str, str], default: str | None, secure: bool) -> Wan
     return Wanted(SSE_KMS, kms_key=key or None) if algorithm == SSE_KMS else Wanted(SSE_S3)
 
 
+def encryption_context(text: str | None) -> str:
+    """An SSE-KMS encryption context (AWS: base64 of a JSON object of strings) as canonical JSON
+    (keys sorted), which is what is bound to the data key; "" for none."""
+    if text is None:
+        return ""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+        value = json.loads(raw.decode()) if len(raw) <= MAX_CONTEXT else None
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        value = None
+    if not isinstance(value, dict) or not value or \
+            not all(isinstance(k, str) and isinstance(v, str) and k for k, v in value.items()):
+        raise S3Error("InvalidArgument", "The header 'x-amz-server-side-encryption-context' shall be Base64-encoded "
+                      "UTF-8 string holding JSON which represents a string-string map",
+                      extra={"ArgumentName": H_CONTEXT})
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _label(s: Sealing | Wanted) -> bytes:
+    """What a data key's wrapping is bound to: its mode, and an SSE-KMS encryption context."""
+    return _LABELS[s.mode] + (b"\x00" + s.context.encode() if s.context else b"")
+
+
 def refuse_on_read(headers: Mapping[str, str]) -> None:
     """GET and HEAD name an object's encryption by its SSE-C key only (AWS: InvalidArgument)."""
-    for name in (H_SSE, H_KMS_KEY, "x-amz-server-side-encryption-bucket-key-enabled"):
+    for name in (H_SSE, H_KMS_KEY, "x-amz-server-side-encryption-bucket-key-enabled", H_CONTEXT):
         if name in headers:
             raise S3Error("InvalidArgument", f"{name} header is not supported for this operation.",
                           extra={"ArgumentName": name})
@@ -159,8 +190,11 @@ def response_headers(meta: ObjectMeta) -> dict[str, str]:
     if s.mode == SSE_S3:
         return {"x-amz-server-side-encryption": SSE_S3}
     if s.mode == SSE_KMS:
-        return {"x-amz-server-side-encryption": SSE_KMS,
-                "x-amz-server-side-encryption-aws-kms-key-id": s.key_id.rpartition("#")[0]}
+        out = {"x-amz-server-side-encryption": SSE_KMS,
+               "x-amz-server-side-encryption-aws-kms-key-id": s.key_id.rpartition("#")[0]}
+        if s.context:
+            out[H_CONTEXT] = base64.b64encode(s.context.encode()).decode()
+        return out
     return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
             "x-amz-server-side-encryption-customer-key-MD5": s.key_id}
 
@@ -247,12 +281,12 @@ class Encryption:
                 version, material = await self.kms.newest(kms_id)
             except KeyNotFound:
                 raise S3Error("KMS.NotFoundException", f"Invalid keyId {(w.kms_key or '')[:128]}") from None
-            wrapped = sealing.wrap(material, data_key, _LABELS[SSE_KMS])
+            wrapped = sealing.wrap(material, data_key, _label(w))
             key_id = f"{self.kms.arn(kms_id)}#{version}"
         else:
             key_id, kek = await self.store_keys.newest()
             wrapped = sealing.wrap(kek, data_key, _LABELS[SSE_S3])
-        return data_key, Sealing(w.mode, key_id, base64.b64encode(wrapped).decode(), 0)
+        return data_key, Sealing(w.mode, key_id, base64.b64encode(wrapped).decode(), 0, context=w.context)
 
     async def rewrapped(self, meta: ObjectMeta) -> ObjectMeta | None:
         """`meta` with its data key wrapped again under the newest store key (SSE-S3) or the
@@ -274,7 +308,7 @@ class Encryption:
                 return None
         data_key = await self.data_key(meta, None)
         assert data_key is not None
-        wrapped = base64.b64encode(sealing.wrap(kek, data_key, _LABELS[s.mode])).decode()
+        wrapped = base64.b64encode(sealing.wrap(kek, data_key, _label(s))).decode()
         return dataclasses.replace(meta, sealing=dataclasses.replace(s, key_id=key_id, wrapped=wrapped))
 
     async def data_key(self, meta: ObjectMeta, customer: CustomerKey | None) -> bytes | None:
@@ -293,7 +327,7 @@ class Encryption:
                     kek = await self.kms.material(arn.rsplit(":key/", 1)[1], int(version))
                 else:
                     kek = await self.store_keys.get(s.key_id)
-                return sealing.unwrap(kek, base64.b64decode(s.wrapped), _LABELS[s.mode])
+                return sealing.unwrap(kek, base64.b64decode(s.wrapped), _label(s))
             except (LookupError, KeyNotFound, ValueError, sealing.SealError) as exc:
                 raise UnreadableKey(str(exc)) from None
         if customer is None:

@@ -306,7 +306,7 @@ def test_malformed_requests_and_hangups_log_one_line_each(gateway, key, s3, buck
 @pytest.mark.parametrize("header,want", [
     ("x-amz-server-side-encryption: aws:kms:dsse", (501, "NotImplemented")),
     ("x-amz-server-side-encryption-aws-kms-key-id: k", (400, "InvalidArgument")),  # without aws:kms
-    ("x-amz-server-side-encryption-context: e30=", (501, "NotImplemented")),
+    ("x-amz-server-side-encryption-context: e30=", (400, "InvalidArgument")),  # empty, and without aws:kms
     ("x-amz-server-side-encryption: AES128", (400, "InvalidArgument")),
     ("x-amz-server-side-encryption-customer-algorithm: AES256", (400, "InvalidArgument")),  # no key with it
 ])

@@ -89,6 +89,16 @@ def test_a_pass_expires_what_the_rules_say(gateway, key, s3, bucket):
         {"ID": "mpu", "Status": "Enabled", "Filter": {"Prefix": ""},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 3}}]})
     now = time.time()
+    # x-amz-expiration: when and by which rule (the earliest), on HEAD, GET and PUT
+    head = s3.head_object(Bucket=bucket, Key="old/a")
+    midnight = (int(head["LastModified"].timestamp() + DAY) // DAY + 1) * DAY
+    assert head["Expiration"] == \
+        f'expiry-date="{time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(midnight))}", rule-id="old"'
+    assert s3.get_object(Bucket=bucket, Key="t/big")["Expiration"].endswith('rule-id="tmp"')
+    assert "Expiration" not in s3.head_object(Bucket=bucket, Key="keep/c")  # a disabled rule
+    assert "Expiration" not in s3.head_object(Bucket=bucket, Key="t/small")  # too small for the rule
+    assert 'rule-id="old"' in s3.put_object(Bucket=bucket, Key="old/z", Body=b"z")["Expiration"]
+    s3.delete_object(Bucket=bucket, Key="old/z")
 
     def keys() -> list[str]:
         return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -481,6 +482,37 @@ def test_sse_kms(s3, bucket, cli):
     assert status(e.value) == 400
 
 
+def test_sse_kms_encryption_context(s3, bucket, cli):
+    """An encryption context is bound to the data key, echoed as given (canonical JSON), kept
+    through multipart and copies; a malformed one, or one without aws:kms, is refused."""
+    kid = str(cli("kms", "create")[0]["KeyId"])
+    ctx = base64.b64encode(json.dumps({"tenant": "acme", "purpose": "mail"}).encode()).decode()
+    put = s3.put_object(Bucket=bucket, Key="c", Body=b"with context", ServerSideEncryption="aws:kms",
+                        SSEKMSKeyId=kid, SSEKMSEncryptionContext=ctx)
+    assert json.loads(base64.b64decode(put["SSEKMSEncryptionContext"])) == {"purpose": "mail", "tenant": "acme"}
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"with context"
+    up = s3.create_multipart_upload(Bucket=bucket, Key="m", ServerSideEncryption="aws:kms", SSEKMSKeyId=kid,
+                                    SSEKMSEncryptionContext=ctx)
+    part = s3.upload_part(Bucket=bucket, Key="m", UploadId=up["UploadId"], PartNumber=1, Body=b"part")
+    s3.complete_multipart_upload(Bucket=bucket, Key="m", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3.get_object(Bucket=bucket, Key="m")["Body"].read() == b"part"
+    other = base64.b64encode(b'{"tenant":"other"}').decode()
+    copied = s3.copy_object(Bucket=bucket, Key="c2", CopySource={"Bucket": bucket, "Key": "c"},
+                            ServerSideEncryption="aws:kms", SSEKMSKeyId=kid, SSEKMSEncryptionContext=other)
+    assert json.loads(base64.b64decode(copied["SSEKMSEncryptionContext"])) == {"tenant": "other"}
+    assert s3.get_object(Bucket=bucket, Key="c2")["Body"].read() == b"with context"
+    cli("kms", "rotate", kid)
+    cli("rewrap")
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"with context"  # the context still binds
+    for bad, extra in ((base64.b64encode(b"[1]").decode(), {"ServerSideEncryption": "aws:kms"}),
+                       ("not base64!", {"ServerSideEncryption": "aws:kms"}),
+                       (ctx, {"ServerSideEncryption": "AES256"})):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.put_object(Bucket=bucket, Key="bad", Body=b"x", SSEKMSEncryptionContext=bad, **extra)
+        assert (status(e.value), code(e.value)) == (400, "InvalidArgument")
+
+
 def test_rewrap_after_rotation(s3, bucket, cli):
     """After rotating the store key and a KMS key, `mailstore rewrap` wraps every older data key
     under the newest (in pages), leaving bodies, ETags and dates as they were; SSE-C and
@@ -495,6 +527,10 @@ def test_rewrap_after_rotation(s3, bucket, cli):
     s3.put_object(Bucket=bucket, Key="ssec", Body=b"ssec", **ssec(KEY_A))
     before = {k: s3.head_object(Bucket=bucket, Key=k, **(ssec(KEY_A) if k == "ssec" else {}))
               for k in [*bodies, "kms-big", "plain", "ssec"]}
+    s3.create_bucket(Bucket=f"{bucket}-v")  # noncurrent versions are rewrapped too
+    s3.put_bucket_versioning(Bucket=f"{bucket}-v", VersioningConfiguration={"Status": "Enabled"})
+    old = [s3.put_object(Bucket=f"{bucket}-v", Key="v", Body=b"v%d" % i, ServerSideEncryption="AES256")["VersionId"]
+           for i in range(2)]
     cli("rewrap")  # whatever earlier tests left under older keys
     cli("store-key", "rotate")
     cli("kms", "rotate", kid)
@@ -509,7 +545,9 @@ def test_rewrap_after_rotation(s3, bucket, cli):
                 continue  # SSE-C: not the store's to rewrap
             if h.get("ServerSideEncryption") == "AES256" or h.get("SSEKMSKeyId", "").endswith(kid):
                 expected += 1
-    assert done["Rewrapped"] == expected >= 4 and done["Checked"] == checked
+    expected += 1  # the noncurrent version
+    assert done["Rewrapped"] == expected >= 5 and done["Checked"] == checked + 1
+    assert s3.get_object(Bucket=f"{bucket}-v", Key="v", VersionId=old[0])["Body"].read() == b"v0"
     assert cli("rewrap")[0]["Rewrapped"] == 0
     for k, b in [*bodies.items(), ("kms-big", big), ("plain", b"plain"), ("ssec", b"ssec")]:
         extra = ssec(KEY_A) if k == "ssec" else {}

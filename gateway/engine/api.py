@@ -15,6 +15,7 @@ never adopted go back through `discard`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,8 +114,9 @@ def choose_parts(parts: dict[int, Part], chosen: list[tuple[int, str]],
     if upload.meta.sealing is not None:  # every part was sealed as its own stream (its part number)
         if any(p.sealing is None for p in used):
             raise InvalidPart("a part of an encrypted upload was stored in plaintext")
-        sealing = Sealing(upload.meta.sealing.mode, upload.meta.sealing.key_id, upload.meta.sealing.wrapped,
-                          sum(p.sealing.stored for p in used if p.sealing is not None), tuple(p.number for p in used))
+        sealing = dataclasses.replace(upload.meta.sealing, stored=sum(p.sealing.stored for p in used
+                                                                      if p.sealing is not None),
+                                      streams=tuple(p.number for p in used))
     meta = ObjectMeta(sum(p.size for p in used), f'"{digest}-{len(used)}"', time.time(),
                       upload.meta.content_type, upload.meta.headers, upload.meta.user, checksums or {}, len(used),
                       tuple(p.size for p in used), upload.upload_id, upload.meta.tags, sealing,

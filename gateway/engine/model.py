@@ -47,16 +47,19 @@ class Sealing:
     wrapped: str  # the data key, wrapped (base64); "" on a part (its upload holds the key)
     stored: int  # sealed bytes stored
     streams: tuple[int, ...] = ()  # a multipart object's: the part numbers its parts were sealed as
+    context: str = ""  # SSE-KMS: the encryption context (canonical JSON), bound to the wrapped key
 
     def to_json(self) -> list[object]:
         v: list[object] = [self.mode, self.key_id, self.wrapped, self.stored]
-        if self.streams:
+        if self.streams or self.context:
             v.append(list(self.streams))
+        if self.context:
+            v.append(self.context)
         return v
 
     @classmethod
     def from_json(cls, v: list[Any]) -> Sealing:
-        return cls(v[0], v[1], v[2], v[3], tuple(v[4]) if len(v) > 4 else ())
+        return cls(v[0], v[1], v[2], v[3], tuple(v[4]) if len(v) > 4 else (), v[5] if len(v) > 5 else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from runtime.sealing import Sealer
 
-from .. import objectlock, sse, versioning
+from .. import lifecycle, objectlock, sse, versioning
 from ..body import CHECKSUMS, Digest, Expectations, receive
 from ..context import Gateway, S3Request
 from ..engine.api import Found
@@ -212,6 +212,16 @@ async def _opening(gw: Gateway, r: S3Request, info: Found, *, reading: bool) -> 
     return await gw.encryption.data_key(info.meta, customer)
 
 
+async def expiration(gw: Gateway, bucket: str, key: str, meta: ObjectMeta) -> dict[str, str]:
+    """x-amz-expiration, when a lifecycle rule of the bucket will expire this (current) object."""
+    b = await gw.engine.bucket_info(bucket, fresh=False)
+    text = await gw.bucket_lifecycle.read(bucket, b.created)
+    if text is None:
+        return {}
+    value = lifecycle.expiration_header(lifecycle.rules_of(text), key, meta.size, meta.tags, meta.mtime)
+    return {"x-amz-expiration": value} if value is not None else {}
+
+
 async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     assert r.bucket and r.key
     info = await _found(gw, r)
@@ -221,6 +231,8 @@ async def head_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
         return not_modified
     headers = object_headers(info.meta, checksum_mode=r.headers.get("x-amz-checksum-mode") == "ENABLED",
                              part_number="partNumber" in r.query, version_asked="versionId" in r.query)
+    if "versionId" not in r.query:
+        headers.update(await expiration(gw, r.bucket, r.key, info.meta))
     rng = _requested(r, info.meta)
     if rng is not None:
         headers["Content-Range"] = rng.content_range(info.meta.size)
@@ -256,6 +268,8 @@ async def get_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     headers = object_headers(info.meta, checksum_mode=(
         rng is None and r.headers.get("x-amz-checksum-mode") == "ENABLED"), part_number="partNumber" in r.query,
         version_asked="versionId" in r.query)
+    if "versionId" not in r.query:
+        headers.update(await expiration(gw, r.bucket, r.key, info.meta))
     for param, header in RESPONSE_OVERRIDES.items():
         if param in r.query:
             headers[header] = header_value(r.query[param], param)
@@ -356,7 +370,8 @@ async def put_object(gw: Gateway, r: S3Request) -> web.StreamResponse:
     except BaseException:
         await gw.engine.discard(got.blobs)
         raise
-    headers = {"ETag": meta.etag, **sse.response_headers(meta), **versioning.headers(meta)}
+    headers = {"ETag": meta.etag, **sse.response_headers(meta), **versioning.headers(meta),
+               **await expiration(gw, r.bucket, r.key, meta)}
     for name, v in got.checksums.items():
         headers[f"x-amz-checksum-{name}"] = v
     return web.Response(headers=headers)

@@ -93,7 +93,8 @@ def cmd_fs(args: argparse.Namespace) -> int:
         return code
 
 
-URL_HELP = "the fs URL (s3:http://KEY:SECRET@HOST/?bucket=B, fscache:SIZE:DIR:s3:...), or @FILE holding it"
+URL_HELP = ("the fs URL (s3:http://KEY:SECRET@HOST/?bucket=B, fscache:SIZE:DIR:s3:..., compress:zstd:3:..., "
+            "mail-crypt:...), or @FILE holding it")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

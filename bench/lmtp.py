@@ -194,8 +194,11 @@ protocol imap {
 """
 
 
-def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: bool = False):  # type: ignore[no-untyped-def]
+def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: bool = False,  # type: ignore[no-untyped-def]
+                  pop3: bool = False):
     """A private Dovecot CE: LMTP (and IMAP when asked) on loopback; returns (port or (lmtp, imap), conf).
+    `pop3`: POP3 too (with the maildrop lock RFC 1939 asks for), its port in the conf's directory
+    as `pop3.port`.
 
     like_ours: the mailbox layout our server has ("/" separator, the special-use
     folders made and subscribed for a new user), for side-by-side comparison.
@@ -211,12 +214,14 @@ def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: b
     (d / "passwd").write_text("".join(f"{u}:{{PLAIN}}pw:{mail.pw_uid}:{mail.pw_gid}::{d}/mail/{u}::\n" for u in users))
     port = free_port()
     imap_port = free_port()
+    pop3_port = free_port()
+    (d / "pop3.port").write_text(str(pop3_port))
     conf = d / "dovecot.conf"
     conf.write_text(f"""
 base_dir = {d}/run
 log_path = {d}/dovecot.log
 listen = 127.0.0.1
-protocols = lmtp{" imap" if imap else ""}
+protocols = lmtp{" imap" if imap else ""}{" pop3" if pop3 else ""}
 ssl = no
 disable_plaintext_auth = no
 mail_location = maildir:{d}/mail/%u/Maildir
@@ -237,6 +242,7 @@ service lmtp {{
     port = {port}
   }}
 }}
+{POP3.format(port=pop3_port) if pop3 else ""}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -256,6 +262,20 @@ service imap-login {{
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"dovecot did not start: {(d / 'dovecot.log').read_text()[-2000:]}")
+
+
+POP3 = """
+pop3_lock_session = yes
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
 
 
 def stop_all(procs: list[subprocess.Popen], conf: Path | None, work: Path) -> None:  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
     mailstore user add|list|delete|passwd|set-quota|alias --db PATH ...
     mailstore lmtp --db PATH --fs URL [--listen HOST:PORT] [--max-size 50M] [--domain D]
+    mailstore pop3 --db PATH --fs URL [--listen HOST:PORT] [--domain D]
     mailstore reindex --db PATH --fs URL USER
     mailstore gc --db PATH --fs URL [--grace 1h] [--user U]
 """
@@ -251,6 +252,47 @@ def cmd_imap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pop3(args: argparse.Namespace) -> int:
+    from .pop3 import Pop3Context, start_pop3
+
+    logs.setup_from(args, "pop3")
+    host, _, port = args.listen.rpartition(":")
+    tls = _tls(args)
+
+    async def main() -> None:
+        fs = open_fs(args.fs)
+        ctx = Pop3Context(MetaStore(args.db), fs, AddressPolicy(args.domain, args.delimiter), tls=tls)
+        if args.metrics_listen:
+            from . import metrics
+
+            ctx.metrics = metrics.serve_pop3(args.metrics_listen, fs)
+        servers = [await start_pop3(ctx, host, int(port))]
+        real = servers[0].sockets[0].getsockname()[1]
+        info: dict[str, object] = {"event": "listening", "pop3": f"{host}:{real}", "port": real}
+        if args.listen_tls:
+            if tls is None:
+                raise SystemExit("--listen-tls needs --tls-cert and --tls-key")
+            thost, _, tport = args.listen_tls.rpartition(":")
+            servers.append(await start_pop3(ctx, thost, int(tport), implicit_tls=True))
+            info["pop3s_port"] = servers[-1].sockets[0].getsockname()[1]
+        print(json.dumps(info), flush=True)
+        logs.event(log, logging.INFO, "listening", **{k: v for k, v in info.items() if k != "event"})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
+        await stop.wait()
+        logs.event(log, logging.INFO, "stopping")
+        for srv in servers:
+            srv.close()
+        await fs.close()
+
+    _install_uvloop()
+    asyncio.run(main())
+    return 0
+
+
 def _on_store(args: argparse.Namespace, label: str, unit: str,
               work: Callable[[MetaStore, Fs, Progress], Awaitable[dict[str, int]]]) -> int:
     """A long admin operation: work(meta, fs, progress) -> its JSON report, with progress shown."""
@@ -408,8 +450,8 @@ if TYPE_CHECKING:  # argparse's class is generic only to type checkers
 
 def register(sub: Subcommands) -> None:
     """The mail shim's subcommands of `mailstore` (assembled by appliance.cli)."""
-    for add in (_user_parser, _lmtp_parser, _imap_parser, _import_parsers, _reindex_parser, _gc_parser,
-                _metadata_parser):
+    for add in (_user_parser, _lmtp_parser, _imap_parser, _pop3_parser, _import_parsers, _reindex_parser,
+                _gc_parser, _metadata_parser):
         add(sub)
 
 
@@ -434,7 +476,6 @@ def _user_parser(sub: Subcommands) -> None:
         if action in ("add", "passwd"):
             p.add_argument("--password", help="the password (visible in ps: prefer --password-stdin or the prompt)")
             p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-        if action in ("add", "passwd"):
             p.add_argument("--fs", help="with a mail-crypt: fs URL (or @FILE): the user's mail key made (add) or "
                                         "resealed under the new password (passwd)")
         if action == "passwd":
@@ -485,6 +526,20 @@ def _imap_parser(sub: Subcommands) -> None:
                         "often, for reindex (default 300; 0: never)")
     p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
     p.set_defaults(fn=cmd_imap)
+
+
+def _pop3_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("pop3", help="run the POP3 server (the users' INBOX)")
+    _store(p)
+    logs.add_arguments(p)
+    p.add_argument("--listen", default="127.0.0.1:110", help="HOST:PORT (default 127.0.0.1:110)")
+    p.add_argument("--domain", default="localhost", help="domain of bare user names at login")
+    p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
+    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STLS (read again on SIGHUP)")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--listen-tls", help="also listen with implicit TLS (995-style) on HOST:PORT")
+    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
+    p.set_defaults(fn=cmd_pop3)
 
 
 def _import_parsers(sub: Subcommands) -> None:

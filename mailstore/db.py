@@ -143,6 +143,13 @@ MIGRATIONS = [
     DROP TABLE mailboxes;
     ALTER TABLE mailboxes_new RENAME TO mailboxes;
     """,
+    # 13: POP3 (pop3.py): a message's UIDL when it is not the one made from its UID and the
+    # mailbox's UIDVALIDITY (kept from where it was imported), and the maildrop lock RFC 1939
+    # asks for, one session per user across every host.
+    """
+    ALTER TABLE messages ADD COLUMN pop3_uidl TEXT;
+    CREATE TABLE pop3_locks(user_name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
@@ -691,6 +698,32 @@ class MetaStore:
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id=? AND {VISIBLE} ORDER BY uid",
             (mailbox_id, mailbox_id))
         return [_message(r) for r in rows]
+
+    def pop3_listing(self, mailbox_id: int) -> list[tuple[int, int, str, str | None]]:
+        """(uid, size, object key, kept POP3 UIDL or None) of every visible message, by UID."""
+        self.reap_now_and_then()
+        rows = self.conn().execute(
+            f"SELECT uid, size, object_key, pop3_uidl FROM messages WHERE mailbox_id=? AND {VISIBLE} ORDER BY uid",
+            (mailbox_id, mailbox_id))
+        return [(int(u), int(s), str(k), p) for u, s, k, p in rows]
+
+    def pop3_lock(self, user: str, holder: str, seconds: float) -> bool:
+        """Take (or renew) the user's maildrop lock for `seconds`; False when another holds it."""
+        now = time.time()
+        with self._write() as c:
+            row = c.execute("SELECT holder, expires FROM pop3_locks WHERE user_name=?", (user,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            if row is None:
+                c.execute("INSERT INTO pop3_locks(user_name, holder, expires) VALUES (?,?,?)",
+                          (user, holder, now + seconds))
+            else:
+                c.execute("UPDATE pop3_locks SET holder=?, expires=? WHERE user_name=?", (holder, now + seconds, user))
+            return True
+
+    def pop3_unlock(self, user: str, holder: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM pop3_locks WHERE user_name=? AND holder=?", (user, holder))
 
     def messages_by_uid(self, mailbox_id: int, uids: list[int]) -> dict[int, Message]:
         """The rows of these UIDs only (FETCH/SEARCH on a part of a big mailbox)."""

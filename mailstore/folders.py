@@ -150,8 +150,10 @@ def store_flags(meta: MetaStore, mailbox_id: int, uids: list[int], action: str, 
     return done, refused
 
 
-def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None = None) -> tuple[list[int], list[str]]:
-    """Remove \\Deleted messages (only those in `uids` when given).
+def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None = None,
+            *, deleted_only: bool = True) -> tuple[list[int], list[str]]:
+    """Remove \\Deleted messages (only those in `uids` when given; not `deleted_only`: every one
+    of `uids`, flagged or not, as POP3's DELE).
 
     Returns (expunged UIDs in ascending order, object keys no row refers to any
     more: the caller deletes those objects, after this commit).
@@ -168,7 +170,8 @@ def expunge(meta: MetaStore, user: str, mailbox_id: int, uids: list[int] | None 
                 rows += c.execute("SELECT uid, object_key, size, flags FROM messages WHERE mailbox_id=? AND uid IN "
                                   f"({','.join('?' * len(chunk))})", (mailbox_id, *chunk)).fetchall()
             rows.sort()
-        chosen = [(uid, key, size) for uid, key, size, flags in rows if "\\Deleted" in flags.split()]
+        chosen = [(uid, key, size) for uid, key, size, flags in rows
+                  if not deleted_only or "\\Deleted" in flags.split()]
         for uid, _, _ in chosen:
             c.execute("DELETE FROM messages WHERE mailbox_id=? AND uid=?", (mailbox_id, uid))
         if chosen:

@@ -27,7 +27,7 @@ TABLES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("mailboxes", ("id", "user_name", "name", "guid", "uidvalidity", "uidnext", "highestmodseq", "special_use",
                    "subscribed", "first_recent", "expunge_log_from"), ("id",)),
     ("messages", ("mailbox_id", "uid", "guid", "object_key", "size", "internal_date", "saved", "flags", "modseq",
-                  "envelope", "bodystructure"), ("mailbox_id", "uid")),
+                  "envelope", "bodystructure", "pop3_uidl"), ("mailbox_id", "uid")),
     ("pending", ("mailbox_id", "uid", "expires", "owner"), ("mailbox_id", "uid")),
     ("expunged", ("mailbox_id", "modseq", "uid"), ("mailbox_id", "modseq", "uid")),
     ("import_map", ("user_name", "source", "folder", "item", "validity", "mailbox_id", "uid", "message_id", "size"),

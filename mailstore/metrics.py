@@ -33,6 +33,15 @@ class ImapMetrics:
         self.idling = Gauge("mailstore_imap_idle_sessions", "Sessions in IDLE", registry=registry)
 
 
+class Pop3Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sessions = Gauge("mailstore_pop3_sessions", "POP3 connections open", registry=registry)
+        self.logins = Counter("mailstore_pop3_logins", "POP3 logins", registry=registry)
+        self.auth_failures = Counter("mailstore_pop3_auth_failures", "Failed USER/PASS and AUTH", registry=registry)
+        self.retrieved = Counter("mailstore_pop3_retrieved", "Messages sent by RETR", registry=registry)
+        self.deleted = Counter("mailstore_pop3_deleted", "Messages deleted at QUIT", registry=registry)
+
+
 class _LmtpCollector(Collector):
     def __init__(self, deliverer: Any) -> None:
         self.deliverer = deliverer
@@ -70,12 +79,21 @@ class _CacheCollector(Collector):
 
 def serve(listen: str, *, deliverer: Any = None, fs: Any = None, imap: bool = False) -> ImapMetrics | None:
     """Start /metrics on HOST:PORT; returns the IMAP metrics to update when `imap`."""
+    registry = _serve(listen, deliverer, fs)
+    return ImapMetrics(registry) if imap else None
+
+
+def serve_pop3(listen: str, fs: Any) -> Pop3Metrics:
+    """/metrics of a POP3 server (and its fs cache) on HOST:PORT."""
+    return Pop3Metrics(_serve(listen, None, fs))
+
+
+def _serve(listen: str, deliverer: Any, fs: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     if deliverer is not None:
         registry.register(_LmtpCollector(deliverer))
     if fs is not None:
         registry.register(_CacheCollector(fs))
-    found = ImapMetrics(registry) if imap else None
     host, _, port = listen.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host.strip("[]"), registry=registry)
-    return found
+    return registry

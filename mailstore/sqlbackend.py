@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION_PG = 12  # the SQLite migration PG_SCHEMA matches
+SCHEMA_VERSION_PG = 13  # the SQLite migration PG_SCHEMA matches
 _WRITE_LOCK_KEY = 0x6D61696C  # "mail": the advisory lock every metadata writer takes
 _LIVENESS: dict[tuple[str, str], Any] = {}  # (url, owner) -> the connection holding the owner's lock
 
@@ -266,9 +266,14 @@ class PostgresBackend:
                 version = SCHEMA_VERSION_PG
             else:
                 version = row[0]
-            if version < len(migrations):  # every later migration must say how it runs here
-                raise RuntimeError(f"PostgreSQL schema {version} is older than {len(migrations)}: "
-                                   "a migration has no PostgreSQL form")
+            for later in range(version + 1, len(migrations) + 1):  # a store made by an older release
+                if later not in PG_MIGRATIONS:
+                    raise RuntimeError(f"PostgreSQL schema {version} is older than {len(migrations)}: "
+                                       "a migration has no PostgreSQL form")
+                for stmt in PG_MIGRATIONS[later].split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute("UPDATE schema_version SET version=?", (later,))
             for stmt in PG_TRIGGERS:  # made again on every open: idempotent
                 c.execute(stmt)
             c.execute("COMMIT")
@@ -300,7 +305,7 @@ PG_TRIGGERS = [
     WHEN (NEW.highestmodseq IS DISTINCT FROM OLD.highestmodseq) EXECUTE FUNCTION mailstore_notify()""",
 ]
 
-# The SQLite schema after MIGRATIONS 1-12, as PostgreSQL spells it: 64-bit integers
+# The SQLite schema after MIGRATIONS 1-13, as PostgreSQL spells it: 64-bit integers
 # (UIDs are unsigned 32-bit, MODSEQs 63-bit), double precision times, identity ids.
 PG_SCHEMA = """
 CREATE TABLE users(
@@ -318,7 +323,7 @@ CREATE TABLE messages(
     mailbox_id BIGINT NOT NULL REFERENCES mailboxes(id), uid BIGINT NOT NULL,
     guid TEXT NOT NULL, object_key TEXT NOT NULL, size BIGINT NOT NULL,
     internal_date DOUBLE PRECISION NOT NULL, saved DOUBLE PRECISION NOT NULL, flags TEXT NOT NULL DEFAULT '',
-    modseq BIGINT NOT NULL, envelope TEXT, bodystructure TEXT,
+    modseq BIGINT NOT NULL, envelope TEXT, bodystructure TEXT, pop3_uidl TEXT,
     PRIMARY KEY(mailbox_id, uid));
 CREATE INDEX messages_by_key ON messages(object_key);
 CREATE INDEX messages_by_modseq ON messages(mailbox_id, modseq);
@@ -330,5 +335,12 @@ CREATE TABLE import_map(user_name TEXT NOT NULL, source TEXT NOT NULL, folder TE
     item TEXT NOT NULL, validity TEXT NOT NULL, mailbox_id BIGINT NOT NULL, uid BIGINT NOT NULL,
     message_id TEXT, size BIGINT NOT NULL, PRIMARY KEY(user_name, source, folder, item));
 CREATE TABLE subscriptions(user_name TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(user_name, name));
-CREATE TABLE keywords(mailbox_id BIGINT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(mailbox_id, name))
+CREATE TABLE keywords(mailbox_id BIGINT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(mailbox_id, name));
+CREATE TABLE pop3_locks(user_name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL)
 """
+
+# The SQLite migrations after 12, as PostgreSQL runs them on a store an older release made.
+PG_MIGRATIONS = {
+    13: """ALTER TABLE messages ADD COLUMN pop3_uidl TEXT;
+    CREATE TABLE pop3_locks(user_name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL)""",
+}

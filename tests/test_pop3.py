@@ -1,0 +1,221 @@
+"""POP3 (issue 21): the same sessions against Dovecot CE's pop3d and ours, answer by answer;
+the maildrop lock across two servers; UIDLs that hold across sessions and servers; DELE and
+RETR as IMAP sees them afterwards; and a real client (fetchmail) that downloads and leaves
+nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import json
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.lmtp import start_dovecot, stop_all
+from conftest import BIN
+from test_lmtp import DOMAIN, Shim
+
+USER = f"pop@{DOMAIN}"
+MULTILINE = {"CAPA", "LIST", "UIDL", "RETR", "TOP", "AUTH"}  # (LIST and UIDL without an argument; AUTH without one)
+
+
+class Pop:
+    """A raw POP3 client: a command, and its whole answer as bytes (multi-line when the command
+    and its +OK say so)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.f = self.sock.makefile("rb")
+        self.greeting = self.f.readline()
+
+    def cmd(self, line: str) -> bytes:
+        self.sock.sendall(line.encode() + b"\r\n")
+        first = self.f.readline()
+        name, _, arg = line.partition(" ")
+        multi = name.upper() in MULTILINE and first.startswith(b"+OK") and not (
+            name.upper() in ("LIST", "UIDL") and arg) and not (name.upper() == "AUTH" and arg)
+        if not multi:
+            return first
+        out = first
+        while True:
+            piece = self.f.readline()
+            out += piece
+            if piece == b".\r\n" or not piece:
+                return out
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+
+def start_pop3(shim: Shim, *extra: str) -> tuple[subprocess.Popen, int]:  # type: ignore[type-arg]
+    log = open(shim.base / f"pop3-{time.monotonic_ns()}.log", "w")
+    proc = subprocess.Popen([str(BIN / "mailstore"), "pop3", "--db", str(shim.db), "--fs", shim.fs, "--listen",
+                             "127.0.0.1:0", "--domain", DOMAIN, *extra], stdout=subprocess.PIPE, stderr=log, text=True)
+    assert proc.stdout is not None
+    return proc, int(json.loads(proc.stdout.readline())["port"])
+
+
+MESSAGES = [
+    b"From: a@example.com\r\nTo: pop@example.com\r\nSubject: one\r\n\r\nfirst line\r\n.a line with a dot\r\n"
+    b"..two dots\r\n.\r\nlast\r\n",
+    b"From: b@example.com\r\nSubject: two\r\nX-Long: " + b"x" * 300 + b"\r\n\r\n" + b"body line\r\n" * 40,
+    b"Subject: three\r\n\r\nno final newline",
+]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Dovecot CE (IMAP and POP3, the maildrop lock on) and ours, each with USER holding
+    MESSAGES, appended over IMAP so both store the same bytes."""
+    work = Path(tempfile.mkdtemp(prefix="mailstore-pop3diff-"))  # (Dovecot's mail user must reach it)
+    (_, dovecot_imap), conf = start_dovecot(work, [USER], imap=True, pop3=True)
+    dovecot_pop3 = int((work / "dovecot" / "pop3.port").read_text())
+    shim = Shim(tmp_path_factory.mktemp("pop3diff"))
+    shim.add_user(USER)
+    imap, info = shim.start_imap()
+    pop3, port = start_pop3(shim)
+    try:
+        for imap_port in (dovecot_imap, int(info["port"])):
+            m = imaplib.IMAP4("127.0.0.1", imap_port)
+            m.login(USER, "pw")
+            for body in MESSAGES:
+                m.append("INBOX", None, None, body)
+            m.logout()
+        yield {"dovecot": dovecot_pop3, "ours": port, "shim": shim, "imap": int(info["port"]),
+               "dovecot_imap": dovecot_imap}
+    finally:
+        for p in (imap, pop3):
+            p.terminate()
+            p.wait(timeout=30)
+        shim.stop()
+        stop_all([], conf, work)
+
+
+def normal(answer: bytes) -> bytes:
+    """What may differ between the two servers: the greeting's name, and the UIDVALIDITY half of
+    each UIDL (Dovecot's %08Xu%08Xv on mailboxes made at different times)."""
+    answer = re.sub(rb"^\+OK .* ready\.\r\n$", b"+OK ready.\r\n", answer)
+    return re.sub(rb"\b([0-9a-f]{8})[0-9a-f]{8}\b", rb"\1<uidvalidity>", answer)
+
+
+def both(servers, script: list[str]) -> None:  # type: ignore[no-untyped-def]
+    clients = {name: Pop(servers[name]) for name in ("dovecot", "ours")}
+    try:
+        assert normal(clients["ours"].greeting) == normal(clients["dovecot"].greeting)
+        for line in script:
+            theirs, ours = clients["dovecot"].cmd(line), clients["ours"].cmd(line)
+            assert normal(ours) == normal(theirs), (line, theirs, ours)
+            if b"Too many" in theirs:
+                assert clients["ours"].f.read() == b""  # hung up, as Dovecot does
+                break
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+def test_sessions_answer_as_dovecot(servers):
+    plain = base64.b64encode(f"\0{USER}\0pw".encode()).decode()
+    both(servers, ["CAPA", "AUTH", "XYZ", "STAT", "LIST", "USER"])  # the 4th refused command: "Too many", closed
+    both(servers, ["USER", "PASS pw", "NOOP", "APOP x y", "QUIT"])
+    both(servers, ["USER " + USER, "PASS pw", "CAPA", "STAT", "LIST", "LIST 2", "LIST 9", "LIST x", "LIST 1 2",
+                   "UIDL", "UIDL 3", "UIDL 0", "TOP 1 0", "TOP 1 2", "TOP 2 1", "TOP 3 5", "TOP 1", "TOP 1 x",
+                   "TOP 9 1", "RETR 1", "RETR 2", "RETR 3", "RETR 4", "DELE 1", "DELE 1", "RETR 1", "LIST 1",
+                   "UIDL 1", "STAT", "LIST", "UIDL", "RSET", "STAT", "USER x", "PASS y", "FOO", "NOOP", "QUIT"])
+    both(servers, ["AUTH PLAIN " + plain, "STAT", "UIDL", "TOP 1 1", "RETR 2", "QUIT"])
+    # what the sessions left: what RETR sent is \Seen at QUIT, unless RSET came after it
+    flags = {}
+    for name, port in (("dovecot", servers["dovecot_imap"]), ("ours", servers["imap"])):
+        m = imaplib.IMAP4("127.0.0.1", port)
+        m.login(USER, "pw")
+        m.select("INBOX")
+        flags[name] = sorted(re.sub(rb" ?\\Recent", b"", d) for d in m.fetch("1:*", "(FLAGS)")[1] if d)
+        m.store("1:*", "-FLAGS", "(\\Seen)")
+        m.logout()
+    assert flags["ours"] == flags["dovecot"] == [b"1 (FLAGS ())", b"2 (FLAGS (\\Seen))", b"3 (FLAGS ())"]
+
+
+def test_lock_uidl_dele_and_seen(servers):
+    """One session per user, also across two servers on one database (two hosts); UIDLs the
+    same everywhere; DELE takes effect at QUIT only, as IMAP then sees; RETR marks \\Seen."""
+    shim: Shim = servers["shim"]
+    other, other_port = start_pop3(shim)
+    try:
+        first = Pop(servers["ours"])
+        assert first.cmd(f"USER {USER}") == b"+OK\r\n" and first.cmd("PASS pw") == b"+OK Logged in.\r\n"
+        uidl = first.cmd("UIDL")
+        for port in (servers["ours"], other_port):
+            second = Pop(port)
+            second.cmd(f"USER {USER}")
+            assert second.cmd("PASS pw") == b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
+            second.close()
+        size = int(first.cmd("LIST 2").split()[2])
+        first.cmd("RETR 2")
+        first.cmd("DELE 3")
+        first.close()  # no QUIT: nothing changes, the lock goes with the session
+        time.sleep(0.5)
+        again = Pop(other_port)
+        again.cmd(f"USER {USER}")
+        assert again.cmd("PASS pw") == b"+OK Logged in.\r\n"
+        assert again.cmd("UIDL") == uidl  # the same UIDLs in another session on another server
+        assert again.cmd("STAT").startswith(b"+OK 3 ")
+        again.cmd("RETR 2")
+        assert again.cmd("DELE 3") == b"+OK Marked to be deleted.\r\n"
+        assert again.cmd("QUIT") == b"+OK Logging out, messages deleted.\r\n"
+        again.close()
+        m = imaplib.IMAP4("127.0.0.1", servers["imap"])
+        m.login(USER, "pw")
+        m.select("INBOX")
+        typ, data = m.fetch("1:*", "(UID FLAGS RFC822.SIZE)")
+        rows = [d for d in data if d]
+        assert len(rows) == 2 and b"\\Seen" in rows[1] and b"\\Seen" not in rows[0]
+        assert f"RFC822.SIZE {size}".encode() in rows[1]
+        m.logout()
+        last = Pop(servers["ours"])
+        last.cmd(f"USER {USER}")
+        last.cmd("PASS pw")
+        assert last.cmd("UIDL") == b"\r\n".join(uidl.split(b"\r\n")[:3]) + b"\r\n.\r\n"
+        last.cmd("QUIT")
+    finally:
+        other.terminate()
+        other.wait(timeout=30)
+
+
+def test_fetchmail_downloads_and_leaves_nothing(tmp_path):
+    shim = Shim(tmp_path / "shim")
+    user = f"fm@{DOMAIN}"
+    shim.add_user(user)
+    pop3, port = start_pop3(shim)
+    try:
+        import smtplib
+        with smtplib.LMTP("127.0.0.1", shim.port) as lmtp:
+            for i in range(5):
+                lmtp.sendmail("a@example.com", [user], f"Subject: fetch {i}\r\n\r\nbody {i}\r\n.line\r\n".encode())
+        out = tmp_path / "out"
+        out.mkdir()
+        rc = tmp_path / "fetchmailrc"
+        rc.write_text(f'poll 127.0.0.1 service {port} protocol pop3 uidl auth password:\n'
+                      f'  user "{user}" password "pw" is root here\n'
+                      f'  mda "/bin/sh -c \'cat > {out}/msg.$$\'" nokeep sslproto ""\n')
+        rc.chmod(0o600)
+        done = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog", "-i", str(tmp_path / "ids"),
+                               "--pidfile", str(tmp_path / "fm.pid")], capture_output=True, text=True,
+                              timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        got = sorted(p.read_bytes() for p in out.iterdir())
+        assert len(got) == 5 and all(b"\n.line\n" in g or b"\r\n.line\r\n" in g for g in got)
+        again = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog", "-i", str(tmp_path / "ids"),
+                                "--pidfile", str(tmp_path / "fm.pid")], capture_output=True, text=True,
+                               timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert again.returncode == 1, again.stdout + again.stderr  # 1: no mail
+        assert shim.rows(user) == []  # nothing left behind
+    finally:
+        pop3.terminate()
+        pop3.wait(timeout=30)
+        shim.stop()

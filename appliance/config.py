@@ -31,12 +31,15 @@ region = "us-east-1"
 lmtp = "{lmtp}"              # LMTP ingest (Postfix: lmtp:inet:...)
 imap = "{imap}"              # IMAP (STARTTLS with [tls])
 imaps = ""                            # IMAP over implicit TLS too, e.g. "0.0.0.0:993" (needs [tls])
+pop3 = "{pop3}"              # POP3 on the INBOX (STLS with [tls]); "" for none
+pop3s = ""                            # POP3 over implicit TLS too, e.g. "0.0.0.0:995" (needs [tls])
 domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
 compress = ""                         # the shim's objects compressed: "zstd:3" (or "gz:6", "bz2:9", "xz:6")
 mail_crypt = false                    # each user's mail encrypted to their own key pair (README: mail-crypt)
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
+pop3_metrics = "{pop3_metrics}"      # ...and of the POP3 process
 max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 4.5.3 (RFC 5321)
 state_record_interval = 300           # seconds: changed users' flags recorded in the bucket (for reindex)
 
@@ -70,7 +73,8 @@ format = "text"    # "text" lines, or "json" lines; files in DATA_DIR/logs, reop
 """
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
-                 "lmtp_metrics": 9124, "imap_metrics": 9143, "dashboard": 8080, "postgres": 5433}
+                 "lmtp_metrics": 9124, "imap_metrics": 9143, "dashboard": 8080, "postgres": 5433, "pop3": 1110,
+                 "pop3_metrics": 9110}
 
 
 class ConfigError(ValueError):
@@ -116,6 +120,9 @@ class ApplianceConfig:
     state_record_interval: float = 300.0  # seconds between the IMAP server's state records; 0: none
     compress: str = ""  # the shim's compress: wrapper ("zstd:3"); "": none
     mail_crypt: bool = False  # the shim's mail-crypt: wrapper
+    pop3: str = ""  # POP3 ("": none)
+    pop3s: str = ""  # POP3 over implicit TLS ("": none)
+    pop3_metrics: str = ""
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -136,7 +143,8 @@ def load(data_dir: Path) -> ApplianceConfig:
     known = {"s3": {"listen", "gateways", "lb_stats", "bucket", "region", "https"},
              "tls": {"cert", "key"},
              "mail": {"lmtp", "imap", "imaps", "domain", "cache_size", "lmtp_metrics", "imap_metrics",
-                      "max_recipients", "state_record_interval", "compress", "mail_crypt"},
+                      "max_recipients", "state_record_interval", "compress", "mail_crypt", "pop3", "pop3s",
+                      "pop3_metrics"},
              "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
              "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
                         "namespace", "master_key"},
@@ -213,13 +221,17 @@ def load(data_dir: Path) -> ApplianceConfig:
             raise ConfigError(f"{path}: [mail] compress: {exc}") from None
     https, imaps, cert, key = (value(*k) for k in (("s3", "https"), ("mail", "imaps"), ("tls", "cert"),
                                                     ("tls", "key")))
-    for name, v in (("[s3] https", https), ("[mail] imaps", imaps), ("[tls] cert", cert), ("[tls] key", key)):
+    pop3, pop3s, pop3_metrics = (value("mail", k) for k in ("pop3", "pop3s", "pop3_metrics"))
+    for name, v in (("[s3] https", https), ("[mail] imaps", imaps), ("[tls] cert", cert), ("[tls] key", key),
+                    ("[mail] pop3", pop3), ("[mail] pop3s", pop3s), ("[mail] pop3_metrics", pop3_metrics)):
         if not isinstance(v, str):
             raise ConfigError(f"{path}: {name} must be a string")
     if bool(cert) != bool(key):
         raise ConfigError(f"{path}: [tls] needs both cert and key")
-    if (https or imaps) and not cert:
-        raise ConfigError(f"{path}: [s3] https and [mail] imaps need [tls] cert and key")
+    if (https or imaps or pop3s) and not cert:
+        raise ConfigError(f"{path}: [s3] https, [mail] imaps and pop3s need [tls] cert and key")
+    if pop3s and not pop3:
+        raise ConfigError(f"{path}: [mail] pop3s needs [mail] pop3 (the POP3 server it belongs to)")
     for name, v in (("cert", cert), ("key", key)):
         if v and not Path(str(v)).is_file():
             raise ConfigError(f"{path}: [tls] {name}: no such file {v}")
@@ -229,11 +241,11 @@ def load(data_dir: Path) -> ApplianceConfig:
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
                           max_recipients, url, passfile, text("metadata", "private"), str(kind), rados,
                           log_level, log_format, str(https), str(imaps), str(cert), str(key), float(record),
-                          compress, mail_crypt)
+                          compress, mail_crypt, str(pop3), str(pop3s), str(pop3_metrics))
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
-                 "private_postgres", "s3_https", "imaps"):
+                 "private_postgres", "s3_https", "imaps", "pop3", "pop3s", "pop3_metrics"):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
-            if not addr and name in ("s3_https", "imaps"):
+            if not addr and name in ("s3_https", "imaps", "pop3", "pop3s", "pop3_metrics"):
                 continue
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():

@@ -195,6 +195,8 @@ class Collector:
                     g[metric] = value
                 elif metric == "mailstore_imap_commands_total":
                     g["imap_commands"] = g.get("imap_commands", 0.0) + value
+                elif metric.startswith("mailstore_pop3_") and not labels:
+                    g[metric] = value
         for line in (csv or "").splitlines():
             f = line.split(",")
             if len(f) > 17 and f[0] == "gateways" and f[1] not in ("BACKEND", "FRONTEND"):
@@ -303,6 +305,10 @@ class Collector:
                 "imap": {"sessions": g.get("mailstore_imap_sessions"), "idle": g.get("mailstore_imap_idle_sessions"),
                          "commands": g.get("imap_commands"),
                          "auth_failures": g.get("mailstore_imap_auth_failures_total")},
+                "pop3": {"sessions": g.get("mailstore_pop3_sessions"), "logins": g.get("mailstore_pop3_logins_total"),
+                         "retrieved": g.get("mailstore_pop3_retrieved_total"),
+                         "deleted": g.get("mailstore_pop3_deleted_total"),
+                         "auth_failures": g.get("mailstore_pop3_auth_failures_total")},
                 "users": last.users, "alerts": alerts, "groups": [g for g in GROUPS if g in series],
                 **self.events.summary(last.t)}
 
@@ -401,7 +407,8 @@ def sources_from(data_dir: Path) -> tuple[Sources, str]:
     cfg = load(data_dir)
     sec = json.loads((data_dir / "secrets.json").read_text())
     return Sources([f"http://{g}" for g in cfg.gateways], f"http://{cfg.lb_stats}/stats",
-                   {"lmtp": f"http://{cfg.lmtp_metrics}/metrics", "imap": f"http://{cfg.imap_metrics}/metrics"},
+                   {"lmtp": f"http://{cfg.lmtp_metrics}/metrics", "imap": f"http://{cfg.imap_metrics}/metrics",
+                    **({"pop3": f"http://{cfg.pop3_metrics}/metrics"} if cfg.pop3 and cfg.pop3_metrics else {})},
                    os.environ.get("MAILSTORE_METADATA") or metadata(cfg, data_dir),  # set by `mailstore up`
                    sec["dashboard"]["user"], sec["dashboard"]["password"], data_dir / "logs"), cfg.dashboard
 

@@ -23,8 +23,9 @@ from .setup import Secrets, shim_fs_url, write_private_text
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
 HAPROXY_MAIL_CFG = ROOT / "packaging" / "haproxy-mail.cfg"  # TCP fronts over several shim hosts
+HAPROXY_POP3_CFG = ROOT / "packaging" / "haproxy-pop3.cfg"  # ... and POP3's
 BIN = Path(sys.executable).parent
-NAMES = ("gateway1", "gateway2", "haproxy", "lmtp", "imap", "dashboard")
+NAMES = ("gateway1", "gateway2", "haproxy", "lmtp", "imap", "pop3", "dashboard")
 
 
 @dataclass
@@ -70,6 +71,10 @@ def parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: in
         for k in (1, 2):
             haproxy.env[f"MAILSTORE_LMTP{k}"] = shifted(cfg.lmtp, 10 * k)
             haproxy.env[f"MAILSTORE_IMAP{k}"] = shifted(cfg.imap, 10 * k)
+        if cfg.pop3:
+            haproxy.argv[5:5] = ["-f", str(HAPROXY_POP3_CFG)]
+            haproxy.env.update({"MAILSTORE_POP3_BIND": cfg.pop3, **{f"MAILSTORE_POP3{k}": shifted(cfg.pop3, 10 * k)
+                                                                     for k in (1, 2)}})
     shims: list[Part] = []
     for k in range(1, hosts + 1):
         # One host: the configured addresses. Several: host k 10*k ports above them (the
@@ -94,6 +99,13 @@ def parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: in
                                             "--metrics-listen", shifted(cfg.imap_metrics, metrics_by),
                                             "--state-record-interval", f"{cfg.state_record_interval:g}",
                                             *_tls_argv(cfg, "imap")]))
+        if cfg.pop3:
+            shims.append(Part(f"pop3{suffix}", [mailstore, "pop3", "--db", db, "--fs", fs, "--listen",
+                                                cfg.pop3 if hosts == 1 else shifted(cfg.pop3, 10 * k),
+                                                "--domain", cfg.domain,
+                                                *(["--metrics-listen", shifted(cfg.pop3_metrics, metrics_by)]
+                                                  if cfg.pop3_metrics else []),
+                                                *_tls_argv(cfg, "pop3")]))
     dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
                                    str(cfg.dashboard_interval)],
                      env={"MAILSTORE_METADATA": db})  # the store this run uses (also a private PostgreSQL)
@@ -110,6 +122,8 @@ def _tls_argv(cfg: ApplianceConfig, part: str) -> list[str]:
     argv = ["--tls-cert", cfg.tls_cert, "--tls-key", cfg.tls_key]
     if part == "imap" and cfg.imaps:
         argv += ["--listen-tls", cfg.imaps]
+    if part == "pop3" and cfg.pop3s:
+        argv += ["--listen-tls", cfg.pop3s]
     return argv
 
 

@@ -101,7 +101,7 @@ class Supervisor:
     def stop(self, deadline: float = 30.0) -> None:
         """The shim first (no new mail), then the balancer, then the gateways."""
         self.stopping = True
-        order = [p for p in self.parts if p.name.startswith(("imap", "lmtp", "dashboard"))] + \
+        order = [p for p in self.parts if p.name.startswith(("imap", "pop3", "lmtp", "dashboard"))] + \
                 [p for p in self.parts if p.name == "haproxy"] + \
                 [p for p in self.parts if p.name.startswith("gateway")] + \
                 [p for p in self.parts if p.name == "postgres"]  # the metadata last
@@ -149,6 +149,7 @@ class Endpoints(TypedDict):
     gateways: list[str]
     lmtp: HostPort
     imap: HostPort
+    pop3: NotRequired[HostPort]  # when [mail] pop3 is set
     user: NotRequired[dict[str, str]]  # name, password (not in a directory `mailstore init` made)
     dashboard: dict[str, str]  # url, user, password
 
@@ -163,6 +164,8 @@ def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
                      "lmtp": hp(cfg.lmtp),
                      "imap": hp(cfg.imap),
                      "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
+    if cfg.pop3:
+        ep["pop3"] = hp(cfg.pop3)
     if "user" in sec:
         ep["user"] = dict(sec["user"])
     return ep
@@ -171,11 +174,15 @@ def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
 def busy_addresses(cfg: ApplianceConfig, hosts: int = 1) -> list[str]:
     """The configured addresses something else already listens on (a second appliance?)."""
     wanted = [cfg.s3_listen, *cfg.gateways, cfg.lb_stats, cfg.lmtp, cfg.imap, cfg.dashboard, cfg.s3_https,
-              cfg.imaps]
+              cfg.imaps, cfg.pop3, cfg.pop3s]
     for k in range(1, hosts + 1):
         wanted += [shifted(cfg.lmtp_metrics, 10 * (k - 1)), shifted(cfg.imap_metrics, 10 * (k - 1))]
+        if cfg.pop3 and cfg.pop3_metrics:
+            wanted.append(shifted(cfg.pop3_metrics, 10 * (k - 1)))
         if hosts > 1:
             wanted += [shifted(cfg.lmtp, 10 * k), shifted(cfg.imap, 10 * k)]
+            if cfg.pop3:
+                wanted.append(shifted(cfg.pop3, 10 * k))
     busy = []
     for addr in filter(None, wanted):
         host, _, port = addr.rpartition(":")

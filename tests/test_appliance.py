@@ -5,6 +5,7 @@ and drain, and failover under a steady boto3 load."""
 from __future__ import annotations
 
 import imaplib
+import poplib
 import json
 import os
 import re
@@ -165,7 +166,7 @@ class Appliance:
         """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR);
         `engine`: `mailstore up --engine`; `ports`: those of an earlier run of the same DATA_DIR."""
         names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard",
-                 "postgres")
+                 "postgres", "pop3", "pop3_metrics")
         ports = ports or dict(zip(names, free_ports(len(names))))
         data.mkdir(parents=True, mode=0o700, exist_ok=True)
         toml = default_text(ports).replace("interval = 5 ", "interval = 1 ")
@@ -233,6 +234,7 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
     assert ep["gateways"] == [f"http://127.0.0.1:{appliance.ports['gw1']}", f"http://127.0.0.1:{appliance.ports['gw2']}"]
     assert ep["lmtp"] == {"host": "127.0.0.1", "port": appliance.ports["lmtp"]}
     assert ep["imap"] == {"host": "127.0.0.1", "port": appliance.ports["imap"]}
+    assert ep["pop3"] == {"host": "127.0.0.1", "port": appliance.ports["pop3"]}
     out = appliance.log()
     assert ep["s3"]["secret_key"] in out and ep["user"]["password"] in out and "IMAP" in out
     # the balancer runs the shipped configuration file itself
@@ -259,6 +261,13 @@ def test_up_prints_and_writes_the_endpoints_and_serves_mail(appliance):
     body = imap.fetch("1", "(BODY.PEEK[])")[1][0][1]
     assert body.endswith(message) and body.startswith(b"Return-Path: <a@example.org>\r\n")
     imap.logout()
+    pop = poplib.POP3(ep["pop3"]["host"], ep["pop3"]["port"])  # the same INBOX over POP3 (issue 21)
+    pop.user(user["name"])
+    pop.pass_(user["password"])
+    assert pop.stat()[0] == 1 and b"\r\n".join(pop.retr(1)[1]).endswith(message.rstrip(b"\r\n"))
+    pop.quit()
+    pop3_m = metric_values(get(f"http://127.0.0.1:{appliance.ports['pop3_metrics']}/metrics")[1])
+    assert pop3_m["mailstore_pop3_logins_total"] == 1 and pop3_m["mailstore_pop3_retrieved_total"] == 1
     listed = appliance.s3().list_objects_v2(Bucket=ep["s3"]["bucket"])["Contents"]
     listed = [o for o in listed if "/index/" not in o["Key"]]  # the user's state record, once written
     assert len(listed) == 1 and f"/{user['name']}/mailboxes/" in listed[0]["Key"]
@@ -672,6 +681,11 @@ def test_up_with_two_hosts_on_a_private_postgresql(tmp_path):  # type: ignore[no
         imap.login(user["name"], user["password"])
         assert imap.select("INBOX")[1] == [b"20"]
         imap.logout()
+        pop = poplib.POP3("127.0.0.1", a.ports["pop3"])  # through HAProxy's POP3 front
+        pop.user(user["name"])
+        pop.pass_(user["password"])
+        assert pop.stat()[0] == 20
+        pop.quit()
         passfile = data / "pgpass"
         assert oct(passfile.stat().st_mode & 0o777) == "0o600"
         host, port = "127.0.0.1", a.ports["postgres"]

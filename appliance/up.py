@@ -324,7 +324,8 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
                   f"  bucket      : {s3['bucket']}\n"
                   f"  LMTP        : {ep['lmtp']['host']}:{ep['lmtp']['port']}\n"
                   f"  IMAP        : {ep['imap']['host']}:{ep['imap']['port']}\n"
-                  f"  mail user   : {user['name'] if user else '(none made: mailstore user add)'}"
+                  + (f"  POP3        : {ep['pop3']['host']}:{ep['pop3']['port']}\n" if "pop3" in ep else "")
+                  + f"  mail user   : {user['name'] if user else '(none made: mailstore user add)'}"
                   f"{'   password: ' + user['password'] if user else ''}\n"
                   f"  dashboard   : {dash['url']}   user: {dash['user']}   password: {dash['password']}\n"
                   f"  (also in {path}; logs in {sup.logs}; Ctrl-C stops everything)\n", flush=True)

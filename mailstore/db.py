@@ -257,6 +257,7 @@ class NewMessage:
     envelope: object  # JSON text already, or the value to encode
     bodystructure: object
     flags: tuple[str, ...] = ()
+    pop3_uidl: str | None = None  # kept from an import (pop3.py); None: made from the UID
 
 
 class MetaStore:
@@ -631,9 +632,9 @@ class MetaStore:
         env = m.envelope if isinstance(m.envelope, str) else json.dumps(m.envelope)
         bs = m.bodystructure if isinstance(m.bodystructure, str) else json.dumps(m.bodystructure)
         c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved, flags,"
-                  " modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  " modseq, envelope, bodystructure, pop3_uidl) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                   (m.mailbox_id, m.uid, m.guid, m.object_key, m.size, m.internal_date, m.saved, " ".join(m.flags),
-                   modseq, env, bs))
+                   modseq, env, bs, m.pop3_uidl))
         MetaStore.define_keywords(c, m.mailbox_id, m.flags)
         c.execute("UPDATE users SET used_bytes=used_bytes+? WHERE name=?", (m.size, m.user))
         if not c.execute("DELETE FROM pending WHERE mailbox_id=? AND uid=?", (m.mailbox_id, m.uid)).rowcount:
@@ -770,9 +771,9 @@ class MetaStore:
             used = 0
             for m in plan.messages:
                 c.execute("INSERT INTO messages(mailbox_id, uid, guid, object_key, size, internal_date, saved,"
-                          " flags, modseq, envelope, bodystructure) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                          " flags, modseq, envelope, bodystructure, pop3_uidl) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                           (ids[m.mailbox_guid], m.uid, m.guid, m.object_key, m.size, m.internal_date, m.saved,
-                           m.flags, m.modseq, json.dumps(m.envelope), json.dumps(m.bodystructure)))
+                           m.flags, m.modseq, json.dumps(m.envelope), json.dumps(m.bodystructure), m.pop3_uidl))
                 used += m.size
             for b in plan.boxes:  # expunges before the rebuild are not known: QRESYNC falls back to UIDs
                 c.execute("UPDATE mailboxes SET uidnext=?, highestmodseq=?, expunge_log_from=? WHERE id=?",
@@ -808,6 +809,7 @@ class RebuiltMessage:
     flags: str
     envelope: object
     bodystructure: object
+    pop3_uidl: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ class SourceMessage:
     message_id: str | None = None
     data: bytes | None = None  # None: fetched by the source's `load` when the message is needed
     path: Path | None = None  # where an offline source reads it from
+    pop3_uidl: str | None = None  # the UIDL a POP3 client knew it by there (Dovecot's uidlist, X-UIDL)
 
 
 @dataclass
@@ -300,7 +301,7 @@ class Importer:
             now = time.time()
             key = layout.message_key(self.user, box.guid, guid)
             meta = layout.MessageMeta(self.user, guid, len(data), int(m.internal_date), int(now), box.name, box.guid,
-                                      box.uidvalidity, uid)
+                                      box.uidvalidity, uid, m.pop3_uidl or "")
             try:
                 await self.fs.put(key, data, meta.to_headers(), "message/rfc822")
             except (FsError, OSError) as exc:  # storage failed: nothing committed, the next run tries again
@@ -327,7 +328,7 @@ class Importer:
         """In the writer's transaction: the message row, and the source item it came from."""
         flags = tuple(f for f in m.flags if f != "\\Recent")
         MetaStore.commit_one(c, NewMessage(self.user, box_id, uid, guid, key, size, m.internal_date, now, env, bs,
-                                           flags))
+                                           flags, m.pop3_uidl))
         c.execute("INSERT INTO import_map(user_name, source, folder, item, validity, mailbox_id, uid, message_id,"
                   " size) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(user_name, source, folder, item) DO UPDATE SET "
                   "validity=excluded.validity, mailbox_id=excluded.mailbox_id, uid=excluded.uid, "

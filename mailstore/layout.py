@@ -43,10 +43,11 @@ class MessageMeta:
     mailbox_guid: str
     uidvalidity: int
     uid: int
+    pop3_uidl: str = ""  # a POP3 UIDL kept from where the message was imported ("": the usual one)
 
     def to_headers(self) -> dict[str, str]:
         """The metadata (names without x-amz-meta-) stored on the object."""
-        return {
+        return ({"dovecot-pop3-uidl": self.pop3_uidl} if self.pop3_uidl else {}) | {
             "dovecot-username": self.user, "dovecot-guid": self.guid, "dovecot-size": str(self.size),
             "dovecot-received": str(self.received), "dovecot-saved": str(self.saved),
             "dovecot-origbox": self.mailbox_guid, "dovecot-mailbox-guid": self.mailbox_guid,
@@ -59,4 +60,4 @@ class MessageMeta:
         return cls(meta["dovecot-username"], meta["dovecot-guid"], int(meta["dovecot-size"]),
                    int(meta["dovecot-received"]), int(meta["dovecot-saved"]),
                    unquote(meta["mailstore-mailbox"]), meta["dovecot-mailbox-guid"],
-                   int(meta["mailstore-uidvalidity"]), int(meta["mailstore-uid"]))
+                   int(meta["mailstore-uidvalidity"]), int(meta["mailstore-uid"]), meta.get("dovecot-pop3-uidl", ""))

@@ -118,7 +118,8 @@ def merge(found: dict[str, Found], record: dict[str, Any] | None, had: dict[str,
         box(m.mailbox_guid, m.mailbox, m.uidvalidity)
         modseq, flags = later(m.mailbox_guid, m.uid)
         messages.append(RebuiltMessage(m.mailbox_guid, m.uid, m.guid, key, m.size, float(m.received),
-                                       float(m.saved), modseq, flags, f.envelope, f.bodystructure))
+                                       float(m.saved), modseq, flags, f.envelope, f.bodystructure,
+                                       m.pop3_uidl or None))
         taken.add((m.mailbox_guid, m.uid))
     copies = 0
     for rows, boxes_of in ((rec_rows, rec_boxes), (had_rows, had_boxes)):

@@ -75,6 +75,7 @@ class MaildirSource:
     async def messages(self, folder: SourceFolder) -> list[SourceMessage]:
         d = self._path(folder)
         keywords = _dovecot_keywords(d / "dovecot-keywords")
+        uidls = _dovecot_pop3_uidls(d / "dovecot-uidlist")
         out = []
         for sub in ("new", "cur"):
             if not (d / sub).is_dir():
@@ -86,7 +87,9 @@ class MaildirSource:
                 flags = [] if sub == "new" else [MAILDIR_FLAGS[c] for c in info if c in MAILDIR_FLAGS]
                 flags += [keywords[c] for c in info if c in keywords]
                 st = f.stat()
-                out.append(SourceMessage(base.split(":", 1)[0], tuple(flags), st.st_mtime, st.st_size, path=f))
+                item = base.split(":", 1)[0]
+                out.append(SourceMessage(item, tuple(flags), st.st_mtime, st.st_size, path=f,
+                                         pop3_uidl=uidls.get(item)))
         return out
 
     async def load(self, folder: SourceFolder, wanted: list[SourceMessage]) -> AsyncIterator[SourceMessage]:
@@ -102,6 +105,22 @@ class MaildirSource:
 
     async def close(self) -> None:
         pass
+
+
+def _dovecot_pop3_uidls(path: Path) -> dict[str, str]:
+    """The POP3 UIDLs Dovecot's dovecot-uidlist keeps (a "P<uidl>" field, as migrations from
+    other POP3 servers leave them), by the file's base name."""
+    out: dict[str, str] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines()[1:]:
+        fields, sep, name = line.partition(" :")
+        if not sep:
+            fields, sep, name = line.partition(":")
+        uidl = next((f[1:] for f in fields.split()[1:] if f.startswith("P") and len(f) > 1), None)
+        if uidl and sep:
+            out[name.split(":", 1)[0]] = uidl
+    return out
 
 
 def _dovecot_keywords(path: Path) -> dict[str, str]:
@@ -161,7 +180,8 @@ class MboxSource:
             seen[digest] = n + 1
             head = data.split(b"\r\n\r\n", 1)[0]
             out.append(SourceMessage(f"{digest}-{n}", _mbox_flags(head), _from_line_date(from_line, head),
-                                     len(data), message_id(data), data))
+                                     len(data), message_id(data), data,
+                                     pop3_uidl=_header(head, b"X-UIDL") or None))  # (what POP3 clients write)
         return out
 
     async def messages(self, folder: SourceFolder) -> list[SourceMessage]:

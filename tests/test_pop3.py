@@ -219,3 +219,48 @@ def test_fetchmail_downloads_and_leaves_nothing(tmp_path):
         pop3.terminate()
         pop3.wait(timeout=30)
         shim.stop()
+
+
+def test_imported_uidls_are_kept(tmp_path):
+    """A Maildir whose dovecot-uidlist keeps POP3 UIDLs (P fields, as a migration from another POP3
+    server leaves them) and an mbox whose messages carry X-UIDL: POP3 clients see the same UIDLs
+    after `mailstore import`, and after a reindex from the bucket (the object keeps its UIDL)."""
+    from conftest import mailstore
+
+    shim = Shim(tmp_path / "shim")
+    user = f"moved@{DOMAIN}"
+    shim.add_user(user)
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "cur" / "1700000000.M1P1.host:2,S").write_bytes(b"Subject: a\n\nkept a\n")
+    (maildir / "cur" / "1700000001.M2P2.host:2,").write_bytes(b"Subject: b\n\nkept b\n")
+    (maildir / "new" / "1700000002.M3P3.host").write_bytes(b"Subject: c\n\nno uidl of its own\n")
+    (maildir / "dovecot-uidlist").write_text("3 V1700000000 N4 G0123\n1 P0b1f4e7a11 :1700000000.M1P1.host\n"
+                                             "2 W30 Puidl-from-old-server :1700000001.M2P2.host:2,\n")
+    mailstore("import", "maildir", "--db", shim.db, "--fs", shim.fs, "--to", user, "--quiet", str(maildir))
+    mbox = tmp_path / "mbox"
+    mbox.write_bytes(b"From a@b Mon Jan  1 00:00:00 2024\nX-UIDL: mbox-uidl-1\nSubject: d\n\nfrom the mbox\n\n")
+    mailstore("import", "mbox", "--db", shim.db, "--fs", shim.fs, "--to", user, "--quiet", str(mbox))
+    pop3, port = start_pop3(shim)
+    try:
+        def uidls() -> list[str]:
+            p = Pop(port)
+            p.cmd(f"USER {user}")
+            assert p.cmd("PASS pw") == b"+OK Logged in.\r\n"
+            lines = p.cmd("UIDL").decode().split("\r\n")[1:-2]
+            p.cmd("QUIT")
+            p.close()
+            return [line.split(" ", 1)[1] for line in lines]
+
+        got = uidls()
+        kept = {"0b1f4e7a11", "uidl-from-old-server", "mbox-uidl-1"}  # (imported in parallel: in any order)
+        assert len(got) == 4 and kept <= set(got)
+        (made,) = set(got) - kept  # no UIDL of its own: the usual one
+        assert re.fullmatch(r"0000000[1-4][0-9a-f]{8}", made)
+        mailstore("reindex", "--db", shim.db, "--fs", shim.fs, user)
+        assert uidls() == got
+    finally:
+        pop3.terminate()
+        pop3.wait(timeout=30)
+        shim.stop()

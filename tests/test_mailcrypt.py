@@ -233,7 +233,10 @@ def test_locked_reads_and_copies(tmp_path):
                 await fs.unlock(b, "pa")
         finally:
             await fs.close()
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shim.stop()
 
 
 def test_appliance_config_builds_the_chain(tmp_path):

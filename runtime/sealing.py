@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import secrets
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,8 +38,36 @@ class SealError(Exception):
     """A chunk or a wrapped key failed to open: wrong key, or the bytes were changed."""
 
 
+class _Pool:
+    """Fresh random bytes from the kernel (os.urandom), taken KEYS_PER_READ keys at a time: every
+    SSE PUT makes a data key, and one getrandom call per key cost more than sealing a small body.
+    A forked child drops what it inherited, so two processes never hand out the same key."""
+
+    KEYS_PER_READ = 128
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.buf = b""
+        self.at = 0
+        os.register_at_fork(after_in_child=self.drop)
+
+    def drop(self) -> None:
+        self.buf, self.at = b"", 0
+
+    def take(self, n: int) -> bytes:
+        with self.lock:
+            if self.at + n > len(self.buf):
+                self.buf, self.at = os.urandom(n * self.KEYS_PER_READ), 0
+            out = self.buf[self.at:self.at + n]
+            self.at += n
+            return out
+
+
+_POOL = _Pool()
+
+
 def new_key() -> bytes:
-    return secrets.token_bytes(KEY_SIZE)
+    return _POOL.take(KEY_SIZE)
 
 
 def chunks(size: int) -> int:
@@ -202,8 +232,8 @@ _kek_cipher = functools.lru_cache(maxsize=256)(AESGCM)
 
 
 def wrap(kek: bytes, data_key: bytes, label: bytes) -> bytes:
-    """`data_key` sealed under `kek`: nonce || ciphertext || tag."""
-    nonce = secrets.token_bytes(12)
+    """`data_key` sealed under `kek`: nonce || ciphertext || tag (a random nonce: KEKs seal many keys)."""
+    nonce = _POOL.take(12)
     return nonce + _kek_cipher(kek).encrypt(nonce, data_key, label)
 
 

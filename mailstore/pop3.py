@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache import Fs, FsError, mail_crypt_of
+from cache import Fs, FsError, NotFound, mail_crypt_of
 from cache.mailcrypt import WrongPassword
 from runtime import logs
 
@@ -332,6 +332,8 @@ class Session:
         assert self.drop is not None
         try:
             body, _ = await self.ctx.fs.get(self.drop.keys[n - 1])
+        except NotFound:  # expunged (over IMAP) since this session began: Dovecot's words
+            raise Pop3Error(f"Message {n} expunged.") from None
         except FsError as exc:
             log.warning("POP3 %s: reading message %d (%s) failed: %s", self.user, n, self.drop.keys[n - 1], exc)
             raise Pop3Error("Error reading the message; try again later.", "SYS/TEMP") from None

@@ -141,10 +141,50 @@ def test_sessions_answer_as_dovecot(servers):
     assert flags["ours"] == flags["dovecot"] == [b"1 (FLAGS ())", b"2 (FLAGS (\\Seen))", b"3 (FLAGS ())"]
 
 
+def test_expunged_meanwhile_and_pipelining_as_dovecot(servers):
+    """A message expunged over IMAP during a POP3 session, and commands sent all at once."""
+    clients = {name: Pop(servers[name]) for name in ("dovecot", "ours")}
+    imaps = {"dovecot": servers["dovecot_imap"], "ours": servers["imap"]}
+    answers: dict[str, list[bytes]] = {"dovecot": [], "ours": []}
+    try:
+        for name, c in clients.items():
+            c.cmd(f"USER {USER}")
+            c.cmd("PASS pw")
+            m = imaplib.IMAP4("127.0.0.1", imaps[name])
+            m.login(USER, "pw")
+            m.select("INBOX")
+            m.append("INBOX", None, None, b"Subject: soon gone\r\n\r\nbye\r\n")
+            m.store("1", "+FLAGS", "(\\Deleted)")
+            m.expunge()
+            m.logout()
+            for line in ("STAT", "RETR 1", "TOP 1 0", "DELE 1", "RETR 2", "QUIT"):
+                answers[name].append(normal(c.cmd(line)))
+        assert answers["ours"] == answers["dovecot"]
+        assert answers["ours"][1] == b"-ERR Message 1 expunged.\r\n"
+    finally:
+        for c in clients.values():
+            c.close()
+    piped = {}
+    for name in ("dovecot", "ours"):
+        s = socket.create_connection(("127.0.0.1", servers[name]), timeout=30)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(f"USER {USER}\r\nPASS pw\r\nSTAT\r\nUIDL 1\r\nLIST 1\r\nQUIT\r\n".encode())
+        piped[name] = normal(f.read())
+        f.close()
+        s.close()
+    assert piped["ours"] == piped["dovecot"] and piped["ours"].count(b"+OK") == 6
+
+
 def test_lock_uidl_dele_and_seen(servers):
     """One session per user, also across two servers on one database (two hosts); UIDLs the
     same everywhere; DELE takes effect at QUIT only, as IMAP then sees; RETR marks \\Seen."""
     shim: Shim = servers["shim"]
+    m = imaplib.IMAP4("127.0.0.1", servers["imap"])  # (what the tests before left: nothing \Seen)
+    m.login(USER, "pw")
+    m.select("INBOX")
+    m.store("1:*", "-FLAGS", "(\\Seen)")
+    m.logout()
     other, other_port = start_pop3(shim)
     try:
         first = Pop(servers["ours"])

@@ -304,3 +304,35 @@ def test_imported_uidls_are_kept(tmp_path):
         pop3.terminate()
         pop3.wait(timeout=30)
         shim.stop()
+
+
+def test_stls_and_mail_crypt(tmp_path):
+    """STLS with a real certificate (poplib), and a mail-crypt: store: the POP3 login opens the
+    user's key, RETR serves the plaintext of what is stored encrypted."""
+    import poplib
+    import smtplib
+    import ssl
+
+    from conftest import make_tls_cert, mailstore
+    cert, key = make_tls_cert(tmp_path)
+    shim = Shim(tmp_path / "shim", outer="mail-crypt:")
+    user = f"tls@{DOMAIN}"
+    mailstore("user", "add", "--db", shim.db, "--fs", shim.fs, user, "--password", "pw")
+    pop3, port = start_pop3(shim, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        with smtplib.LMTP("127.0.0.1", shim.port) as lmtp:
+            lmtp.sendmail("a@example.com", [user], b"Subject: sealed\r\n\r\nonly the user reads this\r\n")
+        p = poplib.POP3("127.0.0.1", port)
+        assert "STLS" in p.capa()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        p.stls(ctx)
+        assert "STLS" not in p.capa()  # (not twice)
+        p.user(user)
+        p.pass_("pw")
+        lines = p.retr(1)[1]
+        assert lines[-1] == b"only the user reads this"
+        p.quit()
+    finally:
+        pop3.terminate()
+        pop3.wait(timeout=30)
+        shim.stop()

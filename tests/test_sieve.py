@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,43 @@ def test_lexical_forms():
     with pytest.raises(SieveError) as e:
         parse('keep;\n\n"open')
     assert e.value.line == 3 and "quoted string started at line 3" in e.value.message
+
+
+RUN_CASES = (Path(__file__).parent / "sieve" / "run-cases.sieve-list").read_text().split("\n====\n")
+MESSAGE = (Path(__file__).parent / "sieve" / "message.eml").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def mail_readable() -> Iterator[Path]:
+    """A directory the mail user (whom sieve-test drops to) can reach, unlike pytest's."""
+    d = Path(tempfile.mkdtemp(prefix="mailstore-sieve-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def sieve_test(script: str, tmp: Path) -> str:
+    """What Pigeonhole's sieve-test says a script does with MESSAGE (from alice@, to bob+tag@)."""
+    (tmp / "s.sieve").write_text(script)
+    (tmp / "m.eml").write_bytes(MESSAGE)
+    out = subprocess.run(["sieve-test", "-o", "mail_uid=mail", "-o", "mail_gid=mail", "-o", "first_valid_uid=1",
+                          "-o", f"mail_location=maildir:{tmp}/mail", "-f", "alice@example.com",
+                          "-r", "bob+tag@example.com", str(tmp / "s.sieve"), str(tmp / "m.eml")],
+                         capture_output=True, text=True)
+    m = re.search(r"(Performed actions:.*?)\n\nsieve-test", out.stdout + out.stderr, re.S)
+    assert m, out.stdout + out.stderr
+    return m.group(1).rstrip()
+
+
+@pytest.mark.parametrize("n", range(len(RUN_CASES)))
+def test_actions_as_pigeonhole_takes_them(n, mail_readable):
+    """Each script run on the same message and envelope: the same actions, in the same order,
+    with the same flags, and the same implicit keep."""
+    from mailstore.sieve.checks import check
+    from mailstore.sieve.run import Envelope, describe, run
+
+    tree = parse(RUN_CASES[n])
+    errors, required = check(tree)
+    assert errors == []
+    ours = describe(run(tree, required, MESSAGE, Envelope("alice@example.com", "bob+tag@example.com")))
+    assert ours.rstrip() == sieve_test(RUN_CASES[n], mail_readable), RUN_CASES[n]

@@ -195,10 +195,11 @@ protocol imap {
 
 
 def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: bool = False,  # type: ignore[no-untyped-def]
-                  pop3: bool = False):
+                  pop3: bool = False, sieve: bool = False):
     """A private Dovecot CE: LMTP (and IMAP when asked) on loopback; returns (port or (lmtp, imap), conf).
     `pop3`: POP3 too (with the maildrop lock RFC 1939 asks for), its port in the conf's directory
-    as `pop3.port`.
+    as `pop3.port`. `sieve`: LMTP runs each user's ~/.dovecot.sieve (Pigeonhole), the home being
+    the conf's directory's mail/USER.
 
     like_ours: the mailbox layout our server has ("/" separator, the special-use
     folders made and subscribed for a new user), for side-by-side comparison.
@@ -243,6 +244,7 @@ service lmtp {{
   }}
 }}
 {POP3.format(port=pop3_port) if pop3 else ""}
+{SIEVE if sieve else ""}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -263,6 +265,15 @@ service imap-login {{
             time.sleep(0.2)
     raise SystemExit(f"dovecot did not start: {(d / 'dovecot.log').read_text()[-2000:]}")
 
+
+SIEVE = """
+protocol lmtp {
+  mail_plugins = $mail_plugins sieve
+}
+plugin {
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}
+"""
 
 POP3 = """
 pop3_lock_session = yes

@@ -127,6 +127,47 @@ async def _forget_mail_key(fs_url: str, name: str) -> None:
         await fs.close()
 
 
+def cmd_sieve(args: argparse.Namespace) -> int:
+    """The users' Sieve scripts (what ManageSieve will change): put, get, list, activate, delete, check."""
+    from .sieve import scripts
+    from .sieve.grammar import SieveError
+
+    def text() -> str:
+        return sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+
+    try:
+        if args.action == "check":
+            scripts.compile_text(text())
+            print(json.dumps({"ok": True}))
+            return 0
+        meta = MetaStore(args.db)
+        user = args.user.lower()
+        if meta.get_user(user) is None:
+            raise MetaError(f"no user {user}")
+        if args.action == "put":
+            scripts.put(meta, user, args.name, text())
+            if args.activate:
+                scripts.activate(meta, user, args.name)
+        elif args.action == "get":
+            sys.stdout.write(scripts.get(meta, user, args.name))
+        elif args.action == "list":
+            for s in scripts.listing(meta, user):
+                print(json.dumps({"name": s.name, "active": s.active}))
+        elif args.action == "activate":
+            scripts.activate(meta, user, args.name)
+        elif args.action == "deactivate":
+            scripts.activate(meta, user, "")
+        elif args.action == "delete":
+            scripts.delete(meta, user, args.name)
+    except SieveError as exc:
+        print(f"mailstore sieve: {exc}", file=sys.stderr)
+        return 1
+    except MetaError as exc:
+        print(f"mailstore sieve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_lmtp(args: argparse.Namespace) -> int:
     from .delivery import Deliverer
     from .lmtp import start_lmtp
@@ -451,7 +492,7 @@ if TYPE_CHECKING:  # argparse's class is generic only to type checkers
 def register(sub: Subcommands) -> None:
     """The mail shim's subcommands of `mailstore` (assembled by appliance.cli)."""
     for add in (_user_parser, _lmtp_parser, _imap_parser, _pop3_parser, _import_parsers, _reindex_parser,
-                _gc_parser, _metadata_parser):
+                _gc_parser, _metadata_parser, _sieve_parser):
         add(sub)
 
 
@@ -526,6 +567,26 @@ def _imap_parser(sub: Subcommands) -> None:
                         "often, for reindex (default 300; 0: never)")
     p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
     p.set_defaults(fn=cmd_imap)
+
+
+def _sieve_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("sieve", help="users' Sieve scripts, run at LMTP delivery")
+    ss = p.add_subparsers(dest="action", required=True)
+    for action, what in (("put", "store a script (it must compile)"), ("get", "print a script"),
+                         ("list", "a user's scripts"), ("activate", "make a script the active one"),
+                         ("deactivate", "no script active"), ("delete", "remove a script (not the active one)"),
+                         ("check", "compile a script, print its errors")):
+        a = ss.add_parser(action, help=what)
+        if action != "check":
+            _store(a, fs=False)
+            a.add_argument("user", help="the user's address")
+        if action in ("put", "get", "activate", "delete"):
+            a.add_argument("name", help="the script's name")
+        if action in ("put", "check"):
+            a.add_argument("file", help="the script's file, or - for standard input")
+        if action == "put":
+            a.add_argument("--activate", action="store_true", help="and make it the active script")
+    p.set_defaults(fn=cmd_sieve)
 
 
 def _pop3_parser(sub: Subcommands) -> None:

@@ -150,6 +150,12 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN pop3_uidl TEXT;
     CREATE TABLE pop3_locks(user_name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
     """,
+    # 14: each user's Sieve scripts (sieve/scripts.py), at most one of them active: in the metadata
+    # store, so they follow the user to every shim host.
+    """
+    CREATE TABLE sieve_scripts(user_name TEXT NOT NULL, name TEXT NOT NULL, script TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0, modified REAL NOT NULL, PRIMARY KEY(user_name, name));
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
@@ -503,6 +509,8 @@ class MetaStore:
             c.execute("DELETE FROM mailboxes WHERE user_name=?", (name,))
             c.execute("DELETE FROM subscriptions WHERE user_name=?", (name,))
             c.execute("DELETE FROM aliases WHERE user_name=?", (name,))
+            c.execute("DELETE FROM pop3_locks WHERE user_name=?", (name,))
+            c.execute("DELETE FROM sieve_scripts WHERE user_name=?", (name,))
             c.execute("DELETE FROM users WHERE name=?", (name,))
         return keys
 

@@ -18,6 +18,7 @@ recipient got 451, and `mailstore gc` removes the object after a grace period.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ from runtime import logs
 
 from . import layout, message
 from .db import Mailbox, MetaStore, MetaWriter, NewMessage, StoreUnavailable, User
+from .sieve import deliver as sieve_deliver
 from .users import AddressPolicy, resolve
 
 log = logging.getLogger("mailstore.delivery")
@@ -55,6 +57,14 @@ class OverQuota(DeliveryError):
 
 class TooBig(DeliveryError):
     reply = "552 5.3.4 Message too big for system"
+
+
+class Rejected(DeliveryError):
+    """The user's Sieve script rejected the message (RFC 5429: 550 5.7.1 and its reason)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
 
 
 class StorageUnavailable(DeliveryError):
@@ -166,21 +176,41 @@ class Deliverer:
                 replies[i] = self._fail(OverQuota())
             else:
                 wanted.append(i)
+        targets: dict[int, list[tuple[str, tuple[str, ...]]]] = {i: [("INBOX", ())] for i in wanted}
         if wanted:
             try:
+                await self._sieve(mail_from, recipients, data, wanted, targets, replies)
+            except StoreUnavailable as exc:
+                log.warning("Sieve scripts: %s", exc)
+                for i in wanted:
+                    replies[i] = self._fail(StorageUnavailable())
+                return [(r or DeliveryError.reply, None) for r in replies]
+            wanted = [i for i in wanted if replies[i] is None]
+        if wanted:
+            places = [(i, folder, flags) for i in wanted for folder, flags in targets[i]]
+            try:
                 reserved = await self.writer.run(MetaStore.reserve_uids_tx,
-                                                 [(recipients[i][1], "INBOX") for i in wanted])
+                                                 [(recipients[i][1], folder) for i, folder, _ in places])
             except Exception:
                 log.exception("reserving UIDs failed")
                 for i in wanted:
                     replies[i] = self._fail(StorageUnavailable())
                 return [(r or DeliveryError.reply, None) for r in replies]
+            by_recipient: dict[int, list[tuple[Mailbox, int, tuple[str, ...]]]] = {}
+            for (i, _, flags), (box, uid) in zip(places, reserved, strict=True):
+                by_recipient.setdefault(i, []).append((box, uid, flags))
             now = time.time()
-            stored = await asyncio.gather(*(self._put(mail_from, recipients[i][0], recipients[i][1], data, box,
-                                                      uid, now, (env, body))
-                                            for i, (box, uid) in zip(wanted, reserved, strict=True)))
-            rows = [row for row in stored if row is not None]
-            released = [(box.id, uid) for row, (box, uid) in zip(stored, reserved, strict=True) if row is None]
+            stored = await asyncio.gather(*(self._put(mail_from, recipients[i][0], recipients[i][1], data,
+                                                      by_recipient[i][0][0], by_recipient[i][0][1], now, (env, body))
+                                            for i in wanted))
+            rows: list[NewMessage] = []
+            released: list[tuple[int, int]] = []
+            for i, row in zip(wanted, stored, strict=True):
+                for box, uid, flags in by_recipient[i]:  # one object; a row in each folder (as COPY)
+                    if row is None:
+                        released.append((box.id, uid))
+                    else:
+                        rows.append(dataclasses.replace(row, mailbox_id=box.id, uid=uid, flags=flags))
             try:
                 await self.writer.run(MetaStore.commit_messages_tx, rows, released)
                 committed = True
@@ -195,6 +225,27 @@ class Deliverer:
                     replies[i] = f"250 2.0.0 <{recipients[i][0]}> {row.guid} Saved"
                     saved[i] = row
         return [(r or DeliveryError.reply, row) for r, row in zip(replies, saved, strict=True)]
+
+    async def _sieve(self, mail_from: str, recipients: list[tuple[str, str]], data: bytes, wanted: list[int],
+                     targets: dict[int, list[tuple[str, tuple[str, ...]]]], replies: list[str | None]) -> None:
+        """Each recipient with an active Sieve script: where its copy goes (`targets`), or its
+        reply when the script rejects or discards it (`replies`). One query for all recipients;
+        nothing more for users without a script."""
+        scripts = await asyncio.to_thread(sieve_deliver.active_scripts, self.meta, [recipients[i][1] for i in wanted])
+        for i in wanted:
+            address, user = recipients[i]
+            if user not in scripts:
+                continue
+            plan = await asyncio.to_thread(sieve_deliver.plan, self.meta, user, address, mail_from,
+                                           message.stored_bytes(data, mail_from, address), scripts[user])
+            if plan.reject is not None:
+                reason = " ".join(plan.reject.split())[:400] or "Rejected"
+                replies[i] = self._fail(Rejected(f"550 5.7.1 {reason}"))
+            elif not plan.targets:
+                self.stats.accepted += 1
+                replies[i] = f"250 2.0.0 <{address}> Discarded by Sieve"
+            else:
+                targets[i] = plan.targets
 
     def _fail(self, exc: DeliveryError) -> str:
         self._count(exc)

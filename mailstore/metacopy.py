@@ -34,6 +34,7 @@ TABLES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
      ("user_name", "source", "folder", "item")),
     ("subscriptions", ("user_name", "name"), ("user_name", "name")),
     ("keywords", ("mailbox_id", "name"), ("mailbox_id", "name")),
+    ("sieve_scripts", ("user_name", "name", "script", "active", "modified"), ("user_name", "name")),
 ]
 BATCH = 2000
 

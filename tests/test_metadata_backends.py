@@ -164,7 +164,8 @@ def test_a_reader_never_sees_a_uid_before_a_lower_one_in_flight(metadata, monkey
 
 def test_postgres_store_of_schema_12_migrates(postgres) -> None:  # type: ignore[no-untyped-def]
     """A PostgreSQL store an older release made (schema 12) takes the later migrations in their
-    PostgreSQL form (PG_MIGRATIONS) when a newer release opens it: POP3's column and lock table."""
+    PostgreSQL form (PG_MIGRATIONS) when a newer release opens it: POP3's column and lock table,
+    and the Sieve scripts' table."""
     from mailstore import sqlbackend
 
     name = "older_release"
@@ -172,7 +173,7 @@ def test_postgres_store_of_schema_12_migrates(postgres) -> None:  # type: ignore
         c.execute(f"DROP DATABASE IF EXISTS {name}")
         c.execute(f"CREATE DATABASE {name}")
     old = sqlbackend.PG_SCHEMA.replace(" pop3_uidl TEXT,", "")
-    old = old[:old.index("CREATE TABLE pop3_locks")]
+    old = old[:old.index("CREATE TABLE pop3_locks")]  # (and sieve_scripts, of 14, after it)
     with psycopg.connect(postgres.url(name), autocommit=True) as c:
         for stmt in old.split(";"):
             if stmt.strip():
@@ -184,6 +185,7 @@ def test_postgres_store_of_schema_12_migrates(postgres) -> None:  # type: ignore
     assert meta.get_user("old@x") is not None
     assert meta.pop3_lock("old@x", "a", 60) and not meta.pop3_lock("old@x", "b", 60)
     with psycopg.connect(postgres.url(name)) as c:
-        assert c.execute("SELECT version FROM schema_version").fetchone() == (13,)
+        assert c.execute("SELECT version FROM schema_version").fetchone() == (14,)
+        assert c.execute("SELECT count(*) FROM sieve_scripts").fetchone() == (0,)
         assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='messages' "
                          "AND column_name='pop3_uidl'").fetchone() == (1,)

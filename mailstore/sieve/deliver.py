@@ -1,0 +1,90 @@
+"""What LMTP delivery does with one recipient's copy when the user has an active Sieve script:
+the folders (and flags) it goes to, or a rejection, or nothing at all (discard).
+
+Never loses mail: a script that fails at run time, and a fileinto into a folder that does not
+exist (without `:create`), leave the message in INBOX only, as Pigeonhole does (none of the
+script's other actions is carried out); an action this server cannot carry out yet (redirect,
+vacation) leaves it in INBOX too. The reason is logged. A folder named with `:create` is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from runtime import logs
+
+from .. import folders
+from ..db import MetaStore
+from ..imap import mutf7
+from .run import Envelope, Outcome, run
+from .scripts import compiled
+
+log = logging.getLogger("mailstore.sieve")
+
+
+@dataclass
+class Plan:
+    """Where one recipient's copy goes: (folder, flags) pairs, INBOX first when it is kept."""
+
+    targets: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    reject: str | None = None  # the reason, for a 550 5.7.1 reply
+    script: str = ""  # the script's name, for the log
+
+
+def active_scripts(meta: MetaStore, users: list[str]) -> dict[str, tuple[str, str]]:
+    """user -> (name, text) of the active script, for those of `users` who have one (one query)."""
+    if not users:
+        return {}
+    marks = ",".join("?" * len(users))
+    rows = meta.conn().execute(f"SELECT user_name, name, script FROM sieve_scripts WHERE active=1 AND user_name IN "
+                               f"({marks})", tuple(users))
+    return {str(u): (str(n), str(s)) for u, n, s in rows}
+
+
+def plan(meta: MetaStore, user: str, address: str, mail_from: str, message: bytes,
+         script: tuple[str, str]) -> Plan:
+    """Run the user's script on the message as it will be stored (blocking: a worker thread)."""
+    name, text = script
+    out = Plan(script=name)
+    result: Outcome | None = None
+    try:
+        tree, required = compiled(text)
+        result = run(tree, set(required), message, Envelope(mail_from, address))
+        error = result.error or ""
+    except Exception as exc:  # noqa: BLE001 - whatever a script does wrong, the mail is kept (and why logged)
+        error = f"{type(exc).__name__}: {exc}"
+    if result is None or error:
+        logs.event(log, logging.WARNING, "script failed; message kept in INBOX", user=user, script=name,
+                   reason=error)
+        out.targets = [("INBOX", ())]
+        return out
+    if result.reject is not None:
+        out.reject = result.reject[0]
+        return out
+    keep = result.implicit_keep
+    flags_of_keep = result.keep_flags
+    boxes = {b.name for b in meta.mailboxes(user)}
+    wanted = [("INBOX" if st.folder.upper() == "INBOX" else mutf7.encode(st.folder), st) for st in result.stores]
+    missing = [st.folder for folder, st in wanted if folder not in boxes and not st.create]
+    if missing:  # an action that cannot be done: none is, the message is kept (as Pigeonhole does)
+        logs.event(log, logging.WARNING, "fileinto a folder that does not exist; message kept in INBOX",
+                   user=user, script=name, folder=missing[0])
+        out.targets = [("INBOX", ())]
+        return out
+    for folder, store in wanted:
+        if folder not in boxes:
+            try:
+                folders.create_mailbox(meta, user, folder)
+            except folders.MailboxExists:
+                pass
+            boxes.add(folder)
+        if folder not in (t for t, _ in out.targets):
+            out.targets.append((folder, store.flags))
+    if result.redirects or result.vacation is not None:
+        logs.event(log, logging.WARNING, "redirect and vacation are not carried out yet; message kept in INBOX",
+                   user=user, script=name, redirects=len(result.redirects), vacation=result.vacation is not None)
+        keep = True
+    if keep and "INBOX" not in (t for t, _ in out.targets):
+        out.targets.insert(0, ("INBOX", flags_of_keep))
+    return out

@@ -165,6 +165,25 @@ def start_pair(work: Path) -> tuple[Server, tuple[str, str]]:
     return Server("pair+haproxy", endpoint, lb, data, gws), (key["AccessKeyId"], key["SecretAccessKey"])
 
 
+def _seaweed_ports() -> int:
+    """A block of 4 ports, from 20000 up, each free with its gRPC twin (port + 10000)."""
+    for k in range(400):
+        base = 20000 + ((os.getpid() + k) % 400) * 5
+        taken = []
+        try:
+            for port in [p for b in range(base, base + 4) for p in (b, b + 10000)]:
+                s = socket.socket()
+                taken.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in taken:
+                s.close()
+    raise SystemExit("no free block of ports for SeaweedFS")
+
+
 def start_seaweed(work: Path) -> Server:
     weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
     if weed is None:
@@ -173,8 +192,9 @@ def start_seaweed(work: Path) -> Server:
     d.mkdir()
     (d / "identities.json").write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
         {"accessKey": AK, "secretKey": SK}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    # Every port N also opens N+10000 for gRPC: pick a block that cannot collide.
-    base = 23400 + (os.getpid() % 200) * 5
+    # Every port N also opens N+10000 for gRPC: a block whose ports and gRPC ports are all free now,
+    # and below the kernel's ephemeral range (32768-60999), where any client's connection may take one.
+    base = _seaweed_ports()
     s3port = base + 3
     proc = subprocess.Popen([
         weed, "server", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={base}",

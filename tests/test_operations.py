@@ -341,6 +341,22 @@ def test_restore_drill_every_message_acknowledged_before_and_after_the_backup_co
     a = Appliance(data, edits={"state_record_interval = 300": "state_record_interval = 1"})
     a.s3().put_bucket_encryption(Bucket="mail", ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    # The other gateway takes a bucket's default encryption up within 2 s (its read cache; the
+    # IMAP server's state records, every second here, keep it warm): wait until both apply it.
+    import boto3
+    from botocore.config import Config
+    for endpoint in a.endpoints["gateways"]:
+        gw = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=a.endpoints["s3"]["access_key"],
+                          aws_secret_access_key=a.endpoints["s3"]["secret_key"], region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}))
+        deadline = time.monotonic() + 10
+        while True:
+            gw.put_object(Bucket="mail", Key="probe", Body=b"p")
+            if gw.head_object(Bucket="mail", Key="probe").get("ServerSideEncryption") == "AES256":
+                break
+            assert time.monotonic() < deadline, "the default encryption never held"
+            time.sleep(0.2)
+        gw.delete_object(Bucket="mail", Key="probe")
     user = a.endpoints["user"]
     imap_port, lmtp_port = a.endpoints["imap"]["port"], a.endpoints["lmtp"]["port"]
 

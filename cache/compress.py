@@ -12,17 +12,16 @@ Compression costs CPU: bodies above ON_LOOP bytes are (de)compressed on a worker
 from __future__ import annotations
 
 import asyncio
-import builtins  # a method named list: annotations after it say builtins.list
 import bz2
 import gzip
 import lzma
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable
 
 import zstandard
 
-from .s3client import FsError, ListEntry, ObjectStat
-from .store import Store
+from .s3client import FsError
+from .store import Store, Transforming
 
 ON_LOOP = 256 << 10
 LEVELS = {"zstd": (1, 22), "gz": (1, 9), "bz2": (1, 9), "xz": (0, 9)}
@@ -86,46 +85,17 @@ def _zstd_frames(data: bytes) -> bytes:
     return b"".join(out)
 
 
-class Compressed:
-    """The Fs calls of `parent`, with bodies compressed on the way in and out."""
+class Compressed(Transforming):
+    """The Fs calls of `parent`, with bodies compressed on the way in and out (the stored,
+    compressed size from `stat`, as Dovecot's fs-compress; copies of the compressed bytes)."""
 
     def __init__(self, parent: Store, algorithm: str, level: int) -> None:
         self.parent = parent
         self.algorithm, self.level = algorithm, level
         self._compress = compressor(algorithm, level)
 
-    async def _in(self, data: bytes) -> bytes:
+    async def _in(self, data: bytes, key: str) -> bytes:
         return self._compress(data) if len(data) <= ON_LOOP else await asyncio.to_thread(self._compress, data)
 
     async def _out(self, data: bytes, key: str) -> bytes:
         return decompress(data, key) if len(data) <= ON_LOOP else await asyncio.to_thread(decompress, data, key)
-
-    async def get(self, key: str) -> tuple[bytes, ObjectStat]:
-        body, stat = await self.parent.get(key)
-        return await self._out(body, key), stat
-
-    async def get_many(self, keys: builtins.list[str]) -> builtins.list[bytes]:
-        bodies = await self.parent.get_many(keys)
-        return [await self._out(b, k) for k, b in zip(keys, bodies, strict=True)]
-
-    async def stat(self, key: str) -> ObjectStat:
-        return await self.parent.stat(key)  # the stored (compressed) size, as Dovecot's fs-compress
-
-    def list(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[ListEntry]:
-        return self.parent.list(prefix, delimiter)
-
-    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
-                  content_type: str = "application/octet-stream") -> str:
-        return await self.parent.put(key, await self._in(data), metadata, content_type)
-
-    async def delete(self, key: str) -> None:
-        await self.parent.delete(key)
-
-    async def delete_many(self, keys: builtins.list[str]) -> builtins.list[tuple[str, str]]:
-        return await self.parent.delete_many(keys)
-
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
-        await self.parent.copy(src, dst, metadata)  # the stored bytes, still compressed
-
-    async def close(self) -> None:
-        await self.parent.close()

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import builtins  # a method named list: annotations after it say builtins.list
 import hashlib
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -42,8 +41,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from runtime import sealing
 
-from .s3client import FsError, ListEntry, NotFound, ObjectStat
-from .store import Store
+from .s3client import FsError, NotFound
+from .store import Store, Transforming
 
 MAGIC = b"MSCRYPT1"
 HEADER = len(MAGIC) + 8 + 32 + 8  # magic, key id, ephemeral public key, plaintext size
@@ -145,8 +144,9 @@ def decrypt(private: X25519PrivateKey, data: bytes, key: str) -> bytes:
         raise CorruptObject(f"{key}: the encrypted body does not open", code="CorruptObject") from None
 
 
-class MailCrypt:
-    """The Fs calls of `parent`, each user's bodies encrypted to that user's key pair."""
+class MailCrypt(Transforming):
+    """The Fs calls of `parent`, each user's bodies encrypted to that user's key pair (the stored
+    size from `stat`; a copy keeps the bytes, so only within one user's mail)."""
 
     def __init__(self, parent: Store) -> None:
         self.parent = parent
@@ -249,39 +249,15 @@ class MailCrypt:
         return decrypt(private, data, key) if len(data) <= ON_LOOP else \
             await asyncio.to_thread(decrypt, private, data, key)
 
-    async def get(self, key: str) -> tuple[bytes, ObjectStat]:
-        body, stat = await self.parent.get(key)
-        return await self._out(body, key), stat
-
-    async def get_many(self, keys: builtins.list[str]) -> builtins.list[bytes]:
-        bodies = await self.parent.get_many(keys)
-        return [await self._out(b, k) for k, b in zip(keys, bodies, strict=True)]
-
-    async def stat(self, key: str) -> ObjectStat:
-        return await self.parent.stat(key)  # the stored (encrypted) size
-
-    def list(self, prefix: str = "", delimiter: str | None = None) -> AsyncIterator[ListEntry]:
-        return self.parent.list(prefix, delimiter)
-
-    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
-                  content_type: str = "application/octet-stream") -> str:
+    async def _in(self, data: bytes, key: str) -> bytes:
         public = await self.public_key(user_of(key))
-        sealed = encrypt(public, data) if len(data) <= ON_LOOP else await asyncio.to_thread(encrypt, public, data)
-        return await self.parent.put(key, sealed, metadata, content_type)
-
-    async def delete(self, key: str) -> None:
-        await self.parent.delete(key)
-
-    async def delete_many(self, keys: builtins.list[str]) -> builtins.list[tuple[str, str]]:
-        return await self.parent.delete_many(keys)
+        return encrypt(public, data) if len(data) <= ON_LOOP else await asyncio.to_thread(encrypt, public, data)
 
     async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> None:
         if user_of(src) != user_of(dst):
             raise FsError("mail-crypt: an object is copied within its user's mail only", code="CrossUserCopy")
         await self.parent.copy(src, dst, metadata)  # still encrypted to the same key
 
-    async def close(self) -> None:
-        await self.parent.close()
 
 
 async def _put_new(store: Store, key: str, data: bytes) -> bool:

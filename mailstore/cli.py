@@ -159,10 +159,7 @@ def cmd_sieve(args: argparse.Namespace) -> int:
             scripts.activate(meta, user, "")
         elif args.action == "delete":
             scripts.delete(meta, user, args.name)
-    except SieveError as exc:
-        print(f"mailstore sieve: {exc}", file=sys.stderr)
-        return 1
-    except MetaError as exc:
+    except (SieveError, MetaError) as exc:
         print(f"mailstore sieve: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -551,21 +548,28 @@ def _lmtp_parser(sub: Subcommands) -> None:
     p.set_defaults(fn=cmd_lmtp)
 
 
-def _imap_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("imap", help="run the IMAP server")
+def _login_server(sub: Subcommands, name: str, what: str, port: int, tls_port: int, starttls: str,
+                  ) -> argparse.ArgumentParser:
+    """The options IMAP and POP3 share: the store, logs, listeners, users' domain, TLS, metrics."""
+    p = sub.add_parser(name, help=what)
     _store(p)
     logs.add_arguments(p)
-    p.add_argument("--listen", default="127.0.0.1:143", help="HOST:PORT (default 127.0.0.1:143)")
+    p.add_argument("--listen", default=f"127.0.0.1:{port}", help=f"HOST:PORT (default 127.0.0.1:{port})")
     p.add_argument("--domain", default="localhost", help="domain of bare user names at login")
     p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
-    p.add_argument("--max-append", default="50M", help="the largest APPEND taken (default 50M)")
-    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS (read again on SIGHUP)")
+    p.add_argument("--tls-cert", help=f"certificate chain (PEM): enables {starttls} (read again on SIGHUP)")
     p.add_argument("--tls-key", help="its private key (PEM)")
-    p.add_argument("--listen-tls", help="also listen with implicit TLS (993-style) on HOST:PORT")
+    p.add_argument("--listen-tls", help=f"also listen with implicit TLS ({tls_port}-style) on HOST:PORT")
+    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
+    return p
+
+
+def _imap_parser(sub: Subcommands) -> None:
+    p = _login_server(sub, "imap", "run the IMAP server", 143, 993, "STARTTLS")
+    p.add_argument("--max-append", default="50M", help="the largest APPEND taken (default 50M)")
     p.add_argument("--state-record-interval", type=float, default=300.0, metavar="SECONDS",
                    help="record changed users' flags, keywords, mailbox names and copies in the bucket this "
                         "often, for reindex (default 300; 0: never)")
-    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
     p.set_defaults(fn=cmd_imap)
 
 
@@ -590,16 +594,7 @@ def _sieve_parser(sub: Subcommands) -> None:
 
 
 def _pop3_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("pop3", help="run the POP3 server (the users' INBOX)")
-    _store(p)
-    logs.add_arguments(p)
-    p.add_argument("--listen", default="127.0.0.1:110", help="HOST:PORT (default 127.0.0.1:110)")
-    p.add_argument("--domain", default="localhost", help="domain of bare user names at login")
-    p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
-    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STLS (read again on SIGHUP)")
-    p.add_argument("--tls-key", help="its private key (PEM)")
-    p.add_argument("--listen-tls", help="also listen with implicit TLS (995-style) on HOST:PORT")
-    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
+    p = _login_server(sub, "pop3", "run the POP3 server (the users' INBOX)", 110, 995, "STLS")
     p.set_defaults(fn=cmd_pop3)
 
 

@@ -195,11 +195,13 @@ protocol imap {
 
 
 def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: bool = False,  # type: ignore[no-untyped-def]
-                  pop3: bool = False, sieve: bool = False):
+                  pop3: bool = False, sieve: bool = False, submission: str = "", managesieve: bool = False):
     """A private Dovecot CE: LMTP (and IMAP when asked) on loopback; returns (port or (lmtp, imap), conf).
     `pop3`: POP3 too (with the maildrop lock RFC 1939 asks for), its port in the conf's directory
     as `pop3.port`. `sieve`: LMTP runs each user's ~/.dovecot.sieve (Pigeonhole), the home being
-    the conf's directory's mail/USER.
+    the conf's directory's mail/USER; `submission` ("host:port"): where redirect and vacation
+    messages go. `managesieve`: ManageSieve too, its port in the conf's directory as
+    `managesieve.port`.
 
     like_ours: the mailbox layout our server has ("/" separator, the special-use
     folders made and subscribed for a new user), for side-by-side comparison.
@@ -217,12 +219,14 @@ def start_dovecot(work: Path, users: list[str], imap: bool = False, like_ours: b
     imap_port = free_port()
     pop3_port = free_port()
     (d / "pop3.port").write_text(str(pop3_port))
+    sieve_port = free_port()
+    (d / "managesieve.port").write_text(str(sieve_port))
     conf = d / "dovecot.conf"
     conf.write_text(f"""
 base_dir = {d}/run
 log_path = {d}/dovecot.log
 listen = 127.0.0.1
-protocols = lmtp{" imap" if imap else ""}{" pop3" if pop3 else ""}
+protocols = lmtp{" imap" if imap else ""}{" pop3" if pop3 else ""}{" sieve" if managesieve else ""}
 ssl = no
 disable_plaintext_auth = no
 mail_location = maildir:{d}/mail/%u/Maildir
@@ -244,7 +248,9 @@ service lmtp {{
   }}
 }}
 {POP3.format(port=pop3_port) if pop3 else ""}
-{SIEVE if sieve else ""}
+{SIEVE if sieve or managesieve else ""}
+{f"submission_host = {submission}" if submission else ""}
+{MANAGESIEVE.format(port=sieve_port) if managesieve else ""}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -273,6 +279,15 @@ protocol lmtp {
 plugin {
   sieve = file:~/sieve;active=~/.dovecot.sieve
 }
+"""
+
+MANAGESIEVE = """
+service managesieve-login {{
+  inet_listener sieve {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
 """
 
 POP3 = """

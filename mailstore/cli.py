@@ -1,7 +1,7 @@
 """The mail shim's part of the `mailstore` command line.
 
     mailstore user add|list|delete|passwd|set-quota|alias --db PATH ...
-    mailstore lmtp --db PATH --fs URL [--listen HOST:PORT] [--max-size 50M] [--domain D]
+    mailstore lmtp --db PATH --fs URL [--listen HOST:PORT] [--max-size 50M] [--domain D] [--submission H:P]
     mailstore pop3 --db PATH --fs URL [--listen HOST:PORT] [--domain D]
     mailstore reindex --db PATH --fs URL USER
     mailstore gc --db PATH --fs URL [--grace 1h] [--user U]
@@ -168,16 +168,22 @@ def cmd_sieve(args: argparse.Namespace) -> int:
 def cmd_lmtp(args: argparse.Namespace) -> int:
     from .delivery import Deliverer
     from .lmtp import start_lmtp
+    from .sieve.outbound import Relay
 
     logs.setup_from(args, "lmtp")
     host, _, port = args.listen.rpartition(":")
     max_size = parse_size(args.max_size)
     tls = _tls(args)
+    try:
+        relay = Relay.parse(args.submission) if args.submission else None
+    except ValueError as exc:
+        print(f"mailstore lmtp: {exc}", file=sys.stderr)
+        return 2
 
     async def main(sock: socket.socket | None = None) -> None:
         meta = MetaStore(args.db)
         fs = open_fs(args.fs)
-        deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size)
+        deliverer = Deliverer(meta, fs, AddressPolicy(args.domain, args.delimiter), max_size, relay)
         if args.metrics_listen:
             from . import metrics
 
@@ -545,6 +551,9 @@ def _lmtp_parser(sub: Subcommands) -> None:
     p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT (with --workers 1)")
     p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS (read again on SIGHUP)")
     p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--submission", default="",
+                   help="HOST:PORT of the SMTP relay (the local Postfix) that Sieve's redirects and vacation "
+                        "replies are submitted to; without it they are not sent (and redirected mail is kept)")
     p.set_defaults(fn=cmd_lmtp)
 
 

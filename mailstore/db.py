@@ -156,6 +156,13 @@ MIGRATIONS = [
     CREATE TABLE sieve_scripts(user_name TEXT NOT NULL, name TEXT NOT NULL, script TEXT NOT NULL,
         active INTEGER NOT NULL DEFAULT 0, modified REAL NOT NULL, PRIMARY KEY(user_name, name));
     """,
+    # 15: what Sieve sent on a user's behalf and must not send again before `expires`: vacation
+    # replies per (sender, handle) (RFC 5230 §4.2), redirects per (message, target) so a retried
+    # delivery does not forward twice (sieve/outbound.py).
+    """
+    CREATE TABLE sieve_duplicates(user_name TEXT NOT NULL, key TEXT NOT NULL, expires REAL NOT NULL,
+        PRIMARY KEY(user_name, key));
+    """,
 ]
 
 EXPUNGE_LOG_MODSEQS = 100_000
@@ -511,6 +518,7 @@ class MetaStore:
             c.execute("DELETE FROM aliases WHERE user_name=?", (name,))
             c.execute("DELETE FROM pop3_locks WHERE user_name=?", (name,))
             c.execute("DELETE FROM sieve_scripts WHERE user_name=?", (name,))
+            c.execute("DELETE FROM sieve_duplicates WHERE user_name=?", (name,))
             c.execute("DELETE FROM users WHERE name=?", (name,))
         return keys
 

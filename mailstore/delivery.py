@@ -32,6 +32,7 @@ from runtime import logs
 from . import layout, message
 from .db import Mailbox, MetaStore, MetaWriter, NewMessage, StoreUnavailable, User
 from .sieve import deliver as sieve_deliver
+from .sieve.outbound import Relay
 from .users import AddressPolicy, resolve
 
 log = logging.getLogger("mailstore.delivery")
@@ -80,8 +81,10 @@ class DeliveryStats:
 
 
 class Deliverer:
-    def __init__(self, meta: MetaStore, fs: Fs, policy: AddressPolicy, max_size: int) -> None:
+    def __init__(self, meta: MetaStore, fs: Fs, policy: AddressPolicy, max_size: int,
+                 relay: Relay | None = None) -> None:
         self.meta = meta
+        self.relay = relay  # where Sieve's redirects and vacation replies are submitted (None: not sent)
         self.writer = MetaWriter(meta)
         self.fs = fs
         self.policy = policy
@@ -237,7 +240,7 @@ class Deliverer:
             if user not in scripts:
                 continue
             plan = await asyncio.to_thread(sieve_deliver.plan, self.meta, user, address, mail_from,
-                                           message.stored_bytes(data, mail_from, address), scripts[user])
+                                           message.stored_bytes(data, mail_from, address), scripts[user], self.relay)
             if plan.reject is not None:
                 reason = " ".join(plan.reject.split())[:400] or "Rejected"
                 replies[i] = self._fail(Rejected(f"550 5.7.1 {reason}"))

@@ -99,9 +99,12 @@ class Handler:
         users = _ours(envelope).users
         recipients = [(a, users[a]) for a in envelope.rcpt_tos]
         trace = {"session": _session_id(session), "queue_id": postfix_queue_id(data) or "-"}
-        replies = await self.deliverer.deliver(envelope.mail_from or "", recipients, data, trace)
+        # aiosmtpd keeps the null reverse-path as the text "<>" (its own checks need it non-empty);
+        # below this point the null sender is "" (Return-Path: <>, Sieve's envelope "from").
+        sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        replies = await self.deliverer.deliver(sender, recipients, data, trace)
         logs.event(log, logging.INFO, "transaction", **trace, remote=_peer(session),
-                   **{"from": f"<{envelope.mail_from or ''}>"}, recipients=len(replies),
+                   **{"from": f"<{sender}>"}, recipients=len(replies),
                    accepted=sum(1 for r in replies if r.startswith("2")), size=len(data),
                    ms=round((time.perf_counter() - started) * 1000, 1))
         return "\r\n".join(replies)

@@ -35,6 +35,7 @@ TABLES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("subscriptions", ("user_name", "name"), ("user_name", "name")),
     ("keywords", ("mailbox_id", "name"), ("mailbox_id", "name")),
     ("sieve_scripts", ("user_name", "name", "script", "active", "modified"), ("user_name", "name")),
+    ("sieve_duplicates", ("user_name", "key", "expires"), ("user_name", "key")),
 ]
 BATCH = 2000
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA_VERSION_PG = 14  # the SQLite migration PG_SCHEMA matches
+SCHEMA_VERSION_PG = 15  # the SQLite migration PG_SCHEMA matches
 _WRITE_LOCK_KEY = 0x6D61696C  # "mail": the advisory lock every metadata writer takes
 _LIVENESS: dict[tuple[str, str], Any] = {}  # (url, owner) -> the connection holding the owner's lock
 
@@ -305,7 +305,7 @@ PG_TRIGGERS = [
     WHEN (NEW.highestmodseq IS DISTINCT FROM OLD.highestmodseq) EXECUTE FUNCTION mailstore_notify()""",
 ]
 
-# The SQLite schema after MIGRATIONS 1-14, as PostgreSQL spells it: 64-bit integers
+# The SQLite schema after MIGRATIONS 1-15, as PostgreSQL spells it: 64-bit integers
 # (UIDs are unsigned 32-bit, MODSEQs 63-bit), double precision times, identity ids.
 PG_SCHEMA = """
 CREATE TABLE users(
@@ -338,7 +338,9 @@ CREATE TABLE subscriptions(user_name TEXT NOT NULL, name TEXT NOT NULL, PRIMARY 
 CREATE TABLE keywords(mailbox_id BIGINT NOT NULL, name TEXT NOT NULL, PRIMARY KEY(mailbox_id, name));
 CREATE TABLE pop3_locks(user_name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL);
 CREATE TABLE sieve_scripts(user_name TEXT NOT NULL, name TEXT NOT NULL, script TEXT NOT NULL,
-    active BIGINT NOT NULL DEFAULT 0, modified DOUBLE PRECISION NOT NULL, PRIMARY KEY(user_name, name))
+    active BIGINT NOT NULL DEFAULT 0, modified DOUBLE PRECISION NOT NULL, PRIMARY KEY(user_name, name));
+CREATE TABLE sieve_duplicates(user_name TEXT NOT NULL, key TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY(user_name, key))
 """
 
 # The SQLite migrations after 12, as PostgreSQL runs them on a store an older release made.
@@ -347,4 +349,6 @@ PG_MIGRATIONS = {
     CREATE TABLE pop3_locks(user_name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL)""",
     14: """CREATE TABLE sieve_scripts(user_name TEXT NOT NULL, name TEXT NOT NULL, script TEXT NOT NULL,
     active BIGINT NOT NULL DEFAULT 0, modified DOUBLE PRECISION NOT NULL, PRIMARY KEY(user_name, name))""",
+    15: """CREATE TABLE sieve_duplicates(user_name TEXT NOT NULL, key TEXT NOT NULL,
+    expires DOUBLE PRECISION NOT NULL, PRIMARY KEY(user_name, key))""",
 }

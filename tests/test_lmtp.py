@@ -42,7 +42,7 @@ class Shim:
 
     def __init__(self, base: Path, *, max_size: str = "50M", gw_port: int | None = None,
                  metadata: str | None = None, s3: tuple[str, Key] | None = None, wrap: str = "",
-                 outer: str = "") -> None:
+                 outer: str = "", lmtp_args: tuple[str, ...] = ()) -> None:
         """`s3`: (host:port, key) of another S3 store (SeaweedFS) with a bucket "mail", instead of
         a gateway of our own; `wrap`: fs wrappers between the cache and s3 (e.g. "compress:zstd:3:"),
         `outer`: above the cache (e.g. "mail-crypt:", which keeps the cache encrypted)."""
@@ -68,7 +68,7 @@ class Shim:
         self.fs = f"@{fs_file}"
         self.log = open(base / "lmtp.log", "w")
         self.proc = subprocess.Popen([str(BIN / "mailstore"), "lmtp", "--db", str(self.db), "--fs", self.fs,
-                                      "--listen", "127.0.0.1:0", "--domain", DOMAIN, "--max-size", max_size],
+                                      "--listen", "127.0.0.1:0", "--domain", DOMAIN, "--max-size", max_size, *lmtp_args],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         assert self.proc.stdout is not None
         self.port = json.loads(self.proc.stdout.readline())["port"]
@@ -253,6 +253,11 @@ def test_obox_layout_and_metadata(shim):
     assert m["dovecot-username"] == "bob@example.com" and m["dovecot-guid"] == guid
     assert int(m["dovecot-size"]) == len(body) == size and m["dovecot-mailbox-guid"] == box_guid
     assert m["mailstore-uid"] == str(uid) and m["mailstore-mailbox"] == "INBOX"
+    c = smtplib.LMTP("127.0.0.1", shim.port)  # a bounce: the null reverse-path is Return-Path: <> (not <<>>)
+    c.sendmail("", ["bob@example.com"], original)
+    c.quit()
+    key = shim.rows("bob@example.com")[-1][5]
+    assert s3.get_object(Bucket="mail", Key=key)["Body"].read().startswith(b"Return-Path: <>\r\nDelivered-To: ")
 
 
 def test_concurrent_deliveries_get_strictly_increasing_uids(shim):

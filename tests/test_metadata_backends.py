@@ -185,7 +185,7 @@ def test_postgres_store_of_schema_12_migrates(postgres) -> None:  # type: ignore
     assert meta.get_user("old@x") is not None
     assert meta.pop3_lock("old@x", "a", 60) and not meta.pop3_lock("old@x", "b", 60)
     with psycopg.connect(postgres.url(name)) as c:
-        assert c.execute("SELECT version FROM schema_version").fetchone() == (14,)
+        assert c.execute("SELECT version FROM schema_version").fetchone() == (15,)
         assert c.execute("SELECT count(*) FROM sieve_scripts").fetchone() == (0,)
         assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='messages' "
                          "AND column_name='pop3_uidl'").fetchone() == (1,)

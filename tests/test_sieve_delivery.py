@@ -1,6 +1,7 @@
 """Sieve at LMTP delivery (issue 21), side by side with Dovecot CE's LMTP running Pigeonhole:
 the same script for a user on both servers, the same messages delivered over LMTP, then every
-folder's messages (subject and flags, over IMAP) compared.
+folder's messages (subject and flags, over IMAP) compared, and every redirect and vacation reply
+each server submitted (caught by an SMTP sink standing in for the relay) compared.
 
 Two differences of Dovecot's LMTP that are not Sieve's are kept out of the scripts: it adds a
 Received header (ours adds Return-Path and Delivered-To only), so `size` thresholds sit well clear
@@ -9,6 +10,7 @@ for the RCPT TO address (envelope :detail is compared with sieve-test in test_si
 
 from __future__ import annotations
 
+import email.header
 import imaplib
 import os
 import pwd
@@ -22,7 +24,7 @@ import pytest
 
 from bench.lmtp import start_dovecot, stop_all
 from conftest import mailstore
-from test_lmtp import DOMAIN, Shim
+from test_lmtp import DOMAIN, Shim, free_port
 
 MESSAGES = [
     ("alice+news@example.com", "Subject: [list] weekly news\r\nFrom: Alice <alice+news@example.com>\r\n"
@@ -54,16 +56,61 @@ SCRIPTS = [
 ]
 
 
+# Scripts that send: each user's script, then the messages each user is sent ({me}: the user).
+OUTBOUND = [
+    'require "vacation";\nvacation :days 3 :addresses ["other@example.com"] "I am away.";\n',
+    'require ["vacation"];\nvacation :subject "Abwesend: Müller" :from "Boss <boss@example.com>" '
+    ':handle "h1" text:\nBack on Monday.\r\nGrüße\n.\n;\n',
+    'require ["copy", "fileinto"];\nredirect "first@example.net";\n'
+    'if header :contains "subject" "copy" { redirect :copy "second@example.net"; fileinto "Junk"; }\n',
+    'require ["vacation"];\nvacation :mime "Content-Type: text/plain; charset=us-ascii\r\n\r\nMIME away\r\n";\n',
+]
+SENT = [
+    ("x@example.org", "From: X <x@example.org>\r\nTo: {me}\r\nSubject: hello there\r\n"
+                      "Message-ID: <m1@example.org>\r\nReferences: <m0@example.org>\r\n\r\nbody\r\n"),
+    ("x@example.org", "From: X <x@example.org>\r\nTo: {me}\r\nSubject: again, copy\r\nMessage-ID: <m2@example.org>"
+                      "\r\n\r\nbody\r\n"),
+    ("y@example.org", "From: Y <y@example.org>\r\nTo: {me}\r\nSubject: list\r\nList-Id: <l.example.org>\r\n\r\nb\r\n"),
+    ("z@example.org", "From: Z <z@example.org>\r\nTo: someone@example.com\r\nSubject: bcc\r\n\r\nb\r\n"),
+    ("z@example.org", "From: Z <z@example.org>\r\nTo: other@example.com\r\nSubject: alt address\r\n\r\nb\r\n"),
+    ("", "From: W <w@example.org>\r\nTo: {me}\r\nSubject: bounce\r\n\r\nbody\r\n"),
+    ("q@example.org", "From: Q <q@example.org>\r\nTo: {me}\r\nSubject: prec\r\nPrecedence: bulk\r\n\r\nb\r\n"),
+    ("a@example.org", "From: A <a@example.org>\r\nCc: {me}\r\nSubject: auto\r\nAuto-Submitted: auto-replied\r\n\r\nb\r\n"),
+    ("{me}", "From: Me <{me}>\r\nTo: {me}\r\nSubject: self\r\n\r\nbody\r\n"),
+    ("owner-list@example.org", "From: O <o@example.org>\r\nTo: {me}\r\nSubject: owner\r\n\r\nbody\r\n"),
+    ("b@example.org", "From: b@example.org\r\nTo: {me}\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n"),
+    ("c@example.org", "From: C <c@example.org>\r\nTo: {me}\r\n\r\nno subject\r\n"),
+]
+
+
+class Sink:
+    """An SMTP server standing in for the submission relay: keeps what it is given."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.got: list[tuple[str, list[str], bytes]] = []
+        self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
+        self.controller.start()
+        self.address = f"127.0.0.1:{self.controller.port}"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.got.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
-    users = [f"s{n}@{DOMAIN}" for n in range(len(SCRIPTS))]
+    users = [f"s{n}@{DOMAIN}" for n in range(len(SCRIPTS))] + [f"o{n}@{DOMAIN}" for n in range(len(OUTBOUND))]
     work = Path(tempfile.mkdtemp(prefix="mailstore-sievediff-"))  # (Dovecot's mail user must reach it)
-    (lmtp_port, imap_port), conf = start_dovecot(work, users, imap=True, like_ours=True, sieve=True)
+    sinks = {"dovecot": Sink(), "ours": Sink()}
+    (lmtp_port, imap_port), conf = start_dovecot(work, users, imap=True, like_ours=True, sieve=True,
+                                                 submission=sinks["dovecot"].address)
     mail = pwd.getpwnam("mail")
-    shim = Shim(tmp_path_factory.mktemp("sievediff"))
+    shim = Shim(tmp_path_factory.mktemp("sievediff"), lmtp_args=("--submission", sinks["ours"].address))
     imap, info = shim.start_imap()
     try:
-        for user, script in zip(users, SCRIPTS, strict=True):
+        for user, script in zip(users, SCRIPTS + OUTBOUND, strict=True):
             home = work / "dovecot" / "mail" / user
             home.mkdir(parents=True, exist_ok=True)
             (home / ".dovecot.sieve").write_text(script)
@@ -73,8 +120,11 @@ def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
             f = shim.base / f"{user}.sieve"
             f.write_text(script)
             mailstore("sieve", "put", "--db", str(shim.db), user, "main", str(f), "--activate")
-        yield {"dovecot": (lmtp_port, imap_port), "ours": (shim.port, int(info["port"])), "users": users}
+        yield {"dovecot": (lmtp_port, imap_port), "ours": (shim.port, int(info["port"])), "users": users,
+               "sinks": sinks}
     finally:
+        for sink in sinks.values():
+            sink.controller.stop()
         imap.terminate()
         imap.wait(timeout=30)
         shim.stop()
@@ -126,8 +176,8 @@ def test_delivery_files_as_dovecot(servers, n):
 
 def test_reject_discard_failures_and_the_command_line(tmp_path):
     """Ours alone: reject answers 550 5.7.1 with the reason; discard stores nothing; a script
-    that fails at run time, and one that redirects (not carried out yet), keep the message in
-    INBOX; `mailstore sieve` keeps only scripts that compile, one active, the active one not
+    that fails at run time, and one that redirects with no submission relay configured, keep the
+    message in INBOX; `mailstore sieve` keeps only scripts that compile, one active, the active one not
     deleted."""
     shim = Shim(tmp_path / "shim")
     user = f"cli@{DOMAIN}"
@@ -158,7 +208,7 @@ def test_reject_discard_failures_and_the_command_line(tmp_path):
                    "--activate").returncode == 0  # type: ignore[attr-defined]
         assert deliver("no thanks") == (550, b"5.7.1 not here, sorry")
         assert deliver("drop me") == {}
-        assert deliver("go far") == {}  # kept: redirect is not carried out yet
+        assert deliver("go far") == {}  # kept: no relay to redirect through
         assert deliver("regex breaks") == {}  # an invalid regex fails at run time: kept
         m = imaplib.IMAP4("127.0.0.1", int(info["port"]))
         m.login(user, "pw")
@@ -178,3 +228,80 @@ def test_reject_discard_failures_and_the_command_line(tmp_path):
         imap.terminate()
         imap.wait(timeout=30)
         shim.stop()
+
+
+def _sent(got: list[tuple[str, list[str], bytes]]) -> list[tuple[str, list[str], list[str], str]]:
+    """What a server submitted, without what differs by design: the X-Sieve banner, generated
+    Message-ID and Date, and the trace headers each LMTP adds (Received; Return-Path, Delivered-To).
+    Encoded words are decoded (the two encoders choose B or Q differently)."""
+    out = []
+    for mail_from, rcpts, data in got:
+        head, _, body = data.replace(b"\r\n", b"\n").partition(b"\n\n")
+        fields = re.split(rb"\n(?![ \t])", head)
+        kept = []
+        for f in fields:
+            name, _, value = f.decode().partition(":")
+            if name.lower() in ("x-sieve", "message-id", "date", "received", "delivered-to", "return-path"):
+                continue
+            value = " ".join(value.split())
+            if name.lower() in ("subject", "from"):
+                value = str(email.header.make_header(email.header.decode_header(value)))
+            kept.append(f"{name}: {value}")
+        out.append((mail_from, rcpts, kept, body.decode()))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("n", range(len(OUTBOUND)))
+def test_redirects_and_vacation_replies_as_dovecot(servers, n):
+    """Every message both servers sent on the script's behalf (to the relay), and the folders."""
+    user = servers["users"][len(SCRIPTS) + n]
+    for name in ("dovecot", "ours"):
+        sink = servers["sinks"][name]
+        sink.got.clear()
+        with smtplib.LMTP("127.0.0.1", servers[name][0]) as lmtp:
+            for sender, text in SENT:
+                assert lmtp.sendmail(sender.format(me=user), [user], text.format(me=user).encode()) == {}
+    theirs = _sent(servers["sinks"]["dovecot"].got)
+    assert theirs, "Dovecot sent nothing"
+    assert _sent(servers["sinks"]["ours"].got) == theirs, OUTBOUND[n]
+    assert folders(servers["ours"][1], user) == folders(servers["dovecot"][1], user)
+
+
+class RefusingSink(Sink):
+    """A relay that answers 451 to every message while `refuse` is set."""
+
+    refuse = True
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.refuse:
+            return "451 4.3.0 try later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_redirect_is_sent_once_and_kept_when_the_relay_refuses(tmp_path):
+    """Ours alone: a relay that refuses the redirect leaves the message in INBOX (nothing lost);
+    the same message delivered again (as an MTA retries) is forwarded once, not twice."""
+    sink = RefusingSink()
+    shim = Shim(tmp_path / "shim", lmtp_args=("--submission", sink.address))
+    user = f"fwd@{DOMAIN}"
+    shim.add_user(user)
+    f = tmp_path / "fwd.sieve"
+    f.write_text('redirect "away@example.net";\n')
+    mailstore("sieve", "put", "--db", str(shim.db), user, "fwd", str(f), "--activate")
+    text = b"Subject: forward me\r\nMessage-ID: <once@example.org>\r\n\r\nbody\r\n"
+    try:
+        with smtplib.LMTP("127.0.0.1", shim.port) as lmtp:
+            assert lmtp.sendmail("a@example.org", [user], text) == {}
+            assert [r[0] for r in shim.rows(user)] == ["INBOX"] and sink.got == []
+            sink.refuse = False
+            for _ in range(2):
+                assert lmtp.sendmail("a@example.org", [user], text) == {}
+        assert [(g[0], g[1]) for g in sink.got] == [("a@example.org", ["away@example.net"])]
+        assert sink.got[0][2].startswith(b"X-Sieve: mailstore Sieve\r\nX-Sieve-Redirected-From: fwd@example.com\r\n"
+                                         b"Delivered-To: fwd@example.com\r\nSubject: forward me")
+        assert [r[0] for r in shim.rows(user)] == ["INBOX"]  # the two later copies went away only
+        log = (tmp_path / "shim" / "lmtp.log").read_text()
+        assert "redirect failed; message kept in INBOX" in log and "discarded duplicate forward" in log
+    finally:
+        shim.stop()
+        sink.controller.stop()

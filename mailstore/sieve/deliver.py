@@ -3,8 +3,10 @@ the folders (and flags) it goes to, or a rejection, or nothing at all (discard).
 
 Never loses mail: a script that fails at run time, and a fileinto into a folder that does not
 exist (without `:create`), leave the message in INBOX only, as Pigeonhole does (none of the
-script's other actions is carried out); an action this server cannot carry out yet (redirect,
-vacation) leaves it in INBOX too. The reason is logged. A folder named with `:create` is made.
+script's other actions is carried out); a redirect that cannot be sent (no relay configured, or the
+relay refused it) leaves it in INBOX too. The reason is logged. A folder named with `:create` is
+made. Redirects and vacation replies go out before the copy is stored, remembered so that a
+delivery the MTA retries does not send them again (outbound.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from runtime import logs
 from .. import folders
 from ..db import MetaStore
 from ..imap import mutf7
+from . import outbound
+from .outbound import Relay
 from .run import Envelope, Outcome, run
 from .scripts import compiled
 
@@ -43,8 +47,9 @@ def active_scripts(meta: MetaStore, users: list[str]) -> dict[str, tuple[str, st
 
 
 def plan(meta: MetaStore, user: str, address: str, mail_from: str, message: bytes,
-         script: tuple[str, str]) -> Plan:
-    """Run the user's script on the message as it will be stored (blocking: a worker thread)."""
+         script: tuple[str, str], relay: Relay | None = None) -> Plan:
+    """Run the user's script on the message as it will be stored, and send what it sends through
+    `relay` (blocking: a worker thread)."""
     name, text = script
     out = Plan(script=name)
     result: Outcome | None = None
@@ -81,10 +86,57 @@ def plan(meta: MetaStore, user: str, address: str, mail_from: str, message: byte
             boxes.add(folder)
         if folder not in (t for t, _ in out.targets):
             out.targets.append((folder, store.flags))
-    if result.redirects or result.vacation is not None:
-        logs.event(log, logging.WARNING, "redirect and vacation are not carried out yet; message kept in INBOX",
-                   user=user, script=name, redirects=len(result.redirects), vacation=result.vacation is not None)
+    if not _send(meta, user, address, mail_from, message, result, relay, name):
         keep = True
     if keep and "INBOX" not in (t for t, _ in out.targets):
         out.targets.insert(0, ("INBOX", flags_of_keep))
     return out
+
+
+def _send(meta: MetaStore, user: str, address: str, mail_from: str, message: bytes, result: Outcome,
+          relay: Relay | None, script: str) -> bool:
+    """Send the script's redirects and vacation reply; False when a redirect was not sent (the
+    message is then kept in INBOX, so nothing is lost)."""
+    if not result.redirects and result.vacation is None:
+        return True
+    msg = outbound.parse(message)
+    ok = True
+    for target in result.redirects:
+        key = outbound.redirect_key(msg, message, target)
+        if relay is None:
+            logs.event(log, logging.WARNING, "redirect not sent: no submission relay configured; message kept in "
+                       "INBOX", user=user, script=script, to=f"<{target}>")
+            ok = False
+        elif outbound.already_sent(meta, user, key):
+            logs.event(log, logging.INFO, "redirect: discarded duplicate forward", user=user, script=script,
+                       to=f"<{target}>")
+        else:
+            try:
+                relay.send(mail_from, target, outbound.redirected(message, user))
+            except outbound.SendError as exc:
+                logs.event(log, logging.WARNING, "redirect failed; message kept in INBOX", user=user, script=script,
+                           to=f"<{target}>", reason=str(exc))
+                ok = False
+                continue
+            outbound.remember(meta, user, key, outbound.REDIRECT_PERIOD)
+            logs.event(log, logging.INFO, "redirected", user=user, script=script, to=f"<{target}>")
+    vac = result.vacation
+    if vac is not None:
+        own = [address, user, *vac.addresses]
+        refusal = outbound.vacation_refusal(msg, mail_from, own, vac, meta, user)
+        if refusal is not None:
+            logs.event(log, logging.INFO, "vacation: " + refusal, user=user, script=script)
+        elif relay is None:
+            logs.event(log, logging.WARNING, "vacation reply not sent: no submission relay configured", user=user,
+                       script=script, to=f"<{mail_from}>")
+        else:
+            try:
+                reply = outbound.vacation_reply(msg, mail_from, outbound.addressed_as(msg, own) or address, vac)
+                relay.send("", mail_from, reply)
+            except outbound.SendError as exc:
+                logs.event(log, logging.WARNING, "vacation reply failed", user=user, script=script,
+                           to=f"<{mail_from}>", reason=str(exc))
+            else:
+                outbound.remember(meta, user, outbound.vacation_key(mail_from, vac), vac.days * 86400)
+                logs.event(log, logging.INFO, "vacation reply sent", user=user, script=script, to=f"<{mail_from}>")
+    return ok

@@ -131,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
 # The mail commands that may make a new SQLite metadata file: the servers, and reindex (a
 # rebuild into a new, empty store is how a lost one comes back)
-CREATING = ("lmtp", "imap", "pop3", "reindex")
+CREATING = ("lmtp", "imap", "pop3", "managesieve", "reindex")
 
 
 def _mail_store(args: argparse.Namespace) -> None:

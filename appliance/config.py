@@ -33,6 +33,8 @@ imap = "{imap}"              # IMAP (STARTTLS with [tls])
 imaps = ""                            # IMAP over implicit TLS too, e.g. "0.0.0.0:993" (needs [tls])
 pop3 = "{pop3}"              # POP3 on the INBOX (STLS with [tls]); "" for none
 pop3s = ""                            # POP3 over implicit TLS too, e.g. "0.0.0.0:995" (needs [tls])
+managesieve = "{managesieve}"       # ManageSieve: users' Sieve filters (STARTTLS with [tls]); "" for none
+submission = ""                       # the SMTP relay Sieve redirects and vacation replies go to, e.g. "127.0.0.1:25"
 domain = "example.com"                # the domain of bare local parts
 cache_size = "1G"                     # the shim's fscache in DATA_DIR/cache
 compress = ""                         # the shim's objects compressed: "zstd:3" (or "gz:6", "bz2:9", "xz:6")
@@ -40,6 +42,7 @@ mail_crypt = false                    # each user's mail encrypted to their own 
 lmtp_metrics = "{lmtp_metrics}"      # Prometheus /metrics of the LMTP process
 imap_metrics = "{imap_metrics}"      # ...and of the IMAP process (gateways: /metrics on their own port)
 pop3_metrics = "{pop3_metrics}"      # ...and of the POP3 process
+managesieve_metrics = "{managesieve_metrics}"   # ...and of the ManageSieve process
 max_recipients = 100                  # LMTP RCPTs per transaction; past it 452 4.5.3 (RFC 5321)
 state_record_interval = 300           # seconds: changed users' flags recorded in the bucket (for reindex)
 
@@ -74,7 +77,7 @@ format = "text"    # "text" lines, or "json" lines; files in DATA_DIR/logs, reop
 
 DEFAULT_PORTS = {"s3": 8000, "gw1": 8001, "gw2": 8002, "stats": 8404, "lmtp": 2424, "imap": 1143,
                  "lmtp_metrics": 9124, "imap_metrics": 9143, "dashboard": 8080, "postgres": 5433, "pop3": 1110,
-                 "pop3_metrics": 9110}
+                 "pop3_metrics": 9110, "managesieve": 4190, "managesieve_metrics": 9190}
 
 
 class ConfigError(ValueError):
@@ -123,6 +126,9 @@ class ApplianceConfig:
     pop3: str = ""  # POP3 ("": none)
     pop3s: str = ""  # POP3 over implicit TLS ("": none)
     pop3_metrics: str = ""
+    managesieve: str = ""  # ManageSieve ("": none)
+    managesieve_metrics: str = ""
+    submission: str = ""  # Sieve's SMTP relay ("": redirects and vacation replies are not sent)
 
 
 def default_text(ports: dict[str, int] | None = None) -> str:
@@ -144,7 +150,7 @@ def load(data_dir: Path) -> ApplianceConfig:
              "tls": {"cert", "key"},
              "mail": {"lmtp", "imap", "imaps", "domain", "cache_size", "lmtp_metrics", "imap_metrics",
                       "max_recipients", "state_record_interval", "compress", "mail_crypt", "pop3", "pop3s",
-                      "pop3_metrics"},
+                      "pop3_metrics", "managesieve", "managesieve_metrics", "submission"},
              "dashboard": {"listen", "interval"}, "metadata": {"url", "passfile", "private"},
              "engine": {"kind", "ceph_conf", "ceph_user", "keyring", "data_pool", "index_pool", "meta_pool",
                         "namespace", "master_key"},
@@ -222,8 +228,12 @@ def load(data_dir: Path) -> ApplianceConfig:
     https, imaps, cert, key = (value(*k) for k in (("s3", "https"), ("mail", "imaps"), ("tls", "cert"),
                                                     ("tls", "key")))
     pop3, pop3s, pop3_metrics = (value("mail", k) for k in ("pop3", "pop3s", "pop3_metrics"))
+    sieve, sieve_metrics, submission = (value("mail", k) for k in ("managesieve", "managesieve_metrics",
+                                                                   "submission"))
     for name, v in (("[s3] https", https), ("[mail] imaps", imaps), ("[tls] cert", cert), ("[tls] key", key),
-                    ("[mail] pop3", pop3), ("[mail] pop3s", pop3s), ("[mail] pop3_metrics", pop3_metrics)):
+                    ("[mail] pop3", pop3), ("[mail] pop3s", pop3s), ("[mail] pop3_metrics", pop3_metrics),
+                    ("[mail] managesieve", sieve), ("[mail] managesieve_metrics", sieve_metrics),
+                    ("[mail] submission", submission)):
         if not isinstance(v, str):
             raise ConfigError(f"{path}: {name} must be a string")
     if bool(cert) != bool(key):
@@ -241,11 +251,14 @@ def load(data_dir: Path) -> ApplianceConfig:
                           text("mail", "imap_metrics"), text("dashboard", "listen"), float(interval),
                           max_recipients, url, passfile, text("metadata", "private"), str(kind), rados,
                           log_level, log_format, str(https), str(imaps), str(cert), str(key), float(record),
-                          compress, mail_crypt, str(pop3), str(pop3s), str(pop3_metrics))
+                          compress, mail_crypt, str(pop3), str(pop3s), str(pop3_metrics), str(sieve),
+                          str(sieve_metrics), str(submission))
+    optional = ("s3_https", "imaps", "pop3", "pop3s", "pop3_metrics", "managesieve", "managesieve_metrics",
+                "submission")
     for name in ("s3_listen", "lb_stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard", "gateways",
-                 "private_postgres", "s3_https", "imaps", "pop3", "pop3s", "pop3_metrics"):
+                 "private_postgres", *optional):
         for addr in (getattr(cfg, name) if name == "gateways" else (getattr(cfg, name),)):
-            if not addr and name in ("s3_https", "imaps", "pop3", "pop3s", "pop3_metrics"):
+            if not addr and name in optional:
                 continue
             host, _, port = addr.rpartition(":")
             if not host or not port.isdigit():

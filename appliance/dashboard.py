@@ -195,8 +195,10 @@ class Collector:
                     g[metric] = value
                 elif metric == "mailstore_imap_commands_total":
                     g["imap_commands"] = g.get("imap_commands", 0.0) + value
-                elif metric.startswith("mailstore_pop3_") and not labels:
+                elif metric.startswith(("mailstore_pop3_", "mailstore_managesieve_")) and not labels:
                     g[metric] = value
+                elif metric == "mailstore_managesieve_commands_total" and labels.get("command") == "PUTSCRIPT":
+                    g["managesieve_stored"] = g.get("managesieve_stored", 0.0) + value
         for line in (csv or "").splitlines():
             f = line.split(",")
             if len(f) > 17 and f[0] == "gateways" and f[1] not in ("BACKEND", "FRONTEND"):
@@ -309,6 +311,10 @@ class Collector:
                          "retrieved": g.get("mailstore_pop3_retrieved_total"),
                          "deleted": g.get("mailstore_pop3_deleted_total"),
                          "auth_failures": g.get("mailstore_pop3_auth_failures_total")},
+                "managesieve": {"sessions": g.get("mailstore_managesieve_sessions"),
+                                "logins": g.get("mailstore_managesieve_logins_total"),
+                                "stored": g.get("managesieve_stored"),
+                                "auth_failures": g.get("mailstore_managesieve_auth_failures_total")},
                 "users": last.users, "alerts": alerts, "groups": [g for g in GROUPS if g in series],
                 **self.events.summary(last.t)}
 
@@ -408,7 +414,9 @@ def sources_from(data_dir: Path) -> tuple[Sources, str]:
     sec = json.loads((data_dir / "secrets.json").read_text())
     return Sources([f"http://{g}" for g in cfg.gateways], f"http://{cfg.lb_stats}/stats",
                    {"lmtp": f"http://{cfg.lmtp_metrics}/metrics", "imap": f"http://{cfg.imap_metrics}/metrics",
-                    **({"pop3": f"http://{cfg.pop3_metrics}/metrics"} if cfg.pop3 and cfg.pop3_metrics else {})},
+                    **({"pop3": f"http://{cfg.pop3_metrics}/metrics"} if cfg.pop3 and cfg.pop3_metrics else {}),
+                    **({"managesieve": f"http://{cfg.managesieve_metrics}/metrics"}
+                       if cfg.managesieve and cfg.managesieve_metrics else {})},
                    os.environ.get("MAILSTORE_METADATA") or metadata(cfg, data_dir),  # set by `mailstore up`
                    sec["dashboard"]["user"], sec["dashboard"]["password"], data_dir / "logs"), cfg.dashboard
 

@@ -46,7 +46,7 @@ class LogEvents:
         if self.directory is None or not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob("*.log")):
-            if path.name.startswith(("imap", "pop3", "lmtp", "dashboard")):
+            if path.name.startswith(("imap", "pop3", "managesieve", "lmtp", "dashboard")):
                 self._read(path)
 
     def _read(self, path: Path) -> None:

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
 HAPROXY_MAIL_CFG = ROOT / "packaging" / "haproxy-mail.cfg"  # TCP fronts over several shim hosts
 HAPROXY_POP3_CFG = ROOT / "packaging" / "haproxy-pop3.cfg"  # ... and POP3's
+HAPROXY_SIEVE_CFG = ROOT / "packaging" / "haproxy-managesieve.cfg"  # ... and ManageSieve's
 BIN = Path(sys.executable).parent
-NAMES = ("gateway1", "gateway2", "haproxy", "lmtp", "imap", "pop3", "dashboard")
+NAMES = ("gateway1", "gateway2", "haproxy", "lmtp", "imap", "pop3", "managesieve", "dashboard")
 
 
 @dataclass
@@ -75,6 +76,10 @@ def parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: in
             haproxy.argv[5:5] = ["-f", str(HAPROXY_POP3_CFG)]
             haproxy.env.update({"MAILSTORE_POP3_BIND": cfg.pop3, **{f"MAILSTORE_POP3{k}": shifted(cfg.pop3, 10 * k)
                                                                      for k in (1, 2)}})
+        if cfg.managesieve:
+            haproxy.argv[5:5] = ["-f", str(HAPROXY_SIEVE_CFG)]
+            haproxy.env.update({"MAILSTORE_SIEVE_BIND": cfg.managesieve,
+                                **{f"MAILSTORE_SIEVE{k}": shifted(cfg.managesieve, 10 * k) for k in (1, 2)}})
     shims: list[Part] = []
     for k in range(1, hosts + 1):
         # One host: the configured addresses. Several: host k 10*k ports above them (the
@@ -93,6 +98,7 @@ def parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: in
         shims.append(Part(f"lmtp{suffix}", [mailstore, "lmtp", "--db", db, "--fs", fs, "--listen", lmtp_at,
                                             "--domain", cfg.domain, "--max-recipients", str(cfg.max_recipients),
                                             "--metrics-listen", shifted(cfg.lmtp_metrics, metrics_by),
+                                            *(["--submission", cfg.submission] if cfg.submission else []),
                                             *_tls_argv(cfg, "lmtp")]))
         shims.append(Part(f"imap{suffix}", [mailstore, "imap", "--db", db, "--fs", fs, "--listen", imap_at,
                                             "--domain", cfg.domain,
@@ -106,6 +112,13 @@ def parts(data_dir: Path, cfg: ApplianceConfig, sec: Secrets, db: str, hosts: in
                                                 *(["--metrics-listen", shifted(cfg.pop3_metrics, metrics_by)]
                                                   if cfg.pop3_metrics else []),
                                                 *_tls_argv(cfg, "pop3")]))
+        if cfg.managesieve:  # (scripts are in the metadata store: no fs)
+            shims.append(Part(f"managesieve{suffix}", [
+                mailstore, "managesieve", "--db", db, "--listen",
+                cfg.managesieve if hosts == 1 else shifted(cfg.managesieve, 10 * k), "--domain", cfg.domain,
+                *(["--metrics-listen", shifted(cfg.managesieve_metrics, metrics_by)] if cfg.managesieve_metrics
+                  else []),
+                *_tls_argv(cfg, "managesieve")]))
     dashboard = Part("dashboard", [mailstore, "dashboard", "--data-dir", str(data_dir), "--interval",
                                    str(cfg.dashboard_interval)],
                      env={"MAILSTORE_METADATA": db})  # the store this run uses (also a private PostgreSQL)

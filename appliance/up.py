@@ -101,7 +101,7 @@ class Supervisor:
     def stop(self, deadline: float = 30.0) -> None:
         """The shim first (no new mail), then the balancer, then the gateways."""
         self.stopping = True
-        order = [p for p in self.parts if p.name.startswith(("imap", "pop3", "lmtp", "dashboard"))] + \
+        order = [p for p in self.parts if p.name.startswith(("imap", "pop3", "managesieve", "lmtp", "dashboard"))] + \
                 [p for p in self.parts if p.name == "haproxy"] + \
                 [p for p in self.parts if p.name.startswith("gateway")] + \
                 [p for p in self.parts if p.name == "postgres"]  # the metadata last
@@ -150,6 +150,7 @@ class Endpoints(TypedDict):
     lmtp: HostPort
     imap: HostPort
     pop3: NotRequired[HostPort]  # when [mail] pop3 is set
+    managesieve: NotRequired[HostPort]  # when [mail] managesieve is set
     user: NotRequired[dict[str, str]]  # name, password (not in a directory `mailstore init` made)
     dashboard: dict[str, str]  # url, user, password
 
@@ -166,6 +167,8 @@ def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
                      "dashboard": {"url": f"http://{cfg.dashboard}/", **sec["dashboard"]}}
     if cfg.pop3:
         ep["pop3"] = hp(cfg.pop3)
+    if cfg.managesieve:
+        ep["managesieve"] = hp(cfg.managesieve)
     if "user" in sec:
         ep["user"] = dict(sec["user"])
     return ep
@@ -174,15 +177,19 @@ def _endpoints(cfg: ApplianceConfig, sec: Secrets) -> Endpoints:
 def busy_addresses(cfg: ApplianceConfig, hosts: int = 1) -> list[str]:
     """The configured addresses something else already listens on (a second appliance?)."""
     wanted = [cfg.s3_listen, *cfg.gateways, cfg.lb_stats, cfg.lmtp, cfg.imap, cfg.dashboard, cfg.s3_https,
-              cfg.imaps, cfg.pop3, cfg.pop3s]
+              cfg.imaps, cfg.pop3, cfg.pop3s, cfg.managesieve]
     for k in range(1, hosts + 1):
         wanted += [shifted(cfg.lmtp_metrics, 10 * (k - 1)), shifted(cfg.imap_metrics, 10 * (k - 1))]
         if cfg.pop3 and cfg.pop3_metrics:
             wanted.append(shifted(cfg.pop3_metrics, 10 * (k - 1)))
+        if cfg.managesieve and cfg.managesieve_metrics:
+            wanted.append(shifted(cfg.managesieve_metrics, 10 * (k - 1)))
         if hosts > 1:
             wanted += [shifted(cfg.lmtp, 10 * k), shifted(cfg.imap, 10 * k)]
             if cfg.pop3:
                 wanted.append(shifted(cfg.pop3, 10 * k))
+            if cfg.managesieve:
+                wanted.append(shifted(cfg.managesieve, 10 * k))
     busy = []
     for addr in filter(None, wanted):
         host, _, port = addr.rpartition(":")
@@ -325,6 +332,8 @@ def run(data_dir: Path, hosts: int = 1, engine: str | None = None) -> int:
                   f"  LMTP        : {ep['lmtp']['host']}:{ep['lmtp']['port']}\n"
                   f"  IMAP        : {ep['imap']['host']}:{ep['imap']['port']}\n"
                   + (f"  POP3        : {ep['pop3']['host']}:{ep['pop3']['port']}\n" if "pop3" in ep else "")
+                  + (f"  ManageSieve : {ep['managesieve']['host']}:{ep['managesieve']['port']}\n"
+                     if "managesieve" in ep else "")
                   + f"  mail user   : {user['name'] if user else '(none made: mailstore user add)'}"
                   f"{'   password: ' + user['password'] if user else ''}\n"
                   f"  dashboard   : {dash['url']}   user: {dash['user']}   password: {dash['password']}\n"

@@ -3,6 +3,7 @@
     mailstore user add|list|delete|passwd|set-quota|alias --db PATH ...
     mailstore lmtp --db PATH --fs URL [--listen HOST:PORT] [--max-size 50M] [--domain D] [--submission H:P]
     mailstore pop3 --db PATH --fs URL [--listen HOST:PORT] [--domain D]
+    mailstore managesieve --db PATH [--listen HOST:PORT] [--domain D]
     mailstore reindex --db PATH --fs URL USER
     mailstore gc --db PATH --fs URL [--grace 1h] [--user U]
 """
@@ -191,18 +192,9 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         server = await start_lmtp(deliverer, host, int(port), max_size=max_size,
                                   max_recipients=args.max_recipients, sock=sock, tls=tls)
         real = server.sockets[0].getsockname()[1]
-        if sock is None:
-            print(json.dumps({"event": "listening", "lmtp": f"{host}:{real}", "port": real}), flush=True)
-        logs.event(log, logging.INFO, "listening", lmtp=f"{host}:{real}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
-        await stop.wait()
-        logs.event(log, logging.INFO, "stopping")
-        server.close()
-        await server.wait_closed()
+        # (Under prefork the parent announces the socket.) Deliveries in flight finish first.
+        await _serve_until_stopped(args, tls, {"event": "listening", "lmtp": f"{host}:{real}", "port": real},
+                                   [server], announce=sock is None, drain=True)
         await fs.close()
 
     def serve(sock: socket.socket | None = None) -> None:
@@ -276,17 +268,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
             tserver = await start_imap(ctx, thost, int(tport), implicit_tls=True)
             info["imaps_port"] = tserver.sockets[0].getsockname()[1]
             servers.append(tserver)
-        print(json.dumps(info), flush=True)
-        logs.event(log, logging.INFO, "listening", **{k: v for k, v in info.items() if k != "event"})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
-        await stop.wait()
-        logs.event(log, logging.INFO, "stopping")
-        for srv in servers:
-            srv.close()
+        await _serve_until_stopped(args, tls, info, servers)
         await recorder.close()
         await ctx.changes.close()
         await fs.close()
@@ -319,22 +301,57 @@ def cmd_pop3(args: argparse.Namespace) -> int:
             thost, _, tport = args.listen_tls.rpartition(":")
             servers.append(await start_pop3(ctx, thost, int(tport), implicit_tls=True))
             info["pop3s_port"] = servers[-1].sockets[0].getsockname()[1]
-        print(json.dumps(info), flush=True)
-        logs.event(log, logging.INFO, "listening", **{k: v for k, v in info.items() if k != "event"})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
-        await stop.wait()
-        logs.event(log, logging.INFO, "stopping")
-        for srv in servers:
-            srv.close()
+        await _serve_until_stopped(args, tls, info, servers)
         await fs.close()
 
     _install_uvloop()
     asyncio.run(main())
     return 0
+
+
+def cmd_managesieve(args: argparse.Namespace) -> int:
+    from .managesieve import SieveContext, start_managesieve
+
+    logs.setup_from(args, "managesieve")
+    host, _, port = args.listen.rpartition(":")
+    tls = _tls(args)
+
+    async def main() -> None:
+        ctx = SieveContext(MetaStore(args.db), AddressPolicy(args.domain, args.delimiter), tls=tls)
+        if args.metrics_listen:
+            from . import metrics
+
+            ctx.metrics = metrics.serve_managesieve(args.metrics_listen)
+        server = await start_managesieve(ctx, host, int(port))
+        real = server.sockets[0].getsockname()[1]
+        await _serve_until_stopped(args, tls, {"event": "listening", "managesieve": f"{host}:{real}", "port": real},
+                                   [server])
+
+    _install_uvloop()
+    asyncio.run(main())
+    return 0
+
+
+async def _serve_until_stopped(args: argparse.Namespace, tls: ssl.SSLContext | None, info: dict[str, object],
+                               servers: list[asyncio.Server], *, announce: bool = True, drain: bool = False) -> None:
+    """Announce the listeners (a JSON line on stdout, and the log), serve until SIGINT or SIGTERM
+    (SIGHUP reopens the log and reads the certificate again), then stop listening (`drain`: and
+    wait for the connections open to finish)."""
+    if announce:
+        print(json.dumps(info), flush=True)
+    logs.event(log, logging.INFO, "listening", **{k: v for k, v in info.items() if k != "event"})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logs.reopen_on_sighup(loop, *_tls_reload(args, tls))
+    await stop.wait()
+    logs.event(log, logging.INFO, "stopping")
+    for srv in servers:
+        srv.close()
+    if drain:
+        for srv in servers:
+            await srv.wait_closed()
 
 
 def _on_store(args: argparse.Namespace, label: str, unit: str,
@@ -494,8 +511,8 @@ if TYPE_CHECKING:  # argparse's class is generic only to type checkers
 
 def register(sub: Subcommands) -> None:
     """The mail shim's subcommands of `mailstore` (assembled by appliance.cli)."""
-    for add in (_user_parser, _lmtp_parser, _imap_parser, _pop3_parser, _import_parsers, _reindex_parser,
-                _gc_parser, _metadata_parser, _sieve_parser):
+    for add in (_user_parser, _lmtp_parser, _imap_parser, _pop3_parser, _managesieve_parser, _import_parsers,
+                _reindex_parser, _gc_parser, _metadata_parser, _sieve_parser):
         add(sub)
 
 
@@ -580,6 +597,19 @@ def _imap_parser(sub: Subcommands) -> None:
                    help="record changed users' flags, keywords, mailbox names and copies in the bucket this "
                         "often, for reindex (default 300; 0: never)")
     p.set_defaults(fn=cmd_imap)
+
+
+def _managesieve_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("managesieve", help="run the ManageSieve server (RFC 5804: users' Sieve scripts)")
+    _store(p, fs=False)
+    logs.add_arguments(p)
+    p.add_argument("--listen", default="127.0.0.1:4190", help="HOST:PORT (default 127.0.0.1:4190)")
+    p.add_argument("--domain", default="localhost", help="domain of bare user names at login")
+    p.add_argument("--delimiter", default="+", help="recipient delimiter ('' for none)")
+    p.add_argument("--tls-cert", help="certificate chain (PEM): enables STARTTLS (read again on SIGHUP)")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--metrics-listen", help="serve Prometheus /metrics on HOST:PORT")
+    p.set_defaults(fn=cmd_managesieve)
 
 
 def _sieve_parser(sub: Subcommands) -> None:

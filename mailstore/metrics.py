@@ -42,6 +42,15 @@ class Pop3Metrics:
         self.deleted = Counter("mailstore_pop3_deleted", "Messages deleted at QUIT", registry=registry)
 
 
+class ManageSieveMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sessions = Gauge("mailstore_managesieve_sessions", "ManageSieve connections open", registry=registry)
+        self.logins = Counter("mailstore_managesieve_logins", "ManageSieve logins", registry=registry)
+        self.auth_failures = Counter("mailstore_managesieve_auth_failures", "Failed AUTHENTICATE", registry=registry)
+        self.commands = Counter("mailstore_managesieve_commands", "ManageSieve commands by name", ["command"],
+                                registry=registry)
+
+
 class _LmtpCollector(Collector):
     def __init__(self, deliverer: Any) -> None:
         self.deliverer = deliverer
@@ -86,6 +95,11 @@ def serve(listen: str, *, deliverer: Any = None, fs: Any = None, imap: bool = Fa
 def serve_pop3(listen: str, fs: Any) -> Pop3Metrics:
     """/metrics of a POP3 server (and its fs cache) on HOST:PORT."""
     return Pop3Metrics(_serve(listen, None, fs))
+
+
+def serve_managesieve(listen: str) -> ManageSieveMetrics:
+    """/metrics of a ManageSieve server on HOST:PORT."""
+    return ManageSieveMetrics(_serve(listen, None, None))
 
 
 def _serve(listen: str, deliverer: Any, fs: Any) -> CollectorRegistry:

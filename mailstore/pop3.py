@@ -24,22 +24,26 @@ import base64
 import logging
 import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cache import Fs, FsError, NotFound, mail_crypt_of
-from cache.mailcrypt import WrongPassword
 from runtime import logs
 
-from . import folders
+from . import connection, folders
 from .db import MetaStore, StoreUnavailable
-from .throttle import Busy, LoginLimiter
-from .users import AddressPolicy, resolve, verify_password
+from .login import LoginRefused, auth_log, logged_in, password_login
+from .throttle import LoginLimiter
+from .users import AddressPolicy
 
 log = logging.getLogger("mailstore.pop3")
-auth_log = logging.getLogger("mailstore.auth")
+_REFUSALS = {  # LoginRefused.kind: POP3's words, response code (RFC 3206), and whether it hangs up
+    "throttled": ("Too many login attempts; try again later.", "LOGIN-DELAY", False),
+    "failed": ("Authentication failed.", "AUTH", False),
+    "key": ("Your mail key does not open with this password; ask the operator.", "SYS/PERM", True),
+    "unavailable": ("Mail storage is unavailable; try again later.", "SYS/TEMP", True),
+}
 
 LOCK_SECONDS = 300.0  # the maildrop lock's lease; renewed every LOCK_SECONDS / 3 while the session lives
 MAX_LINE = 8192
@@ -226,43 +230,22 @@ class Session:
     async def _login(self, user: str, password: str, method: str) -> None:
         ctx = self.ctx
         try:
-            async with ctx.throttle.attempt(f"addr:{self.peer}", f"user:{user.lower()}") as attempt:
-                name = await asyncio.to_thread(resolve, ctx.meta, ctx.policy, user)
-                stored = await asyncio.to_thread(ctx.meta.password_hash, name) if name else None
-                ok = stored is not None and await asyncio.to_thread(verify_password, password, stored)
-                if ok:
-                    attempt.succeeded()
-                else:
-                    attempt.failed()
-        except Busy:
-            self._auth_log(logging.WARNING, "login failed", user, method, reason="throttled")
-            raise Pop3Error("Too many login attempts; try again later.", "LOGIN-DELAY") from None
-        if not ok or name is None:
-            if ctx.metrics is not None:
-                ctx.metrics.auth_failures.inc()
-            self._auth_log(logging.WARNING, "login failed", user, method,
-                           reason="unknown user" if stored is None else "password")
-            raise Pop3Error("Authentication failed.", "AUTH")
-        crypt = mail_crypt_of(ctx.fs)
-        if crypt is not None:
-            try:
-                await crypt.unlock(name, password)
-                self._unlocked = True
-            except WrongPassword:
-                self._auth_log(logging.ERROR, "login failed", name, method,
-                               reason="the password does not open the user's mail-crypt key")
-                raise Pop3Error("Your mail key does not open with this password; ask the operator.",
-                                "SYS/PERM", close=True) from None
-            except FsError as exc:
-                self._auth_log(logging.WARNING, "login failed", name, method, reason=f"mail-crypt key: {exc}")
-                raise Pop3Error("Mail storage is unavailable; try again later.", "SYS/TEMP", close=True) from None
+            name = await password_login(ctx.meta, ctx.policy, ctx.throttle, ctx.fs, user=user, password=password,
+                                        peer=self.peer, service="pop3", method=method, session=self.session_id,
+                                        metrics=ctx.metrics)
+        except LoginRefused as exc:
+            text, code, close = _REFUSALS[exc.kind]
+            raise Pop3Error(text, code, close) from None
+        self._unlocked = mail_crypt_of(ctx.fs) is not None
         self.user = name
         if not await asyncio.to_thread(ctx.meta.pop3_lock, name, self.holder, LOCK_SECONDS):
-            self._auth_log(logging.INFO, "login refused", name, method, reason="maildrop locked")
+            logs.event(auth_log, logging.INFO, "login refused", remote=self.peer or "-", user=name, service="pop3",
+                       method=method, session=self.session_id, reason="maildrop locked")
             raise Pop3Error("Mailbox is locked by another POP3 session.", "IN-USE", close=True)
         self._renew = asyncio.ensure_future(self._keep_lock(name))
         self.drop = await asyncio.to_thread(self._open_drop, name)
-        self._auth_log(logging.INFO, "login", name, method, tls=self.secure, messages=len(self.drop.uids))
+        logged_in("pop3", name, peer=self.peer, method=method, session=self.session_id, tls=self.secure,
+                  messages=len(self.drop.uids))
         if ctx.metrics is not None:
             ctx.metrics.logins.inc()
         self.write(b"+OK Logged in.\r\n")
@@ -282,10 +265,6 @@ class Session:
                 await asyncio.to_thread(self.ctx.meta.pop3_lock, user, self.holder, LOCK_SECONDS)
             except StoreUnavailable:
                 continue
-
-    def _auth_log(self, level: int, what: str, user: str, method: str, **more: object) -> None:
-        logs.event(auth_log, level, what, remote=self.peer or "-", user=user, service="pop3", method=method,
-                   session=self.session_id, **more)
 
     # ------------------------------------------------------------ TRANSACTION
 
@@ -424,35 +403,8 @@ _TRANSACTION_STATE = {"CAPA", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "T
 
 async def serve_client(ctx: Pop3Context, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        implicit_tls: bool = False) -> None:
-    session = Session(ctx, reader, writer, implicit_tls)
-    started = time.monotonic()
-    if ctx.metrics is not None:
-        ctx.metrics.sessions.inc()
-    ended = "disconnect"
-    try:
-        await session.run()
-        ended = "quit" if session.done else ended
-    except (ConnectionError, ssl.SSLError):
-        pass
-    except Exception:
-        ended = "error"
-        log.exception("POP3 session %s from %s failed", session.session_id, session.peer)
-        try:
-            writer.write(b"-ERR [SYS/TEMP] Internal error, closing.\r\n")
-        except (ConnectionError, RuntimeError):
-            pass
-    finally:
-        if ctx.metrics is not None:
-            ctx.metrics.sessions.dec()
-        await session.close()
-        try:
-            writer.close()
-            await writer.wait_closed()
-        except (ConnectionError, ssl.SSLError, RuntimeError):
-            pass
-        logs.event(log, logging.INFO, "disconnected", session=session.session_id, user=session.user or "-",
-                   remote=session.peer or "-", reason=ended, commands=session.commands,
-                   seconds=round(time.monotonic() - started, 1))
+    await connection.serve(Session(ctx, reader, writer, implicit_tls), writer, log, ctx.metrics,
+                           b"-ERR [SYS/TEMP] Internal error, closing.\r\n", "quit")
 
 
 async def start_pop3(ctx: Pop3Context, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:

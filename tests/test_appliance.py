@@ -4,10 +4,11 @@ and drain, and failover under a steady boto3 load."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
-import poplib
 import json
 import os
+import poplib
 import re
 import signal
 import smtplib
@@ -26,10 +27,9 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
+from conftest import BIN, ROOT, GatewayProcess, Key, client, create_key, new_metadata
 
 from appliance.config import default_text
-from conftest import new_metadata
-from conftest import BIN, ROOT, GatewayProcess, Key, client, create_key
 from gateway.config import GatewayConfig
 
 HAPROXY_CFG = ROOT / "packaging" / "haproxy.cfg"
@@ -90,9 +90,14 @@ def test_shipped_mail_fronts_are_valid_beside_the_s3_config():
            "MAILSTORE_GW2": "127.0.0.1:18002", "MAILSTORE_LB_STATS": "127.0.0.1:18404",
            "MAILSTORE_LMTP_BIND": "127.0.0.1:19024", "MAILSTORE_IMAP_BIND": "127.0.0.1:19143",
            "MAILSTORE_LMTP1": "127.0.0.1:19025", "MAILSTORE_LMTP2": "127.0.0.1:19026",
-           "MAILSTORE_IMAP1": "127.0.0.1:19144", "MAILSTORE_IMAP2": "127.0.0.1:19145"}
+           "MAILSTORE_IMAP1": "127.0.0.1:19144", "MAILSTORE_IMAP2": "127.0.0.1:19145",
+           "MAILSTORE_POP3_BIND": "127.0.0.1:19110", "MAILSTORE_POP31": "127.0.0.1:19111",
+           "MAILSTORE_POP32": "127.0.0.1:19112", "MAILSTORE_SIEVE_BIND": "127.0.0.1:19190",
+           "MAILSTORE_SIEVE1": "127.0.0.1:19191", "MAILSTORE_SIEVE2": "127.0.0.1:19192"}
     mail_cfg = HAPROXY_CFG.parent / "haproxy-mail.cfg"
-    out = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CFG), "-f", str(mail_cfg)], env=env,
+    out = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CFG), "-f", str(mail_cfg), "-f",
+                          str(HAPROXY_CFG.parent / "haproxy-pop3.cfg"), "-f",
+                          str(HAPROXY_CFG.parent / "haproxy-managesieve.cfg")], env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "Warning" not in out.stdout + out.stderr, out.stdout + out.stderr
     text = mail_cfg.read_text()
@@ -166,7 +171,7 @@ class Appliance:
         """`metadata`: ([metadata] url, passfile) for mailstore.toml (default: SQLite in DATA_DIR);
         `engine`: `mailstore up --engine`; `ports`: those of an earlier run of the same DATA_DIR."""
         names = ("s3", "gw1", "gw2", "stats", "lmtp", "imap", "lmtp_metrics", "imap_metrics", "dashboard",
-                 "postgres", "pop3", "pop3_metrics")
+                 "postgres", "pop3", "pop3_metrics", "managesieve", "managesieve_metrics")
         ports = ports or dict(zip(names, free_ports(len(names))))
         data.mkdir(parents=True, mode=0o700, exist_ok=True)
         toml = default_text(ports).replace("interval = 5 ", "interval = 1 ")
@@ -504,7 +509,7 @@ def test_logs_of_every_part_what_operators_and_fail2ban_read(appliance):
     failed = _wait_for(appliance, "imap.log", "login failed remote=127.0.0.1 user=bob@example.com")
     assert "WARNING imap[" in failed and "reason=unknown user" not in failed and 'reason="unknown user"' in failed
     assert 'user="x remote=198.51.100.7 "' in _wait_for(appliance, "imap.log", "198.51.100.7")
-    assert "reason=logout" in _wait_for(appliance, "imap.log", f"disconnected session=")
+    assert "reason=logout" in _wait_for(appliance, "imap.log", "disconnected session=")
     # the dashboard: a failed login
     form = urllib.parse.urlencode({"user": "admin", "password": "not-the-password"}).encode()
     urllib.request.urlopen(urllib.request.Request(ep["dashboard"]["url"] + "login", data=form), timeout=10).read()
@@ -609,6 +614,33 @@ def test_failover_under_load(appliance):
     assert not [f for f in failures if f.startswith("sigterm")]
 
 
+def test_managesieve_scripts_file_what_lmtp_delivers(appliance):
+    """Issue 21: a script put and activated over the appliance's ManageSieve files the next
+    delivery (LMTP on the same metadata store); its process is counted on /metrics."""
+    ep, user = appliance.endpoints, appliance.endpoints["user"]
+    assert ep["managesieve"] == {"host": "127.0.0.1", "port": appliance.ports["managesieve"]}
+    script = b'require ["fileinto", "mailbox"];\r\nif header :contains "subject" "[sieve]" { fileinto :create "Filed"; }\r\n'
+    auth = base64.b64encode(f"\0{user['name']}\0{user['password']}".encode())
+    with socket.create_connection((ep["managesieve"]["host"], ep["managesieve"]["port"]), timeout=30) as s:
+        f = s.makefile("rb")
+        while not f.readline().startswith(b"OK"):
+            pass
+        for command in (b'AUTHENTICATE "PLAIN" "' + auth + b'"\r\n',
+                        b'PUTSCRIPT "main" {%d+}\r\n' % len(script) + script + b"\r\n", b'SETACTIVE "main"\r\n'):
+            s.sendall(command)
+            assert f.readline().startswith(b"OK"), command
+    lmtp = smtplib.LMTP(ep["lmtp"]["host"], ep["lmtp"]["port"])
+    assert lmtp.sendmail("a@example.org", [user["name"]], b"Subject: [sieve] filed\r\n\r\nhi\r\n") == {}
+    lmtp.quit()
+    imap = imaplib.IMAP4(ep["imap"]["host"], ep["imap"]["port"])
+    imap.login(user["name"], user["password"])
+    assert imap.select("Filed")[1] == [b"1"]
+    imap.logout()
+    m = metric_values(get(f"http://127.0.0.1:{appliance.ports['managesieve_metrics']}/metrics")[1])
+    assert m["mailstore_managesieve_logins_total"] == 1
+    assert m['mailstore_managesieve_commands_total{command="PUTSCRIPT"}'] == 1
+
+
 def test_ctrl_c_stops_every_part(appliance):
     pids = appliance.pids()
     assert appliance.stop() == 0
@@ -686,6 +718,14 @@ def test_up_with_two_hosts_on_a_private_postgresql(tmp_path):  # type: ignore[no
         pop.pass_(user["password"])
         assert pop.stat()[0] == 20
         pop.quit()
+        with socket.create_connection(("127.0.0.1", a.ports["managesieve"]), timeout=30) as s:  # ...ManageSieve's
+            f = s.makefile("rb")
+            assert f.readline() == b'"IMPLEMENTATION" "mailstore"\r\n'
+            while not f.readline().startswith(b"OK"):
+                pass
+            s.sendall(b'AUTHENTICATE "PLAIN" "' + base64.b64encode(f"\0{user['name']}\0{user['password']}".encode())
+                      + b'"\r\nLISTSCRIPTS\r\n')
+            assert f.readline() == b'OK "Logged in."\r\n' and f.readline() == b'OK "Listscripts completed."\r\n'
         passfile = data / "pgpass"
         assert oct(passfile.stat().st_mode & 0o777) == "0o600"
         host, port = "127.0.0.1", a.ports["postgres"]

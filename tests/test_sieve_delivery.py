@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from bench.lmtp import start_dovecot, stop_all
 from conftest import mailstore
 from test_lmtp import DOMAIN, Shim, free_port
+
+from bench.lmtp import start_dovecot, stop_all
 
 MESSAGES = [
     ("alice+news@example.com", "Subject: [list] weekly news\r\nFrom: Alice <alice+news@example.com>\r\n"
@@ -53,7 +53,20 @@ SCRIPTS = [
 
     'require ["fileinto", "variables", "mailbox"];\n'
     'if header :matches "from" "*<*@*>*" { set "who" "${2}"; fileinto :create "People/${who}"; }\n',
+
+    'require ["include", "variables", "imap4flags"];\n'  # (RFC 6609: INCLUDED below, on both servers)
+    'global "tag";\n'
+    'include :once "spam";\ninclude :personal "lists";\ninclude :once "spam";\ninclude :optional "missing";\n'
+    'if string :is "${tag}" "other" { addflag "\\\\Flagged"; }\n'
+    'if string :is "${global.tag}" "list" { addflag "$Listed"; keep; }\n',
 ]
+# Every user's other scripts, for `include`: in ~/sieve on Dovecot, stored beside the active one on ours.
+INCLUDED = {
+    "spam": 'if exists "x-spam" { discard; stop; }\n',
+    "lists": 'require ["fileinto", "mailbox", "variables", "include"];\nglobal "tag";\n'
+             'if header :matches "subject" "*[list]*" { fileinto :create "Lists"; set "tag" "list"; return; }\n'
+             'set "tag" "other";\n',
+}
 
 
 # Scripts that send: each user's script, then the messages each user is sent ({me}: the user).
@@ -112,11 +125,16 @@ def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
     try:
         for user, script in zip(users, SCRIPTS + OUTBOUND, strict=True):
             home = work / "dovecot" / "mail" / user
-            home.mkdir(parents=True, exist_ok=True)
+            (home / "sieve").mkdir(parents=True, exist_ok=True)
             (home / ".dovecot.sieve").write_text(script)
-            for p in (home, home / ".dovecot.sieve"):
-                os.chown(p, mail.pw_uid, mail.pw_gid)
             shim.add_user(user)
+            for name, text in INCLUDED.items():
+                (home / "sieve" / f"{name}.sieve").write_text(text)
+                f = shim.base / f"{name}.sieve"
+                f.write_text(text)
+                mailstore("sieve", "put", "--db", str(shim.db), user, name, str(f))
+            for p in (home, home / "sieve", home / ".dovecot.sieve", *(home / "sieve").iterdir()):
+                os.chown(p, mail.pw_uid, mail.pw_gid)
             f = shim.base / f"{user}.sieve"
             f.write_text(script)
             mailstore("sieve", "put", "--db", str(shim.db), user, "main", str(f), "--activate")
@@ -220,7 +238,7 @@ def test_reject_discard_failures_and_the_command_line(tmp_path):
         listed = [line for line in mailstore("sieve", "list", "--db", str(shim.db), user).stdout.splitlines()]
         assert listed == ['{"name": "main", "active": true}']
         refused = mailstore("sieve", "delete", "--db", str(shim.db), user, "main", check=False)
-        assert refused.returncode == 1 and "Active script" in refused.stderr
+        assert refused.returncode == 1 and "Cannot delete the active Sieve script" in refused.stderr
         mailstore("sieve", "deactivate", "--db", str(shim.db), user)
         mailstore("sieve", "delete", "--db", str(shim.db), user, "main")
         assert deliver("no thanks") == {}  # no script: delivered

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
 
-from cache import FsError, mail_crypt_of
-from cache.mailcrypt import WrongPassword
-from runtime import logs
-
-from ..throttle import Busy
-from ..users import resolve, verify_password
+from ..login import LoginRefused, logged_in, password_login
 from .reader import Command
 from .state import ImapBad, ImapNo, Reply, SessionBase
 
-auth_log = logging.getLogger("mailstore.auth")  # logins of every service: packaging/fail2ban reads it
+_REFUSALS = {  # LoginRefused.kind: IMAP's words and response code
+    "throttled": ("Too many login attempts; try again later", "UNAVAILABLE"),
+    "failed": ("Authentication failed", "AUTHENTICATIONFAILED"),
+    "key": ("Your mail key does not open with this password; ask the operator", "UNAVAILABLE"),
+    "unavailable": ("Mail storage is unavailable; try again later", "UNAVAILABLE"),
+}
 
 
 class AuthCommands(SessionBase):
@@ -58,51 +56,15 @@ class AuthCommands(SessionBase):
         return [f"* ENABLED {' '.join(enabled)}\r\n".encode()], "ENABLE completed"
 
     async def _login(self, user: str, password: bytes, method: str) -> None:
-        # Failed logins from this address or for this user: a growing pause, one attempt at a time.
+        ctx = self.ctx
         try:
-            async with self.ctx.throttle.attempt(f"addr:{self.peer}", f"user:{user.lower()}") as attempt:
-                name = await asyncio.to_thread(resolve, self.ctx.meta, self.ctx.policy, user)
-                stored = await asyncio.to_thread(self.ctx.meta.password_hash, name) if name else None
-                ok = stored is not None and await asyncio.to_thread(
-                    verify_password, password.decode("utf-8", "replace"), stored)
-                if ok:
-                    attempt.succeeded()
-                else:
-                    attempt.failed()
-        except Busy:
-            logs.event(auth_log, logging.WARNING, "login failed", remote=self.peer or "-", user=user, service="imap",
-                       method=method, reason="throttled", session=self.session_id)
-            raise ImapNo("Too many login attempts; try again later", "UNAVAILABLE") from None
-        if not ok:
-            if self.ctx.metrics is not None:
-                self.ctx.metrics.auth_failures.inc()
-            logs.event(auth_log, logging.WARNING, "login failed", remote=self.peer or "-", user=user, service="imap",
-                       method=method, reason="unknown user" if stored is None else "password",
-                       session=self.session_id)
-            raise ImapNo("Authentication failed", "AUTHENTICATIONFAILED")
-        assert name is not None
-        await self._unlock_mail(name, password.decode("utf-8", "replace"))
+            name = await password_login(ctx.meta, ctx.policy, ctx.throttle, ctx.fs, user=user,
+                                        password=password.decode("utf-8", "replace"), peer=self.peer,
+                                        service="imap", method=method, session=self.session_id, metrics=ctx.metrics)
+        except LoginRefused as exc:
+            raise ImapNo(*_REFUSALS[exc.kind]) from None
         self.user = name
-        logs.event(auth_log, logging.INFO, "login", remote=self.peer or "-", user=name, service="imap", method=method,
-                   tls=self.secure, session=self.session_id)
-
-    async def _unlock_mail(self, name: str, password: str) -> None:
-        """With a mail-crypt: fs, the user's private key opened with the password (made, the first time)."""
-        crypt = mail_crypt_of(self.ctx.fs)
-        if crypt is None:
-            return
-        try:
-            await crypt.unlock(name, password)
-        except WrongPassword:
-            logs.event(auth_log, logging.ERROR, "login failed", remote=self.peer or "-", user=name, service="imap",
-                       reason="the password does not open the user's mail-crypt key (changed without "
-                              "`mailstore user passwd --fs`?)", session=self.session_id)
-            raise ImapNo("Your mail key does not open with this password; ask the operator", "UNAVAILABLE") from None
-        except FsError as exc:
-            log_reason = f"mail-crypt key: {exc}"
-            logs.event(auth_log, logging.WARNING, "login failed", remote=self.peer or "-", user=name, service="imap",
-                       reason=log_reason, session=self.session_id)
-            raise ImapNo("Mail storage is unavailable; try again later", "UNAVAILABLE") from None
+        logged_in("imap", name, peer=self.peer, method=method, session=self.session_id, tls=self.secure)
 
     async def do_login(self, cmd: Command) -> Reply:
         await self._login(cmd.args["user"], cmd.args["password"], "LOGIN")

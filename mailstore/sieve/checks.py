@@ -7,6 +7,7 @@ CHECKSCRIPT and PUTSCRIPT answer them), all of them in script order.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .grammar import Argument, Command, Script, SieveError, Test
@@ -14,7 +15,7 @@ from .grammar import Argument, Command, Script, SieveError, Test
 # What `require` may name (ManageSieve's SIEVE capability lists it).
 EXTENSIONS = ("fileinto", "reject", "ereject", "envelope", "encoded-character", "vacation", "subaddress",
               "comparator-i;ascii-numeric", "relational", "regex", "imap4flags", "copy", "body", "variables",
-              "mailbox", "date", "index")
+              "mailbox", "date", "index", "include")
 COMPARATORS = {"i;ascii-casemap": None, "i;octet": None, "i;ascii-numeric": "comparator-i;ascii-numeric"}
 MATCH = {"is": None, "contains": None, "matches": None, "regex": "regex", "count": "relational",
          "value": "relational"}
@@ -24,6 +25,14 @@ DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "secon
               "std11", "zone", "weekday")
 ENVELOPE_PARTS = ("from", "to", "auth")
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+MAX_SCRIPT_NAME = 512  # bytes (RFC 5804 §1.6 leaves the limit to the server)
+
+
+def valid_script_name(name: str) -> bool:
+    """A script name a user may give (ManageSieve, include): RFC 5804 §1.6's (UTF-8, no control
+    characters), without "/" (Pigeonhole's rule too: a name is a file name there)."""
+    return (0 < len(name.encode()) <= MAX_SCRIPT_NAME and "/" not in name
+            and not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,10 @@ COMMANDS = {s.name: s for s in (
     Spec("set", (("name", "string"), ("value", "string")),
          tuple(Tag(t) for t in ("lower", "upper", "lowerfirst", "upperfirst", "quotewildcard", "quoteregex",
                                 "length")), "variables"),
+    Spec("include", (("script name", "string"),), (Tag("personal"), Tag("global"), Tag("once"), Tag("optional")),
+         "include"),
+    Spec("return", (), extension="include"),
+    Spec("global", (("value", "strings"),), extension="include"),
     Spec("addflag", (("variable name", "string"), ("list of flags", "strings")), extension="imap4flags",
          optional_first=True),
     Spec("setflag", (("variable name", "string"), ("list of flags", "strings")), extension="imap4flags",
@@ -103,6 +116,10 @@ class _Checker:
     required: set[str] = field(default_factory=set)
     errors: list[SieveError] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    exists: Callable[[str], bool] | None = None  # whether the user has a script of that name (include)
+    locals: set[str] = field(default_factory=set)  # variables `set` before any `global` named them
+    globals: set[str] = field(default_factory=set)
 
     def error(self, line: int, message: str, once: str | None = None) -> None:
         if once is not None:
@@ -279,6 +296,18 @@ class _Checker:
                 self.error(a.line, f"the {spec.name} {kind} expects a string as argument {n} ({label}), but a "
                                    "string list was found.")
 
+    def include(self, name: str, tags: set[str], line: int) -> None:
+        if {"personal", "global"} <= tags:
+            self.error(line, "include: cannot use location tags ':personal' and ':global' multiple times.")
+        elif not name or "/" in name or not valid_script_name(name):
+            self.error(line, f"include: invalid script name '{name}'.")
+        elif "global" in tags:  # (no global scripts here: an operator's shared scripts are not served)
+            self.error(line, f"include: global location for included script `{name}' is unavailable (contact "
+                             "system administrator for more information).")
+        elif self.exists is not None and "optional" not in tags and not self.exists(name):
+            self.warnings.append(f"line {line}: warning: included personal script '{name}' does not exist (ignored "
+                                 "during upload).")
+
     def semantics(self, name: str, args: list[Argument], line: int) -> None:
         """The checks of single commands and tests beyond their argument types."""
         tags = {str(a.value) for a in args if a.kind == "tag"}
@@ -294,15 +323,51 @@ class _Checker:
                              f"'{address.split()[0] if address.split() else address}' (expecting '@').")
         elif name == "set" and strings and not VARIABLE.fullmatch(str(strings[0].value[0])):  # type: ignore[index]
             self.error(line, f"invalid variable name '{strings[0].value[0]}'.")  # type: ignore[index]
+        elif name == "set" and strings:
+            variable = str(strings[0].value[0]).lower()  # type: ignore[index]
+            if variable not in self.globals:
+                self.locals.add(variable)
+        elif name == "include" and len(strings) == 1 and len(args) == len(tags) + 1:  # (its arguments were valid)
+            self.include(str(strings[0].value[0]), tags, line)  # type: ignore[index]
+        elif name == "global":
+            if "variables" not in self.required:
+                self.error(line, "global command requires that variables extension is active.")
+            else:
+                for variable in (strings[0].value if strings else []):  # type: ignore[attr-defined]
+                    if variable.lower() in self.locals:
+                        self.error(line, f"declaration of new global variable '{variable}' conflicts with earlier "
+                                         "local use.")
+                    self.globals.add(variable.lower())
         elif name == "envelope" and strings:
             for part in strings[0].value:  # type: ignore[attr-defined]
                 if part.lower() not in ENVELOPE_PARTS:
                     self.error(line, f"specified envelope part '{part}' is not supported by the envelope test.")
+        elif name == "vacation":
+            it = iter(args)
+            for a in it:
+                if a.kind == "tag" and a.value == "days":
+                    days = next(it, None)
+                    if days is not None and days.kind == "number" and int(days.value) < 1:  # type: ignore[call-overload]
+                        self.warnings.append(f"line {a.line}: warning: specified :days value '{days.value}' is "
+                                             "under the minimum.")
+        elif name in ("date", "currentdate"):
+            parts, it = [], iter(args)
+            for a in it:
+                if a.kind == "tag" and a.value in ("comparator", "value", "count", "zone", "index"):
+                    next(it, None)  # (the tag's parameter)
+                elif a.kind == "string":
+                    parts.append(a)
+            part = parts[1 if name == "date" else 0] if len(parts) > (1 if name == "date" else 0) else None
+            if part is not None and not part.is_list and str(part.value[0]).lower() not in DATE_PARTS:  # type: ignore[index]
+                self.warnings.append(f"line {part.line}: warning: specified date part `{part.value[0]}' is not "  # type: ignore[index]
+                                     "known.")
 
 
-def check(script: Script) -> tuple[list[SieveError], set[str]]:
-    """Every error of a parsed script in order (none: it compiles), and the extensions it requires."""
-    c = _Checker()
+def check(script: Script, exists: Callable[[str], bool] | None = None) -> tuple[list[SieveError], set[str]]:
+    """Every error of a parsed script in order (none: it compiles), and the extensions it requires
+    (warnings go to script.warnings). `exists`: whether the user has a script of a name, for
+    `include` at upload (not given: included scripts are looked for when the script runs)."""
+    c = _Checker(warnings=script.warnings, exists=exists)
     c.block(script.commands, top=True)
     return c.errors, c.required
 

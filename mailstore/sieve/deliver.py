@@ -19,9 +19,10 @@ from runtime import logs
 from .. import folders
 from ..db import MetaStore
 from ..imap import mutf7
-from . import outbound
+from . import outbound, scripts
+from .grammar import Script
 from .outbound import Relay
-from .run import Envelope, Outcome, run
+from .run import Envelope, Loader, Outcome, run
 from .scripts import compiled
 
 log = logging.getLogger("mailstore.sieve")
@@ -55,7 +56,7 @@ def plan(meta: MetaStore, user: str, address: str, mail_from: str, message: byte
     result: Outcome | None = None
     try:
         tree, required = compiled(text)
-        result = run(tree, set(required), message, Envelope(mail_from, address))
+        result = run(tree, set(required), message, Envelope(mail_from, address), loader=_loader(meta, user))
         error = result.error or ""
     except Exception as exc:  # noqa: BLE001 - whatever a script does wrong, the mail is kept (and why logged)
         error = f"{type(exc).__name__}: {exc}"
@@ -85,12 +86,22 @@ def plan(meta: MetaStore, user: str, address: str, mail_from: str, message: byte
                 pass
             boxes.add(folder)
         if folder not in (t for t, _ in out.targets):
-            out.targets.append((folder, store.flags))
+            out.targets.append((folder, store.flags or ()))
     if not _send(meta, user, address, mail_from, message, result, relay, name):
         keep = True
     if keep and "INBOX" not in (t for t, _ in out.targets):
         out.targets.insert(0, ("INBOX", flags_of_keep))
     return out
+
+
+def _loader(meta: MetaStore, user: str) -> Loader:
+    """The user's other scripts, compiled, for `include` (None: no script of that name)."""
+    def load(name: str) -> tuple[Script, frozenset[str]] | None:
+        try:
+            return compiled(scripts.get(meta, user, name))
+        except scripts.ScriptError:
+            return None
+    return load
 
 
 def _send(meta: MetaStore, user: str, address: str, mail_from: str, message: bytes, result: Outcome,

@@ -59,10 +59,12 @@ class Argument:
 @dataclass
 class Script:
     commands: list[Command] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # "line N: warning: ..." (it compiles nonetheless)
 
 
-def tokens(text: str) -> list[Token]:
-    """The script's tokens; SieveError at the first that cannot be read."""
+def tokens(text: str, warnings: list[str] | None = None) -> list[Token]:
+    """The script's tokens; SieveError at the first that cannot be read (and Pigeonhole's lexical
+    warnings added to `warnings`)."""
     out: list[Token] = []
     i, line, n = 0, 1, len(text)
     while i < n:
@@ -77,6 +79,8 @@ def tokens(text: str) -> list[Token]:
         elif c == "#":
             while i < n and text[i] not in "\r\n":
                 i += 1
+            if i == n and warnings is not None:
+                warnings.append(f"line {line}: warning: no newline (CRLF) at end of hash comment at end of file.")
         elif text.startswith("/*", i):
             start = line
             end = text.find("*/", i + 2)
@@ -181,8 +185,9 @@ def _found(tok: Token | None) -> str:
 
 
 class _Parser:
-    def __init__(self, toks: list[Token]) -> None:
+    def __init__(self, toks: list[Token], eof_line: int) -> None:
         self.toks, self.i = toks, 0
+        self.eof_line = eof_line
 
     def peek(self) -> Token | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -193,7 +198,15 @@ class _Parser:
         return tok
 
     def last_line(self) -> int:
-        return self.toks[-1].line if self.toks else 1
+        """Where "end of file" is found: the line after the last line break (as Pigeonhole counts)."""
+        return self.eof_line
+
+    def _unclosed(self, close: str, what: str, found: Token | None) -> str:
+        """Pigeonhole recovers from an error inside a list by skipping to the list's end: when
+        the end of file comes first, it says so too (a second error line)."""
+        if any(t.kind == close for t in self.toks[self.i - 1 if found is not None else self.i:]):
+            return ""
+        return f"\nline {self.last_line()}: error: expecting ',' or end of {what} '{close}', but found end of file."
 
     def commands(self, top: bool) -> list[Command]:
         out: list[Command] = []
@@ -223,7 +236,7 @@ class _Parser:
             block = self.commands(top=False)
             close = self.next()
             if close is None:
-                raise SieveError(self.last_line(), "end of file before end of command block '}'.")
+                raise SieveError(self.last_line(), "expected end of compound block '}', but found end of file.")
             return Command(str(tok.value), args, tests, block, tok.line)
         line = end.line if end is not None else self.last_line()
         if tests and end is not None and end.kind == "identifier":
@@ -263,9 +276,9 @@ class _Parser:
             tok = self.next()
             if tok is None or tok.kind != "string":
                 raise SieveError(tok.line if tok else self.last_line(),
-                                 f"expecting string after '[' in string list, but found {_found(tok)}."
-                                 if not values else f"expecting string after ',' in string list, but found "
-                                                    f"{_found(tok)}.")
+                                 (f"expecting string after '[' in string list, but found {_found(tok)}."
+                                  if not values else f"expecting string after ',' in string list, but found "
+                                                     f"{_found(tok)}.") + self._unclosed("]", "string list", tok))
             values.append(str(tok.value))
             sep = self.next()
             if sep is not None and sep.kind == "]":
@@ -289,7 +302,7 @@ class _Parser:
                 line = tok.line if tok else self.last_line()
                 more = f"\nline {line}: error: failed to accept more tests for command '{owner}'." if not out else ""
                 raise SieveError(line, f"expecting test identifier after {after} in test list, but found "
-                                       f"{_found(tok)}.{more}")
+                                       f"{_found(tok)}.{self._unclosed(')', 'test list', tok)}{more}")
             out.append(self.test())
             sep = self.next()
             if sep is not None and sep.kind == ")":
@@ -302,5 +315,6 @@ class _Parser:
 
 def parse(text: str) -> Script:
     """The script's syntax tree (SieveError: the first error)."""
-    p = _Parser(tokens(text))
-    return Script(p.commands(top=True))
+    warnings: list[str] = []
+    p = _Parser(tokens(text, warnings), text.count("\n") + 1)
+    return Script(p.commands(top=True), warnings)

@@ -12,6 +12,7 @@ import email.header
 import email.utils
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message
@@ -19,6 +20,7 @@ from email.message import Message
 from .grammar import Argument, Command, Script, Test
 
 MAX_ACTIONS = 32  # redirects and the like per message (a loop in a script stops here)
+MAX_INCLUDE_DEPTH = 10  # (Pigeonhole's default sieve_include_max_nesting_depth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class Vacation:
 @dataclass
 class Store:
     folder: str
-    flags: tuple[str, ...]
+    flags: tuple[str, ...] | None  # (None only while the script runs: see _Run.current_flags)
     create: bool = False  # :create (RFC 5490): make the folder if it is missing
     copy: bool = False  # :copy: the implicit keep stays as it is
 
@@ -80,6 +82,14 @@ class _Stop(Exception):
     pass
 
 
+class _Return(Exception):
+    pass
+
+
+# An included script: its compiled form, or None when the user has no script of that name.
+Loader = Callable[[str], "tuple[Script, frozenset[str]] | None"]
+
+
 class RuntimeFailure(Exception):
     pass
 
@@ -92,8 +102,14 @@ def _decoded(value: str) -> str:
 
 
 class _Run:
-    def __init__(self, script: Script, required: set[str], raw: bytes, env: Envelope, now: float) -> None:
+    def __init__(self, script: Script, required: set[str], raw: bytes, env: Envelope, now: float,
+                 loader: Loader | None = None) -> None:
         self.script, self.required, self.raw, self.env, self.now = script, required, raw, env, now
+        self.loader = loader
+        self.depth = 0  # include nesting
+        self.included: set[str] = set()  # (for :once)
+        self.globals: dict[str, str] = {}
+        self.global_names: set[str] = set()  # the variables this script declared global
         self.msg: Message = message_from_bytes(raw, policy=policy.compat32)
         self.out = Outcome()
         self.variables: dict[str, str] = {}
@@ -126,7 +142,7 @@ class _Run:
                 n = int(name)
                 return self.matches[n] if n < len(self.matches) else ""
             if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
-                return self.variables.get(low, "")
+                return self.get_var(low)
             return m.group(0)
 
         return re.sub(r"\$\{([^}]*)\}", sub, s)
@@ -161,8 +177,16 @@ class _Run:
             return
         if name == "stop":
             raise _Stop()
+        if name == "return":  # (in the main script: as stop)
+            raise _Return() if self.depth else _Stop()
+        if name == "include":
+            self.include(tags, pos)
+            return
+        if name == "global":
+            self.global_names.update(v.lower() for v in self.strings(pos[0]))
+            return
         if name == "keep":
-            flags = self.flag_list(tags["flags"]) if "flags" in tags else tuple(self.flags)
+            flags = self.flag_list(tags["flags"]) if "flags" in tags else self.current_flags()
             self.store("INBOX", flags, False, False)
             self.out.implicit_keep = False
         elif name == "discard":
@@ -171,7 +195,7 @@ class _Run:
                 self.out.actions.append(("discard",))
         elif name == "fileinto":
             folder = self.strings(pos[0])[0]
-            flags = self.flag_list(tags["flags"]) if "flags" in tags else tuple(self.flags)
+            flags = self.flag_list(tags["flags"]) if "flags" in tags else self.current_flags()
             self.store(folder, flags, "create" in tags, "copy" in tags)
             if "copy" not in tags:
                 self.out.implicit_keep = False
@@ -193,12 +217,18 @@ class _Run:
         elif name in ("setflag", "addflag", "removeflag"):
             self.flag_action(name, pos)
 
+    def current_flags(self) -> tuple[str, ...] | None:
+        """The flags a keep or fileinto without :flags stores with: the internal variable's value
+        now (RFC 5232 §3). In a script that does not require imap4flags (one it includes), its
+        value at the end of the run, as Pigeonhole gives them (None until then)."""
+        return tuple(self.flags) if "imap4flags" in self.required else None
+
     def count_action(self) -> None:
         self.actions += 1
         if self.actions > MAX_ACTIONS:
             raise RuntimeFailure(f"more than {MAX_ACTIONS} actions")
 
-    def store(self, folder: str, flags: tuple[str, ...], create: bool, copy: bool) -> None:
+    def store(self, folder: str, flags: tuple[str, ...] | None, create: bool, copy: bool) -> None:
         for a in self.out.stores:
             if a.folder == folder:  # one store per folder (the later flags win, as Pigeonhole merges them)
                 a.flags, a.create, a.copy = flags, a.create or create, a.copy and copy
@@ -234,7 +264,46 @@ class _Run:
             value = re.sub(r"([*?\\])", r"\\\1", value)
         if "length" in tags:
             value = str(len(value))
-        self.variables[name] = value
+        self.set_var(name, value)
+
+    def get_var(self, name: str) -> str:
+        """A variable's value (RFC 6609 §3.5: a global one when the script declared it so, or
+        named in the "global." namespace)."""
+        if name.startswith("global."):
+            return self.globals.get(name[7:], "")
+        return (self.globals if name in self.global_names else self.variables).get(name, "")
+
+    def set_var(self, name: str, value: str) -> None:
+        if name.startswith("global."):
+            self.globals[name[7:]] = value
+        else:
+            (self.globals if name in self.global_names else self.variables)[name] = value
+
+    def include(self, tags: dict[str, Argument | None], pos: list[Argument]) -> None:
+        """RFC 6609: run another of the user's scripts here, with its own extensions and local
+        variables; its actions join this one's, `stop` ends them all, `return` only it."""
+        name = self.strings(pos[0])[0]
+        if "once" in tags and name in self.included:
+            return
+        got = self.loader(name) if self.loader is not None else None
+        if got is None:
+            if "optional" in tags:
+                return
+            raise RuntimeFailure(f"included personal script '{name}' does not exist")
+        if self.depth >= MAX_INCLUDE_DEPTH:
+            raise RuntimeFailure(f"include of '{name}': nested more than {MAX_INCLUDE_DEPTH} deep")
+        self.included.add(name)
+        script, required = got
+        saved = self.required, self.variables, self.global_names
+        self.required, self.variables, self.global_names = set(required), {}, set()
+        self.depth += 1
+        try:
+            self.block(script.commands)
+        except _Return:
+            pass
+        finally:
+            self.depth -= 1
+            self.required, self.variables, self.global_names = saved
 
     def flag_list(self, a: Argument | None) -> tuple[str, ...]:
         if a is None:
@@ -249,7 +318,7 @@ class _Run:
     def flag_action(self, name: str, pos: list[Argument]) -> None:
         if len(pos) == 2:
             var = self.strings(pos[0])[0].lower()
-            current = self.variables.get(var, "").split()
+            current = self.get_var(var).split()
         else:
             var, current = None, list(self.flags)
         given = list(self.flag_list(pos[-1]))
@@ -262,7 +331,7 @@ class _Run:
         if var is None:
             self.flags = current
         else:
-            self.variables[var] = " ".join(current)
+            self.set_var(var, " ".join(current))
 
     # ------------------------------------------------------------ tests
 
@@ -307,7 +376,7 @@ class _Run:
             return self.match(tags, self.strings(pos[0]), self.strings(pos[1]))
         if name == "hasflag":
             if len(pos) == 2:
-                flags = [f for v in self.strings(pos[0]) for f in self.variables.get(v.lower(), "").split()]
+                flags = [f for v in self.strings(pos[0]) for f in self.get_var(v.lower()).split()]
             else:
                 flags = list(self.flags)
             return self.match(tags, flags, self.strings(pos[-1]))
@@ -467,9 +536,11 @@ def _zone_offset(zone: str) -> int:
     return secs if m.group(1) == "+" else -secs
 
 
-def run(script: Script, required: set[str], raw: bytes, env: Envelope, now: float | None = None) -> Outcome:
-    """What the script decides for this message (a run-time failure: implicit keep, and why)."""
-    r = _Run(script, required, raw, env, time.time() if now is None else now)
+def run(script: Script, required: set[str], raw: bytes, env: Envelope, now: float | None = None,
+        loader: Loader | None = None) -> Outcome:
+    """What the script decides for this message (a run-time failure: implicit keep, and why).
+    `loader`: the user's other scripts, for `include`."""
+    r = _Run(script, required, raw, env, time.time() if now is None else now, loader)
     try:
         r.block(script.commands)
     except _Stop:
@@ -477,6 +548,9 @@ def run(script: Script, required: set[str], raw: bytes, env: Envelope, now: floa
     except (RuntimeFailure, RecursionError) as exc:
         return Outcome(error=str(exc))
     out = r.out
+    for st in out.stores:
+        if st.flags is None:
+            st.flags = tuple(r.flags)
     if out.implicit_keep:
         out.keep_flags = tuple(r.flags)
     return out

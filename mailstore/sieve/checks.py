@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import posix
 from .grammar import Argument, Command, Script, SieveError, Test
 
 # What `require` may name (ManageSieve's SIEVE capability lists it).
@@ -312,6 +313,15 @@ class _Checker:
         """The checks of single commands and tests beyond their argument types."""
         tags = {str(a.value) for a in args if a.kind == "tag"}
         strings = [a for a in args if a.kind == "string"]
+        if "regex" in tags and strings and args[-1].kind == "string":  # the key list: constant patterns now
+            for key in args[-1].value:  # type: ignore[attr-defined]
+                if "variables" in self.required and "${" in key:
+                    continue  # (known when the script runs)
+                try:
+                    posix.translate(key)
+                except posix.PosixError as exc:  # (the first of a list only, as Pigeonhole)
+                    self.error(line, f"invalid regular expression '{key}' for regex match: {exc}.")
+                    break
         if name == "size" and not tags & {"over", "under"}:
             self.error(line, "the size test requires either the :under or the :over tag to be specified.")
         elif name == "size" and {"over", "under"} <= tags:

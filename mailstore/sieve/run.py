@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message
 
+from . import posix
 from .grammar import Argument, Command, Script, Test
 
 MAX_ACTIONS = 32  # redirects and the like per message (a loop in a script stops here)
@@ -474,9 +475,9 @@ class _Run:
                         return True
                 elif kind == "regex":
                     try:
-                        m = re.search(k, v, re.IGNORECASE if comparator == "i;ascii-casemap" else 0)
-                    except re.error:
-                        raise RuntimeFailure(f"invalid regular expression {k!r}") from None
+                        m = posix.compiled(k, comparator == "i;ascii-casemap").search(v)
+                    except posix.PosixError as exc:
+                        raise RuntimeFailure(f"invalid regular expression {k!r}: {exc}") from None
                     if m is not None:
                         self.matches = [m.group(0), *(g or "" for g in m.groups())]
                         return True

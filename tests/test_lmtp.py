@@ -340,7 +340,7 @@ def test_storage_unreachable_is_451(tmp_path):
 class Postfix:
     """A private Postfix instance on 127.0.0.1 that hands example.com to our LMTP."""
 
-    def __init__(self, lmtp_port: int) -> None:
+    def __init__(self, lmtp_port: int, smtp_port: int | None = None) -> None:
         # Postfix reaches its data directory as the postfix user, who cannot
         # traverse pytest's private (0700) temporary directories.
         self.dir = Path(tempfile.mkdtemp(prefix="mailstore-postfix-"))
@@ -349,7 +349,7 @@ class Postfix:
         data = self.dir / "data"
         data.mkdir(mode=0o700)
         subprocess.run(["chown", "postfix:postfix", str(data)], check=True)
-        self.smtp_port = free_port()
+        self.smtp_port = smtp_port or free_port()
         master = Path("/etc/postfix/master.cf").read_text().replace(
             "smtp      inet  n       -       y       -       -       smtpd",
             f"127.0.0.1:{self.smtp_port} inet  n       -       n       -       -       smtpd")

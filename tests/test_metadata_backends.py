@@ -189,3 +189,31 @@ def test_postgres_store_of_schema_12_migrates(postgres) -> None:  # type: ignore
         assert c.execute("SELECT count(*) FROM sieve_scripts").fetchone() == (0,)
         assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name='messages' "
                          "AND column_name='pop3_uidl'").fetchone() == (1,)
+
+
+def test_sieve_sends_are_claimed_once_across_stores(metadata) -> None:  # type: ignore[no-untyped-def]
+    """A vacation reply or redirect is claimed before it is sent (sieve/outbound.py): eight
+    threads on four stores (hosts, on PostgreSQL) claiming one key at once, exactly one wins;
+    released (the relay refused it), it can be claimed again; run out, too."""
+    from mailstore.sieve import outbound
+
+    stores = [MetaStore(metadata) for _ in range(4)]
+    stores[0].add_user("v@x", hash_password("pw"))
+    won: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim(meta: MetaStore) -> None:
+        barrier.wait()
+        won.append(outbound.claim(meta, "v@x", "vacation:k", 3600))
+
+    threads = [threading.Thread(target=claim, args=(stores[n % 4],)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won) == [False] * 7 + [True]
+    outbound.release(stores[1], "v@x", "vacation:k")
+    assert outbound.claim(stores[2], "v@x", "vacation:k", -1)  # (claimed, already run out)
+    assert outbound.claim(stores[3], "v@x", "vacation:k", 3600)
+    assert not outbound.already_sent(stores[0], "v@x", "redirect:other")
+    assert outbound.already_sent(stores[0], "v@x", "vacation:k")

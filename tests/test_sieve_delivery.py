@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import mailstore
-from test_lmtp import DOMAIN, Shim, free_port
+from test_lmtp import DOMAIN, Shim, free_port, wait_for
 
 from bench.lmtp import start_dovecot, stop_all
 
@@ -323,3 +323,49 @@ def test_redirect_is_sent_once_and_kept_when_the_relay_refuses(tmp_path):
     finally:
         shim.stop()
         sink.controller.stop()
+
+
+def test_vacation_and_redirect_through_a_real_postfix(tmp_path):
+    """Ours with a private Postfix as the submission relay (as the appliance's [mail] submission
+    names the local Postfix): mail sent through Postfix to a user on vacation brings the sender
+    (a user here too) one reply, delivered back through Postfix over LMTP; a redirect to a user
+    here arrives the same way, marked with who forwarded it."""
+    from test_lmtp import Postfix
+
+    smtp_port = free_port()
+    shim = Shim(tmp_path / "shim", lmtp_args=("--submission", f"127.0.0.1:{smtp_port}"))
+    mta = Postfix(shim.port, smtp_port)
+    away, fwd, bob = (f"{n}@{DOMAIN}" for n in ("away", "fwd", "bob"))
+    try:
+        for user, script in ((away, 'require "vacation";\nvacation :days 1 "Back on Monday.";\n'),
+                             (fwd, f'redirect "{bob}";\n'), (bob, None)):
+            shim.add_user(user)
+            if script:
+                f = tmp_path / f"{user}.sieve"
+                f.write_text(script)
+                mailstore("sieve", "put", "--db", str(shim.db), user, "s", str(f), "--activate")
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port) as s:
+            for n in range(2):
+                s.sendmail(bob, [away, fwd], (f"From: Bob <{bob}>\r\nTo: {away}, {fwd}\r\nSubject: plans {n}\r\n"
+                                              f"Message-ID: <plans-{n}@example.com>\r\n\r\nlunch?\r\n").encode())
+        # bob gets one vacation reply (the second message is a duplicate) and both forwards
+        assert wait_for(lambda: len(shim.rows(bob)) == 3, 60), mta.maillog()[-3000:]
+        imap, info = shim.start_imap()
+        try:
+            m = imaplib.IMAP4("127.0.0.1", int(info["port"]))
+            m.login(bob, "pw")
+            m.select("INBOX", readonly=True)
+            heads = [d[1].decode() for d in m.fetch("1:*", "(BODY.PEEK[HEADER])")[1] if isinstance(d, tuple)]
+            m.logout()
+        finally:
+            imap.terminate()
+            imap.wait(timeout=30)
+        replies = [h for h in heads if "Auto-Submitted: auto-replied (vacation)" in h]
+        forwards = [h for h in heads if f"X-Sieve-Redirected-From: {fwd}" in h]
+        assert len(replies) == 1 and len(forwards) == 2, heads
+        assert "Return-Path: <>" in replies[0] and "Subject: Auto: plans 0" in replies[0]
+        assert f"From: <{away}>" in replies[0] and "In-Reply-To: <plans-0@example.com>" in replies[0]
+        assert all(f"Return-Path: <{bob}>" in h and "Received: from " in h for h in forwards)
+    finally:
+        mta.stop()
+        shim.stop()

@@ -118,36 +118,40 @@ def _send(meta: MetaStore, user: str, address: str, mail_from: str, message: byt
             logs.event(log, logging.WARNING, "redirect not sent: no submission relay configured; message kept in "
                        "INBOX", user=user, script=script, to=f"<{target}>")
             ok = False
-        elif outbound.already_sent(meta, user, key):
+        elif not outbound.claim(meta, user, key, outbound.REDIRECT_PERIOD):
             logs.event(log, logging.INFO, "redirect: discarded duplicate forward", user=user, script=script,
                        to=f"<{target}>")
         else:
             try:
                 relay.send(mail_from, target, outbound.redirected(message, user))
             except outbound.SendError as exc:
+                outbound.release(meta, user, key)
                 logs.event(log, logging.WARNING, "redirect failed; message kept in INBOX", user=user, script=script,
                            to=f"<{target}>", reason=str(exc))
                 ok = False
                 continue
-            outbound.remember(meta, user, key, outbound.REDIRECT_PERIOD)
             logs.event(log, logging.INFO, "redirected", user=user, script=script, to=f"<{target}>")
     vac = result.vacation
     if vac is not None:
         own = [address, user, *vac.addresses]
         refusal = outbound.vacation_refusal(msg, mail_from, own, vac, meta, user)
+        key = outbound.vacation_key(mail_from, vac)
         if refusal is not None:
             logs.event(log, logging.INFO, "vacation: " + refusal, user=user, script=script)
         elif relay is None:
             logs.event(log, logging.WARNING, "vacation reply not sent: no submission relay configured", user=user,
                        script=script, to=f"<{mail_from}>")
+        elif not outbound.claim(meta, user, key, vac.days * 86400):
+            logs.event(log, logging.INFO, f"vacation: discarded duplicate vacation response to <{mail_from}>",
+                       user=user, script=script)
         else:
             try:
                 reply = outbound.vacation_reply(msg, mail_from, outbound.addressed_as(msg, own) or address, vac)
                 relay.send("", mail_from, reply)
             except outbound.SendError as exc:
+                outbound.release(meta, user, key)
                 logs.event(log, logging.WARNING, "vacation reply failed", user=user, script=script,
                            to=f"<{mail_from}>", reason=str(exc))
             else:
-                outbound.remember(meta, user, outbound.vacation_key(mail_from, vac), vac.days * 86400)
                 logs.event(log, logging.INFO, "vacation reply sent", user=user, script=script, to=f"<{mail_from}>")
     return ok

@@ -86,12 +86,22 @@ def already_sent(meta: MetaStore, user: str, key: str) -> bool:
     return row is not None and float(row[0]) > time.time()
 
 
-def remember(meta: MetaStore, user: str, key: str, period: float) -> None:
-    """Mark `key` sent for `period` seconds (and forget this user's marks that have run out)."""
+def claim(meta: MetaStore, user: str, key: str, period: float) -> bool:
+    """Mark `key` sent for `period` seconds, unless it already is: False then. One statement, so
+    two deliveries at once (an MTA delivers in parallel) cannot both send; the one that claims
+    it sends (and releases it if the relay does not take the message)."""
     now = time.time()
     with meta._write() as c:
-        c.execute("DELETE FROM sieve_duplicates WHERE user_name=? AND (key=? OR expires<=?)", (user, key, now))
-        c.execute("INSERT INTO sieve_duplicates(user_name, key, expires) VALUES (?,?,?)", (user, key, now + period))
+        c.execute("DELETE FROM sieve_duplicates WHERE user_name=? AND expires<=? AND key<>?", (user, now, key))
+        got = c.execute("INSERT INTO sieve_duplicates(user_name, key, expires) VALUES (?,?,?) "
+                        "ON CONFLICT(user_name, key) DO UPDATE SET expires=excluded.expires "
+                        "WHERE sieve_duplicates.expires<=?", (user, key, now + period, now))
+        return bool(got.rowcount)
+
+
+def release(meta: MetaStore, user: str, key: str) -> None:
+    with meta._write() as c:
+        c.execute("DELETE FROM sieve_duplicates WHERE user_name=? AND key=?", (user, key))
 
 
 # ---------------------------------------------------------------- redirect

@@ -37,6 +37,17 @@ MAX_LITERAL = scripts.MAX_SCRIPT_BYTES + 4096  # a larger literal closes the con
 IDLE_SECONDS = 1800.0
 MAX_BAD_COMMANDS = 3  # invalid commands before a login; the last is answered with BYE (as Dovecot)
 _ATOM = re.compile(rb"[A-Za-z]+")
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_LITERAL = re.compile(rb"\{(\d{1,10})\+?\}$")
+_NUMBER = re.compile(rb"\d{1,10}")
+
+
+class _Invalid:
+    """Where a command's arguments stopped making sense (answered "Invalid arguments.")."""
+
+
+INVALID = _Invalid()
+Arg = bytes | int | _Invalid
 
 
 @dataclass
@@ -95,10 +106,10 @@ class Session:
 
     # ------------------------------------------------------------ reading
 
-    async def read_command(self) -> tuple[str, list[bytes | int]] | None:
+    async def read_command(self) -> tuple[str, list[Arg]] | None:
         """One command: its name and its arguments (strings as bytes, numbers as int); None at EOF.
         A literal ({n+} or {n}) is read where it stands (RFC 5804 §4)."""
-        args: list[bytes | int] = []
+        args: list[Arg] = []
         name = ""
         while True:
             line = await asyncio.wait_for(self.reader.readuntil(b"\n"), IDLE_SECONDS)
@@ -109,33 +120,33 @@ class Session:
             if not name:
                 m = _ATOM.match(line)
                 if m is None:
-                    return "", [b"\0bad"]
+                    return "", [INVALID]
                 name, pos = m.group(0).decode().upper(), m.end()
             literal = None
             while pos < len(line):
                 if line[pos:pos + 1] != b" ":
-                    return name, [*args, b"\0bad"]
+                    return name, [*args, INVALID]
                 pos += 1
                 c = line[pos:pos + 1]
                 if c == b'"':
-                    m = re.compile(rb'"((?:[^"\\]|\\.)*)"').match(line, pos)
+                    m = _QUOTED.match(line, pos)
                     if m is None:
-                        return name, [*args, b"\0bad"]
+                        return name, [*args, INVALID]
                     args.append(re.sub(rb"\\(.)", rb"\1", m.group(1)))
                     pos = m.end()
                 elif c == b"{":
-                    m = re.compile(rb"\{(\d{1,10})\+?\}$").match(line, pos)
+                    m = _LITERAL.match(line, pos)
                     if m is None:
-                        return name, [*args, b"\0bad"]
+                        return name, [*args, INVALID]
                     literal = int(m.group(1))
                     pos = len(line)
                 elif c.isdigit():
-                    m = re.compile(rb"\d{1,10}").match(line, pos)
+                    m = _NUMBER.match(line, pos)
                     assert m is not None
                     args.append(int(m.group(0)))
                     pos = m.end()
                 else:
-                    return name, [*args, b"\0bad"]
+                    return name, [*args, INVALID]
             if literal is None:
                 return name, args
             if literal > MAX_LITERAL:
@@ -182,7 +193,7 @@ class Session:
             return f"NO {f'({exc.code}) ' if exc.code else ''}".encode() + b"{%d}\r\n" % len(data) + data + b"\r\n"
         return response("NO", exc.text, exc.code)
 
-    async def command(self, name: str, args: list[bytes | int]) -> None:
+    async def command(self, name: str, args: list[Arg]) -> None:
         allowed = _AUTHENTICATED if self.user is not None else _NOT_AUTHENTICATED
         if name not in allowed:
             if self.user is None:  # (Dovecot's managesieve-login has one answer for all of these)
@@ -191,7 +202,7 @@ class Session:
         want, optional = _ARGUMENTS[name]
         if name == "HAVESPACE" and len(args) == 2 and not isinstance(args[1], int):
             raise Refused("Invalid scriptsize argument.")
-        if any(a == b"\0bad" for a in args):
+        if any(isinstance(a, _Invalid) for a in args):
             raise _invalid(f"Error in MANAGESIEVE command {name}: Invalid arguments.")
         if len(args) < len(want):
             raise _invalid(f"Error in MANAGESIEVE command {name}: Missing arguments.")
@@ -215,23 +226,23 @@ class Session:
 
     # ------------------------------------------------------------ any state
 
-    async def do_capability(self, args: list[bytes | int]) -> None:
+    async def do_capability(self, args: list[Arg]) -> None:
         self.writer.write(self.capabilities() + response("OK", "Capability completed."))
 
-    async def do_noop(self, args: list[bytes | int]) -> None:
+    async def do_noop(self, args: list[Arg]) -> None:
         if args:
             tag = _text(args[0])
             self.writer.write(b"OK (TAG " + quoted(tag) + b') "Done"\r\n')
         else:
             self.writer.write(response("OK", "NOOP Completed"))
 
-    async def do_logout(self, args: list[bytes | int]) -> None:
+    async def do_logout(self, args: list[Arg]) -> None:
         self.done = True
         self.writer.write(response("OK", "Logout completed."))
 
     # ------------------------------------------------------------ not authenticated
 
-    async def do_starttls(self, args: list[bytes | int]) -> None:
+    async def do_starttls(self, args: list[Arg]) -> None:
         if self.ctx.tls is None:
             raise Refused("TLS support isn't enabled.")
         if self.secure:
@@ -243,7 +254,7 @@ class Session:
         # RFC 5804 §2.2: the capabilities again, now that they may differ.
         self.writer.write(self.capabilities() + response("OK", "TLS negotiation successful."))
 
-    async def do_authenticate(self, args: list[bytes | int]) -> None:
+    async def do_authenticate(self, args: list[Arg]) -> None:
         mechanism = _text(args[0]).upper()
         if mechanism != "PLAIN":
             raise Refused("Unsupported authentication mechanism.")
@@ -309,7 +320,7 @@ class Session:
             return b"OK (WARNINGS) {%d}\r\n" % len(data) + data + b"\r\n"
         return response("OK", done)
 
-    async def do_havespace(self, args: list[bytes | int]) -> None:
+    async def do_havespace(self, args: list[Arg]) -> None:
         name, size = _text(args[0]), args[1]
         if not isinstance(size, int):
             raise Refused("Invalid scriptsize argument.")
@@ -320,7 +331,7 @@ class Session:
         await self._store(scripts.check_room, name)
         self.writer.write(response("OK", "Putscript would succeed."))
 
-    async def do_putscript(self, args: list[bytes | int]) -> None:
+    async def do_putscript(self, args: list[Arg]) -> None:
         name, text = _text(args[0]), _script(args[1])
         if not scripts.valid_name(name):
             raise Refused(f"Invalid Sieve script name `{name}'.")
@@ -332,20 +343,20 @@ class Session:
                    session=self.session_id)
         self.writer.write(ok)
 
-    async def do_checkscript(self, args: list[bytes | int]) -> None:
+    async def do_checkscript(self, args: list[Arg]) -> None:
         self.writer.write(await self._checked(_script(args[0]), "", "Script checked successfully."))
 
-    async def do_listscripts(self, args: list[bytes | int]) -> None:
+    async def do_listscripts(self, args: list[Arg]) -> None:
         listed = await self._store(scripts.listing)
         self.writer.write(b"".join(quoted(s.name) + (b" ACTIVE" if s.active else b"") + b"\r\n" for s in listed)
                           + response("OK", "Listscripts completed."))
 
-    async def do_getscript(self, args: list[bytes | int]) -> None:
+    async def do_getscript(self, args: list[Arg]) -> None:
         text = await self._store(scripts.get, _text(args[0]))
         data = text.encode()
         self.writer.write(b"{%d}\r\n" % len(data) + data + b"\r\n" + response("OK", "Getscript completed."))
 
-    async def do_setactive(self, args: list[bytes | int]) -> None:
+    async def do_setactive(self, args: list[Arg]) -> None:
         name = _text(args[0])
         before = await self._store(scripts.activate, name)
         if not name:
@@ -354,22 +365,21 @@ class Session:
             return
         self.writer.write(response("OK", "Script is already active." if before == name else "Setactive completed."))
 
-    async def do_deletescript(self, args: list[bytes | int]) -> None:
+    async def do_deletescript(self, args: list[Arg]) -> None:
         await self._store(scripts.delete, _text(args[0]))
         self.writer.write(response("OK", "Deletescript completed."))
 
-    async def do_renamescript(self, args: list[bytes | int]) -> None:
+    async def do_renamescript(self, args: list[Arg]) -> None:
         await self._store(scripts.rename, _text(args[0]), _text(args[1]))
         self.writer.write(response("OK", "Renamescript completed."))
 
 
-def _text(a: bytes | int) -> str:
+def _text(a: Arg) -> str:
     return a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
 
 
-def _script(a: bytes | int) -> str:
-    if not isinstance(a, bytes):
-        raise Refused("Error in MANAGESIEVE command: Invalid arguments.")
+def _script(a: Arg) -> str:
+    assert isinstance(a, bytes)  # (command() let only strings through)
     try:
         return a.decode("utf-8")
     except UnicodeDecodeError:

@@ -101,12 +101,14 @@ def servers(tmp_path_factory):  # type: ignore[no-untyped-def]
         assert proc.stdout is not None
         ours = json.loads(proc.stdout.readline())["port"]
         yield {"dovecot": theirs, "ours": ours, "users": users, "db": db, "base": base}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        stop_all([], conf, work)
-        shutil.rmtree(work, ignore_errors=True)
+    finally:  # (Dovecot is stopped whatever ours does)
+        try:
+            proc.terminate()
+            proc.wait(timeout=30)
+        finally:
+            log.close()
+            stop_all([], conf, work)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def side_by_side(servers, commands: list[bytes]) -> None:  # type: ignore[no-untyped-def]

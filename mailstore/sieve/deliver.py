@@ -70,8 +70,9 @@ def plan(meta: MetaStore, user: str, address: str, mail_from: str, message: byte
         return out
     keep = result.implicit_keep
     flags_of_keep = result.keep_flags
-    boxes = {b.name for b in meta.mailboxes(user)}
     wanted = [("INBOX" if st.folder.upper() == "INBOX" else mutf7.encode(st.folder), st) for st in result.stores]
+    # (INBOX is always there: the mailbox list is read only for other folders)
+    boxes = {b.name for b in meta.mailboxes(user)} if any(f != "INBOX" for f, _ in wanted) else {"INBOX"}
     missing = [st.folder for folder, st in wanted if folder not in boxes and not st.create]
     if missing:  # an action that cannot be done: none is, the message is kept (as Pigeonhole does)
         logs.event(log, logging.WARNING, "fileinto a folder that does not exist; message kept in INBOX",

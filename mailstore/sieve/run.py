@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.header
 import email.utils
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -111,7 +112,10 @@ class _Run:
         self.included: set[str] = set()  # (for :once)
         self.globals: dict[str, str] = {}
         self.global_names: set[str] = set()  # the variables this script declared global
-        self.msg: Message = message_from_bytes(raw, policy=policy.compat32)
+        # The header only (the tests of headers, addresses, dates): the body is parsed when a body
+        # test asks for it, not for every recipient of every message.
+        self.msg: Message = message_from_bytes(_header_block(raw), policy=policy.compat32)
+        self._whole: Message | None = None
         self.out = Outcome()
         self.variables: dict[str, str] = {}
         self.matches: list[str] = []
@@ -362,7 +366,7 @@ class _Run:
             return self.match(tags, values, self.strings(pos[1]))
         if name == "address":
             found = [self.address_part(tags, a) for h in self.strings(pos[0])
-                     for _, a in email.utils.getaddresses(self.msg.get_all(h) or [])]
+                     for a in _addresses(tuple(str(v) for v in self.msg.get_all(h) or ()))]
             return self.match(tags, [v for v in found if v is not None], self.strings(pos[1]))
         if name == "envelope":
             values = []
@@ -408,7 +412,9 @@ class _Run:
             return self.raw.split(b"\r\n\r\n", 1)[-1].split(b"\n\n", 1)[-1].decode("utf-8", "replace")
         types = self.strings(tags["content"]) if tags.get("content") is not None else ["text"]  # type: ignore[arg-type]
         out = []
-        for part in self.msg.walk():
+        if self._whole is None:
+            self._whole = _parsed(_without_trace(self.raw))
+        for part in self._whole.walk():
             if part.is_multipart():
                 continue
             ctype = part.get_content_type()
@@ -482,6 +488,36 @@ class _Run:
                         self.matches = [m.group(0), *(g or "" for g in m.groups())]
                         return True
         return False
+
+
+def _without_trace(raw: bytes) -> bytes:
+    """The message as the MTA sent it: without the Return-Path and Delivered-To that each
+    recipient's copy begins with (so every recipient's body test finds the same parse)."""
+    for name in (b"return-path:", b"delivered-to:"):
+        if raw[:len(name)].lower() == name:
+            raw = raw[raw.find(b"\n") + 1:] if b"\n" in raw else raw
+    return raw
+
+
+@functools.lru_cache(maxsize=256)
+def _addresses(values: tuple[str, ...]) -> list[str]:
+    """The addresses of a header's values (the same for every recipient of a message: once)."""
+    return [a for _, a in email.utils.getaddresses(list(values))]
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(raw: bytes) -> Message:
+    """A whole message parsed, once for all recipients of a delivery (read only)."""
+    return message_from_bytes(raw, policy=policy.compat32)
+
+
+def _header_block(raw: bytes) -> bytes:
+    """The message's header and the blank line that ends it (all of it when there is none)."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    if not ends:
+        return raw
+    end = min(ends)
+    return raw[:end] + (b"\r\n\r\n" if raw.startswith(b"\r\n\r\n", end) else b"\n\n")
 
 
 def _split(args: list[Argument]) -> tuple[dict[str, Argument | None], list[Argument]]:

@@ -39,13 +39,16 @@ MAIL = (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: MAILCRYPT-SUBJECT
 
 def test_format_and_keys():
     user = "ann@example.com"
-    private, stored = new_key_pair(user, "pw")
-    assert b"pw" not in stored and json.loads(stored)["alg"] == "x25519"
-    opened = open_private(user, stored, "pw")
+    # (spaces and punctuation: no base64 or hex field of the stored key can hold it by chance,
+    # as "pw" once was, inside a public key)
+    password = "pw, #1 never stored"
+    private, stored = new_key_pair(user, password)
+    assert password.encode() not in stored and json.loads(stored)["alg"] == "x25519"
+    opened = open_private(user, stored, password)
     with pytest.raises(WrongPassword):
         open_private(user, stored, "not it")
     with pytest.raises(WrongPassword):
-        open_private("bob@example.com", stored, "pw")  # sealed for ann, not bob
+        open_private("bob@example.com", stored, password)  # sealed for ann, not bob
     public = json.loads(stored)["public"]
     import base64
     sealed = encrypt(base64.b64decode(public), MAIL)

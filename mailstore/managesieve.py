@@ -303,9 +303,7 @@ class Session:
             return await asyncio.to_thread(fn, self.ctx.meta, self.user, *args)
         except scripts.ScriptError as exc:
             raise Refused(str(exc), exc.code) from None
-        except StoreUnavailable:
-            raise
-        except MetaError as exc:
+        except MetaError as exc:  # (StoreUnavailable is not one: run() answers it)
             raise Refused(str(exc)) from None
 
     async def _checked(self, text: str, prefix: str, done: str) -> bytes:

@@ -159,11 +159,19 @@ class _Checker:
             else:
                 self.required.add(name)
 
-    def command(self, cmd: Command) -> None:
-        spec = COMMANDS.get(cmd.name)
+    def known(self, table: dict[str, Spec], kind: str, name: str, line: int) -> Spec | None:
+        """The spec of a command or test the script may use (its extension required), or None
+        and the error, once per name."""
+        spec = table.get(name)
         if spec is None or (spec.extension is not None and spec.extension not in self.required):
-            self.error(cmd.line, f"unknown command '{cmd.name}' (only reported once at first occurrence).",
-                       once=f"command:{cmd.name}")
+            self.error(line, f"unknown {kind} '{name}' (only reported once at first occurrence).",
+                       once=f"{kind}:{name}")
+            return None
+        return spec
+
+    def command(self, cmd: Command) -> None:
+        spec = self.known(COMMANDS, "command", cmd.name, cmd.line)
+        if spec is None:
             return
         self.arguments(spec, "command", cmd.args, cmd.tests, cmd.line)
         if spec.block and cmd.block is None:
@@ -175,10 +183,8 @@ class _Checker:
         self.semantics(cmd.name, cmd.args, cmd.line)
 
     def test(self, t: Test) -> None:
-        spec = TESTS.get(t.name)
-        if spec is None or (spec.extension is not None and spec.extension not in self.required):
-            self.error(t.line, f"unknown test '{t.name}' (only reported once at first occurrence).",
-                       once=f"test:{t.name}")
+        spec = self.known(TESTS, "test", t.name, t.line)
+        if spec is None:
             return
         self.arguments(spec, "test", t.args, t.tests, t.line)
         self.semantics(t.name, t.args, t.line)

@@ -22,7 +22,7 @@ from ..imap import mutf7
 from . import outbound, scripts
 from .grammar import Script
 from .outbound import Relay
-from .run import Envelope, Loader, Outcome, run
+from .run import Envelope, Loader, Outcome, parsed_message, run
 from .scripts import compiled
 
 log = logging.getLogger("mailstore.sieve")
@@ -111,7 +111,7 @@ def _send(meta: MetaStore, user: str, address: str, mail_from: str, message: byt
     message is then kept in INBOX, so nothing is lost)."""
     if not result.redirects and result.vacation is None:
         return True
-    msg = outbound.parse(message)
+    msg = parsed_message(message)
     ok = True
     for target in result.redirects:
         key = outbound.redirect_key(msg, message, target)

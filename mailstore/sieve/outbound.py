@@ -23,7 +23,6 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from email import message_from_bytes, policy
 from email.message import Message
 
 from ..db import MetaStore
@@ -38,11 +37,7 @@ ADDRESS_HEADERS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
 
 
 class SendError(Exception):
-    """The relay did not take the message (`temporary`: a 4xx or no connection)."""
-
-    def __init__(self, message: str, temporary: bool) -> None:
-        super().__init__(message)
-        self.temporary = temporary
+    """The relay did not take the message (refused it, or could not be reached)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +61,11 @@ class Relay:
                 smtp.sendmail(mail_from, [recipient], data)
         except smtplib.SMTPRecipientsRefused as exc:
             code = next(iter(exc.recipients.values()))[0]
-            raise SendError(f"relay refused <{recipient}>: {code}", code < 500) from None
+            raise SendError(f"relay refused <{recipient}>: {code}") from None
         except smtplib.SMTPResponseException as exc:
-            raise SendError(f"relay answered {exc.smtp_code} {exc.smtp_error!r}", exc.smtp_code < 500) from None
+            raise SendError(f"relay answered {exc.smtp_code} {exc.smtp_error!r}") from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise SendError(f"relay {self.host}:{self.port}: {exc}", True) from None
+            raise SendError(f"relay {self.host}:{self.port}: {exc}") from None
 
 
 # ---------------------------------------------------------------- duplicates
@@ -202,7 +197,3 @@ def vacation_reply(msg: Message, sender: str, recipient: str, vac: Vacation, now
         return ("\r\n".join(lines) + "\r\n" + reason.lstrip("\r\n")).encode()
     lines += ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"]
     return ("\r\n".join(lines) + "\r\n\r\n" + reason).encode()
-
-
-def parse(raw: bytes) -> Message:
-    return message_from_bytes(raw, policy=policy.compat32)

@@ -413,7 +413,7 @@ class _Run:
         types = self.strings(tags["content"]) if tags.get("content") is not None else ["text"]  # type: ignore[arg-type]
         out = []
         if self._whole is None:
-            self._whole = _parsed(_without_trace(self.raw))
+            self._whole = parsed_message(self.raw)
         for part in self._whole.walk():
             if part.is_multipart():
                 continue
@@ -505,9 +505,14 @@ def _addresses(values: tuple[str, ...]) -> list[str]:
     return [a for _, a in email.utils.getaddresses(list(values))]
 
 
+def parsed_message(raw: bytes) -> Message:
+    """A recipient's copy parsed whole, without its trace headers: once for all recipients of a
+    delivery, and for the body tests, redirects and vacation replies alike (read only)."""
+    return _parsed(_without_trace(raw))
+
+
 @functools.lru_cache(maxsize=16)
 def _parsed(raw: bytes) -> Message:
-    """A whole message parsed, once for all recipients of a delivery (read only)."""
     return message_from_bytes(raw, policy=policy.compat32)
 
 

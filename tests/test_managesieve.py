@@ -307,3 +307,46 @@ def test_starttls_and_throttle(tmp_path):
         proc.wait(timeout=30)
     text = log.read_text()
     assert "service=managesieve" in text and "reason=password" in text and "reason=throttled" in text
+
+
+def test_what_a_careless_or_hostile_client_sends(tmp_path):
+    """Ours alone (no reference needed for refusing garbage): each answer is a precise NO or BYE,
+    never a traceback, and the server keeps serving the next client."""
+    db = tmp_path / "meta.db"
+    MetaStore(str(db))  # (made, migrated)
+    user = f"h@{DOMAIN}"
+    mailstore("user", "add", "--db", str(db), user, "--password", "pw")
+    log = tmp_path / "ms.log"
+    proc = subprocess.Popen([str(BIN / "mailstore"), "managesieve", "--db", str(db), "--listen", "127.0.0.1:0",
+                             "--domain", DOMAIN, "--log-file", str(log)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        auth = b'AUTHENTICATE "PLAIN" "' + plain(user) + b'"\r\n'
+        got = talk(port, [b'AUTHENTICATE "PLAIN" "%%%not base64"\r\n', b'AUTHENTICATE "PLAIN" "' +
+                          base64.b64encode(b"no separators") + b'"\r\n', auth,
+                          b'PUTSCRIPT "bin" {4+}\r\n\xff\xfe\x00k\r\n', b'PUTSCRIPT "nul\x01" "keep;"\r\n',
+                          b'HAVESPACE "a" 99999999999\r\n', b'GETSCRIPT "' + b"x" * 600 + b'"\r\n',
+                          b'RENAMESCRIPT "a" ""\r\n', b"\x00\xff garbage\r\n", b'PUTSCRIPT "unterminated\r\n',
+                          b"LOGOUT\r\n"])
+        assert got[1:] == [
+            'NO "Invalid base64 data in continued response."\r\n',
+            'NO "Invalid base64 data in continued response."\r\n',
+            'OK "Logged in."\r\n',
+            'NO "Script is not valid UTF-8."\r\n',
+            "NO \"Invalid Sieve script name `nul\x01'.\"\r\n",
+            'NO "Error in MANAGESIEVE command HAVESPACE: Invalid arguments."\r\n',
+            'NO (NONEXISTENT) "Sieve script `' + "x" * 600 + "' not found\"\r\n",
+            'NO "Invalid new Sieve script name `\'."\r\n',
+            'NO "Error in MANAGESIEVE command : Unknown command."\r\n',
+            'NO "Error in MANAGESIEVE command PUTSCRIPT: Invalid arguments."\r\n',
+            'OK "Logout completed."\r\n']
+        # a literal larger than any script, and a line longer than any command: BYE, and closed
+        assert talk(port, [auth, b'PUTSCRIPT "big" {99999999+}\r\n'])[2] == 'BYE "Literal too large."\r\n'
+        assert talk(port, [b"NOOP " + b"x" * 20000 + b"\r\n"])[1].startswith("BYE ")
+        assert talk(port, [auth, b"LISTSCRIPTS\r\n"])[2].strip() == 'OK "Listscripts completed."'  # still serving
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text and "failed" not in text.replace("login failed", "")
